@@ -1,0 +1,331 @@
+// dverbs — the verbs vocabulary shared by every layer.
+//
+// Work requests, scatter/gather entries and work completions are laid out exactly like
+// rdma-core's `struct ibv_send_wr`, `ibv_recv_wr`, `ibv_sge` and `ibv_wc`, and every enum
+// value equals its `IBV_*` counterpart, so the libibverbs front end hands application
+// structures to the transport without copying (it checks this with static_asserts).
+// This header includes no DPDK and no libibverbs header.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+
+namespace dverbs {
+
+namespace mid {
+struct Ah;
+}
+
+enum class QpType : uint32_t { rc = 2, uc = 3, ud = 4 };
+
+enum class QpState : uint32_t { reset = 0, init = 1, rtr = 2, rts = 3, sqd = 4, sqe = 5, err = 6 };
+
+// Path MTU codes of IBA 9.7.2 (IBV_MTU_*).
+enum class Mtu : uint32_t { mtu256 = 1, mtu512 = 2, mtu1024 = 3, mtu2048 = 4, mtu4096 = 5 };
+
+constexpr uint32_t mtu_bytes(Mtu m) noexcept { return 128u << static_cast<uint32_t>(m); }
+
+enum class WrOpcode : uint32_t {
+  rdma_write = 0,
+  rdma_write_with_imm = 1,
+  send = 2,
+  send_with_imm = 3,
+  rdma_read = 4,
+  atomic_cmp_and_swp = 5,
+  atomic_fetch_and_add = 6,
+  local_inv = 7,
+  bind_mw = 8,
+  send_with_inv = 9,
+};
+
+enum class WcOpcode : uint32_t {
+  send = 0,
+  rdma_write = 1,
+  rdma_read = 2,
+  comp_swap = 3,
+  fetch_add = 4,
+  bind_mw = 5,
+  local_inv = 6,
+  recv = 128,
+  recv_rdma_with_imm = 129,
+};
+
+enum class WcStatus : uint32_t {
+  success = 0,
+  loc_len_err = 1,
+  loc_qp_op_err = 2,
+  loc_eec_op_err = 3,
+  loc_prot_err = 4,
+  wr_flush_err = 5,
+  mw_bind_err = 6,
+  bad_resp_err = 7,
+  loc_access_err = 8,
+  rem_inv_req_err = 9,
+  rem_access_err = 10,
+  rem_op_err = 11,
+  retry_exc_err = 12,
+  rnr_retry_exc_err = 13,
+  loc_rdd_viol_err = 14,
+  rem_inv_rd_req_err = 15,
+  rem_abort_err = 16,
+  inv_eecn_err = 17,
+  inv_eec_state_err = 18,
+  fatal_err = 19,
+  resp_timeout_err = 20,
+  general_err = 21,
+};
+
+// Human-readable name of a completion status, as ibv_wc_status_str() prints it.
+const char* wc_status_str(WcStatus s) noexcept;
+
+// IBV_SEND_* flags.
+namespace send_flags {
+constexpr uint32_t fence = 1u << 0;
+constexpr uint32_t signaled = 1u << 1;
+constexpr uint32_t solicited = 1u << 2;
+constexpr uint32_t inline_data = 1u << 3;
+}  // namespace send_flags
+
+// IBV_ACCESS_* flags.
+namespace access {
+constexpr uint32_t local_write = 1u << 0;
+constexpr uint32_t remote_write = 1u << 1;
+constexpr uint32_t remote_read = 1u << 2;
+constexpr uint32_t remote_atomic = 1u << 3;
+constexpr uint32_t mw_bind = 1u << 4;
+constexpr uint32_t zero_based = 1u << 5;
+constexpr uint32_t supported = local_write | remote_write | remote_read | remote_atomic | mw_bind;
+}  // namespace access
+
+// IBV_WC_* flags.
+namespace wc_flags {
+constexpr uint32_t grh = 1u << 0;
+constexpr uint32_t with_imm = 1u << 1;
+constexpr uint32_t with_inv = 1u << 3;
+}  // namespace wc_flags
+
+// IBV_QP_* attribute mask bits.
+namespace qp_attr_mask {
+constexpr uint32_t state = 1u << 0;
+constexpr uint32_t cur_state = 1u << 1;
+constexpr uint32_t en_sqd_async_notify = 1u << 2;
+constexpr uint32_t access_flags = 1u << 3;
+constexpr uint32_t pkey_index = 1u << 4;
+constexpr uint32_t port = 1u << 5;
+constexpr uint32_t qkey = 1u << 6;
+constexpr uint32_t av = 1u << 7;
+constexpr uint32_t path_mtu = 1u << 8;
+constexpr uint32_t timeout = 1u << 9;
+constexpr uint32_t retry_cnt = 1u << 10;
+constexpr uint32_t rnr_retry = 1u << 11;
+constexpr uint32_t rq_psn = 1u << 12;
+constexpr uint32_t max_qp_rd_atomic = 1u << 13;
+constexpr uint32_t alt_path = 1u << 14;
+constexpr uint32_t min_rnr_timer = 1u << 15;
+constexpr uint32_t sq_psn = 1u << 16;
+constexpr uint32_t max_dest_rd_atomic = 1u << 17;
+constexpr uint32_t path_mig_state = 1u << 18;
+constexpr uint32_t cap = 1u << 19;
+constexpr uint32_t dest_qpn = 1u << 20;
+}  // namespace qp_attr_mask
+
+// Layout of struct ibv_sge.
+struct Sge {
+  uint64_t addr;
+  uint32_t length;
+  uint32_t lkey;
+};
+
+// Layout of struct ibv_send_wr; `ud.ah` is the midlayer's address handle.
+struct SendWr {
+  uint64_t wr_id;
+  SendWr* next;
+  Sge* sg_list;
+  int num_sge;
+  WrOpcode opcode;
+  uint32_t send_flags;
+  union {
+    uint32_t imm_data;  // network byte order, as in verbs
+    uint32_t invalidate_rkey;
+  };
+  union {
+    struct {
+      uint64_t remote_addr;
+      uint32_t rkey;
+    } rdma;
+    struct {
+      uint64_t remote_addr;
+      uint64_t compare_add;
+      uint64_t swap;
+      uint32_t rkey;
+    } atomic;
+    struct {
+      mid::Ah* ah;
+      uint32_t remote_qpn;
+      uint32_t remote_qkey;
+    } ud;
+  } wr;
+  union {
+    struct {
+      uint32_t remote_srqn;
+    } xrc;
+  } qp_type;
+  union {
+    struct {
+      void* mw;
+      uint32_t rkey;
+      struct {
+        void* mr;
+        uint64_t addr;
+        uint64_t length;
+        unsigned int mw_access_flags;
+      } bind_info;
+    } bind_mw;
+    struct {
+      void* hdr;
+      uint16_t hdr_sz;
+      uint16_t mss;
+    } tso;
+  };
+};
+
+// Layout of struct ibv_recv_wr.
+struct RecvWr {
+  uint64_t wr_id;
+  RecvWr* next;
+  Sge* sg_list;
+  int num_sge;
+};
+
+// Layout of struct ibv_wc.
+struct Wc {
+  uint64_t wr_id;
+  WcStatus status;
+  WcOpcode opcode;
+  uint32_t vendor_err;
+  uint32_t byte_len;
+  union {
+    uint32_t imm_data;  // network byte order
+    uint32_t invalidated_rkey;
+  };
+  uint32_t qp_num;
+  uint32_t src_qp;
+  uint32_t wc_flags;
+  uint16_t pkey_index;
+  uint16_t slid;
+  uint8_t sl;
+  uint8_t dlid_path_bits;
+};
+static_assert(sizeof(Wc) == 48);
+static_assert(sizeof(Sge) == 16);
+
+// A 128-bit GID; dverbs ports use the RoCEv2 IPv4-mapped form ::ffff:a.b.c.d.
+struct Gid {
+  uint8_t raw[16];
+};
+
+struct QpCap {
+  uint32_t max_send_wr;
+  uint32_t max_recv_wr;
+  uint32_t max_send_sge;
+  uint32_t max_recv_sge;
+  uint32_t max_inline_data;
+};
+
+// Address vector of a connected QP or an address handle (RoCEv2: the GRH fields matter).
+struct AhAttr {
+  Gid dgid;
+  uint32_t flow_label = 0;
+  uint8_t sgid_index = 0;
+  uint8_t hop_limit = 64;
+  uint8_t traffic_class = 0;
+  uint8_t sl = 0;
+  uint8_t port_num = 1;
+  bool is_global = true;
+};
+
+struct QpAttr {
+  QpState qp_state = QpState::reset;
+  QpState cur_qp_state = QpState::reset;
+  Mtu path_mtu = Mtu::mtu1024;
+  uint32_t qkey = 0;
+  uint32_t rq_psn = 0;
+  uint32_t sq_psn = 0;
+  uint32_t dest_qp_num = 0;
+  uint32_t qp_access_flags = 0;
+  QpCap cap{};
+  AhAttr ah_attr{};
+  uint16_t pkey_index = 0;
+  uint8_t max_rd_atomic = 0;
+  uint8_t max_dest_rd_atomic = 0;
+  uint8_t min_rnr_timer = 0;
+  uint8_t port_num = 1;
+  uint8_t timeout = 0;
+  uint8_t retry_cnt = 0;
+  uint8_t rnr_retry = 0;
+  bool sq_sig_all = false;
+};
+
+struct DeviceAttr {
+  uint64_t node_guid = 0;
+  uint64_t max_mr_size = 0;
+  uint64_t page_size_cap = 0;
+  uint32_t vendor_id = 0;
+  uint32_t vendor_part_id = 0;
+  uint32_t hw_ver = 0;
+  uint32_t max_qp = 0;
+  uint32_t max_qp_wr = 0;
+  uint32_t max_sge = 0;
+  uint32_t max_cq = 0;
+  uint32_t max_cqe = 0;
+  uint32_t max_mr = 0;
+  uint32_t max_pd = 0;
+  uint32_t max_qp_rd_atom = 0;
+  uint32_t max_qp_init_rd_atom = 0;
+  uint32_t max_inline_data = 0;
+  uint32_t max_srq = 0;
+  uint32_t max_srq_wr = 0;
+  uint32_t max_ah = 0;
+  uint8_t phys_port_cnt = 1;
+  char fw_ver[64] = {};
+};
+
+enum class PortState : uint32_t { nop = 0, down = 1, init = 2, armed = 3, active = 4 };
+
+struct PortAttr {
+  PortState state = PortState::down;
+  Mtu max_mtu = Mtu::mtu4096;
+  Mtu active_mtu = Mtu::mtu1024;
+  uint32_t gid_tbl_len = 1;
+  uint32_t max_msg_sz = 0;
+  uint8_t active_speed = 0;
+  uint8_t active_width = 0;
+  uint8_t link_layer_ethernet = 1;
+};
+
+// Async event types (values of enum ibv_event_type).
+enum class EventType : uint32_t {
+  cq_err = 0,
+  qp_fatal = 1,
+  qp_req_err = 2,
+  qp_access_err = 3,
+  comm_est = 4,
+  sq_drained = 5,
+  path_mig = 6,
+  path_mig_err = 7,
+  device_fatal = 8,
+  port_active = 9,
+  port_err = 10,
+  lid_change = 11,
+  pkey_change = 12,
+  sm_change = 13,
+  srq_err = 14,
+  srq_limit_reached = 15,
+  qp_last_wqe_reached = 16,
+  client_reregister = 17,
+  gid_change = 18,
+};
+
+const char* event_type_str(EventType t) noexcept;
+
+}  // namespace dverbs

@@ -1,0 +1,128 @@
+// The midlayer's consumer API: what an upper layer (lib/verbs, tests, apps) calls.
+//
+// Devices appear to consumers through clients (struct ib_client): add() runs for every
+// registered device, existing and future; remove() runs before a device goes away. The
+// object calls below fill the common fields of the midlayer objects, keep use counts
+// (so a PD or CQ still referenced cannot be destroyed: EBUSY), and otherwise go straight
+// to the driver: the fast-path calls are inline and add no serialisation
+// (core_locking.rst, Reentrancy).
+//
+// Errors: 0 or a positive errno; poll_cq returns a count or a negative errno.
+#pragma once
+
+#include <cerrno>
+#include <cstdint>
+
+#include "midlayer/driver.h"
+#include "midlayer/might_sleep.h"
+
+namespace dverbs::mid {
+
+struct Client {
+  const char* name = nullptr;
+  // Runs once per device, in registration order of the clients (FIFO). May sleep.
+  void (*add)(Device* dev, Client* client) = nullptr;
+  // Runs before the device is unregistered or the client unregistered, in reverse order
+  // of the clients (LIFO). The consumer must have freed every resource of the device
+  // when it returns. May sleep.
+  void (*remove)(Device* dev, Client* client, void* client_data) = nullptr;
+  // Optional: async events of every device this client was added to. Must not sleep.
+  void (*event)(const Event& event, Client* client, void* client_data) = nullptr;
+  void* internal = nullptr;  // midlayer-private
+};
+
+// Context: process context, may sleep. add() runs for every registered device before this
+// returns. Returns 0 or EINVAL.
+int register_client(Client* client);
+
+// Context: process context, may sleep. Fence: calls remove() for every device this client
+// was added to; when it returns, no callback of this client runs or will run.
+void unregister_client(Client* client);
+
+// Per-(device, client) cookie, as ib_set_client_data. Context: any thread, may take a
+// short lock (process context only).
+void set_client_data(Device* dev, Client* client, void* data);
+void* get_client_data(Device* dev, Client* client);
+
+// Calls each registered driver's probe() once (later calls return the first result).
+// Context: process context, may sleep.
+int probe_drivers();
+// Unregisters every client-visible device of every driver (driver shutdown()).
+// Context: process context, may sleep.
+void shutdown_drivers();
+
+// Snapshot of registered devices, in registration order; returns how many exist (which may
+// exceed `max`). Context: process context.
+int list_devices(Device** out, int max);
+Device* find_device(const char* name);
+
+// ---- object creation and destruction. Context: process context, may sleep. ----
+int alloc_pd(Device* dev, Pd** out);
+int dealloc_pd(Pd* pd);  // EBUSY while objects use it
+int reg_mr(Pd* pd, void* addr, uint64_t length, uint32_t access, Mr** out);
+int dereg_mr(Mr* mr);
+int create_cq(Device* dev, uint32_t cqe, CompHandler comp_handler, EventHandler event_handler,
+              void* cq_context, Cq** out);
+// EBUSY while QPs use it. Fence: when it returns, the CQ's completion handler does not run
+// and will not run.
+int destroy_cq(Cq* cq);
+int create_qp(Pd* pd, const QpInitAttr* init, Qp** out);
+int modify_qp(Qp* qp, const QpAttr* attr, uint32_t attr_mask);
+int query_qp(Qp* qp, QpAttr* attr, uint32_t attr_mask, QpInitAttr* init);
+int destroy_qp(Qp* qp);
+int create_srq(Pd* pd, const SrqInitAttr* init, EventHandler handler, void* context, Srq** out);
+int modify_srq(Srq* srq, uint32_t max_wr, uint32_t srq_limit, uint32_t mask);
+int destroy_srq(Srq* srq);
+int query_device(Device* dev, DeviceAttr* attr);
+int query_port(Device* dev, uint8_t port_num, PortAttr* attr);
+int query_gid(Device* dev, uint8_t port_num, int index, Gid* gid);
+
+// ---- Context: any thread, never sleeps. ----
+int create_ah(Pd* pd, const AhAttr* attr, Ah** out) noexcept;
+int destroy_ah(Ah* ah) noexcept;
+
+// Fast path: a straight call into the driver (core_locking.rst: "The IB midlayer does not
+// perform any serialization of function calls").
+// Context: any thread, concurrently on one object, never sleeps.
+inline int post_send(Qp* qp, SendWr* wr, SendWr** bad_wr) noexcept {
+  NonSleepingScope scope("post_send");
+  return qp->device->ops->post_send(qp, wr, bad_wr);
+}
+inline int post_recv(Qp* qp, RecvWr* wr, RecvWr** bad_wr) noexcept {
+  NonSleepingScope scope("post_recv");
+  return qp->device->ops->post_recv(qp, wr, bad_wr);
+}
+inline int post_srq_recv(Srq* srq, RecvWr* wr, RecvWr** bad_wr) noexcept {
+  NonSleepingScope scope("post_srq_recv");
+  if (!srq->device->ops->post_srq_recv) return EOPNOTSUPP;
+  return srq->device->ops->post_srq_recv(srq, wr, bad_wr);
+}
+inline int poll_cq(Cq* cq, int num_entries, Wc* wc) noexcept {
+  NonSleepingScope scope("poll_cq");
+  return cq->device->ops->poll_cq(cq, num_entries, wc);
+}
+// Arms the CQ: the next completion (or next solicited one) raises one completion event.
+// Also callable from inside the CQ's own completion handler.
+inline int req_notify_cq(Cq* cq, bool solicited_only) noexcept {
+  NonSleepingScope scope("req_notify_cq");
+  return cq->device->ops->req_notify_cq(cq, solicited_only);
+}
+
+// Async-event handlers of a device, beyond clients' (ib_register_event_handler).
+// Context: process context.
+using DeviceEventHandler = void (*)(const Event& event, void* context);
+int register_event_handler(Device* dev, DeviceEventHandler handler, void* context);
+void unregister_event_handler(Device* dev, DeviceEventHandler handler, void* context);
+
+// Counters of the event machinery, for tests and telemetry.
+struct EventStats {
+  uint64_t cq_events_raised;
+  uint64_t cq_handlers_run;
+  uint64_t async_events_raised;
+  uint64_t async_events_delivered;
+  uint64_t ring_full_drops;  // events coalesced because a ring was full (never lost: the
+                             // CQ stays scheduled)
+};
+EventStats event_stats() noexcept;
+
+}  // namespace dverbs::mid

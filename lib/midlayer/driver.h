@@ -1,0 +1,101 @@
+// The midlayer's driver API: what a low-level driver (lib/pmd) implements and calls.
+//
+// A driver fills a DeviceOps table, embeds mid::Device in its device object and calls
+// register_device() once the device is fully initialised (core_locking.rst, Hot-plug).
+// The midlayer checks the mandatory ops at registration and never serialises calls into
+// the driver: every op must be reentrant.
+//
+// Error convention: ops return 0 or a positive errno value (as the verbs ABI does);
+// poll_cq returns a count >= 0 or a negative errno.
+#pragma once
+
+#include <cstdint>
+
+#include "midlayer/objects.h"
+
+namespace dverbs::mid {
+
+struct DeviceOps {
+  // --- mandatory (register_device fails with EINVAL if any is missing) ---
+  // Context: process context, may sleep (unless noted).
+  int (*query_device)(Device* dev, DeviceAttr* attr);
+  int (*query_port)(Device* dev, uint8_t port_num, PortAttr* attr);
+  int (*query_gid)(Device* dev, uint8_t port_num, int index, Gid* gid);
+  int (*alloc_pd)(Device* dev, Pd** out);
+  int (*dealloc_pd)(Pd* pd);
+  int (*reg_mr)(Pd* pd, void* addr, uint64_t length, uint32_t access, Mr** out);
+  int (*dereg_mr)(Mr* mr);
+  int (*create_cq)(Device* dev, uint32_t cqe, Cq** out);
+  int (*destroy_cq)(Cq* cq);
+  int (*create_qp)(Pd* pd, const QpInitAttr* init, Qp** out);
+  int (*modify_qp)(Qp* qp, const QpAttr* attr, uint32_t attr_mask);
+  int (*query_qp)(Qp* qp, QpAttr* attr, uint32_t attr_mask, QpInitAttr* init);
+  int (*destroy_qp)(Qp* qp);
+  // Context: any thread, concurrently on one object, never sleeps.
+  int (*post_send)(Qp* qp, SendWr* wr, SendWr** bad_wr);
+  int (*post_recv)(Qp* qp, RecvWr* wr, RecvWr** bad_wr);
+  int (*poll_cq)(Cq* cq, int num_entries, Wc* wc);
+  int (*req_notify_cq)(Cq* cq, bool solicited_only);
+
+  // --- optional (nullptr → the consumer call returns EOPNOTSUPP) ---
+  // Context: any thread, never sleeps (core_locking.rst lists the AH methods).
+  int (*create_ah)(Pd* pd, const AhAttr* attr, Ah** out);
+  int (*destroy_ah)(Ah* ah);
+  // Context: process context, may sleep.
+  int (*create_srq)(Pd* pd, const SrqInitAttr* init, Srq** out);
+  int (*modify_srq)(Srq* srq, uint32_t max_wr, uint32_t srq_limit, uint32_t mask);
+  int (*destroy_srq)(Srq* srq);
+  // Context: any thread, never sleeps.
+  int (*post_srq_recv)(Srq* srq, RecvWr* wr, RecvWr** bad_wr);
+};
+
+struct DeviceRegistration;  // midlayer-private
+
+struct Device {
+  char name[32] = {};
+  const DeviceOps* ops = nullptr;
+  uint8_t phys_port_cnt = 1;
+  DeviceRegistration* reg = nullptr;  // owned by the midlayer while registered
+};
+
+// Announces a fully initialised device to every client (their add() runs, FIFO).
+// Returns 0, EINVAL (mandatory op missing, no name), or EEXIST (name taken).
+// Context: process context, may sleep. Must not be called with a lock a client might need.
+int register_device(Device* dev);
+
+// Calls every client's remove() (LIFO), then forgets the device. The device stays usable
+// until this returns; afterwards no midlayer callback touches it.
+// Context: process context, may sleep. Fence: when it returns, no completion or event
+// handler for an object of this device runs or will run.
+void unregister_device(Device* dev);
+
+// Queues an asynchronous event for the device's event handlers and the affected object's
+// handler. Never calls a consumer directly.
+// Context: any, including transport lcores; never sleeps, never allocates, only enqueues.
+void dispatch_event(const Event& event) noexcept;
+
+// Tells the midlayer that an armed CQ received a completion: queues the CQ on its event
+// ring so a handler thread calls the consumer's completion handler. Never calls a consumer
+// directly. Context: any, including transport lcores; never sleeps, only enqueues.
+void cq_comp_event(Cq* cq) noexcept;
+
+// A driver that can create devices: probe() is called once, from process context, the
+// first time a consumer asks for devices (probe_drivers()). It reads its configuration,
+// builds its devices and registers them. Returns 0 or a positive errno.
+struct Driver {
+  const char* name;
+  int (*probe)();
+  void (*shutdown)();  // unregisters and frees its devices; called by shutdown_drivers()
+};
+
+// Adds a driver to the list probe_drivers() walks. Context: static initialisation or
+// process context.
+void register_driver(const Driver* driver);
+
+}  // namespace dverbs::mid
+
+// Registers a driver at load time (SPDK-style plug-in macro).
+#define DVERBS_REGISTER_DRIVER(var)                                      \
+  __attribute__((constructor)) static void dverbs_register_##var() {     \
+    ::dverbs::mid::register_driver(&(var));                              \
+  }

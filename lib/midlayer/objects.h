@@ -1,0 +1,119 @@
+// The midlayer's view of verbs objects (the analogue of struct ib_pd, ib_cq, ib_qp…).
+//
+// A driver allocates its own object and embeds the midlayer object as its first base
+// (`struct RxeQp : mid::Qp`), exactly as Linux drivers embed `struct ib_qp`. The midlayer
+// fills the common fields (device, pd, cq pointers, handlers, usecnt) before the object
+// reaches a consumer; the driver owns everything else.
+//
+// Thread safety: the common fields are written once at creation and read-only afterwards,
+// except `usecnt` (atomic) and the CQ's event state (owned by lib/midlayer/cq_events.cc).
+#pragma once
+
+#include <atomic>
+#include <cstdint>
+
+#include "dverbs/types.h"
+
+namespace dverbs::mid {
+
+struct Device;
+struct Cq;
+struct Qp;
+struct Srq;
+
+// Consumer completion callback: runs on a midlayer handler thread, at most one at a time
+// per CQ, never from the call chain of a device method. Must not sleep.
+using CompHandler = void (*)(Cq* cq, void* cq_context);
+
+struct Event;
+// Consumer async-event callback for one object: runs on a handler thread. Must not sleep.
+using EventHandler = void (*)(const Event& event, void* context);
+
+struct Pd {
+  Device* device = nullptr;
+  std::atomic<uint32_t> usecnt{0};  // MRs, QPs, AHs, SRQs, MWs that reference this PD
+};
+
+struct Mr {
+  Device* device = nullptr;
+  Pd* pd = nullptr;
+  uint64_t addr = 0;
+  uint64_t length = 0;
+  uint32_t lkey = 0;
+  uint32_t rkey = 0;
+  uint32_t access = 0;
+};
+
+struct Ah {
+  Device* device = nullptr;
+  Pd* pd = nullptr;
+};
+
+// Per-CQ completion-event state, owned by lib/midlayer/cq_events.cc.
+struct CqEventState {
+  std::atomic<uint32_t> pending{0};    // events raised and not yet handled
+  std::atomic<uint32_t> scheduled{0};  // 1 while the CQ sits in the ready queue or a handler runs
+  std::atomic<uint32_t> in_handler{0};
+  std::atomic<uint64_t> delivered{0};  // completion handlers called so far
+};
+
+struct Cq {
+  Device* device = nullptr;
+  CompHandler comp_handler = nullptr;
+  EventHandler event_handler = nullptr;
+  void* cq_context = nullptr;
+  uint32_t cqe = 0;                 // capacity granted by the driver
+  std::atomic<uint32_t> usecnt{0};  // QPs and SRQs that reference this CQ
+  CqEventState events;
+};
+
+struct SrqInitAttr {
+  uint32_t max_wr = 0;
+  uint32_t max_sge = 1;
+  uint32_t srq_limit = 0;
+};
+
+struct Srq {
+  Device* device = nullptr;
+  Pd* pd = nullptr;
+  EventHandler event_handler = nullptr;
+  void* srq_context = nullptr;
+  std::atomic<uint32_t> usecnt{0};
+};
+
+struct QpInitAttr {
+  QpType qp_type = QpType::rc;
+  Cq* send_cq = nullptr;
+  Cq* recv_cq = nullptr;
+  Srq* srq = nullptr;
+  QpCap cap{};
+  bool sq_sig_all = false;
+  EventHandler event_handler = nullptr;
+  void* qp_context = nullptr;
+};
+
+struct Qp {
+  Device* device = nullptr;
+  Pd* pd = nullptr;
+  Cq* send_cq = nullptr;
+  Cq* recv_cq = nullptr;
+  Srq* srq = nullptr;
+  EventHandler event_handler = nullptr;
+  void* qp_context = nullptr;
+  uint32_t qp_num = 0;
+  QpType qp_type = QpType::rc;
+};
+
+// An asynchronous event (struct ib_event): the element names which object it concerns.
+struct Event {
+  Device* device = nullptr;
+  EventType type = EventType::device_fatal;
+  union {
+    Cq* cq;
+    Qp* qp;
+    Srq* srq;
+    uint32_t port_num;
+  } element{};
+};
+
+}  // namespace dverbs::mid
