@@ -81,6 +81,12 @@ void wait(std::condition_variable& cv, std::unique_lock<std::mutex>& lk, Pred pr
   might_sleep("condition wait");
   cv.wait(lk, pred);
 }
+// The same on a dverbs::mid::Mutex (re-locking goes through Mutex::lock and its check).
+template <class Pred>
+void wait(std::condition_variable_any& cv, std::unique_lock<Mutex>& lk, Pred pred) {
+  might_sleep("condition wait");
+  cv.wait(lk, pred);
+}
 
 // Sleeping helpers that check the context rules.
 void sleep_for_us(unsigned us);

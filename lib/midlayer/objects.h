@@ -6,7 +6,8 @@
 // reaches a consumer; the driver owns everything else.
 //
 // Thread safety: the common fields are written once at creation and read-only afterwards,
-// except `usecnt` (atomic) and the CQ's event state (owned by lib/midlayer/cq_events.cc).
+// except `usecnt` and `dying` (atomic) and the CQ's event state (owned by
+// lib/midlayer/cq_events.cc).
 #pragma once
 
 #include <atomic>
@@ -53,8 +54,10 @@ struct Ah {
 struct CqEventState {
   std::atomic<uint32_t> pending{0};    // events raised and not yet handled
   std::atomic<uint32_t> scheduled{0};  // 1 while the CQ sits in the ready queue or a handler runs
-  std::atomic<uint32_t> in_handler{0};
+  std::atomic<uint32_t> in_handler{0};  // handler threads holding the CQ (popped, not yet let go)
   std::atomic<uint64_t> delivered{0};  // completion handlers called so far
+  std::atomic<uint32_t> dying{0};      // destroy_cq: 1 while fencing, 2 once quiesced
+  Cq* next_ready = nullptr;            // link in the overflow list when the ready ring is full
 };
 
 struct Cq {
@@ -78,7 +81,8 @@ struct Srq {
   Pd* pd = nullptr;
   EventHandler event_handler = nullptr;
   void* srq_context = nullptr;
-  std::atomic<uint32_t> usecnt{0};
+  std::atomic<uint32_t> usecnt{0};  // QPs that reference this SRQ
+  std::atomic<uint32_t> dying{0};   // set by destroy_srq: queued async events are forgotten
 };
 
 struct QpInitAttr {
@@ -102,6 +106,7 @@ struct Qp {
   void* qp_context = nullptr;
   uint32_t qp_num = 0;
   QpType qp_type = QpType::rc;
+  std::atomic<uint32_t> dying{0};  // set by destroy_qp: queued async events are forgotten
 };
 
 // An asynchronous event (struct ib_event): the element names which object it concerns.

@@ -24,17 +24,36 @@ struct Config {
   std::string eal_args;        // DVERBS_EAL: extra EAL arguments, space separated
   FaultSpec fault;             // DVERBS_FAULT
   std::string pcap;            // DVERBS_PCAP: pcapng output path
-  int log_level = 4;           // DVERBS_LOG: 1 (critical) … 8 (debug); names accepted too
+  int log_level = 5;           // DVERBS_LOG: RTE_LOG_* 1 (emergency) … 8 (debug), 5 = warning;
+                               // names accepted too
 };
 
-// Reads every DVERBS_* variable. On a bad value returns false and sets *err to one line,
-// e.g. "DVERBS_IP: '10.0.0.300/24' is not an IPv4 address/prefix".
+constexpr int kMaxLcores = 64;  // upper bound of DVERBS_LCORES
+
+// Reads every DVERBS_* variable. A variable that is unset or empty leaves its field of *cfg
+// as it was (a fresh Config holds the defaults). On a bad value returns false, leaves *cfg
+// untouched and sets *err to one line naming the variable and the value, e.g.
+// "DVERBS_IP: '10.0.0.300/24' is not an IPv4 address/prefix (a.b.c.d/len)".
 // Context: process context.
 bool config_from_env(Config* cfg, std::string* err);
 
-// Parsers used by config_from_env and dverbs-run's option checks.
+// Parsers used by config_from_env and dverbs-run's option checks. Each returns false (or -1)
+// on a malformed value and then leaves its outputs untouched.
+
+// Context: any thread. "a.b.c.d/len" (len 1..32) or "a.b.c.d" (prefix 24); *ip in host
+// byte order.
 bool parse_ip_prefix(const std::string& s, uint32_t* ip, uint8_t* prefix);
+// Context: any thread. "aa:bb:cc:dd:ee:ff" (or '-' separated), two hex digits per byte.
 bool parse_mac(const std::string& s, uint8_t mac[6]);
+// Context: any thread, may allocate. "loss=P,dup=P,reorder=P,corrupt=P,seed=N", P in [0,1],
+// N decimal or 0x-hex; keys in any order, each optional; "" or "off" = no faults. *err gets
+// the reason without the variable name, e.g. "unknown key 'los' (expected loss, dup,
+// reorder, corrupt, seed)".
 bool parse_fault(const std::string& s, FaultSpec* out, std::string* err);
+// Context: any thread. DVERBS_LOG syntax: 1..8 or emergency|alert|critical|error|warning|
+// notice|info|debug (also emerg, crit, err, warn; any case). Returns the RTE_LOG_* level or -1.
+int parse_log_level(const std::string& s);
+// Context: any thread. DVERBS_LCORES syntax: decimal 0..kMaxLcores. Returns it or -1.
+int parse_lcores(const std::string& s);
 
 }  // namespace dverbs::pmd::net

@@ -50,6 +50,16 @@ inline void store_be64(uint8_t* p, uint64_t v) {
   store_be32(p, uint32_t(v >> 32));
   store_be32(p + 4, uint32_t(v));
 }
+// The ICRC is the one little-endian field of the packet (IBA A17.3.3: CRC bit 0 first).
+inline uint32_t load_le32(const uint8_t* p) {
+  return uint32_t(p[0]) | uint32_t(p[1]) << 8 | uint32_t(p[2]) << 16 | uint32_t(p[3]) << 24;
+}
+inline void store_le32(uint8_t* p, uint32_t v) {
+  p[0] = uint8_t(v);
+  p[1] = uint8_t(v >> 8);
+  p[2] = uint8_t(v >> 16);
+  p[3] = uint8_t(v >> 24);
+}
 
 // Base Transport Header (IBA 9.2), 12 bytes.
 struct Bth {
@@ -153,6 +163,13 @@ constexpr uint8_t kSendFirst = 0x00, kSendMiddle = 0x01, kSendLast = 0x02,
 constexpr uint8_t kCnp = 0x81;
 }  // namespace op
 
+// Extension header sizes (IBA 9.3); ImmDt and IETH are one 32-bit word each.
+constexpr uint32_t kRethLen = 16, kAethLen = 4, kDethLen = 8, kImmDtLen = 4, kIethLen = 4,
+                   kAtomicEthLen = 28, kAtomicAckEthLen = 8;
+// A CNP carries 16 reserved bytes between the BTH and the ICRC (IBA A17.9.3); parse_frame
+// reports them as its payload.
+constexpr uint32_t kCnpPayloadLen = 16;
+
 // Properties of each opcode (one table, indexed by the 8-bit opcode).
 namespace opf {
 constexpr uint32_t kValid = 1u << 0;
@@ -187,6 +204,27 @@ struct OpcodeInfo {
 
 // Context: any. Never fails: unassigned opcodes return an entry without opf::kValid.
 const OpcodeInfo& opcode_info(uint8_t opcode) noexcept;
+
+// Offset from the end of the BTH of extension header `hdr` (one opf::kDeth..kIeth bit) for
+// an opcode with `flags`. Wire order (IBA 9.2, Table 39): DETH RETH AtomicETH AETH
+// AtomicAckETH ImmDt IETH. Meaningful only when `flags` has `hdr`.
+// Context: any.
+constexpr uint32_t ext_offset(uint32_t flags, uint32_t hdr) {
+  uint32_t off = 0;
+  if (hdr == opf::kDeth) return off;
+  if (flags & opf::kDeth) off += kDethLen;
+  if (hdr == opf::kReth) return off;
+  if (flags & opf::kReth) off += kRethLen;
+  if (hdr == opf::kAtomicEth) return off;
+  if (flags & opf::kAtomicEth) off += kAtomicEthLen;
+  if (hdr == opf::kAeth) return off;
+  if (flags & opf::kAeth) off += kAethLen;
+  if (hdr == opf::kAtomicAckEth) return off;
+  if (flags & opf::kAtomicAckEth) off += kAtomicAckEthLen;
+  if (hdr == opf::kImm) return off;
+  if (flags & opf::kImm) off += kImmDtLen;
+  return off;  // opf::kIeth comes last
+}
 
 // ---- ICRC (IBA Annex A17.3.3 for RoCEv2) ----
 // CRC-32 over: 8 bytes of 0xff standing for the masked LRH, then the IPv4 header with
@@ -247,7 +285,7 @@ struct Packet {
   uint32_t ieth_rkey = 0;       // host byte order
   const uint8_t* payload = nullptr;
   uint32_t payload_len = 0;     // excludes pad and ICRC
-  uint32_t icrc = 0;            // as found in the frame
+  uint32_t icrc = 0;            // as found in the frame, read little-endian (= icrc_compute)
 };
 
 // Parses and validates one Ethernet frame (FCS excluded, ICRC included). With
@@ -294,10 +332,18 @@ void write_deth(uint8_t* p, uint32_t qkey, uint32_t src_qp) noexcept;
 void write_atomic_eth(uint8_t* p, uint64_t va, uint32_t rkey, uint64_t swap_add,
                       uint64_t compare) noexcept;
 void write_atomic_ack_eth(uint8_t* p, uint64_t orig) noexcept;
+// `imm_be` in network byte order, as verbs hands it over (the inverse of Packet::imm_data).
+void write_immdt(uint8_t* p, uint32_t imm_be) noexcept;
+void write_ieth(uint8_t* p, uint32_t rkey) noexcept;
 
 // Fills the IPv4 header checksum and the ICRC of a frame built by write_headers(); `len`
 // is the frame length including the 4 ICRC bytes. Returns `len`.
 uint32_t finish_frame(uint8_t* frame, uint32_t len) noexcept;
+
+// RFC 1071 Internet checksum of an IPv4 header of `len` bytes (a multiple of 2); a header
+// whose checksum field is correct yields 0.
+// Context: any.
+uint16_t ipv4_checksum(const uint8_t* ip, uint32_t len) noexcept;
 
 // Pad count for a payload of `len` bytes (IBA 9.2.3: payload padded to 4-byte multiple).
 constexpr uint8_t pad_for(uint32_t len) { return uint8_t((4 - (len & 3)) & 3); }

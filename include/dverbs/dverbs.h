@@ -1,0 +1,189 @@
+// dverbs — the public C++ API of the user-space soft RDMA HCA.
+//
+// RAII handles over the verbs objects: a Context opens a device, and Pd, Mr, Cq, Qp, Ah
+// are created from it and destroyed by their destructors (children before parents: the
+// caller keeps a Qp alive no longer than its Pd and Cqs — destroying a Pd or Cq still in
+// use fails with EBUSY and leaves it alive). Errors are errno values: factory functions
+// return Expected<T>, other calls return 0 or an errno, poll() returns a count or -errno.
+//
+// Context rules (core_locking.rst):
+// - post_send, post_recv, poll, req_notify, Ah::create/destroy: any thread, concurrently
+//   on one object, never sleep.
+// - everything else: process context, may sleep.
+// - completion handlers run on midlayer handler threads, one at a time per Cq, never in
+//   the caller of post_send; they must not sleep (they may poll and re-arm).
+#pragma once
+
+#include <cerrno>
+#include <cstddef>
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "dverbs/types.h"
+
+namespace dverbs {
+
+namespace mid {
+struct Device;
+struct Pd;
+struct Mr;
+struct Cq;
+struct Qp;
+struct Ah;
+}  // namespace mid
+
+// A value or an errno.
+template <class T>
+class Expected {
+ public:
+  Expected(T v) : v_(std::move(v)), err_(0) {}  // NOLINT: implicit by design
+  static Expected failure(int err) { return Expected(err, 0); }
+  explicit operator bool() const { return err_ == 0; }
+  int error() const { return err_; }
+  T& operator*() { return v_; }
+  T* operator->() { return &v_; }
+  T&& take() { return std::move(v_); }
+
+ private:
+  Expected(int err, int) : v_(), err_(err) {}
+  T v_;
+  int err_;
+};
+
+// Names of the devices registered now (probing the drivers on first use).
+// Context: process context, may sleep. Returns an empty list and sets *err on failure.
+std::vector<std::string> device_names(int* err = nullptr);
+
+class Context {
+ public:
+  Context() = default;
+  // Opens a device by name, or the first one when name is empty.
+  // Context: process context, may sleep. ENODEV when there is none.
+  static Expected<Context> open(const std::string& name = {});
+  Context(Context&&) noexcept = default;
+  Context& operator=(Context&&) noexcept = default;
+
+  int query_device(DeviceAttr* attr) const;
+  int query_port(uint8_t port_num, PortAttr* attr) const;
+  int query_gid(uint8_t port_num, int index, Gid* gid) const;
+  const char* name() const;
+  mid::Device* raw() const { return dev_; }
+
+ private:
+  mid::Device* dev_ = nullptr;
+};
+
+class Pd {
+ public:
+  Pd() = default;
+  static Expected<Pd> alloc(const Context& ctx);
+  Pd(Pd&& o) noexcept : pd_(std::exchange(o.pd_, nullptr)) {}
+  Pd& operator=(Pd&& o) noexcept;
+  ~Pd();
+  // Explicit destruction: 0, or EBUSY while MRs/QPs/AHs use it (then it stays alive).
+  int destroy();
+  mid::Pd* raw() const { return pd_; }
+
+ private:
+  mid::Pd* pd_ = nullptr;
+};
+
+class Mr {
+ public:
+  Mr() = default;
+  // Registers [addr, addr+length) with IBV_ACCESS_* flags. EINVAL for bad flags/ranges.
+  static Expected<Mr> reg(const Pd& pd, void* addr, size_t length, uint32_t access);
+  Mr(Mr&& o) noexcept : mr_(std::exchange(o.mr_, nullptr)) {}
+  Mr& operator=(Mr&& o) noexcept;
+  ~Mr();
+  int destroy();
+  uint32_t lkey() const;
+  uint32_t rkey() const;
+  uint64_t addr() const;
+  uint64_t length() const;
+  mid::Mr* raw() const { return mr_; }
+
+ private:
+  mid::Mr* mr_ = nullptr;
+};
+
+class Cq {
+ public:
+  // Called on a handler thread after a completion on an armed CQ. Must not sleep.
+  using Handler = std::function<void(Cq&)>;
+  Cq();
+  static Expected<Cq> create(const Context& ctx, uint32_t cqe, Handler handler = {});
+  Cq(Cq&& o) noexcept;
+  Cq& operator=(Cq&& o) noexcept;
+  ~Cq();
+  // 0, or EBUSY while QPs use it. Fence: afterwards the handler never runs again.
+  int destroy();
+
+  // Context: any thread, never sleeps. Returns completions polled, or -errno.
+  int poll(Wc* wc, int n) noexcept;
+  // Arms the CQ for one completion event. Context: any thread (also its handler).
+  int req_notify(bool solicited_only = false) noexcept;
+  uint32_t capacity() const;
+  mid::Cq* raw() const;
+
+ private:
+  struct State;
+  std::unique_ptr<State> s_;
+};
+
+struct QpInit {
+  QpType type = QpType::rc;
+  QpCap cap{16, 16, 1, 1, 0};
+  bool sq_sig_all = false;
+};
+
+class Qp {
+ public:
+  Qp() = default;
+  static Expected<Qp> create(const Pd& pd, const Cq& send_cq, const Cq& recv_cq,
+                             const QpInit& init);
+  Qp(Qp&& o) noexcept : qp_(std::exchange(o.qp_, nullptr)) {}
+  Qp& operator=(Qp&& o) noexcept;
+  ~Qp();
+  int destroy();
+
+  // IBV_QP_* attribute mask semantics; EINVAL for an illegal transition or attribute.
+  int modify(const QpAttr& attr, uint32_t attr_mask);
+  int query(QpAttr* attr) const;
+  QpState state() const;
+  uint32_t qp_num() const;
+
+  // Context: any thread, concurrently, never sleep. 0, EINVAL (bad WR or state: *bad_wr
+  // names it), ENOMEM (queue full: *bad_wr names the first WR not posted).
+  int post_send(SendWr* wr, SendWr** bad_wr) noexcept;
+  int post_recv(RecvWr* wr, RecvWr** bad_wr) noexcept;
+
+  // Drives RESET→INIT→RTR→RTS for a connected QP whose peer is (gid, qpn, psn).
+  // Context: process context.
+  int connect(const Gid& remote_gid, uint32_t remote_qpn, uint32_t local_psn,
+              uint32_t remote_psn, Mtu mtu = Mtu::mtu1024, uint32_t access_flags = 0);
+  mid::Qp* raw() const { return qp_; }
+
+ private:
+  mid::Qp* qp_ = nullptr;
+};
+
+class Ah {
+ public:
+  Ah() = default;
+  // Context: any thread, never sleeps.
+  static Expected<Ah> create(const Pd& pd, const AhAttr& attr);
+  Ah(Ah&& o) noexcept : ah_(std::exchange(o.ah_, nullptr)) {}
+  Ah& operator=(Ah&& o) noexcept;
+  ~Ah();
+  mid::Ah* raw() const { return ah_; }
+
+ private:
+  mid::Ah* ah_ = nullptr;
+};
+
+}  // namespace dverbs

@@ -1,0 +1,272 @@
+// Object create/destroy wrappers (the analogue of ib_alloc_pd, ib_create_qp… in
+// drivers/infiniband/core/verbs.c): check arguments, call the driver, fill the common
+// fields of the midlayer object and keep the use counts that make destroying a PD, CQ or
+// SRQ still referenced fail with EBUSY.
+//
+// Use counts are atomics on the objects; the midlayer adds no lock and no serialisation
+// (core_locking.rst, Reentrancy). As in the kernel, a consumer that destroys an object
+// while another of its threads creates a user of it races with itself.
+//
+// Destroy wrappers fence the event machinery before the driver frees the object: they mark
+// it dying, then wait until no queued or running handler can touch it.
+#include <cerrno>
+
+#include "midlayer/core.h"
+#include "midlayer/internal.h"
+
+namespace dverbs::mid {
+
+namespace {
+
+inline void get(std::atomic<uint32_t>& c) noexcept { c.fetch_add(1, std::memory_order_relaxed); }
+inline void put(std::atomic<uint32_t>& c) noexcept { c.fetch_sub(1, std::memory_order_relaxed); }
+
+}  // namespace
+
+// ---- queries ----
+
+int query_device(Device* dev, DeviceAttr* attr) {
+  might_sleep("query_device");
+  if (!dev || !attr) return EINVAL;
+  return dev->ops->query_device(dev, attr);
+}
+
+int query_port(Device* dev, uint8_t port_num, PortAttr* attr) {
+  might_sleep("query_port");
+  if (!dev || !attr || port_num < 1 || port_num > dev->phys_port_cnt) return EINVAL;
+  return dev->ops->query_port(dev, port_num, attr);
+}
+
+int query_gid(Device* dev, uint8_t port_num, int index, Gid* gid) {
+  might_sleep("query_gid");
+  if (!dev || !gid || index < 0 || port_num < 1 || port_num > dev->phys_port_cnt) return EINVAL;
+  return dev->ops->query_gid(dev, port_num, index, gid);
+}
+
+// ---- PD ----
+
+int alloc_pd(Device* dev, Pd** out) {
+  might_sleep("alloc_pd");
+  if (!dev || !out) return EINVAL;
+  Pd* pd = nullptr;
+  if (int rc = dev->ops->alloc_pd(dev, &pd)) return rc;
+  pd->device = dev;
+  pd->usecnt.store(0, std::memory_order_relaxed);
+  *out = pd;
+  return 0;
+}
+
+int dealloc_pd(Pd* pd) {
+  might_sleep("dealloc_pd");
+  if (!pd) return EINVAL;
+  if (pd->usecnt.load(std::memory_order_acquire) != 0) return EBUSY;
+  return pd->device->ops->dealloc_pd(pd);
+}
+
+// ---- MR ----
+
+int reg_mr(Pd* pd, void* addr, uint64_t length, uint32_t access, Mr** out) {
+  might_sleep("reg_mr");
+  if (!pd || !out) return EINVAL;
+  Mr* mr = nullptr;
+  if (int rc = pd->device->ops->reg_mr(pd, addr, length, access, &mr)) return rc;
+  mr->device = pd->device;
+  mr->pd = pd;
+  mr->addr = reinterpret_cast<uint64_t>(addr);
+  mr->length = length;
+  mr->access = access;
+  get(pd->usecnt);
+  *out = mr;
+  return 0;
+}
+
+int dereg_mr(Mr* mr) {
+  might_sleep("dereg_mr");
+  if (!mr) return EINVAL;
+  Pd* pd = mr->pd;
+  if (int rc = mr->device->ops->dereg_mr(mr)) return rc;
+  put(pd->usecnt);
+  return 0;
+}
+
+// ---- CQ ----
+
+int create_cq(Device* dev, uint32_t cqe, CompHandler comp_handler, EventHandler event_handler,
+              void* cq_context, Cq** out) {
+  might_sleep("create_cq");
+  if (!dev || !out || cqe == 0) return EINVAL;
+  try {
+    detail::start_handler_pool();
+  } catch (...) {
+    return ENOMEM;
+  }
+  Cq* cq = nullptr;
+  if (int rc = dev->ops->create_cq(dev, cqe, &cq)) return rc;
+  cq->device = dev;
+  cq->comp_handler = comp_handler;
+  cq->event_handler = event_handler;
+  cq->cq_context = cq_context;
+  if (cq->cqe == 0) cq->cqe = cqe;
+  cq->usecnt.store(0, std::memory_order_relaxed);
+  try {
+    detail::track_cq(cq);
+  } catch (...) {
+    dev->ops->destroy_cq(cq);
+    return ENOMEM;
+  }
+  *out = cq;
+  return 0;
+}
+
+// Fence: when it returns, the CQ's completion and event handlers do not run and will not.
+int destroy_cq(Cq* cq) {
+  might_sleep("destroy_cq");
+  if (!cq) return EINVAL;
+  if (cq->usecnt.load(std::memory_order_acquire) != 0) return EBUSY;
+  detail::untrack_cq(cq);
+  detail::quiesce_cq(cq);         // completion handler: not queued, not running
+  detail::flush_async_events();   // cq_err events queued before `dying` was set
+  if (int rc = cq->device->ops->destroy_cq(cq)) {
+    detail::unquiesce_cq(cq);
+    try {
+      detail::track_cq(cq);
+    } catch (...) {
+    }
+    return rc;
+  }
+  return 0;
+}
+
+// ---- QP ----
+
+int create_qp(Pd* pd, const QpInitAttr* init, Qp** out) {
+  might_sleep("create_qp");
+  if (!pd || !init || !out || !init->send_cq || !init->recv_cq) return EINVAL;
+  Device* dev = pd->device;
+  if (init->send_cq->device != dev || init->recv_cq->device != dev ||
+      (init->srq && init->srq->device != dev))
+    return EINVAL;
+  Qp* qp = nullptr;
+  if (int rc = dev->ops->create_qp(pd, init, &qp)) return rc;
+  qp->device = dev;
+  qp->pd = pd;
+  qp->send_cq = init->send_cq;
+  qp->recv_cq = init->recv_cq;
+  qp->srq = init->srq;
+  qp->event_handler = init->event_handler;
+  qp->qp_context = init->qp_context;
+  qp->qp_type = init->qp_type;
+  qp->dying.store(0, std::memory_order_relaxed);
+  get(pd->usecnt);
+  get(qp->send_cq->usecnt);
+  get(qp->recv_cq->usecnt);
+  if (qp->srq) get(qp->srq->usecnt);
+  *out = qp;
+  return 0;
+}
+
+int modify_qp(Qp* qp, const QpAttr* attr, uint32_t attr_mask) {
+  might_sleep("modify_qp");
+  if (!qp || !attr) return EINVAL;
+  return qp->device->ops->modify_qp(qp, attr, attr_mask);
+}
+
+int query_qp(Qp* qp, QpAttr* attr, uint32_t attr_mask, QpInitAttr* init) {
+  might_sleep("query_qp");
+  if (!qp || !attr) return EINVAL;
+  return qp->device->ops->query_qp(qp, attr, attr_mask, init);
+}
+
+// Fence: when it returns, the QP's event handler does not run and will not run.
+int destroy_qp(Qp* qp) {
+  might_sleep("destroy_qp");
+  if (!qp) return EINVAL;
+  Pd* pd = qp->pd;
+  Cq* send_cq = qp->send_cq;
+  Cq* recv_cq = qp->recv_cq;
+  Srq* srq = qp->srq;
+  qp->dying.store(1, std::memory_order_seq_cst);
+  detail::flush_async_events();
+  if (int rc = qp->device->ops->destroy_qp(qp)) {
+    qp->dying.store(0, std::memory_order_seq_cst);
+    return rc;
+  }
+  put(pd->usecnt);
+  put(send_cq->usecnt);
+  put(recv_cq->usecnt);
+  if (srq) put(srq->usecnt);
+  return 0;
+}
+
+// ---- SRQ (optional) ----
+
+int create_srq(Pd* pd, const SrqInitAttr* init, EventHandler handler, void* context,
+               Srq** out) {
+  might_sleep("create_srq");
+  if (!pd || !init || !out) return EINVAL;
+  Device* dev = pd->device;
+  if (!dev->ops->create_srq || !dev->ops->destroy_srq) return EOPNOTSUPP;
+  Srq* srq = nullptr;
+  if (int rc = dev->ops->create_srq(pd, init, &srq)) return rc;
+  srq->device = dev;
+  srq->pd = pd;
+  srq->event_handler = handler;
+  srq->srq_context = context;
+  srq->usecnt.store(0, std::memory_order_relaxed);
+  srq->dying.store(0, std::memory_order_relaxed);
+  get(pd->usecnt);
+  *out = srq;
+  return 0;
+}
+
+int modify_srq(Srq* srq, uint32_t max_wr, uint32_t srq_limit, uint32_t mask) {
+  might_sleep("modify_srq");
+  if (!srq) return EINVAL;
+  if (!srq->device->ops->modify_srq) return EOPNOTSUPP;
+  return srq->device->ops->modify_srq(srq, max_wr, srq_limit, mask);
+}
+
+// Fence: when it returns, the SRQ's event handler does not run and will not run.
+int destroy_srq(Srq* srq) {
+  might_sleep("destroy_srq");
+  if (!srq) return EINVAL;
+  if (!srq->device->ops->destroy_srq) return EOPNOTSUPP;
+  if (srq->usecnt.load(std::memory_order_acquire) != 0) return EBUSY;
+  Pd* pd = srq->pd;
+  srq->dying.store(1, std::memory_order_seq_cst);
+  detail::flush_async_events();
+  if (int rc = srq->device->ops->destroy_srq(srq)) {
+    srq->dying.store(0, std::memory_order_seq_cst);
+    return rc;
+  }
+  put(pd->usecnt);
+  return 0;
+}
+
+// ---- AH (optional; any context, never sleeps) ----
+
+int create_ah(Pd* pd, const AhAttr* attr, Ah** out) noexcept {
+  NonSleepingScope scope("create_ah");
+  if (!pd || !attr || !out) return EINVAL;
+  Device* dev = pd->device;
+  if (!dev->ops->create_ah || !dev->ops->destroy_ah) return EOPNOTSUPP;
+  Ah* ah = nullptr;
+  if (int rc = dev->ops->create_ah(pd, attr, &ah)) return rc;
+  ah->device = dev;
+  ah->pd = pd;
+  get(pd->usecnt);
+  *out = ah;
+  return 0;
+}
+
+int destroy_ah(Ah* ah) noexcept {
+  NonSleepingScope scope("destroy_ah");
+  if (!ah) return EINVAL;
+  if (!ah->device->ops->destroy_ah) return EOPNOTSUPP;
+  Pd* pd = ah->pd;
+  if (int rc = ah->device->ops->destroy_ah(ah)) return rc;
+  put(pd->usecnt);
+  return 0;
+}
+
+}  // namespace dverbs::mid

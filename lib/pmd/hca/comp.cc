@@ -1,0 +1,194 @@
+// Completer engine (IBA 9.7.5, the requester's receive side): consumes ACKs and NAKs,
+// retires send WQEs in order, turns NAKs into retransmission or error completions, and
+// flushes a QP in ERR. Owner engine only, qp->lock held.
+#include <rte_cycles.h>
+
+#include "pmd/hca/device.h"
+#include "pmd/hca/engine.h"
+
+namespace dverbs::pmd::hca {
+
+namespace {
+
+WcOpcode wc_opcode(WrOpcode op) {
+  switch (op) {
+    case WrOpcode::rdma_write:
+    case WrOpcode::rdma_write_with_imm: return WcOpcode::rdma_write;
+    case WrOpcode::rdma_read: return WcOpcode::rdma_read;
+    case WrOpcode::atomic_cmp_and_swp: return WcOpcode::comp_swap;
+    case WrOpcode::atomic_fetch_and_add: return WcOpcode::fetch_add;
+    case WrOpcode::local_inv: return WcOpcode::local_inv;
+    case WrOpcode::bind_mw: return WcOpcode::bind_mw;
+    default: return WcOpcode::send;
+  }
+}
+
+void complete_send(Qp& qp, const SendWqe& w, WcStatus status) {
+  if (status == WcStatus::success && !w.signaled) return;
+  Wc wc{};
+  wc.wr_id = w.wr_id;
+  wc.status = status;
+  wc.opcode = wc_opcode(w.opcode);
+  wc.byte_len = w.length;
+  wc.qp_num = qp.qp_num;
+  cq_push(*to_cq(qp.send_cq), wc, false);
+}
+
+// RNR NAK timer codes (IBA Table 45), in microseconds.
+constexpr uint32_t kRnrTimerUs[32] = {
+    655360, 10,  20,  30,  40,  60,   80,   120,  160,  240,  320,   480,   640,   960,  1280, 1920,
+    2560,   3840, 5120, 7680, 10240, 15360, 20480, 30720, 40960, 61440, 81920, 122880, 163840,
+    245760, 327680, 491520};
+
+// All packets up to and including `psn` are acknowledged (IBA 9.7.5.1.1).
+void ack_through(Engine& e, Qp& qp, uint32_t psn) {
+  Requester& r = qp.req;
+  r.last_ack_psn = wire::psn_add(psn, 1);
+  r.retry_left = qp.attr.retry_cnt;
+  r.rnr_left = qp.attr.rnr_retry;
+  uint64_t upto = r.unacked;
+  while (upto != r.sent_end) {
+    const SendWqe& w = qp.sq.at(upto);
+    if (wire::psn_diff(wire::psn_add(w.first_psn, w.npkts - 1), psn) > 0) break;
+    upto++;
+  }
+  comp_retire_upto(e, qp, upto);
+  // ACKs of packets sent before a rewind can overtake the retransmission: skip ahead.
+  if (wire::psn_diff(r.last_ack_psn, r.psn) > 0) {
+    r.psn = r.last_ack_psn;
+    if (r.unacked == r.sent_end) {
+      r.next_wqe = r.unacked;
+      r.next_pkt = 0;
+    } else {
+      req_rewind(e, qp, r.last_ack_psn);
+    }
+  }
+  if (r.psn == r.last_ack_psn) {
+    r.timer_deadline = 0;
+  } else if (qp.attr.timeout) {
+    // Progress restarts the retransmission timer.
+    double us = 4.096 * double(1ull << (qp.attr.timeout > 31 ? 31 : qp.attr.timeout));
+    r.timer_deadline = e.now() + uint64_t(us * double(e.tsc_hz()) / 1e6);
+  }
+}
+
+}  // namespace
+
+void comp_retire_upto(Engine&, Qp& qp, uint64_t upto) noexcept {
+  Requester& r = qp.req;
+  while (r.unacked != upto) {
+    complete_send(qp, qp.sq.at(r.unacked), WcStatus::success);
+    qp.sq.retire_one();
+    r.unacked++;
+  }
+  if (r.next_wqe < r.unacked) {
+    r.next_wqe = r.unacked;
+    r.next_pkt = 0;
+  }
+}
+
+void comp_fail(Engine& e, Qp& qp, WcStatus status) noexcept {
+  Requester& r = qp.req;
+  if (SendWqe* w = qp.sq.peek(r.unacked)) {
+    complete_send(qp, *w, status);  // error completions are always generated
+    qp.sq.retire_one();
+    r.unacked++;
+  }
+  qp.state.store(QpState::err, std::memory_order_release);
+  flush_queues(e, qp);
+}
+
+void flush_queues(Engine&, Qp& qp) noexcept {
+  Requester& r = qp.req;
+  while (SendWqe* w = qp.sq.peek(r.unacked)) {
+    complete_send(qp, *w, WcStatus::wr_flush_err);
+    qp.sq.retire_one();
+    r.unacked++;
+  }
+  r.next_wqe = r.sent_end = r.unacked;
+  r.next_pkt = 0;
+  r.timer_deadline = r.rnr_deadline = 0;
+  if (qp.srq) return;
+  Responder& rs = qp.resp;
+  while (RecvWqe* w = qp.rq.peek(qp.rq_consumed)) {
+    Wc wc{};
+    wc.wr_id = w->wr_id;
+    wc.status = WcStatus::wr_flush_err;
+    wc.opcode = WcOpcode::recv;
+    wc.qp_num = qp.qp_num;
+    cq_push(*to_cq(qp.recv_cq), wc, false);
+    qp.rq.retire_one();
+    qp.rq_consumed++;
+  }
+  rs.recv = nullptr;
+  rs.in_send = rs.in_write = false;
+}
+
+void comp_rx(Engine& e, Qp& qp, const wire::Packet& pkt) noexcept {
+  Requester& r = qp.req;
+  QpState s = qp.state.load(std::memory_order_acquire);
+  if (qp.qp_type != QpType::rc || (s != QpState::rts && s != QpState::sqd) ||
+      (pkt.opcode & 0xe0) != wire::op::kRc) {
+    e.device().counters().rx_bad_state.fetch_add(1, std::memory_order_relaxed);
+    return;
+  }
+  if (pkt.opcode != wire::op::kAck || !pkt.aeth) {
+    // READ responses and atomic ACKs arrive with their operations (not yet supported):
+    // counted and dropped like any unexpected response (IBA 9.7.5.1.3).
+    e.device().counters().rx_bad_state.fetch_add(1, std::memory_order_relaxed);
+    return;
+  }
+  // An ACK/NAK must name a PSN that is outstanding: older ones are stale duplicates.
+  const uint32_t psn = pkt.psn;
+  if (wire::psn_diff(psn, r.last_ack_psn) < -1 || wire::psn_diff(psn, r.max_psn) >= 0) return;
+  const uint8_t syn = pkt.aeth->syndrome;
+  switch (wire::aeth_type(syn)) {
+    case wire::AethType::ack:
+      if (wire::psn_diff(psn, r.last_ack_psn) >= 0) ack_through(e, qp, psn);
+      return;
+    case wire::AethType::rnr_nak: {
+      // Packets before the NAKed one are implicitly acknowledged (IBA 9.7.5.1.2).
+      if (wire::psn_diff(psn, r.last_ack_psn) > 0) ack_through(e, qp, wire::psn_add(psn, -1u));
+      qp.rnr_naks_rcvd.fetch_add(1, std::memory_order_relaxed);
+      if (qp.attr.rnr_retry != 7) {  // 7 means retry forever (IBA 9.7.5.2.8)
+        if (r.rnr_left == 0) {
+          comp_fail(e, qp, WcStatus::rnr_retry_exc_err);
+          return;
+        }
+        r.rnr_left--;
+      }
+      uint64_t us = kRnrTimerUs[wire::aeth_value(syn)];
+      r.rnr_deadline = e.now() + us * e.tsc_hz() / 1000000;
+      if (r.rnr_deadline == 0) r.rnr_deadline = 1;
+      r.timer_deadline = 0;
+      req_rewind(e, qp, psn);
+      return;
+    }
+    case wire::AethType::nak:
+      if (wire::psn_diff(psn, r.last_ack_psn) > 0) ack_through(e, qp, wire::psn_add(psn, -1u));
+      switch (wire::NakCode(wire::aeth_value(syn))) {
+        case wire::NakCode::psn_seq_error:
+          // Go back to the PSN the responder expects (IBA 9.7.5.1.3).
+          if (r.retry_left == 0) {
+            comp_fail(e, qp, WcStatus::retry_exc_err);
+            return;
+          }
+          r.retry_left--;
+          req_rewind(e, qp, psn);
+          return;
+        case wire::NakCode::invalid_request: comp_fail(e, qp, WcStatus::rem_inv_req_err); return;
+        case wire::NakCode::remote_access_error: comp_fail(e, qp, WcStatus::rem_access_err); return;
+        case wire::NakCode::remote_op_error: comp_fail(e, qp, WcStatus::rem_op_err); return;
+        case wire::NakCode::invalid_rd_request:
+          comp_fail(e, qp, WcStatus::rem_inv_rd_req_err);
+          return;
+      }
+      comp_fail(e, qp, WcStatus::bad_resp_err);
+      return;
+    case wire::AethType::reserved:
+      comp_fail(e, qp, WcStatus::bad_resp_err);
+      return;
+  }
+}
+
+}  // namespace dverbs::pmd::hca

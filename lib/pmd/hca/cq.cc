@@ -1,0 +1,31 @@
+// Completion queues: engines push, any thread polls (MPMC ring), and an armed CQ raises
+// one completion event through the midlayer (never calling the consumer itself).
+#include "midlayer/driver.h"
+#include "pmd/hca/device.h"
+#include "pmd/hca/engine.h"
+
+namespace dverbs::pmd::hca {
+
+void cq_push(Cq& cq, const Wc& wc, bool solicited) noexcept {
+  if (!cq.ring.push(wc)) [[unlikely]] {
+    // CQ overrun (IBA 11.4.2.1, C11-34): an affiliated asynchronous error; the completion
+    // is lost, the consumer learns it from IBV_EVENT_CQ_ERR.
+    if (cq.overflows.fetch_add(1, std::memory_order_relaxed) == 0) {
+      mid::Event ev;
+      ev.device = cq.device;
+      ev.type = EventType::cq_err;
+      ev.element.cq = &cq;
+      mid::dispatch_event(ev);
+    }
+    cq.hca->counters().cq_overflow.fetch_add(1, std::memory_order_relaxed);
+    return;
+  }
+  // Notification (IBA 11.4.2.2): "next" fires on any completion, "solicited" on a
+  // solicited receive or any error completion.
+  uint32_t a = cq.armed.load(std::memory_order_acquire);
+  if (a == 2 || (a == 1 && (solicited || wc.status != WcStatus::success))) {
+    if (cq.armed.exchange(0, std::memory_order_acq_rel) != 0) mid::cq_comp_event(&cq);
+  }
+}
+
+}  // namespace dverbs::pmd::hca

@@ -1,0 +1,158 @@
+#include "pmd/hca/device.h"
+
+#include <cstdio>
+#include <cstring>
+#include <thread>
+
+#include "pmd/hca/engine.h"
+#include "pmd/net/eal.h"
+#include "pmd/net/lcore.h"
+#include "pmd/net/neigh.h"
+
+namespace dverbs::pmd::hca {
+
+extern const mid::DeviceOps kHcaOps;  // ops.cc
+
+namespace {
+int engine_poll(void* arg) noexcept { return static_cast<Engine*>(arg)->poll(); }
+// The inline-progress helper reports no work so it stays in deep back-off: it is a safety
+// net for timers and for applications asleep in a completion channel, not a poller that
+// competes with the application's own polling for the CPU.
+int engine_try_poll(void* arg) noexcept {
+  static_cast<Device*>(arg)->progress();
+  return 0;
+}
+}  // namespace
+
+std::unique_ptr<Device> Device::create(const net::Config& cfg, const char* name,
+                                       std::string* err) {
+  std::unique_ptr<Device> dev(new Device());
+  dev->cfg_ = cfg;
+  std::snprintf(dev->name, sizeof dev->name, "%s", name);
+  dev->ops = &kHcaOps;
+  dev->phys_port_cnt = 1;
+  if (int rc = net::eal_init(cfg, err)) {
+    (void)rc;
+    return nullptr;
+  }
+  const uint16_t nq = uint16_t(cfg.lcores > 0 ? cfg.lcores : 1);
+  dev->port_ = net::Port::open(cfg, nq, err);
+  if (!dev->port_) return nullptr;
+  dev->neigh_ = std::make_unique<net::NeighTable>(dev->port_->ip(), dev->port_->mac());
+  dev->mrs_.reset(new Mr[kMaxMr]);
+  dev->qps_.reset(new std::atomic<Qp*>[kMaxQp]);
+  for (uint32_t i = 0; i < kMaxQp; i++) dev->qps_[i].store(nullptr, std::memory_order_relaxed);
+  for (uint16_t q = 0; q < dev->port_->nb_queues(); q++) {
+    auto e = std::make_unique<Engine>(dev.get(), q);
+    if (!e->init()) {
+      *err = "dverbs: out of memory creating transport engines";
+      return nullptr;
+    }
+    dev->engines_.push_back(std::move(e));
+  }
+  // Dedicated lcores run the engines; in inline-progress mode the application's calls do,
+  // and a backing-off helper keeps timers and event-driven programs moving when the
+  // application is asleep in a completion channel.
+  if (cfg.lcores > 0) {
+    for (auto& e : dev->engines_) {
+      auto t = std::make_unique<net::LcoreThread>();
+      char tname[16];
+      std::snprintf(tname, sizeof tname, "dverbs-lc%u", e->queue());
+      t->start(tname, engine_poll, e.get());
+      dev->engines_threads_.push_back(std::move(t));
+    }
+  } else {
+    dev->inline_helper_ = std::make_unique<net::LcoreThread>();
+    dev->inline_helper_->start("dverbs-inline", engine_try_poll, dev.get());
+  }
+  return dev;
+}
+
+Device::~Device() {
+  for (auto& t : engines_threads_) t->stop();
+  if (inline_helper_) inline_helper_->stop();
+  engines_threads_.clear();
+  inline_helper_.reset();
+  engines_.clear();
+  neigh_.reset();
+  port_.reset();
+}
+
+void Device::progress() noexcept {
+  if (!engines_threads_.empty()) return;
+  for (auto& e : engines_) e->try_poll();
+}
+
+void Device::quiesce() {
+  mid::might_sleep("Device::quiesce");
+  for (auto& e : engines_) {
+    uint64_t ep = e->epoch();
+    if (!(ep & 1)) continue;  // not inside poll(): nothing in flight
+    while (e->epoch() == ep) std::this_thread::yield();
+  }
+}
+
+int Device::alloc_mr_slot(Pd* pd, void* addr, uint64_t length, uint32_t acc, Mr** out) {
+  // Linear probe from the last allocation; the key's low byte is a generation so a stale
+  // key of a reused slot never matches (IBA 10.6.3.2: keys are checked on every use).
+  for (uint32_t n = 0; n < kMaxMr; n++) {
+    uint32_t idx = (mr_next_ + n) & (kMaxMr - 1);
+    if (idx == 0) continue;  // key 0 is never valid
+    Mr& m = mrs_[idx];
+    if (m.key.load(std::memory_order_relaxed) != 0) continue;
+    mr_next_ = idx + 1;
+    uint8_t gen = uint8_t((m.lkey & 0xff) + 1);
+    if (gen == 0) gen = 1;
+    m.device = this;
+    m.pd = pd;
+    m.addr = reinterpret_cast<uint64_t>(addr);
+    m.base = static_cast<uint8_t*>(addr);
+    m.length = length;
+    m.access = acc;
+    m.lkey = m.rkey = idx << 8 | gen;
+    m.key.store(m.lkey, std::memory_order_release);
+    *out = &m;
+    return 0;
+  }
+  return ENOMEM;
+}
+
+void Device::free_mr_slot(Mr* mr) {
+  mr->key.store(0, std::memory_order_release);
+  quiesce();  // no engine still copies through it
+}
+
+int Device::install_qp(Qp* qp) {
+  for (uint32_t n = 0; n < kMaxQp; n++) {
+    uint32_t idx = (qp_next_ + n) & (kMaxQp - 1);
+    if (idx < 2) continue;  // QP0 and QP1 are reserved (IBA 3.5.11)
+    if (qps_[idx].load(std::memory_order_relaxed)) continue;
+    qp_next_ = idx + 1;
+    uint32_t gen = uint32_t(++qp_gen_[idx]) & 0x3ff;
+    qp->qp_num = (gen << 14 | idx) & wire::kQpnMask;
+    // Shard QPs over the engines: the least loaded owns the new QP.
+    Engine* best = engines_[0].get();
+    for (auto& e : engines_)
+      if (e->qp_count() < best->qp_count()) best = e.get();
+    qp->engine = best;
+    best->add_qp_count(1);
+    qps_[idx].store(qp, std::memory_order_release);
+    return 0;
+  }
+  return ENOMEM;
+}
+
+void Device::remove_qp(Qp* qp) {
+  qps_[qp->qp_num & (kMaxQp - 1)].store(nullptr, std::memory_order_release);
+  // The engine may hold the QP on its active list or kick ring: ask it to let go.
+  qp->dying.store(true, std::memory_order_release);
+  qp->engine->kick(qp);  // if already kicked it is on the active list or the kick ring
+  while (!qp->detached.load(std::memory_order_acquire)) {
+    if (inline_progress()) progress();
+    std::this_thread::yield();
+  }
+  qp->engine->add_qp_count(-1);
+  quiesce();
+}
+
+}  // namespace dverbs::pmd::hca

@@ -1,0 +1,103 @@
+// The soft HCA device: one DPDK port, its transport engines, and the object tables the
+// fast path reaches by key (MRs) and number (QPs).
+//
+// Locking: `ctl_` (a checked mid::Mutex) serialises the control path (create, destroy,
+// modify); the fast path never takes it. Tables are arrays of slots published with atomics:
+// a lookup is an index and a compare, lock-free. Freed objects are reclaimed only after
+// quiesce(): every engine has passed the end of a poll iteration since the object was
+// unpublished (quiescent-state based reclamation), so an engine never touches freed memory.
+#pragma once
+
+#include <atomic>
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "midlayer/driver.h"
+#include "midlayer/might_sleep.h"
+#include "pmd/hca/objects.h"
+#include "pmd/net/config.h"
+#include "pmd/net/port.h"
+
+namespace dverbs::pmd::net {
+class NeighTable;
+class LcoreThread;
+}  // namespace dverbs::pmd::net
+
+namespace dverbs::pmd::hca {
+
+constexpr uint32_t kMaxQp = 1u << 14;  // QP table slots (QPN = generation << 14 | index)
+constexpr uint32_t kMaxMr = 1u << 16;  // MR table slots (key = index << 8 | generation)
+constexpr uint32_t kMaxCqe = 1u << 20;
+constexpr uint32_t kMaxQpWr = 1u << 14;
+constexpr uint32_t kMaxRdAtomic = 16;
+
+struct DeviceCounters {
+  std::atomic<uint64_t> rx_packets{0}, tx_packets{0};
+  std::atomic<uint64_t> rx_bad_frame{0}, rx_bad_icrc{0}, rx_no_qp{0}, rx_bad_state{0};
+  std::atomic<uint64_t> rx_non_roce{0};
+  std::atomic<uint64_t> tx_no_mbuf{0};
+  std::atomic<uint64_t> cq_overflow{0};
+};
+
+class Device : public mid::Device {
+ public:
+  // Opens the port described by cfg, starts the engines and fills the ops table. Does not
+  // register with the midlayer (the driver does, once this returned fully initialised).
+  // Context: process context, may sleep. Returns nullptr and sets *err on failure.
+  static std::unique_ptr<Device> create(const net::Config& cfg, const char* name,
+                                        std::string* err);
+  ~Device();
+
+  net::Port& port() { return *port_; }
+  net::NeighTable& neigh() { return *neigh_; }
+  const net::Config& config() const { return cfg_; }
+  DeviceCounters& counters() { return counters_; }
+  bool inline_progress() const { return engines_threads_.empty(); }
+
+  // Fast-path lookups. Context: any thread, never sleeps.
+  Mr* mr_lookup(uint32_t key) noexcept {
+    Mr& m = mrs_[key >> 8 & (kMaxMr - 1)];
+    return m.key.load(std::memory_order_acquire) == key && key != 0 ? &m : nullptr;
+  }
+  Qp* qp_lookup(uint32_t qpn) noexcept {
+    Qp* q = qps_[qpn & (kMaxQp - 1)].load(std::memory_order_acquire);
+    return q && q->qp_num == qpn ? q : nullptr;
+  }
+
+  // Inline progress: run the engines once if no other thread is running them.
+  // Context: any thread, never sleeps. No-op when dedicated lcores run the engines.
+  void progress() noexcept;
+
+  // Waits until every engine has passed a quiescent point. Context: process context.
+  void quiesce();
+
+  // ---- control path, called from the ops table (ops.cc). Context: process context. ----
+  int alloc_mr_slot(Pd* pd, void* addr, uint64_t length, uint32_t access, Mr** out);
+  void free_mr_slot(Mr* mr);
+  int install_qp(Qp* qp);  // assigns qp_num and owner engine
+  void remove_qp(Qp* qp);  // unpublishes, detaches from its engine, quiesces
+  mid::Mutex& ctl() { return ctl_; }
+  Engine& engine(size_t i) { return *engines_[i]; }
+  size_t engine_count() const { return engines_.size(); }
+  uint32_t alloc_ah_id() { return next_ah_.fetch_add(1, std::memory_order_relaxed); }
+
+ private:
+  Device() = default;
+  net::Config cfg_;
+  std::unique_ptr<net::Port> port_;
+  std::unique_ptr<net::NeighTable> neigh_;
+  std::vector<std::unique_ptr<Engine>> engines_;
+  std::vector<std::unique_ptr<net::LcoreThread>> engines_threads_;
+  std::unique_ptr<net::LcoreThread> inline_helper_;
+  std::unique_ptr<Mr[]> mrs_;
+  std::unique_ptr<std::atomic<Qp*>[]> qps_;
+  uint32_t mr_next_ = 1, qp_next_ = 2;  // QP 0 and 1 are the special QPs
+  uint8_t qp_gen_[kMaxQp] = {};
+  mid::Mutex ctl_;
+  std::atomic<uint32_t> next_ah_{1};
+  DeviceCounters counters_;
+};
+
+}  // namespace dverbs::pmd::hca

@@ -1,0 +1,207 @@
+#include "pmd/hca/engine.h"
+
+#include <rte_cycles.h>
+#include <rte_prefetch.h>
+
+#include "pmd/hca/device.h"
+#include "pmd/net/neigh.h"
+
+namespace dverbs::pmd::hca {
+
+Engine::Engine(Device* dev, uint16_t queue) : dev_(dev), queue_(queue) {}
+
+bool Engine::init() {
+  tsc_hz_ = rte_get_tsc_hz();
+  now_ = rte_get_tsc_cycles();
+  return kicks_.init(kMaxQp);
+}
+
+void Engine::kick(Qp* qp) noexcept {
+  if (qp->kicked.exchange(1, std::memory_order_acq_rel) == 0) {
+    // Capacity equals the QP table size and a QP sits in the ring at most once.
+    kicks_.push(qp);
+  }
+}
+
+rte_mbuf* Engine::alloc_frame(uint32_t len) noexcept {
+  rte_mbuf* m = dev_->port().alloc_mbuf();
+  if (!m) [[unlikely]] {
+    dev_->counters().tx_no_mbuf.fetch_add(1, std::memory_order_relaxed);
+    return nullptr;
+  }
+  m->data_len = uint16_t(len);
+  m->pkt_len = len;
+  return m;
+}
+
+void Engine::tx(rte_mbuf* m) noexcept {
+  txq_[ntx_++] = m;
+  if (ntx_ == kTxBatch) tx_flush();
+}
+
+void Engine::tx_flush() noexcept {
+  if (ntx_ == 0) return;
+  dev_->counters().tx_packets.fetch_add(ntx_, std::memory_order_relaxed);
+  // Port::tx_burst frees (and counts) what the PMD did not take: a dropped frame is
+  // recovered by the transport like any loss.
+  dev_->port().tx_burst(queue_, txq_, ntx_);
+  ntx_ = 0;
+}
+
+void Engine::rx_one(rte_mbuf* m) noexcept {
+  Device& dev = *dev_;
+  const uint8_t* frame = rte_pktmbuf_mtod(m, const uint8_t*);
+  wire::Packet pkt;
+  wire::ParseError err = wire::parse_frame(frame, rte_pktmbuf_data_len(m), &pkt, true);
+  if (err != wire::ParseError::ok) [[unlikely]] {
+    if (err == wire::ParseError::not_ipv4 && dev.neigh().handle_rx(dev.port(), queue_, m))
+      return;  // ARP consumed the frame
+    if (err == wire::ParseError::bad_icrc)
+      dev.counters().rx_bad_icrc.fetch_add(1, std::memory_order_relaxed);
+    else if (err == wire::ParseError::not_ipv4 || err == wire::ParseError::not_udp ||
+             err == wire::ParseError::not_roce)
+      dev.counters().rx_non_roce.fetch_add(1, std::memory_order_relaxed);
+    else
+      dev.counters().rx_bad_frame.fetch_add(1, std::memory_order_relaxed);
+    rte_pktmbuf_free(m);
+    return;
+  }
+  dev.counters().rx_packets.fetch_add(1, std::memory_order_relaxed);
+  Qp* qp = dev.qp_lookup(pkt.dest_qp);
+  if (!qp || qp->engine != this) [[unlikely]] {
+    // IBA C9-... : packets for a QP that does not exist are silently dropped.
+    dev.counters().rx_no_qp.fetch_add(1, std::memory_order_relaxed);
+    rte_pktmbuf_free(m);
+    return;
+  }
+  qp->lock.lock();
+  if (pkt.info->flags & wire::opf::kRequest)
+    resp_rx(*this, *qp, pkt);
+  else
+    comp_rx(*this, *qp, pkt);
+  bool owe_ack = qp->resp.ack_pending;
+  bool wants_service = req_needs_service(*qp);
+  qp->lock.unlock();
+  if (owe_ack) {
+    // Coalesce: one ACK per QP per burst (IBA allows acknowledging several packets at once).
+    uint32_t i = 0;
+    while (i < n_ack_ && ack_list_[i] != qp) i++;
+    if (i == n_ack_) {
+      if (n_ack_ == kBurst) {
+        qp->lock.lock();
+        resp_send_ack(*this, *qp);
+        qp->lock.unlock();
+      } else {
+        ack_list_[n_ack_++] = qp;
+      }
+    }
+  }
+  if (wants_service) kick(qp);
+  rte_pktmbuf_free(m);
+}
+
+int Engine::rx_step() noexcept {
+  rte_mbuf* pkts[kBurst];
+  uint16_t n = dev_->port().rx_burst(queue_, pkts, kBurst);
+  for (uint16_t i = 0; i < n; i++) {
+    if (i + 1 < n) rte_prefetch0(rte_pktmbuf_mtod(pkts[i + 1], void*));
+    rx_one(pkts[i]);
+  }
+  for (uint32_t i = 0; i < n_ack_; i++) {
+    Qp* qp = ack_list_[i];
+    qp->lock.lock();
+    resp_send_ack(*this, *qp);
+    qp->lock.unlock();
+  }
+  n_ack_ = 0;
+  return n;
+}
+
+int Engine::active_step() noexcept {
+  int work = 0;
+  // Newly kicked QPs join the active list.
+  Qp* qp;
+  while (kicks_.pop(&qp)) {
+    if (!qp->active) {
+      qp->active = true;
+      qp->next_active = active_head_;
+      active_head_ = qp;
+    }
+  }
+  Qp** link = &active_head_;
+  while ((qp = *link) != nullptr) {
+    if (qp->dying.load(std::memory_order_acquire)) [[unlikely]] {
+      *link = qp->next_active;
+      qp->active = false;
+      qp->detached.store(true, std::memory_order_release);
+      continue;
+    }
+    qp->lock.lock();
+    work += req_step(*this, *qp, 64);
+    bool keep = req_needs_service(*qp);
+    qp->lock.unlock();
+    if (!keep) {
+      // Leave the list, then re-check: a poster that published after our check but saw
+      // kicked == 1 did not push the QP, so we must not lose its work.
+      qp->kicked.store(0, std::memory_order_seq_cst);
+      qp->lock.lock();
+      keep = req_needs_service(*qp);
+      qp->lock.unlock();
+      if (keep && qp->kicked.exchange(1, std::memory_order_acq_rel) == 0) {
+        link = &qp->next_active;
+        continue;
+      }
+      if (!keep) {
+        qp->active = false;
+        *link = qp->next_active;
+        qp->next_active = nullptr;
+        continue;
+      }
+      // Someone else kicked it and pushed it onto the ring; drop our list entry, the ring
+      // entry brings it back.
+      qp->active = false;
+      *link = qp->next_active;
+      qp->next_active = nullptr;
+      continue;
+    }
+    link = &qp->next_active;
+  }
+  return work;
+}
+
+int Engine::poll() noexcept {
+  epoch_.fetch_add(1, std::memory_order_acq_rel);  // odd: inside
+  now_ = rte_get_tsc_cycles();
+  int work = rx_step();
+  work += active_step();
+  work += dev_->neigh().poll(dev_->port(), queue_, now_);
+  tx_flush();
+  epoch_.fetch_add(1, std::memory_order_release);  // even: quiescent
+  return work;
+}
+
+int Engine::try_poll() noexcept {
+  if (run_lock_.load(std::memory_order_relaxed) ||
+      run_lock_.exchange(true, std::memory_order_acquire))
+    return 0;
+  int work = poll();
+  run_lock_.store(false, std::memory_order_release);
+  return work;
+}
+
+rte_mbuf* build_packet(Engine& e, const wire::FrameAddr& addr, const wire::BthFields& bth,
+                       uint32_t payload_len, uint8_t** ext) noexcept {
+  uint32_t len = wire::headers_len(bth.opcode) + payload_len + bth.pad + wire::kIcrcLen;
+  rte_mbuf* m = e.alloc_frame(len);
+  if (!m) return nullptr;
+  *ext = wire::write_headers(rte_pktmbuf_mtod(m, uint8_t*), addr, bth, payload_len);
+  return m;
+}
+
+void send_packet(Engine& e, rte_mbuf* m, uint8_t* payload_end, uint32_t pad) noexcept {
+  for (uint32_t i = 0; i < pad; i++) payload_end[i] = 0;
+  wire::finish_frame(rte_pktmbuf_mtod(m, uint8_t*), rte_pktmbuf_data_len(m));
+  e.tx(m);
+}
+
+}  // namespace dverbs::pmd::hca

@@ -1,0 +1,117 @@
+// A transport engine: the poller one lcore (or, in inline-progress mode, whichever
+// application thread holds `run_lock_`) runs over one RX/TX queue pair of the port.
+//
+// One iteration (poll): RX burst → parse/ICRC → responder or completer of the owning QP →
+// coalesced ACKs; kicked QPs join the active list; requester steps and timers for active
+// QPs; TX flush. It returns the amount of work done so an idle lcore can back off.
+//
+// Ownership: every QP belongs to exactly one engine; its transport state is touched only
+// by that engine, under Qp::lock (which modify_qp also takes). Nothing here allocates
+// (except mbufs from the pool), sleeps, logs or makes a syscall.
+#pragma once
+
+#include <atomic>
+#include <cstdint>
+
+#include <rte_mbuf.h>
+
+#include "pmd/hca/objects.h"
+#include "pmd/wire/roce.h"
+
+namespace dverbs::pmd::hca {
+
+class Device;
+
+class Engine {
+ public:
+  static constexpr uint16_t kBurst = 32;
+  static constexpr uint16_t kTxBatch = 64;
+
+  Engine(Device* dev, uint16_t queue);
+  bool init();
+
+  // One poller iteration. Context: the owner lcore, or the inline-progress lock holder.
+  int poll() noexcept;
+  // Inline progress: poll() if no other thread is. Context: any thread, never sleeps.
+  int try_poll() noexcept;
+
+  // Schedules a QP for requester work (new WQEs, flush). Context: any thread, lock-free.
+  void kick(Qp* qp) noexcept;
+
+  // Queues a frame for transmission (flushed at the end of poll or when the batch fills).
+  // Context: engine.
+  void tx(rte_mbuf* m) noexcept;
+  void tx_flush() noexcept;
+  // A fresh mbuf for a frame of `len` bytes, or nullptr (counted). Context: engine.
+  rte_mbuf* alloc_frame(uint32_t len) noexcept;
+
+  uint64_t now() const noexcept { return now_; }
+  uint64_t tsc_hz() const noexcept { return tsc_hz_; }
+  Device& device() noexcept { return *dev_; }
+  uint16_t queue() const noexcept { return queue_; }
+
+  // Quiescent-state counter: odd while inside poll(). Context: any (read).
+  uint64_t epoch() const noexcept { return epoch_.load(std::memory_order_acquire); }
+  uint32_t qp_count() const noexcept { return nqps_.load(std::memory_order_relaxed); }
+  void add_qp_count(int d) noexcept { nqps_.fetch_add(uint32_t(d), std::memory_order_relaxed); }
+
+ private:
+  int rx_step() noexcept;
+  int active_step() noexcept;
+  void rx_one(rte_mbuf* m) noexcept;
+
+  Device* dev_;
+  uint16_t queue_;
+  alignas(64) std::atomic<bool> run_lock_{false};
+  alignas(64) std::atomic<uint64_t> epoch_{0};
+  std::atomic<uint32_t> nqps_{0};
+  MpmcQueue<Qp*> kicks_;
+  Qp* active_head_ = nullptr;
+  Qp* ack_list_[kBurst] = {};
+  uint32_t n_ack_ = 0;
+  rte_mbuf* txq_[kTxBatch] = {};
+  uint16_t ntx_ = 0;
+  uint64_t now_ = 0;
+  uint64_t tsc_hz_ = 1;
+};
+
+// ---- engines' steps, one file each (req.cc, resp.cc, comp.cc) ----
+
+// Requester (req.cc): sends new and retransmitted packets of `qp`, handles its timers.
+// Returns packets sent. Context: owner engine, qp->lock held.
+int req_step(Engine& e, Qp& qp, int budget) noexcept;
+// True while the QP still needs the engine's attention (unsent WQEs, unacked packets,
+// timers, flush). Context: owner engine, qp->lock held.
+bool req_needs_service(Qp& qp) noexcept;
+// Restarts sending from `psn` (go-back-N). Context: owner engine, qp->lock held.
+void req_rewind(Engine& e, Qp& qp, uint32_t psn) noexcept;
+
+// Responder (resp.cc): handles one request packet. Context: owner engine, qp->lock held.
+void resp_rx(Engine& e, Qp& qp, const wire::Packet& pkt) noexcept;
+// Sends the coalesced ACK owed by the responder, if any. Context: owner engine.
+void resp_send_ack(Engine& e, Qp& qp) noexcept;
+
+// Completer (comp.cc): handles one response packet (ACK, NAK, READ response, atomic ACK).
+// Context: owner engine, qp->lock held.
+void comp_rx(Engine& e, Qp& qp, const wire::Packet& pkt) noexcept;
+// Completes SQ WQEs in order up to (not including) SQ index `upto` successfully.
+void comp_retire_upto(Engine& e, Qp& qp, uint64_t upto) noexcept;
+// Moves the QP to ERR after an error completion of the oldest WQE with `status`.
+void comp_fail(Engine& e, Qp& qp, WcStatus status) noexcept;
+// Flushes every outstanding and newly posted WQE of a QP in ERR (IBV_WC_WR_FLUSH_ERR),
+// in order. Context: owner engine, qp->lock held.
+void flush_queues(Engine& e, Qp& qp) noexcept;
+
+// CQ production (cq.cc): adds one completion and raises a completion event if armed.
+// Context: engine (any thread that owns the producing QP), never sleeps.
+void cq_push(Cq& cq, const Wc& wc, bool solicited) noexcept;
+
+// Builds the headers of a packet of `qp` into a fresh mbuf; returns the mbuf and, in
+// *ext, where the extension headers go. nullptr when out of mbufs.
+// Context: owner engine.
+rte_mbuf* build_packet(Engine& e, const wire::FrameAddr& addr, const wire::BthFields& bth,
+                       uint32_t payload_len, uint8_t** ext) noexcept;
+// Finishes the frame (pad, IP checksum, ICRC) and queues it for TX.
+void send_packet(Engine& e, rte_mbuf* m, uint8_t* payload_end, uint32_t pad) noexcept;
+
+}  // namespace dverbs::pmd::hca

@@ -1,0 +1,42 @@
+// Memory-region checks and the copies between packets and registered memory.
+//
+// Every access goes through a key lookup and a bounds/access check at the moment of use
+// (IBA 10.6.3.2; never "checked at post time, used later"), so a region deregistered after
+// a WR was posted yields a protection or access error instead of touching freed memory.
+#pragma once
+
+#include <cstdint>
+
+#include "dverbs/types.h"
+#include "pmd/hca/objects.h"
+
+namespace dverbs::pmd::hca {
+
+class Device;
+
+// True if [addr, addr+len) lies inside mr (overflow-safe) and mr grants `access`
+// (0 = local read, always granted). Context: any, never sleeps.
+inline bool mr_covers(const Mr& mr, uint64_t addr, uint64_t len, uint32_t access) noexcept {
+  if ((mr.access & access) != access) return false;
+  if (addr < mr.addr) return false;
+  uint64_t off = addr - mr.addr;
+  return off <= mr.length && len <= mr.length - off;
+}
+
+// Looks up an MR by key for a local access by `qp_pd`. Context: any, never sleeps.
+Mr* mr_get_local(Device& dev, uint32_t lkey, const mid::Pd* pd, uint64_t addr, uint64_t len,
+                 uint32_t access) noexcept;
+// Same for a remote access through an rkey (access among remote_read/write/atomic).
+Mr* mr_get_remote(Device& dev, uint32_t rkey, const mid::Pd* pd, uint64_t addr, uint64_t len,
+                  uint32_t access) noexcept;
+
+// Scatters `len` bytes of `src` into the SGE list, starting at byte `offset` of the list.
+// Returns success, loc_len_err (list too short) or loc_prot_err (bad key, bounds, access).
+// Context: owner engine, never sleeps.
+WcStatus scatter(Device& dev, const mid::Pd* pd, const Sge* sge, uint32_t nsge, uint32_t offset,
+                 const uint8_t* src, uint32_t len) noexcept;
+// Gathers `len` bytes starting at byte `offset` of the SGE list into `dst`.
+WcStatus gather(Device& dev, const mid::Pd* pd, const Sge* sge, uint32_t nsge, uint32_t offset,
+                uint8_t* dst, uint32_t len) noexcept;
+
+}  // namespace dverbs::pmd::hca

@@ -1,0 +1,160 @@
+// Objects of the soft HCA. Each embeds its midlayer object as first base.
+//
+// Ownership and thread safety:
+// - Creation/destruction and modify run in process context under the device's control
+//   mutex. Objects reachable from the fast path (MRs by key, QPs by number) are never freed
+//   while an engine may hold a pointer: destruction unpublishes the object, then waits for
+//   every engine to pass a quiescent point (Device::quiesce) before freeing it.
+// - A QP's transport state (Requester/Responder/Completer fields) is touched only by the
+//   engine that owns the QP, under Qp::lock (uncontended except against modify_qp).
+// - SQ/RQ rings: any thread posts, the owner engine consumes (queue.h).
+// - CQ ring: engines push, any thread polls (MPMC).
+#pragma once
+
+#include <atomic>
+#include <cstdint>
+
+#include "dverbs/types.h"
+#include "midlayer/objects.h"
+#include "pmd/hca/queue.h"
+#include "pmd/wire/roce.h"
+
+namespace dverbs::pmd::hca {
+
+class Device;
+class Engine;
+
+constexpr uint32_t kMaxSge = 16;
+constexpr uint32_t kMaxInline = 256;
+
+struct Pd : mid::Pd {};
+
+struct Mr : mid::Mr {
+  std::atomic<uint32_t> key{0};  // 0 while the slot is free
+  uint8_t* base = nullptr;       // == addr as a pointer
+  bool pinned = false;
+};
+
+struct Ah : mid::Ah {
+  wire::FrameAddr addr{};  // MACs filled at send time from the neighbour table
+  AhAttr attr{};
+};
+
+// One completion queue: a bounded MPMC ring of work completions.
+struct Cq : mid::Cq {
+  MpmcQueue<Wc> ring;
+  // Notification state (req_notify_cq): 0 = not armed, 1 = solicited only, 2 = next.
+  std::atomic<uint32_t> armed{0};
+  std::atomic<uint64_t> overflows{0};
+  Device* hca = nullptr;
+};
+
+struct Srq;
+
+// A send work-queue entry: the posted request, copied at post time (validated before it is
+// queued, never re-read from application memory), plus the requester's progress.
+struct SendWqe {
+  uint64_t wr_id;
+  WrOpcode opcode;
+  uint32_t send_flags;
+  uint32_t imm_data;  // network order, or the rkey to invalidate
+  uint32_t length;    // total bytes
+  uint64_t remote_addr;
+  uint32_t rkey;
+  uint32_t num_sge;
+  uint64_t compare_add, swap;
+  Ah* ah;
+  uint32_t remote_qpn, remote_qkey;
+  bool is_inline;
+  bool signaled;
+  // requester progress (owner engine only)
+  uint32_t first_psn;
+  uint32_t npkts;
+  union {
+    Sge sge[kMaxSge];
+    uint8_t inline_data[kMaxInline];
+  };
+};
+
+struct RecvWqe {
+  uint64_t wr_id;
+  uint32_t num_sge;
+  uint32_t length;
+  Sge sge[kMaxSge];
+};
+
+// Requester state of an RC/UC/UD QP (IBA 9.7.x). Owner engine only.
+struct Requester {
+  uint32_t psn = 0;        // next PSN to send
+  uint64_t next_wqe = 0;   // SQ index of the WQE being or next to be sent
+  uint32_t next_pkt = 0;   // packet of next_wqe to send next
+  uint64_t unacked = 0;    // oldest SQ index not yet completed
+  uint32_t last_ack_psn = 0;  // all PSNs before this one are acknowledged
+  uint64_t timer_deadline = 0;  // TSC; 0 = not armed
+  uint64_t rnr_deadline = 0;    // TSC; 0 = not waiting on an RNR NAK
+  uint32_t retry_left = 0;
+  uint32_t rnr_left = 0;
+  uint32_t max_psn = 0;     // one past the highest PSN ever sent
+  uint64_t sent_end = 0;    // one past the highest SQ index that has PSNs assigned
+  bool blocked_on_neigh = false;
+};
+
+// Responder state (IBA 9.7.3 / 9.7.4). Owner engine only.
+struct Responder {
+  uint32_t epsn = 0;       // expected PSN
+  uint32_t msn = 0;        // message sequence number
+  bool nak_sent = false;   // one PSN-sequence NAK per gap (C9-110)
+  bool in_send = false;    // a multi-packet SEND is in progress
+  bool in_write = false;   // a multi-packet WRITE is in progress
+  uint64_t recv_index = 0; // RQ index of the receive being filled
+  uint32_t recv_offset = 0;
+  RecvWqe* recv = nullptr;
+  Mr* write_mr = nullptr;
+  uint64_t write_va = 0;
+  uint32_t write_left = 0;
+  uint32_t write_total = 0;
+  bool ack_pending = false;  // coalesced ACK owed at the end of the burst
+  uint8_t ack_syndrome = 0;
+  uint32_t ack_psn = 0;
+};
+
+struct Qp : mid::Qp {
+  Device* hca = nullptr;
+  Engine* engine = nullptr;  // owner
+  SpinLock lock;             // engine steps vs. modify_qp
+  std::atomic<QpState> state{QpState::reset};
+  QpAttr attr{};             // attributes as last modified
+  QpCap cap{};
+  bool sq_sig_all = false;
+  uint32_t mtu = 1024;       // path MTU in bytes
+  wire::FrameAddr addr{};    // connected QPs: the path to the peer
+  bool addr_resolved = false;
+
+  WorkQueue<SendWqe> sq;
+  WorkQueue<RecvWqe> rq;
+  uint64_t rq_consumed = 0;  // responder: next RQ index to take
+
+  Requester req;
+  Responder resp;
+
+  // Engine scheduling: set when the QP is on its engine's kick ring or active list.
+  std::atomic<uint32_t> kicked{0};
+  bool active = false;     // on the engine's active list (engine only)
+  Qp* next_active = nullptr;
+  std::atomic<bool> dying{false};     // destroy_qp: the engine must drop the QP
+  std::atomic<bool> detached{false};  // the engine no longer references the QP
+
+  // counters
+  std::atomic<uint64_t> retransmits{0};
+  std::atomic<uint64_t> rnr_naks_rcvd{0};
+  std::atomic<uint64_t> seq_naks_sent{0};
+  std::atomic<uint64_t> dup_rcvd{0};
+};
+
+inline Qp* to_qp(mid::Qp* q) { return static_cast<Qp*>(q); }
+inline Cq* to_cq(mid::Cq* c) { return static_cast<Cq*>(c); }
+inline Mr* to_mr(mid::Mr* m) { return static_cast<Mr*>(m); }
+inline Pd* to_pd(mid::Pd* p) { return static_cast<Pd*>(p); }
+inline Ah* to_ah(mid::Ah* a) { return static_cast<Ah*>(a); }
+
+}  // namespace dverbs::pmd::hca

@@ -1,0 +1,595 @@
+// The soft HCA's device-ops table: the verbs as the midlayer sees them.
+//
+// Control verbs (process context) validate everything first and only then apply, under
+// the device's control mutex (rxe's qp_chk_attr / qp_from_attr split). Posting verbs
+// validate each work request completely before anything is queued, copy it into the ring
+// (never re-reading application memory later, except the payload through its MR), and
+// never block: a full ring is ENOMEM.
+#include <cstdio>
+#include <cstring>
+#include <mutex>
+#include <new>
+
+#include "midlayer/driver.h"
+#include "pmd/hca/device.h"
+#include "pmd/hca/engine.h"
+#include "pmd/hca/mr.h"
+
+namespace dverbs::pmd::hca {
+
+namespace {
+
+Device& hca(mid::Device* d) { return *static_cast<Device*>(d); }
+
+// Largest IB path MTU whose RoCEv2 packet fits an Ethernet MTU of `eth_mtu` bytes:
+// IPv4 20 + UDP 8 + BTH 12 + up to 28 bytes of extension headers + ICRC 4.
+Mtu active_mtu(uint32_t eth_mtu) {
+  Mtu best = Mtu::mtu256;
+  for (Mtu m : {Mtu::mtu256, Mtu::mtu512, Mtu::mtu1024, Mtu::mtu2048, Mtu::mtu4096})
+    if (mtu_bytes(m) + 72 <= eth_mtu) best = m;
+  return best;
+}
+
+bool ipv4_from_gid(const Gid& g, uint32_t* ip) {
+  static const uint8_t kPrefix[12] = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff};
+  if (std::memcmp(g.raw, kPrefix, 12) != 0) return false;
+  *ip = wire::load_be32(g.raw + 12);
+  return true;
+}
+
+// The path of a connected QP or an AH. MACs come from the neighbour table at send time.
+bool make_frame_addr(Device& dev, const AhAttr& ah, uint32_t src_qpn, uint32_t dst_qpn,
+                     wire::FrameAddr* out) {
+  uint32_t ip;
+  if (!ipv4_from_gid(ah.dgid, &ip)) return false;
+  std::memset(out, 0, sizeof *out);
+  std::memcpy(out->src_mac, dev.port().mac(), 6);
+  out->src_ip = dev.port().ip();
+  out->dst_ip = ip;
+  // RoCEv2 source port: entropy for ECMP from the QP pair, in 0xC000..0xFFFF (IBA A17.5).
+  uint32_t h = (src_qpn * 0x9e3779b1u) ^ (dst_qpn * 0x85ebca6bu) ^ ah.flow_label;
+  out->udp_sport = uint16_t(0xc000 | ((h ^ (h >> 16)) & 0x3fff));
+  out->tos = ah.traffic_class;
+  out->ttl = ah.hop_limit ? ah.hop_limit : 64;
+  return true;
+}
+
+// ---------------------------------------------------------------- device and port
+int query_device(mid::Device* d, DeviceAttr* a) {
+  Device& dev = hca(d);
+  *a = DeviceAttr{};
+  const uint8_t* mac = dev.port().mac();
+  // EUI-64 from the MAC, as RoCE NICs derive their node GUID.
+  a->node_guid = uint64_t(mac[0] ^ 2) << 56 | uint64_t(mac[1]) << 48 | uint64_t(mac[2]) << 40 |
+                 uint64_t(0xfffe) << 24 | uint64_t(mac[3]) << 16 | uint64_t(mac[4]) << 8 | mac[5];
+  a->max_mr_size = uint64_t(1) << 40;
+  a->page_size_cap = 4096;
+  a->vendor_id = 0xffffff;
+  a->max_qp = kMaxQp - 2;
+  a->max_qp_wr = kMaxQpWr;
+  a->max_sge = kMaxSge;
+  a->max_cq = 1u << 16;
+  a->max_cqe = kMaxCqe;
+  a->max_mr = kMaxMr - 1;
+  a->max_pd = 1u << 16;
+  a->max_qp_rd_atom = 0;       // READ/atomic responder not implemented yet
+  a->max_qp_init_rd_atom = 0;
+  a->max_inline_data = kMaxInline;
+  a->max_ah = 1u << 16;
+  a->phys_port_cnt = 1;
+  std::snprintf(a->fw_ver, sizeof a->fw_ver, "dverbs-0.1");
+  return 0;
+}
+
+int query_port(mid::Device* d, uint8_t port_num, PortAttr* a) {
+  if (port_num != 1) return EINVAL;
+  Device& dev = hca(d);
+  *a = PortAttr{};
+  a->state = dev.port().link_up() ? PortState::active : PortState::down;
+  a->max_mtu = active_mtu(dev.port().mtu());
+  a->active_mtu = a->max_mtu;
+  a->gid_tbl_len = 1;
+  a->max_msg_sz = 1u << 31;
+  a->link_layer_ethernet = 1;
+  return 0;
+}
+
+int query_gid(mid::Device* d, uint8_t port_num, int index, Gid* g) {
+  if (port_num != 1 || index != 0) return EINVAL;
+  std::memset(g->raw, 0, sizeof g->raw);
+  g->raw[10] = g->raw[11] = 0xff;
+  wire::store_be32(g->raw + 12, hca(d).port().ip());
+  return 0;
+}
+
+// ---------------------------------------------------------------- PD and MR
+int alloc_pd(mid::Device*, mid::Pd** out) {
+  Pd* pd = new (std::nothrow) Pd();
+  if (!pd) return ENOMEM;
+  *out = pd;
+  return 0;
+}
+
+int dealloc_pd(mid::Pd* pd) {
+  delete to_pd(pd);
+  return 0;
+}
+
+int reg_mr(mid::Pd* pd, void* addr, uint64_t length, uint32_t acc, mid::Mr** out) {
+  Device& dev = hca(pd->device);
+  if (acc & ~access::supported) return EINVAL;
+  // Remote write or atomic access requires local write (IBA 10.6.3.1, C10-...).
+  if ((acc & (access::remote_write | access::remote_atomic)) && !(acc & access::local_write))
+    return EINVAL;
+  uint64_t a = reinterpret_cast<uint64_t>(addr);
+  if (length == 0 || a + length < a) return EINVAL;
+  std::lock_guard<mid::Mutex> g(dev.ctl());
+  Mr* mr;
+  if (int rc = dev.alloc_mr_slot(to_pd(pd), addr, length, acc, &mr)) return rc;
+  *out = mr;
+  return 0;
+}
+
+int dereg_mr(mid::Mr* m) {
+  Device& dev = hca(m->device);
+  std::lock_guard<mid::Mutex> g(dev.ctl());
+  dev.free_mr_slot(to_mr(m));
+  return 0;
+}
+
+// ---------------------------------------------------------------- CQ
+int create_cq(mid::Device* d, uint32_t cqe, mid::Cq** out) {
+  if (cqe == 0 || cqe > kMaxCqe) return EINVAL;
+  Cq* cq = new (std::nothrow) Cq();
+  if (!cq) return ENOMEM;
+  if (!cq->ring.init(cqe + 1)) {
+    delete cq;
+    return ENOMEM;
+  }
+  cq->hca = &hca(d);
+  cq->cqe = cq->ring.capacity() - 1;
+  *out = cq;
+  return 0;
+}
+
+int destroy_cq(mid::Cq* c) {
+  hca(c->device).quiesce();
+  delete to_cq(c);
+  return 0;
+}
+
+int poll_cq(mid::Cq* c, int n, Wc* wc) {
+  Cq* cq = to_cq(c);
+  if (n < 0) return -EINVAL;
+  cq->hca->progress();
+  int i = 0;
+  while (i < n && cq->ring.pop(&wc[i])) i++;
+  return i;
+}
+
+int req_notify_cq(mid::Cq* c, bool solicited_only) {
+  Cq* cq = to_cq(c);
+  uint32_t want = solicited_only ? 1 : 2;
+  uint32_t cur = cq->armed.load(std::memory_order_relaxed);
+  while (cur < want && !cq->armed.compare_exchange_weak(cur, want, std::memory_order_acq_rel)) {
+  }
+  return 0;
+}
+
+// ---------------------------------------------------------------- QP
+int create_qp(mid::Pd* pd, const mid::QpInitAttr* init, mid::Qp** out) {
+  Device& dev = hca(pd->device);
+  if (init->qp_type != QpType::rc && init->qp_type != QpType::uc && init->qp_type != QpType::ud)
+    return EINVAL;
+  const QpCap& c = init->cap;
+  if (!init->send_cq || !init->recv_cq) return EINVAL;
+  if (c.max_send_wr > kMaxQpWr || c.max_recv_wr > kMaxQpWr || c.max_send_sge > kMaxSge ||
+      c.max_recv_sge > kMaxSge || c.max_inline_data > kMaxInline)
+    return EINVAL;
+  if (init->srq) return EOPNOTSUPP;  // SRQ lands with the full transport
+  Qp* qp = new (std::nothrow) Qp();
+  if (!qp) return ENOMEM;
+  qp->hca = &dev;
+  qp->qp_type = init->qp_type;
+  qp->cap = c;
+  if (qp->cap.max_send_wr == 0) qp->cap.max_send_wr = 1;
+  if (qp->cap.max_send_sge == 0) qp->cap.max_send_sge = 1;
+  if (qp->cap.max_recv_sge == 0) qp->cap.max_recv_sge = 1;
+  qp->cap.max_inline_data = kMaxInline;  // report what we really support
+  qp->sq_sig_all = init->sq_sig_all;
+  if (!qp->sq.init(qp->cap.max_send_wr) || !qp->rq.init(qp->cap.max_recv_wr ? qp->cap.max_recv_wr : 1)) {
+    delete qp;
+    return ENOMEM;
+  }
+  std::lock_guard<mid::Mutex> g(dev.ctl());
+  if (int rc = dev.install_qp(qp)) {
+    delete qp;
+    return rc;
+  }
+  *out = qp;
+  return 0;
+}
+
+int destroy_qp(mid::Qp* q) {
+  Qp* qp = to_qp(q);
+  Device& dev = *qp->hca;
+  {
+    std::lock_guard<mid::Mutex> g(dev.ctl());
+    dev.remove_qp(qp);
+  }
+  delete qp;
+  return 0;
+}
+
+// Required and optional attributes of each transition (IBA 10.3.1, Table 91; the same
+// table Linux keeps in ib_modify_qp_is_ok).
+struct Transition {
+  uint32_t req[3];  // RC, UC, UD
+  uint32_t opt[3];
+  bool valid;
+};
+
+int type_index(QpType t) { return t == QpType::rc ? 0 : t == QpType::uc ? 1 : 2; }
+
+Transition transition(QpState from, QpState to) {
+  namespace m = qp_attr_mask;
+  Transition t{};
+  if (to == QpState::reset || to == QpState::err) {
+    t.valid = true;
+    return t;
+  }
+  auto set = [&](uint32_t rc_r, uint32_t uc_r, uint32_t ud_r, uint32_t rc_o, uint32_t uc_o,
+                 uint32_t ud_o) {
+    t = Transition{{rc_r, uc_r, ud_r}, {rc_o, uc_o, ud_o}, true};
+  };
+  const uint32_t cur = m::cur_state;
+  if (from == QpState::reset && to == QpState::init) {
+    set(m::pkey_index | m::port | m::access_flags, m::pkey_index | m::port | m::access_flags,
+        m::pkey_index | m::port | m::qkey, 0, 0, 0);
+  } else if (from == QpState::init && to == QpState::init) {
+    set(0, 0, 0, m::pkey_index | m::port | m::access_flags,
+        m::pkey_index | m::port | m::access_flags, m::pkey_index | m::port | m::qkey);
+  } else if (from == QpState::init && to == QpState::rtr) {
+    set(m::av | m::path_mtu | m::dest_qpn | m::rq_psn | m::max_dest_rd_atomic | m::min_rnr_timer,
+        m::av | m::path_mtu | m::dest_qpn | m::rq_psn, 0,
+        m::alt_path | m::access_flags | m::pkey_index, m::alt_path | m::access_flags | m::pkey_index,
+        m::pkey_index | m::qkey);
+  } else if (from == QpState::rtr && to == QpState::rts) {
+    set(m::sq_psn | m::timeout | m::retry_cnt | m::rnr_retry | m::max_qp_rd_atomic, m::sq_psn,
+        m::sq_psn,
+        cur | m::alt_path | m::access_flags | m::min_rnr_timer | m::path_mig_state,
+        cur | m::alt_path | m::access_flags | m::path_mig_state, cur | m::qkey);
+  } else if ((from == QpState::rts || from == QpState::sqd || from == QpState::sqe) &&
+             to == QpState::rts) {
+    set(0, 0, 0, cur | m::access_flags | m::alt_path | m::path_mig_state | m::min_rnr_timer,
+        cur | m::access_flags | m::alt_path | m::path_mig_state, cur | m::qkey);
+  } else if ((from == QpState::rts || from == QpState::sqd) && to == QpState::sqd) {
+    set(0, 0, 0, m::en_sqd_async_notify, m::en_sqd_async_notify, m::en_sqd_async_notify);
+  }
+  return t;
+}
+
+// Value checks of the attributes present in `mask` (qp_chk_attr).
+int check_attr(Device& dev, const Qp& qp, const QpAttr& a, uint32_t mask) {
+  namespace m = qp_attr_mask;
+  if ((mask & m::port) && a.port_num != 1) return EINVAL;
+  if ((mask & m::pkey_index) && a.pkey_index != 0) return EINVAL;
+  if ((mask & m::access_flags) &&
+      (a.qp_access_flags & ~(access::local_write | access::remote_write | access::remote_read |
+                             access::remote_atomic | access::mw_bind)))
+    return EINVAL;
+  if (mask & m::path_mtu) {
+    uint32_t v = uint32_t(a.path_mtu);
+    if (v < 1 || v > 5) return EINVAL;
+  }
+  if ((mask & m::timeout) && a.timeout > 31) return EINVAL;
+  if ((mask & m::retry_cnt) && a.retry_cnt > 7) return EINVAL;
+  if ((mask & m::rnr_retry) && a.rnr_retry > 7) return EINVAL;
+  if ((mask & m::min_rnr_timer) && a.min_rnr_timer > 31) return EINVAL;
+  if ((mask & m::max_qp_rd_atomic) && a.max_rd_atomic > kMaxRdAtomic) return EINVAL;
+  if ((mask & m::max_dest_rd_atomic) && a.max_dest_rd_atomic > kMaxRdAtomic) return EINVAL;
+  if ((mask & m::dest_qpn) && a.dest_qp_num > wire::kQpnMask) return EINVAL;
+  if ((mask & m::rq_psn) && a.rq_psn > wire::kPsnMask) return EINVAL;
+  if ((mask & m::sq_psn) && a.sq_psn > wire::kPsnMask) return EINVAL;
+  if (mask & m::av) {
+    uint32_t ip;
+    if (!ipv4_from_gid(a.ah_attr.dgid, &ip) || a.ah_attr.sgid_index != 0) return EINVAL;
+    if (a.ah_attr.port_num != 0 && a.ah_attr.port_num != 1) return EINVAL;
+  }
+  if (mask & m::cap) return EOPNOTSUPP;  // resizing queues of a live QP is not supported
+  (void)dev;
+  (void)qp;
+  return 0;
+}
+
+void reset_qp(Qp& qp) {
+  // Called with qp.lock held and the QP already out of every engine's hands for new work.
+  qp.req = Requester{};
+  qp.resp = Responder{};
+  while (qp.sq.peek(qp.sq.retired())) qp.sq.retire_one();
+  while (qp.rq.peek(qp.rq.retired())) qp.rq.retire_one();
+  qp.rq_consumed = qp.rq.retired();
+  qp.req.unacked = qp.req.next_wqe = qp.req.sent_end = qp.sq.retired();
+  qp.addr_resolved = false;
+}
+
+int modify_qp(mid::Qp* q, const QpAttr* a, uint32_t mask) {
+  namespace m = qp_attr_mask;
+  Qp& qp = *to_qp(q);
+  Device& dev = *qp.hca;
+  std::lock_guard<mid::Mutex> g(dev.ctl());
+  const QpState cur = qp.state.load(std::memory_order_acquire);
+  if ((mask & m::cur_state) && a->cur_qp_state != cur) return EINVAL;
+  const QpState to = (mask & m::state) ? a->qp_state : cur;
+  if (uint32_t(to) > uint32_t(QpState::err)) return EINVAL;
+  Transition t = transition(cur, to);
+  if (!t.valid) return EINVAL;
+  const int ti = type_index(qp.qp_type);
+  const uint32_t attrs = mask & ~m::state;
+  if ((attrs & t.req[ti]) != t.req[ti]) return EINVAL;               // missing required
+  if (attrs & ~(t.req[ti] | t.opt[ti] | m::cur_state)) return EINVAL;  // not allowed here
+  if (int rc = check_attr(dev, qp, *a, attrs)) return rc;
+  wire::FrameAddr addr{};
+  if ((attrs & m::av) &&
+      !make_frame_addr(dev, a->ah_attr, qp.qp_num, (attrs & m::dest_qpn) ? a->dest_qp_num
+                                                                         : qp.attr.dest_qp_num,
+                       &addr))
+    return EINVAL;
+
+  // ---- apply (qp_from_attr) ----
+  qp.lock.lock();
+  QpAttr& s = qp.attr;
+  if (attrs & m::port) s.port_num = a->port_num;
+  if (attrs & m::pkey_index) s.pkey_index = a->pkey_index;
+  if (attrs & m::access_flags) s.qp_access_flags = a->qp_access_flags;
+  if (attrs & m::qkey) s.qkey = a->qkey;
+  if (attrs & m::av) {
+    s.ah_attr = a->ah_attr;
+    qp.addr = addr;
+    qp.addr_resolved = false;
+  }
+  if (attrs & m::path_mtu) {
+    s.path_mtu = a->path_mtu;
+    PortAttr pa;
+    query_port(&dev, 1, &pa);
+    Mtu eff = uint32_t(a->path_mtu) < uint32_t(pa.active_mtu) ? a->path_mtu : pa.active_mtu;
+    qp.mtu = mtu_bytes(eff);
+  }
+  if (attrs & m::dest_qpn) s.dest_qp_num = a->dest_qp_num;
+  if (attrs & m::rq_psn) {
+    s.rq_psn = a->rq_psn;
+    qp.resp.epsn = a->rq_psn;
+  }
+  if (attrs & m::max_dest_rd_atomic) s.max_dest_rd_atomic = a->max_dest_rd_atomic;
+  if (attrs & m::min_rnr_timer) s.min_rnr_timer = a->min_rnr_timer;
+  if (attrs & m::timeout) s.timeout = a->timeout;
+  if (attrs & m::retry_cnt) s.retry_cnt = a->retry_cnt;
+  if (attrs & m::rnr_retry) s.rnr_retry = a->rnr_retry;
+  if (attrs & m::max_qp_rd_atomic) s.max_rd_atomic = a->max_rd_atomic;
+  if (attrs & m::sq_psn) {
+    s.sq_psn = a->sq_psn;
+    Requester& r = qp.req;
+    r.psn = r.last_ack_psn = r.max_psn = a->sq_psn;
+  }
+  if (to == QpState::rts && cur == QpState::rtr) {
+    qp.req.retry_left = s.retry_cnt;
+    qp.req.rnr_left = s.rnr_retry;
+  }
+  if (to == QpState::reset && cur != QpState::reset) {
+    reset_qp(qp);
+    s = QpAttr{};
+  }
+  s.qp_state = to;
+  qp.state.store(to, std::memory_order_release);
+  qp.lock.unlock();
+  // Entering ERR flushes (owner engine); RTS may have WQEs waiting.
+  if (to == QpState::err || to == QpState::rts) qp.engine->kick(&qp);
+  return 0;
+}
+
+int query_qp(mid::Qp* q, QpAttr* a, uint32_t, mid::QpInitAttr* init) {
+  Qp& qp = *to_qp(q);
+  std::lock_guard<mid::Mutex> g(qp.hca->ctl());
+  qp.lock.lock();
+  *a = qp.attr;
+  a->qp_state = a->cur_qp_state = qp.state.load(std::memory_order_acquire);
+  a->cap = qp.cap;
+  a->sq_sig_all = qp.sq_sig_all;
+  qp.lock.unlock();
+  if (init) {
+    init->qp_type = qp.qp_type;
+    init->send_cq = qp.send_cq;
+    init->recv_cq = qp.recv_cq;
+    init->srq = qp.srq;
+    init->cap = qp.cap;
+    init->sq_sig_all = qp.sq_sig_all;
+    init->qp_context = qp.qp_context;
+  }
+  return 0;
+}
+
+// ---------------------------------------------------------------- posting
+bool opcode_allowed(QpType t, WrOpcode op) {
+  switch (op) {
+    case WrOpcode::send:
+    case WrOpcode::send_with_imm: return true;
+    case WrOpcode::rdma_write:
+    case WrOpcode::rdma_write_with_imm: return t != QpType::ud;
+    case WrOpcode::send_with_inv: return t == QpType::rc;
+    default: return false;  // READ, atomics, MW binds: not yet
+  }
+}
+
+// Validates one send WR completely (IBA 10.8.2) and computes its length.
+int check_send_wr(const Qp& qp, const SendWr& wr, uint32_t* total) {
+  if (!opcode_allowed(qp.qp_type, wr.opcode)) return EINVAL;
+  if (wr.send_flags & ~(send_flags::fence | send_flags::signaled | send_flags::solicited |
+                        send_flags::inline_data))
+    return EINVAL;
+  if (wr.num_sge < 0 || uint32_t(wr.num_sge) > qp.cap.max_send_sge) return EINVAL;
+  if (wr.num_sge > 0 && !wr.sg_list) return EINVAL;
+  uint64_t len = 0;
+  for (int i = 0; i < wr.num_sge; i++) {
+    const Sge& s = wr.sg_list[i];
+    if (s.addr + s.length < s.addr) return EINVAL;  // wraps the address space
+    len += s.length;
+  }
+  if (len > (1ull << 31)) return EINVAL;
+  if ((wr.send_flags & send_flags::inline_data) && len > kMaxInline) return EINVAL;
+  if (qp.qp_type == QpType::ud) {
+    if (!wr.wr.ud.ah || wr.wr.ud.ah->device != qp.device || wr.wr.ud.remote_qpn > wire::kQpnMask)
+      return EINVAL;
+    if (len > qp.mtu) return EINVAL;  // a UD message is one packet (IBA C10-...)
+  }
+  *total = uint32_t(len);
+  return 0;
+}
+
+int post_send(mid::Qp* q, SendWr* wr, SendWr** bad) {
+  Qp& qp = *to_qp(q);
+  QpState s = qp.state.load(std::memory_order_acquire);
+  // Posting to the SQ needs RTS (or SQD/ERR, where WRs are held or flushed) (IBA 10.8.2).
+  if (s != QpState::rts && s != QpState::sqd && s != QpState::err && s != QpState::sqe) {
+    *bad = wr;
+    return EINVAL;
+  }
+  int rc = 0;
+  for (; wr; wr = wr->next) {
+    uint32_t total;
+    if ((rc = check_send_wr(qp, *wr, &total)) != 0) break;
+    uint64_t idx;
+    SendWqe* w = qp.sq.claim(&idx);
+    if (!w) {
+      rc = ENOMEM;
+      break;
+    }
+    w->wr_id = wr->wr_id;
+    w->opcode = wr->opcode;
+    w->send_flags = wr->send_flags;
+    w->signaled = qp.sq_sig_all || (wr->send_flags & send_flags::signaled);
+    w->imm_data = wr->imm_data;
+    w->length = total;
+    w->remote_addr = wr->wr.rdma.remote_addr;
+    w->rkey = wr->wr.rdma.rkey;
+    w->npkts = 0;
+    w->first_psn = 0;
+    if (qp.qp_type == QpType::ud) {
+      w->ah = to_ah(wr->wr.ud.ah);
+      w->remote_qpn = wr->wr.ud.remote_qpn;
+      w->remote_qkey = wr->wr.ud.remote_qkey;
+    }
+    w->is_inline = wr->send_flags & send_flags::inline_data;
+    if (w->is_inline) {
+      // Inline data is copied now; the buffer may be reused as soon as we return.
+      uint32_t off = 0;
+      for (int i = 0; i < wr->num_sge; i++) {
+        std::memcpy(w->inline_data + off, reinterpret_cast<const void*>(wr->sg_list[i].addr),
+                    wr->sg_list[i].length);
+        off += wr->sg_list[i].length;
+      }
+      w->num_sge = 0;
+    } else {
+      w->num_sge = uint32_t(wr->num_sge);
+      std::memcpy(w->sge, wr->sg_list, sizeof(Sge) * uint32_t(wr->num_sge));
+    }
+    qp.sq.publish(idx);
+  }
+  if (rc) *bad = wr;
+  qp.engine->kick(&qp);
+  qp.hca->progress();
+  return rc;
+}
+
+int post_recv(mid::Qp* q, RecvWr* wr, RecvWr** bad) {
+  Qp& qp = *to_qp(q);
+  if (qp.state.load(std::memory_order_acquire) == QpState::reset || qp.srq) {
+    *bad = wr;
+    return EINVAL;
+  }
+  int rc = 0;
+  for (; wr; wr = wr->next) {
+    if (wr->num_sge < 0 || uint32_t(wr->num_sge) > qp.cap.max_recv_sge ||
+        (wr->num_sge > 0 && !wr->sg_list)) {
+      rc = EINVAL;
+      break;
+    }
+    uint64_t len = 0;
+    bool wraps = false;
+    for (int i = 0; i < wr->num_sge; i++) {
+      const Sge& s = wr->sg_list[i];
+      wraps |= s.addr + s.length < s.addr;
+      len += s.length;
+    }
+    if (wraps || len > (1ull << 31)) {
+      rc = EINVAL;
+      break;
+    }
+    uint64_t idx;
+    RecvWqe* w = qp.rq.claim(&idx);
+    if (!w) {
+      rc = ENOMEM;
+      break;
+    }
+    w->wr_id = wr->wr_id;
+    w->num_sge = uint32_t(wr->num_sge);
+    w->length = uint32_t(len);
+    std::memcpy(w->sge, wr->sg_list, sizeof(Sge) * uint32_t(wr->num_sge));
+    qp.rq.publish(idx);
+  }
+  if (rc) *bad = wr;
+  if (qp.state.load(std::memory_order_acquire) == QpState::err) qp.engine->kick(&qp);
+  return rc;
+}
+
+// ---------------------------------------------------------------- AH
+int create_ah(mid::Pd* pd, const AhAttr* attr, mid::Ah** out) {
+  Device& dev = hca(pd->device);
+  Ah* ah = new (std::nothrow) Ah();
+  if (!ah) return ENOMEM;
+  if (!make_frame_addr(dev, *attr, dev.alloc_ah_id(), 0, &ah->addr)) {
+    delete ah;
+    return EINVAL;
+  }
+  ah->attr = *attr;
+  *out = ah;
+  return 0;
+}
+
+int destroy_ah(mid::Ah* ah) {
+  // A UD WQE keeps a pointer to its AH until it is sent: wait for engines to pass a
+  // quiescent point only if traffic could still reference it — callers must not destroy
+  // an AH with WRs outstanding (verbs rule), so a plain delete is correct here.
+  delete to_ah(ah);
+  return 0;
+}
+
+}  // namespace
+
+extern const mid::DeviceOps kHcaOps;
+const mid::DeviceOps kHcaOps = {
+    .query_device = query_device,
+    .query_port = query_port,
+    .query_gid = query_gid,
+    .alloc_pd = alloc_pd,
+    .dealloc_pd = dealloc_pd,
+    .reg_mr = reg_mr,
+    .dereg_mr = dereg_mr,
+    .create_cq = create_cq,
+    .destroy_cq = destroy_cq,
+    .create_qp = create_qp,
+    .modify_qp = modify_qp,
+    .query_qp = query_qp,
+    .destroy_qp = destroy_qp,
+    .post_send = post_send,
+    .post_recv = post_recv,
+    .poll_cq = poll_cq,
+    .req_notify_cq = req_notify_cq,
+    .create_ah = create_ah,
+    .destroy_ah = destroy_ah,
+    .create_srq = nullptr,
+    .modify_srq = nullptr,
+    .destroy_srq = nullptr,
+    .post_srq_recv = nullptr,
+};
+
+}  // namespace dverbs::pmd::hca

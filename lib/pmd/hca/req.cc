@@ -1,0 +1,242 @@
+// Requester engine (IBA 9.7.x, the "requester" side of a QP): turns send WQEs into
+// packets segmented by path MTU, assigns PSNs, asks for ACKs, and runs the retransmission
+// and RNR timers (go-back-N, IBA 9.7.6.1). One state per QP, owner engine only.
+//
+// States of the requester, evaluated on each step:
+//   idle      — nothing unsent and nothing outstanding
+//   rnr_wait  — an RNR NAK arrived; nothing is sent until its timer expires
+//   sending   — packets of next_wqe go out, bounded by the PSN window
+//   waiting   — everything sent, ACKs outstanding, retransmit timer armed
+//   error     — QP in ERR: flush (comp.cc)
+#include <cstring>
+
+#include <rte_byteorder.h>
+
+#include "pmd/hca/device.h"
+#include "pmd/hca/engine.h"
+#include "pmd/hca/mr.h"
+#include "pmd/net/neigh.h"
+
+namespace dverbs::pmd::hca {
+
+namespace {
+
+// At most this many unacknowledged packets per QP: bounds the go-back-N cost and keeps a
+// busy QP from starving its peers in the port's queues.
+constexpr uint32_t kPsnWindow = 256;
+// Ask for an ACK at least this often inside long messages (IBA 9.7.6.1.2 allows any rate).
+constexpr uint32_t kAckReqEvery = 32;
+
+enum class ReqState : uint8_t { idle, rnr_wait, sending, waiting, error };
+
+uint8_t opcode_prefix(QpType t) {
+  switch (t) {
+    case QpType::uc: return wire::op::kUc;
+    case QpType::ud: return wire::op::kUd;
+    default: return wire::op::kRc;
+  }
+}
+
+// Picks the opcode of packet `pkt` of `npkts` for a WQE (IBA Table 38).
+uint8_t packet_opcode(const SendWqe& w, uint32_t pkt, uint32_t npkts) {
+  using namespace wire::op;
+  bool first = pkt == 0, last = pkt + 1 == npkts;
+  switch (w.opcode) {
+    case WrOpcode::send:
+      return first && last ? kSendOnly : first ? kSendFirst : last ? kSendLast : kSendMiddle;
+    case WrOpcode::send_with_imm:
+      return first && last ? kSendOnlyImm : first ? kSendFirst : last ? kSendLastImm : kSendMiddle;
+    case WrOpcode::send_with_inv:
+      return first && last ? kSendOnlyInv : first ? kSendFirst : last ? kSendLastInv : kSendMiddle;
+    case WrOpcode::rdma_write:
+      return first && last ? kWriteOnly : first ? kWriteFirst : last ? kWriteLast : kWriteMiddle;
+    case WrOpcode::rdma_write_with_imm:
+      return first && last ? kWriteOnlyImm
+             : first       ? kWriteFirst
+             : last        ? kWriteLastImm
+                           : kWriteMiddle;
+    default: return 0xff;
+  }
+}
+
+uint64_t timeout_cycles(const Engine& e, uint8_t timeout) {
+  // 4.096 us * 2^timeout (IBA 9.7.6.1.3); timeout 0 means "infinite".
+  if (timeout == 0) return 0;
+  double us = 4.096 * double(1ull << (timeout > 31 ? 31 : timeout));
+  return uint64_t(us * double(e.tsc_hz()) / 1e6);
+}
+
+ReqState req_state(const Qp& qp) {
+  QpState s = qp.state.load(std::memory_order_acquire);
+  if (s == QpState::err) return ReqState::error;
+  if (s != QpState::rts && s != QpState::sqd) return ReqState::idle;
+  if (qp.req.rnr_deadline) return ReqState::rnr_wait;
+  if (const_cast<Qp&>(qp).sq.peek(qp.req.next_wqe)) return ReqState::sending;
+  if (qp.req.psn != qp.req.last_ack_psn) return ReqState::waiting;
+  return ReqState::idle;
+}
+
+// Resolves the peer's MAC through the neighbour table (never blocks: an unknown address
+// is resolved in the background and the QP waits).
+bool resolve(Engine& e, Qp& qp, wire::FrameAddr& addr) {
+  if (qp.qp_type != QpType::ud && qp.addr_resolved) return true;
+  uint8_t mac[6];
+  if (!e.device().neigh().lookup(addr.dst_ip, mac)) return false;
+  std::memcpy(addr.dst_mac, mac, 6);
+  if (qp.qp_type != QpType::ud) qp.addr_resolved = true;
+  return true;
+}
+
+// Sends packet `pkt` of WQE `w`; returns false when out of mbufs or the WQE failed.
+bool send_one(Engine& e, Qp& qp, SendWqe& w, uint32_t pkt) {
+  const uint32_t mtu = qp.mtu;
+  const uint32_t off = pkt * mtu;
+  const uint32_t len = w.length - off < mtu ? w.length - off : mtu;
+  const bool last = pkt + 1 == w.npkts;
+  wire::BthFields bth{};
+  bth.opcode = uint8_t(opcode_prefix(qp.qp_type) | packet_opcode(w, pkt, w.npkts));
+  bth.se = last && (w.send_flags & send_flags::solicited);
+  bth.pad = wire::pad_for(len);
+  bth.pkey = wire::kDefaultPkey;
+  bth.psn = wire::psn_add(w.first_psn, pkt);
+  bth.ack_req = qp.qp_type == QpType::rc && (last || (pkt + 1) % kAckReqEvery == 0);
+
+  wire::FrameAddr* addr = &qp.addr;
+  if (qp.qp_type == QpType::ud) {
+    addr = &w.ah->addr;
+    bth.dest_qp = w.remote_qpn;
+  } else {
+    bth.dest_qp = qp.attr.dest_qp_num;
+  }
+  if (!resolve(e, qp, *addr)) {
+    qp.req.blocked_on_neigh = true;
+    return false;
+  }
+  qp.req.blocked_on_neigh = false;
+
+  uint8_t* p;
+  rte_mbuf* m = build_packet(e, *addr, bth, len, &p);
+  if (!m) return false;
+  const wire::OpcodeInfo& info = wire::opcode_info(bth.opcode);
+  if (info.flags & wire::opf::kDeth) {
+    // A Q_Key with the high bit set means "use the QP's own Q_Key" (IBA 10.2.4.1).
+    uint32_t qkey = int32_t(w.remote_qkey) < 0 ? qp.attr.qkey : w.remote_qkey;
+    wire::write_deth(p, qkey, qp.qp_num);
+    p += sizeof(wire::Deth);
+  }
+  if (info.flags & wire::opf::kReth) {
+    wire::write_reth(p, w.remote_addr, w.rkey, w.length);
+    p += sizeof(wire::Reth);
+  }
+  if (info.flags & wire::opf::kImm) {
+    std::memcpy(p, &w.imm_data, 4);
+    p += 4;
+  }
+  if (info.flags & wire::opf::kIeth) {
+    wire::store_be32(p, w.imm_data);
+    p += 4;
+  }
+  if (w.is_inline) {
+    std::memcpy(p, w.inline_data + off, len);
+  } else if (len) {
+    WcStatus st = gather(e.device(), qp.pd, w.sge, w.num_sge, off, p, len);
+    if (st != WcStatus::success) [[unlikely]] {
+      rte_pktmbuf_free(m);
+      comp_fail(e, qp, st);
+      return false;
+    }
+  }
+  send_packet(e, m, p + len, bth.pad);
+  return true;
+}
+
+}  // namespace
+
+bool req_needs_service(Qp& qp) noexcept {
+  switch (req_state(qp)) {
+    case ReqState::idle: return false;
+    case ReqState::error: return qp.sq.peek(qp.req.unacked) || qp.rq.peek(qp.rq_consumed);
+    default: return true;
+  }
+}
+
+void req_rewind(Engine& e, Qp& qp, uint32_t psn) noexcept {
+  Requester& r = qp.req;
+  for (uint64_t i = r.unacked; i != r.sent_end; i++) {
+    SendWqe& w = qp.sq.at(i);
+    int32_t d = wire::psn_diff(psn, w.first_psn);
+    if (d >= 0 && uint32_t(d) < w.npkts) {
+      r.next_wqe = i;
+      r.next_pkt = uint32_t(d);
+      r.psn = psn;
+      qp.retransmits.fetch_add(1, std::memory_order_relaxed);
+      e.kick(&qp);
+      return;
+    }
+  }
+}
+
+int req_step(Engine& e, Qp& qp, int budget) noexcept {
+  Requester& r = qp.req;
+  switch (req_state(qp)) {
+    case ReqState::error:
+      flush_queues(e, qp);
+      return 0;
+    case ReqState::idle:
+      return 0;
+    case ReqState::rnr_wait:
+      if (e.now() < r.rnr_deadline) return 0;
+      r.rnr_deadline = 0;  // resume from the NAKed PSN (rewound when the NAK arrived)
+      break;
+    case ReqState::waiting:
+    case ReqState::sending:
+      break;
+  }
+
+  // Retransmission timer (IBA 9.7.6.1.3): go back to the oldest unacknowledged PSN.
+  if (r.timer_deadline && e.now() >= r.timer_deadline && r.psn != r.last_ack_psn) {
+    r.timer_deadline = 0;
+    if (r.retry_left == 0) {
+      comp_fail(e, qp, WcStatus::retry_exc_err);
+      return 0;
+    }
+    r.retry_left--;
+    req_rewind(e, qp, r.last_ack_psn);
+  }
+
+  int sent = 0;
+  while (sent < budget) {
+    SendWqe* w = qp.sq.peek(r.next_wqe);
+    if (!w) break;
+    if (w->npkts == 0) {
+      // First transmission of this WQE: assign its PSN range (post_send left npkts 0).
+      w->first_psn = r.psn;
+      w->npkts = w->length == 0 ? 1 : (w->length + qp.mtu - 1) / qp.mtu;
+      r.sent_end = r.next_wqe + 1;
+    }
+    if (qp.qp_type == QpType::rc &&
+        uint32_t(wire::psn_diff(r.psn, r.last_ack_psn)) >= kPsnWindow)
+      break;
+    if (!send_one(e, qp, *w, r.next_pkt)) break;
+    if (qp.state.load(std::memory_order_relaxed) == QpState::err) return sent;
+    sent++;
+    r.psn = wire::psn_add(r.psn, 1);
+    if (wire::psn_diff(r.psn, r.max_psn) > 0) r.max_psn = r.psn;
+    if (qp.qp_type != QpType::rc) r.last_ack_psn = r.psn;  // nothing to acknowledge
+    if (++r.next_pkt == w->npkts) {
+      r.next_pkt = 0;
+      r.next_wqe++;
+      if (qp.qp_type != QpType::rc) {
+        // UC and UD complete once the last packet is handed to the port (IBA 9.8, 9.7.8).
+        comp_retire_upto(e, qp, r.next_wqe);
+      }
+    }
+    if (qp.qp_type == QpType::rc && r.timer_deadline == 0) {
+      uint64_t t = timeout_cycles(e, qp.attr.timeout);
+      r.timer_deadline = t ? e.now() + t : 0;
+    }
+  }
+  return sent;
+}
+
+}  // namespace dverbs::pmd::hca
