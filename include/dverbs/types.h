@@ -286,6 +286,7 @@ struct DeviceAttr {
   uint32_t max_srq = 0;
   uint32_t max_srq_wr = 0;
   uint32_t max_ah = 0;
+  uint32_t atomic_cap = 0;  // enum ibv_atomic_cap: 0 none, 1 HCA, 2 global
   uint8_t phys_port_cnt = 1;
   char fw_ver[64] = {};
 };

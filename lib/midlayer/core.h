@@ -8,6 +8,10 @@
 // (core_locking.rst, Reentrancy).
 //
 // Errors: 0 or a positive errno; poll_cq returns a count or a negative errno.
+//
+// Callbacks (completion, async event, client event) run on midlayer handler threads inside
+// a NonSleepingScope: calling a process-context function from one of them is a bug that the
+// might_sleep check reports (and destroying the handler's own CQ from it would deadlock).
 #pragma once
 
 #include <cerrno>
@@ -52,7 +56,7 @@ int probe_drivers();
 void shutdown_drivers();
 
 // Snapshot of registered devices, in registration order; returns how many exist (which may
-// exceed `max`). Context: process context.
+// exceed `max`). Devices being unregistered are no longer listed. Context: process context.
 int list_devices(Device** out, int max);
 Device* find_device(const char* name);
 
@@ -69,9 +73,11 @@ int destroy_cq(Cq* cq);
 int create_qp(Pd* pd, const QpInitAttr* init, Qp** out);
 int modify_qp(Qp* qp, const QpAttr* attr, uint32_t attr_mask);
 int query_qp(Qp* qp, QpAttr* attr, uint32_t attr_mask, QpInitAttr* init);
+// Fence: when it returns, the QP's event handler does not run and will not run.
 int destroy_qp(Qp* qp);
 int create_srq(Pd* pd, const SrqInitAttr* init, EventHandler handler, void* context, Srq** out);
 int modify_srq(Srq* srq, uint32_t max_wr, uint32_t srq_limit, uint32_t mask);
+// EBUSY while QPs use it. Fence: when it returns, the SRQ's event handler does not run.
 int destroy_srq(Srq* srq);
 int query_device(Device* dev, DeviceAttr* attr);
 int query_port(Device* dev, uint8_t port_num, PortAttr* attr);
@@ -111,7 +117,9 @@ inline int req_notify_cq(Cq* cq, bool solicited_only) noexcept {
 // Async-event handlers of a device, beyond clients' (ib_register_event_handler).
 // Context: process context.
 using DeviceEventHandler = void (*)(const Event& event, void* context);
+// Returns 0 or EINVAL (no handler, device not registered).
 int register_event_handler(Device* dev, DeviceEventHandler handler, void* context);
+// Fence: when it returns, the handler does not run and will not run.
 void unregister_event_handler(Device* dev, DeviceEventHandler handler, void* context);
 
 // Counters of the event machinery, for tests and telemetry.

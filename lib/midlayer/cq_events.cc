@@ -10,8 +10,8 @@
 //   ib_req_notify_cq yields one event. A full ready ring spills into an intrusive list
 //   (never lost, counted in ring_full_drops).
 // - dispatch_event copies the event into a bounded Vyukov MPMC ring (sequence-numbered
-//   slots; no allocation, no lock, no syscall). A full ring drops the event; the drop is
-//   counted and reported once, on stderr, by a handler thread.
+//   slots; the push allocates nothing, takes no lock, makes no syscall). A full ring drops
+//   the event; the drop is counted and reported once, on stderr, by a handler thread.
 //
 // Handler pool: a tbb::task_arena of N threads (DVERBS_HANDLER_THREADS, default 2) into
 // which drain tasks are enqueued; a drain task runs until the rings are empty. Waking rule
@@ -37,6 +37,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <chrono>
 #include <cstdio>
 #include <cstdlib>
 #include <mutex>
@@ -200,7 +201,7 @@ void drain() noexcept;
 void kick(Engine& e) noexcept {
   int a = e.active.load(std::memory_order_seq_cst);
   for (;;) {
-    if (a >= e.size.load(std::memory_order_relaxed)) return;
+    if (a >= e.size.load(std::memory_order_seq_cst)) return;
     const int idle = a - e.busy.load(std::memory_order_seq_cst);
     if (idle > 0 && static_cast<uint64_t>(idle) >= backlog(e)) return;
     // CAS, never a speculative fetch_add: a transient over-count could make an exiting
@@ -313,7 +314,7 @@ void drain() noexcept {
     if (e.state.load(std::memory_order_seq_cst) != kRunning || !has_ready_work(e)) break;
     int a = e.active.load(std::memory_order_seq_cst);
     bool reclaimed = false;
-    while (a < e.size.load(std::memory_order_relaxed)) {
+    while (a < e.size.load(std::memory_order_seq_cst)) {
       if (e.active.compare_exchange_weak(a, a + 1, std::memory_order_seq_cst)) {
         reclaimed = true;
         break;
@@ -362,8 +363,26 @@ int threads_from_env() noexcept {
   return static_cast<int>(std::clamp<long>(n, 1, detail::kMaxHandlerThreads));
 }
 
+// Waits for the running drain tasks, then drops the arena. Unchecked: exit() may come from
+// any thread, even one inside a non-sleeping scope (rte_exit() on an lcore); the checked
+// entry point, stop_handler_pool(), calls might_sleep itself.
+void stop_pool(Engine& e) {
+  std::lock_guard lk(e.control.native());
+  if (e.state.load(std::memory_order_relaxed) != kRunning) return;
+  e.state.store(kStopping, std::memory_order_seq_cst);
+  // exit() from inside a consumer callback: the running drainer is this thread.
+  if (t_draining) return;
+  while (e.active.load(std::memory_order_seq_cst) != 0)
+    std::this_thread::sleep_for(std::chrono::microseconds(50));
+  e.arena->terminate();
+  e.arena.reset();
+  e.parallelism.reset();
+  e.size.store(0, std::memory_order_seq_cst);
+  e.state.store(kOff, std::memory_order_seq_cst);
+}
+
 struct ExitGuard {
-  ~ExitGuard() { detail::stop_handler_pool(); }
+  ~ExitGuard() { stop_pool(engine()); }
 };
 
 }  // namespace
@@ -387,28 +406,22 @@ void start_handler_pool() {
   e.arena->initialize();
   e.size.store(n, std::memory_order_seq_cst);
   e.state.store(kRunning, std::memory_order_seq_cst);
-  static ExitGuard guard;  // constructed on the first start, so destroyed before `engine`'s users
+  static ExitGuard guard;  // registered with atexit on the first start
   kick(e);                 // work queued while the pool was off
 }
 
 void stop_handler_pool() {
-  Engine& e = engine();
-  std::lock_guard lk(e.control);
-  if (e.state.load(std::memory_order_relaxed) != kRunning) return;
-  e.state.store(kStopping, std::memory_order_seq_cst);
-  // exit() from inside a consumer callback: the running drainer is this thread.
-  if (t_draining) return;
-  wait_until(e, [&] { return e.active.load(std::memory_order_seq_cst) == 0; });
-  e.arena->terminate();
-  e.arena.reset();
-  e.parallelism.reset();
-  e.size.store(0, std::memory_order_seq_cst);
-  e.state.store(kOff, std::memory_order_seq_cst);
+  might_sleep("stop_handler_pool");
+  stop_pool(engine());
 }
 
-int handler_pool_size() noexcept { return engine().size.load(std::memory_order_relaxed); }
+int handler_pool_size() noexcept {
+  return engine().size.load(std::memory_order_relaxed);
+}
 
-bool on_handler_thread() noexcept { return t_draining; }
+bool on_handler_thread() noexcept {
+  return t_draining;
+}
 
 void flush_async_events() {
   might_sleep("flush_async_events");

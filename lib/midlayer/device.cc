@@ -69,10 +69,10 @@ struct HandlerEntry {
 
 struct DeviceRegistration {
   Device* dev = nullptr;
-  bool unregistering = false;                        // hidden from lookups and new clients
-  std::vector<std::unique_ptr<ClientSlot>> slots;    // ascending client id
+  bool unregistering = false;                      // hidden from lookups and new clients
+  std::vector<std::unique_ptr<ClientSlot>> slots;  // ascending client id
   std::vector<std::unique_ptr<HandlerEntry>> handlers;
-  std::vector<Cq*> cqs;                              // created through create_cq, not destroyed
+  std::vector<Cq*> cqs;  // created through create_cq, not destroyed
 };
 
 namespace {
@@ -187,8 +187,8 @@ int register_device(Device* dev) {
     return EINVAL;
   }
   if (const char* op = first_missing_op(*dev->ops)) {
-    std::fprintf(stderr, "dverbs: register_device(%s): mandatory op '%s' is missing\n",
-                 dev->name, op);
+    std::fprintf(stderr, "dverbs: register_device(%s): mandatory op '%s' is missing\n", dev->name,
+                 op);
     return EINVAL;
   }
   Registry& r = registry();
@@ -227,9 +227,8 @@ void unregister_device(Device* dev) {
     if (!reg) return;
     if (reg->unregistering) {
       // Another thread is unregistering it: return when it is done, as it would.
-      wait(r.changed, lk, [&] {
-        return std::find(r.devices.begin(), r.devices.end(), reg) == r.devices.end();
-      });
+      wait(r.changed, lk,
+           [&] { return std::find(r.devices.begin(), r.devices.end(), reg) == r.devices.end(); });
       return;
     }
     reg->unregistering = true;
@@ -257,8 +256,8 @@ void unregister_device(Device* dev) {
     leaked.swap(reg->cqs);
   }
   if (!leaked.empty())
-    std::fprintf(stderr, "dverbs: unregister_device(%s): %zu CQ(s) were not destroyed\n",
-                 dev->name, leaked.size());
+    std::fprintf(stderr, "dverbs: unregister_device(%s): %zu CQ(s) were not destroyed\n", dev->name,
+                 leaked.size());
   for (Cq* cq : leaked) detail::quiesce_cq(cq);
 
   {

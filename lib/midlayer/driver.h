@@ -71,12 +71,19 @@ void unregister_device(Device* dev);
 
 // Queues an asynchronous event for the device's event handlers and the affected object's
 // handler. Never calls a consumer directly.
-// Context: any, including transport lcores; never sleeps, never allocates, only enqueues.
+// Context: any, including transport lcores; never sleeps, only enqueues. The common case is
+// a few atomic operations; only when the handler pool goes from idle to busy does it hand a
+// task to TBB (a small allocation, maybe a futex wake of a worker), as raising a softirq.
+// Allowed for an object until the midlayer calls its destroy op, and for the device until
+// unregister_device returns; events for a destroyed or unregistering object are forgotten.
+// A full event ring drops the event (counted in EventStats::ring_full_drops).
 void dispatch_event(const Event& event) noexcept;
 
 // Tells the midlayer that an armed CQ received a completion: queues the CQ on its event
 // ring so a handler thread calls the consumer's completion handler. Never calls a consumer
 // directly. Context: any, including transport lcores; never sleeps, only enqueues.
+// The driver's destroy_cq op must stop every caller for that CQ before freeing it; the
+// midlayer has stopped the CQ's handlers before it calls the op.
 void cq_comp_event(Cq* cq) noexcept;
 
 // A driver that can create devices: probe() is called once, from process context, the

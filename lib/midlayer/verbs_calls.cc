@@ -18,8 +18,12 @@ namespace dverbs::mid {
 
 namespace {
 
-inline void get(std::atomic<uint32_t>& c) noexcept { c.fetch_add(1, std::memory_order_relaxed); }
-inline void put(std::atomic<uint32_t>& c) noexcept { c.fetch_sub(1, std::memory_order_relaxed); }
+inline void get(std::atomic<uint32_t>& c) noexcept {
+  c.fetch_add(1, std::memory_order_relaxed);
+}
+inline void put(std::atomic<uint32_t>& c) noexcept {
+  c.fetch_sub(1, std::memory_order_relaxed);
+}
 
 }  // namespace
 
@@ -124,8 +128,8 @@ int destroy_cq(Cq* cq) {
   if (!cq) return EINVAL;
   if (cq->usecnt.load(std::memory_order_acquire) != 0) return EBUSY;
   detail::untrack_cq(cq);
-  detail::quiesce_cq(cq);         // completion handler: not queued, not running
-  detail::flush_async_events();   // cq_err events queued before `dying` was set
+  detail::quiesce_cq(cq);        // completion handler: not queued, not running
+  detail::flush_async_events();  // cq_err events queued before `dying` was set
   if (int rc = cq->device->ops->destroy_cq(cq)) {
     detail::unquiesce_cq(cq);
     try {
@@ -200,8 +204,7 @@ int destroy_qp(Qp* qp) {
 
 // ---- SRQ (optional) ----
 
-int create_srq(Pd* pd, const SrqInitAttr* init, EventHandler handler, void* context,
-               Srq** out) {
+int create_srq(Pd* pd, const SrqInitAttr* init, EventHandler handler, void* context, Srq** out) {
   might_sleep("create_srq");
   if (!pd || !init || !out) return EINVAL;
   Device* dev = pd->device;

@@ -214,6 +214,10 @@ int Qp::connect(const Gid& gid, uint32_t rqpn, uint32_t lpsn, uint32_t rpsn, Mtu
                 uint32_t access_flags) {
   namespace m = qp_attr_mask;
   QpAttr a;
+  mid::QpInitAttr init;
+  if (int rc = mid::query_qp(qp_, &a, 0, &init)) return rc;
+  const bool rc_qp = init.qp_type == QpType::rc;
+  a = QpAttr{};
   a.qp_state = QpState::init;
   a.port_num = 1;
   a.pkey_index = 0;
@@ -223,13 +227,14 @@ int Qp::connect(const Gid& gid, uint32_t rqpn, uint32_t lpsn, uint32_t rpsn, Mtu
   a.path_mtu = mtu;
   a.dest_qp_num = rqpn;
   a.rq_psn = rpsn;
-  a.max_dest_rd_atomic = 1;
+  a.max_dest_rd_atomic = 16;
   a.min_rnr_timer = 12;
   a.ah_attr.dgid = gid;
   a.ah_attr.is_global = true;
   a.ah_attr.port_num = 1;
-  if (int rc = modify(a, m::state | m::av | m::path_mtu | m::dest_qpn | m::rq_psn |
-                             m::max_dest_rd_atomic | m::min_rnr_timer))
+  // UC has no READ/atomic resources, RNR or retransmission attributes (IBA 10.3.1).
+  const uint32_t rtr_rc = rc_qp ? m::max_dest_rd_atomic | m::min_rnr_timer : 0;
+  if (int rc = modify(a, m::state | m::av | m::path_mtu | m::dest_qpn | m::rq_psn | rtr_rc))
     return rc;
   a.qp_state = QpState::rts;
   a.sq_psn = lpsn;
@@ -237,8 +242,9 @@ int Qp::connect(const Gid& gid, uint32_t rqpn, uint32_t lpsn, uint32_t rpsn, Mtu
   a.retry_cnt = 7;
   a.rnr_retry = 7;
   a.max_rd_atomic = 1;
-  return modify(a, m::state | m::sq_psn | m::timeout | m::retry_cnt | m::rnr_retry |
-                       m::max_qp_rd_atomic);
+  const uint32_t rts_rc =
+      rc_qp ? m::timeout | m::retry_cnt | m::rnr_retry | m::max_qp_rd_atomic : 0;
+  return modify(a, m::state | m::sq_psn | rts_rc);
 }
 
 // ---------------------------------------------------------------- Ah

@@ -31,7 +31,9 @@ std::vector<std::string> take_log() {
   std::lock_guard lk(g_log_mu);
   return std::exchange(g_log, {});
 }
-void log_add(Device* d, Client* c) { log_line(std::string("add ") + d->name + " " + c->name); }
+void log_add(Device* d, Client* c) {
+  log_line(std::string("add ") + d->name + " " + c->name);
+}
 void log_remove(Device* d, Client* c, void*) {
   log_line(std::string("remove ") + d->name + " " + c->name);
 }
@@ -91,13 +93,15 @@ struct OpCase {
   const char* name;
   void (*clear)(DeviceOps&);
 };
+// clang-format off
 #define DVERBS_OP_CASE(op) OpCase{#op, [](DeviceOps& o) { o.op = nullptr; }}
+// clang-format on
 const OpCase kMandatoryOps[] = {
-    DVERBS_OP_CASE(query_device), DVERBS_OP_CASE(query_port),  DVERBS_OP_CASE(query_gid),
-    DVERBS_OP_CASE(alloc_pd),     DVERBS_OP_CASE(dealloc_pd),  DVERBS_OP_CASE(reg_mr),
-    DVERBS_OP_CASE(dereg_mr),     DVERBS_OP_CASE(create_cq),   DVERBS_OP_CASE(destroy_cq),
-    DVERBS_OP_CASE(create_qp),    DVERBS_OP_CASE(modify_qp),   DVERBS_OP_CASE(query_qp),
-    DVERBS_OP_CASE(destroy_qp),   DVERBS_OP_CASE(post_send),   DVERBS_OP_CASE(post_recv),
+    DVERBS_OP_CASE(query_device), DVERBS_OP_CASE(query_port),    DVERBS_OP_CASE(query_gid),
+    DVERBS_OP_CASE(alloc_pd),     DVERBS_OP_CASE(dealloc_pd),    DVERBS_OP_CASE(reg_mr),
+    DVERBS_OP_CASE(dereg_mr),     DVERBS_OP_CASE(create_cq),     DVERBS_OP_CASE(destroy_cq),
+    DVERBS_OP_CASE(create_qp),    DVERBS_OP_CASE(modify_qp),     DVERBS_OP_CASE(query_qp),
+    DVERBS_OP_CASE(destroy_qp),   DVERBS_OP_CASE(post_send),     DVERBS_OP_CASE(post_recv),
     DVERBS_OP_CASE(poll_cq),      DVERBS_OP_CASE(req_notify_cq),
 };
 #undef DVERBS_OP_CASE
@@ -202,7 +206,9 @@ struct Reentrant {
 };
 Reentrant g_re;
 
-void reentrant_event(const Event&, void*) { g_re.events++; }
+void reentrant_event(const Event&, void*) {
+  g_re.events++;
+}
 
 void reentrant_add(Device* d, Client* self) {
   g_re.devices_seen_in_add = list_devices(nullptr, 0);
@@ -289,6 +295,7 @@ struct Delivery {
 TEST(Events, ReachObjectHandlerThenDeviceHandlersThenClients) {
   static Delivery del;
   del.order.clear();
+  del.qp = del.cq = del.srq = del.device = del.client = del.on_dispatcher = 0;
   del.dispatcher = std::this_thread::get_id();
   auto d = make_device("ev");
   ASSERT_EQ(register_device(d.get()), 0);
@@ -419,7 +426,9 @@ TEST(Events, RingFullDropsAreCountedAndReportedOnce) {
   size_t reports = 0;
   for (size_t p = err.find("ring full"); p != std::string::npos; p = err.find("ring full", p + 1))
     ++reports;
-  EXPECT_EQ(reports, 1u) << err;
+  static bool first_fill = true;  // reported once per process (--gtest_repeat)
+  EXPECT_EQ(reports, first_fill ? 1u : 0u) << err;
+  first_fill = false;
   unregister_event_handler(d.get(), blocker, nullptr);
   unregister_device(d.get());
 }
@@ -598,6 +607,7 @@ TEST(Drivers, ProbedOnceShutDownAndProbedAgain) {
   Client c;
   c.name = "prober";
   c.add = [](Device*, Client*) { nested_result = probe_drivers(); };
+  g_probes = g_shutdowns = 0;
   ASSERT_EQ(register_client(&c), 0);
   EXPECT_EQ(probe_drivers(), 0);
   EXPECT_EQ(nested_result, 0);
@@ -648,7 +658,7 @@ void stress_event(const Event& ev, Client* c, void* data) {
 TEST(RegistryStress, ConcurrentRegistrationEventsAndFences) {
   g_live_pairs = 0;
   g_violations = 0;
-  constexpr int kDeviceThreads = 3, kClientThreads = 3, kIterations = 200;
+  constexpr int kDeviceThreads = 3, kClientThreads = 3, kIterations = 2000;
   std::vector<std::thread> threads;
   for (int t = 0; t < kDeviceThreads; ++t)
     threads.emplace_back([t] {

@@ -74,13 +74,16 @@ struct FakeQp : Qp {
 // Handlers installed in destroyed objects kept in the graveyard: any call means the
 // midlayer touched an object after its destroy call returned.
 inline std::atomic<int> zombie_calls{0};
-inline void zombie_comp(Cq*, void*) { zombie_calls++; }
-inline void zombie_event(const Event&, void*) { zombie_calls++; }
+inline void zombie_comp(Cq*, void*) {
+  zombie_calls++;
+}
+inline void zombie_event(const Event&, void*) {
+  zombie_calls++;
+}
 
 struct FakeDevice : Device {
   DeviceOps table{};
-  std::atomic<int> live_pds{0}, live_mrs{0}, live_cqs{0}, live_qps{0}, live_srqs{0},
-      live_ahs{0};
+  std::atomic<int> live_pds{0}, live_mrs{0}, live_cqs{0}, live_qps{0}, live_srqs{0}, live_ahs{0};
   std::atomic<uint32_t> next_qpn{1};
   std::atomic<uint32_t> next_key{0x100};
   // Graveyard mode: destroyed CQs, QPs and SRQs are not freed but made to look like fresh
@@ -93,7 +96,9 @@ struct FakeDevice : Device {
   explicit FakeDevice(const char* n);
 };
 
-inline FakeDevice* dev_of(Device* d) { return static_cast<FakeDevice*>(d); }
+inline FakeDevice* dev_of(Device* d) {
+  return static_cast<FakeDevice*>(d);
+}
 
 // Puts one completion on the CQ; raises the completion event if the CQ was armed.
 // Context: any, never sleeps.
@@ -227,7 +232,9 @@ inline int post_send(Qp* qp, SendWr* wr, SendWr** bad_wr) {
   }
   return 0;
 }
-inline int post_recv(Qp*, RecvWr*, RecvWr**) { return 0; }
+inline int post_recv(Qp*, RecvWr*, RecvWr**) {
+  return 0;
+}
 inline int poll_cq(Cq* cq, int n, Wc* wc) {
   auto* f = static_cast<FakeCq*>(cq);
   f->lock.lock();
@@ -280,7 +287,9 @@ inline int destroy_srq(Srq* srq) {
   d->graveyard_lock.unlock();
   return 0;
 }
-inline int post_srq_recv(Srq*, RecvWr*, RecvWr**) { return 0; }
+inline int post_srq_recv(Srq*, RecvWr*, RecvWr**) {
+  return 0;
+}
 
 }  // namespace ops
 

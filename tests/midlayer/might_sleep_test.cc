@@ -59,9 +59,7 @@ TEST_F(MightSleep, SilentOutsideScopes) {
   std::condition_variable cv;
   std::unique_lock lk(sm);
   wait(cv, lk, [] { return true; });
-  {
-    NonSleepingScope scope("poll_cq");
-  }
+  { NonSleepingScope scope("poll_cq"); }
   m.lock();  // after the scope ended
   m.unlock();
   EXPECT_TRUE(take_reports().empty());

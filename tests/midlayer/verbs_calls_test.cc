@@ -315,6 +315,8 @@ TEST_F(VerbsCalls, DestroySrqAndCqForgetTheirQueuedEvents) {
 TEST(VerbsCallsLeaks, UnregisterDeviceStopsHandlersOfLeakedCqs) {
   static std::atomic<bool> unregistered{false};
   static std::atomic<int> late{0};
+  unregistered = false;
+  late = 0;
   auto d = fake::make_device("leaky0");
   ASSERT_EQ(register_device(d.get()), 0);
   Cq* cq;

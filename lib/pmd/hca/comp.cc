@@ -5,6 +5,7 @@
 
 #include "pmd/hca/device.h"
 #include "pmd/hca/engine.h"
+#include "pmd/hca/mr.h"
 
 namespace dverbs::pmd::hca {
 
@@ -40,36 +41,140 @@ constexpr uint32_t kRnrTimerUs[32] = {
     2560,   3840, 5120, 7680, 10240, 15360, 20480, 30720, 40960, 61440, 81920, 122880, 163840,
     245760, 327680, 491520};
 
-// All packets up to and including `psn` are acknowledged (IBA 9.7.5.1.1).
+void restart_timer(Engine& e, Qp& qp) {
+  Requester& r = qp.req;
+  if (r.psn == r.last_ack_psn || !qp.attr.timeout) {
+    r.timer_deadline = 0;
+    return;
+  }
+  double us = 4.096 * double(1ull << (qp.attr.timeout > 31 ? 31 : qp.attr.timeout));
+  r.timer_deadline = e.now() + uint64_t(us * double(e.tsc_hz()) / 1e6);
+}
+
+// Moves the acknowledged point forward to `next` (the oldest PSN still owed).
+void advance_ack(Qp& qp, uint32_t next) {
+  Requester& r = qp.req;
+  if (wire::psn_diff(next, r.last_ack_psn) <= 0) return;
+  r.last_ack_psn = next;
+  r.retry_left = qp.attr.retry_cnt;  // progress resets both retry budgets
+  r.rnr_left = qp.attr.rnr_retry;
+  r.gap_rewound = false;
+}
+
+// After the acknowledged point moved: if ACKs of packets sent before a rewind overtook
+// the retransmission, skip what is already acknowledged.
+void fast_forward(Engine& e, Qp& qp) {
+  Requester& r = qp.req;
+  if (wire::psn_diff(r.last_ack_psn, r.psn) <= 0) return;
+  r.psn = r.last_ack_psn;
+  if (r.unacked == r.sent_end) {
+    r.next_wqe = r.unacked;
+    r.next_pkt = 0;
+  } else {
+    req_rewind(e, qp, r.last_ack_psn);
+  }
+}
+
+// Resends from the acknowledged point, once per gap (a burst of out-of-order responses
+// must not cost one retry each).
+void rewind_gap(Engine& e, Qp& qp) {
+  Requester& r = qp.req;
+  if (r.gap_rewound) return;
+  r.gap_rewound = true;
+  req_rewind(e, qp, r.last_ack_psn);
+}
+
+// All packets up to and including `psn` are acknowledged (IBA 9.7.5.1.1). A READ or
+// atomic inside that range whose responses did not all arrive was answered by packets
+// that got lost: the ACK implies a NAK for it (IBA 9.7.5.1.3) and it is requested again.
 void ack_through(Engine& e, Qp& qp, uint32_t psn) {
   Requester& r = qp.req;
-  r.last_ack_psn = wire::psn_add(psn, 1);
-  r.retry_left = qp.attr.retry_cnt;
-  r.rnr_left = qp.attr.rnr_retry;
   uint64_t upto = r.unacked;
+  bool implied_nak = false;
   while (upto != r.sent_end) {
     const SendWqe& w = qp.sq.at(upto);
     if (wire::psn_diff(wire::psn_add(w.first_psn, w.npkts - 1), psn) > 0) break;
+    if (is_rd_atomic(w.opcode) && !w.done) {
+      implied_nak = true;
+      break;
+    }
     upto++;
   }
   comp_retire_upto(e, qp, upto);
-  // ACKs of packets sent before a rewind can overtake the retransmission: skip ahead.
-  if (wire::psn_diff(r.last_ack_psn, r.psn) > 0) {
-    r.psn = r.last_ack_psn;
-    if (r.unacked == r.sent_end) {
-      r.next_wqe = r.unacked;
-      r.next_pkt = 0;
-    } else {
-      req_rewind(e, qp, r.last_ack_psn);
-    }
+  if (implied_nak) {
+    const SendWqe& w = qp.sq.at(upto);
+    if (wire::psn_diff(w.first_psn, r.last_ack_psn) > 0) advance_ack(qp, w.first_psn);
+    rewind_gap(e, qp);
+  } else {
+    advance_ack(qp, wire::psn_add(psn, 1));
   }
-  if (r.psn == r.last_ack_psn) {
-    r.timer_deadline = 0;
-  } else if (qp.attr.timeout) {
-    // Progress restarts the retransmission timer.
-    double us = 4.096 * double(1ull << (qp.attr.timeout > 31 ? 31 : qp.attr.timeout));
-    r.timer_deadline = e.now() + uint64_t(us * double(e.tsc_hz()) / 1e6);
+  fast_forward(e, qp);
+  restart_timer(e, qp);
+}
+
+// The WQE a READ response or atomic ACK at `psn` answers, after implicitly acknowledging
+// everything before it; nullptr if the packet answers nothing we wait for.
+SendWqe* responder_target(Engine& e, Qp& qp, uint32_t psn) {
+  Requester& r = qp.req;
+  if (wire::psn_diff(psn, r.last_ack_psn) > 0) ack_through(e, qp, wire::psn_add(psn, -1u));
+  if (psn != r.last_ack_psn || r.unacked == r.sent_end) return nullptr;
+  SendWqe& w = qp.sq.at(r.unacked);
+  int32_t d = wire::psn_diff(psn, w.first_psn);
+  if (!is_rd_atomic(w.opcode) || d < 0 || uint32_t(d) >= w.npkts) return nullptr;
+  return &w;
+}
+
+void read_response(Engine& e, Qp& qp, const wire::Packet& pkt) {
+  Requester& r = qp.req;
+  if (wire::psn_diff(pkt.psn, r.last_ack_psn) < 0) return;  // already consumed
+  SendWqe* w = responder_target(e, qp, pkt.psn);
+  if (!w || w->opcode != WrOpcode::rdma_read) {
+    // Responses before this one are missing: ask again from the first we lack.
+    if (wire::psn_diff(pkt.psn, r.last_ack_psn) > 0) rewind_gap(e, qp);
+    else if (r.unacked != r.sent_end) comp_fail(e, qp, WcStatus::bad_resp_err);
+    return;
   }
+  const uint32_t f = pkt.info->flags;
+  const uint32_t off = uint32_t(wire::psn_diff(pkt.psn, w->first_psn)) * qp.mtu;
+  const bool last = f & wire::opf::kLast;
+  // Every response but the last carries exactly one path MTU (IBA 9.7.5.1.6, C9-...).
+  if ((!last && pkt.payload_len != qp.mtu) || off + pkt.payload_len > w->length ||
+      (last && off + pkt.payload_len != w->length)) {
+    comp_fail(e, qp, WcStatus::bad_resp_err);
+    return;
+  }
+  WcStatus st = scatter(e.device(), qp.pd, w->sge, w->num_sge, off, pkt.payload, pkt.payload_len);
+  if (st != WcStatus::success) {
+    comp_fail(e, qp, st);
+    return;
+  }
+  advance_ack(qp, wire::psn_add(pkt.psn, 1));
+  if (last) {
+    w->done = true;
+    ack_through(e, qp, pkt.psn);
+  } else {
+    restart_timer(e, qp);
+  }
+}
+
+void atomic_ack(Engine& e, Qp& qp, const wire::Packet& pkt) {
+  Requester& r = qp.req;
+  if (wire::psn_diff(pkt.psn, r.last_ack_psn) < 0) return;  // duplicate
+  SendWqe* w = responder_target(e, qp, pkt.psn);
+  if (!w || w->opcode == WrOpcode::rdma_read || !pkt.atomic_ack) {
+    if (!w) rewind_gap(e, qp);
+    else comp_fail(e, qp, WcStatus::bad_resp_err);
+    return;
+  }
+  uint64_t orig = pkt.atomic_ack->orig_value();
+  WcStatus st = scatter(e.device(), qp.pd, w->sge, w->num_sge, 0,
+                        reinterpret_cast<const uint8_t*>(&orig), sizeof orig);
+  if (st != WcStatus::success) {
+    comp_fail(e, qp, st);
+    return;
+  }
+  w->done = true;
+  ack_through(e, qp, pkt.psn);
 }
 
 }  // namespace
@@ -77,7 +182,9 @@ void ack_through(Engine& e, Qp& qp, uint32_t psn) {
 void comp_retire_upto(Engine&, Qp& qp, uint64_t upto) noexcept {
   Requester& r = qp.req;
   while (r.unacked != upto) {
-    complete_send(qp, qp.sq.at(r.unacked), WcStatus::success);
+    const SendWqe& w = qp.sq.at(r.unacked);
+    if (is_rd_atomic(w.opcode) && w.npkts) r.rd_inflight--;
+    complete_send(qp, w, WcStatus::success);
     qp.sq.retire_one();
     r.unacked++;
   }
@@ -108,6 +215,8 @@ void flush_queues(Engine&, Qp& qp) noexcept {
   r.next_wqe = r.sent_end = r.unacked;
   r.next_pkt = 0;
   r.timer_deadline = r.rnr_deadline = 0;
+  r.rd_inflight = 0;
+  qp.resp.pending = 0;
   if (qp.srq) return;
   Responder& rs = qp.resp;
   while (RecvWqe* w = qp.rq.peek(qp.rq_consumed)) {
@@ -132,9 +241,21 @@ void comp_rx(Engine& e, Qp& qp, const wire::Packet& pkt) noexcept {
     e.device().counters().rx_bad_state.fetch_add(1, std::memory_order_relaxed);
     return;
   }
-  if (pkt.opcode != wire::op::kAck || !pkt.aeth) {
-    // READ responses and atomic ACKs arrive with their operations (not yet supported):
-    // counted and dropped like any unexpected response (IBA 9.7.5.1.3).
+  if (pkt.info->flags & wire::opf::kRead) {
+    // READ responses carry an AETH on FIRST/LAST/ONLY; a NAK for a READ comes as an
+    // ACK packet and is handled below.
+    if (pkt.aeth && wire::aeth_type(pkt.aeth->syndrome) != wire::AethType::ack) {
+      comp_fail(e, qp, WcStatus::bad_resp_err);
+      return;
+    }
+    read_response(e, qp, pkt);
+    return;
+  }
+  if (pkt.opcode == (wire::op::kRc | wire::op::kAtomicAck)) {
+    atomic_ack(e, qp, pkt);
+    return;
+  }
+  if (pkt.opcode != (wire::op::kRc | wire::op::kAck) || !pkt.aeth) {
     e.device().counters().rx_bad_state.fetch_add(1, std::memory_order_relaxed);
     return;
   }

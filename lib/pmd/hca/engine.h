@@ -90,6 +90,14 @@ void req_rewind(Engine& e, Qp& qp, uint32_t psn) noexcept;
 void resp_rx(Engine& e, Qp& qp, const wire::Packet& pkt) noexcept;
 // Sends the coalesced ACK owed by the responder, if any. Context: owner engine.
 void resp_send_ack(Engine& e, Qp& qp) noexcept;
+// Sends up to `budget` READ/atomic response packets in PSN order; returns packets sent.
+// Context: owner engine, qp->lock held.
+int resp_tx_step(Engine& e, Qp& qp, int budget) noexcept;
+
+inline bool is_rd_atomic(WrOpcode op) {
+  return op == WrOpcode::rdma_read || op == WrOpcode::atomic_cmp_and_swp ||
+         op == WrOpcode::atomic_fetch_and_add;
+}
 
 // Completer (comp.cc): handles one response packet (ACK, NAK, READ response, atomic ACK).
 // Context: owner engine, qp->lock held.

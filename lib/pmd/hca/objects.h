@@ -68,8 +68,9 @@ struct SendWqe {
   bool is_inline;
   bool signaled;
   // requester progress (owner engine only)
+  bool done;          // READ/atomic: every response arrived (ACKs alone never complete it)
   uint32_t first_psn;
-  uint32_t npkts;
+  uint32_t npkts;     // PSNs the WQE consumes; 0 until first sent
   union {
     Sge sge[kMaxSge];
     uint8_t inline_data[kMaxInline];
@@ -95,9 +96,26 @@ struct Requester {
   uint32_t retry_left = 0;
   uint32_t rnr_left = 0;
   uint32_t max_psn = 0;     // one past the highest PSN ever sent
+  uint32_t rd_inflight = 0; // READ/atomic WQEs sent and not yet completed (max_rd_atomic)
+  bool gap_rewound = false; // already went back for the current gap in responses
   uint64_t sent_end = 0;    // one past the highest SQ index that has PSNs assigned
   bool blocked_on_neigh = false;
 };
+
+// One entry of the responder-resource ring (IBA 9.7.5.1.4 ... duplicate READ and atomic
+// requests are answered from it): max_dest_rd_atomic entries, oldest overwritten.
+struct RespResource {
+  bool valid = false;
+  bool atomic = false;
+  uint32_t first_psn = 0;
+  uint32_t npkts = 0;
+  uint64_t va = 0;       // READ: remote address of the first byte
+  uint32_t rkey = 0;
+  uint32_t length = 0;
+  uint64_t orig = 0;     // atomic: the value returned the first time
+};
+
+constexpr uint32_t kMaxRespResources = 16;
 
 // Responder state (IBA 9.7.3 / 9.7.4). Owner engine only.
 struct Responder {
@@ -113,6 +131,14 @@ struct Responder {
   uint64_t write_va = 0;
   uint32_t write_left = 0;
   uint32_t write_total = 0;
+  // READ/atomic responses leave in PSN order, paced by the engine: entries from `gen`
+  // (`pending` of them, the oldest first) still owe responses; `resp_psn` is the next.
+  RespResource res[kMaxRespResources];
+  uint32_t res_head = 0;     // next entry to write (ring of max(1, max_dest_rd_atomic))
+  uint32_t gen = 0;
+  uint32_t pending = 0;
+  uint32_t resp_psn = 0;
+  uint32_t stream_start = 0; // PSN that opened the current response stream (FIRST/ONLY)
   bool ack_pending = false;  // coalesced ACK owed at the end of the burst
   uint8_t ack_syndrome = 0;
   uint32_t ack_psn = 0;

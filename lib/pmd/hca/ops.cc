@@ -72,8 +72,9 @@ int query_device(mid::Device* d, DeviceAttr* a) {
   a->max_cqe = kMaxCqe;
   a->max_mr = kMaxMr - 1;
   a->max_pd = 1u << 16;
-  a->max_qp_rd_atom = 0;       // READ/atomic responder not implemented yet
-  a->max_qp_init_rd_atom = 0;
+  a->max_qp_rd_atom = kMaxRespResources;
+  a->max_qp_init_rd_atom = kMaxRespResources;
+  a->atomic_cap = 1;  // IBV_ATOMIC_HCA: atomic among all QPs of this HCA
   a->max_inline_data = kMaxInline;
   a->max_ah = 1u << 16;
   a->phys_port_cnt = 1;
@@ -197,6 +198,7 @@ int create_qp(mid::Pd* pd, const mid::QpInitAttr* init, mid::Qp** out) {
   if (qp->cap.max_recv_sge == 0) qp->cap.max_recv_sge = 1;
   qp->cap.max_inline_data = kMaxInline;  // report what we really support
   qp->sq_sig_all = init->sq_sig_all;
+  qp->mtu = mtu_bytes(active_mtu(dev.port().mtu()));  // UD uses it; RTR sets connected QPs'
   if (!qp->sq.init(qp->cap.max_send_wr) || !qp->rq.init(qp->cap.max_recv_wr ? qp->cap.max_recv_wr : 1)) {
     delete qp;
     return ENOMEM;
@@ -415,8 +417,11 @@ bool opcode_allowed(QpType t, WrOpcode op) {
     case WrOpcode::send_with_imm: return true;
     case WrOpcode::rdma_write:
     case WrOpcode::rdma_write_with_imm: return t != QpType::ud;
-    case WrOpcode::send_with_inv: return t == QpType::rc;
-    default: return false;  // READ, atomics, MW binds: not yet
+    case WrOpcode::send_with_inv:
+    case WrOpcode::rdma_read:
+    case WrOpcode::atomic_cmp_and_swp:
+    case WrOpcode::atomic_fetch_and_add: return t == QpType::rc;
+    default: return false;  // memory-window binds and local invalidate: not supported
   }
 }
 
@@ -436,6 +441,12 @@ int check_send_wr(const Qp& qp, const SendWr& wr, uint32_t* total) {
   }
   if (len > (1ull << 31)) return EINVAL;
   if ((wr.send_flags & send_flags::inline_data) && len > kMaxInline) return EINVAL;
+  if (is_rd_atomic(wr.opcode) && (wr.send_flags & send_flags::inline_data))
+    return EINVAL;  // the local buffer of a READ/atomic is written: it cannot be inline
+  // An atomic returns the 8-byte original value into exactly one 8-byte SGE (IBA 10.8.3.4).
+  if ((wr.opcode == WrOpcode::atomic_cmp_and_swp || wr.opcode == WrOpcode::atomic_fetch_and_add) &&
+      (wr.num_sge != 1 || len != 8))
+    return EINVAL;
   if (qp.qp_type == QpType::ud) {
     if (!wr.wr.ud.ah || wr.wr.ud.ah->device != qp.device || wr.wr.ud.remote_qpn > wire::kQpnMask)
       return EINVAL;
@@ -469,8 +480,15 @@ int post_send(mid::Qp* q, SendWr* wr, SendWr** bad) {
     w->signaled = qp.sq_sig_all || (wr->send_flags & send_flags::signaled);
     w->imm_data = wr->imm_data;
     w->length = total;
-    w->remote_addr = wr->wr.rdma.remote_addr;
-    w->rkey = wr->wr.rdma.rkey;
+    if (wr->opcode == WrOpcode::atomic_cmp_and_swp || wr->opcode == WrOpcode::atomic_fetch_and_add) {
+      w->remote_addr = wr->wr.atomic.remote_addr;
+      w->rkey = wr->wr.atomic.rkey;
+      w->compare_add = wr->wr.atomic.compare_add;
+      w->swap = wr->wr.atomic.swap;
+    } else {
+      w->remote_addr = wr->wr.rdma.remote_addr;
+      w->rkey = wr->wr.rdma.rkey;
+    }
     w->npkts = 0;
     w->first_psn = 0;
     if (qp.qp_type == QpType::ud) {

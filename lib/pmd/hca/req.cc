@@ -29,6 +29,43 @@ constexpr uint32_t kAckReqEvery = 32;
 
 enum class ReqState : uint8_t { idle, rnr_wait, sending, waiting, error };
 
+// Sends the READ request for the part of `w` that starts at response packet `pkt`
+// (a retransmission may resume in the middle: IBA 9.7.6.1.4).
+bool send_read_request(Engine& e, Qp& qp, SendWqe& w, uint32_t pkt) {
+  const uint32_t off = pkt * qp.mtu;
+  wire::BthFields bth{};
+  bth.opcode = wire::op::kRc | wire::op::kReadRequest;
+  bth.pkey = wire::kDefaultPkey;
+  bth.psn = wire::psn_add(w.first_psn, pkt);
+  bth.ack_req = true;
+  bth.dest_qp = qp.attr.dest_qp_num;
+  uint8_t* p;
+  rte_mbuf* m = build_packet(e, qp.addr, bth, 0, &p);
+  if (!m) return false;
+  wire::write_reth(p, w.remote_addr + off, w.rkey, w.length - off);
+  send_packet(e, m, p + sizeof(wire::Reth), 0);
+  return true;
+}
+
+bool send_atomic_request(Engine& e, Qp& qp, SendWqe& w) {
+  wire::BthFields bth{};
+  bth.opcode = wire::op::kRc | (w.opcode == WrOpcode::atomic_cmp_and_swp ? wire::op::kCmpSwap
+                                                                           : wire::op::kFetchAdd);
+  bth.pkey = wire::kDefaultPkey;
+  bth.psn = w.first_psn;
+  bth.ack_req = true;
+  bth.dest_qp = qp.attr.dest_qp_num;
+  uint8_t* p;
+  rte_mbuf* m = build_packet(e, qp.addr, bth, 0, &p);
+  if (!m) return false;
+  // AtomicETH: SwapData is the swap value (CmpSwap) or the addend (FetchAdd).
+  const bool cas = w.opcode == WrOpcode::atomic_cmp_and_swp;
+  wire::write_atomic_eth(p, w.remote_addr, w.rkey, cas ? w.swap : w.compare_add,
+                         cas ? w.compare_add : 0);
+  send_packet(e, m, p + sizeof(wire::AtomicEth), 0);
+  return true;
+}
+
 uint8_t opcode_prefix(QpType t) {
   switch (t) {
     case QpType::uc: return wire::op::kUc;
@@ -153,6 +190,7 @@ bool send_one(Engine& e, Qp& qp, SendWqe& w, uint32_t pkt) {
 }  // namespace
 
 bool req_needs_service(Qp& qp) noexcept {
+  if (qp.resp.pending) return true;  // READ/atomic responses still to send
   switch (req_state(qp)) {
     case ReqState::idle: return false;
     case ReqState::error: return qp.sq.peek(qp.req.unacked) || qp.rq.peek(qp.rq_consumed);
@@ -178,6 +216,7 @@ void req_rewind(Engine& e, Qp& qp, uint32_t psn) noexcept {
 
 int req_step(Engine& e, Qp& qp, int budget) noexcept {
   Requester& r = qp.req;
+  if (qp.resp.pending) budget -= resp_tx_step(e, qp, budget);
   switch (req_state(qp)) {
     case ReqState::error:
       flush_queues(e, qp);
@@ -208,15 +247,41 @@ int req_step(Engine& e, Qp& qp, int budget) noexcept {
   while (sent < budget) {
     SendWqe* w = qp.sq.peek(r.next_wqe);
     if (!w) break;
+    const bool rd = is_rd_atomic(w->opcode);
     if (w->npkts == 0) {
-      // First transmission of this WQE: assign its PSN range (post_send left npkts 0).
+      // First transmission of this WQE. A fenced WQE waits for every earlier READ and
+      // atomic to complete (IBA 10.8.3.3); READ/atomic requests are limited to
+      // max_rd_atomic outstanding (IBA 9.7.7, C9-151).
+      if ((w->send_flags & send_flags::fence) && r.rd_inflight > 0) break;
+      if (rd && r.rd_inflight >= (qp.attr.max_rd_atomic ? qp.attr.max_rd_atomic : 1u)) break;
       w->first_psn = r.psn;
-      w->npkts = w->length == 0 ? 1 : (w->length + qp.mtu - 1) / qp.mtu;
+      // A READ consumes one PSN per response packet; an atomic one.
+      w->npkts = w->length == 0 || w->opcode == WrOpcode::atomic_cmp_and_swp ||
+                         w->opcode == WrOpcode::atomic_fetch_and_add
+                     ? 1
+                     : (w->length + qp.mtu - 1) / qp.mtu;
+      w->done = false;
+      if (rd) r.rd_inflight++;
       r.sent_end = r.next_wqe + 1;
     }
     if (qp.qp_type == QpType::rc &&
         uint32_t(wire::psn_diff(r.psn, r.last_ack_psn)) >= kPsnWindow)
       break;
+    if (rd) {
+      bool ok = w->opcode == WrOpcode::rdma_read ? send_read_request(e, qp, *w, r.next_pkt)
+                                                 : send_atomic_request(e, qp, *w);
+      if (!ok) break;
+      sent++;
+      r.psn = wire::psn_add(w->first_psn, w->npkts);
+      if (wire::psn_diff(r.psn, r.max_psn) > 0) r.max_psn = r.psn;
+      r.next_pkt = 0;
+      r.next_wqe++;
+      if (r.timer_deadline == 0) {
+        uint64_t t = timeout_cycles(e, qp.attr.timeout);
+        r.timer_deadline = t ? e.now() + t : 0;
+      }
+      continue;
+    }
     if (!send_one(e, qp, *w, r.next_pkt)) break;
     if (qp.state.load(std::memory_order_relaxed) == QpState::err) return sent;
     sent++;

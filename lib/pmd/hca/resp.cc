@@ -120,7 +120,8 @@ RespResult execute_send(Engine& e, Qp& qp, const wire::Packet& pkt) {
   }
   rs.recv_offset = off + pkt.payload_len;
   if (f & wire::opf::kLast) {
-    uint32_t len = rs.recv_offset - (qp.qp_type == QpType::ud ? wire::kGrhLen : 0);
+    // For UD, byte_len counts the 40-byte GRH as well (IBA 11.4.1.2).
+    uint32_t len = rs.recv_offset;
     complete_recv(qp, *w, WcStatus::success, WcOpcode::recv, len, pkt, pkt.bth->se());
     finish_recv(qp);
   }
@@ -173,6 +174,94 @@ bool sequence_ok(const Responder& rs, uint32_t f) {
   return false;
 }
 
+uint32_t res_cap(const Qp& qp) {
+  uint32_t n = qp.attr.max_dest_rd_atomic;
+  return n == 0 ? 1 : n > kMaxRespResources ? kMaxRespResources : n;
+}
+
+// Queues a READ/atomic request for its responses (in PSN order after the ones pending).
+// False when every responder resource still owes responses (IBA 9.7.4.1.5: too many
+// outstanding requests → NAK invalid request).
+bool add_resource(Qp& qp, const RespResource& r) {
+  Responder& rs = qp.resp;
+  const uint32_t cap = res_cap(qp);
+  if (rs.pending >= cap) return false;
+  uint32_t slot = rs.res_head % cap;
+  rs.res[slot] = r;
+  rs.res[slot].valid = true;
+  rs.res_head = (slot + 1) % cap;
+  if (rs.pending++ == 0) {
+    rs.gen = slot;
+    rs.resp_psn = rs.stream_start = r.first_psn;
+  }
+  return true;
+}
+
+RespResult execute_read(Engine& e, Qp& qp, const wire::Packet& pkt) {
+  const wire::Reth* reth = pkt.reth;
+  const uint32_t len = reth->length();
+  if (len > (1u << 31)) return RespResult::nak_inv;
+  if (!(qp.attr.qp_access_flags & access::remote_read)) return RespResult::nak_access;
+  if (len && !mr_get_remote(e.device(), reth->r_key(), qp.pd, reth->vaddr(), len,
+                            access::remote_read))
+    return RespResult::nak_access;
+  RespResource r;
+  r.first_psn = pkt.psn;
+  r.npkts = len == 0 ? 1 : (len + qp.mtu - 1) / qp.mtu;
+  r.va = reth->vaddr();
+  r.rkey = reth->r_key();
+  r.length = len;
+  if (!add_resource(qp, r)) return RespResult::nak_inv;
+  return RespResult::done;
+}
+
+RespResult execute_atomic(Engine& e, Qp& qp, const wire::Packet& pkt) {
+  const wire::AtomicEth* a = pkt.atomic_eth;
+  const uint64_t va = a->vaddr();
+  if (!(qp.attr.qp_access_flags & access::remote_atomic)) return RespResult::nak_access;
+  if (va & 7) return RespResult::nak_inv;  // atomics are naturally aligned (C9-...)
+  Mr* mr = mr_get_remote(e.device(), a->r_key(), qp.pd, va, 8, access::remote_atomic);
+  if (!mr) return RespResult::nak_access;
+  if (qp.resp.pending >= res_cap(qp)) return RespResult::nak_inv;
+  // The CPU's own atomic makes this atomic against every other atomic on the address,
+  // from any QP or engine, with no lock (IBA 9.4.5 requires atomicity per HCA).
+  auto* p = reinterpret_cast<uint64_t*>(va);
+  uint64_t orig;
+  if ((pkt.opcode & 0x1f) == wire::op::kCmpSwap) {
+    orig = a->compare_data();
+    __atomic_compare_exchange_n(p, &orig, a->swap_add_data(), false, __ATOMIC_SEQ_CST,
+                                __ATOMIC_SEQ_CST);
+  } else {
+    orig = __atomic_fetch_add(p, a->swap_add_data(), __ATOMIC_SEQ_CST);
+  }
+  RespResource r;
+  r.atomic = true;
+  r.first_psn = pkt.psn;
+  r.npkts = 1;
+  r.orig = orig;
+  add_resource(qp, r);
+  return RespResult::done;
+}
+
+// A duplicate READ or atomic (IBA 9.7.4.1.5.2): restart the responses at the resource
+// holding its PSN — READs re-read memory, atomics resend the saved original value and are
+// never executed twice. Unknown (too old) duplicates are dropped.
+void replay(Qp& qp, uint32_t psn) {
+  Responder& rs = qp.resp;
+  const uint32_t cap = res_cap(qp);
+  for (uint32_t age = 1; age <= cap; age++) {
+    uint32_t slot = (rs.res_head + cap - age) % cap;
+    const RespResource& r = rs.res[slot];
+    if (!r.valid) break;
+    int32_t d = wire::psn_diff(psn, r.first_psn);
+    if (d < 0 || uint32_t(d) >= r.npkts) continue;
+    rs.gen = slot;
+    rs.pending = age;  // this entry and every newer one
+    rs.resp_psn = rs.stream_start = psn;
+    return;
+  }
+}
+
 void ud_rx(Engine& e, Qp& qp, const wire::Packet& pkt) {
   // Q_Key check (IBA 10.2.4.2, C10-15): a mismatch drops the packet silently.
   if (!pkt.deth || pkt.deth->q_key() != qp.attr.qkey) {
@@ -191,9 +280,76 @@ void ud_rx(Engine& e, Qp& qp, const wire::Packet& pkt) {
 
 void resp_send_ack(Engine& e, Qp& qp) noexcept {
   Responder& rs = qp.resp;
-  if (!rs.ack_pending) return;
+  if (!rs.ack_pending || rs.pending) return;  // responses go out first, in PSN order
   rs.ack_pending = false;
   send_aeth(e, qp, rs.ack_syndrome, rs.ack_psn);
+}
+
+int resp_tx_step(Engine& e, Qp& qp, int budget) noexcept {
+  Responder& rs = qp.resp;
+  int sent = 0;
+  const uint32_t cap = res_cap(qp);
+  while (rs.pending && sent < budget) {
+    RespResource& r = rs.res[rs.gen];
+    const uint32_t idx = uint32_t(wire::psn_diff(rs.resp_psn, r.first_psn));
+    const uint32_t ack = wire::make_syndrome(AethType::ack, wire::kCreditsInvalid);
+    wire::BthFields bth{};
+    bth.pkey = wire::kDefaultPkey;
+    bth.dest_qp = qp.attr.dest_qp_num;
+    bth.psn = rs.resp_psn;
+    uint8_t* p;
+    if (r.atomic) {
+      bth.opcode = wire::op::kRc | wire::op::kAtomicAck;
+      rte_mbuf* m = build_packet(e, qp.addr, bth, 0, &p);
+      if (!m) break;
+      wire::write_aeth(p, uint8_t(ack), rs.msn);
+      wire::write_atomic_ack_eth(p + sizeof(wire::Aeth), r.orig);
+      send_packet(e, m, p + sizeof(wire::Aeth) + sizeof(wire::AtomicAckEth), 0);
+    } else {
+      const uint32_t off = idx * qp.mtu;
+      const uint32_t len = r.length - off < qp.mtu ? r.length - off : qp.mtu;
+      const bool first = rs.resp_psn == rs.stream_start;
+      const bool last = idx + 1 == r.npkts;
+      using namespace wire::op;
+      bth.opcode = uint8_t(kRc | (first && last ? kReadRespOnly
+                                  : first       ? kReadRespFirst
+                                  : last        ? kReadRespLast
+                                                : kReadRespMiddle));
+      bth.pad = wire::pad_for(len);
+      // Memory is re-validated for every packet: a region deregistered meanwhile ends the
+      // stream with a remote access NAK instead of a read of freed memory.
+      Mr* mr = len ? mr_get_remote(e.device(), r.rkey, qp.pd, r.va + off, len,
+                                   access::remote_read)
+                   : nullptr;
+      if (len && !mr) {
+        rs.pending = 0;
+        send_aeth(e, qp, wire::make_syndrome(AethType::nak, uint8_t(NakCode::remote_access_error)),
+                  rs.resp_psn);
+        qp.state.store(QpState::err, std::memory_order_release);
+        flush_queues(e, qp);
+        return sent;
+      }
+      rte_mbuf* m = build_packet(e, qp.addr, bth, len, &p);
+      if (!m) break;
+      if (wire::opcode_info(bth.opcode).flags & wire::opf::kAeth) {
+        wire::write_aeth(p, uint8_t(ack), rs.msn);
+        p += sizeof(wire::Aeth);
+      }
+      if (len) std::memcpy(p, reinterpret_cast<const void*>(r.va + off), len);
+      send_packet(e, m, p + len, bth.pad);
+    }
+    sent++;
+    rs.resp_psn = wire::psn_add(rs.resp_psn, 1);
+    if (idx + 1 == r.npkts) {
+      rs.gen = (rs.gen + 1) % cap;
+      rs.stream_start = rs.resp_psn;
+      if (--rs.pending == 0) {
+        // The ACK of later SENDs/WRITEs waited for these responses (PSN order).
+        if (rs.ack_pending) resp_send_ack(e, qp);
+      }
+    }
+  }
+  return sent;
 }
 
 void resp_rx(Engine& e, Qp& qp, const wire::Packet& pkt) noexcept {
@@ -226,12 +382,10 @@ void resp_rx(Engine& e, Qp& qp, const wire::Packet& pkt) noexcept {
     std::memcpy(qp.addr.dst_mac, pkt.src_mac, 6);
     qp.addr_resolved = true;
   }
-  if (!(f & (wire::opf::kSend | wire::opf::kWrite))) {
-    // READ and atomics are requests this responder does not execute yet.
-    if (qp.qp_type == QpType::rc)
-      send_aeth(e, qp, wire::make_syndrome(AethType::nak, uint8_t(NakCode::invalid_request)),
-                pkt.psn);
-    return;
+  const bool rd_atomic = f & (wire::opf::kRead | wire::opf::kAtomic);
+  if (rd_atomic && qp.qp_type != QpType::rc) {
+    e.device().counters().rx_bad_state.fetch_add(1, std::memory_order_relaxed);
+    return;  // UC has no READ or atomics (IBA 9.8.1): dropped
   }
 
   const int32_t d = wire::psn_diff(pkt.psn, rs.epsn);
@@ -271,12 +425,19 @@ void resp_rx(Engine& e, Qp& qp, const wire::Packet& pkt) noexcept {
     // Duplicate (IBA 9.7.4.1.5.1): never re-executed; re-acknowledge so the requester
     // learns how far we got.
     qp.dup_rcvd.fetch_add(1, std::memory_order_relaxed);
-    owe_ack(qp, wire::psn_add(rs.epsn, -1u));
+    if (rd_atomic) {
+      replay(qp, pkt.psn);
+      if (rs.pending) e.kick(&qp);
+    } else {
+      owe_ack(qp, wire::psn_add(rs.epsn, -1u));
+    }
     return;
   }
   if (d > 0) {
-    // Out of sequence (C9-110): one NAK per gap, then silence until ePSN arrives.
-    if (!rs.nak_sent) {
+    // Out of sequence (C9-110): one NAK per gap, then silence until ePSN arrives. While
+    // READ responses are still leaving, a NAK would overtake them: stay silent, the
+    // requester's timer recovers.
+    if (!rs.nak_sent && !rs.pending) {
       rs.nak_sent = true;
       qp.seq_naks_sent.fetch_add(1, std::memory_order_relaxed);
       send_aeth(e, qp, wire::make_syndrome(AethType::nak, uint8_t(NakCode::psn_seq_error)),
@@ -292,7 +453,10 @@ void resp_rx(Engine& e, Qp& qp, const wire::Packet& pkt) noexcept {
     flush_queues(e, qp);
     return;
   }
-  RespResult r = (f & wire::opf::kSend) ? execute_send(e, qp, pkt) : execute_write(e, qp, pkt);
+  RespResult r = (f & wire::opf::kSend)    ? execute_send(e, qp, pkt)
+                 : (f & wire::opf::kWrite) ? execute_write(e, qp, pkt)
+                 : (f & wire::opf::kRead)  ? execute_read(e, qp, pkt)
+                                           : execute_atomic(e, qp, pkt);
   switch (r) {
     case RespResult::done:
       break;
@@ -319,8 +483,15 @@ void resp_rx(Engine& e, Qp& qp, const wire::Packet& pkt) noexcept {
   rs.nak_sent = false;
   rs.in_send = (f & wire::opf::kSend) && !(f & wire::opf::kLast);
   rs.in_write = (f & wire::opf::kWrite) && !(f & wire::opf::kLast);
-  rs.epsn = wire::psn_add(rs.epsn, 1);
   if (f & wire::opf::kLast) rs.msn = (rs.msn + 1) & wire::kPsnMask;
+  if (rd_atomic) {
+    // A READ consumes one PSN per response packet; its responses are its acknowledgment.
+    const RespResource& last = rs.res[(rs.res_head + res_cap(qp) - 1) % res_cap(qp)];
+    rs.epsn = wire::psn_add(pkt.psn, last.npkts);
+    e.kick(&qp);
+    return;
+  }
+  rs.epsn = wire::psn_add(rs.epsn, 1);
   if (pkt.bth->ack_request() || (f & wire::opf::kLast)) owe_ack(qp, pkt.psn);
 }
 

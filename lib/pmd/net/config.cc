@@ -21,10 +21,14 @@ bool parse_u64(std::string_view s, uint64_t* out) {
   uint64_t v = 0;
   for (char c : s) {
     unsigned d;
-    if (c >= '0' && c <= '9') d = unsigned(c - '0');
-    else if (base == 16 && c >= 'a' && c <= 'f') d = unsigned(c - 'a' + 10);
-    else if (base == 16 && c >= 'A' && c <= 'F') d = unsigned(c - 'A' + 10);
-    else return false;
+    if (c >= '0' && c <= '9')
+      d = unsigned(c - '0');
+    else if (base == 16 && c >= 'a' && c <= 'f')
+      d = unsigned(c - 'a' + 10);
+    else if (base == 16 && c >= 'A' && c <= 'F')
+      d = unsigned(c - 'A' + 10);
+    else
+      return false;
     if (v > (UINT64_MAX - d) / unsigned(base)) return false;
     v = v * unsigned(base) + d;
   }
@@ -143,7 +147,8 @@ bool parse_fault(const std::string& s, FaultSpec* out, std::string* err) {
                                       : nullptr;
     if (prob) {
       if (!parse_probability(val, prob)) {
-        if (err) *err = std::string(key) + "=" + std::string(val) + " is not a probability in [0,1]";
+        if (err)
+          *err = std::string(key) + "=" + std::string(val) + " is not a probability in [0,1]";
         return false;
       }
     } else if (key == "seed") {
@@ -153,8 +158,8 @@ bool parse_fault(const std::string& s, FaultSpec* out, std::string* err) {
       }
     } else {
       if (err)
-        *err = "unknown key '" + std::string(key) +
-               "' (expected loss, dup, reorder, corrupt, seed)";
+        *err =
+            "unknown key '" + std::string(key) + "' (expected loss, dup, reorder, corrupt, seed)";
       return false;
     }
   }
@@ -164,8 +169,8 @@ bool parse_fault(const std::string& s, FaultSpec* out, std::string* err) {
 
 int parse_log_level(const std::string& s) {
   static constexpr const char* kNames[][2] = {
-      {"emergency", "emerg"}, {"alert", "alert"}, {"critical", "crit"}, {"error", "err"},
-      {"warning", "warn"},    {"notice", "notice"}, {"info", "info"},   {"debug", "debug"}};
+      {"emergency", "emerg"}, {"alert", "alert"},   {"critical", "crit"}, {"error", "err"},
+      {"warning", "warn"},    {"notice", "notice"}, {"info", "info"},     {"debug", "debug"}};
   if (s.size() == 1 && s[0] >= '1' && s[0] <= '8') return s[0] - '0';
   std::string l = lower(s);
   for (int i = 0; i < 8; ++i)
@@ -195,7 +200,8 @@ bool config_from_env(Config* cfg, std::string* err) {
       return fail("DVERBS_IP", v, "is not a unicast IPv4 address");
   }
   if (const char* v = env("DVERBS_MAC")) {
-    if (!parse_mac(v, c.mac)) return fail("DVERBS_MAC", v, "is not a MAC address (aa:bb:cc:dd:ee:ff)");
+    if (!parse_mac(v, c.mac))
+      return fail("DVERBS_MAC", v, "is not a MAC address (aa:bb:cc:dd:ee:ff)");
     static constexpr uint8_t kZero[6] = {};
     if (c.mac[0] & 1) return fail("DVERBS_MAC", v, "is a multicast address");
     if (std::memcmp(c.mac, kZero, 6) == 0) return fail("DVERBS_MAC", v, "is the zero address");

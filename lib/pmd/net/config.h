@@ -15,17 +15,17 @@ struct FaultSpec {
 };
 
 struct Config {
-  std::string port;            // DVERBS_PORT devargs; empty = built-in loopback (net_ring)
-  uint32_t ip = 0x0a000001;    // DVERBS_IP, host byte order (default 10.0.0.1)
+  std::string port;          // DVERBS_PORT devargs; empty = built-in loopback (net_ring)
+  uint32_t ip = 0x0a000001;  // DVERBS_IP, host byte order (default 10.0.0.1)
   uint8_t prefix_len = 24;
-  uint8_t mac[6] = {};         // DVERBS_MAC
+  uint8_t mac[6] = {};  // DVERBS_MAC
   bool mac_set = false;
-  int lcores = 1;              // DVERBS_LCORES: dedicated transport lcores, 0 = inline
-  std::string eal_args;        // DVERBS_EAL: extra EAL arguments, space separated
-  FaultSpec fault;             // DVERBS_FAULT
-  std::string pcap;            // DVERBS_PCAP: pcapng output path
-  int log_level = 5;           // DVERBS_LOG: RTE_LOG_* 1 (emergency) … 8 (debug), 5 = warning;
-                               // names accepted too
+  int lcores = 1;        // DVERBS_LCORES: dedicated transport lcores, 0 = inline
+  std::string eal_args;  // DVERBS_EAL: extra EAL arguments, space separated
+  FaultSpec fault;       // DVERBS_FAULT
+  std::string pcap;      // DVERBS_PCAP: pcapng output path
+  int log_level = 5;     // DVERBS_LOG: RTE_LOG_* 1 (emergency) … 8 (debug), 5 = warning;
+                         // names accepted too
 };
 
 constexpr int kMaxLcores = 64;  // upper bound of DVERBS_LCORES

@@ -76,7 +76,7 @@ std::string_view strip_log_prefix(std::string_view line) {
   if (line.starts_with("EAL: ")) line.remove_prefix(5);
   // "rte_pmd_memif_probe(): msg" -> "msg"
   if (size_t p = line.find("(): "); p != std::string_view::npos && p < 48 &&
-                                     line.substr(0, p).find(' ') == std::string_view::npos)
+                                    line.substr(0, p).find(' ') == std::string_view::npos)
     line.remove_prefix(p + 4);
   return line;
 }
@@ -101,7 +101,8 @@ std::string_view option_key(std::string_view tok) {
   return {};
 }
 
-bool has_option(const std::vector<std::string>& toks, std::initializer_list<std::string_view> keys) {
+bool has_option(const std::vector<std::string>& toks,
+                std::initializer_list<std::string_view> keys) {
   for (const auto& t : toks)
     for (auto k : keys)
       if (option_key(t) == k) return true;
@@ -210,8 +211,9 @@ int do_init(const Config& cfg, std::string* err) {
     std::string why = log.first_line();
     log.discard();
     if (err) {
-      *err = "DVERBS_EAL: cannot start DPDK: " + (why.empty() ? "" : why + " (") +
-             rte_strerror(e) + (why.empty() ? "" : ")");
+      *err = "DVERBS_EAL: " + (cfg.eal_args.empty() ? "" : "'" + cfg.eal_args + "': ") +
+             "cannot start DPDK: " + (why.empty() ? "" : why + " (") + rte_strerror(e) +
+             (why.empty() ? "" : ")");
       for (char& c : *err)
         if (c == '\n') c = ' ';
     }
@@ -233,7 +235,9 @@ int eal_init(const Config& cfg, std::string* err) {
   return st.rc;
 }
 
-bool eal_ready() noexcept { return state().ready.load(std::memory_order_acquire); }
+bool eal_ready() noexcept {
+  return state().ready.load(std::memory_order_acquire);
+}
 
 int register_thread() {
   if (rte_lcore_id() != LCORE_ID_ANY) return 0;
@@ -249,7 +253,9 @@ void unregister_thread() noexcept {
   registered_here = false;
 }
 
-DpdkLogCapture::DpdkLogCapture() : prev_(log_capture) { log_capture = &text_; }
+DpdkLogCapture::DpdkLogCapture() : prev_(log_capture) {
+  log_capture = &text_;
+}
 
 DpdkLogCapture::~DpdkLogCapture() {
   log_capture = prev_;
@@ -292,8 +298,9 @@ bool devargs_is_pci(const std::string& devargs) {
   auto match = [&](std::string_view s, std::string_view pattern) {
     if (s.size() < pattern.size()) return false;
     for (size_t i = 0; i < pattern.size(); ++i) {
-      if (pattern[i] == 'h' ? !hex(s[i]) : pattern[i] == 'f' ? !(s[i] >= '0' && s[i] <= '7')
-                                                             : s[i] != pattern[i])
+      if (pattern[i] == 'h'   ? !hex(s[i])
+          : pattern[i] == 'f' ? !(s[i] >= '0' && s[i] <= '7')
+                              : s[i] != pattern[i])
         return false;
     }
     return s.size() == pattern.size() || s[pattern.size()] == ',';

@@ -14,8 +14,9 @@
 namespace dverbs::pmd::net {
 
 // Initialises the EAL (idempotent; later calls return the first result). Returns 0, or a
-// positive errno with *err set to one readable line, e.g. "DVERBS_EAL: cannot start DPDK:
-// Option --foo is unknown (Invalid argument)". The calling thread becomes DPDK's main lcore.
+// positive errno with *err set to one readable line, e.g. "DVERBS_EAL: '--lcores 0@(99)':
+// cannot start DPDK: core 99 unavailable (Invalid argument)". The calling thread becomes
+// DPDK's main lcore; its CPU affinity is left as it was.
 // Context: process context, may sleep.
 int eal_init(const Config& cfg, std::string* err);
 

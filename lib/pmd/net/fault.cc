@@ -3,7 +3,9 @@
 namespace dverbs::pmd::net {
 namespace {
 
-uint64_t mix(uint64_t x) { return SplitMix64(x).next(); }
+uint64_t mix(uint64_t x) {
+  return SplitMix64(x).next();
+}
 
 bool frame_is_private(const rte_mbuf* m) {
   for (const rte_mbuf* s = m; s; s = s->next)
@@ -16,7 +18,9 @@ bool frame_is_private(const rte_mbuf* m) {
 FaultInjector::FaultInjector(const FaultSpec& spec, uint64_t stream, rte_mempool* dup_pool)
     : spec_(spec), rng_(mix(spec.seed) ^ mix(~stream)), pool_(dup_pool) {}
 
-FaultInjector::~FaultInjector() { rte_pktmbuf_free(held_); }
+FaultInjector::~FaultInjector() {
+  rte_pktmbuf_free(held_);
+}
 
 uint16_t FaultInjector::max_input(uint16_t cap) const noexcept {
   uint16_t room = held_ ? uint16_t(cap - (cap > 0)) : cap;

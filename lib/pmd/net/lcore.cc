@@ -24,7 +24,9 @@ void bump(std::atomic<uint64_t>& c) {
 
 }  // namespace
 
-LcoreThread::~LcoreThread() { stop(); }
+LcoreThread::~LcoreThread() {
+  stop();
+}
 
 int LcoreThread::start(const std::string& name, PollFn fn, void* arg) {
   if (thread_.joinable()) return EBUSY;

@@ -23,8 +23,8 @@ class LcoreThread {
   // Returns how much work it did (frames, completions…); 0 means idle.
   using PollFn = int (*)(void* arg) noexcept;
 
-  static constexpr uint32_t kSpinIdle = 2048;   // idle rounds spinning with rte_pause()
-  static constexpr uint32_t kYieldIdle = 64;    // then idle rounds with sched_yield()
+  static constexpr uint32_t kSpinIdle = 2048;  // idle rounds spinning with rte_pause()
+  static constexpr uint32_t kYieldIdle = 64;   // then idle rounds with sched_yield()
   static constexpr uint32_t kMaxSleepNs = 50'000;
 
   LcoreThread() = default;

@@ -15,9 +15,11 @@ namespace {
 
 constexpr uint32_t kMask = NeighTable::kCapacity - 1;
 constexpr uint32_t kArpFrameLen = RTE_ETHER_HDR_LEN + sizeof(rte_arp_hdr);  // 42
-constexpr uint32_t kMinFrameLen = RTE_ETHER_MIN_LEN - RTE_ETHER_CRC_LEN;      // 60
+constexpr uint32_t kMinFrameLen = RTE_ETHER_MIN_LEN - RTE_ETHER_CRC_LEN;    // 60
 
-uint32_t slot_of(uint32_t ip) { return (ip * 2654435761u) >> (32 - 10); }
+uint32_t slot_of(uint32_t ip) {
+  return (ip * 2654435761u) >> (32 - 10);
+}
 static_assert(NeighTable::kCapacity == 1u << 10);
 
 uint64_t pack(const uint8_t mac[6], NeighTable::State st) {
@@ -25,7 +27,9 @@ uint64_t pack(const uint8_t mac[6], NeighTable::State st) {
   for (int i = 0; i < 6; ++i) w = w << 8 | mac[i];
   return w << 8 | uint8_t(st);
 }
-NeighTable::State state_of(uint64_t w) { return NeighTable::State(w & 0xff); }
+NeighTable::State state_of(uint64_t w) {
+  return NeighTable::State(w & 0xff);
+}
 void unpack_mac(uint64_t w, uint8_t mac[6]) {
   w >>= 8;
   for (int i = 5; i >= 0; --i, w >>= 8) mac[i] = uint8_t(w);
@@ -67,7 +71,9 @@ void NeighTable::lock() noexcept {
 bool NeighTable::try_lock() noexcept {
   return !lock_.load(std::memory_order_relaxed) && !lock_.exchange(true, std::memory_order_acquire);
 }
-void NeighTable::unlock() noexcept { lock_.store(false, std::memory_order_release); }
+void NeighTable::unlock() noexcept {
+  lock_.store(false, std::memory_order_release);
+}
 
 NeighTable::Entry* NeighTable::find(uint32_t ip) const noexcept {
   const uint32_t h = slot_of(ip);
@@ -267,8 +273,10 @@ int NeighTable::poll(Port& port, uint16_t q, uint64_t now) noexcept {
         break;
       case State::kProbe:
         if (!due) break;
-        if (e.probes < kMaxProbes) send(ip, &e);
-        else set_state(State::kInvalid);
+        if (e.probes < kMaxProbes)
+          send(ip, &e);
+        else
+          set_state(State::kInvalid);
         break;
       case State::kInvalid:
         if (want && now - e.last_tx_tsc >= invalid_hold_tsc_) {

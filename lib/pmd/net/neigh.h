@@ -88,7 +88,7 @@ class NeighTable {
   uint8_t own_mac_[6];
   uint64_t retry_tsc_, reachable_tsc_, invalid_hold_tsc_, scan_tsc_;
   std::unique_ptr<Entry[]> slots_;
-  std::atomic<bool> hint_{false};       // a lookup wants something resolved
+  std::atomic<bool> hint_{false};  // a lookup wants something resolved
   std::atomic<bool> lock_{false};
   std::atomic<bool> announced_{false};  // written with the lock held
   std::atomic<uint64_t> next_scan_{0};  // written with the lock held

@@ -8,7 +8,8 @@
 // Thread safety: copy()/write() may run on several queues' threads at once. Each write()
 // is a single writev() of whole pcapng blocks, which Linux appends atomically to a regular
 // file, so blocks of different queues never interleave. The interfaces in the file are the
-// ethdev ports that exist when the capture is opened: open it after the port.
+// ethdev ports that exist when the capture is opened: open it after the port. Each Port
+// opens its own file; two ports of one process must not share a DVERBS_PCAP path.
 #pragma once
 
 #include <atomic>
@@ -42,8 +43,7 @@ class Capture {
   // Context: queue owner, never sleeps on a regular file (a write syscall).
   void write(rte_mbuf** copies, uint16_t n) noexcept;
   // Context: queue owner. copy() then write() in chunks of up to kChunk frames.
-  void capture(uint16_t port, uint16_t queue, rte_mbuf* const* pkts, uint16_t n,
-               bool tx) noexcept;
+  void capture(uint16_t port, uint16_t queue, rte_mbuf* const* pkts, uint16_t n, bool tx) noexcept;
 
   // Context: any thread. Frames not captured (pool exhausted or write error).
   uint64_t dropped() const { return dropped_.load(std::memory_order_relaxed); }

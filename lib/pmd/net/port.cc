@@ -5,8 +5,14 @@
 // independent (up to RTE_PMD_RING_MAX_RX_RINGS = 16). The rings are ours and freed here.
 #include "pmd/net/port.h"
 
+#include <dlfcn.h>
+
 #include <algorithm>
+#include <cstdarg>
+#include <initializer_list>
+#include <mutex>
 #include <cerrno>
+#include <cstdio>
 #include <cstring>
 #include <string_view>
 #include <vector>
@@ -28,10 +34,64 @@ namespace {
 
 std::atomic<unsigned> port_seq{0};
 
-// Harmless with --no-shconf (no secondary processes to serve): not worth a warning.
-constexpr const char* kHarmlessProbeWarning = "Failed to register mp action callback";
+// Warnings that say nothing to a dverbs user: memif's with --no-shconf (no secondary
+// processes to serve), libxdp's when no bpffs is mounted (containers; it falls back).
+constexpr std::initializer_list<const char*> kHarmless = {
+    "Failed to register mp action callback", "No bpffs found",
+    "Can't use dispatcher without a working bpffs",
+    "Falling back to loading single prog without dispatcher"};
 
-std::string errstr(int e) { return rte_strerror(e < 0 ? -e : e); }
+// libbpf and libxdp (behind net_af_xdp) print to stderr themselves: route their warnings
+// into DPDK's log, so that a failed open reports them in its one line, and drop their
+// info/debug chatter. Both libraries are loaded (or not) with the PMD plug-ins at EAL start.
+int bpf_print(int level, const char* fmt, va_list ap) {
+  if (level != 0) return 0;  // LIBBPF_WARN / LIBXDP_WARN only
+  char buf[512];
+  std::vsnprintf(buf, sizeof buf, fmt, ap);
+  return rte_log(RTE_LOG_WARNING, RTE_LOGTYPE_USER1, "%s", buf);
+}
+
+void route_bpf_logging() {
+  static std::once_flag once;
+  std::call_once(once, [] {
+    using print_fn = int (*)(int, const char*, va_list);
+    using set_print_fn = print_fn (*)(print_fn);
+    const char* const libs[][2] = {{"libbpf.so.1", "libbpf_set_print"},
+                                   {"libxdp.so.1", "libxdp_set_print"}};
+    for (const auto& l : libs) {
+      void* h = dlopen(l[0], RTLD_NOW | RTLD_NOLOAD);
+      if (!h) continue;
+      if (auto set = reinterpret_cast<set_print_fn>(dlsym(h, l[1]))) set(&bpf_print);
+      dlclose(h);  // only drops our reference: the PMD keeps the library loaded
+    }
+  });
+}
+
+std::string errstr(int e) {
+  return rte_strerror(e < 0 ? -e : e);
+}
+
+// The MTU of the kernel interface behind an "iface=" device (af_packet, af_xdp), or 0.
+// Those PMDs would change the host interface's MTU; we follow it instead, as the kernel's
+// own RoCE drivers do: raise it with `ip link set dev X mtu N` on both ends for jumbo frames.
+uint32_t kernel_iface_mtu(const std::string& devargs) {
+  size_t pos = devargs.find(',');
+  while (pos != std::string::npos) {
+    const size_t start = pos + 1;
+    pos = devargs.find(',', start);
+    const std::string kv = devargs.substr(start, pos == std::string::npos ? pos : pos - start);
+    if (kv.rfind("iface=", 0) != 0) continue;
+    const std::string iface = kv.substr(6);
+    if (iface.empty() || iface.find('/') != std::string::npos) return 0;
+    FILE* f = std::fopen(("/sys/class/net/" + iface + "/mtu").c_str(), "re");
+    if (!f) return 0;
+    unsigned mtu = 0;
+    if (std::fscanf(f, "%u", &mtu) != 1) mtu = 0;
+    std::fclose(f);
+    return mtu;
+  }
+  return 0;
+}
 
 void add(std::atomic<uint64_t>& c, uint64_t v) {
   if (v) c.fetch_add(v, std::memory_order_relaxed);
@@ -44,10 +104,9 @@ struct Port::Impl {
   // Set when we probed the device, so we hot-unplug it on close.
   std::string remove_bus, remove_dev;
   bool have_port = false, started = false;
-  bool restore_promisc = false, restore_mtu = false;
-  uint16_t orig_mtu = 0;
+  bool restore_promisc = false;
   uint64_t tx_offloads = 0;
-  std::vector<rte_ring*> rings;  // loopback
+  std::vector<rte_ring*> rings;                        // loopback
   std::vector<std::unique_ptr<FaultInjector>> faults;  // per queue, empty when off
   std::unique_ptr<Capture> capture;
 };
@@ -62,10 +121,12 @@ std::unique_ptr<Port> Port::open(const Config& cfg, uint16_t nb_queues, std::str
   // One line: what failed, DPDK's own reason if it logged one, and the errno text.
   auto fail = [&](const std::string& msg, int e) -> std::unique_ptr<Port> {
     if (err) {
-      const std::string detail = log.first_line({kHarmlessProbeWarning});
+      const std::string detail = log.first_line(kHarmless);
       *err = "DVERBS_PORT: " + msg;
-      if (!detail.empty()) *err += ": " + detail + (e ? " (" + errstr(e) + ")" : "");
-      else if (e) *err += ": " + errstr(e);
+      if (!detail.empty())
+        *err += ": " + detail + (e ? " (" + errstr(e) + ")" : "");
+      else if (e)
+        *err += ": " + errstr(e);
       for (char& c : *err)
         if (c == '\n') c = ' ';
     }
@@ -74,6 +135,7 @@ std::unique_ptr<Port> Port::open(const Config& cfg, uint16_t nb_queues, std::str
   };
 
   if (!eal_ready()) return fail("cannot open " + what + ": DPDK is not initialised", 0);
+  route_bpf_logging();
   if (nb_queues == 0) nb_queues = 1;
   p->ip_ = cfg.ip;
   p->prefix_len_ = cfg.prefix_len;
@@ -144,14 +206,16 @@ std::unique_ptr<Port> Port::open(const Config& cfg, uint16_t nb_queues, std::str
   if (nb_queues == 0) return fail(what + " has no RX/TX queue", 0);
   p->nb_queues_ = nb_queues;
 
+  const std::string_view driver = info.driver_name ? info.driver_name : "";
   // The largest MTU the device accepts, up to kWantMtu (ethdev's own validation rule).
   uint32_t overhead = RTE_ETHER_HDR_LEN + RTE_ETHER_CRC_LEN;
   if (info.max_mtu != UINT16_MAX && info.max_rx_pktlen > info.max_mtu)
     overhead = info.max_rx_pktlen - info.max_mtu;
   uint32_t mtu = std::min<uint32_t>(kWantMtu, info.max_mtu);
   if (info.max_rx_pktlen > overhead) mtu = std::min(mtu, info.max_rx_pktlen - overhead);
+  const uint32_t kernel_mtu = kernel_iface_mtu(cfg.port);
+  if (kernel_mtu) mtu = std::min(mtu, kernel_mtu);
   mtu = std::max<uint32_t>(mtu, info.min_mtu);
-  rte_eth_dev_get_mtu(p->port_id_, &im.orig_mtu);
 
   rte_eth_conf conf{};
   conf.rxmode.mtu = mtu;
@@ -161,23 +225,27 @@ std::unique_ptr<Port> Port::open(const Config& cfg, uint16_t nb_queues, std::str
   im.tx_offloads = conf.txmode.offloads;
   if (int r = rte_eth_dev_configure(p->port_id_, nb_queues, nb_queues, &conf); r != 0)
     return fail("cannot configure " + what + " with " + std::to_string(nb_queues) + " queues", r);
-  // Pushes the MTU to drivers that apply it only here: af_packet and af_xdp set it on the
-  // kernel interface (restored on close).
-  if (rte_eth_dev_set_mtu(p->port_id_, uint16_t(mtu)) == 0 && im.orig_mtu && im.orig_mtu != mtu)
-    im.restore_mtu = true;
+  // Pushes the MTU to drivers that apply it only here; never to a kernel interface
+  // (af_packet and af_xdp would change the host's MTU, see kernel_iface_mtu).
+  if (!kernel_mtu) rte_eth_dev_set_mtu(p->port_id_, uint16_t(mtu));
   uint16_t got_mtu = 0;
   p->mtu_ = rte_eth_dev_get_mtu(p->port_id_, &got_mtu) == 0 && got_mtu ? got_mtu : mtu;
   // net_memif advertises the Ethernet default (max_rx_pktlen 1518) but chains its
   // pkt_buffer_size buffers on both sides and carries any frame (4242-byte frames tested
   // between two processes), so jumbo RoCE frames are fine.
-  if (std::string_view(info.driver_name ? info.driver_name : "") == "net_memif")
-    p->mtu_ = kWantMtu;
+  if (driver == "net_memif") p->mtu_ = kWantMtu;
 
-  // 3. The mbuf pool: the largest frame in one segment, and no bigger than that (af_xdp
-  // maps the pool as its UMEM and needs objects of at most a page).
+  // 3. The mbuf pool: the largest frame in one segment, and no bigger than that; never
+  // below DPDK's default. net_af_xdp maps the pool as its UMEM, one object per frame, and
+  // its max_mtu assumes page-sized objects: give it exactly that.
   const uint32_t frame_max = p->mtu_ + RTE_ETHER_HDR_LEN + RTE_VLAN_HLEN + RTE_ETHER_CRC_LEN;
-  const uint16_t data_room = uint16_t(
-      std::min<uint32_t>(kMbufDataRoom, RTE_PKTMBUF_HEADROOM + ((frame_max + 63) & ~63u)));
+  uint16_t data_room = uint16_t(std::clamp<uint32_t>(
+      RTE_PKTMBUF_HEADROOM + ((frame_max + 63) & ~63u), RTE_MBUF_DEFAULT_BUF_SIZE, kMbufDataRoom));
+  if (driver == "net_af_xdp") {
+    data_room = uint16_t(4096 - sizeof(rte_mbuf));
+    while (rte_mempool_calc_obj_size(uint32_t(sizeof(rte_mbuf)) + data_room, 0, nullptr) > 4096)
+      data_room = uint16_t(data_room - 64);
+  }
   const std::string pool_name = "dvpool" + std::to_string(seq);
   p->pool_ = rte_pktmbuf_pool_create(pool_name.c_str(), kPoolSize, kPoolCache, 0, data_room,
                                      int(rte_socket_id()));
@@ -208,8 +276,9 @@ std::unique_ptr<Port> Port::open(const Config& cfg, uint16_t nb_queues, std::str
     rte_ether_addr a{};
     rte_eth_macaddr_get(p->port_id_, &a);
     if (rte_is_zero_ether_addr(&a)) {
-      const uint8_t derived[6] = {0x02, 0x00, uint8_t(cfg.ip >> 24), uint8_t(cfg.ip >> 16),
-                                  uint8_t(cfg.ip >> 8), uint8_t(cfg.ip)};
+      const uint8_t derived[6] = {
+          0x02,           0x00, uint8_t(cfg.ip >> 24), uint8_t(cfg.ip >> 16), uint8_t(cfg.ip >> 8),
+          uint8_t(cfg.ip)};
       std::memcpy(p->mac_, derived, 6);
     } else {
       std::memcpy(p->mac_, a.addr_bytes, 6);
@@ -226,8 +295,8 @@ std::unique_ptr<Port> Port::open(const Config& cfg, uint16_t nb_queues, std::str
   // 6. Faults and capture.
   if (cfg.fault.enabled()) {
     for (uint16_t q = 0; q < nb_queues; ++q)
-      im.faults.push_back(std::make_unique<FaultInjector>(
-          cfg.fault, uint64_t(p->port_id_) << 16 | q, p->pool_));
+      im.faults.push_back(
+          std::make_unique<FaultInjector>(cfg.fault, uint64_t(p->port_id_) << 16 | q, p->pool_));
   }
   if (!cfg.pcap.empty()) {
     std::string cerr;
@@ -238,7 +307,7 @@ std::unique_ptr<Port> Port::open(const Config& cfg, uint16_t nb_queues, std::str
       return nullptr;
     }
   }
-  log.replay({kHarmlessProbeWarning});
+  log.replay(kHarmless);
   return p;
 }
 
@@ -258,7 +327,6 @@ Port::~Port() {
     rte_eth_dev_stop(port_id_);
   }
   if (im.restore_promisc) rte_eth_promiscuous_disable(port_id_);
-  if (im.restore_mtu) rte_eth_dev_set_mtu(port_id_, im.orig_mtu);
   im.faults.clear();
   if (im.have_port) rte_eth_dev_close(port_id_);
   if (!im.remove_dev.empty()) rte_eal_hotplug_remove(im.remove_bus.c_str(), im.remove_dev.c_str());
@@ -324,15 +392,21 @@ uint16_t Port::tx_burst(uint16_t q, rte_mbuf** pkts, uint16_t n) noexcept {
   return total;
 }
 
-rte_mbuf* Port::alloc_mbuf() noexcept { return rte_pktmbuf_alloc(pool_); }
+rte_mbuf* Port::alloc_mbuf() noexcept {
+  return rte_pktmbuf_alloc(pool_);
+}
 
 bool Port::link_up() const {
   rte_eth_link link{};
   return rte_eth_link_get_nowait(port_id_, &link) == 0 && link.link_status == RTE_ETH_LINK_UP;
 }
 
-const std::string& Port::name() const { return impl_->name; }
-uint64_t Port::tx_offloads() const { return impl_->tx_offloads; }
+const std::string& Port::name() const {
+  return impl_->name;
+}
+uint64_t Port::tx_offloads() const {
+  return impl_->tx_offloads;
+}
 uint64_t Port::capture_dropped() const {
   return impl_->capture ? impl_->capture->dropped() : 0;
 }

@@ -1,5 +1,14 @@
 // A DPDK ethdev port opened from any devargs string, with its mbuf pool, one RX and one
-// TX queue per transport lcore, receive-side fault injection, pcapng capture, and ARP.
+// TX queue per transport lcore, receive-side fault injection and pcapng capture. ARP and
+// the neighbour table are in neigh.h.
+//
+// Empty devargs = the built-in loopback: a net_ring port (rte_eth_from_rings) with one
+// ring per queue, so queue q's TX feeds queue q's RX (up to 16 queues).
+//
+// MTU: the largest the device accepts up to kWantMtu. Devices behind a kernel interface
+// (af_packet, af_xdp: "iface=" devargs) follow that interface's MTU and never change it;
+// af_packet in DPDK 22.11 stops at 1500, af_xdp at 3542 (page-sized UMEM frames). net_memif
+// advertises 1500 but carries jumbo frames, so it gets kWantMtu.
 //
 // Thread safety: queue q is used by one thread at a time (its owner lcore, or the inline
 // progress holder); everything else is process-context setup.
@@ -33,7 +42,8 @@ class Port {
   // headers and ICRC (4160) fits with room to spare. Devices that refuse it keep a smaller
   // mtu(); the transport clamps its path MTU to what fits.
   static constexpr uint32_t kWantMtu = 4096 + 128;
-  // mbuf data room: any frame up to kWantMtu (+ Ethernet and a VLAN tag) fits one segment.
+  // Largest mbuf data room: a frame up to kWantMtu (+ Ethernet, VLAN tag, FCS) fits one
+  // segment. The pool's data room is sized to the port's mtu(), never above this.
   static constexpr uint16_t kMbufDataRoom = RTE_PKTMBUF_HEADROOM + 4096 + 256;
   static constexpr unsigned kPoolSize = 16383, kPoolCache = 256;
   static constexpr uint16_t kRingSize = 1024;  // loopback ring and descriptor count per queue
@@ -41,19 +51,27 @@ class Port {
   static constexpr uint16_t kMaxFaultBurst = 64;
 
   // Probes the devargs (or creates the loopback net_ring), configures nb_queues queue
-  // pairs and starts the port. Returns nullptr and sets *err to one line naming
-  // DVERBS_PORT on failure. Context: process context, after eal_init().
+  // pairs (fewer if the device has fewer: see nb_queues()), starts the port (promiscuous
+  // where possible) and opens the DVERBS_PCAP file. Returns nullptr and sets *err to one
+  // line naming DVERBS_PORT (or DVERBS_PCAP) on failure, with DPDK's own reason when it gave
+  // one. A memif client needs its server up: DPDK 22.11 connects when the port starts.
+  // Context: process context, after eal_init().
   static std::unique_ptr<Port> open(const Config& cfg, uint16_t nb_queues, std::string* err);
+  // Drains the RX queues, stops and closes the port, removes the device if open() probed
+  // it, and frees the pool. Context: process context, no queue in use.
   ~Port();
 
   // Receives up to n frames. With DVERBS_FAULT the frames pass the fault injector first (a
   // frame held back for reordering comes out on the next call even if nothing arrives);
-  // with DVERBS_PCAP each returned frame is captured (one writev per burst).
+  // with DVERBS_PCAP each returned frame is captured as delivered, i.e. after the faults
+  // (one writev per burst).
   // Context: owner of queue q, never sleeps; no allocation except mbufs, no syscalls except
   // the capture write.
   uint16_t rx_burst(uint16_t q, rte_mbuf** pkts, uint16_t n) noexcept;
   // Sends up to n frames; frees what the PMD refused (counted in tx_dropped) so the caller
-  // never leaks. With DVERBS_PCAP the frames actually sent are captured.
+  // never leaks. With DVERBS_PCAP the frames the device took are captured. Frames may be
+  // chained mbufs when tx_offloads() has RTE_ETH_TX_OFFLOAD_MULTI_SEGS (net_ring passes
+  // chains through unchanged).
   // Context: owner of queue q, never sleeps; same rules as rx_burst.
   uint16_t tx_burst(uint16_t q, rte_mbuf** pkts, uint16_t n) noexcept;
   // Context: any thread, never sleeps (mempool per-lcore cache or lock-free ring).
@@ -63,16 +81,16 @@ class Port {
   uint16_t port_id() const { return port_id_; }
   uint16_t nb_queues() const { return nb_queues_; }  // may be fewer than asked (device max)
   const uint8_t* mac() const { return mac_; }
-  uint32_t ip() const { return ip_; }         // host byte order
+  uint32_t ip() const { return ip_; }  // host byte order
   uint8_t prefix_len() const { return prefix_len_; }
-  uint32_t mtu() const { return mtu_; }       // Ethernet MTU (payload bytes of a frame)
-  bool link_up() const;                       // rte_eth_link_get_nowait
+  uint32_t mtu() const { return mtu_; }  // Ethernet MTU (payload bytes of a frame)
+  bool link_up() const;                  // rte_eth_link_get_nowait
   bool is_loopback() const { return loopback_; }
   rte_mempool* pool() const { return pool_; }
   PortStats& stats() { return stats_; }
-  const std::string& name() const;            // ethdev device name, e.g. "net_memif0"
-  uint64_t tx_offloads() const;               // RTE_ETH_TX_OFFLOAD_* enabled (MULTI_SEGS if able)
-  uint64_t capture_dropped() const;           // frames DVERBS_PCAP could not record
+  const std::string& name() const;   // ethdev device name, e.g. "net_memif0"
+  uint64_t tx_offloads() const;      // RTE_ETH_TX_OFFLOAD_* enabled (MULTI_SEGS if able)
+  uint64_t capture_dropped() const;  // frames DVERBS_PCAP could not record
 
  private:
   Port() = default;

@@ -11,9 +11,8 @@
 namespace dverbs::pmd::net {
 namespace {
 
-constexpr const char* kVars[] = {"DVERBS_PORT",  "DVERBS_IP",   "DVERBS_MAC",
-                                 "DVERBS_LCORES", "DVERBS_EAL", "DVERBS_FAULT",
-                                 "DVERBS_PCAP",  "DVERBS_LOG"};
+constexpr const char* kVars[] = {"DVERBS_PORT", "DVERBS_IP",    "DVERBS_MAC",  "DVERBS_LCORES",
+                                 "DVERBS_EAL",  "DVERBS_FAULT", "DVERBS_PCAP", "DVERBS_LOG"};
 
 class ConfigTest : public ::testing::Test {
  protected:
@@ -113,8 +112,8 @@ TEST_F(ConfigTest, LcoresBounds) {
 }
 
 TEST_F(ConfigTest, LogLevelNamesAndNumbers) {
-  const char* names[] = {"emergency", "alert", "critical", "error",
-                         "warning",   "notice", "info",    "debug"};
+  const char* names[] = {"emergency", "alert",  "critical", "error",
+                         "warning",   "notice", "info",     "debug"};
   for (int i = 0; i < 8; ++i) {
     EXPECT_EQ(parse_log_level(names[i]), i + 1) << names[i];
     EXPECT_EQ(parse_log_level(std::to_string(i + 1)), i + 1);

@@ -50,7 +50,8 @@ class FaultTest : public ::testing::Test {
   static uint32_t id_of(const rte_mbuf* m) {
     const auto* p = rte_pktmbuf_mtod(m, const uint8_t*);
     uint32_t id = 0;
-    for (int i = 0; i < 4; ++i) id |= uint32_t(uint8_t(p[16 + i] - (16 + i))) << (8 * ((16 + i) % 4));
+    for (int i = 0; i < 4; ++i)
+      id |= uint32_t(uint8_t(p[16 + i] - (16 + i))) << (8 * ((16 + i) % 4));
     return id;
   }
   static uint64_t digest(const rte_mbuf* m) {

@@ -1,0 +1,306 @@
+// Devices and contexts: ibv_get_device_list, ibv_open_device, ibv_close_device, and the
+// clean-up that runs when a context closes, when its device goes away, and at exit.
+//
+// Devices come from the midlayer: the drop-in is a midlayer client ("ibverbs") whose add()
+// wraps each registered device in a Device and whose remove() disassociates the contexts
+// open on it (their resources are destroyed, the fast path is switched to failing stubs
+// and IBV_EVENT_DEVICE_FATAL is queued), the user-space analogue of uverbs' disassociate.
+// Device wrappers live for the process: ibv_device pointers stay valid, as in rdma-core.
+#include <sys/eventfd.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <mutex>
+#include <new>
+#include <thread>
+
+#include "verbs/ibverbs/internal.h"
+
+namespace dverbs::ibv {
+
+namespace {
+
+struct Devices {
+  std::mutex probe_lock;       // serialises the first probe
+  bool probed = false;         // under probe_lock
+  int probe_rc = 0;            // under probe_lock
+  std::vector<Device*> list;   // registration order; under g_lock
+  mid::Client client;
+};
+
+Devices& devices() {
+  static auto* d = new Devices();  // never destroyed: ibv_device pointers outlive main()
+  return *d;
+}
+
+thread_local bool t_probing = false;  // EAL start-up may load plug-ins that call back
+bool g_exit_registered = false;       // under g_lock
+
+void on_device_event(const mid::Event& e, void* p);
+
+void client_add(mid::Device* mdev, mid::Client*) {
+  DeviceAttr attr;
+  const bool have_attr = mid::query_device(mdev, &attr) == 0;
+  std::lock_guard<mid::Mutex> g(g_lock());
+  for (Device* d : devices().list)
+    if (d->mdev == mdev) return;
+  auto* d = new (std::nothrow) Device();
+  if (!d) return;
+  std::memset(&d->ibdev, 0, sizeof d->ibdev);
+  d->mdev = mdev;
+  d->node_guid = have_attr ? attr.node_guid : 0;
+  d->ibdev.node_type = IBV_NODE_CA;
+  d->ibdev.transport_type = IBV_TRANSPORT_IB;
+  std::snprintf(d->ibdev.name, sizeof d->ibdev.name, "%s", mdev->name);
+  const size_t idx = devices().list.size();
+  std::snprintf(d->ibdev.dev_name, sizeof d->ibdev.dev_name, "uverbs%zu", idx);
+  std::snprintf(d->ibdev.dev_path, sizeof d->ibdev.dev_path, "/sys/class/infiniband_verbs/uverbs%zu",
+                idx);
+  std::snprintf(d->ibdev.ibdev_path, sizeof d->ibdev.ibdev_path, "/sys/class/infiniband/%s",
+                mdev->name);
+  try {
+    devices().list.push_back(d);
+  } catch (...) {
+    delete d;
+  }
+}
+
+// Returns every context still open on a removed device to a safe state.
+void disassociate_locked(Context* c);
+
+void client_remove(mid::Device* mdev, mid::Client*, void*) {
+  std::lock_guard<mid::Mutex> g(g_lock());
+  for (Device* d : devices().list) {
+    if (d->mdev != mdev) continue;
+    d->removed = true;
+    for (Context* c : registry_contexts())
+      if (c->dev == d) disassociate_locked(c);
+  }
+}
+
+void probe_once() {
+  Devices& d = devices();
+  std::lock_guard<std::mutex> g(d.probe_lock);
+  if (d.probed) return;
+  t_probing = true;
+  d.probe_rc = mid::probe_drivers();
+  d.client.name = "ibverbs";
+  d.client.add = client_add;
+  d.client.remove = client_remove;
+  if (int rc = mid::register_client(&d.client); rc && !d.probe_rc) d.probe_rc = rc;
+  t_probing = false;
+  d.probed = true;
+}
+
+void close_fds(Context* c) {
+  if (c->async_fd >= 0) close(c->async_fd);
+  if (c->vctx.context.cmd_fd >= 0) close(c->vctx.context.cmd_fd);
+  c->async_fd = c->vctx.context.cmd_fd = -1;
+}
+
+// Process exit: destroy what the application left open so that peers stop seeing traffic
+// for its QPs and pinned pages are released. The midlayer and the pmd were set up before
+// this handler was registered, so their own exit-time teardown runs after it. Never
+// blocks for long: if another thread holds the control lock (it is still working while
+// the process exits), clean-up is skipped rather than risking a hang.
+void exit_cleanup() {
+  mid::Mutex& m = g_lock();
+  bool locked = false;
+  for (int i = 0; i < 1000 && !(locked = m.try_lock()); ++i)
+    std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  if (!locked) return;
+  for (Context* c : registry_contexts()) {
+    destroy_all_locked(c);
+    if (c->device_handler) {
+      mid::unregister_event_handler(c->mdev, on_device_event, c);
+      c->device_handler = false;
+    }
+  }
+  m.unlock();
+}
+
+void on_device_event(const mid::Event& e, void* p) {
+  auto* c = static_cast<Context*>(p);
+  switch (e.type) {
+    case EventType::device_fatal:
+    case EventType::port_active:
+    case EventType::port_err:
+    case EventType::lid_change:
+    case EventType::pkey_change:
+    case EventType::sm_change:
+    case EventType::client_reregister:
+    case EventType::gid_change: {
+      AsyncEvent ev{};
+      ev.type = ibv_event_type(e.type);
+      ev.kind = Kind::context;
+      ev.port_num = e.type == EventType::device_fatal ? 0 : int(e.element.port_num);
+      push_async(c, ev);
+      break;
+    }
+    default:
+      break;  // object events arrive through the object's own handler
+  }
+}
+
+// Fast-path stubs of a disassociated context (rdma-core's dummy ops return EIO too).
+int dead_post_send(ibv_qp*, ibv_send_wr* wr, ibv_send_wr** bad) {
+  *bad = wr;
+  return EIO;
+}
+int dead_post_recv(ibv_qp*, ibv_recv_wr* wr, ibv_recv_wr** bad) {
+  *bad = wr;
+  return EIO;
+}
+int dead_post_srq_recv(ibv_srq*, ibv_recv_wr* wr, ibv_recv_wr** bad) {
+  *bad = wr;
+  return EIO;
+}
+int dead_poll_cq(ibv_cq*, int, ibv_wc*) { return -EIO; }
+int dead_req_notify_cq(ibv_cq*, int) { return EIO; }
+
+void disassociate_locked(Context* c) {
+  destroy_all_locked(c);
+  if (c->device_handler) {
+    mid::unregister_event_handler(c->mdev, on_device_event, c);
+    c->device_handler = false;
+  }
+  ibv_context_ops& o = c->vctx.context.ops;
+  o.post_send = dead_post_send;
+  o.post_recv = dead_post_recv;
+  o.post_srq_recv = dead_post_srq_recv;
+  o.poll_cq = dead_poll_cq;
+  o.req_notify_cq = dead_req_notify_cq;
+  AsyncEvent ev{};
+  ev.type = IBV_EVENT_DEVICE_FATAL;
+  ev.kind = Kind::context;
+  push_async(c, ev);
+}
+
+}  // namespace
+
+Device* device_find(const ibv_device* dev) noexcept {
+  if (!dev) return nullptr;
+  for (Device* d : devices().list)
+    if (&d->ibdev == dev) return d;
+  return nullptr;
+}
+
+void destroy_all_locked(Context* c) {
+  // Dependency order (uverbs' ib_uverbs_cleanup_ucontext): QPs, SRQs, CQs, MRs, AHs, PDs,
+  // then completion channels (no CQ can name them any more).
+  for (void* o : c->handles.objects(Kind::qp)) destroy_qp_locked(static_cast<DvQp*>(o), true);
+  for (void* o : c->handles.objects(Kind::srq)) destroy_srq_locked(static_cast<DvSrq*>(o), true);
+  for (void* o : c->handles.objects(Kind::cq)) destroy_cq_locked(static_cast<DvCq*>(o), true);
+  for (void* o : c->handles.objects(Kind::mr)) dereg_mr_locked(static_cast<DvMr*>(o));
+  for (void* o : c->handles.objects(Kind::ah)) destroy_ah_locked(static_cast<DvAh*>(o));
+  for (void* o : c->handles.objects(Kind::pd)) dealloc_pd_locked(static_cast<DvPd*>(o));
+  for (void* o : c->handles.objects(Kind::channel))
+    destroy_channel_locked(static_cast<Channel*>(o));
+}
+
+}  // namespace dverbs::ibv
+
+using namespace dverbs;
+using namespace dverbs::ibv;
+
+extern "C" {
+
+ibv_device** ibv_get_device_list(int* num_devices) {
+  if (num_devices) *num_devices = 0;
+  if (t_probing) return fail(ENODEV, static_cast<ibv_device**>(std::calloc(1, sizeof(ibv_device*))));
+  probe_once();
+  Devices& d = devices();
+  std::lock_guard<mid::Mutex> g(g_lock());
+  std::vector<Device*> live;
+  for (Device* dev : d.list)
+    if (!dev->removed) live.push_back(dev);
+  auto** list = static_cast<ibv_device**>(std::calloc(live.size() + 1, sizeof(ibv_device*)));
+  if (!list) return fail(ENOMEM, static_cast<ibv_device**>(nullptr));
+  for (size_t i = 0; i < live.size(); ++i) list[i] = &live[i]->ibdev;
+  if (num_devices) *num_devices = int(live.size());
+  // No device: an empty list and errno saying why (the probe already printed one line
+  // naming the DVERBS_* variable at fault).
+  if (live.empty()) errno = d.probe_rc ? d.probe_rc : ENODEV;
+  return list;
+}
+
+void ibv_free_device_list(ibv_device** list) { std::free(list); }
+
+const char* ibv_get_device_name(ibv_device* device) {
+  std::lock_guard<mid::Mutex> g(g_lock());
+  Device* d = device_find(device);
+  if (!d) return fail(EINVAL, static_cast<const char*>(nullptr));
+  return d->ibdev.name;
+}
+
+int ibv_get_device_index(ibv_device* device) {
+  std::lock_guard<mid::Mutex> g(g_lock());
+  auto& list = devices().list;
+  for (size_t i = 0; i < list.size(); ++i)
+    if (&list[i]->ibdev == device) return int(i);
+  return fail(EINVAL, -1);
+}
+
+__be64 ibv_get_device_guid(ibv_device* device) {
+  std::lock_guard<mid::Mutex> g(g_lock());
+  Device* d = device_find(device);
+  if (!d) return fail(EINVAL, __be64(0));
+  return htobe64(d->node_guid);
+}
+
+ibv_context* ibv_open_device(ibv_device* device) {
+  std::lock_guard<mid::Mutex> g(g_lock());
+  Device* d = device_find(device);
+  if (!d) return fail(EINVAL, static_cast<ibv_context*>(nullptr));
+  if (d->removed) return fail(ENODEV, static_cast<ibv_context*>(nullptr));
+  auto* c = new (std::nothrow) Context();
+  if (!c) return fail(ENOMEM, static_cast<ibv_context*>(nullptr));
+  c->dev = d;
+  c->mdev = d->mdev;
+  c->async_fd = -1;
+  ibv_context& ic = c->vctx.context;
+  ic.cmd_fd = -1;
+  int rc = mid::query_device(d->mdev, &c->attr);
+  if (!rc) {
+    // Semaphore eventfds: one read() per event, poll()able, blocking unless the
+    // application sets O_NONBLOCK (as with uverbs' event files).
+    c->async_fd = eventfd(0, EFD_CLOEXEC | EFD_SEMAPHORE);
+    ic.cmd_fd = eventfd(0, EFD_CLOEXEC);  // no command channel; a valid, idle fd
+    if (c->async_fd < 0 || ic.cmd_fd < 0) rc = errno ? errno : EMFILE;
+  }
+  if (!rc && !registry_add(&ic, Kind::context, c, 0)) rc = ENOMEM;
+  if (rc) {
+    close_fds(c);
+    delete c;
+    return fail(rc, static_cast<ibv_context*>(nullptr));
+  }
+  ic.device = &d->ibdev;
+  ic.async_fd = c->async_fd;
+  ic.num_comp_vectors = 1;
+  pthread_mutex_init(&ic.mutex, nullptr);
+  ic.abi_compat = __VERBS_ABI_IS_EXTENDED;
+  c->vctx.sz = sizeof(verbs_context);
+  init_context_ops(c);
+  if (mid::register_event_handler(d->mdev, on_device_event, c) == 0) c->device_handler = true;
+  if (!g_exit_registered) g_exit_registered = std::atexit(exit_cleanup) == 0;
+  return &ic;
+}
+
+int ibv_close_device(ibv_context* context) {
+  std::lock_guard<mid::Mutex> g(g_lock());
+  Context* c = registry_find(context, Kind::context);
+  if (!c) return fail(EINVAL, -1);
+  destroy_all_locked(c);
+  if (c->device_handler) mid::unregister_event_handler(c->mdev, on_device_event, c);
+  registry_remove(context);
+  close_fds(c);
+  pthread_mutex_destroy(&context->mutex);
+  delete c;
+  return 0;
+}
+
+}  // extern "C"

@@ -1,0 +1,345 @@
+// The libibverbs.so.1 drop-in: object layouts and the state shared by its files.
+//
+// Every object an application sees is the rdma-core struct (`ibv_pd`, `ibv_cq_ex`,
+// `ibv_qp_ex`…) as the first member of a dverbs wrapper that holds the midlayer object, so
+// the inline verbs of <infiniband/verbs.h> (ibv_post_send, ibv_poll_cq…) reach the wrapper
+// with one cast and call straight into the midlayer.
+//
+// Resource model (user_verbs.txt): each context keeps a handle table (uverbs' idr) of what
+// it owns; handles are generation-tagged and stored in the objects' `handle` fields. The
+// control path never dereferences an application pointer it has not found first in the
+// process-wide registry of live objects (keyed by address): a stale, forged or foreign
+// pointer is EINVAL. The fast path (post/poll/notify) trusts its arguments, as
+// libibverbs does.
+//
+// Locking: one control-path mutex, g_lock (a mid::Mutex), guards the registry, every
+// context's handle table and the object graph (creation, destruction, use counts). It is
+// never taken on the fast path nor by midlayer handler threads: completion and async
+// events only take the short spinlocks of a channel or a context's event queue.
+#pragma once
+
+#include <infiniband/verbs.h>
+#include <pthread.h>
+
+#include <atomic>
+#include <cstddef>
+#include <cstdint>
+#include <vector>
+
+#include "dverbs/types.h"
+#include "midlayer/core.h"
+
+// verbs.h turns these into macros over inline helpers; the drop-in defines the real
+// functions.
+#undef ibv_query_port
+#undef ibv_reg_mr
+#undef ibv_reg_mr_iova
+
+namespace dverbs::ibv {
+
+// ---- ABI: dverbs' work requests and completions are the rdma-core structs. ----
+#define DV_SAME_FIELD(A, B, f) \
+  static_assert(offsetof(A, f) == offsetof(B, f) && sizeof(A::f) == sizeof(B::f), #f)
+static_assert(sizeof(Sge) == sizeof(ibv_sge));
+DV_SAME_FIELD(Sge, ibv_sge, addr);
+DV_SAME_FIELD(Sge, ibv_sge, length);
+DV_SAME_FIELD(Sge, ibv_sge, lkey);
+static_assert(sizeof(RecvWr) == sizeof(ibv_recv_wr));
+DV_SAME_FIELD(RecvWr, ibv_recv_wr, wr_id);
+DV_SAME_FIELD(RecvWr, ibv_recv_wr, next);
+DV_SAME_FIELD(RecvWr, ibv_recv_wr, sg_list);
+DV_SAME_FIELD(RecvWr, ibv_recv_wr, num_sge);
+static_assert(sizeof(SendWr) == sizeof(ibv_send_wr));
+DV_SAME_FIELD(SendWr, ibv_send_wr, wr_id);
+DV_SAME_FIELD(SendWr, ibv_send_wr, next);
+DV_SAME_FIELD(SendWr, ibv_send_wr, sg_list);
+DV_SAME_FIELD(SendWr, ibv_send_wr, num_sge);
+DV_SAME_FIELD(SendWr, ibv_send_wr, opcode);
+DV_SAME_FIELD(SendWr, ibv_send_wr, send_flags);
+DV_SAME_FIELD(SendWr, ibv_send_wr, imm_data);
+DV_SAME_FIELD(SendWr, ibv_send_wr, invalidate_rkey);
+DV_SAME_FIELD(SendWr, ibv_send_wr, wr.rdma.remote_addr);
+DV_SAME_FIELD(SendWr, ibv_send_wr, wr.rdma.rkey);
+DV_SAME_FIELD(SendWr, ibv_send_wr, wr.atomic.remote_addr);
+DV_SAME_FIELD(SendWr, ibv_send_wr, wr.atomic.compare_add);
+DV_SAME_FIELD(SendWr, ibv_send_wr, wr.atomic.swap);
+DV_SAME_FIELD(SendWr, ibv_send_wr, wr.atomic.rkey);
+DV_SAME_FIELD(SendWr, ibv_send_wr, wr.ud.ah);  // mid::Ah* vs ibv_ah*: translated for UD
+DV_SAME_FIELD(SendWr, ibv_send_wr, wr.ud.remote_qpn);
+DV_SAME_FIELD(SendWr, ibv_send_wr, wr.ud.remote_qkey);
+DV_SAME_FIELD(SendWr, ibv_send_wr, qp_type.xrc.remote_srqn);
+DV_SAME_FIELD(SendWr, ibv_send_wr, bind_mw.mw);
+DV_SAME_FIELD(SendWr, ibv_send_wr, bind_mw.rkey);
+DV_SAME_FIELD(SendWr, ibv_send_wr, bind_mw.bind_info.mr);
+DV_SAME_FIELD(SendWr, ibv_send_wr, bind_mw.bind_info.addr);
+DV_SAME_FIELD(SendWr, ibv_send_wr, bind_mw.bind_info.length);
+DV_SAME_FIELD(SendWr, ibv_send_wr, bind_mw.bind_info.mw_access_flags);
+DV_SAME_FIELD(SendWr, ibv_send_wr, tso.hdr);
+DV_SAME_FIELD(SendWr, ibv_send_wr, tso.hdr_sz);
+DV_SAME_FIELD(SendWr, ibv_send_wr, tso.mss);
+static_assert(sizeof(Wc) == sizeof(ibv_wc));
+DV_SAME_FIELD(Wc, ibv_wc, wr_id);
+DV_SAME_FIELD(Wc, ibv_wc, status);
+DV_SAME_FIELD(Wc, ibv_wc, opcode);
+DV_SAME_FIELD(Wc, ibv_wc, vendor_err);
+DV_SAME_FIELD(Wc, ibv_wc, byte_len);
+DV_SAME_FIELD(Wc, ibv_wc, imm_data);
+DV_SAME_FIELD(Wc, ibv_wc, invalidated_rkey);
+DV_SAME_FIELD(Wc, ibv_wc, qp_num);
+DV_SAME_FIELD(Wc, ibv_wc, src_qp);
+DV_SAME_FIELD(Wc, ibv_wc, wc_flags);
+DV_SAME_FIELD(Wc, ibv_wc, pkey_index);
+DV_SAME_FIELD(Wc, ibv_wc, slid);
+DV_SAME_FIELD(Wc, ibv_wc, sl);
+DV_SAME_FIELD(Wc, ibv_wc, dlid_path_bits);
+#undef DV_SAME_FIELD
+static_assert(uint32_t(WrOpcode::send_with_inv) == IBV_WR_SEND_WITH_INV);
+static_assert(uint32_t(WrOpcode::atomic_fetch_and_add) == IBV_WR_ATOMIC_FETCH_AND_ADD);
+static_assert(uint32_t(WcOpcode::recv_rdma_with_imm) == IBV_WC_RECV_RDMA_WITH_IMM);
+static_assert(uint32_t(WcOpcode::local_inv) == IBV_WC_LOCAL_INV);
+static_assert(uint32_t(WcStatus::general_err) == IBV_WC_GENERAL_ERR);
+static_assert(uint32_t(QpState::err) == IBV_QPS_ERR);
+static_assert(uint32_t(QpType::ud) == IBV_QPT_UD && uint32_t(QpType::rc) == IBV_QPT_RC);
+static_assert(uint32_t(Mtu::mtu4096) == IBV_MTU_4096);
+static_assert(uint32_t(EventType::gid_change) == IBV_EVENT_GID_CHANGE);
+static_assert(send_flags::inline_data == IBV_SEND_INLINE && send_flags::fence == IBV_SEND_FENCE);
+static_assert(access::mw_bind == IBV_ACCESS_MW_BIND && access::zero_based == IBV_ACCESS_ZERO_BASED);
+static_assert(wc_flags::with_inv == IBV_WC_WITH_INV && wc_flags::grh == IBV_WC_GRH);
+static_assert(qp_attr_mask::dest_qpn == IBV_QP_DEST_QPN && qp_attr_mask::cap == IBV_QP_CAP);
+
+// A test-and-test-and-set spinlock for the few words touched by handler threads.
+// Context: any thread, never sleeps; hold it for a handful of instructions only.
+class SpinLock {
+ public:
+  void lock() noexcept {
+    while (f_.exchange(true, std::memory_order_acquire))
+      while (f_.load(std::memory_order_relaxed)) __builtin_ia32_pause();
+  }
+  void unlock() noexcept { f_.store(false, std::memory_order_release); }
+
+ private:
+  std::atomic<bool> f_{false};
+};
+
+enum class Kind : uint8_t { context, channel, pd, mr, ah, cq, srq, qp };
+const char* kind_name(Kind k) noexcept;
+
+struct Context;
+
+// One slot of a context's handle table.
+struct Slot {
+  void* obj = nullptr;
+  Kind kind = Kind::pd;
+  uint16_t gen = 0;
+};
+
+// The per-context idr: handle = generation << 20 | index. Guarded by g_lock.
+class HandleTable {
+ public:
+  static constexpr uint32_t kIndexBits = 20;
+  static constexpr uint32_t kIndexMask = (1u << kIndexBits) - 1;
+  // Returns the handle, or UINT32_MAX when the table is full or memory is short.
+  uint32_t insert(void* obj, Kind kind) noexcept;
+  bool matches(uint32_t handle, const void* obj, Kind kind) const noexcept;
+  void erase(uint32_t handle) noexcept;
+  // Live objects of one kind, newest first (children are usually younger than parents).
+  std::vector<void*> objects(Kind kind) const;
+  bool empty() const noexcept { return live_ == 0; }
+
+ private:
+  std::vector<Slot> slots_;
+  std::vector<uint32_t> free_;
+  uint32_t live_ = 0;
+};
+
+// The control-path lock (see the file comment).
+mid::Mutex& g_lock();
+
+// Registry of live objects. Context: process context, with g_lock held.
+bool registry_add(const void* obj, Kind kind, Context* ctx, uint32_t handle) noexcept;
+void registry_remove(const void* obj) noexcept;
+// The owning context of a live object of `kind`, or nullptr (never dereferences `obj`).
+Context* registry_find(const void* obj, Kind kind) noexcept;
+// Every open context (for process-exit clean-up). With g_lock held.
+std::vector<Context*> registry_contexts();
+
+// Registers `obj` in ctx's handle table and the registry; sets *handle. ENOMEM on failure.
+int track(Context* ctx, void* obj, Kind kind, uint32_t* handle) noexcept;
+void untrack(Context* ctx, void* obj, uint32_t handle) noexcept;
+
+// ---- devices ----
+struct Device {
+  ibv_device ibdev;  // first: applications hold &ibdev
+  mid::Device* mdev = nullptr;
+  uint64_t node_guid = 0;  // host order
+  bool removed = false;    // the midlayer removed it; guarded by g_lock
+};
+// The Device of an ibv_device pointer handed out by ibv_get_device_list, or nullptr.
+Device* device_find(const ibv_device* dev) noexcept;
+
+// ---- async events ----
+struct AsyncEvent {
+  ibv_event_type type;
+  Kind kind;      // cq, qp, srq, or context for device/port events
+  void* obj;      // the wrapper (DvCq*, DvQp*, DvSrq*), nullptr for device/port events
+  int port_num;
+};
+
+// ---- objects ----
+struct Context {
+  verbs_context vctx;  // first; ends with the ibv_context applications see
+  Device* dev;
+  mid::Device* mdev;
+  HandleTable handles;  // guarded by g_lock
+  DeviceAttr attr;      // cached at open: validation limits
+  bool device_handler;  // registered with mid::register_event_handler
+  int async_fd;         // eventfd (semaphore mode) behind ibv_context::async_fd
+  SpinLock async_lock;  // guards the event ring
+  static constexpr uint32_t kAsyncRing = 1024;
+  AsyncEvent async_ring[kAsyncRing];
+  uint32_t async_head, async_count;
+  std::atomic<uint64_t> async_dropped;
+  std::atomic<uint32_t> port_events_reported;  // device/port events handed out (no ack wait)
+};
+
+inline Context* to_ctx(ibv_context* c) noexcept {
+  return reinterpret_cast<Context*>(reinterpret_cast<uint8_t*>(c) -
+                                    offsetof(verbs_context, context) -
+                                    offsetof(Context, vctx));
+}
+inline ibv_context* ibctx(Context* c) noexcept { return &c->vctx.context; }
+
+struct DvCq;
+
+struct Channel {
+  ibv_comp_channel ch;  // first; ch.refcnt counts the CQs bound to it (under g_lock)
+  Context* ctx;
+  uint32_t handle;
+  SpinLock lock;  // guards the FIFO below and DvCq::queued/next_ready of its CQs
+  DvCq* head;
+  DvCq* tail;
+};
+
+struct DvPd {
+  ibv_pd pd;
+  mid::Pd* m;
+  Context* ctx;
+};
+
+struct DvMr {
+  ibv_mr mr;
+  mid::Mr* m;
+  Context* ctx;
+  uint64_t pin_addr, pin_len;  // what pin.cc charged and locked
+};
+
+struct DvAh {
+  ibv_ah ah;
+  mid::Ah* m;
+  Context* ctx;
+};
+
+struct DvCq {
+  ibv_cq_ex cq;  // first; ibv_cq is its prefix
+  mid::Cq* m;
+  Context* ctx;
+  Channel* channel;
+  uint64_t wc_flags;  // IBV_WC_EX_WITH_* requested at creation
+  // Completion-channel queue state, guarded by channel->lock.
+  uint32_t queued;  // events raised and not yet returned by ibv_get_cq_event
+  DvCq* next_ready;
+  bool in_queue;
+  // Events handed to the application, acknowledged through cq.comp_events_completed /
+  // cq.async_events_completed (under cq.mutex).
+  uint32_t comp_reported;
+  uint32_t async_reported;
+  // ibv_cq_ex polling: the completion start_poll/next_poll made current.
+  Wc cur;
+};
+
+struct DvSrq {
+  ibv_srq srq;
+  mid::Srq* m;
+  Context* ctx;
+  DvPd* pd;
+  ibv_srq_attr attr;  // as created / last modified
+  uint32_t async_reported;  // under srq.mutex
+};
+
+struct WrBuilder;
+
+struct DvQp {
+  ibv_qp_ex qpx;  // first; ibv_qp is its prefix
+  mid::Qp* m;
+  Context* ctx;
+  DvPd* pd;
+  DvCq* send_cq;
+  DvCq* recv_cq;
+  DvSrq* srq;
+  QpCap cap;             // granted capacities
+  uint64_t send_ops;     // IBV_QP_EX_WITH_* allowed through ibv_qp_ex (0 = any supported)
+  WrBuilder* wrb;        // ibv_wr_* state (post.cc)
+  uint32_t async_reported;  // under qp.mutex
+};
+
+template <class W, class T>
+inline W* wrap(T* p) noexcept {
+  return reinterpret_cast<W*>(p);
+}
+
+// ---- helpers shared by the files ----
+
+// Sets errno and returns `ret` (for the NULL/-1 returning verbs).
+template <class T>
+inline T fail(int err, T ret) noexcept {
+  errno = err;
+  return ret;
+}
+
+// Queues an async event for `ctx` (handler threads). Context: any, never sleeps.
+void push_async(Context* ctx, const AsyncEvent& ev) noexcept;
+// Drops queued events that name `obj` (its destroy has fenced the midlayer).
+void purge_async(Context* ctx, const void* obj) noexcept;
+// Waits until the application acknowledged the events it was given (rdma-core semantics of
+// destroy). Context: process context, may sleep.
+void wait_acks(pthread_mutex_t* m, pthread_cond_t* c, const uint32_t* acked, uint32_t reported);
+
+// verbs_context ops implemented in query.cc.
+int query_port_op(ibv_context* context, uint8_t port_num, ibv_port_attr* port_attr,
+                  size_t port_attr_len);
+int query_device_ex_op(ibv_context* context, const ibv_query_device_ex_input* input,
+                       ibv_device_attr_ex* attr, size_t attr_size);
+
+// Completion channels (events.cc). on_cq_comp is the midlayer completion handler of every
+// CQ (handler thread, never sleeps); channel_forget drops a destroyed CQ's queued events.
+void on_cq_comp(mid::Cq* cq, void* cq_context);
+void channel_forget(DvCq* cq) noexcept;
+
+// Fills the ibv_context ops table and the verbs_context extension ops (ops.cc).
+void init_context_ops(Context* ctx) noexcept;
+void init_qp_ex_ops(DvQp* qp) noexcept;
+void init_cq_ex_ops(DvCq* cq) noexcept;
+void free_wr_builder(DvQp* qp) noexcept;
+
+// Destroy paths shared by the verbs and by context clean-up; with g_lock held. `force`
+// skips waiting for unacknowledged events (close/exit).
+int destroy_qp_locked(DvQp* qp, bool force);
+int destroy_srq_locked(DvSrq* srq, bool force);
+int destroy_cq_locked(DvCq* cq, bool force);
+int destroy_channel_locked(Channel* ch);
+int dereg_mr_locked(DvMr* mr);
+int destroy_ah_locked(DvAh* ah);
+int dealloc_pd_locked(DvPd* pd);
+// Destroys what the context still owns, in dependency order. With g_lock held.
+void destroy_all_locked(Context* ctx);
+
+// Memory pinning (pin.cc): mlock + RLIMIT_MEMLOCK account. Context: process context.
+int pin_range(uint64_t addr, uint64_t len) noexcept;  // 0, ENOMEM, EFAULT
+void unpin_range(uint64_t addr, uint64_t len) noexcept;
+uint64_t pinned_bytes() noexcept;
+
+// Translations between rdma-core and dverbs control structs (qp.cc).
+int ah_from_ibv(const ibv_ah_attr& in, AhAttr* out) noexcept;
+void ah_to_ibv(const AhAttr& in, ibv_ah_attr* out) noexcept;
+
+}  // namespace dverbs::ibv
