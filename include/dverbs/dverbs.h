@@ -28,6 +28,7 @@
 namespace dverbs {
 
 namespace mid {
+struct Srq;
 struct Device;
 struct Pd;
 struct Mr;
@@ -135,10 +136,33 @@ class Cq {
   std::unique_ptr<State> s_;
 };
 
+// A shared receive queue. Context: process context except post_recv (any thread).
+class Srq {
+ public:
+  // Called on a handler thread for the SRQ's async events (srq_limit_reached). No sleeping.
+  using EventHandler = std::function<void(EventType)>;
+  Srq();
+  static Expected<Srq> create(const Pd& pd, uint32_t max_wr, uint32_t max_sge,
+                              uint32_t srq_limit = 0, EventHandler on_event = {});
+  Srq(Srq&& o) noexcept;
+  Srq& operator=(Srq&& o) noexcept;
+  ~Srq();
+  int destroy();  // EBUSY while QPs use it
+  // Arms the limit event: raised once when fewer than `limit` receives remain posted.
+  int arm(uint32_t limit);
+  int post_recv(RecvWr* wr, RecvWr** bad_wr) noexcept;
+  mid::Srq* raw() const;
+
+ private:
+  struct State;
+  std::unique_ptr<State> s_;
+};
+
 struct QpInit {
   QpType type = QpType::rc;
   QpCap cap{16, 16, 1, 1, 0};
   bool sq_sig_all = false;
+  const Srq* srq = nullptr;  // receives come from this SRQ instead of the QP's own RQ
 };
 
 class Qp {

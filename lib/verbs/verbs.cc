@@ -182,6 +182,7 @@ Expected<Qp> Qp::create(const Pd& pd, const Cq& send_cq, const Cq& recv_cq, cons
   a.recv_cq = recv_cq.raw();
   a.cap = init.cap;
   a.sq_sig_all = init.sq_sig_all;
+  a.srq = init.srq ? init.srq->raw() : nullptr;
   Qp qp;
   if (int rc = mid::create_qp(pd.raw(), &a, &qp.qp_)) return Expected<Qp>::failure(rc);
   return qp;
@@ -246,6 +247,55 @@ int Qp::connect(const Gid& gid, uint32_t rqpn, uint32_t lpsn, uint32_t rpsn, Mtu
       rc_qp ? m::timeout | m::retry_cnt | m::rnr_retry | m::max_qp_rd_atomic : 0;
   return modify(a, m::state | m::sq_psn | rts_rc);
 }
+
+// ---------------------------------------------------------------- Srq
+struct Srq::State {
+  mid::Srq* srq = nullptr;
+  EventHandler on_event;
+};
+
+Srq::Srq() = default;
+Srq::Srq(Srq&& o) noexcept : s_(std::move(o.s_)) {}
+Srq& Srq::operator=(Srq&& o) noexcept {
+  if (this != &o) {
+    destroy();
+    s_ = std::move(o.s_);
+  }
+  return *this;
+}
+Srq::~Srq() { destroy(); }
+
+Expected<Srq> Srq::create(const Pd& pd, uint32_t max_wr, uint32_t max_sge, uint32_t limit,
+                          EventHandler on_event) {
+  if (!pd.raw()) return Expected<Srq>::failure(EINVAL);
+  Srq srq;
+  srq.s_ = std::make_unique<State>();
+  srq.s_->on_event = std::move(on_event);
+  mid::SrqInitAttr init;
+  init.max_wr = max_wr;
+  init.max_sge = max_sge;
+  init.srq_limit = limit;
+  auto handler = [](const mid::Event& ev, void* ctx) {
+    auto* st = static_cast<State*>(ctx);
+    if (st->on_event) st->on_event(ev.type);
+  };
+  if (int rc = mid::create_srq(pd.raw(), &init, handler, srq.s_.get(), &srq.s_->srq)) {
+    srq.s_.reset();
+    return Expected<Srq>::failure(rc);
+  }
+  return srq;
+}
+int Srq::destroy() {
+  if (!s_) return 0;
+  int rc = mid::destroy_srq(s_->srq);
+  if (rc == 0) s_.reset();
+  return rc;
+}
+int Srq::arm(uint32_t limit) { return mid::modify_srq(s_->srq, 0, limit, 2); }
+int Srq::post_recv(RecvWr* wr, RecvWr** bad) noexcept {
+  return mid::post_srq_recv(s_->srq, wr, bad);
+}
+mid::Srq* Srq::raw() const { return s_ ? s_->srq : nullptr; }
 
 // ---------------------------------------------------------------- Ah
 Expected<Ah> Ah::create(const Pd& pd, const AhAttr& attr) {

@@ -6,6 +6,7 @@
 
 #include <arpa/inet.h>
 
+#include <atomic>
 #include <cstdlib>
 #include <cstring>
 #include <random>
@@ -405,6 +406,82 @@ TEST(UdOps, SendCarriesTheGrhAndHonoursTheQkey) {
   Sge big{addr(f.a), mtu_bytes(pa.active_mtu) + 1, f.a.mr.lkey()};
   wr.sg_list = &big;
   EXPECT_EQ(f.a.qp.post_send(&wr, &bad), EINVAL);
+}
+
+}  // namespace
+
+namespace {
+
+TEST(SrqOps, SeveralQpsShareOneReceiveQueueAndTheLimitEventFires) {
+  auto c = Context::open();
+  ASSERT_TRUE(c);
+  Context ctx = c.take();
+  Gid gid;
+  ctx.query_gid(1, 0, &gid);
+  Pd pd = Pd::alloc(ctx).take();
+  std::atomic<int> limit_events{0};
+  auto s = Srq::create(pd, 64, 1, 0, [&](EventType t) {
+    if (t == EventType::srq_limit_reached) limit_events++;
+  });
+  ASSERT_TRUE(s) << std::strerror(s.error());
+  Srq srq = s.take();
+  Cq scq = Cq::create(ctx, 256).take();
+  Cq rcq = Cq::create(ctx, 256).take();
+  std::vector<uint8_t> buf(1 << 16);
+  Mr mr = Mr::reg(pd, buf.data(), buf.size(), kAll).take();
+  constexpr int kPairs = 3;
+  std::vector<Qp> senders, receivers;
+  for (int i = 0; i < kPairs; i++) {
+    QpInit si;
+    si.cap = {16, 16, 1, 1, 0};
+    senders.push_back(Qp::create(pd, scq, scq, si).take());
+    QpInit ri = si;
+    ri.srq = &srq;
+    auto r = Qp::create(pd, rcq, rcq, ri);
+    ASSERT_TRUE(r) << std::strerror(r.error());
+    receivers.push_back(r.take());
+  }
+  for (int i = 0; i < kPairs; i++) {
+    ASSERT_EQ(senders[size_t(i)].connect(gid, receivers[size_t(i)].qp_num(), 1, 2), 0);
+    ASSERT_EQ(receivers[size_t(i)].connect(gid, senders[size_t(i)].qp_num(), 2, 1), 0);
+  }
+  // The QP's own receive queue is closed when it has an SRQ.
+  Sge rs{reinterpret_cast<uint64_t>(buf.data()), 64, mr.lkey()};
+  RecvWr rwr{};
+  rwr.sg_list = &rs;
+  rwr.num_sge = 1;
+  RecvWr* rbad;
+  EXPECT_EQ(receivers[0].post_recv(&rwr, &rbad), EINVAL);
+  for (int i = 0; i < 10; i++) {
+    rs.addr = reinterpret_cast<uint64_t>(buf.data()) + uint64_t(i) * 64;
+    rwr.wr_id = 1000 + uint64_t(i);
+    ASSERT_EQ(srq.post_recv(&rwr, &rbad), 0);
+  }
+  ASSERT_EQ(srq.arm(5), 0);
+  // Six messages: 4 receives remain → below the limit of 5 → one event.
+  for (int m = 0; m < 6; m++) {
+    Sge ss{reinterpret_cast<uint64_t>(buf.data()) + 32768, 16, mr.lkey()};
+    SendWr wr{};
+    wr.opcode = WrOpcode::send;
+    wr.sg_list = &ss;
+    wr.num_sge = 1;
+    wr.send_flags = send_flags::signaled;
+    SendWr* bad;
+    ASSERT_EQ(senders[size_t(m % kPairs)].post_send(&wr, &bad), 0);
+    ASSERT_EQ(wait(scq).status, WcStatus::success);
+    Wc wc = wait(rcq);
+    ASSERT_EQ(wc.status, WcStatus::success);
+    EXPECT_EQ(wc.qp_num, receivers[size_t(m % kPairs)].qp_num());
+    EXPECT_EQ(wc.wr_id, 1000u + uint64_t(m)) << "receives are taken from the SRQ in order";
+  }
+  for (long i = 0; i < 1000000000L && limit_events.load() == 0; i++) {
+    Wc wc;
+    scq.poll(&wc, 0);
+  }
+  EXPECT_EQ(limit_events.load(), 1);
+  EXPECT_EQ(srq.destroy(), EBUSY) << "QPs still use it";
+  receivers.clear();
+  EXPECT_EQ(srq.destroy(), 0);
 }
 
 }  // namespace

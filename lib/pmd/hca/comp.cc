@@ -3,6 +3,7 @@
 // flushes a QP in ERR. Owner engine only, qp->lock held.
 #include <rte_cycles.h>
 
+#include "midlayer/driver.h"
 #include "pmd/hca/device.h"
 #include "pmd/hca/engine.h"
 #include "pmd/hca/mr.h"
@@ -217,8 +218,30 @@ void flush_queues(Engine&, Qp& qp) noexcept {
   r.timer_deadline = r.rnr_deadline = 0;
   r.rd_inflight = 0;
   qp.resp.pending = 0;
-  if (qp.srq) return;
   Responder& rs = qp.resp;
+  if (qp.srq) {
+    // A WQE already taken from the SRQ is flushed; the SRQ keeps the rest. The consumer
+    // learns the QP will take no more from it (IBA 11.6.3.1: Last WQE Reached).
+    if (RecvWqe* w = rs.recv) {
+      Wc wc{};
+      wc.wr_id = w->wr_id;
+      wc.status = WcStatus::wr_flush_err;
+      wc.opcode = WcOpcode::recv;
+      wc.qp_num = qp.qp_num;
+      cq_push(*to_cq(qp.recv_cq), wc, false);
+      rs.recv = nullptr;
+    }
+    rs.in_send = rs.in_write = false;
+    if (!rs.last_wqe_event) {
+      rs.last_wqe_event = true;
+      mid::Event ev;
+      ev.device = qp.device;
+      ev.type = EventType::qp_last_wqe_reached;
+      ev.element.qp = &qp;
+      mid::dispatch_event(ev);
+    }
+    return;
+  }
   while (RecvWqe* w = qp.rq.peek(qp.rq_consumed)) {
     Wc wc{};
     wc.wr_id = w->wr_id;

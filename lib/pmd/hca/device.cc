@@ -145,7 +145,7 @@ int Device::install_qp(Qp* qp) {
 void Device::remove_qp(Qp* qp) {
   qps_[qp->qp_num & (kMaxQp - 1)].store(nullptr, std::memory_order_release);
   // The engine may hold the QP on its active list or kick ring: ask it to let go.
-  qp->dying.store(true, std::memory_order_release);
+  qp->unhooking.store(true, std::memory_order_release);
   qp->engine->kick(qp);  // if already kicked it is on the active list or the kick ring
   while (!qp->detached.load(std::memory_order_acquire)) {
     if (inline_progress()) progress();

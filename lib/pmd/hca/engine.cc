@@ -130,7 +130,7 @@ int Engine::active_step() noexcept {
   }
   Qp** link = &active_head_;
   while ((qp = *link) != nullptr) {
-    if (qp->dying.load(std::memory_order_acquire)) [[unlikely]] {
+    if (qp->unhooking.load(std::memory_order_acquire)) [[unlikely]] {
       *link = qp->next_active;
       qp->active = false;
       qp->detached.store(true, std::memory_order_release);

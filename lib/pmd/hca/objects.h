@@ -49,8 +49,6 @@ struct Cq : mid::Cq {
   Device* hca = nullptr;
 };
 
-struct Srq;
-
 // A send work-queue entry: the posted request, copied at post time (validated before it is
 // queued, never re-read from application memory), plus the requester's progress.
 struct SendWqe {
@@ -82,6 +80,16 @@ struct RecvWqe {
   uint32_t num_sge;
   uint32_t length;
   Sge sge[kMaxSge];
+};
+
+// A shared receive queue: any thread posts; responders of any engine take WQEs under a
+// short spinlock (several consumers), copying each out before the slot is freed.
+struct Srq : mid::Srq {
+  Device* hca = nullptr;
+  WorkQueue<RecvWqe> rq;
+  SpinLock take_lock;
+  uint32_t max_wr = 0, max_sge = 1;
+  std::atomic<uint32_t> limit{0};  // armed SRQ limit (IBA 11.5.2.4); 0 = not armed
 };
 
 // Requester state of an RC/UC/UD QP (IBA 9.7.x). Owner engine only.
@@ -127,6 +135,8 @@ struct Responder {
   uint64_t recv_index = 0; // RQ index of the receive being filled
   uint32_t recv_offset = 0;
   RecvWqe* recv = nullptr;
+  RecvWqe srq_wqe;           // the WQE taken from the SRQ (recv points here then)
+  bool last_wqe_event = false;
   Mr* write_mr = nullptr;
   uint64_t write_va = 0;
   uint32_t write_left = 0;
@@ -167,7 +177,7 @@ struct Qp : mid::Qp {
   std::atomic<uint32_t> kicked{0};
   bool active = false;     // on the engine's active list (engine only)
   Qp* next_active = nullptr;
-  std::atomic<bool> dying{false};     // destroy_qp: the engine must drop the QP
+  std::atomic<bool> unhooking{false};  // destroy_qp: the engine must drop the QP
   std::atomic<bool> detached{false};  // the engine no longer references the QP
 
   // counters
@@ -182,5 +192,6 @@ inline Cq* to_cq(mid::Cq* c) { return static_cast<Cq*>(c); }
 inline Mr* to_mr(mid::Mr* m) { return static_cast<Mr*>(m); }
 inline Pd* to_pd(mid::Pd* p) { return static_cast<Pd*>(p); }
 inline Ah* to_ah(mid::Ah* a) { return static_cast<Ah*>(a); }
+inline Srq* to_srq(mid::Srq* s) { return static_cast<Srq*>(s); }
 
 }  // namespace dverbs::pmd::hca

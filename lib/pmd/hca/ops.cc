@@ -77,6 +77,8 @@ int query_device(mid::Device* d, DeviceAttr* a) {
   a->atomic_cap = 1;  // IBV_ATOMIC_HCA: atomic among all QPs of this HCA
   a->max_inline_data = kMaxInline;
   a->max_ah = 1u << 16;
+  a->max_srq = 1u << 14;
+  a->max_srq_wr = kMaxQpWr;
   a->phys_port_cnt = 1;
   std::snprintf(a->fw_ver, sizeof a->fw_ver, "dverbs-0.1");
   return 0;
@@ -187,7 +189,6 @@ int create_qp(mid::Pd* pd, const mid::QpInitAttr* init, mid::Qp** out) {
   if (c.max_send_wr > kMaxQpWr || c.max_recv_wr > kMaxQpWr || c.max_send_sge > kMaxSge ||
       c.max_recv_sge > kMaxSge || c.max_inline_data > kMaxInline)
     return EINVAL;
-  if (init->srq) return EOPNOTSUPP;  // SRQ lands with the full transport
   Qp* qp = new (std::nothrow) Qp();
   if (!qp) return ENOMEM;
   qp->hca = &dev;
@@ -198,6 +199,7 @@ int create_qp(mid::Pd* pd, const mid::QpInitAttr* init, mid::Qp** out) {
   if (qp->cap.max_recv_sge == 0) qp->cap.max_recv_sge = 1;
   qp->cap.max_inline_data = kMaxInline;  // report what we really support
   qp->sq_sig_all = init->sq_sig_all;
+  qp->srq = init->srq;  // the midlayer fills it too; the engine needs it from the start
   qp->mtu = mtu_bytes(active_mtu(dev.port().mtu()));  // UD uses it; RTR sets connected QPs'
   if (!qp->sq.init(qp->cap.max_send_wr) || !qp->rq.init(qp->cap.max_recv_wr ? qp->cap.max_recv_wr : 1)) {
     delete qp;
@@ -559,6 +561,79 @@ int post_recv(mid::Qp* q, RecvWr* wr, RecvWr** bad) {
   return rc;
 }
 
+// ---------------------------------------------------------------- SRQ
+int create_srq(mid::Pd* pd, const mid::SrqInitAttr* init, mid::Srq** out) {
+  if (init->max_wr == 0 || init->max_wr > kMaxQpWr || init->max_sge == 0 ||
+      init->max_sge > kMaxSge || init->srq_limit > init->max_wr)
+    return EINVAL;
+  Srq* srq = new (std::nothrow) Srq();
+  if (!srq) return ENOMEM;
+  srq->hca = &hca(pd->device);
+  srq->max_wr = init->max_wr;
+  srq->max_sge = init->max_sge;
+  srq->limit.store(init->srq_limit, std::memory_order_relaxed);
+  if (!srq->rq.init(init->max_wr)) {
+    delete srq;
+    return ENOMEM;
+  }
+  *out = srq;
+  return 0;
+}
+
+// mask: IBV_SRQ_MAX_WR (1) resizes — not supported; IBV_SRQ_LIMIT (2) arms the limit.
+int modify_srq(mid::Srq* s, uint32_t max_wr, uint32_t srq_limit, uint32_t mask) {
+  Srq& srq = *to_srq(s);
+  if (mask & ~3u) return EINVAL;
+  if (mask & 1u) return max_wr <= srq.rq.capacity() ? 0 : EOPNOTSUPP;
+  if (mask & 2u) {
+    if (srq_limit > srq.rq.capacity()) return EINVAL;
+    srq.limit.store(srq_limit, std::memory_order_release);
+  }
+  return 0;
+}
+
+int destroy_srq(mid::Srq* s) {
+  Srq* srq = to_srq(s);
+  srq->hca->quiesce();
+  delete srq;
+  return 0;
+}
+
+int post_srq_recv(mid::Srq* s, RecvWr* wr, RecvWr** bad) {
+  Srq& srq = *to_srq(s);
+  int rc = 0;
+  for (; wr; wr = wr->next) {
+    if (wr->num_sge < 0 || uint32_t(wr->num_sge) > srq.max_sge ||
+        (wr->num_sge > 0 && !wr->sg_list)) {
+      rc = EINVAL;
+      break;
+    }
+    uint64_t len = 0;
+    bool wraps = false;
+    for (int i = 0; i < wr->num_sge; i++) {
+      wraps |= wr->sg_list[i].addr + wr->sg_list[i].length < wr->sg_list[i].addr;
+      len += wr->sg_list[i].length;
+    }
+    if (wraps || len > (1ull << 31)) {
+      rc = EINVAL;
+      break;
+    }
+    uint64_t idx;
+    RecvWqe* w = srq.rq.claim(&idx);
+    if (!w) {
+      rc = ENOMEM;
+      break;
+    }
+    w->wr_id = wr->wr_id;
+    w->num_sge = uint32_t(wr->num_sge);
+    w->length = uint32_t(len);
+    std::memcpy(w->sge, wr->sg_list, sizeof(Sge) * uint32_t(wr->num_sge));
+    srq.rq.publish(idx);
+  }
+  if (rc) *bad = wr;
+  return rc;
+}
+
 // ---------------------------------------------------------------- AH
 int create_ah(mid::Pd* pd, const AhAttr* attr, mid::Ah** out) {
   Device& dev = hca(pd->device);
@@ -604,10 +679,10 @@ const mid::DeviceOps kHcaOps = {
     .req_notify_cq = req_notify_cq,
     .create_ah = create_ah,
     .destroy_ah = destroy_ah,
-    .create_srq = nullptr,
-    .modify_srq = nullptr,
-    .destroy_srq = nullptr,
-    .post_srq_recv = nullptr,
+    .create_srq = create_srq,
+    .modify_srq = modify_srq,
+    .destroy_srq = destroy_srq,
+    .post_srq_recv = post_srq_recv,
 };
 
 }  // namespace dverbs::pmd::hca

@@ -193,7 +193,9 @@ bool req_needs_service(Qp& qp) noexcept {
   if (qp.resp.pending) return true;  // READ/atomic responses still to send
   switch (req_state(qp)) {
     case ReqState::idle: return false;
-    case ReqState::error: return qp.sq.peek(qp.req.unacked) || qp.rq.peek(qp.rq_consumed);
+    case ReqState::error:
+      return qp.sq.peek(qp.req.unacked) || qp.rq.peek(qp.rq_consumed) ||
+             (qp.srq && (qp.resp.recv || !qp.resp.last_wqe_event));
     default: return true;
   }
 }

@@ -7,6 +7,7 @@
 //   (FIRST/MIDDLE/LAST order) → execute (send | write) → advance (ePSN, MSN, ACK owed)
 #include <cstring>
 
+#include "midlayer/driver.h"
 #include "pmd/hca/device.h"
 #include "pmd/hca/engine.h"
 #include "pmd/hca/mr.h"
@@ -61,19 +62,45 @@ void complete_recv(Qp& qp, const RecvWqe& w, WcStatus st, WcOpcode op, uint32_t 
   cq_push(*to_cq(qp.recv_cq), wc, solicited);
 }
 
+// Takes one WQE out of a shared receive queue (copied: the slot is freed at once) and
+// raises the SRQ limit event when the queue drops below the armed limit (IBA 11.5.2.4).
+RecvWqe* take_srq(Engine& e, Qp& qp) {
+  Srq& srq = *to_srq(qp.srq);
+  srq.take_lock.lock();
+  RecvWqe* w = srq.rq.peek(srq.rq.retired());
+  if (w) {
+    qp.resp.srq_wqe = *w;
+    srq.rq.retire_one();
+  }
+  uint64_t left = srq.rq.claimed() - srq.rq.retired();
+  uint32_t lim = srq.limit.load(std::memory_order_relaxed);
+  bool fire = lim && left < lim && srq.limit.exchange(0, std::memory_order_acq_rel) != 0;
+  srq.take_lock.unlock();
+  if (fire) {
+    mid::Event ev;
+    ev.device = &e.device();
+    ev.type = EventType::srq_limit_reached;
+    ev.element.srq = &srq;
+    mid::dispatch_event(ev);
+  }
+  return w ? &qp.resp.srq_wqe : nullptr;
+}
+
 // Takes the receive WQE for a new message; nullptr when the RQ is empty.
-RecvWqe* take_recv(Qp& qp) {
+RecvWqe* take_recv(Engine& e, Qp& qp) {
   Responder& rs = qp.resp;
   if (!rs.recv) {
-    rs.recv = qp.rq.peek(qp.rq_consumed);
+    rs.recv = qp.srq ? take_srq(e, qp) : qp.rq.peek(qp.rq_consumed);
     rs.recv_offset = 0;
   }
   return rs.recv;
 }
 
 void finish_recv(Qp& qp) {
-  qp.rq.retire_one();
-  qp.rq_consumed++;
+  if (!qp.srq) {
+    qp.rq.retire_one();
+    qp.rq_consumed++;
+  }
   qp.resp.recv = nullptr;
   qp.resp.recv_offset = 0;
 }
@@ -92,7 +119,7 @@ void fail_recv(Engine& e, Qp& qp, WcStatus st, const wire::Packet& pkt) {
 RespResult execute_send(Engine& e, Qp& qp, const wire::Packet& pkt) {
   Responder& rs = qp.resp;
   const uint32_t f = pkt.info->flags;
-  RecvWqe* w = (f & wire::opf::kFirst) ? take_recv(qp) : rs.recv;
+  RecvWqe* w = (f & wire::opf::kFirst) ? take_recv(e, qp) : rs.recv;
   if (!w) return qp.qp_type == QpType::rc ? RespResult::rnr : RespResult::drop;
   uint32_t off = rs.recv_offset;
   if (qp.qp_type == QpType::ud) {
@@ -147,7 +174,7 @@ RespResult execute_write(Engine& e, Qp& qp, const wire::Packet& pkt) {
     rs.write_total = len;
   }
   // WRITE with immediate consumes a receive WQE at its last packet: check before writing.
-  if ((f & wire::opf::kRecvWqe) && !take_recv(qp))
+  if ((f & wire::opf::kRecvWqe) && !take_recv(e, qp))
     return qp.qp_type == QpType::rc ? RespResult::rnr : RespResult::drop;
   if (pkt.payload_len > rs.write_left) return RespResult::nak_inv;
   if ((f & wire::opf::kLast) && pkt.payload_len != rs.write_left) return RespResult::nak_inv;

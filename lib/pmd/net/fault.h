@@ -28,6 +28,7 @@ struct FaultCounts {
 // splitmix64: tiny, fast, and statistically good enough for fault decisions.
 class SplitMix64 {
  public:
+  // Context: any thread; the generator then belongs to one owner.
   explicit SplitMix64(uint64_t seed) : s_(seed) {}
   // Context: owner only, never sleeps.
   uint64_t next() noexcept {
@@ -78,6 +79,7 @@ class FaultInjector {
 
   // Context: owner. True while a frame is held back for reordering.
   bool holding() const noexcept { return held_ != nullptr; }
+  // Context: any thread.
   const FaultSpec& spec() const { return spec_; }
 
  private:

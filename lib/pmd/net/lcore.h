@@ -27,6 +27,7 @@ class LcoreThread {
   static constexpr uint32_t kYieldIdle = 64;   // then idle rounds with sched_yield()
   static constexpr uint32_t kMaxSleepNs = 50'000;
 
+  // Context: any thread; nothing runs until start().
   LcoreThread() = default;
   // Context: process context; stops the thread if running.
   ~LcoreThread();

@@ -104,6 +104,12 @@ bool NeighTable::lookup(uint32_t ip, uint8_t mac[6]) noexcept {
     return true;
   }
   if (ip == 0 || ip == 0xffffffff) return false;
+  if ((ip >> 28) == 0xe) {  // multicast: 01:00:5e + the low 23 bits (RFC 1112, 6.4)
+    const uint8_t m[6] = {0x01,       0x00, 0x5e, uint8_t((ip >> 16) & 0x7f), uint8_t(ip >> 8),
+                          uint8_t(ip)};
+    std::memcpy(mac, m, 6);
+    return true;
+  }
   Entry* e = find_or_insert(ip);
   if (!e) return false;
   const uint64_t w = e->word.load(std::memory_order_acquire);
@@ -246,7 +252,9 @@ int NeighTable::poll(Port& port, uint16_t q, uint64_t now) noexcept {
     if (ip == 0) continue;
     const uint64_t w = e.word.load(std::memory_order_relaxed);
     const bool want = e.want.load(std::memory_order_relaxed) != 0;
-    const bool due = now - e.last_tx_tsc >= retry_tsc_;
+    // Written as sums, not differences: another thread may have stamped an entry with a
+    // TSC a little later than the `now` this caller read.
+    const bool due = now >= e.last_tx_tsc + retry_tsc_;
     auto set_state = [&](State st) {
       e.word.store((w & ~uint64_t(0xff)) | uint8_t(st), std::memory_order_release);
     };
@@ -261,7 +269,7 @@ int NeighTable::poll(Port& port, uint16_t q, uint64_t now) noexcept {
         }
         break;
       case State::kReachable:
-        if (now - e.confirmed_tsc < reachable_tsc_) break;
+        if (now < e.confirmed_tsc + reachable_tsc_) break;
         if (e.used.load(std::memory_order_relaxed)) {
           e.probes = 0;
           set_state(State::kProbe);
@@ -279,7 +287,7 @@ int NeighTable::poll(Port& port, uint16_t q, uint64_t now) noexcept {
           set_state(State::kInvalid);
         break;
       case State::kInvalid:
-        if (want && now - e.last_tx_tsc >= invalid_hold_tsc_) {
+        if (want && now >= e.last_tx_tsc + invalid_hold_tsc_) {
           e.probes = 0;
           e.want.store(0, std::memory_order_relaxed);
           set_state(State::kIncomplete);

@@ -46,12 +46,14 @@ class NeighTable {
   NeighTable(uint32_t own_ip, const uint8_t own_mac[6]);
   // Context: process context. Uses the port's IP and MAC.
   explicit NeighTable(const Port& port);
+  // Context: process context, no lookup/handle_rx/poll running.
   ~NeighTable();
   NeighTable(const NeighTable&) = delete;
   NeighTable& operator=(const NeighTable&) = delete;
 
   // Known -> copies the MAC, returns true. Unknown -> marks it for resolution by poll() and
-  // returns false. The own address resolves to the own MAC at once.
+  // returns false. The own address resolves to the own MAC at once, IPv4 multicast to its
+  // 01:00:5e MAC. There is no routing: every address is resolved on the link.
   // Context: any thread, never blocks, lock-free; no allocation, no syscall.
   bool lookup(uint32_t ip, uint8_t mac[6]) noexcept;
 

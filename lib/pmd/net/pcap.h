@@ -47,6 +47,7 @@ class Capture {
 
   // Context: any thread. Frames not captured (pool exhausted or write error).
   uint64_t dropped() const { return dropped_.load(std::memory_order_relaxed); }
+  // Context: any thread.
   const std::string& path() const { return path_; }
 
   static constexpr uint16_t kChunk = 64;

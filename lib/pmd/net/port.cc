@@ -276,10 +276,10 @@ std::unique_ptr<Port> Port::open(const Config& cfg, uint16_t nb_queues, std::str
     rte_ether_addr a{};
     rte_eth_macaddr_get(p->port_id_, &a);
     if (rte_is_zero_ether_addr(&a)) {
-      const uint8_t derived[6] = {
-          0x02,           0x00, uint8_t(cfg.ip >> 24), uint8_t(cfg.ip >> 16), uint8_t(cfg.ip >> 8),
-          uint8_t(cfg.ip)};
-      std::memcpy(p->mac_, derived, 6);
+      // Locally administered unicast 02:00:<IPv4 address>.
+      p->mac_[0] = 0x02;
+      p->mac_[1] = 0x00;
+      for (int i = 0; i < 4; ++i) p->mac_[2 + i] = uint8_t(cfg.ip >> (24 - 8 * i));
     } else {
       std::memcpy(p->mac_, a.addr_bytes, 6);
     }

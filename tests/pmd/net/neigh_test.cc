@@ -128,6 +128,14 @@ TEST_F(NeighTest, OwnAddressResolvesAtOnce) {
   EXPECT_EQ(table_->size(), 0u);
 }
 
+TEST_F(NeighTest, MulticastMapsWithoutArp) {
+  uint8_t mac[6] = {};
+  ASSERT_TRUE(table_->lookup(0xe0ab0102, mac));  // 224.171.1.2
+  const uint8_t want[6] = {0x01, 0x00, 0x5e, 0x2b, 0x01, 0x02};
+  EXPECT_EQ(std::memcmp(mac, want, 6), 0);
+  EXPECT_EQ(table_->size(), 0u);
+}
+
 TEST_F(NeighTest, RequestForUsGetsReplyWithOurMac) {
   rte_mbuf* req = via_wire(arp_frame(RTE_ARP_OP_REQUEST, kPeerMac, kPeerIp, kOurIp));
   ASSERT_TRUE(table_->handle_rx(*port_, 0, req));
@@ -237,6 +245,17 @@ TEST_F(NeighTest, ReachableEntriesAge) {
   std::vector<Arp> out = sent();
   ASSERT_EQ(out.size(), 1u);
   EXPECT_EQ(out[0].tip, used_ip);
+}
+
+TEST_F(NeighTest, PollWithAnEarlierClockDoesNotExpireFreshEntries) {
+  // Engines read the TSC at the top of their loop; another queue may learn an entry later.
+  const uint64_t before = rte_rdtsc();
+  rte_mbuf* req = via_wire(arp_frame(RTE_ARP_OP_REQUEST, kPeerMac, kPeerIp, kOurIp));
+  ASSERT_TRUE(table_->handle_rx(*port_, 0, req));
+  sent();
+  EXPECT_EQ(table_->poll(*port_, 0, before), 1);  // the gratuitous ARP only
+  EXPECT_EQ(table_->state(kPeerIp), State::kReachable);
+  sent();
 }
 
 TEST_F(NeighTest, NonArpAndMalformedFrames) {
