@@ -28,6 +28,7 @@
 namespace dverbs {
 
 namespace mid {
+struct Mw;
 struct Srq;
 struct Device;
 struct Pd;
@@ -194,6 +195,25 @@ class Qp {
 
  private:
   mid::Qp* qp_ = nullptr;
+};
+
+// A memory window (type 1 or 2). Bind it with a WrOpcode::bind_mw work request whose
+// bind_mw.rkey is the window's rkey with a new low byte (Mw::next_rkey()).
+class Mw {
+ public:
+  Mw() = default;
+  static Expected<Mw> alloc(const Pd& pd, uint32_t type);
+  Mw(Mw&& o) noexcept : mw_(std::exchange(o.mw_, nullptr)) {}
+  Mw& operator=(Mw&& o) noexcept;
+  ~Mw();
+  int destroy();
+  uint32_t rkey() const;
+  // The rkey a new bind should carry (ibv_inc_rkey): same index, next key byte.
+  uint32_t next_rkey() const;
+  mid::Mw* raw() const { return mw_; }
+
+ private:
+  mid::Mw* mw_ = nullptr;
 };
 
 class Ah {

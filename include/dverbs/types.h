@@ -14,7 +14,9 @@ namespace dverbs {
 
 namespace mid {
 struct Ah;
-}
+struct Mr;
+struct Mw;
+}  // namespace mid
 
 enum class QpType : uint32_t { rc = 2, uc = 3, ud = 4 };
 
@@ -172,10 +174,10 @@ struct SendWr {
   } qp_type;
   union {
     struct {
-      void* mw;
-      uint32_t rkey;
+      mid::Mw* mw;
+      uint32_t rkey;  // the window's new rkey (index bits unchanged, key byte chosen)
       struct {
-        void* mr;
+        mid::Mr* mr;
         uint64_t addr;
         uint64_t length;
         unsigned int mw_access_flags;

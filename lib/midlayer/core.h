@@ -79,6 +79,10 @@ int create_srq(Pd* pd, const SrqInitAttr* init, EventHandler handler, void* cont
 int modify_srq(Srq* srq, uint32_t max_wr, uint32_t srq_limit, uint32_t mask);
 // EBUSY while QPs use it. Fence: when it returns, the SRQ's event handler does not run.
 int destroy_srq(Srq* srq);
+// Memory windows of type 1 or 2 (EOPNOTSUPP when the driver has none; EINVAL for another
+// type). dealloc_mw of a bound window invalidates it.
+int alloc_mw(Pd* pd, uint32_t type, Mw** out);
+int dealloc_mw(Mw* mw);
 int query_device(Device* dev, DeviceAttr* attr);
 int query_port(Device* dev, uint8_t port_num, PortAttr* attr);
 int query_gid(Device* dev, uint8_t port_num, int index, Gid* gid);

@@ -47,6 +47,10 @@ struct DeviceOps {
   int (*destroy_srq)(Srq* srq);
   // Context: any thread, never sleeps.
   int (*post_srq_recv)(Srq* srq, RecvWr* wr, RecvWr** bad_wr);
+  // Memory windows. Binding is a send work request (WrOpcode::bind_mw).
+  // Context: process context, may sleep.
+  int (*alloc_mw)(Pd* pd, uint32_t type, Mw** out);
+  int (*dealloc_mw)(Mw* mw);
 };
 
 struct DeviceRegistration;  // midlayer-private

@@ -45,6 +45,14 @@ struct Mr {
   uint32_t access = 0;
 };
 
+// A memory window (IBA 10.6.7): type 1 or 2; rkey changes on every bind.
+struct Mw {
+  Device* device = nullptr;
+  Pd* pd = nullptr;
+  uint32_t rkey = 0;
+  uint32_t type = 2;
+};
+
 struct Ah {
   Device* device = nullptr;
   Pd* pd = nullptr;

@@ -246,6 +246,32 @@ int destroy_srq(Srq* srq) {
   return 0;
 }
 
+// ---- MW (optional) ----
+
+int alloc_mw(Pd* pd, uint32_t type, Mw** out) {
+  might_sleep("alloc_mw");
+  if (!pd || !out || (type != 1 && type != 2)) return EINVAL;
+  Device* dev = pd->device;
+  if (!dev->ops->alloc_mw || !dev->ops->dealloc_mw) return EOPNOTSUPP;
+  Mw* mw = nullptr;
+  if (int rc = dev->ops->alloc_mw(pd, type, &mw)) return rc;
+  mw->device = dev;
+  mw->pd = pd;
+  mw->type = type;
+  get(pd->usecnt);
+  *out = mw;
+  return 0;
+}
+
+int dealloc_mw(Mw* mw) {
+  might_sleep("dealloc_mw");
+  if (!mw) return EINVAL;
+  Pd* pd = mw->pd;
+  if (int rc = mw->device->ops->dealloc_mw(mw)) return rc;
+  put(pd->usecnt);
+  return 0;
+}
+
 // ---- AH (optional; any context, never sleeps) ----
 
 int create_ah(Pd* pd, const AhAttr* attr, Ah** out) noexcept {

@@ -297,6 +297,34 @@ int Srq::post_recv(RecvWr* wr, RecvWr** bad) noexcept {
 }
 mid::Srq* Srq::raw() const { return s_ ? s_->srq : nullptr; }
 
+// ---------------------------------------------------------------- Mw
+Expected<Mw> Mw::alloc(const Pd& pd, uint32_t type) {
+  if (!pd.raw()) return Expected<Mw>::failure(EINVAL);
+  Mw mw;
+  if (int rc = mid::alloc_mw(pd.raw(), type, &mw.mw_)) return Expected<Mw>::failure(rc);
+  return mw;
+}
+Mw& Mw::operator=(Mw&& o) noexcept {
+  if (this != &o) {
+    destroy();
+    mw_ = std::exchange(o.mw_, nullptr);
+  }
+  return *this;
+}
+Mw::~Mw() { destroy(); }
+int Mw::destroy() {
+  if (!mw_) return 0;
+  int rc = mid::dealloc_mw(mw_);
+  if (rc == 0) mw_ = nullptr;
+  return rc;
+}
+uint32_t Mw::rkey() const { return mw_->rkey; }
+uint32_t Mw::next_rkey() const {
+  uint32_t k = mw_->rkey;
+  uint8_t b = uint8_t((k & 0xff) + 1);
+  return (k & ~0xffu) | (b ? b : 1);
+}
+
 // ---------------------------------------------------------------- Ah
 Expected<Ah> Ah::create(const Pd& pd, const AhAttr& attr) {
   if (!pd.raw()) return Expected<Ah>::failure(EINVAL);

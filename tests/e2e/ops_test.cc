@@ -485,3 +485,117 @@ TEST(SrqOps, SeveralQpsShareOneReceiveQueueAndTheLimitEventFires) {
 }
 
 }  // namespace
+
+namespace {
+
+// Binds `mw` to [off, off+len) of B's buffer through B's own QP (type 2 binds to that QP).
+WcStatus bind(Fabric& f, Mw& mw, Qp& qp, Cq& cq, size_t off, uint64_t len, uint32_t acc) {
+  SendWr wr{};
+  wr.opcode = WrOpcode::bind_mw;
+  wr.send_flags = send_flags::signaled;
+  wr.bind_mw.mw = mw.raw();
+  wr.bind_mw.rkey = mw.next_rkey();
+  wr.bind_mw.bind_info.mr = f.b.mr.raw();
+  wr.bind_mw.bind_info.addr = addr(f.b, off);
+  wr.bind_mw.bind_info.length = len;
+  wr.bind_mw.bind_info.mw_access_flags = acc;
+  SendWr* bad;
+  EXPECT_EQ(qp.post_send(&wr, &bad), 0);
+  Wc wc = wait(cq);
+  if (wc.status == WcStatus::success) {
+    EXPECT_EQ(wc.opcode, WcOpcode::bind_mw);
+  }
+  return wc.status;
+}
+
+TEST(MwOps, Type2WindowGrantsExactlyItsRangeUntilInvalidated) {
+  Fabric f;
+  f.init(QpType::rc);
+  // The region must allow binding.
+  f.b.mr = Mr::reg(f.pd, f.b.buf.data(), f.b.buf.size(), kAll | access::mw_bind).take();
+  auto m = Mw::alloc(f.pd, 2);
+  ASSERT_TRUE(m) << std::strerror(m.error());
+  Mw mw = m.take();
+  ASSERT_EQ(bind(f, mw, f.b.qp, f.b.cq, 4096, 8192, access::remote_write | access::remote_read),
+            WcStatus::success);
+  uint32_t rkey = mw.rkey();
+  EXPECT_EQ(f.b.mr.destroy(), EBUSY) << "a region with a bound window stays";
+  fill(f.a, 0, 8192, 3);
+  Sge s{addr(f.a), 8192, f.a.mr.lkey()};
+  ASSERT_EQ(post(f.a, WrOpcode::rdma_write, &s, 1, addr(f.b, 4096), rkey), 0);
+  ASSERT_EQ(wait(f.a.cq).status, WcStatus::success);
+  EXPECT_EQ(std::memcmp(f.a.buf.data(), f.b.buf.data() + 4096, 8192), 0);
+  // One byte past the window.
+  Sge one{addr(f.a), 1, f.a.mr.lkey()};
+  ASSERT_EQ(post(f.a, WrOpcode::rdma_write, &one, 1, addr(f.b, 4096 + 8192), rkey), 0);
+  EXPECT_EQ(wait(f.a.cq).status, WcStatus::rem_access_err);
+}
+
+TEST(MwOps, SendWithInvalidateRevokesTheWindow) {
+  Fabric f;
+  f.init(QpType::rc);
+  f.b.mr = Mr::reg(f.pd, f.b.buf.data(), f.b.buf.size(), kAll | access::mw_bind).take();
+  Mw mw = Mw::alloc(f.pd, 2).take();
+  ASSERT_EQ(bind(f, mw, f.b.qp, f.b.cq, 0, 4096, access::remote_read), WcStatus::success);
+  const uint32_t rkey = mw.rkey();
+  Sge s{addr(f.a), 64, f.a.mr.lkey()};
+  ASSERT_EQ(post(f.a, WrOpcode::rdma_read, &s, 1, addr(f.b), rkey), 0);
+  ASSERT_EQ(wait(f.a.cq).status, WcStatus::success);
+  post_recv(f.b, 100000, 64);
+  SendWr wr{};
+  wr.opcode = WrOpcode::send_with_inv;
+  wr.sg_list = &s;
+  wr.num_sge = 1;
+  wr.send_flags = send_flags::signaled;
+  wr.invalidate_rkey = rkey;
+  SendWr* bad;
+  ASSERT_EQ(f.a.qp.post_send(&wr, &bad), 0);
+  ASSERT_EQ(wait(f.a.cq).status, WcStatus::success);
+  Wc wc = wait(f.b.cq);
+  ASSERT_EQ(wc.status, WcStatus::success);
+  EXPECT_TRUE(wc.wc_flags & wc_flags::with_inv);
+  EXPECT_EQ(wc.invalidated_rkey, rkey);
+  ASSERT_EQ(post(f.a, WrOpcode::rdma_read, &s, 1, addr(f.b), rkey), 0);
+  EXPECT_EQ(wait(f.a.cq).status, WcStatus::rem_access_err) << "the window is gone";
+}
+
+TEST(MwOps, LocalInvalidateAndRebind) {
+  Fabric f;
+  f.init(QpType::rc);
+  f.b.mr = Mr::reg(f.pd, f.b.buf.data(), f.b.buf.size(), kAll | access::mw_bind).take();
+  Mw mw = Mw::alloc(f.pd, 2).take();
+  ASSERT_EQ(bind(f, mw, f.b.qp, f.b.cq, 0, 4096, access::remote_read), WcStatus::success);
+  EXPECT_EQ(bind(f, mw, f.b.qp, f.b.cq, 0, 4096, access::remote_read), WcStatus::mw_bind_err)
+      << "a bound type 2 window must be invalidated before it is bound again";
+}
+
+TEST(MwOps, Type1WindowAndBadBinds) {
+  Fabric f;
+  f.init(QpType::rc);
+  Mw mw = Mw::alloc(f.pd, 1).take();
+  // The region lacks IBV_ACCESS_MW_BIND: the bind fails.
+  EXPECT_EQ(bind(f, mw, f.b.qp, f.b.cq, 0, 4096, access::remote_read), WcStatus::mw_bind_err);
+  EXPECT_EQ(Mw::alloc(f.pd, 3).error(), EINVAL);
+}
+
+TEST(MwOps, LocalInvalidateByWorkRequest) {
+  Fabric f;
+  f.init(QpType::rc);
+  f.b.mr = Mr::reg(f.pd, f.b.buf.data(), f.b.buf.size(), kAll | access::mw_bind).take();
+  Mw mw = Mw::alloc(f.pd, 2).take();
+  ASSERT_EQ(bind(f, mw, f.b.qp, f.b.cq, 0, 4096, access::remote_read), WcStatus::success);
+  SendWr wr{};
+  wr.opcode = WrOpcode::local_inv;
+  wr.send_flags = send_flags::signaled;
+  wr.invalidate_rkey = mw.rkey();
+  SendWr* bad;
+  ASSERT_EQ(f.b.qp.post_send(&wr, &bad), 0);
+  Wc wc = wait(f.b.cq);
+  EXPECT_EQ(wc.status, WcStatus::success);
+  EXPECT_EQ(wc.opcode, WcOpcode::local_inv);
+  Sge s{addr(f.a), 64, f.a.mr.lkey()};
+  ASSERT_EQ(post(f.a, WrOpcode::rdma_read, &s, 1, addr(f.b), mw.rkey()), 0);
+  EXPECT_EQ(wait(f.a.cq).status, WcStatus::rem_access_err);
+}
+
+}  // namespace

@@ -32,6 +32,7 @@ constexpr uint32_t kMaxMr = 1u << 16;  // MR table slots (key = index << 8 | gen
 constexpr uint32_t kMaxCqe = 1u << 20;
 constexpr uint32_t kMaxQpWr = 1u << 14;
 constexpr uint32_t kMaxRdAtomic = 16;
+constexpr uint32_t kMaxAh = 4096;
 
 struct DeviceCounters {
   std::atomic<uint64_t> rx_packets{0}, tx_packets{0};
@@ -82,8 +83,18 @@ class Device : public mid::Device {
   Engine& engine(size_t i) { return *engines_[i]; }
   size_t engine_count() const { return engines_.size(); }
   uint32_t alloc_ah_id() { return next_ah_.fetch_add(1, std::memory_order_relaxed); }
+  // Address handles come from a preallocated pool: create_ah/destroy_ah may not sleep, so
+  // they may not call a blocking allocator either. Context: any thread, lock-free.
+  Ah* get_ah() noexcept {
+    Ah* a = nullptr;
+    return ah_free_.pop(&a) ? a : nullptr;
+  }
+  void put_ah(Ah* a) noexcept { ah_free_.push(a); }
 
  private:
+  // Test hook (tests/pmd/hca/harness.cc): the protocol suite stops the inline-progress
+  // helper so that only the test thread runs the engine.
+  friend struct DeviceTestPeer;
   Device() = default;
   net::Config cfg_;
   std::unique_ptr<net::Port> port_;
@@ -93,6 +104,8 @@ class Device : public mid::Device {
   std::unique_ptr<net::LcoreThread> inline_helper_;
   std::unique_ptr<Mr[]> mrs_;
   std::unique_ptr<std::atomic<Qp*>[]> qps_;
+  std::unique_ptr<Ah[]> ahs_;
+  MpmcQueue<Ah*> ah_free_;
   uint32_t mr_next_ = 1, qp_next_ = 2;  // QP 0 and 1 are the special QPs
   uint8_t qp_gen_[kMaxQp] = {};
   mid::Mutex ctl_;

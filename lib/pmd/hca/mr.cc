@@ -9,13 +9,70 @@ namespace dverbs::pmd::hca {
 Mr* mr_get_local(Device& dev, uint32_t lkey, const mid::Pd* pd, uint64_t addr, uint64_t len,
                  uint32_t access) noexcept {
   Mr* mr = dev.mr_lookup(lkey);
-  if (!mr || mr->pd != pd || !mr_covers(*mr, addr, len, access)) return nullptr;
+  // Windows have no lkey: local access goes through regions only (IBA 10.6.7.1).
+  if (!mr || mr->kind != Mr::kRegion || mr->pd != pd || !mr_covers(*mr, addr, len, access))
+    return nullptr;
   return mr;
 }
 
-Mr* mr_get_remote(Device& dev, uint32_t rkey, const mid::Pd* pd, uint64_t addr, uint64_t len,
-                  uint32_t access) noexcept {
-  return mr_get_local(dev, rkey, pd, addr, len, access);
+Mr* mr_get_remote(Device& dev, uint32_t rkey, const mid::Pd* pd, uint32_t qpn, uint64_t addr,
+                  uint64_t len, uint32_t access) noexcept {
+  Mr* m = dev.mr_lookup(rkey);
+  if (!m || m->pd != pd) return nullptr;
+  if (m->kind == Mr::kRegion) return mr_covers(*m, addr, len, access) ? m : nullptr;
+  // A window: bound, to this QP for type 2 (C10-...: type 2 windows are QP-associated),
+  // the access inside its bound range. The key is re-read after the fields so a
+  // concurrent rebind (which clears the key first) is never half-seen.
+  if (!m->bound_to || (m->kind == Mr::kWindow2 && m->bound_qpn != qpn)) return nullptr;
+  bool ok = mr_covers(*m, addr, len, access);
+  std::atomic_thread_fence(std::memory_order_acquire);
+  if (!ok || m->key.load(std::memory_order_relaxed) != rkey) return nullptr;
+  return m;
+}
+
+WcStatus mw_bind(Device& dev, Mr& w, Mr* region, uint32_t new_rkey, uint64_t addr, uint64_t len,
+                 uint32_t acc, uint32_t qpn, const mid::Pd* qp_pd) noexcept {
+  (void)dev;
+  const uint32_t old = w.key.load(std::memory_order_relaxed);
+  if ((new_rkey >> 8) != (old >> 8) || (new_rkey & 0xff) == 0) return WcStatus::mw_bind_err;
+  if (w.kind == Mr::kWindow2 && w.bound_to) return WcStatus::mw_bind_err;  // invalidate first
+  if (w.kind == Mr::kWindow2 && w.pd != qp_pd) return WcStatus::mw_bind_err;
+  if (acc & ~(access::remote_read | access::remote_write | access::remote_atomic |
+              access::zero_based))
+    return WcStatus::mw_bind_err;
+  if (len) {
+    if (!region || region->kind != Mr::kRegion || region->pd != w.pd ||
+        !(region->access & access::mw_bind) || !mr_covers(*region, addr, len, 0))
+      return WcStatus::mw_bind_err;
+    // Remote write/atomic through a window needs local write on the region (C10-...).
+    if ((acc & (access::remote_write | access::remote_atomic)) &&
+        !(region->access & access::local_write))
+      return WcStatus::mw_bind_err;
+  }
+  // Unpublish, rebind, publish the new key: readers see either the old or the new binding.
+  w.key.store(0, std::memory_order_release);
+  if (w.bound_to) w.bound_to->windows.fetch_sub(1, std::memory_order_relaxed);
+  w.bound_to = len ? region : nullptr;
+  if (w.bound_to) w.bound_to->windows.fetch_add(1, std::memory_order_relaxed);
+  w.addr = addr;
+  w.base = reinterpret_cast<uint8_t*>(addr);
+  w.length = len;
+  w.access = acc;
+  w.bound_qpn = qpn;
+  w.lkey = w.rkey = new_rkey;
+  w.key.store(new_rkey, std::memory_order_release);
+  return WcStatus::success;
+}
+
+bool mw_invalidate(Device& dev, uint32_t rkey, const mid::Pd* pd) noexcept {
+  Mr* m = dev.mr_lookup(rkey);
+  if (!m || m->kind != Mr::kWindow2 || m->pd != pd || !m->bound_to) return false;
+  m->key.store(0, std::memory_order_release);
+  m->bound_to->windows.fetch_sub(1, std::memory_order_relaxed);
+  m->bound_to = nullptr;
+  m->length = 0;
+  m->key.store(rkey, std::memory_order_release);  // the key stays the window's, unbound
+  return true;
 }
 
 namespace {

@@ -26,9 +26,19 @@ inline bool mr_covers(const Mr& mr, uint64_t addr, uint64_t len, uint32_t access
 // Looks up an MR by key for a local access by `qp_pd`. Context: any, never sleeps.
 Mr* mr_get_local(Device& dev, uint32_t lkey, const mid::Pd* pd, uint64_t addr, uint64_t len,
                  uint32_t access) noexcept;
-// Same for a remote access through an rkey (access among remote_read/write/atomic).
-Mr* mr_get_remote(Device& dev, uint32_t rkey, const mid::Pd* pd, uint64_t addr, uint64_t len,
-                  uint32_t access) noexcept;
+// Same for a remote access through an rkey (access among remote_read/write/atomic) by QP
+// `qpn`: a region, or a bound window (type 2 only through the QP it is bound to).
+Mr* mr_get_remote(Device& dev, uint32_t rkey, const mid::Pd* pd, uint32_t qpn, uint64_t addr,
+                  uint64_t len, uint32_t access) noexcept;
+
+// Binds a window (IBA 10.6.7.3): checks the region (same PD, MW_BIND access, covers the
+// range, no remote write/atomic without local write) and the new rkey (same index).
+// Returns success or mw_bind_err. Context: the binding QP's engine.
+WcStatus mw_bind(Device& dev, Mr& window, Mr* region, uint32_t new_rkey, uint64_t addr,
+                 uint64_t len, uint32_t access, uint32_t qpn, const mid::Pd* qp_pd) noexcept;
+// Invalidates a type 2 window by rkey (LOCAL_INV, SEND_WITH_INV). False if `rkey` is not
+// a bound type 2 window of `pd`.
+bool mw_invalidate(Device& dev, uint32_t rkey, const mid::Pd* pd) noexcept;
 
 // Scatters `len` bytes of `src` into the SGE list, starting at byte `offset` of the list.
 // Returns success, loc_len_err (list too short) or loc_prot_err (bad key, bounds, access).

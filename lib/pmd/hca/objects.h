@@ -29,10 +29,20 @@ constexpr uint32_t kMaxInline = 256;
 
 struct Pd : mid::Pd {};
 
+// A slot of the key table: a memory region, or a memory window (IBA 10.6.7) whose
+// addr/length/access describe its current binding.
 struct Mr : mid::Mr {
-  std::atomic<uint32_t> key{0};  // 0 while the slot is free
+  enum Kind : uint8_t { kRegion = 0, kWindow1 = 1, kWindow2 = 2 };
+  std::atomic<uint32_t> key{0};  // 0 while the slot is free; a window's current rkey
   uint8_t* base = nullptr;       // == addr as a pointer
-  bool pinned = false;
+  Kind kind = kRegion;
+  Mr* bound_to = nullptr;        // window: its region while bound, else nullptr
+  uint32_t bound_qpn = 0;        // type 2 window: the QP it is bound to
+  std::atomic<uint32_t> windows{0};  // region: windows bound to it (dereg → EBUSY)
+};
+
+struct Mw : mid::Mw {
+  Mr* slot = nullptr;
 };
 
 struct Ah : mid::Ah {
@@ -63,8 +73,11 @@ struct SendWqe {
   uint64_t compare_add, swap;
   Ah* ah;
   uint32_t remote_qpn, remote_qkey;
+  mid::Mw* mw;        // bind_mw: the window, its new rkey in `rkey`
+  mid::Mr* bind_mr;   // bind_mw: the region (remote_addr/length/compare_add=access)
   bool is_inline;
   bool signaled;
+  bool started;       // sent (or executed) at least once
   // requester progress (owner engine only)
   bool done;          // READ/atomic: every response arrived (ACKs alone never complete it)
   uint32_t first_psn;
@@ -192,6 +205,7 @@ inline Cq* to_cq(mid::Cq* c) { return static_cast<Cq*>(c); }
 inline Mr* to_mr(mid::Mr* m) { return static_cast<Mr*>(m); }
 inline Pd* to_pd(mid::Pd* p) { return static_cast<Pd*>(p); }
 inline Ah* to_ah(mid::Ah* a) { return static_cast<Ah*>(a); }
+inline Mw* to_mw(mid::Mw* m) { return static_cast<Mw*>(m); }
 inline Srq* to_srq(mid::Srq* s) { return static_cast<Srq*>(s); }
 
 }  // namespace dverbs::pmd::hca

@@ -136,7 +136,43 @@ int reg_mr(mid::Pd* pd, void* addr, uint64_t length, uint32_t acc, mid::Mr** out
 int dereg_mr(mid::Mr* m) {
   Device& dev = hca(m->device);
   std::lock_guard<mid::Mutex> g(dev.ctl());
+  // A region with bound windows cannot go (IBA 10.6.7.2.2): the windows would dangle.
+  if (to_mr(m)->windows.load(std::memory_order_acquire)) return EBUSY;
   dev.free_mr_slot(to_mr(m));
+  return 0;
+}
+
+// ---------------------------------------------------------------- MW
+int alloc_mw(mid::Pd* pd, uint32_t type, mid::Mw** out) {
+  Device& dev = hca(pd->device);
+  Mw* mw = new (std::nothrow) Mw();
+  if (!mw) return ENOMEM;
+  std::lock_guard<mid::Mutex> g(dev.ctl());
+  Mr* slot;
+  // A window holds a key-table slot of its own, unbound (length 0) until a bind.
+  int rc = dev.alloc_mr_slot(to_pd(pd), nullptr, 0, 0, &slot);
+  if (rc) {
+    delete mw;
+    return rc;
+  }
+  slot->kind = type == 1 ? Mr::kWindow1 : Mr::kWindow2;
+  slot->bound_to = nullptr;
+  mw->slot = slot;
+  mw->rkey = slot->rkey;
+  *out = mw;
+  return 0;
+}
+
+int dealloc_mw(mid::Mw* m) {
+  Mw* mw = to_mw(m);
+  Device& dev = hca(m->device);
+  std::lock_guard<mid::Mutex> g(dev.ctl());
+  Mr* slot = mw->slot;
+  if (slot->bound_to) slot->bound_to->windows.fetch_sub(1, std::memory_order_relaxed);
+  slot->bound_to = nullptr;
+  slot->kind = Mr::kRegion;
+  dev.free_mr_slot(slot);
+  delete mw;
   return 0;
 }
 
@@ -423,7 +459,9 @@ bool opcode_allowed(QpType t, WrOpcode op) {
     case WrOpcode::rdma_read:
     case WrOpcode::atomic_cmp_and_swp:
     case WrOpcode::atomic_fetch_and_add: return t == QpType::rc;
-    default: return false;  // memory-window binds and local invalidate: not supported
+    case WrOpcode::bind_mw:
+    case WrOpcode::local_inv: return t != QpType::ud;
+    default: return false;
   }
 }
 
@@ -449,6 +487,17 @@ int check_send_wr(const Qp& qp, const SendWr& wr, uint32_t* total) {
   if ((wr.opcode == WrOpcode::atomic_cmp_and_swp || wr.opcode == WrOpcode::atomic_fetch_and_add) &&
       (wr.num_sge != 1 || len != 8))
     return EINVAL;
+  if (wr.opcode == WrOpcode::bind_mw) {
+    // Type 1 windows are bound with ibv_bind_mw, type 2 with this WR; both arrive here.
+    const auto& b = wr.bind_mw;
+    if (!b.mw || b.mw->device != qp.device || wr.num_sge != 0) return EINVAL;
+    if (b.bind_info.length && (!b.bind_info.mr || b.bind_info.mr->device != qp.device))
+      return EINVAL;
+    if (b.bind_info.addr + b.bind_info.length < b.bind_info.addr) return EINVAL;
+    *total = 0;
+    return 0;
+  }
+  if (wr.opcode == WrOpcode::local_inv && wr.num_sge != 0) return EINVAL;
   if (qp.qp_type == QpType::ud) {
     if (!wr.wr.ud.ah || wr.wr.ud.ah->device != qp.device || wr.wr.ud.remote_qpn > wire::kQpnMask)
       return EINVAL;
@@ -493,6 +542,17 @@ int post_send(mid::Qp* q, SendWr* wr, SendWr** bad) {
     }
     w->npkts = 0;
     w->first_psn = 0;
+    w->started = false;
+    if (wr->opcode == WrOpcode::bind_mw) {
+      w->mw = wr->bind_mw.mw;
+      w->bind_mr = wr->bind_mw.bind_info.mr;
+      w->rkey = wr->bind_mw.rkey;
+      w->remote_addr = wr->bind_mw.bind_info.addr;
+      w->compare_add = wr->bind_mw.bind_info.length;
+      w->swap = wr->bind_mw.bind_info.mw_access_flags;
+    } else if (wr->opcode == WrOpcode::local_inv) {
+      w->rkey = wr->invalidate_rkey;
+    }
     if (qp.qp_type == QpType::ud) {
       w->ah = to_ah(wr->wr.ud.ah);
       w->remote_qpn = wr->wr.ud.remote_qpn;
@@ -635,24 +695,25 @@ int post_srq_recv(mid::Srq* s, RecvWr* wr, RecvWr** bad) {
 }
 
 // ---------------------------------------------------------------- AH
+// Context: any thread, never sleeps (core_locking.rst): no allocation, no lock; the MAC
+// is resolved at send time by the neighbour table, never here.
 int create_ah(mid::Pd* pd, const AhAttr* attr, mid::Ah** out) {
   Device& dev = hca(pd->device);
-  Ah* ah = new (std::nothrow) Ah();
+  if (attr->port_num > 1 || attr->sgid_index != 0) return EINVAL;
+  wire::FrameAddr fa;
+  if (!make_frame_addr(dev, *attr, dev.alloc_ah_id(), 0, &fa)) return EINVAL;
+  Ah* ah = dev.get_ah();
   if (!ah) return ENOMEM;
-  if (!make_frame_addr(dev, *attr, dev.alloc_ah_id(), 0, &ah->addr)) {
-    delete ah;
-    return EINVAL;
-  }
+  ah->addr = fa;
   ah->attr = *attr;
   *out = ah;
   return 0;
 }
 
+// A UD WQE keeps a pointer to its AH until it is sent; verbs forbid destroying an AH that
+// outstanding WRs use, and the slot is only reused, never unmapped.
 int destroy_ah(mid::Ah* ah) {
-  // A UD WQE keeps a pointer to its AH until it is sent: wait for engines to pass a
-  // quiescent point only if traffic could still reference it — callers must not destroy
-  // an AH with WRs outstanding (verbs rule), so a plain delete is correct here.
-  delete to_ah(ah);
+  hca(ah->device).put_ah(to_ah(ah));
   return 0;
 }
 
@@ -683,6 +744,8 @@ const mid::DeviceOps kHcaOps = {
     .modify_srq = modify_srq,
     .destroy_srq = destroy_srq,
     .post_srq_recv = post_srq_recv,
+    .alloc_mw = alloc_mw,
+    .dealloc_mw = dealloc_mw,
 };
 
 }  // namespace dverbs::pmd::hca

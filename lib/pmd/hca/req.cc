@@ -187,6 +187,20 @@ bool send_one(Engine& e, Qp& qp, SendWqe& w, uint32_t pkt) {
   return true;
 }
 
+// Executes a memory-window bind or a local invalidate (IBA 10.6.7, 10.8.3.5).
+WcStatus execute_local(Engine& e, Qp& qp, SendWqe& w) {
+  Device& dev = e.device();
+  if (w.opcode == WrOpcode::local_inv)
+    return mw_invalidate(dev, w.rkey, qp.pd) ? WcStatus::success : WcStatus::loc_qp_op_err;
+  Mw* mw = to_mw(w.mw);
+  Mr* region = w.bind_mr ? to_mr(w.bind_mr) : nullptr;
+  if (region && region->key.load(std::memory_order_acquire) == 0) region = nullptr;
+  WcStatus st = mw_bind(dev, *mw->slot, region, w.rkey, w.remote_addr, w.compare_add,
+                        uint32_t(w.swap), qp.qp_num, qp.pd);
+  if (st == WcStatus::success) mw->rkey = w.rkey;
+  return st;
+}
+
 }  // namespace
 
 bool req_needs_service(Qp& qp) noexcept {
@@ -249,8 +263,29 @@ int req_step(Engine& e, Qp& qp, int budget) noexcept {
   while (sent < budget) {
     SendWqe* w = qp.sq.peek(r.next_wqe);
     if (!w) break;
+    if (w->opcode == WrOpcode::bind_mw || w->opcode == WrOpcode::local_inv) {
+      if (w->started) {  // executed before a rewind walked back over it
+        r.next_wqe++;
+        continue;
+      }
+      // Local operations run once every earlier WQE has completed, so their effect and
+      // completion are ordered with the traffic before them.
+      if (r.unacked != r.next_wqe) break;
+      w->started = true;
+      w->first_psn = r.psn;
+      w->npkts = 0;
+      WcStatus st = execute_local(e, qp, *w);
+      if (st != WcStatus::success) {
+        comp_fail(e, qp, st);
+        return sent;
+      }
+      r.next_wqe++;
+      if (r.sent_end < r.next_wqe) r.sent_end = r.next_wqe;
+      comp_retire_upto(e, qp, r.next_wqe);
+      continue;
+    }
     const bool rd = is_rd_atomic(w->opcode);
-    if (w->npkts == 0) {
+    if (!w->started) {
       // First transmission of this WQE. A fenced WQE waits for every earlier READ and
       // atomic to complete (IBA 10.8.3.3); READ/atomic requests are limited to
       // max_rd_atomic outstanding (IBA 9.7.7, C9-151).
@@ -263,6 +298,7 @@ int req_step(Engine& e, Qp& qp, int budget) noexcept {
                      ? 1
                      : (w->length + qp.mtu - 1) / qp.mtu;
       w->done = false;
+      w->started = true;
       if (rd) r.rd_inflight++;
       r.sent_end = r.next_wqe + 1;
     }

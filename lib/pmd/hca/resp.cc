@@ -146,6 +146,12 @@ RespResult execute_send(Engine& e, Qp& qp, const wire::Packet& pkt) {
     return st == WcStatus::loc_len_err ? RespResult::nak_inv : RespResult::nak_op;
   }
   rs.recv_offset = off + pkt.payload_len;
+  if ((f & wire::opf::kIeth) && !mw_invalidate(e.device(), pkt.ieth_rkey, qp.pd)) {
+    // SEND with Invalidate of an rkey that is no bound type 2 window of this PD
+    // (IBA 9.4.?, 10.6.7.2.4): the receive fails and the requester gets a NAK.
+    fail_recv(e, qp, WcStatus::loc_prot_err, pkt);
+    return RespResult::nak_inv;
+  }
   if (f & wire::opf::kLast) {
     // For UD, byte_len counts the 40-byte GRH as well (IBA 11.4.1.2).
     uint32_t len = rs.recv_offset;
@@ -164,7 +170,7 @@ RespResult execute_write(Engine& e, Qp& qp, const wire::Packet& pkt) {
     // Remote access checks (IBA 9.7.4.1.4 / C9-88): rkey, PD, bounds, permission.
     Mr* mr = nullptr;
     if (len) {
-      mr = mr_get_remote(e.device(), reth->r_key(), qp.pd, reth->vaddr(), len,
+      mr = mr_get_remote(e.device(), reth->r_key(), qp.pd, qp.qp_num, reth->vaddr(), len,
                          access::remote_write);
       if (!mr || !(qp.attr.qp_access_flags & access::remote_write)) return RespResult::nak_access;
     }
@@ -229,7 +235,7 @@ RespResult execute_read(Engine& e, Qp& qp, const wire::Packet& pkt) {
   const uint32_t len = reth->length();
   if (len > (1u << 31)) return RespResult::nak_inv;
   if (!(qp.attr.qp_access_flags & access::remote_read)) return RespResult::nak_access;
-  if (len && !mr_get_remote(e.device(), reth->r_key(), qp.pd, reth->vaddr(), len,
+  if (len && !mr_get_remote(e.device(), reth->r_key(), qp.pd, qp.qp_num, reth->vaddr(), len,
                             access::remote_read))
     return RespResult::nak_access;
   RespResource r;
@@ -247,7 +253,7 @@ RespResult execute_atomic(Engine& e, Qp& qp, const wire::Packet& pkt) {
   const uint64_t va = a->vaddr();
   if (!(qp.attr.qp_access_flags & access::remote_atomic)) return RespResult::nak_access;
   if (va & 7) return RespResult::nak_inv;  // atomics are naturally aligned (C9-...)
-  Mr* mr = mr_get_remote(e.device(), a->r_key(), qp.pd, va, 8, access::remote_atomic);
+  Mr* mr = mr_get_remote(e.device(), a->r_key(), qp.pd, qp.qp_num, va, 8, access::remote_atomic);
   if (!mr) return RespResult::nak_access;
   if (qp.resp.pending >= res_cap(qp)) return RespResult::nak_inv;
   // The CPU's own atomic makes this atomic against every other atomic on the address,
@@ -345,7 +351,7 @@ int resp_tx_step(Engine& e, Qp& qp, int budget) noexcept {
       bth.pad = wire::pad_for(len);
       // Memory is re-validated for every packet: a region deregistered meanwhile ends the
       // stream with a remote access NAK instead of a read of freed memory.
-      Mr* mr = len ? mr_get_remote(e.device(), r.rkey, qp.pd, r.va + off, len,
+      Mr* mr = len ? mr_get_remote(e.device(), r.rkey, qp.pd, qp.qp_num, r.va + off, len,
                                    access::remote_read)
                    : nullptr;
       if (len && !mr) {

@@ -96,6 +96,51 @@ void probe_once() {
   d.probed = true;
 }
 
+// A port whose link is down when a context opens is usually a memif server whose peer
+// process is still starting (or a veth whose other end is not up yet), and programs such
+// as perftest give up when they see PORT_DOWN right after opening. Opening therefore waits,
+// bounded, for the link: DVERBS_LINK_WAIT seconds (default 10; 0 = do not wait). When the
+// link came up only after a wait, the peer process has just started: opening then lets it
+// settle for kSettle more, so that a program which connects to its peer out of band (the
+// TCP exchange of ibv_*_pingpong and perftest) finds it listening. The port state stays
+// honest: after the wait it is reported as it is.
+//
+// So with memif, start the side that connects out of band (the pingpong/perftest client)
+// first as role=server, and the side that listens second as role=client.
+void wait_for_link(Device* d) {
+  using Clock = std::chrono::steady_clock;
+  constexpr auto kPoll = std::chrono::milliseconds(10);
+  constexpr auto kSettle = std::chrono::seconds(1);
+  constexpr auto kQuiet = std::chrono::milliseconds(100);  // a handshake, not a peer start
+  double limit = 10;
+  if (const char* s = std::getenv("DVERBS_LINK_WAIT"); s && *s) {
+    char* end = nullptr;
+    const double v = std::strtod(s, &end);
+    if (*end == '\0' && v >= 0 && v <= 3600) limit = v;
+  }
+  PortAttr pa;
+  if (limit == 0 || mid::query_port(d->mdev, 1, &pa) != 0 || pa.state == PortState::active)
+    return;
+  const auto start = Clock::now();
+  const auto deadline = start + std::chrono::duration<double>(limit);
+  bool noted = false;
+  while (Clock::now() < deadline) {
+    std::this_thread::sleep_for(kPoll);
+    if (mid::query_port(d->mdev, 1, &pa) != 0) return;
+    if (pa.state == PortState::active) {
+      if (Clock::now() - start > kQuiet) std::this_thread::sleep_for(kSettle);
+      return;
+    }
+    if (!noted && Clock::now() - start > std::chrono::seconds(1)) {
+      std::fprintf(stderr, "dverbs: %s port 1 link is down, waiting up to %g s for the peer (DVERBS_LINK_WAIT)\n",
+                   d->ibdev.name, limit);
+      noted = true;
+    }
+  }
+  std::fprintf(stderr, "dverbs: %s port 1 link still down after %g s: is the peer of DVERBS_PORT running?\n",
+               d->ibdev.name, limit);
+}
+
 void close_fds(Context* c) {
   if (c->async_fd >= 0) close(c->async_fd);
   if (c->vctx.context.cmd_fd >= 0) close(c->vctx.context.cmd_fd);
@@ -253,9 +298,14 @@ __be64 ibv_get_device_guid(ibv_device* device) {
 }
 
 ibv_context* ibv_open_device(ibv_device* device) {
+  Device* d;
+  {
+    std::lock_guard<mid::Mutex> g(g_lock());
+    d = device_find(device);
+    if (!d) return fail(EINVAL, static_cast<ibv_context*>(nullptr));
+  }
+  wait_for_link(d);  // without the control lock: other threads keep working
   std::lock_guard<mid::Mutex> g(g_lock());
-  Device* d = device_find(device);
-  if (!d) return fail(EINVAL, static_cast<ibv_context*>(nullptr));
   if (d->removed) return fail(ENODEV, static_cast<ibv_context*>(nullptr));
   auto* c = new (std::nothrow) Context();
   if (!c) return fail(ENOMEM, static_cast<ibv_context*>(nullptr));

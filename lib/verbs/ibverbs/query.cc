@@ -48,8 +48,7 @@ void fill_device_attr(const DeviceAttr& a, ibv_device_attr* o) {
                                ? INT32_MAX
                                : a.max_qp_rd_atom * a.max_qp);
   o->max_qp_init_rd_atom = int(a.max_qp_init_rd_atom);
-  // DeviceAttr carries no atomic capability yet: report none rather than guess.
-  o->atomic_cap = IBV_ATOMIC_NONE;
+  o->atomic_cap = a.atomic_cap <= IBV_ATOMIC_GLOB ? ibv_atomic_cap(a.atomic_cap) : IBV_ATOMIC_NONE;
   o->max_ah = int(a.max_ah);
   o->max_srq = int(a.max_srq);
   o->max_srq_wr = int(a.max_srq_wr);
