@@ -103,6 +103,11 @@ void Engine::rx_one(rte_mbuf* m) noexcept {
 int Engine::rx_step() noexcept {
   rte_mbuf* pkts[kBurst];
   uint16_t n = dev_->port().rx_burst(queue_, pkts, kBurst);
+  if (n) receive(pkts, n);
+  return n;
+}
+
+void Engine::receive(rte_mbuf** pkts, uint16_t n) noexcept {
   for (uint16_t i = 0; i < n; i++) {
     if (i + 1 < n) rte_prefetch0(rte_pktmbuf_mtod(pkts[i + 1], void*));
     rx_one(pkts[i]);
@@ -114,7 +119,6 @@ int Engine::rx_step() noexcept {
     qp->lock.unlock();
   }
   n_ack_ = 0;
-  return n;
 }
 
 int Engine::active_step() noexcept {

@@ -35,6 +35,12 @@ class Engine {
   // Inline progress: poll() if no other thread is. Context: any thread, never sleeps.
   int try_poll() noexcept;
 
+  // Processes frames as if the port had just received them (protocol tests, fuzzing,
+  // and the RX step itself); takes ownership of the mbufs. Coalesced ACKs are queued for
+  // TX before it returns; tx_flush() (or the next poll()) sends them.
+  // Context: the engine's owner (or the inline-progress lock holder).
+  void receive(rte_mbuf** pkts, uint16_t n) noexcept;
+
   // Schedules a QP for requester work (new WQEs, flush). Context: any thread, lock-free.
   void kick(Qp* qp) noexcept;
 
