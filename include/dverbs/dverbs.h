@@ -60,14 +60,38 @@ class Expected {
 // Context: process context, may sleep. Returns an empty list and sets *err on failure.
 std::vector<std::string> device_names(int* err = nullptr);
 
+// Hot-plug. add_port opens a DPDK port by devargs (e.g. "net_memif1,role=server,...",
+// "net_af_xdp0,iface=veth1") with IPv4 address/prefix `ip` (empty: DVERBS_IP) and
+// registers a new device, returning its name; remove_port raises IBV_EVENT_DEVICE_FATAL,
+// moves the device's QPs to ERR (flushing their WRs), tells every client (their remove()
+// must free what they created on it) and frees the device.
+// Context: process context, may sleep. Errors: EINVAL, ENODEV (the port did not open),
+// ENOENT (no such device).
+Expected<std::string> add_port(const std::string& devargs, const std::string& ip = {});
+int remove_port(const std::string& name);
+
+// An asynchronous event (struct ibv_async_event): which object it concerns.
+struct AsyncEvent {
+  EventType type;
+  uint32_t qp_num;  // QP events
+  uint8_t port_num; // port events
+};
+
 class Context {
  public:
-  Context() = default;
+  using EventHandler = std::function<void(const AsyncEvent&)>;
+  Context();
   // Opens a device by name, or the first one when name is empty.
   // Context: process context, may sleep. ENODEV when there is none.
   static Expected<Context> open(const std::string& name = {});
-  Context(Context&&) noexcept = default;
-  Context& operator=(Context&&) noexcept = default;
+  Context(Context&&) noexcept;
+  Context& operator=(Context&&) noexcept;
+  ~Context();
+
+  // Receives the device's async events on a midlayer handler thread (must not sleep);
+  // replaces an earlier handler. Fence: when a replacement or the destructor returns, the
+  // old handler does not run any more. Context: process context.
+  int set_event_handler(EventHandler handler);
 
   int query_device(DeviceAttr* attr) const;
   int query_port(uint8_t port_num, PortAttr* attr) const;
@@ -76,7 +100,9 @@ class Context {
   mid::Device* raw() const { return dev_; }
 
  private:
+  struct Events;
   mid::Device* dev_ = nullptr;
+  std::unique_ptr<Events> events_;
 };
 
 class Pd {

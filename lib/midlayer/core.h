@@ -55,6 +55,13 @@ int probe_drivers();
 // Context: process context, may sleep.
 void shutdown_drivers();
 
+// Hot-plug: asks the drivers to add a port by DPDK devargs (the first driver that accepts
+// it registers a device; clients' add() runs before this returns) or to remove a device
+// by name (clients' remove() runs before this returns). 0 or a positive errno; ENOENT if
+// no driver knows the device. Context: process context, may sleep.
+int add_port(const char* devargs, const char* ip, char* name, size_t name_len);
+int remove_port(const char* name);
+
 // Snapshot of registered devices, in registration order; returns how many exist (which may
 // exceed `max`). Devices being unregistered are no longer listed. Context: process context.
 int list_devices(Device** out, int max);

@@ -564,6 +564,40 @@ int probe_drivers() {
   return result;
 }
 
+int add_port(const char* devargs, const char* ip, char* name, size_t name_len) {
+  might_sleep("add_port");
+  if (!devargs || !name || name_len == 0) return EINVAL;
+  (void)probe_drivers();  // a failed default port must not stop an explicit one
+  std::vector<const Driver*> list;
+  {
+    std::lock_guard lk(drivers().lock);
+    list = drivers().list;
+  }
+  int result = EOPNOTSUPP;
+  for (const Driver* drv : list) {
+    if (!drv->add_port) continue;
+    result = drv->add_port(devargs, ip, name, name_len);
+    if (result == 0) return 0;
+  }
+  return result;
+}
+
+int remove_port(const char* name) {
+  might_sleep("remove_port");
+  if (!name) return EINVAL;
+  std::vector<const Driver*> list;
+  {
+    std::lock_guard lk(drivers().lock);
+    list = drivers().list;
+  }
+  for (const Driver* drv : list) {
+    if (!drv->remove_port) continue;
+    int rc = drv->remove_port(name);
+    if (rc != ENOENT) return rc;
+  }
+  return ENOENT;
+}
+
 void shutdown_drivers() {
   might_sleep("shutdown_drivers");
   Drivers& d = drivers();

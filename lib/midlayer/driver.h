@@ -97,6 +97,12 @@ struct Driver {
   const char* name;
   int (*probe)();
   void (*shutdown)();  // unregisters and frees its devices; called by shutdown_drivers()
+  // Hot-plug (optional): builds and registers a device on a new port given by `devargs`
+  // with IPv4 address/prefix `ip` (nullptr: the configured default), writing its name;
+  // or tears the named device down (device-fatal event, QPs to ERR, unregister, free).
+  // Return 0 or a positive errno (ENOENT: not this driver's device).
+  int (*add_port)(const char* devargs, const char* ip, char* name, size_t name_len);
+  int (*remove_port)(const char* name);
 };
 
 // Adds a driver to the list probe_drivers() walks. Context: static initialisation or

@@ -72,6 +72,61 @@ Expected<Context> Context::open(const std::string& name) {
   return Expected<Context>::failure(ENODEV);
 }
 
+struct Context::Events {
+  mid::Device* dev = nullptr;
+  EventHandler handler;
+  static void trampoline(const mid::Event& ev, void* ctx) {
+    auto* e = static_cast<Events*>(ctx);
+    AsyncEvent a{};
+    a.type = ev.type;
+    switch (ev.type) {
+      case EventType::port_active:
+      case EventType::port_err:
+      case EventType::lid_change:
+      case EventType::pkey_change:
+      case EventType::gid_change:
+      case EventType::sm_change:
+      case EventType::client_reregister: a.port_num = uint8_t(ev.element.port_num); break;
+      case EventType::cq_err:
+      case EventType::srq_err:
+      case EventType::srq_limit_reached:
+      case EventType::device_fatal: break;
+      default: a.qp_num = ev.element.qp ? ev.element.qp->qp_num : 0; break;
+    }
+    e->handler(a);
+  }
+  ~Events() {
+    if (dev) mid::unregister_event_handler(dev, trampoline, this);
+  }
+};
+
+Context::Context() = default;
+Context::Context(Context&&) noexcept = default;
+Context& Context::operator=(Context&&) noexcept = default;
+Context::~Context() = default;
+
+int Context::set_event_handler(EventHandler handler) {
+  if (!dev_) return EINVAL;
+  events_.reset();  // unregisters (a fence) before the new one goes in
+  if (!handler) return 0;
+  auto e = std::make_unique<Events>();
+  e->handler = std::move(handler);
+  if (int rc = mid::register_event_handler(dev_, Events::trampoline, e.get())) return rc;
+  e->dev = dev_;
+  events_ = std::move(e);
+  return 0;
+}
+
+Expected<std::string> add_port(const std::string& devargs, const std::string& ip) {
+  char name[64];
+  if (int rc = mid::add_port(devargs.c_str(), ip.empty() ? nullptr : ip.c_str(), name,
+                             sizeof name))
+    return Expected<std::string>::failure(rc);
+  return std::string(name);
+}
+
+int remove_port(const std::string& name) { return mid::remove_port(name.c_str()); }
+
 int Context::query_device(DeviceAttr* a) const { return mid::query_device(dev_, a); }
 int Context::query_port(uint8_t p, PortAttr* a) const { return mid::query_port(dev_, p, a); }
 int Context::query_gid(uint8_t p, int i, Gid* g) const { return mid::query_gid(dev_, p, i, g); }

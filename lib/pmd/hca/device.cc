@@ -4,6 +4,9 @@
 #include <cstring>
 #include <thread>
 
+#include <rte_ethdev.h>
+
+#include "midlayer/core.h"
 #include "pmd/hca/engine.h"
 #include "pmd/net/eal.h"
 #include "pmd/net/lcore.h"
@@ -12,6 +15,16 @@
 namespace dverbs::pmd::hca {
 
 extern const mid::DeviceOps kHcaOps;  // ops.cc
+void request_removal(Device* dev);     // driver.cc
+
+// DPDK's interrupt thread reports the port's device gone (RMV): only a flag here; the
+// watchdog removes the device from process context.
+namespace {
+int on_dpdk_event(uint16_t, rte_eth_event_type, void* cb_arg, void*) {
+  static_cast<Device*>(cb_arg)->mark_removed();
+  return 0;
+}
+}  // namespace
 
 namespace {
 int engine_poll(void* arg) noexcept { return static_cast<Engine*>(arg)->poll(); }
@@ -68,10 +81,67 @@ std::unique_ptr<Device> Device::create(const net::Config& cfg, const char* name,
     dev->inline_helper_ = std::make_unique<net::LcoreThread>();
     dev->inline_helper_->start("dverbs-inline", engine_try_poll, dev.get());
   }
+  dev->rmv_registered_ = rte_eth_dev_callback_register(dev->port_->port_id(),
+                                                       RTE_ETH_EVENT_INTR_RMV, on_dpdk_event,
+                                                       dev.get()) == 0;
+  dev->watchdog_ = std::thread([d = dev.get()] { d->watchdog(); });
   return dev;
 }
 
+void Device::watchdog() {
+  // Link state is polled here rather than in the lcore loop: some PMDs make a syscall to
+  // read it, and the lcore loop makes none.
+  bool up = port_->link_up();
+  std::unique_lock<mid::Mutex> lk(watch_lock_);
+  for (;;) {
+    watch_cv_.wait_for(lk, std::chrono::milliseconds(100), [&] { return watch_stop_; });
+    if (watch_stop_) return;
+    if (removed_.load(std::memory_order_acquire)) {
+      request_removal(this);
+      return;
+    }
+    bool now = port_->link_up();
+    if (now != up && reg) {
+      up = now;
+      mid::Event ev;
+      ev.device = this;
+      ev.type = up ? EventType::port_active : EventType::port_err;
+      ev.element.port_num = 1;
+      mid::dispatch_event(ev);
+    }
+  }
+}
+
+void Device::fail_all() {
+  mid::Event ev;
+  ev.device = this;
+  ev.type = EventType::device_fatal;
+  mid::dispatch_event(ev);
+  std::lock_guard<mid::Mutex> g(ctl_);
+  for (uint32_t i = 0; i < kMaxQp; i++) {
+    Qp* qp = qps_[i].load(std::memory_order_acquire);
+    if (!qp) continue;
+    qp->lock.lock();
+    qp->state.store(QpState::err, std::memory_order_release);
+    qp->lock.unlock();
+    qp->engine->kick(qp);
+  }
+}
+
 Device::~Device() {
+  if (watchdog_.joinable()) {
+    {
+      std::lock_guard<mid::Mutex> g(watch_lock_);
+      watch_stop_ = true;
+    }
+    watch_cv_.notify_all();
+    if (watchdog_.get_id() == std::this_thread::get_id())
+      watchdog_.detach();
+    else
+      watchdog_.join();
+  }
+  if (rmv_registered_)
+    rte_eth_dev_callback_unregister(port_->port_id(), RTE_ETH_EVENT_INTR_RMV, on_dpdk_event, this);
   for (auto& t : engines_threads_) t->stop();
   if (inline_helper_) inline_helper_->stop();
   engines_threads_.clear();

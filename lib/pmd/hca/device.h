@@ -9,7 +9,9 @@
 #pragma once
 
 #include <atomic>
+#include <condition_variable>
 #include <cstdint>
+#include <thread>
 #include <memory>
 #include <string>
 #include <vector>
@@ -74,6 +76,13 @@ class Device : public mid::Device {
   // Waits until every engine has passed a quiescent point. Context: process context.
   void quiesce();
 
+  // Hot-unplug: raises IBV_EVENT_DEVICE_FATAL and moves every QP to ERR (their engines
+  // flush them). The device stays usable for destroy calls. Context: process context.
+  void fail_all();
+  // DPDK reported the port's device gone; the watchdog removes the device.
+  // Context: any thread (DPDK's interrupt thread), never sleeps.
+  void mark_removed() noexcept { removed_.store(true, std::memory_order_release); }
+
   // ---- control path, called from the ops table (ops.cc). Context: process context. ----
   int alloc_mr_slot(Pd* pd, void* addr, uint64_t length, uint32_t access, Mr** out);
   void free_mr_slot(Mr* mr);
@@ -102,6 +111,15 @@ class Device : public mid::Device {
   std::vector<std::unique_ptr<Engine>> engines_;
   std::vector<std::unique_ptr<net::LcoreThread>> engines_threads_;
   std::unique_ptr<net::LcoreThread> inline_helper_;
+  // Watchdog (a control thread, not an lcore): link-state events and device removal.
+  void watchdog();
+  std::thread watchdog_;
+  mid::Mutex watch_lock_;
+  std::condition_variable_any watch_cv_;
+  bool watch_stop_ = false;                // guarded by watch_lock_
+  std::atomic<bool> removed_{false};       // set by DPDK's RMV callback
+  bool rmv_registered_ = false;
+
   std::unique_ptr<Mr[]> mrs_;
   std::unique_ptr<std::atomic<Qp*>[]> qps_;
   std::unique_ptr<Ah[]> ahs_;

@@ -119,6 +119,7 @@ struct Requester {
   uint32_t max_psn = 0;     // one past the highest PSN ever sent
   uint32_t rd_inflight = 0; // READ/atomic WQEs sent and not yet completed (max_rd_atomic)
   bool gap_rewound = false; // already went back for the current gap in responses
+  bool sq_drained_sent = false;  // SQD: the SQ-drained event went out
   uint64_t sent_end = 0;    // one past the highest SQ index that has PSNs assigned
   bool blocked_on_neigh = false;
 };
@@ -150,6 +151,7 @@ struct Responder {
   RecvWqe* recv = nullptr;
   RecvWqe srq_wqe;           // the WQE taken from the SRQ (recv points here then)
   bool last_wqe_event = false;
+  bool comm_est_sent = false;  // first packet in RTR raised Communication Established
   Mr* write_mr = nullptr;
   uint64_t write_va = 0;
   uint32_t write_left = 0;

@@ -415,6 +415,7 @@ int modify_qp(mid::Qp* q, const QpAttr* a, uint32_t mask) {
     qp.req.retry_left = s.retry_cnt;
     qp.req.rnr_left = s.rnr_retry;
   }
+  if (to == QpState::sqd && cur != QpState::sqd) qp.req.sq_drained_sent = false;
   if (to == QpState::reset && cur != QpState::reset) {
     reset_qp(qp);
     s = QpAttr{};
@@ -423,7 +424,7 @@ int modify_qp(mid::Qp* q, const QpAttr* a, uint32_t mask) {
   qp.state.store(to, std::memory_order_release);
   qp.lock.unlock();
   // Entering ERR flushes (owner engine); RTS may have WQEs waiting.
-  if (to == QpState::err || to == QpState::rts) qp.engine->kick(&qp);
+  if (to == QpState::err || to == QpState::rts || to == QpState::sqd) qp.engine->kick(&qp);
   return 0;
 }
 

@@ -12,6 +12,7 @@
 
 #include <rte_byteorder.h>
 
+#include "midlayer/driver.h"
 #include "pmd/hca/device.h"
 #include "pmd/hca/engine.h"
 #include "pmd/hca/mr.h"
@@ -108,9 +109,25 @@ ReqState req_state(const Qp& qp) {
   if (s == QpState::err) return ReqState::error;
   if (s != QpState::rts && s != QpState::sqd) return ReqState::idle;
   if (qp.req.rnr_deadline) return ReqState::rnr_wait;
-  if (const_cast<Qp&>(qp).sq.peek(qp.req.next_wqe)) return ReqState::sending;
+  // In SQD only WQEs already started go on (IBA 10.3.1, Send Queue Drain).
+  const SendWqe* w = const_cast<Qp&>(qp).sq.peek(qp.req.next_wqe);
+  if (w && (s == QpState::rts || w->started)) return ReqState::sending;
   if (qp.req.psn != qp.req.last_ack_psn) return ReqState::waiting;
+  if (s == QpState::sqd && !qp.req.sq_drained_sent) return ReqState::waiting;
   return ReqState::idle;
+}
+
+// SQD with nothing outstanding: the SQ is drained; tell the consumer once (IBA 11.6.3.1).
+void check_drained(Qp& qp) {
+  Requester& r = qp.req;
+  if (qp.state.load(std::memory_order_acquire) != QpState::sqd || r.sq_drained_sent) return;
+  if (r.psn != r.last_ack_psn || r.next_pkt != 0) return;
+  r.sq_drained_sent = true;
+  mid::Event ev;
+  ev.device = qp.device;
+  ev.type = EventType::sq_drained;
+  ev.element.qp = &qp;
+  mid::dispatch_event(ev);
 }
 
 // Resolves the peer's MAC through the neighbour table (never blocks: an unknown address
@@ -260,9 +277,10 @@ int req_step(Engine& e, Qp& qp, int budget) noexcept {
   }
 
   int sent = 0;
+  const bool draining = qp.state.load(std::memory_order_relaxed) == QpState::sqd;
   while (sent < budget) {
     SendWqe* w = qp.sq.peek(r.next_wqe);
-    if (!w) break;
+    if (!w || (draining && !w->started)) break;
     if (w->opcode == WrOpcode::bind_mw || w->opcode == WrOpcode::local_inv) {
       if (w->started) {  // executed before a rewind walked back over it
         r.next_wqe++;
@@ -339,6 +357,7 @@ int req_step(Engine& e, Qp& qp, int budget) noexcept {
       r.timer_deadline = t ? e.now() + t : 0;
     }
   }
+  if (draining) check_drained(qp);
   return sent;
 }
 

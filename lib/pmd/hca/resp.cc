@@ -410,6 +410,16 @@ void resp_rx(Engine& e, Qp& qp, const wire::Packet& pkt) noexcept {
     e.device().counters().rx_bad_state.fetch_add(1, std::memory_order_relaxed);
     return;
   }
+  if (s == QpState::rtr && !rs.comm_est_sent) {
+    // First packet while in RTR: Communication Established (IBA 11.6.3.1), so a passive
+    // side knows it may move to RTS.
+    rs.comm_est_sent = true;
+    mid::Event ev;
+    ev.device = qp.device;
+    ev.type = EventType::comm_est;
+    ev.element.qp = &qp;
+    mid::dispatch_event(ev);
+  }
   if (!qp.addr_resolved) {
     // The peer's frames came through its next hop: answer the same way (no ARP wait).
     std::memcpy(qp.addr.dst_mac, pkt.src_mac, 6);
