@@ -40,6 +40,7 @@ struct DeviceCounters {
   std::atomic<uint64_t> rx_packets{0}, tx_packets{0};
   std::atomic<uint64_t> rx_bad_frame{0}, rx_bad_icrc{0}, rx_no_qp{0}, rx_bad_state{0};
   std::atomic<uint64_t> rx_non_roce{0};
+  std::atomic<uint64_t> rx_handoff_full{0};
   std::atomic<uint64_t> tx_no_mbuf{0};
   std::atomic<uint64_t> cq_overflow{0};
 };

@@ -10,10 +10,17 @@ namespace dverbs::pmd::hca {
 
 Engine::Engine(Device* dev, uint16_t queue) : dev_(dev), queue_(queue) {}
 
+Engine::~Engine() {
+  rte_mbuf* m;
+  while (handoff_.pop(&m)) rte_pktmbuf_free(m);
+  for (uint16_t i = 0; i < ntx_; i++) rte_pktmbuf_free(txq_[i]);
+  ntx_ = 0;
+}
+
 bool Engine::init() {
   tsc_hz_ = rte_get_tsc_hz();
   now_ = rte_get_tsc_cycles();
-  return kicks_.init(kMaxQp);
+  return kicks_.init(kMaxQp) && handoff_.init(4096);
 }
 
 void Engine::kick(Qp* qp) noexcept {
@@ -48,11 +55,11 @@ void Engine::tx_flush() noexcept {
   ntx_ = 0;
 }
 
-void Engine::rx_one(rte_mbuf* m) noexcept {
+void Engine::rx_one(rte_mbuf* m, bool verified) noexcept {
   Device& dev = *dev_;
   const uint8_t* frame = rte_pktmbuf_mtod(m, const uint8_t*);
   wire::Packet pkt;
-  wire::ParseError err = wire::parse_frame(frame, rte_pktmbuf_data_len(m), &pkt, true);
+  wire::ParseError err = wire::parse_frame(frame, rte_pktmbuf_data_len(m), &pkt, !verified);
   if (err != wire::ParseError::ok) [[unlikely]] {
     if (err == wire::ParseError::not_ipv4 && dev.neigh().handle_rx(dev.port(), queue_, m))
       return;  // ARP consumed the frame
@@ -66,14 +73,23 @@ void Engine::rx_one(rte_mbuf* m) noexcept {
     rte_pktmbuf_free(m);
     return;
   }
-  dev.counters().rx_packets.fetch_add(1, std::memory_order_relaxed);
   Qp* qp = dev.qp_lookup(pkt.dest_qp);
-  if (!qp || qp->engine != this) [[unlikely]] {
-    // IBA C9-... : packets for a QP that does not exist are silently dropped.
+  if (!qp) [[unlikely]] {
+    // Packets for a QP that does not exist are silently dropped (IBA 9.6.1.1).
     dev.counters().rx_no_qp.fetch_add(1, std::memory_order_relaxed);
     rte_pktmbuf_free(m);
     return;
   }
+  if (qp->engine != this) {
+    // Only the owner touches a QP: hand the frame over (never wait; a full ring is a loss
+    // the transport recovers from).
+    if (!qp->engine->handoff_.push(m)) {
+      dev.counters().rx_handoff_full.fetch_add(1, std::memory_order_relaxed);
+      rte_pktmbuf_free(m);
+    }
+    return;
+  }
+  dev.counters().rx_packets.fetch_add(1, std::memory_order_relaxed);
   qp->lock.lock();
   if (pkt.info->flags & wire::opf::kRequest)
     resp_rx(*this, *qp, pkt);
@@ -110,8 +126,23 @@ int Engine::rx_step() noexcept {
 void Engine::receive(rte_mbuf** pkts, uint16_t n) noexcept {
   for (uint16_t i = 0; i < n; i++) {
     if (i + 1 < n) rte_prefetch0(rte_pktmbuf_mtod(pkts[i + 1], void*));
-    rx_one(pkts[i]);
+    rx_one(pkts[i], false);
   }
+  flush_acks();
+}
+
+int Engine::handoff_step() noexcept {
+  rte_mbuf* m;
+  int n = 0;
+  while (n < kBurst && handoff_.pop(&m)) {
+    rx_one(m, true);
+    n++;
+  }
+  if (n) flush_acks();
+  return n;
+}
+
+void Engine::flush_acks() noexcept {
   for (uint32_t i = 0; i < n_ack_; i++) {
     Qp* qp = ack_list_[i];
     qp->lock.lock();
@@ -177,6 +208,7 @@ int Engine::poll() noexcept {
   epoch_.fetch_add(1, std::memory_order_acq_rel);  // odd: inside
   now_ = rte_get_tsc_cycles();
   int work = rx_step();
+  work += handoff_step();
   work += active_step();
   work += dev_->neigh().poll(dev_->port(), queue_, now_);
   tx_flush();

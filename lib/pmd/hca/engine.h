@@ -28,6 +28,7 @@ class Engine {
   static constexpr uint16_t kTxBatch = 64;
 
   Engine(Device* dev, uint16_t queue);
+  ~Engine();  // frees frames still queued to it (the port's pool must still exist)
   bool init();
 
   // One poller iteration. Context: the owner lcore, or the inline-progress lock holder.
@@ -63,8 +64,10 @@ class Engine {
 
  private:
   int rx_step() noexcept;
+  int handoff_step() noexcept;
   int active_step() noexcept;
-  void rx_one(rte_mbuf* m) noexcept;
+  void rx_one(rte_mbuf* m, bool verified) noexcept;
+  void flush_acks() noexcept;
 
   Device* dev_;
   uint16_t queue_;
@@ -72,6 +75,9 @@ class Engine {
   alignas(64) std::atomic<uint64_t> epoch_{0};
   std::atomic<uint32_t> nqps_{0};
   MpmcQueue<Qp*> kicks_;
+  // Frames another engine received for our QPs (RSS or a shared loopback queue put them
+  // on its queue). Parsed and ICRC-checked already; re-parsed here without the ICRC.
+  MpmcQueue<rte_mbuf*> handoff_;
   Qp* active_head_ = nullptr;
   Qp* ack_list_[kBurst] = {};
   uint32_t n_ack_ = 0;

@@ -142,11 +142,11 @@ ibv_comp_channel* ibv_create_comp_channel(ibv_context* context) {
   return &ch->ch;
 }
 
+// Returns 0 or an errno value (EBUSY while CQs use the channel), as rdma-core's does.
 int ibv_destroy_comp_channel(ibv_comp_channel* channel) {
   std::lock_guard<mid::Mutex> g(g_lock());
-  if (!registry_find(channel, Kind::channel)) return fail(EINVAL, -1);
-  if (int rc = destroy_channel_locked(wrap<Channel>(channel))) return fail(rc, -1);
-  return 0;
+  if (!registry_find(channel, Kind::channel)) return EINVAL;
+  return destroy_channel_locked(wrap<Channel>(channel));
 }
 
 int ibv_get_cq_event(ibv_comp_channel* channel, ibv_cq** cq, void** cq_context) {
