@@ -92,23 +92,26 @@ void ack_through(Engine& e, Qp& qp, uint32_t psn) {
   Requester& r = qp.req;
   uint64_t upto = r.unacked;
   bool implied_nak = false;
+  uint32_t next = wire::psn_add(psn, 1);  // the acknowledged point this ACK claims
   while (upto != r.sent_end) {
     const SendWqe& w = qp.sq.at(upto);
-    if (wire::psn_diff(wire::psn_add(w.first_psn, w.npkts - 1), psn) > 0) break;
     if (is_rd_atomic(w.opcode) && !w.done) {
-      implied_nak = true;
+      // Only a READ's own responses move the acknowledged point through its PSNs: an ACK
+      // reaching into or past it means responses were lost (IBA 9.7.5.1.6, 9.7.6.1.4).
+      uint32_t progress =
+          wire::psn_diff(r.last_ack_psn, w.first_psn) > 0 ? r.last_ack_psn : w.first_psn;
+      if (wire::psn_diff(next, progress) > 0) {
+        implied_nak = true;
+        next = progress;
+      }
       break;
     }
+    if (wire::psn_diff(wire::psn_add(w.first_psn, w.npkts - 1), psn) > 0) break;
     upto++;
   }
   comp_retire_upto(e, qp, upto);
-  if (implied_nak) {
-    const SendWqe& w = qp.sq.at(upto);
-    if (wire::psn_diff(w.first_psn, r.last_ack_psn) > 0) advance_ack(qp, w.first_psn);
-    rewind_gap(e, qp);
-  } else {
-    advance_ack(qp, wire::psn_add(psn, 1));
-  }
+  advance_ack(qp, next);
+  if (implied_nak) rewind_gap(e, qp);
   fast_forward(e, qp);
   restart_timer(e, qp);
 }
@@ -282,10 +285,13 @@ void comp_rx(Engine& e, Qp& qp, const wire::Packet& pkt) noexcept {
     e.device().counters().rx_bad_state.fetch_add(1, std::memory_order_relaxed);
     return;
   }
-  // An ACK/NAK must name a PSN that is outstanding: older ones are stale duplicates.
+  // An ACK/NAK must name a PSN that is outstanding: older ones are stale duplicates
+  // (IBA 9.7.5.1.2). A NAK always names an unacknowledged PSN.
   const uint32_t psn = pkt.psn;
-  if (wire::psn_diff(psn, r.last_ack_psn) < -1 || wire::psn_diff(psn, r.max_psn) >= 0) return;
+  if (wire::psn_diff(psn, r.max_psn) >= 0) return;
   const uint8_t syn = pkt.aeth->syndrome;
+  if (wire::psn_diff(psn, r.last_ack_psn) < (wire::aeth_type(syn) == wire::AethType::ack ? -1 : 0))
+    return;
   switch (wire::aeth_type(syn)) {
     case wire::AethType::ack:
       if (wire::psn_diff(psn, r.last_ack_psn) >= 0) ack_through(e, qp, psn);

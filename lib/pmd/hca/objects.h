@@ -165,6 +165,12 @@ struct Responder {
   uint32_t resp_psn = 0;
   uint32_t stream_start = 0; // PSN that opened the current response stream (FIRST/ONLY)
   bool ack_pending = false;  // coalesced ACK owed at the end of the burst
+  // A NAK that must wait for READ/atomic responses already queued (PSN order); a fatal
+  // one also moves the QP to ERR once it is sent.
+  bool nak_owed = false;
+  bool nak_fatal = false;
+  uint8_t nak_syndrome = 0;
+  uint32_t nak_psn = 0;
   uint8_t ack_syndrome = 0;
   uint32_t ack_psn = 0;
 };

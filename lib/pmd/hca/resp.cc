@@ -36,10 +36,48 @@ void send_aeth(Engine& e, Qp& qp, uint8_t syndrome, uint32_t psn) {
   send_packet(e, m, p + sizeof(wire::Aeth), 0);
 }
 
+// End-to-end credits (IBA 9.7.7.2, Table 44): the 5-bit code of the largest count not
+// above the receive WQEs posted. An SRQ has no per-QP credits (code 31, "invalid").
+uint8_t credit_code(Qp& qp) {
+  static constexpr uint32_t kCredits[31] = {0,    1,    2,    3,     4,     6,     8,    12,
+                                            16,   24,   32,   48,    64,    96,    128,  192,
+                                            256,  384,  512,  768,   1024,  1536,  2048, 3072,
+                                            4096, 6144, 8192, 12288, 16384, 24576, 32768};
+  if (qp.srq) return wire::kCreditsInvalid;
+  uint64_t posted = qp.rq.claimed() - qp.rq_consumed;
+  if (qp.resp.recv && posted) posted--;  // the one being filled is not a credit
+  uint8_t code = 0;
+  while (code < 30 && kCredits[code + 1] <= posted) code++;
+  return code;
+}
+
 void owe_ack(Qp& qp, uint32_t psn) {
   qp.resp.ack_pending = true;
   qp.resp.ack_psn = psn;
-  qp.resp.ack_syndrome = wire::make_syndrome(AethType::ack, wire::kCreditsInvalid);
+  qp.resp.ack_syndrome = wire::make_syndrome(AethType::ack, credit_code(qp));
+}
+
+void enter_error(Engine& e, Qp& qp) {
+  if (qp.state.load(std::memory_order_relaxed) == QpState::err) return;
+  qp.state.store(QpState::err, std::memory_order_release);
+  flush_queues(e, qp);
+}
+
+// Sends a NAK now, or — while READ/atomic responses for earlier PSNs are still queued —
+// after them, so the requester sees responses and NAKs in PSN order.
+void nak(Engine& e, Qp& qp, uint8_t syndrome, uint32_t psn, bool fatal) {
+  Responder& rs = qp.resp;
+  if (rs.pending) {
+    if (!rs.nak_owed) {
+      rs.nak_owed = true;
+      rs.nak_syndrome = syndrome;
+      rs.nak_psn = psn;
+      rs.nak_fatal = fatal;
+    }
+    return;
+  }
+  send_aeth(e, qp, syndrome, psn);
+  if (fatal) enter_error(e, qp);
 }
 
 void complete_recv(Qp& qp, const RecvWqe& w, WcStatus st, WcOpcode op, uint32_t len,
@@ -377,8 +415,16 @@ int resp_tx_step(Engine& e, Qp& qp, int budget) noexcept {
       rs.gen = (rs.gen + 1) % cap;
       rs.stream_start = rs.resp_psn;
       if (--rs.pending == 0) {
-        // The ACK of later SENDs/WRITEs waited for these responses (PSN order).
+        // The ACK of later SENDs/WRITEs and any NAK waited for these responses (PSN order).
         if (rs.ack_pending) resp_send_ack(e, qp);
+        if (rs.nak_owed) {
+          rs.nak_owed = false;
+          send_aeth(e, qp, rs.nak_syndrome, rs.nak_psn);
+          if (rs.nak_fatal) {
+            enter_error(e, qp);
+            return sent;
+          }
+        }
       }
     }
   }
@@ -477,23 +523,20 @@ void resp_rx(Engine& e, Qp& qp, const wire::Packet& pkt) noexcept {
     return;
   }
   if (d > 0) {
-    // Out of sequence (C9-110): one NAK per gap, then silence until ePSN arrives. While
-    // READ responses are still leaving, a NAK would overtake them: stay silent, the
-    // requester's timer recovers.
-    if (!rs.nak_sent && !rs.pending) {
+    // Out of sequence (C9-110): one NAK per gap, then silence until ePSN arrives.
+    if (!rs.nak_sent) {
       rs.nak_sent = true;
       qp.seq_naks_sent.fetch_add(1, std::memory_order_relaxed);
-      send_aeth(e, qp, wire::make_syndrome(AethType::nak, uint8_t(NakCode::psn_seq_error)),
-                rs.epsn);
+      nak(e, qp, wire::make_syndrome(AethType::nak, uint8_t(NakCode::psn_seq_error)), rs.epsn,
+          false);
     }
     return;
   }
+  if (rs.nak_owed && rs.nak_fatal) return;  // failing once the queued responses are out
   // FIRST and MIDDLE packets carry exactly one path MTU of payload (C9-...: IBA 9.7.4.1.3).
   if (!sequence_ok(rs, f) || (!(f & wire::opf::kLast) && pkt.payload_len != qp.mtu)) {
-    send_aeth(e, qp, wire::make_syndrome(AethType::nak, uint8_t(NakCode::invalid_request)),
-              pkt.psn);
-    qp.state.store(QpState::err, std::memory_order_release);
-    flush_queues(e, qp);
+    nak(e, qp, wire::make_syndrome(AethType::nak, uint8_t(NakCode::invalid_request)), pkt.psn,
+        true);
     return;
   }
   RespResult r = (f & wire::opf::kSend)    ? execute_send(e, qp, pkt)
@@ -506,7 +549,7 @@ void resp_rx(Engine& e, Qp& qp, const wire::Packet& pkt) noexcept {
     case RespResult::rnr:
       // No receive posted (IBA 9.7.5.2.8): RNR NAK with our minimum RNR timer; the ePSN
       // does not move, the requester retries this packet.
-      send_aeth(e, qp, wire::make_syndrome(AethType::rnr_nak, qp.attr.min_rnr_timer), pkt.psn);
+      nak(e, qp, wire::make_syndrome(AethType::rnr_nak, qp.attr.min_rnr_timer), pkt.psn, false);
       return;
     case RespResult::nak_inv:
     case RespResult::nak_access:
@@ -515,11 +558,7 @@ void resp_rx(Engine& e, Qp& qp, const wire::Packet& pkt) noexcept {
       NakCode code = r == RespResult::nak_access ? NakCode::remote_access_error
                      : r == RespResult::nak_op   ? NakCode::remote_op_error
                                                  : NakCode::invalid_request;
-      send_aeth(e, qp, wire::make_syndrome(AethType::nak, uint8_t(code)), pkt.psn);
-      if (qp.state.load(std::memory_order_relaxed) != QpState::err) {
-        qp.state.store(QpState::err, std::memory_order_release);
-        flush_queues(e, qp);
-      }
+      nak(e, qp, wire::make_syndrome(AethType::nak, uint8_t(code)), pkt.psn, true);
       return;
     }
   }

@@ -45,6 +45,8 @@ void on_device_event(const mid::Event& e, void* p);
 void client_add(mid::Device* mdev, mid::Client*) {
   DeviceAttr attr;
   const bool have_attr = mid::query_device(mdev, &attr) == 0;
+  PortAttr pa;
+  const bool down = mid::query_port(mdev, 1, &pa) != 0 || pa.state != PortState::active;
   std::lock_guard<mid::Mutex> g(g_lock());
   for (Device* d : devices().list)
     if (d->mdev == mdev) return;
@@ -53,6 +55,8 @@ void client_add(mid::Device* mdev, mid::Client*) {
   std::memset(&d->ibdev, 0, sizeof d->ibdev);
   d->mdev = mdev;
   d->node_guid = have_attr ? attr.node_guid : 0;
+  d->appeared = std::chrono::steady_clock::now();
+  d->down_at_start = down;
   d->ibdev.node_type = IBV_NODE_CA;
   d->ibdev.transport_type = IBV_TRANSPORT_IB;
   std::snprintf(d->ibdev.name, sizeof d->ibdev.name, "%s", mdev->name);
@@ -96,39 +100,38 @@ void probe_once() {
   d.probed = true;
 }
 
-// A port whose link is down when a context opens is usually a memif server whose peer
-// process is still starting (or a veth whose other end is not up yet), and programs such
-// as perftest give up when they see PORT_DOWN right after opening. Opening therefore waits,
-// bounded, for the link: DVERBS_LINK_WAIT seconds (default 10; 0 = do not wait). When the
-// link came up only after a wait, the peer process has just started: opening then lets it
-// settle for kSettle more, so that a program which connects to its peer out of band (the
-// TCP exchange of ibv_*_pingpong and perftest) finds it listening. The port state stays
-// honest: after the wait it is reported as it is.
-//
-// So with memif, start the side that connects out of band (the pingpong/perftest client)
-// first as role=server, and the side that listens second as role=client.
+// The link at open time. A port whose link is down is usually a memif server whose peer
+// process is still starting (or a veth whose other end is not up yet), and programs such as
+// perftest give up when they see PORT_DOWN right after opening. So:
+// 1. a context opens only once the link is up, waiting at most DVERBS_LINK_WAIT seconds
+//    (default 10; 0 = neither rule applies); after that the port is reported as it is (honestly DOWN);
+// 2. on a memif port — a cable between two processes, whose link comes up exactly when the
+//    peer process starts — and on any port whose link was down when the device appeared,
+//    contexts are handed out no earlier than kSettle after the device appeared.
+// Rule 2 orders the usual two-process start-up: the out-of-band server (pingpong or
+// perftest without a host name) starts first, on the memif server socket; the client
+// starts second (its device appears later, so its settle ends later) and by then the
+// server has seen the link come up, passed its port check and listens for the client.
 void wait_for_link(Device* d) {
   using Clock = std::chrono::steady_clock;
   constexpr auto kPoll = std::chrono::milliseconds(10);
   constexpr auto kSettle = std::chrono::seconds(1);
-  constexpr auto kQuiet = std::chrono::milliseconds(100);  // a handshake, not a peer start
   double limit = 10;
   if (const char* s = std::getenv("DVERBS_LINK_WAIT"); s && *s) {
     char* end = nullptr;
     const double v = std::strtod(s, &end);
     if (*end == '\0' && v >= 0 && v <= 3600) limit = v;
   }
+  if (limit == 0) return;
   PortAttr pa;
-  if (limit == 0 || mid::query_port(d->mdev, 1, &pa) != 0 || pa.state == PortState::active)
-    return;
+  if (mid::query_port(d->mdev, 1, &pa) != 0) return;
   const auto start = Clock::now();
   const auto deadline = start + std::chrono::duration<double>(limit);
   bool noted = false;
-  while (Clock::now() < deadline) {
-    std::this_thread::sleep_for(kPoll);
-    if (mid::query_port(d->mdev, 1, &pa) != 0) return;
-    if (pa.state == PortState::active) {
-      if (Clock::now() - start > kQuiet) std::this_thread::sleep_for(kSettle);
+  while (pa.state != PortState::active) {
+    if (Clock::now() >= deadline) {
+      std::fprintf(stderr, "dverbs: %s port 1 link still down after %g s: is the peer of DVERBS_PORT running?\n",
+                   d->ibdev.name, limit);
       return;
     }
     if (!noted && Clock::now() - start > std::chrono::seconds(1)) {
@@ -136,9 +139,12 @@ void wait_for_link(Device* d) {
                    d->ibdev.name, limit);
       noted = true;
     }
+    std::this_thread::sleep_for(kPoll);
+    if (mid::query_port(d->mdev, 1, &pa) != 0) return;
   }
-  std::fprintf(stderr, "dverbs: %s port 1 link still down after %g s: is the peer of DVERBS_PORT running?\n",
-               d->ibdev.name, limit);
+  const char* port = std::getenv("DVERBS_PORT");
+  const bool memif = port && std::strncmp(port, "net_memif", 9) == 0;
+  if (d->down_at_start || memif) std::this_thread::sleep_until(d->appeared + kSettle);
 }
 
 void close_fds(Context* c) {

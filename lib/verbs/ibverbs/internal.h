@@ -22,6 +22,7 @@
 #include <pthread.h>
 
 #include <atomic>
+#include <chrono>
 #include <cstddef>
 #include <cstdint>
 #include <vector>
@@ -173,6 +174,10 @@ struct Device {
   mid::Device* mdev = nullptr;
   uint64_t node_guid = 0;  // host order
   bool removed = false;    // the midlayer removed it; guarded by g_lock
+  // For the link wait of ibv_open_device (device.cc): when the device appeared and
+  // whether its link was down then. Written once in the client's add().
+  std::chrono::steady_clock::time_point appeared{};
+  bool down_at_start = false;
 };
 // The Device of an ibv_device pointer handed out by ibv_get_device_list, or nullptr.
 Device* device_find(const ibv_device* dev) noexcept;

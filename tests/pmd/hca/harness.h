@@ -85,15 +85,15 @@ struct Pkt {
   std::vector<uint8_t> payload;
   uint64_t va = 0;  // RETH / AtomicETH
   uint32_t rkey = 0;
-  uint32_t dma_len = 0;             // RETH
+  uint32_t dma_len = 0;                // RETH
   uint64_t swap_add = 0, compare = 0;  // AtomicETH
-  uint8_t syndrome = 0;             // AETH
+  uint8_t syndrome = 0;                // AETH
   uint32_t msn = 0;
-  uint64_t orig = 0;                // AtomicAckETH
-  uint32_t qkey = 0, src_qp = 0;    // DETH
-  uint32_t imm_be = 0;              // ImmDt, network byte order
-  uint32_t ieth_rkey = 0;           // IETH
-  uint32_t src_ip = 0;              // 0 = the fake peer
+  uint64_t orig = 0;              // AtomicAckETH
+  uint32_t qkey = 0, src_qp = 0;  // DETH
+  uint32_t imm_be = 0;            // ImmDt, network byte order
+  uint32_t ieth_rkey = 0;         // IETH
+  uint32_t src_ip = 0;            // 0 = the fake peer
 };
 
 // Device counters read at one moment (DeviceCounters holds atomics).
@@ -103,8 +103,9 @@ struct Counters {
 
 class Harness {
  public:
-  // The process-wide harness; the first call opens the device (fatal test failure if it
-  // cannot). Context: the test thread.
+  // The process-wide harness; the first call opens the device. When that failed, ready()
+  // is false and error() says why (ProtoTest::SetUp fails every test with it).
+  // Context: the test thread.
   static Harness& get();
 
   Context& ctx() { return ctx_; }
@@ -126,7 +127,7 @@ class Harness {
   // Runs the engine `rounds` times. Context: the test thread (the only one driving it).
   void poll(int rounds = 1);
   // Polls until pred() holds or max_rounds pass; returns pred(). For timer rules only.
-  bool poll_until(const std::function<bool()>& pred, uint64_t max_rounds = 50'000'000);
+  bool poll_until(const std::function<bool()>& pred, uint64_t max_rounds = 5'000'000);
 
   // RoCE frames transmitted since the last take (ARP and other non-RoCE frames skipped and
   // counted in arp_seen()). Does not run the engine.
@@ -138,12 +139,17 @@ class Harness {
   Counters counters() const;
   // Drops every frame still queued either way (start of a test).
   void reset_io();
+  bool ready() const { return ready_; }
+  const std::string& error() const { return error_; }
 
  private:
   Harness() = default;
   void open();
   void drain_tx();
   void inject_arp_from_peer();
+
+  bool ready_ = false;
+  std::string error_;
 
   Context ctx_;
   Pd pd_;
@@ -160,11 +166,13 @@ class Harness {
 ::testing::AssertionResult IsAck(const Frame& f, uint32_t psn, uint32_t msn);
 ::testing::AssertionResult IsNak(const Frame& f, NakCode code, uint32_t psn);
 ::testing::AssertionResult IsRnrNak(const Frame& f, uint8_t timer, uint32_t psn);
-// Opcode, destination QP, PSN, AckReq and payload size of a request or response packet.
+// Opcode, destination QP, PSN and payload size of a request or response packet.
 ::testing::AssertionResult IsPacket(const Frame& f, uint8_t opcode, uint32_t psn,
                                     uint32_t payload_len);
 
-const char* status_name(WcStatus s);
+// One completion as text, for failure messages.
+std::string describe(const Wc& wc);
+std::string describe(const std::vector<Wc>& wcs);
 
 // ---- the common fixture: one CQ, one 64 KiB registered buffer, QPs to the fake peer ----
 class ProtoTest : public ::testing::Test {
@@ -218,13 +226,41 @@ class ProtoTest : public ::testing::Test {
   void post(std::vector<SendWr> wrs);
   // Completions produced so far, popped from the CQ ring WITHOUT running the engine.
   std::vector<Wc> wcs();
+  // Completions waiting (popped into a buffer that wcs() returns). Does not run the engine.
+  size_t wc_pending();
+
+  // Work requests against the fake peer's memory (any address and rkey: it is not checked
+  // here, the peer answers whatever the test injects).
+  SendWr read_wr(uint64_t wr_id, uint32_t off, uint32_t len, uint64_t remote_va,
+                 uint32_t rkey = 0x4321);
+  SendWr write_wr(uint64_t wr_id, uint32_t off, uint32_t len, uint64_t remote_va,
+                  uint32_t rkey = 0x4321);
+  SendWr atomic_wr(uint64_t wr_id, WrOpcode opcode, uint32_t off, uint64_t remote_va,
+                   uint64_t compare_add, uint64_t swap = 0, uint32_t rkey = 0x4321);
+
+  // Injects `ps` as one burst, runs the engine once and returns what was sent.
+  std::vector<Frame> exchange(const std::vector<Pkt>& ps);
+  std::vector<Frame> exchange(const Pkt& p) { return exchange(std::vector<Pkt>{p}); }
+  // A completion of `qp`: wr_id, status, and the opcode when it succeeded (a flushed or
+  // failed completion's opcode is undefined, IBA 11.4.2.1).
+  void expect_wc(const Wc& wc, uint64_t wr_id, WcStatus st, WcOpcode opc);
+
+  // Runs the engine until at least n frames were sent (bounded; timer rules), then takes
+  // every frame sent so far.
+  std::vector<Frame> wait_frames(size_t n);
+  // Runs the engine until at least n completions are waiting (bounded); returns wc_pending().
+  size_t wait_wcs(size_t n);
 
   // A request/response frame from the fake peer to `qp`.
   Pkt pkt(uint8_t opcode, uint32_t psn, std::vector<uint8_t> payload = {}) const;
   Pkt ack(uint32_t psn, uint32_t msn, uint8_t syndrome = 0x1f) const;
   Pkt nak(NakCode code, uint32_t psn, uint32_t msn = 0) const;
   Pkt rnr_nak(uint8_t timer, uint32_t psn, uint32_t msn = 0) const;
+  // READ RESPONSE FIRST/MIDDLE/LAST/ONLY (AETH "ACK" where the opcode has one).
+  Pkt read_resp(uint8_t opcode, uint32_t psn, std::vector<uint8_t> payload, uint32_t msn) const;
+  Pkt atomic_ack(uint32_t psn, uint64_t orig, uint32_t msn) const;
 
+  std::vector<Wc> wc_buf_;
   Sge sges_[64] = {};  // scatter/gather entries of the WRs built by wr(), reused in turn
   uint32_t nsges_ = 0;
 };

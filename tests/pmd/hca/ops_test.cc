@@ -225,7 +225,7 @@ TEST_F(Fixture, MrKeyBoundsAndAccessChecksAtUse) {
   EXPECT_EQ(pmd::hca::mr_get_local(dev, k - 1, pd.raw(), a, 16, 0), nullptr) << "key off by one";
   EXPECT_EQ(pmd::hca::mr_get_local(dev, k, pd.raw(), a + 4090, 7, 0), nullptr) << "past end";
   EXPECT_EQ(pmd::hca::mr_get_local(dev, k, pd.raw(), a - 1, 2, 0), nullptr) << "before start";
-  EXPECT_EQ(pmd::hca::mr_get_remote(dev, k, pd.raw(), a, 8, access::remote_write), nullptr)
+  EXPECT_EQ(pmd::hca::mr_get_remote(dev, k, pd.raw(), 0, a, 8, access::remote_write), nullptr)
       << "no remote write access";
   auto pd2 = Pd::alloc(ctx);
   EXPECT_EQ(pmd::hca::mr_get_local(dev, k, pd2->raw(), a, 8, 0), nullptr) << "other PD";

@@ -1,0 +1,329 @@
+// Requester rules (lib/pmd/hca/req.cc, IBA 9.7.1–9.7.2, 9.7.6, 9.7.7, 10.8.3): work
+// requests are posted to a QP connected to a fake peer; each test asserts the exact request
+// packets the QP sends (opcode, PSN, AckReq, extension headers, payload) and what it sends
+// again after the peer's ACK, NAK or silence, and the work completions.
+#include <arpa/inet.h>
+
+#include "harness.h"
+
+namespace dverbs::proto {
+namespace {
+
+constexpr uint32_t S = 0x000100;  // the requester's first PSN (Conn::sq_psn)
+
+class ReqTest : public ProtoTest {
+ protected:
+  void connect(Conn c = {}) { make_qp(c); }
+};
+
+std::vector<uint8_t> slice(const std::vector<uint8_t>& v, size_t off, size_t len) {
+  return std::vector<uint8_t>(v.begin() + long(off), v.begin() + long(off + len));
+}
+
+// ---------------------------------------------------------------- segmentation, AckReq
+
+// IBA 9.7.2 / 9.7.6.1.2 (AckReq): a SEND longer than the PMTU leaves as FIRST,
+// MIDDLE…, LAST with consecutive PSNs and full-PMTU payloads but the last (padded to 4
+// bytes, IBA 9.2.3); the LAST packet of every message asks for an ACK.
+TEST_F(ReqTest, SendIsSegmentedByMtuWithAckReqOnTheLastPacket) {
+  connect();
+  fill(0, 601, 1);
+  fill(1024, 100, 2);
+  post({wr(1, WrOpcode::send, 0, 601), wr(2, WrOpcode::send, 1024, 100)});
+  auto sent = h.take_sent();
+  ASSERT_EQ(sent.size(), 4u) << describe(sent);
+  EXPECT_TRUE(IsPacket(sent[0], op::kRc | op::kSendFirst, S, 256));
+  EXPECT_TRUE(IsPacket(sent[1], op::kRc | op::kSendMiddle, S + 1, 256));
+  EXPECT_TRUE(IsPacket(sent[2], op::kRc | op::kSendLast, S + 2, 89));
+  EXPECT_TRUE(IsPacket(sent[3], op::kRc | op::kSendOnly, S + 3, 100));
+  EXPECT_FALSE(sent[0].ack_req);
+  EXPECT_FALSE(sent[1].ack_req);
+  EXPECT_TRUE(sent[2].ack_req);
+  EXPECT_TRUE(sent[3].ack_req);
+  EXPECT_EQ(sent[2].pad, 3);
+  auto want = pattern(601, 1);
+  EXPECT_EQ(sent[0].payload, slice(want, 0, 256));
+  EXPECT_EQ(sent[1].payload, slice(want, 256, 256));
+  EXPECT_EQ(sent[2].payload, slice(want, 512, 89));
+  EXPECT_EQ(sent[3].payload, pattern(100, 2));
+  EXPECT_EQ(sent[0].dst_ip, h.peer_ip());
+  EXPECT_EQ(sent[0].src_ip, h.our_ip());
+  EXPECT_EQ(std::vector<uint8_t>(sent[0].dst_mac, sent[0].dst_mac + 6),
+            std::vector<uint8_t>(h.peer_mac(), h.peer_mac() + 6));
+  EXPECT_TRUE(wcs().empty()) << "completed before any ACK";
+}
+
+// IBA 9.7.6.1.2: a long message also asks for ACKs periodically, not only at its end.
+TEST_F(ReqTest, LongMessageAsksForAcksPeriodically) {
+  Conn c;
+  c.cap_send = 4;
+  connect(c);
+  post({wr(1, WrOpcode::send, 0, 40 * 256)});
+  auto sent = h.take_sent();
+  ASSERT_EQ(sent.size(), 40u) << describe(sent);
+  int middle_acks = 0;
+  for (size_t i = 0; i + 1 < sent.size(); i++) middle_acks += sent[i].ack_req;
+  EXPECT_GE(middle_acks, 1);
+  EXPECT_TRUE(sent.back().ack_req);
+  for (size_t i = 0; i < sent.size(); i++) EXPECT_EQ(sent[i].psn, S + i);
+}
+
+// IBA 9.7.2 / 9.3.3.4: an RDMA WRITE carries its RETH (remote address, R_Key, total DMA
+// length) in the FIRST (or ONLY) packet only; WRITE/SEND with immediate put ImmDt in the
+// LAST (or ONLY) packet.
+TEST_F(ReqTest, WriteCarriesRethOnFirstPacketAndImmOnLast) {
+  connect();
+  fill(0, 600, 3);
+  SendWr w = write_wr(1, 0, 600, 0x123456789a00ull, 0xabcd);
+  SendWr wi = write_wr(2, 0, 16, 0x5000, 0xabcd);
+  wi.opcode = WrOpcode::rdma_write_with_imm;
+  wi.imm_data = htonl(0xdeadbeef);
+  SendWr si = wr(3, WrOpcode::send_with_imm, 0, 8);
+  si.imm_data = htonl(42);
+  post({w, wi, si});
+  auto sent = h.take_sent();
+  ASSERT_EQ(sent.size(), 5u) << describe(sent);
+  EXPECT_TRUE(IsPacket(sent[0], op::kRc | op::kWriteFirst, S, 256));
+  EXPECT_TRUE(sent[0].has_reth && sent[0].va == 0x123456789a00ull && sent[0].rkey == 0xabcd &&
+              sent[0].dma_len == 600)
+      << sent[0].describe();
+  EXPECT_TRUE(IsPacket(sent[1], op::kRc | op::kWriteMiddle, S + 1, 256));
+  EXPECT_FALSE(sent[1].has_reth);
+  EXPECT_TRUE(IsPacket(sent[2], op::kRc | op::kWriteLast, S + 2, 88));
+  EXPECT_FALSE(sent[2].has_reth);
+  EXPECT_TRUE(sent[2].ack_req);
+  EXPECT_TRUE(IsPacket(sent[3], op::kRc | op::kWriteOnlyImm, S + 3, 16));
+  EXPECT_TRUE(sent[3].has_reth && sent[3].dma_len == 16 && sent[3].has_imm &&
+              sent[3].imm_be == htonl(0xdeadbeef))
+      << sent[3].describe();
+  EXPECT_TRUE(IsPacket(sent[4], op::kRc | op::kSendOnlyImm, S + 4, 8));
+  EXPECT_TRUE(sent[4].has_imm && sent[4].imm_be == htonl(42)) << sent[4].describe();
+}
+
+// IBA 9.7.2: a zero-length SEND is one ONLY packet without payload.
+TEST_F(ReqTest, ZeroLengthSendIsOneEmptyPacket) {
+  connect();
+  post({wr(1, WrOpcode::send, 0, 0)});
+  auto sent = h.take_sent();
+  ASSERT_EQ(sent.size(), 1u) << describe(sent);
+  EXPECT_TRUE(IsPacket(sent[0], op::kRc | op::kSendOnly, S, 0));
+  EXPECT_TRUE(sent[0].ack_req);
+}
+
+// IBA 9.7.2 / 9.3.3: a READ request carries a RETH for the whole transfer and consumes one
+// PSN per expected response packet (IBA 9.7.6.1.1); atomics carry an AtomicETH and consume
+// one PSN.
+TEST_F(ReqTest, ReadAndAtomicRequestsCarryTheirHeadersAndPsnSpace) {
+  connect();
+  post({read_wr(1, 0, 600, 0x10000, 0x77),
+        atomic_wr(2, WrOpcode::atomic_fetch_and_add, 1024, 0x20008, 5),
+        atomic_wr(3, WrOpcode::atomic_cmp_and_swp, 1032, 0x20010, 7, 9)});
+  auto sent = h.take_sent();
+  ASSERT_EQ(sent.size(), 3u) << describe(sent);
+  EXPECT_TRUE(IsPacket(sent[0], op::kRc | op::kReadRequest, S, 0));
+  EXPECT_TRUE(sent[0].has_reth && sent[0].va == 0x10000 && sent[0].rkey == 0x77 &&
+              sent[0].dma_len == 600)
+      << sent[0].describe();
+  EXPECT_TRUE(sent[0].ack_req);
+  EXPECT_TRUE(IsPacket(sent[1], op::kRc | op::kFetchAdd, S + 3, 0));
+  EXPECT_TRUE(sent[1].has_atomic_eth && sent[1].va == 0x20008 && sent[1].swap_add == 5)
+      << sent[1].describe();
+  EXPECT_TRUE(IsPacket(sent[2], op::kRc | op::kCmpSwap, S + 4, 0));
+  EXPECT_TRUE(sent[2].has_atomic_eth && sent[2].va == 0x20010 && sent[2].compare == 7 &&
+              sent[2].swap_add == 9)
+      << sent[2].describe();
+}
+
+// IBA 9.7.1: the requester's PSN wraps from 0xffffff to 0.
+TEST_F(ReqTest, RequesterPsnWrapsAroundAt24Bits) {
+  Conn c;
+  c.sq_psn = 0xfffffe;
+  connect(c);
+  post({wr(1, WrOpcode::send, 0, 1000)});
+  auto sent = h.take_sent();
+  ASSERT_EQ(sent.size(), 4u) << describe(sent);
+  EXPECT_TRUE(IsPacket(sent[0], op::kRc | op::kSendFirst, 0xfffffe, 256));
+  EXPECT_TRUE(IsPacket(sent[1], op::kRc | op::kSendMiddle, 0xffffff, 256));
+  EXPECT_TRUE(IsPacket(sent[2], op::kRc | op::kSendMiddle, 0x000000, 256));
+  EXPECT_TRUE(IsPacket(sent[3], op::kRc | op::kSendLast, 0x000001, 232));
+  EXPECT_TRUE(exchange(ack(0x000001, 1)).empty());
+  auto w = wcs();
+  ASSERT_EQ(w.size(), 1u) << describe(w);
+  expect_wc(w[0], 1, WcStatus::success, WcOpcode::send);
+}
+
+// ---------------------------------------------------------------- go-back-N
+
+// IBA 9.7.5.2.2 / 9.7.6.1.4 (go-back-N): a PSN sequence error NAK makes the
+// requester resend every packet from the NAKed PSN, resuming a multi-packet message in its
+// middle (MIDDLE opcode, the payload of that offset).
+TEST_F(ReqTest, PsnSequenceNakGoesBackNFromTheMiddleOfAMessage) {
+  connect();
+  fill(0, 601, 1);
+  fill(1024, 100, 2);
+  post({wr(1, WrOpcode::send, 0, 601), wr(2, WrOpcode::send, 1024, 100)});
+  ASSERT_EQ(h.take_sent().size(), 4u);
+
+  auto sent = exchange(nak(NakCode::psn_seq_error, S + 1));
+  ASSERT_EQ(sent.size(), 3u) << describe(sent);
+  auto want = pattern(601, 1);
+  EXPECT_TRUE(IsPacket(sent[0], op::kRc | op::kSendMiddle, S + 1, 256));
+  EXPECT_EQ(sent[0].payload, slice(want, 256, 256));
+  EXPECT_TRUE(IsPacket(sent[1], op::kRc | op::kSendLast, S + 2, 89));
+  EXPECT_EQ(sent[1].payload, slice(want, 512, 89));
+  EXPECT_TRUE(IsPacket(sent[2], op::kRc | op::kSendOnly, S + 3, 100));
+  EXPECT_TRUE(wcs().empty());
+  EXPECT_EQ(qp.state(), QpState::rts);
+
+  EXPECT_TRUE(exchange(ack(S + 3, 2)).empty());
+  auto w = wcs();
+  ASSERT_EQ(w.size(), 2u) << describe(w);
+  expect_wc(w[0], 1, WcStatus::success, WcOpcode::send);
+  expect_wc(w[1], 2, WcStatus::success, WcOpcode::send);
+}
+
+// IBA 9.7.6.1.4: a WRITE resumed in its middle continues with MIDDLE/LAST packets (no RETH).
+TEST_F(ReqTest, PsnSequenceNakResumesAWriteInItsMiddle) {
+  connect();
+  fill(0, 768, 5);
+  post({write_wr(1, 0, 768, 0x9000)});
+  ASSERT_EQ(h.take_sent().size(), 3u);
+  auto sent = exchange(nak(NakCode::psn_seq_error, S + 2));
+  ASSERT_EQ(sent.size(), 1u) << describe(sent);
+  EXPECT_TRUE(IsPacket(sent[0], op::kRc | op::kWriteLast, S + 2, 256));
+  EXPECT_EQ(sent[0].payload, slice(pattern(768, 5), 512, 256));
+}
+
+// IBA 9.7.6.1.3 / 9.7.6.1.4: when the retransmission timer expires the requester resends
+// from the oldest unacknowledged PSN — in the middle of a partly acknowledged message.
+TEST_F(ReqTest, TimeoutResendsFromTheFirstUnacknowledgedPacket) {
+  Conn c;
+  c.timeout = 1;  // 8.192 µs
+  c.retry_cnt = 7;
+  connect(c);
+  fill(0, 601, 4);
+  post({wr(1, WrOpcode::send, 0, 601)});
+  ASSERT_EQ(h.take_sent().size(), 3u);
+  h.inject(ack(S, 0));  // the responder acknowledged the FIRST packet only
+  auto sent = wait_frames(2);
+  ASSERT_GE(sent.size(), 2u) << describe(sent);
+  EXPECT_TRUE(IsPacket(sent[0], op::kRc | op::kSendMiddle, S + 1, 256));
+  EXPECT_TRUE(IsPacket(sent[1], op::kRc | op::kSendLast, S + 2, 89));
+  EXPECT_EQ(sent[0].payload, slice(pattern(601, 4), 256, 256));
+  h.inject(ack(S + 2, 1));
+  ASSERT_EQ(wait_wcs(1), 1u);
+  auto w = wcs();
+  expect_wc(w[0], 1, WcStatus::success, WcOpcode::send);
+  EXPECT_EQ(qp.state(), QpState::rts);
+}
+
+// IBA 9.7.6.1.3 (retry_cnt): each timeout costs one of retry_cnt retransmissions; when they
+// are used up the oldest WR completes with RETRY_EXC_ERR, the QP enters ERR, and every later
+// WR is flushed in order (IBA 10.8.3.1). Exactly retry_cnt go-back-N rounds are sent.
+TEST_F(ReqTest, RetryCountExhaustedByTimeoutsIsRetryExcErrThenFlush) {
+  Conn c;
+  c.timeout = 1;
+  c.retry_cnt = 2;
+  connect(c);
+  post({wr(1, WrOpcode::send, 0, 10), wr(2, WrOpcode::send, 64, 10)});
+  auto first = h.take_sent();
+  ASSERT_EQ(first.size(), 2u) << describe(first);
+  ASSERT_EQ(wait_wcs(2), 2u);
+  h.poll(10);
+  auto sent = h.take_sent();
+  ASSERT_EQ(sent.size(), 4u) << "expected 2 retransmission rounds: " << describe(sent);
+  for (size_t i = 0; i < 4; i++)
+    EXPECT_TRUE(IsPacket(sent[i], op::kRc | op::kSendOnly, S + uint32_t(i % 2), 10));
+  auto w = wcs();
+  ASSERT_EQ(w.size(), 2u) << describe(w);
+  expect_wc(w[0], 1, WcStatus::retry_exc_err, WcOpcode::send);
+  expect_wc(w[1], 2, WcStatus::wr_flush_err, WcOpcode::send);
+  EXPECT_EQ(qp.state(), QpState::err);
+
+  post({wr(3, WrOpcode::send, 0, 10)});  // posting in ERR: flushed, nothing sent
+  w = wcs();
+  ASSERT_EQ(w.size(), 1u) << describe(w);
+  expect_wc(w[0], 3, WcStatus::wr_flush_err, WcOpcode::send);
+  EXPECT_TRUE(h.take_sent().empty());
+}
+
+// IBA 9.7.6.1.4: a timed-out READ whose first responses arrived is requested again from
+// its first missing response: PSN and RETH (address, length) advanced by whole PMTUs.
+TEST_F(ReqTest, TimeoutResumesAReadFromItsFirstMissingResponse) {
+  Conn c;
+  c.timeout = 1;
+  connect(c);
+  post({read_wr(1, 0, 768, 0x40000, 0x55)});
+  ASSERT_EQ(h.take_sent().size(), 1u);
+  h.inject(read_resp(op::kReadRespFirst, S, pattern(256, 1), 1));
+  auto sent = wait_frames(1);
+  ASSERT_GE(sent.size(), 1u) << describe(sent);
+  EXPECT_TRUE(IsPacket(sent[0], op::kRc | op::kReadRequest, S + 1, 0));
+  EXPECT_TRUE(sent[0].va == 0x40000 + 256 && sent[0].rkey == 0x55 && sent[0].dma_len == 512)
+      << sent[0].describe();
+  EXPECT_TRUE(wcs().empty());
+}
+
+// ---------------------------------------------------------------- READ/atomic credits, fence
+
+// IBA 9.7.7 / C9-151 (max_rd_atomic, the initiator depth): no more than max_rd_atomic
+// READ/atomic requests are outstanding; the next leaves when one completes.
+TEST_F(ReqTest, MaxRdAtomicLimitsOutstandingReads) {
+  Conn c;
+  c.max_rd_atomic = 2;
+  connect(c);
+  post({read_wr(1, 0, 16, 0x1000), read_wr(2, 64, 16, 0x2000), read_wr(3, 128, 16, 0x3000)});
+  auto sent = h.take_sent();
+  ASSERT_EQ(sent.size(), 2u) << describe(sent);
+  EXPECT_TRUE(IsPacket(sent[0], op::kRc | op::kReadRequest, S, 0));
+  EXPECT_TRUE(IsPacket(sent[1], op::kRc | op::kReadRequest, S + 1, 0));
+
+  sent = exchange(read_resp(op::kReadRespOnly, S, pattern(16, 1), 1));
+  ASSERT_EQ(sent.size(), 1u) << describe(sent);
+  EXPECT_TRUE(IsPacket(sent[0], op::kRc | op::kReadRequest, S + 2, 0));
+  EXPECT_EQ(sent[0].va, 0x3000u);
+
+  EXPECT_TRUE(exchange({read_resp(op::kReadRespOnly, S + 1, pattern(16, 2), 2),
+                        read_resp(op::kReadRespOnly, S + 2, pattern(16, 3), 3)})
+                  .empty());
+  auto w = wcs();
+  ASSERT_EQ(w.size(), 3u) << describe(w);
+  for (uint64_t i = 0; i < 3; i++) {
+    expect_wc(w[i], i + 1, WcStatus::success, WcOpcode::rdma_read);
+    EXPECT_EQ(w[i].byte_len, 16u);
+    EXPECT_EQ(bytes(uint32_t(i) * 64, 16), pattern(16, uint8_t(i + 1)));
+  }
+}
+
+// IBA 10.8.3.3 (fence): a fenced WR is not sent until every earlier READ and atomic has
+// completed; without the fence it goes at once.
+TEST_F(ReqTest, FenceHoldsASendUntilPriorReadsComplete) {
+  connect();
+  SendWr s = wr(2, WrOpcode::send, 1024, 8);
+  s.send_flags |= send_flags::fence;
+  post({read_wr(1, 0, 16, 0x1000), s});
+  auto sent = h.take_sent();
+  ASSERT_EQ(sent.size(), 1u) << describe(sent);
+  EXPECT_TRUE(IsPacket(sent[0], op::kRc | op::kReadRequest, S, 0));
+
+  sent = exchange(read_resp(op::kReadRespOnly, S, pattern(16, 1), 1));
+  ASSERT_EQ(sent.size(), 1u) << describe(sent);
+  EXPECT_TRUE(IsPacket(sent[0], op::kRc | op::kSendOnly, S + 1, 8));
+  EXPECT_TRUE(exchange(ack(S + 1, 2)).empty());
+  auto w = wcs();
+  ASSERT_EQ(w.size(), 2u) << describe(w);
+  expect_wc(w[0], 1, WcStatus::success, WcOpcode::rdma_read);
+  expect_wc(w[1], 2, WcStatus::success, WcOpcode::send);
+}
+
+TEST_F(ReqTest, SendWithoutFenceDoesNotWaitForReads) {
+  connect();
+  post({read_wr(1, 0, 16, 0x1000), wr(2, WrOpcode::send, 1024, 8)});
+  auto sent = h.take_sent();
+  ASSERT_EQ(sent.size(), 2u) << describe(sent);
+  EXPECT_TRUE(IsPacket(sent[0], op::kRc | op::kReadRequest, S, 0));
+  EXPECT_TRUE(IsPacket(sent[1], op::kRc | op::kSendOnly, S + 1, 8));
+}
+
+}  // namespace
+}  // namespace dverbs::proto
