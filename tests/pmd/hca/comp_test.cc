@@ -131,7 +131,7 @@ TEST_F(CompTest, NakForAReadCompletesItWithRemAccessErr) {
 // IBA 9.7.5.1.2: a NAK (or RNR NAK) names an outstanding PSN; one for a PSN that was
 // already acknowledged is a stale duplicate (the network may duplicate and delay it) and is
 // ignored — it neither fails nor delays the WRs outstanding now.
-// DISABLED: comp.cc comp_rx() accepts AETH PSNs down to last_ack_psn - 1 for NAKs too.
+// Regression (fixed): comp.cc comp_rx() accepts AETH PSNs down to last_ack_psn - 1 for NAKs too.
 TEST_F(CompTest, StaleNakForAnAcknowledgedPsnIsIgnored) {
   connect();
   post({wr(1, WrOpcode::send, 0, 4)});
@@ -295,7 +295,7 @@ TEST_F(CompTest, ReadResponsesFillTheBufferAndCompleteTheRead) {
 // IBA 9.7.5.1.6 / 9.7.6.1.4: a READ response beyond the expected PSN means
 // responses were lost: the requester asks again from the first missing PSN — a READ
 // request with that PSN and a RETH for the rest of the transfer.
-// DISABLED: comp.cc responder_target() calls ack_through(psn - 1) for a PSN inside the
+// Regression (fixed): comp.cc responder_target() calls ack_through(psn - 1) for a PSN inside the
 // READ, and ack_through() advances last_ack_psn past the missing response: the READ
 // completes successfully with 256 bytes never written (silent data corruption).
 TEST_F(CompTest, ReadResponseGapRequestsTheReadAgainFromTheMissingPsn) {

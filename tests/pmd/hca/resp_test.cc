@@ -134,7 +134,7 @@ TEST_F(RespTest, SeveralSendsInOneBurstGetOneCoalescedAck) {
 
 // IBA 9.7.7.2 (end-to-end flow control): an ACK of a QP without an SRQ reports the receive
 // credits left (Table 44 encoding: 4 WQEs → code 4), not the "invalid" code 31.
-// DISABLED: resp.cc owe_ack() always sends kCreditsInvalid (31).
+// Regression (fixed): resp.cc owe_ack() always sends kCreditsInvalid (31).
 TEST_F(RespTest, AckCarriesEndToEndCredits) {
   connect();
   for (int i = 0; i < 5; i++) post_recv(uint64_t(i), uint32_t(i) * 256, 256);
@@ -583,7 +583,7 @@ TEST_F(RespTest, SendLongerThanTheReceiveNaksInvalidRequest) {
 // IBA 9.7.4.1.5 (responder resources): a READ/atomic request beyond
 // max_dest_rd_atomic outstanding is an invalid request — but the valid READ before it is
 // still answered, in PSN order, before the NAK.
-// DISABLED: resp.cc sends the NAK and flush_queues() drops the pending responses of E.
+// Regression (fixed): resp.cc sends the NAK and flush_queues() drops the pending responses of E.
 TEST_F(RespTest, ReadsBeyondMaxDestRdAtomicNakInvalidRequest) {
   Conn c;
   c.max_dest_rd_atomic = 1;
@@ -610,7 +610,7 @@ TEST_F(RespTest, QpInRtrAnswersRequests) {
 
 // IBA 9.7.5.2.2 (C9-110): the PSN sequence NAK is owed even while READ responses are still
 // being sent; it follows them (responses and NAK leave in PSN order).
-// DISABLED: resp.cc resp_rx() skips the NAK while rs.pending (and marks nothing to send
+// Regression (fixed): resp.cc resp_rx() skips the NAK while rs.pending (and marks nothing to send
 // it later), so the requester only recovers by its retransmission timer.
 TEST_F(RespTest, OutOfSequenceRightAfterAReadIsStillNaked) {
   connect();
