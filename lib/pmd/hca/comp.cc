@@ -157,6 +157,7 @@ void read_response(Engine& e, Qp& qp, const wire::Packet& pkt) {
     w->done = true;
     ack_through(e, qp, pkt.psn);
   } else {
+    fast_forward(e, qp);  // responses to a request sent before a rewind
     restart_timer(e, qp);
   }
 }
@@ -311,7 +312,9 @@ void comp_rx(Engine& e, Qp& qp, const wire::Packet& pkt) noexcept {
       r.rnr_deadline = e.now() + us * e.tsc_hz() / 1000000;
       if (r.rnr_deadline == 0) r.rnr_deadline = 1;
       r.timer_deadline = 0;
-      req_rewind(e, qp, psn);
+      // From the oldest PSN still owed: ack_through may have found a READ whose
+      // responses are missing before the NAKed PSN.
+      req_rewind(e, qp, r.last_ack_psn);
       return;
     }
     case wire::AethType::nak:
@@ -324,7 +327,7 @@ void comp_rx(Engine& e, Qp& qp, const wire::Packet& pkt) noexcept {
             return;
           }
           r.retry_left--;
-          req_rewind(e, qp, psn);
+          req_rewind(e, qp, r.last_ack_psn);
           return;
         case wire::NakCode::invalid_request: comp_fail(e, qp, WcStatus::rem_inv_req_err); return;
         case wire::NakCode::remote_access_error: comp_fail(e, qp, WcStatus::rem_access_err); return;

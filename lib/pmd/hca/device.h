@@ -42,6 +42,7 @@ struct DeviceCounters {
   std::atomic<uint64_t> rx_non_roce{0};
   std::atomic<uint64_t> rx_handoff_full{0};
   std::atomic<uint64_t> tx_no_mbuf{0};
+  std::atomic<uint64_t> tx_backlog_drop{0};
   std::atomic<uint64_t> cq_overflow{0};
 };
 

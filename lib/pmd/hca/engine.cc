@@ -42,17 +42,28 @@ rte_mbuf* Engine::alloc_frame(uint32_t len) noexcept {
 }
 
 void Engine::tx(rte_mbuf* m) noexcept {
-  txq_[ntx_++] = m;
   if (ntx_ == kTxBatch) tx_flush();
+  if (ntx_ == kTxBatch) [[unlikely]] {
+    // The port is still full: this frame is lost like any other, and recovered by the
+    // transport (only ACKs and responses get here: requesters stop at tx_budget() 0).
+    dev_->counters().tx_backlog_drop.fetch_add(1, std::memory_order_relaxed);
+    rte_pktmbuf_free(m);
+    return;
+  }
+  txq_[ntx_++] = m;
 }
 
 void Engine::tx_flush() noexcept {
-  if (ntx_ == 0) return;
-  dev_->counters().tx_packets.fetch_add(ntx_, std::memory_order_relaxed);
-  // Port::tx_burst frees (and counts) what the PMD did not take: a dropped frame is
-  // recovered by the transport like any loss.
-  dev_->port().tx_burst(queue_, txq_, ntx_);
-  ntx_ = 0;
+  if (ntx_ == 0) {
+    tx_stalled_ = false;
+    return;
+  }
+  // Frames the port refuses stay queued here (backpressure) instead of being dropped.
+  uint16_t sent = dev_->port().tx_burst(queue_, txq_, ntx_, true);
+  dev_->counters().tx_packets.fetch_add(sent, std::memory_order_relaxed);
+  for (uint16_t i = sent; i < ntx_; i++) txq_[i - sent] = txq_[i];
+  ntx_ = uint16_t(ntx_ - sent);
+  tx_stalled_ = ntx_ != 0;
 }
 
 void Engine::rx_one(rte_mbuf* m, bool verified) noexcept {
@@ -117,10 +128,17 @@ void Engine::rx_one(rte_mbuf* m, bool verified) noexcept {
 }
 
 int Engine::rx_step() noexcept {
+  // Up to four bursts: on a loopback port our own TX fills our RX ring, so RX must keep
+  // up with what the requesters produce.
   rte_mbuf* pkts[kBurst];
-  uint16_t n = dev_->port().rx_burst(queue_, pkts, kBurst);
-  if (n) receive(pkts, n);
-  return n;
+  int total = 0;
+  for (int round = 0; round < 4; round++) {
+    uint16_t n = dev_->port().rx_burst(queue_, pkts, kBurst);
+    if (n) receive(pkts, n);
+    total += n;
+    if (n < kBurst) break;
+  }
+  return total;
 }
 
 void Engine::receive(rte_mbuf** pkts, uint16_t n) noexcept {
@@ -172,7 +190,7 @@ int Engine::active_step() noexcept {
       continue;
     }
     qp->lock.lock();
-    work += req_step(*this, *qp, 64);
+    work += req_step(*this, *qp, kQpBudget);
     bool keep = req_needs_service(*qp);
     qp->lock.unlock();
     if (!keep) {
@@ -200,6 +218,16 @@ int Engine::active_step() noexcept {
       continue;
     }
     link = &qp->next_active;
+  }
+  // Round robin: the first QP goes last, so no QP always waits behind the others when the
+  // port pushes back.
+  if (active_head_ && active_head_->next_active) {
+    Qp* first = active_head_;
+    active_head_ = first->next_active;
+    Qp* tail = active_head_;
+    while (tail->next_active) tail = tail->next_active;
+    tail->next_active = first;
+    first->next_active = nullptr;
   }
   return work;
 }

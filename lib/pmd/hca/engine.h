@@ -52,6 +52,10 @@ class Engine {
   // A fresh mbuf for a frame of `len` bytes, or nullptr (counted). Context: engine.
   rte_mbuf* alloc_frame(uint32_t len) noexcept;
 
+  // Packets one QP may send per step: small, so every active QP gets its turn (the list
+  // also rotates), and senders stop as soon as the port pushes back (tx_stalled()).
+  static constexpr int kQpBudget = 16;
+  bool tx_stalled() const noexcept { return tx_stalled_; }
   uint64_t now() const noexcept { return now_; }
   uint64_t tsc_hz() const noexcept { return tsc_hz_; }
   Device& device() noexcept { return *dev_; }
@@ -83,6 +87,7 @@ class Engine {
   uint32_t n_ack_ = 0;
   rte_mbuf* txq_[kTxBatch] = {};
   uint16_t ntx_ = 0;
+  bool tx_stalled_ = false;  // the last flush left frames behind  // the port refused frames: hold requester output back
   uint64_t now_ = 0;
   uint64_t tsc_hz_ = 1;
 };

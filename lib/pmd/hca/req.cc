@@ -278,7 +278,7 @@ int req_step(Engine& e, Qp& qp, int budget) noexcept {
 
   int sent = 0;
   const bool draining = qp.state.load(std::memory_order_relaxed) == QpState::sqd;
-  while (sent < budget) {
+  while (sent < budget && !e.tx_stalled()) {
     SendWqe* w = qp.sq.peek(r.next_wqe);
     if (!w || (draining && !w->started)) break;
     if (w->opcode == WrOpcode::bind_mw || w->opcode == WrOpcode::local_inv) {

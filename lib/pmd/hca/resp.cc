@@ -320,6 +320,9 @@ RespResult execute_atomic(Engine& e, Qp& qp, const wire::Packet& pkt) {
 void replay(Qp& qp, uint32_t psn) {
   Responder& rs = qp.resp;
   const uint32_t cap = res_cap(qp);
+  // A go-back-N resend repeats every request after the first lost one: duplicates at or
+  // past the stream position are answered by the stream already running.
+  if (rs.pending && wire::psn_diff(psn, rs.resp_psn) >= 0) return;
   for (uint32_t age = 1; age <= cap; age++) {
     uint32_t slot = (rs.res_head + cap - age) % cap;
     const RespResource& r = rs.res[slot];
@@ -360,7 +363,7 @@ int resp_tx_step(Engine& e, Qp& qp, int budget) noexcept {
   Responder& rs = qp.resp;
   int sent = 0;
   const uint32_t cap = res_cap(qp);
-  while (rs.pending && sent < budget) {
+  while (rs.pending && sent < budget && !e.tx_stalled()) {
     RespResource& r = rs.res[rs.gen];
     const uint32_t idx = uint32_t(wire::psn_diff(rs.resp_psn, r.first_psn));
     const uint32_t ack = wire::make_syndrome(AethType::ack, wire::kCreditsInvalid);
@@ -413,6 +416,8 @@ int resp_tx_step(Engine& e, Qp& qp, int budget) noexcept {
     rs.resp_psn = wire::psn_add(rs.resp_psn, 1);
     if (idx + 1 == r.npkts) {
       rs.gen = (rs.gen + 1) % cap;
+      // The next request may come several PSNs later (SENDs/WRITEs in between).
+      if (rs.pending > 1) rs.resp_psn = rs.res[rs.gen].first_psn;
       rs.stream_start = rs.resp_psn;
       if (--rs.pending == 0) {
         // The ACK of later SENDs/WRITEs and any NAK waited for these responses (PSN order).

@@ -361,12 +361,12 @@ uint16_t Port::rx_burst(uint16_t q, rte_mbuf** pkts, uint16_t n) noexcept {
   return nb;
 }
 
-uint16_t Port::tx_burst(uint16_t q, rte_mbuf** pkts, uint16_t n) noexcept {
+uint16_t Port::tx_burst(uint16_t q, rte_mbuf** pkts, uint16_t n, bool keep_unsent) noexcept {
   Impl& im = *impl_;
   if (!im.capture) [[likely]] {
     const uint16_t sent = rte_eth_tx_burst(port_id_, q, pkts, n);
     add(stats_.tx_frames, sent);
-    if (sent < n) [[unlikely]] {
+    if (sent < n && !keep_unsent) [[unlikely]] {
       rte_pktmbuf_free_bulk(pkts + sent, n - sent);
       add(stats_.tx_dropped, n - sent);
     }
@@ -382,6 +382,10 @@ uint16_t Port::tx_burst(uint16_t q, rte_mbuf** pkts, uint16_t n) noexcept {
     im.capture->write(copies, sent);
     if (sent < k) {
       rte_pktmbuf_free_bulk(copies + sent, k - sent);
+      if (keep_unsent) {  // the caller keeps pkts[total + sent .. n)
+        total = uint16_t(total + sent);
+        break;
+      }
       rte_pktmbuf_free_bulk(pkts + done + sent, k - sent);
       add(stats_.tx_dropped, k - sent);
     }

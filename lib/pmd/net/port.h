@@ -69,11 +69,12 @@ class Port {
   // the capture write.
   uint16_t rx_burst(uint16_t q, rte_mbuf** pkts, uint16_t n) noexcept;
   // Sends up to n frames; frees what the PMD refused (counted in tx_dropped) so the caller
-  // never leaks. With DVERBS_PCAP the frames the device took are captured. Frames may be
+  // never leaks — unless keep_unsent, where pkts[returned..n) stay the caller's
+  // (backpressure: the transport holds them and stops producing). With DVERBS_PCAP the frames the device took are captured. Frames may be
   // chained mbufs when tx_offloads() has RTE_ETH_TX_OFFLOAD_MULTI_SEGS (net_ring passes
   // chains through unchanged).
   // Context: owner of queue q, never sleeps; same rules as rx_burst.
-  uint16_t tx_burst(uint16_t q, rte_mbuf** pkts, uint16_t n) noexcept;
+  uint16_t tx_burst(uint16_t q, rte_mbuf** pkts, uint16_t n, bool keep_unsent = false) noexcept;
   // Context: any thread, never sleeps (mempool per-lcore cache or lock-free ring).
   rte_mbuf* alloc_mbuf() noexcept;
 

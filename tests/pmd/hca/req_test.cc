@@ -59,6 +59,8 @@ TEST_F(ReqTest, LongMessageAsksForAcksPeriodically) {
   c.cap_send = 4;
   connect(c);
   post({wr(1, WrOpcode::send, 0, 40 * 256)});
+  // The engine sends a bounded number of packets per QP and poll (round robin among QPs).
+  for (int i = 0; i < 100 && h.sent_pending() < 40; i++) h.poll();
   auto sent = h.take_sent();
   ASSERT_EQ(sent.size(), 40u) << describe(sent);
   int middle_acks = 0;
