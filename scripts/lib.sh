@@ -28,7 +28,14 @@ dverbs_build() {
   local dir=$1; shift
   if [ ! -f "$dir/build.ninja" ]; then
     echo "==> configuring $dir"
-    meson setup "$dir" "$@" >/dev/null
+    local log
+    log=$(mktemp)
+    if ! meson setup "$dir" "$@" >"$log" 2>&1; then
+      tail -n 20 "$log" >&2
+      rm -f "$log"
+      return 1
+    fi
+    rm -f "$log"
   fi
   echo "==> building $dir"
   ninja -C "$dir" >/dev/null || ninja -C "$dir"
