@@ -581,18 +581,14 @@ int post_send(mid::Qp* q, SendWr* wr, SendWr** bad) {
   return rc;
 }
 
-int post_recv(mid::Qp* q, RecvWr* wr, RecvWr** bad) {
-  Qp& qp = *to_qp(q);
-  if (qp.state.load(std::memory_order_acquire) == QpState::reset || qp.srq) {
-    *bad = wr;
-    return EINVAL;
-  }
-  int rc = 0;
+// Validates receive WRs and queues them on `rq` in order (IBA 10.8.2): SGE count within
+// `max_sge`, no address wrap, total length within 2^31. Stops at the first bad WR (EINVAL)
+// or when the ring is full (ENOMEM) and names it in *bad.
+int queue_recvs(WorkQueue<RecvWqe>& rq, uint32_t max_sge, RecvWr* wr, RecvWr** bad) {
   for (; wr; wr = wr->next) {
-    if (wr->num_sge < 0 || uint32_t(wr->num_sge) > qp.cap.max_recv_sge ||
-        (wr->num_sge > 0 && !wr->sg_list)) {
-      rc = EINVAL;
-      break;
+    if (wr->num_sge < 0 || uint32_t(wr->num_sge) > max_sge || (wr->num_sge > 0 && !wr->sg_list)) {
+      *bad = wr;
+      return EINVAL;
     }
     uint64_t len = 0;
     bool wraps = false;
@@ -602,23 +598,32 @@ int post_recv(mid::Qp* q, RecvWr* wr, RecvWr** bad) {
       len += s.length;
     }
     if (wraps || len > (1ull << 31)) {
-      rc = EINVAL;
-      break;
+      *bad = wr;
+      return EINVAL;
     }
     uint64_t idx;
-    RecvWqe* w = qp.rq.claim(&idx);
+    RecvWqe* w = rq.claim(&idx);
     if (!w) {
-      rc = ENOMEM;
-      break;
+      *bad = wr;
+      return ENOMEM;
     }
     w->wr_id = wr->wr_id;
     w->num_sge = uint32_t(wr->num_sge);
     w->length = uint32_t(len);
     std::memcpy(w->sge, wr->sg_list, sizeof(Sge) * uint32_t(wr->num_sge));
-    qp.rq.publish(idx);
+    rq.publish(idx);
   }
-  if (rc) *bad = wr;
-  if (qp.state.load(std::memory_order_acquire) == QpState::err) qp.engine->kick(&qp);
+  return 0;
+}
+
+int post_recv(mid::Qp* q, RecvWr* wr, RecvWr** bad) {
+  Qp& qp = *to_qp(q);
+  if (qp.state.load(std::memory_order_acquire) == QpState::reset || qp.srq) {
+    *bad = wr;
+    return EINVAL;
+  }
+  int rc = queue_recvs(qp.rq, qp.cap.max_recv_sge, wr, bad);
+  if (qp.state.load(std::memory_order_acquire) == QpState::err) qp.engine->kick(&qp);  // flush
   return rc;
 }
 
@@ -662,37 +667,7 @@ int destroy_srq(mid::Srq* s) {
 
 int post_srq_recv(mid::Srq* s, RecvWr* wr, RecvWr** bad) {
   Srq& srq = *to_srq(s);
-  int rc = 0;
-  for (; wr; wr = wr->next) {
-    if (wr->num_sge < 0 || uint32_t(wr->num_sge) > srq.max_sge ||
-        (wr->num_sge > 0 && !wr->sg_list)) {
-      rc = EINVAL;
-      break;
-    }
-    uint64_t len = 0;
-    bool wraps = false;
-    for (int i = 0; i < wr->num_sge; i++) {
-      wraps |= wr->sg_list[i].addr + wr->sg_list[i].length < wr->sg_list[i].addr;
-      len += wr->sg_list[i].length;
-    }
-    if (wraps || len > (1ull << 31)) {
-      rc = EINVAL;
-      break;
-    }
-    uint64_t idx;
-    RecvWqe* w = srq.rq.claim(&idx);
-    if (!w) {
-      rc = ENOMEM;
-      break;
-    }
-    w->wr_id = wr->wr_id;
-    w->num_sge = uint32_t(wr->num_sge);
-    w->length = uint32_t(len);
-    std::memcpy(w->sge, wr->sg_list, sizeof(Sge) * uint32_t(wr->num_sge));
-    srq.rq.publish(idx);
-  }
-  if (rc) *bad = wr;
-  return rc;
+  return queue_recvs(srq.rq, srq.max_sge, wr, bad);
 }
 
 // ---------------------------------------------------------------- AH
