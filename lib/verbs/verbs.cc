@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cstring>
 #include <mutex>
+#include <new>
 
 #include "dverbs/dverbs.h"
 #include "midlayer/core.h"
@@ -176,10 +177,11 @@ int Mr::destroy() {
   if (rc == 0) mr_ = nullptr;
   return rc;
 }
-uint32_t Mr::lkey() const { return mr_->lkey; }
-uint32_t Mr::rkey() const { return mr_->rkey; }
-uint64_t Mr::addr() const { return mr_->addr; }
-uint64_t Mr::length() const { return mr_->length; }
+// An empty (moved-from or destroyed) handle answers 0 or EINVAL, never a crash.
+uint32_t Mr::lkey() const { return mr_ ? mr_->lkey : 0; }
+uint32_t Mr::rkey() const { return mr_ ? mr_->rkey : 0; }
+uint64_t Mr::addr() const { return mr_ ? mr_->addr : 0; }
+uint64_t Mr::length() const { return mr_ ? mr_->length : 0; }
 
 // ---------------------------------------------------------------- Cq
 struct Cq::State {
@@ -191,7 +193,9 @@ struct Cq::State {
 Expected<Cq> Cq::create(const Context& ctx, uint32_t cqe, Handler handler) {
   if (!ctx.raw()) return Expected<Cq>::failure(EINVAL);
   Cq c;
-  c.s_ = std::make_unique<State>();
+  // No exception may cross this API: allocation failure is ENOMEM.
+  c.s_.reset(new (std::nothrow) State());
+  if (!c.s_) return Expected<Cq>::failure(ENOMEM);
   c.s_->handler = std::move(handler);
   c.s_->owner = &c;
   auto comp = [](mid::Cq*, void* p) {
@@ -223,9 +227,14 @@ int Cq::destroy() {
   if (rc == 0) s_.reset();
   return rc;
 }
-int Cq::poll(Wc* wc, int n) noexcept { return mid::poll_cq(s_->cq, n, wc); }
-int Cq::req_notify(bool solicited_only) noexcept { return mid::req_notify_cq(s_->cq, solicited_only); }
-uint32_t Cq::capacity() const { return s_->cq->cqe; }
+int Cq::poll(Wc* wc, int n) noexcept {
+  if (!s_ || (n > 0 && !wc)) return -EINVAL;
+  return mid::poll_cq(s_->cq, n, wc);
+}
+int Cq::req_notify(bool solicited_only) noexcept {
+  return s_ ? mid::req_notify_cq(s_->cq, solicited_only) : EINVAL;
+}
+uint32_t Cq::capacity() const { return s_ ? s_->cq->cqe : 0; }
 mid::Cq* Cq::raw() const { return s_ ? s_->cq : nullptr; }
 
 // ---------------------------------------------------------------- Qp
@@ -256,15 +265,31 @@ int Qp::destroy() {
   if (rc == 0) qp_ = nullptr;
   return rc;
 }
-int Qp::modify(const QpAttr& attr, uint32_t mask) { return mid::modify_qp(qp_, &attr, mask); }
-int Qp::query(QpAttr* attr) const { return mid::query_qp(qp_, attr, ~0u, nullptr); }
+int Qp::modify(const QpAttr& attr, uint32_t mask) {
+  return qp_ ? mid::modify_qp(qp_, &attr, mask) : EINVAL;
+}
+int Qp::query(QpAttr* attr) const {
+  return qp_ && attr ? mid::query_qp(qp_, attr, ~0u, nullptr) : EINVAL;
+}
 QpState Qp::state() const {
   QpAttr a;
   return mid::query_qp(qp_, &a, qp_attr_mask::state, nullptr) == 0 ? a.qp_state : QpState::err;
 }
-uint32_t Qp::qp_num() const { return qp_->qp_num; }
-int Qp::post_send(SendWr* wr, SendWr** bad) noexcept { return mid::post_send(qp_, wr, bad); }
-int Qp::post_recv(RecvWr* wr, RecvWr** bad) noexcept { return mid::post_recv(qp_, wr, bad); }
+uint32_t Qp::qp_num() const { return qp_ ? qp_->qp_num : 0; }
+int Qp::post_send(SendWr* wr, SendWr** bad) noexcept {
+  if (!qp_ || !wr || !bad) [[unlikely]] {
+    if (bad) *bad = wr;
+    return EINVAL;
+  }
+  return mid::post_send(qp_, wr, bad);
+}
+int Qp::post_recv(RecvWr* wr, RecvWr** bad) noexcept {
+  if (!qp_ || !wr || !bad) [[unlikely]] {
+    if (bad) *bad = wr;
+    return EINVAL;
+  }
+  return mid::post_recv(qp_, wr, bad);
+}
 
 int Qp::connect(const Gid& gid, uint32_t rqpn, uint32_t lpsn, uint32_t rpsn, Mtu mtu,
                 uint32_t access_flags) {
@@ -324,7 +349,8 @@ Expected<Srq> Srq::create(const Pd& pd, uint32_t max_wr, uint32_t max_sge, uint3
                           EventHandler on_event) {
   if (!pd.raw()) return Expected<Srq>::failure(EINVAL);
   Srq srq;
-  srq.s_ = std::make_unique<State>();
+  srq.s_.reset(new (std::nothrow) State());
+  if (!srq.s_) return Expected<Srq>::failure(ENOMEM);
   srq.s_->on_event = std::move(on_event);
   mid::SrqInitAttr init;
   init.max_wr = max_wr;
@@ -346,8 +372,12 @@ int Srq::destroy() {
   if (rc == 0) s_.reset();
   return rc;
 }
-int Srq::arm(uint32_t limit) { return mid::modify_srq(s_->srq, 0, limit, 2); }
+int Srq::arm(uint32_t limit) { return s_ ? mid::modify_srq(s_->srq, 0, limit, 2) : EINVAL; }
 int Srq::post_recv(RecvWr* wr, RecvWr** bad) noexcept {
+  if (!s_ || !wr || !bad) [[unlikely]] {
+    if (bad) *bad = wr;
+    return EINVAL;
+  }
   return mid::post_srq_recv(s_->srq, wr, bad);
 }
 mid::Srq* Srq::raw() const { return s_ ? s_->srq : nullptr; }
@@ -373,8 +403,9 @@ int Mw::destroy() {
   if (rc == 0) mw_ = nullptr;
   return rc;
 }
-uint32_t Mw::rkey() const { return mw_->rkey; }
+uint32_t Mw::rkey() const { return mw_ ? mw_->rkey : 0; }
 uint32_t Mw::next_rkey() const {
+  if (!mw_) return 0;
   uint32_t k = mw_->rkey;
   uint8_t b = uint8_t((k & 0xff) + 1);
   return (k & ~0xffu) | (b ? b : 1);

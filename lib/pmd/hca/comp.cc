@@ -199,6 +199,18 @@ void comp_retire_upto(Engine&, Qp& qp, uint64_t upto) noexcept {
   }
 }
 
+void comp_fail_at(Engine& e, Qp& qp, uint64_t idx, WcStatus status) noexcept {
+  // WQEs before the failing one were not acknowledged yet: they flush, in order, ahead of
+  // the error (their fate at the responder is unknown once the QP leaves RTS).
+  Requester& r = qp.req;
+  while (r.unacked != idx && qp.sq.peek(r.unacked)) {
+    complete_send(qp, qp.sq.at(r.unacked), WcStatus::wr_flush_err);
+    qp.sq.retire_one();
+    r.unacked++;
+  }
+  comp_fail(e, qp, status);
+}
+
 void comp_fail(Engine& e, Qp& qp, WcStatus status) noexcept {
   Requester& r = qp.req;
   if (SendWqe* w = qp.sq.peek(r.unacked)) {

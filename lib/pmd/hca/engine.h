@@ -123,6 +123,8 @@ void comp_rx(Engine& e, Qp& qp, const wire::Packet& pkt) noexcept;
 void comp_retire_upto(Engine& e, Qp& qp, uint64_t upto) noexcept;
 // Moves the QP to ERR after an error completion of the oldest WQE with `status`.
 void comp_fail(Engine& e, Qp& qp, WcStatus status) noexcept;
+// Same for a local error of SQ index `idx` (older WQEs are flushed ahead of it).
+void comp_fail_at(Engine& e, Qp& qp, uint64_t idx, WcStatus status) noexcept;
 // Flushes every outstanding and newly posted WQE of a QP in ERR (IBV_WC_WR_FLUSH_ERR),
 // in order. Context: owner engine, qp->lock held.
 void flush_queues(Engine& e, Qp& qp) noexcept;

@@ -196,7 +196,7 @@ bool send_one(Engine& e, Qp& qp, SendWqe& w, uint32_t pkt) {
     WcStatus st = gather(e.device(), qp.pd, w.sge, w.num_sge, off, p, len);
     if (st != WcStatus::success) [[unlikely]] {
       rte_pktmbuf_free(m);
-      comp_fail(e, qp, st);
+      comp_fail_at(e, qp, qp.req.next_wqe, st);
       return false;
     }
   }
