@@ -25,15 +25,19 @@ WcOpcode wc_opcode(WrOpcode op) {
   }
 }
 
+// Retires the oldest SQ slot and reports it: the slot is freed before the completion is
+// visible, so a consumer that posts again on every completion never sees ENOMEM.
 void complete_send(Qp& qp, const SendWqe& w, WcStatus status) {
-  if (status == WcStatus::success && !w.signaled) return;
+  const bool report = status != WcStatus::success || w.signaled;
   Wc wc{};
   wc.wr_id = w.wr_id;
   wc.status = status;
   wc.opcode = wc_opcode(w.opcode);
   wc.byte_len = w.length;
   wc.qp_num = qp.qp_num;
-  cq_push(*to_cq(qp.send_cq), wc, false);
+  qp.sq.retire_one();  // `w` is dead from here on
+  qp.req.unacked++;
+  if (report) cq_push(*to_cq(qp.send_cq), wc, false);
 }
 
 // RNR NAK timer codes (IBA Table 45), in microseconds.
@@ -190,8 +194,6 @@ void comp_retire_upto(Engine&, Qp& qp, uint64_t upto) noexcept {
     const SendWqe& w = qp.sq.at(r.unacked);
     if (is_rd_atomic(w.opcode) && w.npkts) r.rd_inflight--;
     complete_send(qp, w, WcStatus::success);
-    qp.sq.retire_one();
-    r.unacked++;
   }
   if (r.next_wqe < r.unacked) {
     r.next_wqe = r.unacked;
@@ -205,8 +207,6 @@ void comp_fail_at(Engine& e, Qp& qp, uint64_t idx, WcStatus status) noexcept {
   Requester& r = qp.req;
   while (r.unacked != idx && qp.sq.peek(r.unacked)) {
     complete_send(qp, qp.sq.at(r.unacked), WcStatus::wr_flush_err);
-    qp.sq.retire_one();
-    r.unacked++;
   }
   comp_fail(e, qp, status);
 }
@@ -215,8 +215,6 @@ void comp_fail(Engine& e, Qp& qp, WcStatus status) noexcept {
   Requester& r = qp.req;
   if (SendWqe* w = qp.sq.peek(r.unacked)) {
     complete_send(qp, *w, status);  // error completions are always generated
-    qp.sq.retire_one();
-    r.unacked++;
   }
   qp.state.store(QpState::err, std::memory_order_release);
   flush_queues(e, qp);
@@ -226,8 +224,6 @@ void flush_queues(Engine&, Qp& qp) noexcept {
   Requester& r = qp.req;
   while (SendWqe* w = qp.sq.peek(r.unacked)) {
     complete_send(qp, *w, WcStatus::wr_flush_err);
-    qp.sq.retire_one();
-    r.unacked++;
   }
   r.next_wqe = r.sent_end = r.unacked;
   r.next_pkt = 0;
@@ -264,9 +260,9 @@ void flush_queues(Engine&, Qp& qp) noexcept {
     wc.status = WcStatus::wr_flush_err;
     wc.opcode = WcOpcode::recv;
     wc.qp_num = qp.qp_num;
-    cq_push(*to_cq(qp.recv_cq), wc, false);
-    qp.rq.retire_one();
+    qp.rq.retire_one();  // slot first, completion second (see complete_send)
     qp.rq_consumed++;
+    cq_push(*to_cq(qp.recv_cq), wc, false);
   }
   rs.recv = nullptr;
   rs.in_send = rs.in_write = false;

@@ -80,6 +80,10 @@ void nak(Engine& e, Qp& qp, uint8_t syndrome, uint32_t psn, bool fatal) {
   if (fatal) enter_error(e, qp);
 }
 
+void finish_recv(Qp& qp);
+
+// Completes the receive being filled: the slot is freed before the completion becomes
+// visible, so a consumer that reposts on every completion never finds the ring full.
 void complete_recv(Qp& qp, const RecvWqe& w, WcStatus st, WcOpcode op, uint32_t len,
                    const wire::Packet& pkt, bool solicited) {
   Wc wc{};
@@ -97,6 +101,7 @@ void complete_recv(Qp& qp, const RecvWqe& w, WcStatus st, WcOpcode op, uint32_t 
     wc.wc_flags |= wc_flags::with_inv;
   }
   if (qp.qp_type == QpType::ud) wc.wc_flags |= wc_flags::grh;
+  finish_recv(qp);  // `w` is dead from here on
   cq_push(*to_cq(qp.recv_cq), wc, solicited);
 }
 
@@ -148,7 +153,6 @@ void finish_recv(Qp& qp) {
 void fail_recv(Engine& e, Qp& qp, WcStatus st, const wire::Packet& pkt) {
   if (RecvWqe* w = qp.resp.recv) {
     complete_recv(qp, *w, st, WcOpcode::recv, 0, pkt, false);
-    finish_recv(qp);
   }
   qp.state.store(QpState::err, std::memory_order_release);
   flush_queues(e, qp);
@@ -168,7 +172,6 @@ RespResult execute_send(Engine& e, Qp& qp, const wire::Packet& pkt) {
     WcStatus st = scatter(e.device(), qp.pd, w->sge, w->num_sge, 0, grh, sizeof grh);
     if (st != WcStatus::success) {
       complete_recv(qp, *w, st, WcOpcode::recv, 0, pkt, false);
-      finish_recv(qp);
       return RespResult::drop;
     }
     off = wire::kGrhLen;
@@ -177,7 +180,6 @@ RespResult execute_send(Engine& e, Qp& qp, const wire::Packet& pkt) {
   if (st != WcStatus::success) [[unlikely]] {
     if (qp.qp_type == QpType::ud) {
       complete_recv(qp, *w, st, WcOpcode::recv, 0, pkt, false);
-      finish_recv(qp);
       return RespResult::drop;
     }
     fail_recv(e, qp, st, pkt);
@@ -194,7 +196,6 @@ RespResult execute_send(Engine& e, Qp& qp, const wire::Packet& pkt) {
     // For UD, byte_len counts the 40-byte GRH as well (IBA 11.4.1.2).
     uint32_t len = rs.recv_offset;
     complete_recv(qp, *w, WcStatus::success, WcOpcode::recv, len, pkt, pkt.bth->se());
-    finish_recv(qp);
   }
   return RespResult::done;
 }
@@ -231,7 +232,6 @@ RespResult execute_write(Engine& e, Qp& qp, const wire::Packet& pkt) {
     complete_recv(qp, *rs.recv, WcStatus::success, WcOpcode::recv_rdma_with_imm, rs.write_total,
                   pkt,
                   pkt.bth->se());
-    finish_recv(qp);
   }
   return RespResult::done;
 }

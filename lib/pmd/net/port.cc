@@ -162,13 +162,18 @@ std::unique_ptr<Port> Port::open(const Config& cfg, uint16_t nb_queues, std::str
     im.remove_dev = im.name;
   } else {
     im.name = cfg.port.substr(0, cfg.port.find(','));
-    int r = rte_dev_probe(cfg.port.c_str());
+    std::string devargs = cfg.port;
+    // memif's default 2048-byte buffers chain larger frames, and its 22.11 receive path
+    // crashes on such chains: give every RoCE frame (up to 4096 B of payload) one buffer.
+    if (im.name.rfind("net_memif", 0) == 0 && devargs.find("bsize=") == std::string::npos)
+      devargs += ",bsize=8192";
+    int r = rte_dev_probe(devargs.c_str());
     if (r < 0 && r != -EEXIST) return fail("cannot probe '" + cfg.port + "'", r);
     if (r == -EEXIST) {
       log.discard();  // "Failed to attach device": it was there already, which is fine
     } else {
       rte_devargs da{};
-      if (rte_devargs_parse(&da, cfg.port.c_str()) == 0 && da.bus) {
+      if (rte_devargs_parse(&da, devargs.c_str()) == 0 && da.bus) {
         im.remove_bus = rte_bus_name(da.bus);
         im.remove_dev = da.name;
       }

@@ -78,21 +78,51 @@ DV_COMPAT_1_0(ibv_query_pkey) int dv_compat_ibv_query_pkey_1_0(...) {
   errno = ENOSYS;
   return -1;
 }
-DV_COMPAT_1_0(ibv_attach_mcast) int dv_compat_ibv_attach_mcast_1_0(...) { return ENOSYS; }
-DV_COMPAT_1_0(ibv_dealloc_pd) int dv_compat_ibv_dealloc_pd_1_0(...) { return ENOSYS; }
-DV_COMPAT_1_0(ibv_dereg_mr) int dv_compat_ibv_dereg_mr_1_0(...) { return ENOSYS; }
-DV_COMPAT_1_0(ibv_destroy_ah) int dv_compat_ibv_destroy_ah_1_0(...) { return ENOSYS; }
-DV_COMPAT_1_0(ibv_destroy_cq) int dv_compat_ibv_destroy_cq_1_0(...) { return ENOSYS; }
-DV_COMPAT_1_0(ibv_destroy_qp) int dv_compat_ibv_destroy_qp_1_0(...) { return ENOSYS; }
-DV_COMPAT_1_0(ibv_destroy_srq) int dv_compat_ibv_destroy_srq_1_0(...) { return ENOSYS; }
-DV_COMPAT_1_0(ibv_detach_mcast) int dv_compat_ibv_detach_mcast_1_0(...) { return ENOSYS; }
-DV_COMPAT_1_0(ibv_modify_qp) int dv_compat_ibv_modify_qp_1_0(...) { return ENOSYS; }
-DV_COMPAT_1_0(ibv_modify_srq) int dv_compat_ibv_modify_srq_1_0(...) { return ENOSYS; }
-DV_COMPAT_1_0(ibv_query_device) int dv_compat_ibv_query_device_1_0(...) { return ENOSYS; }
-DV_COMPAT_1_0(ibv_query_port) int dv_compat_ibv_query_port_1_0(...) { return ENOSYS; }
-DV_COMPAT_1_0(ibv_query_qp) int dv_compat_ibv_query_qp_1_0(...) { return ENOSYS; }
-DV_COMPAT_1_0(ibv_query_srq) int dv_compat_ibv_query_srq_1_0(...) { return ENOSYS; }
-DV_COMPAT_1_0(ibv_resize_cq) int dv_compat_ibv_resize_cq_1_0(...) { return ENOSYS; }
+DV_COMPAT_1_0(ibv_attach_mcast) int dv_compat_ibv_attach_mcast_1_0(...) {
+  return ENOSYS;
+}
+DV_COMPAT_1_0(ibv_dealloc_pd) int dv_compat_ibv_dealloc_pd_1_0(...) {
+  return ENOSYS;
+}
+DV_COMPAT_1_0(ibv_dereg_mr) int dv_compat_ibv_dereg_mr_1_0(...) {
+  return ENOSYS;
+}
+DV_COMPAT_1_0(ibv_destroy_ah) int dv_compat_ibv_destroy_ah_1_0(...) {
+  return ENOSYS;
+}
+DV_COMPAT_1_0(ibv_destroy_cq) int dv_compat_ibv_destroy_cq_1_0(...) {
+  return ENOSYS;
+}
+DV_COMPAT_1_0(ibv_destroy_qp) int dv_compat_ibv_destroy_qp_1_0(...) {
+  return ENOSYS;
+}
+DV_COMPAT_1_0(ibv_destroy_srq) int dv_compat_ibv_destroy_srq_1_0(...) {
+  return ENOSYS;
+}
+DV_COMPAT_1_0(ibv_detach_mcast) int dv_compat_ibv_detach_mcast_1_0(...) {
+  return ENOSYS;
+}
+DV_COMPAT_1_0(ibv_modify_qp) int dv_compat_ibv_modify_qp_1_0(...) {
+  return ENOSYS;
+}
+DV_COMPAT_1_0(ibv_modify_srq) int dv_compat_ibv_modify_srq_1_0(...) {
+  return ENOSYS;
+}
+DV_COMPAT_1_0(ibv_query_device) int dv_compat_ibv_query_device_1_0(...) {
+  return ENOSYS;
+}
+DV_COMPAT_1_0(ibv_query_port) int dv_compat_ibv_query_port_1_0(...) {
+  return ENOSYS;
+}
+DV_COMPAT_1_0(ibv_query_qp) int dv_compat_ibv_query_qp_1_0(...) {
+  return ENOSYS;
+}
+DV_COMPAT_1_0(ibv_query_srq) int dv_compat_ibv_query_srq_1_0(...) {
+  return ENOSYS;
+}
+DV_COMPAT_1_0(ibv_resize_cq) int dv_compat_ibv_resize_cq_1_0(...) {
+  return ENOSYS;
+}
 DV_COMPAT_1_0(ibv_get_device_guid) uint64_t dv_compat_ibv_get_device_guid_1_0(...) {
   errno = ENOSYS;
   return 0;
@@ -118,71 +148,193 @@ void* verbs_open_device(...) {
   errno = EOPNOTSUPP;
   return nullptr;
 }
-unsigned int __ioctl_final_num_attrs(unsigned int num_attrs, ...) { return num_attrs; }
+unsigned int __ioctl_final_num_attrs(unsigned int num_attrs, ...) {
+  return num_attrs;
+}
 int ibv_read_ibdev_sysfs_file(...) {
   errno = EOPNOTSUPP;
   return -1;
 }
 
-int ibv_cmd_advise_mr(...) { return EOPNOTSUPP; }
-int ibv_cmd_alloc_dm(...) { return EOPNOTSUPP; }
-int ibv_cmd_alloc_mw(...) { return EOPNOTSUPP; }
-int ibv_cmd_alloc_pd(...) { return EOPNOTSUPP; }
-int ibv_cmd_attach_mcast(...) { return EOPNOTSUPP; }
-int ibv_cmd_close_xrcd(...) { return EOPNOTSUPP; }
-int ibv_cmd_create_ah(...) { return EOPNOTSUPP; }
-int ibv_cmd_create_counters(...) { return EOPNOTSUPP; }
-int ibv_cmd_create_cq(...) { return EOPNOTSUPP; }
-int ibv_cmd_create_cq_ex(...) { return EOPNOTSUPP; }
-int ibv_cmd_create_flow(...) { return EOPNOTSUPP; }
-int ibv_cmd_create_flow_action_esp(...) { return EOPNOTSUPP; }
-int ibv_cmd_create_qp(...) { return EOPNOTSUPP; }
-int ibv_cmd_create_qp_ex(...) { return EOPNOTSUPP; }
-int ibv_cmd_create_qp_ex2(...) { return EOPNOTSUPP; }
-int ibv_cmd_create_rwq_ind_table(...) { return EOPNOTSUPP; }
-int ibv_cmd_create_srq(...) { return EOPNOTSUPP; }
-int ibv_cmd_create_srq_ex(...) { return EOPNOTSUPP; }
-int ibv_cmd_create_wq(...) { return EOPNOTSUPP; }
-int ibv_cmd_dealloc_mw(...) { return EOPNOTSUPP; }
-int ibv_cmd_dealloc_pd(...) { return EOPNOTSUPP; }
-int ibv_cmd_dereg_mr(...) { return EOPNOTSUPP; }
-int ibv_cmd_destroy_ah(...) { return EOPNOTSUPP; }
-int ibv_cmd_destroy_counters(...) { return EOPNOTSUPP; }
-int ibv_cmd_destroy_cq(...) { return EOPNOTSUPP; }
-int ibv_cmd_destroy_flow(...) { return EOPNOTSUPP; }
-int ibv_cmd_destroy_flow_action(...) { return EOPNOTSUPP; }
-int ibv_cmd_destroy_qp(...) { return EOPNOTSUPP; }
-int ibv_cmd_destroy_rwq_ind_table(...) { return EOPNOTSUPP; }
-int ibv_cmd_destroy_srq(...) { return EOPNOTSUPP; }
-int ibv_cmd_destroy_wq(...) { return EOPNOTSUPP; }
-int ibv_cmd_detach_mcast(...) { return EOPNOTSUPP; }
-int ibv_cmd_free_dm(...) { return EOPNOTSUPP; }
-int ibv_cmd_get_context(...) { return EOPNOTSUPP; }
-int ibv_cmd_modify_cq(...) { return EOPNOTSUPP; }
-int ibv_cmd_modify_flow_action_esp(...) { return EOPNOTSUPP; }
-int ibv_cmd_modify_qp(...) { return EOPNOTSUPP; }
-int ibv_cmd_modify_qp_ex(...) { return EOPNOTSUPP; }
-int ibv_cmd_modify_srq(...) { return EOPNOTSUPP; }
-int ibv_cmd_modify_wq(...) { return EOPNOTSUPP; }
-int ibv_cmd_open_qp(...) { return EOPNOTSUPP; }
-int ibv_cmd_open_xrcd(...) { return EOPNOTSUPP; }
-int ibv_cmd_poll_cq(...) { return EOPNOTSUPP; }
-int ibv_cmd_post_recv(...) { return EOPNOTSUPP; }
-int ibv_cmd_post_send(...) { return EOPNOTSUPP; }
-int ibv_cmd_post_srq_recv(...) { return EOPNOTSUPP; }
-int ibv_cmd_query_context(...) { return EOPNOTSUPP; }
-int ibv_cmd_query_device_any(...) { return EOPNOTSUPP; }
-int ibv_cmd_query_mr(...) { return EOPNOTSUPP; }
-int ibv_cmd_query_port(...) { return EOPNOTSUPP; }
-int ibv_cmd_query_qp(...) { return EOPNOTSUPP; }
-int ibv_cmd_query_srq(...) { return EOPNOTSUPP; }
-int ibv_cmd_read_counters(...) { return EOPNOTSUPP; }
-int ibv_cmd_reg_dm_mr(...) { return EOPNOTSUPP; }
-int ibv_cmd_reg_dmabuf_mr(...) { return EOPNOTSUPP; }
-int ibv_cmd_reg_mr(...) { return EOPNOTSUPP; }
-int ibv_cmd_req_notify_cq(...) { return EOPNOTSUPP; }
-int ibv_cmd_rereg_mr(...) { return EOPNOTSUPP; }
-int ibv_cmd_resize_cq(...) { return EOPNOTSUPP; }
-int execute_ioctl(...) { return EOPNOTSUPP; }
+int ibv_cmd_advise_mr(...) {
+  return EOPNOTSUPP;
+}
+int ibv_cmd_alloc_dm(...) {
+  return EOPNOTSUPP;
+}
+int ibv_cmd_alloc_mw(...) {
+  return EOPNOTSUPP;
+}
+int ibv_cmd_alloc_pd(...) {
+  return EOPNOTSUPP;
+}
+int ibv_cmd_attach_mcast(...) {
+  return EOPNOTSUPP;
+}
+int ibv_cmd_close_xrcd(...) {
+  return EOPNOTSUPP;
+}
+int ibv_cmd_create_ah(...) {
+  return EOPNOTSUPP;
+}
+int ibv_cmd_create_counters(...) {
+  return EOPNOTSUPP;
+}
+int ibv_cmd_create_cq(...) {
+  return EOPNOTSUPP;
+}
+int ibv_cmd_create_cq_ex(...) {
+  return EOPNOTSUPP;
+}
+int ibv_cmd_create_flow(...) {
+  return EOPNOTSUPP;
+}
+int ibv_cmd_create_flow_action_esp(...) {
+  return EOPNOTSUPP;
+}
+int ibv_cmd_create_qp(...) {
+  return EOPNOTSUPP;
+}
+int ibv_cmd_create_qp_ex(...) {
+  return EOPNOTSUPP;
+}
+int ibv_cmd_create_qp_ex2(...) {
+  return EOPNOTSUPP;
+}
+int ibv_cmd_create_rwq_ind_table(...) {
+  return EOPNOTSUPP;
+}
+int ibv_cmd_create_srq(...) {
+  return EOPNOTSUPP;
+}
+int ibv_cmd_create_srq_ex(...) {
+  return EOPNOTSUPP;
+}
+int ibv_cmd_create_wq(...) {
+  return EOPNOTSUPP;
+}
+int ibv_cmd_dealloc_mw(...) {
+  return EOPNOTSUPP;
+}
+int ibv_cmd_dealloc_pd(...) {
+  return EOPNOTSUPP;
+}
+int ibv_cmd_dereg_mr(...) {
+  return EOPNOTSUPP;
+}
+int ibv_cmd_destroy_ah(...) {
+  return EOPNOTSUPP;
+}
+int ibv_cmd_destroy_counters(...) {
+  return EOPNOTSUPP;
+}
+int ibv_cmd_destroy_cq(...) {
+  return EOPNOTSUPP;
+}
+int ibv_cmd_destroy_flow(...) {
+  return EOPNOTSUPP;
+}
+int ibv_cmd_destroy_flow_action(...) {
+  return EOPNOTSUPP;
+}
+int ibv_cmd_destroy_qp(...) {
+  return EOPNOTSUPP;
+}
+int ibv_cmd_destroy_rwq_ind_table(...) {
+  return EOPNOTSUPP;
+}
+int ibv_cmd_destroy_srq(...) {
+  return EOPNOTSUPP;
+}
+int ibv_cmd_destroy_wq(...) {
+  return EOPNOTSUPP;
+}
+int ibv_cmd_detach_mcast(...) {
+  return EOPNOTSUPP;
+}
+int ibv_cmd_free_dm(...) {
+  return EOPNOTSUPP;
+}
+int ibv_cmd_get_context(...) {
+  return EOPNOTSUPP;
+}
+int ibv_cmd_modify_cq(...) {
+  return EOPNOTSUPP;
+}
+int ibv_cmd_modify_flow_action_esp(...) {
+  return EOPNOTSUPP;
+}
+int ibv_cmd_modify_qp(...) {
+  return EOPNOTSUPP;
+}
+int ibv_cmd_modify_qp_ex(...) {
+  return EOPNOTSUPP;
+}
+int ibv_cmd_modify_srq(...) {
+  return EOPNOTSUPP;
+}
+int ibv_cmd_modify_wq(...) {
+  return EOPNOTSUPP;
+}
+int ibv_cmd_open_qp(...) {
+  return EOPNOTSUPP;
+}
+int ibv_cmd_open_xrcd(...) {
+  return EOPNOTSUPP;
+}
+int ibv_cmd_poll_cq(...) {
+  return EOPNOTSUPP;
+}
+int ibv_cmd_post_recv(...) {
+  return EOPNOTSUPP;
+}
+int ibv_cmd_post_send(...) {
+  return EOPNOTSUPP;
+}
+int ibv_cmd_post_srq_recv(...) {
+  return EOPNOTSUPP;
+}
+int ibv_cmd_query_context(...) {
+  return EOPNOTSUPP;
+}
+int ibv_cmd_query_device_any(...) {
+  return EOPNOTSUPP;
+}
+int ibv_cmd_query_mr(...) {
+  return EOPNOTSUPP;
+}
+int ibv_cmd_query_port(...) {
+  return EOPNOTSUPP;
+}
+int ibv_cmd_query_qp(...) {
+  return EOPNOTSUPP;
+}
+int ibv_cmd_query_srq(...) {
+  return EOPNOTSUPP;
+}
+int ibv_cmd_read_counters(...) {
+  return EOPNOTSUPP;
+}
+int ibv_cmd_reg_dm_mr(...) {
+  return EOPNOTSUPP;
+}
+int ibv_cmd_reg_dmabuf_mr(...) {
+  return EOPNOTSUPP;
+}
+int ibv_cmd_reg_mr(...) {
+  return EOPNOTSUPP;
+}
+int ibv_cmd_req_notify_cq(...) {
+  return EOPNOTSUPP;
+}
+int ibv_cmd_rereg_mr(...) {
+  return EOPNOTSUPP;
+}
+int ibv_cmd_resize_cq(...) {
+  return EOPNOTSUPP;
+}
+int execute_ioctl(...) {
+  return EOPNOTSUPP;
+}
 
 }  // extern "C"

@@ -25,8 +25,7 @@ void on_cq_event(const mid::Event& e, void* p) {
   push_async(cq->ctx, ev);
 }
 
-DvCq* create_cq(Context* c, int cqe, void* cq_context, Channel* ch, uint64_t wc_flags,
-                int* err) {
+DvCq* create_cq(Context* c, int cqe, void* cq_context, Channel* ch, uint64_t wc_flags, int* err) {
   if (cqe <= 0 || uint32_t(cqe) > c->attr.max_cqe) {
     *err = EINVAL;
     return nullptr;
@@ -86,7 +85,9 @@ void free_cq(DvCq* cq) {
 }
 
 // ---- ibv_cq_ex polling ----
-inline DvCq* dv(ibv_cq_ex* c) { return wrap<DvCq>(c); }
+inline DvCq* dv(ibv_cq_ex* c) {
+  return wrap<DvCq>(c);
+}
 
 int poll_one(ibv_cq_ex* c) {
   DvCq* cq = dv(c);
@@ -101,23 +102,53 @@ int start_poll(ibv_cq_ex* c, ibv_poll_cq_attr* attr) {
   if (attr && attr->comp_mask) return EINVAL;
   return poll_one(c);
 }
-int next_poll(ibv_cq_ex* c) { return poll_one(c); }
+int next_poll(ibv_cq_ex* c) {
+  return poll_one(c);
+}
 void end_poll(ibv_cq_ex*) {}
-ibv_wc_opcode read_opcode(ibv_cq_ex* c) { return ibv_wc_opcode(dv(c)->cur.opcode); }
-uint32_t read_vendor_err(ibv_cq_ex* c) { return dv(c)->cur.vendor_err; }
-uint32_t read_byte_len(ibv_cq_ex* c) { return dv(c)->cur.byte_len; }
-__be32 read_imm_data(ibv_cq_ex* c) { return dv(c)->cur.imm_data; }
-uint32_t read_qp_num(ibv_cq_ex* c) { return dv(c)->cur.qp_num; }
-uint32_t read_src_qp(ibv_cq_ex* c) { return dv(c)->cur.src_qp; }
-unsigned int read_wc_flags(ibv_cq_ex* c) { return dv(c)->cur.wc_flags; }
-uint32_t read_slid(ibv_cq_ex* c) { return dv(c)->cur.slid; }
-uint8_t read_sl(ibv_cq_ex* c) { return dv(c)->cur.sl; }
-uint8_t read_dlid_path_bits(ibv_cq_ex* c) { return dv(c)->cur.dlid_path_bits; }
+ibv_wc_opcode read_opcode(ibv_cq_ex* c) {
+  return ibv_wc_opcode(dv(c)->cur.opcode);
+}
+uint32_t read_vendor_err(ibv_cq_ex* c) {
+  return dv(c)->cur.vendor_err;
+}
+uint32_t read_byte_len(ibv_cq_ex* c) {
+  return dv(c)->cur.byte_len;
+}
+__be32 read_imm_data(ibv_cq_ex* c) {
+  return dv(c)->cur.imm_data;
+}
+uint32_t read_qp_num(ibv_cq_ex* c) {
+  return dv(c)->cur.qp_num;
+}
+uint32_t read_src_qp(ibv_cq_ex* c) {
+  return dv(c)->cur.src_qp;
+}
+unsigned int read_wc_flags(ibv_cq_ex* c) {
+  return dv(c)->cur.wc_flags;
+}
+uint32_t read_slid(ibv_cq_ex* c) {
+  return dv(c)->cur.slid;
+}
+uint8_t read_sl(ibv_cq_ex* c) {
+  return dv(c)->cur.sl;
+}
+uint8_t read_dlid_path_bits(ibv_cq_ex* c) {
+  return dv(c)->cur.dlid_path_bits;
+}
 // Never requested (create_cq_ex refuses the flags): defined so that no pointer is null.
-uint64_t read_zero64(ibv_cq_ex*) { return 0; }
-uint16_t read_cvlan(ibv_cq_ex*) { return 0; }
-uint32_t read_flow_tag(ibv_cq_ex*) { return 0; }
-void read_tm_info(ibv_cq_ex*, ibv_wc_tm_info* tm) { std::memset(tm, 0, sizeof *tm); }
+uint64_t read_zero64(ibv_cq_ex*) {
+  return 0;
+}
+uint16_t read_cvlan(ibv_cq_ex*) {
+  return 0;
+}
+uint32_t read_flow_tag(ibv_cq_ex*) {
+  return 0;
+}
+void read_tm_info(ibv_cq_ex*, ibv_wc_tm_info* tm) {
+  std::memset(tm, 0, sizeof *tm);
+}
 
 }  // namespace
 
@@ -144,14 +175,10 @@ void init_cq_ex_ops(DvCq* cq) noexcept {
   x.read_completion_wallclock_ns = read_zero64;
 }
 
-int destroy_cq_locked(DvCq* cq, bool force) {
+int destroy_cq_locked(DvCq* cq) {
   // EBUSY while QPs use it. Fence: the completion handler has run for the last time.
   if (int rc = mid::destroy_cq(cq->m)) return rc;
   unlink_cq(cq);
-  if (!force) {
-    wait_acks(&cq->cq.mutex, &cq->cq.cond, &cq->cq.comp_events_completed, cq->comp_reported);
-    wait_acks(&cq->cq.mutex, &cq->cq.cond, &cq->cq.async_events_completed, cq->async_reported);
-  }
   free_cq(cq);
   return 0;
 }

@@ -25,10 +25,10 @@ namespace dverbs::ibv {
 namespace {
 
 struct Devices {
-  std::mutex probe_lock;       // serialises the first probe
-  bool probed = false;         // under probe_lock
-  int probe_rc = 0;            // under probe_lock
-  std::vector<Device*> list;   // registration order; under g_lock
+  mid::Mutex probe_lock;      // serialises the first probe
+  bool probed = false;        // under probe_lock
+  int probe_rc = 0;           // under probe_lock
+  std::vector<Device*> list;  // registration order; under g_lock
   mid::Client client;
 };
 
@@ -62,8 +62,8 @@ void client_add(mid::Device* mdev, mid::Client*) {
   std::snprintf(d->ibdev.name, sizeof d->ibdev.name, "%s", mdev->name);
   const size_t idx = devices().list.size();
   std::snprintf(d->ibdev.dev_name, sizeof d->ibdev.dev_name, "uverbs%zu", idx);
-  std::snprintf(d->ibdev.dev_path, sizeof d->ibdev.dev_path, "/sys/class/infiniband_verbs/uverbs%zu",
-                idx);
+  std::snprintf(d->ibdev.dev_path, sizeof d->ibdev.dev_path,
+                "/sys/class/infiniband_verbs/uverbs%zu", idx);
   std::snprintf(d->ibdev.ibdev_path, sizeof d->ibdev.ibdev_path, "/sys/class/infiniband/%s",
                 mdev->name);
   try {
@@ -88,7 +88,7 @@ void client_remove(mid::Device* mdev, mid::Client*, void*) {
 
 void probe_once() {
   Devices& d = devices();
-  std::lock_guard<std::mutex> g(d.probe_lock);
+  std::lock_guard<mid::Mutex> g(d.probe_lock);
   if (d.probed) return;
   t_probing = true;
   d.probe_rc = mid::probe_drivers();
@@ -104,7 +104,7 @@ void probe_once() {
 // process is still starting (or a veth whose other end is not up yet), and programs such as
 // perftest give up when they see PORT_DOWN right after opening. So:
 // 1. a context opens only once the link is up, waiting at most DVERBS_LINK_WAIT seconds
-//    (default 10; 0 = neither rule applies); after that the port is reported as it is (honestly DOWN);
+//    (default 10; 0 = neither rule applies); after that the port is reported as it is;
 // 2. on a memif port — a cable between two processes, whose link comes up exactly when the
 //    peer process starts — and on any port whose link was down when the device appeared,
 //    contexts are handed out no earlier than kSettle after the device appeared.
@@ -120,7 +120,12 @@ void wait_for_link(Device* d) {
   if (const char* s = std::getenv("DVERBS_LINK_WAIT"); s && *s) {
     char* end = nullptr;
     const double v = std::strtod(s, &end);
-    if (*end == '\0' && v >= 0 && v <= 3600) limit = v;
+    if (*end == '\0' && v >= 0 && v <= 3600)
+      limit = v;
+    else
+      std::fprintf(
+          stderr, "dverbs: DVERBS_LINK_WAIT: '%s' is not a number of seconds (0..3600), using 10\n",
+          s);
   }
   if (limit == 0) return;
   PortAttr pa;
@@ -130,13 +135,17 @@ void wait_for_link(Device* d) {
   bool noted = false;
   while (pa.state != PortState::active) {
     if (Clock::now() >= deadline) {
-      std::fprintf(stderr, "dverbs: %s port 1 link still down after %g s: is the peer of DVERBS_PORT running?\n",
-                   d->ibdev.name, limit);
+      std::fprintf(
+          stderr,
+          "dverbs: %s port 1 link still down after %g s: is the peer of DVERBS_PORT running?\n",
+          d->ibdev.name, limit);
       return;
     }
     if (!noted && Clock::now() - start > std::chrono::seconds(1)) {
-      std::fprintf(stderr, "dverbs: %s port 1 link is down, waiting up to %g s for the peer (DVERBS_LINK_WAIT)\n",
-                   d->ibdev.name, limit);
+      std::fprintf(
+          stderr,
+          "dverbs: %s port 1 link is down, waiting up to %g s for the peer (DVERBS_LINK_WAIT)\n",
+          d->ibdev.name, limit);
       noted = true;
     }
     std::this_thread::sleep_for(kPoll);
@@ -154,10 +163,12 @@ void close_fds(Context* c) {
 }
 
 // Process exit: destroy what the application left open so that peers stop seeing traffic
-// for its QPs and pinned pages are released. The midlayer and the pmd were set up before
-// this handler was registered, so their own exit-time teardown runs after it. Never
-// blocks for long: if another thread holds the control lock (it is still working while
-// the process exits), clean-up is skipped rather than risking a hang.
+// for its QPs and pinned pages are released. Registered with atexit() at the first
+// ibv_open_device, i.e. after the pmd built its device (torn down after this runs); the
+// midlayer's handler pool, started by the first CQ, may already be stopped, which the
+// midlayer's destroy fences tolerate. Never blocks for long: if another thread holds the
+// control lock (it is still working while the process exits), clean-up is skipped rather
+// than risking a hang. Threads the application leaves running must not use the objects.
 void exit_cleanup() {
   mid::Mutex& m = g_lock();
   bool locked = false;
@@ -210,8 +221,12 @@ int dead_post_srq_recv(ibv_srq*, ibv_recv_wr* wr, ibv_recv_wr** bad) {
   *bad = wr;
   return EIO;
 }
-int dead_poll_cq(ibv_cq*, int, ibv_wc*) { return -EIO; }
-int dead_req_notify_cq(ibv_cq*, int) { return EIO; }
+int dead_poll_cq(ibv_cq*, int, ibv_wc*) {
+  return -EIO;
+}
+int dead_req_notify_cq(ibv_cq*, int) {
+  return EIO;
+}
 
 void disassociate_locked(Context* c) {
   destroy_all_locked(c);
@@ -243,9 +258,9 @@ Device* device_find(const ibv_device* dev) noexcept {
 void destroy_all_locked(Context* c) {
   // Dependency order (uverbs' ib_uverbs_cleanup_ucontext): QPs, SRQs, CQs, MRs, AHs, PDs,
   // then completion channels (no CQ can name them any more).
-  for (void* o : c->handles.objects(Kind::qp)) destroy_qp_locked(static_cast<DvQp*>(o), true);
-  for (void* o : c->handles.objects(Kind::srq)) destroy_srq_locked(static_cast<DvSrq*>(o), true);
-  for (void* o : c->handles.objects(Kind::cq)) destroy_cq_locked(static_cast<DvCq*>(o), true);
+  for (void* o : c->handles.objects(Kind::qp)) destroy_qp_locked(static_cast<DvQp*>(o));
+  for (void* o : c->handles.objects(Kind::srq)) destroy_srq_locked(static_cast<DvSrq*>(o));
+  for (void* o : c->handles.objects(Kind::cq)) destroy_cq_locked(static_cast<DvCq*>(o));
   for (void* o : c->handles.objects(Kind::mr)) dereg_mr_locked(static_cast<DvMr*>(o));
   for (void* o : c->handles.objects(Kind::ah)) destroy_ah_locked(static_cast<DvAh*>(o));
   for (void* o : c->handles.objects(Kind::pd)) dealloc_pd_locked(static_cast<DvPd*>(o));
@@ -262,7 +277,8 @@ extern "C" {
 
 ibv_device** ibv_get_device_list(int* num_devices) {
   if (num_devices) *num_devices = 0;
-  if (t_probing) return fail(ENODEV, static_cast<ibv_device**>(std::calloc(1, sizeof(ibv_device*))));
+  if (t_probing)
+    return fail(ENODEV, static_cast<ibv_device**>(std::calloc(1, sizeof(ibv_device*))));
   probe_once();
   Devices& d = devices();
   std::lock_guard<mid::Mutex> g(g_lock());
@@ -279,7 +295,9 @@ ibv_device** ibv_get_device_list(int* num_devices) {
   return list;
 }
 
-void ibv_free_device_list(ibv_device** list) { std::free(list); }
+void ibv_free_device_list(ibv_device** list) {
+  std::free(list);
+}
 
 const char* ibv_get_device_name(ibv_device* device) {
   std::lock_guard<mid::Mutex> g(g_lock());

@@ -165,6 +165,7 @@ Context* registry_find(const void* obj, Kind kind) noexcept;
 std::vector<Context*> registry_contexts();
 
 // Registers `obj` in ctx's handle table and the registry; sets *handle. ENOMEM on failure.
+// Context: process context, with g_lock held.
 int track(Context* ctx, void* obj, Kind kind, uint32_t* handle) noexcept;
 void untrack(Context* ctx, void* obj, uint32_t handle) noexcept;
 
@@ -180,13 +181,14 @@ struct Device {
   bool down_at_start = false;
 };
 // The Device of an ibv_device pointer handed out by ibv_get_device_list, or nullptr.
+// Context: process context, with g_lock held.
 Device* device_find(const ibv_device* dev) noexcept;
 
 // ---- async events ----
 struct AsyncEvent {
   ibv_event_type type;
-  Kind kind;      // cq, qp, srq, or context for device/port events
-  void* obj;      // the wrapper (DvCq*, DvQp*, DvSrq*), nullptr for device/port events
+  Kind kind;  // cq, qp, srq, or context for device/port events
+  void* obj;  // the wrapper (DvCq*, DvQp*, DvSrq*), nullptr for device/port events
   int port_num;
 };
 
@@ -204,15 +206,11 @@ struct Context {
   AsyncEvent async_ring[kAsyncRing];
   uint32_t async_head, async_count;
   std::atomic<uint64_t> async_dropped;
-  std::atomic<uint32_t> port_events_reported;  // device/port events handed out (no ack wait)
 };
 
-inline Context* to_ctx(ibv_context* c) noexcept {
-  return reinterpret_cast<Context*>(reinterpret_cast<uint8_t*>(c) -
-                                    offsetof(verbs_context, context) -
-                                    offsetof(Context, vctx));
+inline ibv_context* ibctx(Context* c) noexcept {
+  return &c->vctx.context;
 }
-inline ibv_context* ibctx(Context* c) noexcept { return &c->vctx.context; }
 
 struct DvCq;
 
@@ -254,8 +252,9 @@ struct DvCq {
   uint32_t queued;  // events raised and not yet returned by ibv_get_cq_event
   DvCq* next_ready;
   bool in_queue;
-  // Events handed to the application, acknowledged through cq.comp_events_completed /
-  // cq.async_events_completed (under cq.mutex).
+  // Events handed to the application (acknowledged through cq.comp_events_completed and
+  // cq.async_events_completed): comp_reported under channel->lock, async_reported under
+  // ctx->async_lock.
   uint32_t comp_reported;
   uint32_t async_reported;
   // ibv_cq_ex polling: the completion start_poll/next_poll made current.
@@ -267,8 +266,8 @@ struct DvSrq {
   mid::Srq* m;
   Context* ctx;
   DvPd* pd;
-  ibv_srq_attr attr;  // as created / last modified
-  uint32_t async_reported;  // under srq.mutex
+  ibv_srq_attr attr;        // as created / last modified
+  uint32_t async_reported;  // events handed out; under ctx->async_lock
 };
 
 struct WrBuilder;
@@ -281,10 +280,10 @@ struct DvQp {
   DvCq* send_cq;
   DvCq* recv_cq;
   DvSrq* srq;
-  QpCap cap;             // granted capacities
-  uint64_t send_ops;     // IBV_QP_EX_WITH_* allowed through ibv_qp_ex (0 = any supported)
-  WrBuilder* wrb;        // ibv_wr_* state (post.cc)
-  uint32_t async_reported;  // under qp.mutex
+  QpCap cap;                // granted capacities
+  uint64_t send_ops;        // IBV_QP_EX_WITH_* allowed through ibv_qp_ex
+  WrBuilder* wrb;           // ibv_wr_* state (post.cc)
+  uint32_t async_reported;  // events handed out; under ctx->async_lock
 };
 
 template <class W, class T>
@@ -301,15 +300,16 @@ inline T fail(int err, T ret) noexcept {
   return ret;
 }
 
-// Queues an async event for `ctx` (handler threads). Context: any, never sleeps.
+// Queues an async event for `ctx`. Context: any (midlayer handler threads), never sleeps.
 void push_async(Context* ctx, const AsyncEvent& ev) noexcept;
 // Drops queued events that name `obj` (its destroy has fenced the midlayer).
+// Context: any, never sleeps.
 void purge_async(Context* ctx, const void* obj) noexcept;
 // Waits until the application acknowledged the events it was given (rdma-core semantics of
 // destroy). Context: process context, may sleep.
 void wait_acks(pthread_mutex_t* m, pthread_cond_t* c, const uint32_t* acked, uint32_t reported);
 
-// verbs_context ops implemented in query.cc.
+// verbs_context ops implemented in query.cc. Context: process context.
 int query_port_op(ibv_context* context, uint8_t port_num, ibv_port_attr* port_attr,
                   size_t port_attr_len);
 int query_device_ex_op(ibv_context* context, const ibv_query_device_ex_input* input,
@@ -320,17 +320,19 @@ int query_device_ex_op(ibv_context* context, const ibv_query_device_ex_input* in
 void on_cq_comp(mid::Cq* cq, void* cq_context);
 void channel_forget(DvCq* cq) noexcept;
 
-// Fills the ibv_context ops table and the verbs_context extension ops (ops.cc).
+// Fills the ibv_context ops table and the verbs_context extension ops, the ibv_qp_ex and
+// ibv_cq_ex function pointers (post.cc, cq.cc). Context: process context.
 void init_context_ops(Context* ctx) noexcept;
 void init_qp_ex_ops(DvQp* qp) noexcept;
 void init_cq_ex_ops(DvCq* cq) noexcept;
 void free_wr_builder(DvQp* qp) noexcept;
 
-// Destroy paths shared by the verbs and by context clean-up; with g_lock held. `force`
-// skips waiting for unacknowledged events (close/exit).
-int destroy_qp_locked(DvQp* qp, bool force);
-int destroy_srq_locked(DvSrq* srq, bool force);
-int destroy_cq_locked(DvCq* cq, bool force);
+// The clean-up destroy paths (close, disassociate, exit): unlike the verbs they do not
+// wait for unacknowledged events. Return 0 or the midlayer's errno (EBUSY while in use).
+// Context: process context, with g_lock held.
+int destroy_qp_locked(DvQp* qp);
+int destroy_srq_locked(DvSrq* srq);
+int destroy_cq_locked(DvCq* cq);
 int destroy_channel_locked(Channel* ch);
 int dereg_mr_locked(DvMr* mr);
 int destroy_ah_locked(DvAh* ah);
@@ -343,7 +345,8 @@ int pin_range(uint64_t addr, uint64_t len) noexcept;  // 0, ENOMEM, EFAULT
 void unpin_range(uint64_t addr, uint64_t len) noexcept;
 uint64_t pinned_bytes() noexcept;
 
-// Translations between rdma-core and dverbs control structs (qp.cc).
+// Address vectors: rdma-core's ibv_ah_attr <-> dverbs' AhAttr (objects.cc). EINVAL for an
+// address RoCE cannot route (no GRH). Context: any.
 int ah_from_ibv(const ibv_ah_attr& in, AhAttr* out) noexcept;
 void ah_to_ibv(const AhAttr& in, ibv_ah_attr* out) noexcept;
 

@@ -33,16 +33,20 @@ void ibv_copy_path_rec_to_kern(ib_user_path_rec* dst, ibv_sa_path_rec* src);
 
 // ---------------------------------------------------------------- strings
 const char* ibv_node_type_str(ibv_node_type node_type) {
-  static const char* const kStr[] = {
-      nullptr,  "InfiniBand channel adapter", "InfiniBand switch", "InfiniBand router",
-      "iWARP NIC", "usNIC", "usNIC UDP"};
+  static const char* const kStr[] = {nullptr,
+                                     "InfiniBand channel adapter",
+                                     "InfiniBand switch",
+                                     "InfiniBand router",
+                                     "iWARP NIC",
+                                     "usNIC",
+                                     "usNIC UDP"};
   if (node_type < IBV_NODE_CA || node_type > IBV_NODE_USNIC_UDP) return "unknown";
   return kStr[node_type];
 }
 
 const char* ibv_port_state_str(ibv_port_state port_state) {
-  static const char* const kStr[] = {"no state change (NOP)", "down", "init", "armed",
-                                     "active", "active defer"};
+  static const char* const kStr[] = {"no state change (NOP)", "down", "init", "armed", "active",
+                                     "active defer"};
   if (port_state < IBV_PORT_NOP || port_state > IBV_PORT_ACTIVE_DEFER) return "unknown";
   return kStr[port_state];
 }
@@ -106,17 +110,17 @@ struct RateRow {
   int mbps;
 };
 constexpr RateRow kRates[] = {
-    {IBV_RATE_2_5_GBPS, 1, 2500},      {IBV_RATE_5_GBPS, 2, 5000},
-    {IBV_RATE_10_GBPS, 4, 10000},      {IBV_RATE_20_GBPS, 8, 20000},
-    {IBV_RATE_30_GBPS, 12, 30000},     {IBV_RATE_40_GBPS, 16, 40000},
-    {IBV_RATE_60_GBPS, 24, 60000},     {IBV_RATE_80_GBPS, 32, 80000},
-    {IBV_RATE_120_GBPS, 48, 120000},   {IBV_RATE_14_GBPS, 0, 14062},
-    {IBV_RATE_56_GBPS, 0, 56250},      {IBV_RATE_112_GBPS, 0, 112500},
-    {IBV_RATE_168_GBPS, 0, 168750},    {IBV_RATE_25_GBPS, 0, 25781},
-    {IBV_RATE_100_GBPS, 0, 103125},    {IBV_RATE_200_GBPS, 0, 206250},
-    {IBV_RATE_300_GBPS, 0, 309375},    {IBV_RATE_28_GBPS, 0, 28125},
-    {IBV_RATE_50_GBPS, 0, 53125},      {IBV_RATE_400_GBPS, 0, 425000},
-    {IBV_RATE_600_GBPS, 0, 637500},    {IBV_RATE_800_GBPS, 0, 850000},
+    {IBV_RATE_2_5_GBPS, 1, 2500},     {IBV_RATE_5_GBPS, 2, 5000},
+    {IBV_RATE_10_GBPS, 4, 10000},     {IBV_RATE_20_GBPS, 8, 20000},
+    {IBV_RATE_30_GBPS, 12, 30000},    {IBV_RATE_40_GBPS, 16, 40000},
+    {IBV_RATE_60_GBPS, 24, 60000},    {IBV_RATE_80_GBPS, 32, 80000},
+    {IBV_RATE_120_GBPS, 48, 120000},  {IBV_RATE_14_GBPS, 0, 14062},
+    {IBV_RATE_56_GBPS, 0, 56250},     {IBV_RATE_112_GBPS, 0, 112500},
+    {IBV_RATE_168_GBPS, 0, 168750},   {IBV_RATE_25_GBPS, 0, 25781},
+    {IBV_RATE_100_GBPS, 0, 103125},   {IBV_RATE_200_GBPS, 0, 206250},
+    {IBV_RATE_300_GBPS, 0, 309375},   {IBV_RATE_28_GBPS, 0, 28125},
+    {IBV_RATE_50_GBPS, 0, 53125},     {IBV_RATE_400_GBPS, 0, 425000},
+    {IBV_RATE_600_GBPS, 0, 637500},   {IBV_RATE_800_GBPS, 0, 850000},
     {IBV_RATE_1200_GBPS, 0, 1275000},
 };
 }  // namespace
@@ -281,7 +285,7 @@ int ibv_init_ah_from_wc(ibv_context* context, uint8_t port_num, ibv_wc* wc, ibv_
   ah_attr->src_path_bits = wc->dlid_path_bits;
   ah_attr->port_num = port_num;
   if (!(wc->wc_flags & IBV_WC_GRH) || !grh) return fail(EINVAL, -1);  // RoCE needs the GRH
-  union ibv_gid sgid;   // ours: the destination of the received packet
+  union ibv_gid sgid;  // ours: the destination of the received packet
   const auto* raw = reinterpret_cast<const uint8_t*>(grh);
   if ((raw[20] >> 4) == 4) {
     std::memset(&ah_attr->grh.dgid, 0, sizeof ah_attr->grh.dgid);
@@ -338,10 +342,18 @@ int ibv_resolve_eth_l2_from_gid(ibv_context* context, ibv_ah_attr* attr, uint8_t
 // ---------------------------------------------------------------- fork
 // The transport copies through the registered virtual addresses in this process; a child's
 // copy-on-write pages are never touched, so fork needs no preparation.
-int ibv_fork_init(void) { return 0; }
-ibv_fork_status ibv_is_fork_initialized(void) { return IBV_FORK_UNNEEDED; }
-int ibv_dontfork_range(void*, size_t) { return 0; }
-int ibv_dofork_range(void*, size_t) { return 0; }
+int ibv_fork_init(void) {
+  return 0;
+}
+ibv_fork_status ibv_is_fork_initialized(void) {
+  return IBV_FORK_UNNEEDED;
+}
+int ibv_dontfork_range(void*, size_t) {
+  return 0;
+}
+int ibv_dofork_range(void*, size_t) {
+  return 0;
+}
 
 // ---------------------------------------------------------------- not implemented
 int ibv_attach_mcast(ibv_qp* qp, const union ibv_gid* gid, uint16_t) {
@@ -369,12 +381,20 @@ int ibv_query_ece(ibv_qp* qp, ibv_ece* ece) {
 }
 
 // Sharing objects between processes needs a kernel: there is no command fd to import.
-ibv_context* ibv_import_device(int) { return fail(EOPNOTSUPP, static_cast<ibv_context*>(nullptr)); }
-ibv_pd* ibv_import_pd(ibv_context*, uint32_t) { return fail(EOPNOTSUPP, static_cast<ibv_pd*>(nullptr)); }
+ibv_context* ibv_import_device(int) {
+  return fail(EOPNOTSUPP, static_cast<ibv_context*>(nullptr));
+}
+ibv_pd* ibv_import_pd(ibv_context*, uint32_t) {
+  return fail(EOPNOTSUPP, static_cast<ibv_pd*>(nullptr));
+}
 void ibv_unimport_pd(ibv_pd*) {}
-ibv_mr* ibv_import_mr(ibv_pd*, uint32_t) { return fail(EOPNOTSUPP, static_cast<ibv_mr*>(nullptr)); }
+ibv_mr* ibv_import_mr(ibv_pd*, uint32_t) {
+  return fail(EOPNOTSUPP, static_cast<ibv_mr*>(nullptr));
+}
 void ibv_unimport_mr(ibv_mr*) {}
-ibv_dm* ibv_import_dm(ibv_context*, uint32_t) { return fail(EOPNOTSUPP, static_cast<ibv_dm*>(nullptr)); }
+ibv_dm* ibv_import_dm(ibv_context*, uint32_t) {
+  return fail(EOPNOTSUPP, static_cast<ibv_dm*>(nullptr));
+}
 void ibv_unimport_dm(ibv_dm*) {}
 
 }  // extern "C"

@@ -13,8 +13,9 @@
 //
 // mlock() is not reference counted, so the pages locked by overlapping registrations are
 // tracked as disjoint segments with a pin count; a segment is munlock()ed when its count
-// drops to zero. If mlock() itself fails the registration fails: EFAULT when the range is
-// not mapped (as ibv_reg_mr reports it), ENOMEM otherwise.
+// drops to zero. A range that is not mapped fails with EFAULT (as ibv_reg_mr reports it;
+// checked with msync(MS_ASYNC), a no-op on mapped memory); if mlock() itself fails the
+// registration fails with ENOMEM.
 #include <sys/mman.h>
 #include <sys/resource.h>
 #include <unistd.h>
@@ -23,6 +24,7 @@
 #include <iterator>
 #include <map>
 #include <mutex>
+#include <utility>
 #include <vector>
 
 #include "verbs/ibverbs/internal.h"
@@ -102,9 +104,10 @@ std::vector<std::pair<uint64_t, uint64_t>> drop_pins(std::map<uint64_t, Segment>
   return freed;
 }
 
+// msync(MS_ASYNC) schedules nothing (since Linux 2.6.19) and fails with ENOMEM exactly
+// when part of the range is not mapped.
 bool range_mapped(uint64_t lo, uint64_t hi) {
-  std::vector<unsigned char> vec((hi - lo) / page_size());
-  return mincore(reinterpret_cast<void*>(lo), hi - lo, vec.data()) == 0;
+  return msync(reinterpret_cast<void*>(lo), hi - lo, MS_ASYNC) == 0 || errno != ENOMEM;
 }
 
 }  // namespace
@@ -121,14 +124,8 @@ int pin_range(uint64_t addr, uint64_t len) noexcept {
   if (getrlimit(RLIMIT_MEMLOCK, &rl) == 0 && rl.rlim_cur != RLIM_INFINITY &&
       (s.charged + bytes > rl.rlim_cur || s.charged + bytes < s.charged))
     return ENOMEM;
-  if (mlock(reinterpret_cast<void*>(lo), bytes) != 0) {
-    const int e = errno;
-    try {
-      if (e == ENOMEM && !range_mapped(lo, hi)) return EFAULT;
-    } catch (...) {
-    }
-    return ENOMEM;
-  }
+  if (!range_mapped(lo, hi)) return EFAULT;
+  if (mlock(reinterpret_cast<void*>(lo), bytes) != 0) return ENOMEM;
   try {
     add_pins(s.segments, lo, hi);
   } catch (...) {

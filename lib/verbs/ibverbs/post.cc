@@ -9,6 +9,7 @@
 // copied in bounded batches on the stack only to swap each ibv_ah for its mid::Ah.
 #include <cerrno>
 #include <cstring>
+#include <mutex>
 #include <new>
 #include <vector>
 
@@ -23,8 +24,12 @@ ibv_srq* create_srq_ex_op(ibv_context* context, ibv_srq_init_attr_ex* a);
 
 namespace {
 
-inline DvQp* dq(ibv_qp* q) { return wrap<DvQp>(q); }
-inline mid::Ah* mid_ah(ibv_ah* ah) { return ah ? wrap<DvAh>(ah)->m : nullptr; }
+inline DvQp* dq(ibv_qp* q) {
+  return wrap<DvQp>(q);
+}
+inline mid::Ah* mid_ah(ibv_ah* ah) {
+  return ah ? wrap<DvAh>(ah)->m : nullptr;
+}
 
 constexpr int kUdBatch = 16;
 
@@ -72,7 +77,9 @@ int op_req_notify_cq(ibv_cq* cq, int solicited_only) {
   return mid::req_notify_cq(wrap<DvCq>(cq)->m, solicited_only != 0);
 }
 
-int op_compat_query_device(ibv_context* c, ibv_device_attr* a) { return ibv_query_device(c, a); }
+int op_compat_query_device(ibv_context* c, ibv_device_attr* a) {
+  return ibv_query_device(c, a);
+}
 int op_compat_query_port(ibv_context* c, uint8_t port, _compat_ibv_port_attr* a) {
   return ibv_query_port(c, port, a);
 }
@@ -85,8 +92,11 @@ int op_compat_query_port(ibv_context* c, uint8_t port, _compat_ibv_port_attr* a)
 // capacity, so steady-state posting does not allocate. SGEs and inline bytes are stored by
 // offset while building (the vectors may grow) and turned into pointers at wr_complete.
 // Errors found while building are latched and returned by wr_complete, which then posts
-// nothing (rdma-core's providers behave the same).
+// nothing (rdma-core's providers behave the same). As in mlx5, ibv_wr_start takes the QP's
+// builder lock and ibv_wr_complete/ibv_wr_abort release it, so that threads sharing a QP
+// build their lists one after the other (uncontended: one atomic exchange).
 struct WrBuilder {
+  SpinLock lock;
   std::vector<SendWr> wrs;
   std::vector<uint32_t> sge_at;  // per WR: index of its first SGE in `sges`
   std::vector<Sge> sges;         // inline WRs: addr is an offset into `inl`
@@ -96,9 +106,13 @@ struct WrBuilder {
 
 namespace {
 
-inline DvQp* dx(ibv_qp_ex* q) { return wrap<DvQp>(q); }
+inline DvQp* dx(ibv_qp_ex* q) {
+  return wrap<DvQp>(q);
+}
 
-WrBuilder* builder(ibv_qp_ex* q) { return dx(q)->wrb; }
+WrBuilder* builder(ibv_qp_ex* q) {
+  return dx(q)->wrb;
+}
 
 // Starts a new WR of `op`; nullptr (and the latched error) if it cannot be built.
 SendWr* begin(ibv_qp_ex* q, WrOpcode op, uint64_t op_flag) {
@@ -134,9 +148,12 @@ SendWr* current(ibv_qp_ex* q) {
   return &b->wrs.back();
 }
 
-void wr_send(ibv_qp_ex* q) { begin(q, WrOpcode::send, IBV_QP_EX_WITH_SEND); }
+void wr_send(ibv_qp_ex* q) {
+  begin(q, WrOpcode::send, IBV_QP_EX_WITH_SEND);
+}
 void wr_send_imm(ibv_qp_ex* q, __be32 imm) {
-  if (SendWr* w = begin(q, WrOpcode::send_with_imm, IBV_QP_EX_WITH_SEND_WITH_IMM)) w->imm_data = imm;
+  if (SendWr* w = begin(q, WrOpcode::send_with_imm, IBV_QP_EX_WITH_SEND_WITH_IMM))
+    w->imm_data = imm;
 }
 void wr_send_inv(ibv_qp_ex* q, uint32_t rkey) {
   if (SendWr* w = begin(q, WrOpcode::send_with_inv, IBV_QP_EX_WITH_SEND_WITH_INV))
@@ -180,11 +197,21 @@ void wr_atomic_fetch_add(ibv_qp_ex* q, uint32_t rkey, uint64_t raddr, uint64_t a
 void latch_unsupported(ibv_qp_ex* q) {
   if (!builder(q)->err) builder(q)->err = EOPNOTSUPP;
 }
-void wr_bind_mw(ibv_qp_ex* q, ibv_mw*, uint32_t, const ibv_mw_bind_info*) { latch_unsupported(q); }
-void wr_local_inv(ibv_qp_ex* q, uint32_t) { latch_unsupported(q); }
-void wr_send_tso(ibv_qp_ex* q, void*, uint16_t, uint16_t) { latch_unsupported(q); }
-void wr_atomic_write(ibv_qp_ex* q, uint32_t, uint64_t, const void*) { latch_unsupported(q); }
-void wr_set_xrc_srqn(ibv_qp_ex* q, uint32_t) { latch_unsupported(q); }
+void wr_bind_mw(ibv_qp_ex* q, ibv_mw*, uint32_t, const ibv_mw_bind_info*) {
+  latch_unsupported(q);
+}
+void wr_local_inv(ibv_qp_ex* q, uint32_t) {
+  latch_unsupported(q);
+}
+void wr_send_tso(ibv_qp_ex* q, void*, uint16_t, uint16_t) {
+  latch_unsupported(q);
+}
+void wr_atomic_write(ibv_qp_ex* q, uint32_t, uint64_t, const void*) {
+  latch_unsupported(q);
+}
+void wr_set_xrc_srqn(ibv_qp_ex* q, uint32_t) {
+  latch_unsupported(q);
+}
 
 void wr_set_ud_addr(ibv_qp_ex* q, ibv_ah* ah, uint32_t remote_qpn, uint32_t remote_qkey) {
   if (SendWr* w = current(q)) {
@@ -216,7 +243,9 @@ void wr_set_sge(ibv_qp_ex* q, uint32_t lkey, uint64_t addr, uint32_t length) {
   const ibv_sge s{addr, length, lkey};
   add_sges(q, 1, &s);
 }
-void wr_set_sge_list(ibv_qp_ex* q, size_t n, const ibv_sge* list) { add_sges(q, n, list); }
+void wr_set_sge_list(ibv_qp_ex* q, size_t n, const ibv_sge* list) {
+  add_sges(q, n, list);
+}
 
 void add_inline(ibv_qp_ex* q, size_t n, const ibv_data_buf* bufs) {
   SendWr* w = current(q);
@@ -262,8 +291,14 @@ void reset(WrBuilder* b) {
   b->err = 0;
 }
 
-void wr_start(ibv_qp_ex* q) { reset(builder(q)); }
-void wr_abort(ibv_qp_ex* q) { reset(builder(q)); }
+void wr_start(ibv_qp_ex* q) {
+  builder(q)->lock.lock();
+  reset(builder(q));
+}
+void wr_abort(ibv_qp_ex* q) {
+  reset(builder(q));
+  builder(q)->lock.unlock();
+}
 
 int wr_complete(ibv_qp_ex* q) {
   DvQp* qp = dx(q);
@@ -282,6 +317,7 @@ int wr_complete(ibv_qp_ex* q) {
     rc = mid::post_send(qp->m, b->wrs.data(), &bad);
   }
   reset(b);
+  b->lock.unlock();
   return rc;
 }
 

@@ -54,12 +54,15 @@ DvQp* create_qp(Context* c, ibv_qp_init_attr_ex* a, int* err) {
   switch (a->qp_type) {
     case IBV_QPT_RC:
     case IBV_QPT_UC:
-    case IBV_QPT_UD: break;
+    case IBV_QPT_UD:
+      break;
     case IBV_QPT_RAW_PACKET:
     case IBV_QPT_XRC_SEND:
     case IBV_QPT_XRC_RECV:
-    case IBV_QPT_DRIVER: return failed(EOPNOTSUPP);
-    default: return failed(EINVAL);
+    case IBV_QPT_DRIVER:
+      return failed(EOPNOTSUPP);
+    default:
+      return failed(EINVAL);
   }
   if (registry_find(a->send_cq, Kind::cq) != c || registry_find(a->recv_cq, Kind::cq) != c)
     return failed(EINVAL);
@@ -153,11 +156,10 @@ void free_srq(DvSrq* srq) {
 
 constexpr uint32_t kModifyKnown =
     IBV_QP_STATE | IBV_QP_CUR_STATE | IBV_QP_EN_SQD_ASYNC_NOTIFY | IBV_QP_ACCESS_FLAGS |
-    IBV_QP_PKEY_INDEX | IBV_QP_PORT | IBV_QP_QKEY | IBV_QP_AV | IBV_QP_PATH_MTU |
-    IBV_QP_TIMEOUT | IBV_QP_RETRY_CNT | IBV_QP_RNR_RETRY | IBV_QP_RQ_PSN |
-    IBV_QP_MAX_QP_RD_ATOMIC | IBV_QP_ALT_PATH | IBV_QP_MIN_RNR_TIMER | IBV_QP_SQ_PSN |
-    IBV_QP_MAX_DEST_RD_ATOMIC | IBV_QP_PATH_MIG_STATE | IBV_QP_CAP | IBV_QP_DEST_QPN |
-    IBV_QP_RATE_LIMIT;
+    IBV_QP_PKEY_INDEX | IBV_QP_PORT | IBV_QP_QKEY | IBV_QP_AV | IBV_QP_PATH_MTU | IBV_QP_TIMEOUT |
+    IBV_QP_RETRY_CNT | IBV_QP_RNR_RETRY | IBV_QP_RQ_PSN | IBV_QP_MAX_QP_RD_ATOMIC |
+    IBV_QP_ALT_PATH | IBV_QP_MIN_RNR_TIMER | IBV_QP_SQ_PSN | IBV_QP_MAX_DEST_RD_ATOMIC |
+    IBV_QP_PATH_MIG_STATE | IBV_QP_CAP | IBV_QP_DEST_QPN | IBV_QP_RATE_LIMIT;
 
 int modify_qp(DvQp* qp, ibv_qp_attr* a, int mask_in) {
   uint32_t mask = uint32_t(mask_in);
@@ -178,8 +180,8 @@ int modify_qp(DvQp* qp, ibv_qp_attr* a, int mask_in) {
   d.sq_psn = a->sq_psn;
   d.dest_qp_num = a->dest_qp_num;
   d.qp_access_flags = a->qp_access_flags;
-  d.cap = QpCap{a->cap.max_send_wr, a->cap.max_recv_wr, a->cap.max_send_sge,
-                a->cap.max_recv_sge, a->cap.max_inline_data};
+  d.cap = QpCap{a->cap.max_send_wr, a->cap.max_recv_wr, a->cap.max_send_sge, a->cap.max_recv_sge,
+                a->cap.max_inline_data};
   if (mask & IBV_QP_AV)
     if (int rc = ah_from_ibv(a->ah_attr, &d.ah_attr)) return rc;
   d.pkey_index = a->pkey_index;
@@ -199,23 +201,17 @@ int modify_qp(DvQp* qp, ibv_qp_attr* a, int mask_in) {
 
 }  // namespace
 
-int destroy_qp_locked(DvQp* qp, bool force) {
+int destroy_qp_locked(DvQp* qp) {
   // Fence: the QP's event handler has run for the last time.
   if (int rc = mid::destroy_qp(qp->m)) return rc;
   unlink_qp(qp);
-  if (!force) {
-    ibv_qp& q = qp->qpx.qp_base;
-    wait_acks(&q.mutex, &q.cond, &q.events_completed, qp->async_reported);
-  }
   free_qp(qp);
   return 0;
 }
 
-int destroy_srq_locked(DvSrq* srq, bool force) {
+int destroy_srq_locked(DvSrq* srq) {
   if (int rc = mid::destroy_srq(srq->m)) return rc;
   unlink_srq(srq);
-  if (!force) wait_acks(&srq->srq.mutex, &srq->srq.cond, &srq->srq.events_completed,
-                        srq->async_reported);
   free_srq(srq);
   return 0;
 }
@@ -229,7 +225,8 @@ ibv_qp* create_qp_ex_op(ibv_context* context, ibv_qp_init_attr_ex* a) {
                               IBV_QP_INIT_ATTR_SEND_OPS_FLAGS;
   if (a->comp_mask & ~kKnown) return fail(EINVAL, static_cast<ibv_qp*>(nullptr));
   if (!(a->comp_mask & IBV_QP_INIT_ATTR_PD)) return fail(EINVAL, static_cast<ibv_qp*>(nullptr));
-  if (a->comp_mask & (IBV_QP_INIT_ATTR_XRCD | IBV_QP_INIT_ATTR_IND_TABLE | IBV_QP_INIT_ATTR_RX_HASH))
+  if (a->comp_mask &
+      (IBV_QP_INIT_ATTR_XRCD | IBV_QP_INIT_ATTR_IND_TABLE | IBV_QP_INIT_ATTR_RX_HASH))
     return fail(EOPNOTSUPP, static_cast<ibv_qp*>(nullptr));
   if ((a->comp_mask & IBV_QP_INIT_ATTR_CREATE_FLAGS) && a->create_flags)
     return fail(EOPNOTSUPP, static_cast<ibv_qp*>(nullptr));
@@ -249,8 +246,7 @@ ibv_qp* create_qp_ex_op(ibv_context* context, ibv_qp_init_attr_ex* a) {
 ibv_srq* create_srq_ex_op(ibv_context* context, ibv_srq_init_attr_ex* a) {
   if (!a) return fail(EINVAL, static_cast<ibv_srq*>(nullptr));
   constexpr uint32_t kKnown = IBV_SRQ_INIT_ATTR_TYPE | IBV_SRQ_INIT_ATTR_PD |
-                              IBV_SRQ_INIT_ATTR_XRCD | IBV_SRQ_INIT_ATTR_CQ |
-                              IBV_SRQ_INIT_ATTR_TM;
+                              IBV_SRQ_INIT_ATTR_XRCD | IBV_SRQ_INIT_ATTR_CQ | IBV_SRQ_INIT_ATTR_TM;
   if (a->comp_mask & ~kKnown) return fail(EINVAL, static_cast<ibv_srq*>(nullptr));
   if ((a->comp_mask & IBV_SRQ_INIT_ATTR_TYPE) && a->srq_type != IBV_SRQT_BASIC)
     return fail(EOPNOTSUPP, static_cast<ibv_srq*>(nullptr));
@@ -414,8 +410,8 @@ int ibv_modify_srq(ibv_srq* srq, ibv_srq_attr* srq_attr, int srq_attr_mask) {
   if (!registry_find(srq, Kind::srq)) return EINVAL;
   if (srq_attr_mask & ~(IBV_SRQ_MAX_WR | IBV_SRQ_LIMIT)) return EINVAL;
   DvSrq* d = wrap<DvSrq>(srq);
-  if (int rc = mid::modify_srq(d->m, srq_attr->max_wr, srq_attr->srq_limit,
-                               uint32_t(srq_attr_mask)))
+  if (int rc =
+          mid::modify_srq(d->m, srq_attr->max_wr, srq_attr->srq_limit, uint32_t(srq_attr_mask)))
     return rc;
   if (srq_attr_mask & IBV_SRQ_MAX_WR) d->attr.max_wr = srq_attr->max_wr;
   if (srq_attr_mask & IBV_SRQ_LIMIT) d->attr.srq_limit = srq_attr->srq_limit;

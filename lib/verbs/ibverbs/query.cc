@@ -15,10 +15,10 @@ namespace {
 
 // rdma-core's private enum ibv_gid_type_sysfs (infiniband/driver.h).
 constexpr int kGidTypeSysfsRoceV2 = 1;
-constexpr uint8_t kWidth1x = 1;      // IBV_WIDTH_1X
-constexpr uint8_t kSpeedSdr = 1;     // IBV_SPEED_SDR: what the kernel reports for an
-                                     // Ethernet link of unknown speed (ib_get_eth_speed)
-constexpr uint8_t kPhysLinkUp = 5;   // PortPhysicalState LinkUp
+constexpr uint8_t kWidth1x = 1;     // IBV_WIDTH_1X
+constexpr uint8_t kSpeedSdr = 1;    // IBV_SPEED_SDR: what the kernel reports for an
+                                    // Ethernet link of unknown speed (ib_get_eth_speed)
+constexpr uint8_t kPhysLinkUp = 5;  // PortPhysicalState LinkUp
 constexpr uint8_t kPhysDisabled = 3;
 
 void fill_device_attr(const DeviceAttr& a, ibv_device_attr* o) {
@@ -33,10 +33,11 @@ void fill_device_attr(const DeviceAttr& a, ibv_device_attr* o) {
   o->hw_ver = a.hw_ver;
   o->max_qp = int(a.max_qp);
   o->max_qp_wr = int(a.max_qp_wr);
-  // What the transport implements (pmd/hca): RNR NAKs, modify with IBV_QP_CUR_STATE.
-  o->device_cap_flags =
-      IBV_DEVICE_RC_RNR_NAK_GEN | IBV_DEVICE_CURR_QP_STATE_MOD | IBV_DEVICE_SYS_IMAGE_GUID;
-  if (a.max_srq) o->device_cap_flags |= IBV_DEVICE_SRQ_RESIZE;
+  // What the transport implements (pmd/hca): RNR NAKs, modify with IBV_QP_CUR_STATE, port
+  // active/error events on link changes. DeviceAttr carries no capability flags yet.
+  o->device_cap_flags = IBV_DEVICE_RC_RNR_NAK_GEN | IBV_DEVICE_CURR_QP_STATE_MOD |
+                        IBV_DEVICE_SYS_IMAGE_GUID | IBV_DEVICE_PORT_ACTIVE_EVENT;
+  // No IBV_DEVICE_SRQ_RESIZE: the pmd's modify_srq refuses IBV_SRQ_MAX_WR.
   o->max_sge = int(a.max_sge);
   o->max_sge_rd = a.max_qp_rd_atom ? int(a.max_sge) : 0;
   o->max_cq = int(a.max_cq);
@@ -44,9 +45,8 @@ void fill_device_attr(const DeviceAttr& a, ibv_device_attr* o) {
   o->max_mr = int(a.max_mr);
   o->max_pd = int(a.max_pd);
   o->max_qp_rd_atom = int(a.max_qp_rd_atom);
-  o->max_res_rd_atom = int(uint64_t(a.max_qp_rd_atom) * a.max_qp > INT32_MAX
-                               ? INT32_MAX
-                               : a.max_qp_rd_atom * a.max_qp);
+  o->max_res_rd_atom = int(
+      uint64_t(a.max_qp_rd_atom) * a.max_qp > INT32_MAX ? INT32_MAX : a.max_qp_rd_atom * a.max_qp);
   o->max_qp_init_rd_atom = int(a.max_qp_init_rd_atom);
   o->atomic_cap = a.atomic_cap <= IBV_ATOMIC_GLOB ? ibv_atomic_cap(a.atomic_cap) : IBV_ATOMIC_NONE;
   o->max_ah = int(a.max_ah);

@@ -36,14 +36,22 @@ mid::Mutex& g_lock() {
 
 const char* kind_name(Kind k) noexcept {
   switch (k) {
-    case Kind::context: return "context";
-    case Kind::channel: return "completion channel";
-    case Kind::pd: return "PD";
-    case Kind::mr: return "MR";
-    case Kind::ah: return "AH";
-    case Kind::cq: return "CQ";
-    case Kind::srq: return "SRQ";
-    case Kind::qp: return "QP";
+    case Kind::context:
+      return "context";
+    case Kind::channel:
+      return "completion channel";
+    case Kind::pd:
+      return "PD";
+    case Kind::mr:
+      return "MR";
+    case Kind::ah:
+      return "AH";
+    case Kind::cq:
+      return "CQ";
+    case Kind::srq:
+      return "SRQ";
+    case Kind::qp:
+      return "QP";
   }
   return "?";
 }
@@ -107,7 +115,9 @@ bool registry_add(const void* obj, Kind kind, Context* ctx, uint32_t handle) noe
   }
 }
 
-void registry_remove(const void* obj) noexcept { registry().erase(obj); }
+void registry_remove(const void* obj) noexcept {
+  registry().erase(obj);
+}
 
 Context* registry_find(const void* obj, Kind kind) noexcept {
   if (!obj) return nullptr;
