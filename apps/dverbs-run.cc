@@ -3,7 +3,15 @@
 //   dverbs-run [--port DEVARGS] [--ip ADDR/PREFIX] [--mac MAC] [--lcores N] [--eal ARGS]
 //              [--fault SPEC] [--pcap FILE] [--log LEVEL] -- CMD ARGS...
 //
-// Options are checked before anything runs: a bad value prints one line naming it.
+//   --link-wait S: how long ibv_open_device waits for a port whose link is down (memif peer
+//   not started yet), DVERBS_LINK_WAIT, default 10 s (lib/verbs/ibverbs/device.cc).
+//
+// Options are checked before anything runs: a bad value prints one line naming it. Then
+// the libibverbs.so.1 drop-in is put first on LD_LIBRARY_PATH, so that unmodified verbs
+// programs (ibv_devinfo, perftest…) load dverbs instead of rdma-core's library.
+#include <limits.h>
+#include <link.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <cerrno>
@@ -21,8 +29,10 @@ void usage(FILE* f) {
   std::fprintf(f,
                "usage: dverbs-run [--port DEVARGS] [--ip ADDR/PREFIX] [--mac MAC] [--lcores N]\n"
                "                  [--eal ARGS] [--fault SPEC] [--pcap FILE] [--log LEVEL]\n"
+               "                  [--link-wait SECONDS]\n"
                "                  -- CMD [ARGS...]\n"
-               "Runs CMD with the matching DVERBS_* variables set (see README.md).\n");
+               "Runs CMD with the matching DVERBS_* variables set (see README.md) and dverbs'\n"
+               "libibverbs.so.1 first on LD_LIBRARY_PATH, so unmodified verbs programs use it.\n");
 }
 
 struct Opt {
@@ -33,7 +43,49 @@ constexpr Opt kOpts[] = {
     {"--port", "DVERBS_PORT"},   {"--ip", "DVERBS_IP"},       {"--mac", "DVERBS_MAC"},
     {"--lcores", "DVERBS_LCORES"}, {"--eal", "DVERBS_EAL"},   {"--fault", "DVERBS_FAULT"},
     {"--pcap", "DVERBS_PCAP"},   {"--log", "DVERBS_LOG"},
+    {"--link-wait", "DVERBS_LINK_WAIT"},  // read by the libibverbs drop-in
 };
+
+#ifndef DVERBS_RUN_BUILD_DIR
+#define DVERBS_RUN_BUILD_DIR ""
+#define DVERBS_IBVERBS_BUILD_DIR ""
+#define DVERBS_IBVERBS_INSTALL_DIR "/usr/local/lib/dverbs"
+#endif
+
+// The directory holding the drop-in: the build tree's when this binary is the build tree's
+// dverbs-run, the installed one otherwise.
+std::string dropin_dir() {
+  char self[PATH_MAX];
+  const ssize_t n = readlink("/proc/self/exe", self, sizeof self - 1);
+  if (n > 0) {
+    self[n] = '\0';
+    std::string dir(self);
+    dir.erase(dir.rfind('/') == std::string::npos ? 0 : dir.rfind('/'));
+    char build[PATH_MAX];
+    if (*DVERBS_RUN_BUILD_DIR && realpath(DVERBS_RUN_BUILD_DIR, build) && dir == build)
+      return DVERBS_IBVERBS_BUILD_DIR;
+  }
+  return DVERBS_IBVERBS_INSTALL_DIR;
+}
+
+// Sanitizer runtimes this dverbs-run was built with (a -Db_sanitize build): the drop-in was
+// built with them too, and an uninstrumented program (ibv_devinfo, perftest) can load it
+// only if they are preloaded.
+std::string sanitizer_runtimes() {
+  std::string out;
+  dl_iterate_phdr(
+      [](dl_phdr_info* info, size_t, void* p) {
+        const std::string name = info->dlpi_name ? info->dlpi_name : "";
+        for (const char* rt : {"/libasan.so", "/libubsan.so", "/libtsan.so"})
+          if (name.find(rt) != std::string::npos) {
+            auto* o = static_cast<std::string*>(p);
+            *o += (o->empty() ? "" : ":") + name;
+          }
+        return 0;
+      },
+      &out);
+  return out;
+}
 
 }  // namespace
 
@@ -84,6 +136,33 @@ int main(int argc, char** argv) {
   if (!dverbs::pmd::net::config_from_env(&cfg, &err)) {
     std::fprintf(stderr, "dverbs-run: %s\n", err.c_str());
     return 2;
+  }
+  if (const char* w = std::getenv("DVERBS_LINK_WAIT"); w && *w) {
+    char* end = nullptr;
+    const double v = std::strtod(w, &end);
+    if (*end != '\0' || !(v >= 0 && v <= 3600)) {
+      std::fprintf(stderr, "dverbs-run: DVERBS_LINK_WAIT: '%s' is not a number of seconds (0..3600)\n",
+                   w);
+      return 2;
+    }
+  }
+  const std::string lib = dropin_dir();
+  struct stat st;
+  if (stat((lib + "/libibverbs.so.1").c_str(), &st) != 0) {
+    std::fprintf(
+        stderr,
+        "dverbs-run: the libibverbs.so.1 drop-in is missing from %s (build or install dverbs)\n",
+        lib.c_str());
+    return 127;
+  }
+  const char* old = std::getenv("LD_LIBRARY_PATH");
+  const std::string path = old && *old ? lib + ":" + old : lib;
+  setenv("LD_LIBRARY_PATH", path.c_str(), 1);
+  if (const std::string rt = sanitizer_runtimes(); !rt.empty()) {
+    const char* pre = std::getenv("LD_PRELOAD");
+    setenv("LD_PRELOAD", (pre && *pre ? rt + ":" + pre : rt).c_str(), 1);
+    // Uninstrumented programs do not free everything at exit; that is not dverbs' leak.
+    setenv("ASAN_OPTIONS", "detect_leaks=0", 0);
   }
   execvp(argv[i], argv + i);
   std::fprintf(stderr, "dverbs-run: cannot run '%s': %s\n", argv[i], std::strerror(errno));

@@ -152,7 +152,7 @@ struct Responder {
   RecvWqe srq_wqe;           // the WQE taken from the SRQ (recv points here then)
   bool last_wqe_event = false;
   bool comm_est_sent = false;  // first packet in RTR raised Communication Established
-  Mr* write_mr = nullptr;
+  uint32_t write_rkey = 0;
   uint64_t write_va = 0;
   uint32_t write_left = 0;
   uint32_t write_total = 0;

@@ -266,7 +266,10 @@ int req_step(Engine& e, Qp& qp, int budget) noexcept {
   }
 
   // Retransmission timer (IBA 9.7.6.1.3): go back to the oldest unacknowledged PSN.
-  if (r.timer_deadline && e.now() >= r.timer_deadline && r.psn != r.last_ack_psn) {
+  // Something is outstanding while a WQE is sent and unacknowledged — also right after a
+  // rewind, when psn == last_ack_psn but the resend could not leave yet.
+  const bool outstanding = r.psn != r.last_ack_psn || r.unacked != r.sent_end;
+  if (r.timer_deadline && e.now() >= r.timer_deadline && outstanding) {
     r.timer_deadline = 0;
     if (r.retry_left == 0) {
       comp_fail(e, qp, WcStatus::retry_exc_err);
@@ -274,6 +277,10 @@ int req_step(Engine& e, Qp& qp, int budget) noexcept {
     }
     r.retry_left--;
     req_rewind(e, qp, r.last_ack_psn);
+    // Re-arm now, not when a packet leaves: a peer that vanished can leave the port
+    // refusing frames, and the retries must still run out (IBA 9.7.6.1.3).
+    uint64_t t = timeout_cycles(e, qp.attr.timeout);
+    r.timer_deadline = t ? e.now() + t : 0;
   }
 
   int sent = 0;

@@ -213,7 +213,8 @@ RespResult execute_write(Engine& e, Qp& qp, const wire::Packet& pkt) {
                          access::remote_write);
       if (!mr || !(qp.attr.qp_access_flags & access::remote_write)) return RespResult::nak_access;
     }
-    rs.write_mr = mr;
+    (void)mr;
+    rs.write_rkey = reth->r_key();
     rs.write_va = reth->vaddr();
     rs.write_left = len;
     rs.write_total = len;
@@ -223,6 +224,12 @@ RespResult execute_write(Engine& e, Qp& qp, const wire::Packet& pkt) {
     return qp.qp_type == QpType::rc ? RespResult::rnr : RespResult::drop;
   if (pkt.payload_len > rs.write_left) return RespResult::nak_inv;
   if ((f & wire::opf::kLast) && pkt.payload_len != rs.write_left) return RespResult::nak_inv;
+  // Every packet re-checks its own range: the region may have been deregistered since the
+  // FIRST packet (the key check happens at use, never only once per message).
+  if (pkt.payload_len && !(f & wire::opf::kFirst) &&
+      !mr_get_remote(e.device(), rs.write_rkey, qp.pd, qp.qp_num, rs.write_va, pkt.payload_len,
+                     access::remote_write))
+    return RespResult::nak_access;
   if (pkt.payload_len) {
     std::memcpy(reinterpret_cast<void*>(rs.write_va), pkt.payload, pkt.payload_len);
     rs.write_va += pkt.payload_len;

@@ -1,0 +1,173 @@
+#!/usr/bin/env bash
+# Runs an unmodified two-sided verbs program (ibv_*_pingpong, perftest) as two processes
+# over dverbs, each with its own EAL and port, and checks both ends.
+#
+#   ibverbs_pair.sh DVERBS_RUN TRANSPORT [options] -- PROG ARGS...
+#
+#   TRANSPORT  memif   the two processes share a memif socket
+#              af_xdp  the two ends of a veth pair created here (needs root)
+#   options    --lcores N       DVERBS_LCORES of both processes (default 0)
+#              --expect REGEX   a line both outputs must contain (repeatable)
+#              --expect-a REGEX a line the client's output must contain (repeatable)
+#              --memlock KIB    the program pins this much: raise RLIMIT_MEMLOCK to it if
+#                               needed (dverbs charges every ibv_reg_mr against it, for
+#                               root too), skip if the hard limit is lower
+#              --timeout S      per-process limit (default 120)
+#              --fault SPEC     DVERBS_FAULT of both processes (receive-side faults)
+#              --attempts N     run the pair up to N times until it passes (default 1); for
+#                               runs with loss only: ibv_rc_pingpong ends without a final
+#                               handshake, so when the last ACK is lost after the peer has
+#                               exited, the retransmission finds no QP (no linger in IBA)
+#
+# PROG runs with "ARGS -p PORT" as the out-of-band (TCP) server in process B and with
+# "ARGS -p PORT 127.0.0.1" as the client in process A. B starts first; with memif it is the
+# memif server, and its ibv_open_device waits for the link, i.e. for A; A, the memif
+# client, starts once B listens on the memif socket and lets B settle before it opens its
+# context (lib/verbs/ibverbs/device.cc, wait_for_link), so B listens on TCP when A
+# connects. With af_xdp the links are up at once: A starts once B's TCP port listens.
+#
+# Exit status: 0 pass, 1 fail, 77 skip (meson's convention). Children are killed on any
+# exit; every process runs under timeout(1), so the script never hangs.
+set -u
+
+run=$1 transport=$2
+shift 2
+lcores=0 memlock="" limit=120 fault=off attempts=1
+expects=()
+expects_a=()
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --lcores) lcores=$2; shift 2 ;;
+    --expect) expects+=("$2"); shift 2 ;;
+    --expect-a) expects_a+=("$2"); shift 2 ;;
+    --memlock) memlock=$2; shift 2 ;;
+    --timeout) limit=$2; shift 2 ;;
+    --fault) fault=$2; shift 2 ;;
+    --attempts) attempts=$2; shift 2 ;;
+    --) shift; break ;;
+    *) echo "ibverbs_pair.sh: unknown option $1" >&2; exit 1 ;;
+  esac
+done
+prog=$1
+shift
+
+if ! command -v "$prog" >/dev/null 2>&1; then
+  echo "SKIP: $prog is not installed (scripts/test installs ibverbs-utils and perftest)"
+  exit 77
+fi
+if [ -n "$memlock" ]; then
+  enough() { [ "$(ulimit -l)" = unlimited ] || [ "$(ulimit -l)" -ge "$memlock" ]; }
+  enough || ulimit -l unlimited 2>/dev/null || ulimit -l "$(ulimit -H -l)" 2>/dev/null
+  if ! enough; then
+    echo "SKIP: $prog $* pins ${memlock} KiB but RLIMIT_MEMLOCK is $(ulimit -l) KiB" \
+      "(hard limit $(ulimit -H -l)); run with a higher limit, e.g. docker --ulimit memlock=-1"
+    exit 77
+  fi
+fi
+
+work=$(mktemp -d /tmp/dverbs-pair.XXXXXX)
+pids=()
+veth=""
+cleanup() {
+  for p in "${pids[@]}"; do kill -TERM "$p" 2>/dev/null; done
+  sleep 0.2
+  for p in "${pids[@]}"; do kill -KILL "$p" 2>/dev/null; done
+  [ -n "$veth" ] && ip link del "$veth" 2>/dev/null
+  rm -rf "$work"
+}
+trap cleanup EXIT
+
+case "$transport" in
+  memif) ;;  # a socket per attempt, in run_pair
+  af_xdp)
+    if [ "$(id -u)" != 0 ]; then echo "SKIP: af_xdp on a veth pair needs root"; exit 77; fi
+    veth="dvx$$a"
+    if ! ip link add "$veth" type veth peer name "dvx$$b" 2>"$work/ip.err"; then
+      echo "SKIP: cannot create a veth pair: $(cat "$work/ip.err")"; veth=""; exit 77
+    fi
+    ip link set "$veth" up && ip link set "dvx$$b" up || { echo "FAIL: veth up"; exit 1; }
+    port_a="net_af_xdp0,iface=$veth"
+    port_b="net_af_xdp0,iface=dvx$$b"
+    ;;
+  *) echo "ibverbs_pair.sh: unknown transport $transport" >&2; exit 1 ;;
+esac
+
+start_b() {
+  timeout -k 5 "$limit" "$run" --port "$port_b" --ip 10.0.0.1/24 --lcores "$lcores" \
+    --fault "$fault" -- \
+    "$prog" "$@" -p "$port" >"$work/b.out" 2>&1 &
+  pids+=($!)
+  pid_b=$!
+}
+start_a() {
+  timeout -k 5 "$limit" "$run" --port "$port_a" --ip 10.0.0.2/24 --lcores "$lcores" \
+    --fault "$fault" -- \
+    "$prog" "$@" -p "$port" 127.0.0.1 >"$work/a.out" 2>&1 &
+  pids+=($!)
+  pid_a=$!
+}
+
+pick_port() {  # a free TCP port for the out-of-band exchange
+  port=""
+  for _ in $(seq 50); do
+    local p=$((20000 + RANDOM % 40000))
+    if ! ss -Htln "sport = :$p" 2>/dev/null | grep -q .; then port=$p; return 0; fi
+  done
+  echo "FAIL: no free TCP port"
+  return 1
+}
+
+run_pair() {
+  pick_port || return 1
+  if [ "$transport" = memif ]; then
+    sock="$work/memif.$1.sock"
+    port_a="net_memif0,role=client,socket=$sock"
+    port_b="net_memif0,role=server,socket=$sock"
+  fi
+  shift
+  if [ "$transport" = memif ]; then
+    start_b "$@"
+    # net_memif listens on an abstract socket by default: look for it with ss.
+    listening() { ss -Hxl 2>/dev/null | grep -qF "$sock"; }
+    for _ in $(seq 400); do
+      listening && break
+      kill -0 "$pid_b" 2>/dev/null || break
+      sleep 0.05
+    done
+    listening || { echo "FAIL: process B never listened on $sock"; cat "$work/b.out"; return 1; }
+    start_a "$@"
+  else
+    start_b "$@"
+    for _ in $(seq 600); do
+      ss -Htln "sport = :$port" 2>/dev/null | grep -q . && break
+      kill -0 "$pid_b" 2>/dev/null || break
+      sleep 0.05
+    done
+    start_a "$@"
+  fi
+
+  wait "$pid_a"; rc_a=$?
+  wait "$pid_b"; rc_b=$?
+  status=0
+  echo "=== $prog $* over $transport (lcores $lcores, faults $fault)"
+  echo "--- A (client, $port_a): exit $rc_a"; cat "$work/a.out"
+  echo "--- B (server, $port_b): exit $rc_b"; cat "$work/b.out"
+  [ "$rc_a" = 0 ] || { echo "FAIL: client exited with $rc_a"; status=1; }
+  [ "$rc_b" = 0 ] || { echo "FAIL: server exited with $rc_b"; status=1; }
+  for e in "${expects[@]}"; do
+    for side in a b; do
+      grep -Eq -- "$e" "$work/$side.out" || { echo "FAIL: $side output lacks /$e/"; status=1; }
+    done
+  done
+  for e in "${expects_a[@]}"; do
+    grep -Eq -- "$e" "$work/a.out" || { echo "FAIL: a output lacks /$e/"; status=1; }
+  done
+  [ $status = 0 ] && echo "PASS"
+  return $status
+}
+
+for try in $(seq "$attempts"); do
+  [ "$try" -gt 1 ] && echo "=== attempt $try of $attempts"
+  run_pair "$try" "$@" && exit 0
+done
+exit 1
