@@ -23,7 +23,7 @@ dverbs_install_deps() {
   $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 }
 
-# dverbs_build DIR [meson options...]
+# dverbs_build DIR [meson options...]   ($DVERBS_BUILD_TARGETS: build only these targets)
 dverbs_build() {
   local dir=$1; shift
   if [ ! -f "$dir/build.ninja" ]; then
@@ -38,5 +38,6 @@ dverbs_build() {
     rm -f "$log"
   fi
   echo "==> building $dir"
-  ninja -C "$dir" >/dev/null || ninja -C "$dir"
+  # shellcheck disable=SC2086
+  ninja -C "$dir" ${DVERBS_BUILD_TARGETS:-} >/dev/null || ninja -C "$dir" ${DVERBS_BUILD_TARGETS:-}
 }

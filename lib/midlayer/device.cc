@@ -73,6 +73,7 @@ struct DeviceRegistration {
   std::vector<std::unique_ptr<ClientSlot>> slots;  // ascending client id
   std::vector<std::unique_ptr<HandlerEntry>> handlers;
   std::vector<Cq*> cqs;  // created through create_cq, not destroyed
+  uint32_t waiters = 0;  // threads in claim_removal on it; unregister_device waits for 0
 };
 
 namespace {
@@ -120,10 +121,15 @@ void run_add(Device* dev, ClientSlot* slot) {
 // callback of it is in flight. Called with the registry locked.
 ClientSlot* claim_removal(Lock& lk, DeviceRegistration* reg, const ClientReg* c) {
   Registry& r = registry();
+  // While this thread sleeps, another may remove the slot and unregister the device: the
+  // waiter count keeps `reg` alive until this thread has looked at it again.
+  ++reg->waiters;
   wait(r.changed, lk, [&] {
     ClientSlot* s = find_slot(reg, c);
     return !s || s->state == SlotState::added;
   });
+  --reg->waiters;
+  r.changed.notify_all();
   ClientSlot* s = find_slot(reg, c);
   if (!s) return nullptr;
   s->state = SlotState::removing;
@@ -262,9 +268,11 @@ void unregister_device(Device* dev) {
 
   {
     Lock lk(r.lock);
-    // No delivery can hold a handler any more (the flush above), but be exact.
+    // No delivery can hold a handler any more (the flush above), but be exact; and no
+    // unregister_client may still be looking at the registration.
     wait(r.changed, lk, [&] {
-      return std::all_of(reg->handlers.begin(), reg->handlers.end(),
+      return reg->waiters == 0 &&
+             std::all_of(reg->handlers.begin(), reg->handlers.end(),
                          [](auto& h) { return h->inflight == 0; });
     });
     r.devices.erase(std::find(r.devices.begin(), r.devices.end(), reg));

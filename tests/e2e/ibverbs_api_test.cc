@@ -7,11 +7,13 @@
 // Run: dverbs-run --lcores 0 -- ibverbs_api_test   (meson does). Run directly, it fails
 // at once unless the loaded libibverbs is dverbs.
 #include <fcntl.h>
+#include <linux/capability.h>
 #include <gtest/gtest.h>
 #include <infiniband/verbs.h>
 #include <poll.h>
 #include <sys/mman.h>
 #include <sys/resource.h>
+#include <sys/syscall.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -150,9 +152,9 @@ uint64_t vm_locked_kib() {
   return 0;
 }
 
-// AddressSanitizer's mlock() interceptor ignores the call: VmLck cannot be checked then.
+// The sanitizers' mlock() interceptor ignores the call: VmLck cannot be checked then.
 bool vm_locked_ignored() {
-#if defined(__SANITIZE_ADDRESS__)
+#if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
   return true;
 #else
   return false;
@@ -357,9 +359,34 @@ TEST(Args, BadArgumentsAndUnsupportedFeatures) {
 }
 
 // ---------------------------------------------------------------- MR pinning
+// Sets CAP_IPC_LOCK in this thread's effective set (only if it is permitted); returns false
+// when that is not possible. As uverbs, dverbs holds only processes without it to the limit.
+bool set_ipc_lock(bool on) {
+  __user_cap_header_struct hdr{_LINUX_CAPABILITY_VERSION_3, 0};
+  __user_cap_data_struct d[_LINUX_CAPABILITY_U32S_3]{};
+  if (syscall(SYS_capget, &hdr, d) != 0) return false;
+  const uint32_t bit = 1u << (CAP_IPC_LOCK % 32);
+  auto& w = d[CAP_IPC_LOCK / 32];
+  if (on && !(w.permitted & bit)) return false;
+  w.effective = on ? (w.effective | bit) : (w.effective & ~bit);
+  return syscall(SYS_capset, &hdr, d) == 0;
+}
+
+bool has_ipc_lock() {
+  __user_cap_header_struct hdr{_LINUX_CAPABILITY_VERSION_3, 0};
+  __user_cap_data_struct d[_LINUX_CAPABILITY_U32S_3]{};
+  return syscall(SYS_capget, &hdr, d) == 0 &&
+         (d[CAP_IPC_LOCK / 32].effective >> (CAP_IPC_LOCK % 32) & 1);
+}
+
+// Runs as an unprivileged process would: without CAP_IPC_LOCK (restored afterwards).
 class Pinning : public ::testing::Test {
  protected:
   void SetUp() override {
+    had_ipc_lock_ = has_ipc_lock();
+    if (had_ipc_lock_) {
+      ASSERT_TRUE(set_ipc_lock(false));
+    }
     ASSERT_EQ(getrlimit(RLIMIT_MEMLOCK, &saved_), 0);
     ctx_ = open_dverbs();
     ASSERT_NE(ctx_, nullptr);
@@ -374,6 +401,7 @@ class Pinning : public ::testing::Test {
     setrlimit(RLIMIT_MEMLOCK, &saved_);
     if (ctx_) ibv_close_device(ctx_);
     if (mem_ != MAP_FAILED) munmap(mem_, 4 * kChunk);
+    if (had_ipc_lock_) set_ipc_lock(true);
   }
   // Limits the process to `bytes` of pinned memory (the soft limit; needs hard >= it).
   bool limit(rlim_t bytes) {
@@ -387,6 +415,7 @@ class Pinning : public ::testing::Test {
   }
 
   static constexpr size_t kChunk = 512 * 1024;
+  bool had_ipc_lock_ = false;
   rlimit saved_{};
   ibv_context* ctx_ = nullptr;
   ibv_pd* pd_ = nullptr;
@@ -408,6 +437,25 @@ TEST_F(Pinning, OverTheLimitIsEnomemAndDeregistrationUncharges) {
   ASSERT_NE(c, nullptr) << "room again after ibv_dereg_mr: " << std::strerror(errno);
   EXPECT_EQ(ibv_dereg_mr(b), 0);
   EXPECT_EQ(ibv_dereg_mr(c), 0);
+}
+
+// "checks that unprivileged processes do not exceed their RLIMIT_MEMLOCK limit": a process
+// with CAP_IPC_LOCK may pin past it, and is held to it again once it drops the capability.
+TEST_F(Pinning, CapIpcLockExemptsFromTheLimit) {
+  if (!limit(2 * kChunk)) GTEST_SKIP() << "RLIMIT_MEMLOCK hard limit below 1 MiB";
+  if (!set_ipc_lock(true)) GTEST_SKIP() << "CAP_IPC_LOCK is not in the permitted set";
+  ibv_mr* a = reg(0, 3 * kChunk);
+  ASSERT_NE(a, nullptr) << "privileged: 1.5 MiB past a 1 MiB limit: " << std::strerror(errno);
+  ASSERT_TRUE(set_ipc_lock(false));
+  errno = 0;
+  EXPECT_EQ(reg(3 * kChunk, 4096), nullptr) << "unprivileged again: over the limit";
+  EXPECT_EQ(errno, ENOMEM);
+  EXPECT_EQ(ibv_dereg_mr(a), 0);
+  ibv_mr* b = reg(0, 2 * kChunk);
+  EXPECT_NE(b, nullptr) << "the 1.5 MiB was uncharged";
+  if (b) {
+    EXPECT_EQ(ibv_dereg_mr(b), 0);
+  }
 }
 
 TEST_F(Pinning, PagesPinnedTwiceCountTwiceAndStayLockedUntilTheLastDeregistration) {

@@ -10,8 +10,8 @@
 #              --expect REGEX   a line both outputs must contain (repeatable)
 #              --expect-a REGEX a line the client's output must contain (repeatable)
 #              --memlock KIB    the program pins this much: raise RLIMIT_MEMLOCK to it if
-#                               needed (dverbs charges every ibv_reg_mr against it, for
-#                               root too), skip if the hard limit is lower
+#                               needed; skip if the hard limit is lower and the process
+#                               lacks CAP_IPC_LOCK (which, as in uverbs, lifts the limit)
 #              --timeout S      per-process limit (default 120)
 #              --fault SPEC     DVERBS_FAULT of both processes (receive-side faults)
 #              --attempts N     run the pair up to N times until it passes (default 1); for
@@ -56,11 +56,16 @@ if ! command -v "$prog" >/dev/null 2>&1; then
   exit 77
 fi
 if [ -n "$memlock" ]; then
-  enough() { [ "$(ulimit -l)" = unlimited ] || [ "$(ulimit -l)" -ge "$memlock" ]; }
+  ipc_lock() {  # CAP_IPC_LOCK (bit 14) in the effective set
+    local eff
+    eff=$(awk '/^CapEff:/ {print $2}' /proc/self/status)
+    [ -n "$eff" ] && [ $(( (0x$eff >> 14) & 1 )) -eq 1 ]
+  }
+  enough() { ipc_lock || [ "$(ulimit -l)" = unlimited ] || [ "$(ulimit -l)" -ge "$memlock" ]; }
   enough || ulimit -l unlimited 2>/dev/null || ulimit -l "$(ulimit -H -l)" 2>/dev/null
   if ! enough; then
     echo "SKIP: $prog $* pins ${memlock} KiB but RLIMIT_MEMLOCK is $(ulimit -l) KiB" \
-      "(hard limit $(ulimit -H -l)); run with a higher limit, e.g. docker --ulimit memlock=-1"
+      "(hard limit $(ulimit -H -l)) and it lacks CAP_IPC_LOCK; run with a higher limit"
     exit 77
   fi
 fi

@@ -101,7 +101,7 @@ void Device::watchdog() {
       return;
     }
     bool now = port_->link_up();
-    if (now != up && reg) {
+    if (now != up) {  // dispatch_event drops it unless registered
       up = now;
       mid::Event ev;
       ev.device = this;

@@ -7,17 +7,21 @@
 // count twice"), so the account may exceed what is really locked. Over the limit the
 // registration fails with ENOMEM; deregistration uncharges.
 //
-// Policy: there is no CAP_IPC_LOCK exemption. uverbs lets a privileged process pin past the
-// limit; dverbs always honours `ulimit -l` so that the limit behaves the same for root (as
-// in CI) and for everyone else. Raise the limit (ulimit -l unlimited) to register more.
+// As in uverbs, only unprivileged processes are held to the limit: a process whose
+// effective capabilities include CAP_IPC_LOCK (root, by default) is charged but may pin past
+// it, which is also what mlock() itself allows such a process. The capability is read at
+// every registration: a process that drops it (capset) is held to the limit from its next
+// ibv_reg_mr.
 //
 // mlock() is not reference counted, so the pages locked by overlapping registrations are
 // tracked as disjoint segments with a pin count; a segment is munlock()ed when its count
 // drops to zero. A range that is not mapped fails with EFAULT (as ibv_reg_mr reports it;
 // checked with msync(MS_ASYNC), a no-op on mapped memory); if mlock() itself fails the
 // registration fails with ENOMEM.
+#include <linux/capability.h>
 #include <sys/mman.h>
 #include <sys/resource.h>
+#include <sys/syscall.h>
 #include <unistd.h>
 
 #include <cerrno>
@@ -104,6 +108,14 @@ std::vector<std::pair<uint64_t, uint64_t>> drop_pins(std::map<uint64_t, Segment>
   return freed;
 }
 
+// CAP_IPC_LOCK in the calling thread's effective set (capget; no libcap dependency).
+bool may_exceed_memlock() {
+  __user_cap_header_struct hdr{_LINUX_CAPABILITY_VERSION_3, 0};
+  __user_cap_data_struct data[_LINUX_CAPABILITY_U32S_3]{};
+  if (syscall(SYS_capget, &hdr, data) != 0) return false;
+  return (data[CAP_IPC_LOCK / 32].effective >> (CAP_IPC_LOCK % 32)) & 1;
+}
+
 // msync(MS_ASYNC) schedules nothing (since Linux 2.6.19) and fails with ENOMEM exactly
 // when part of the range is not mapped.
 bool range_mapped(uint64_t lo, uint64_t hi) {
@@ -121,8 +133,9 @@ int pin_range(uint64_t addr, uint64_t len) noexcept {
   PinState& s = state();
   std::lock_guard<mid::Mutex> g(s.lock);
   rlimit rl{};
+  if (s.charged + bytes < s.charged) return ENOMEM;
   if (getrlimit(RLIMIT_MEMLOCK, &rl) == 0 && rl.rlim_cur != RLIM_INFINITY &&
-      (s.charged + bytes > rl.rlim_cur || s.charged + bytes < s.charged))
+      s.charged + bytes > rl.rlim_cur && !may_exceed_memlock())
     return ENOMEM;
   if (!range_mapped(lo, hi)) return EFAULT;
   if (mlock(reinterpret_cast<void*>(lo), bytes) != 0) return ENOMEM;
