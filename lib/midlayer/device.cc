@@ -262,8 +262,10 @@ void unregister_device(Device* dev) {
     leaked.swap(reg->cqs);
   }
   if (!leaked.empty())
-    std::fprintf(stderr, "dverbs: unregister_device(%s): %zu CQ(s) were not destroyed\n", dev->name,
-                 leaked.size());
+    std::fprintf(stderr,
+                 "dverbs: unregister_device(%s): %zu CQ(s) still open; their completion "
+                 "handlers will not run again\n",
+                 dev->name, leaked.size());
   for (Cq* cq : leaked) detail::quiesce_cq(cq);
 
   {

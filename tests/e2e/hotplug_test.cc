@@ -232,6 +232,76 @@ TEST(Hotplug, PortAddedAndRemovedWhileTrafficRunsElsewhere) {
   mid::unregister_client(&g_client);
 }
 
+// An application (not a midlayer client) still holds C++ API objects of a port that is
+// removed under it. As after uverbs' disassociation they stay valid to query, poll and
+// destroy: the outstanding receives come back flushed, posting fails with EIO, creating
+// with ENODEV, and destroying succeeds (ASan/LSan check that nothing is touched after it is
+// freed and nothing leaks).
+TEST(Hotplug, ApplicationObjectsOutliveTheirRemovedPort) {
+  auto name = add_port("net_ring_hp2", "10.9.2.1/24");
+  ASSERT_TRUE(name) << std::strerror(name.error());
+  Context ctx = Context::open(*name).take();
+  ASSERT_NE(ctx.raw(), nullptr);
+  Pd pd = Pd::alloc(ctx).take();
+  Cq cq = Cq::create(ctx, 64).take();
+  QpInit init;
+  Qp a = Qp::create(pd, cq, cq, init).take();
+  Qp b = Qp::create(pd, cq, cq, init).take();
+  Gid gid;
+  ASSERT_EQ(ctx.query_gid(1, 0, &gid), 0);
+  ASSERT_EQ(a.connect(gid, b.qp_num(), 1, 2), 0);
+  ASSERT_EQ(b.connect(gid, a.qp_num(), 2, 1), 0);
+  std::vector<uint8_t> buf(256, 7);
+  Mr mr = Mr::reg(pd, buf.data(), buf.size(), access::local_write).take();
+  Sge s{reinterpret_cast<uint64_t>(buf.data()), 64, mr.lkey()};
+  for (int i = 0; i < 4; i++) {
+    RecvWr r{};
+    r.wr_id = uint64_t(i);
+    r.sg_list = &s;
+    r.num_sge = 1;
+    RecvWr* rb;
+    ASSERT_EQ(b.post_recv(&r, &rb), 0);
+  }
+
+  ASSERT_EQ(remove_port(*name), 0);
+
+  int flushed = 0;
+  for (long spins = 0; spins < 1000000L && flushed < 4; spins++) {
+    Wc wc;
+    if (cq.poll(&wc, 1) == 1) {
+      EXPECT_EQ(wc.status, WcStatus::wr_flush_err);
+      EXPECT_EQ(wc.wr_id, uint64_t(flushed)) << "flushed in order";
+      flushed++;
+    }
+  }
+  EXPECT_EQ(flushed, 4) << "the receives outstanding at removal complete as flushed";
+  SendWr w{};
+  w.opcode = WrOpcode::send;
+  w.sg_list = &s;
+  w.num_sge = 1;
+  w.send_flags = send_flags::signaled;
+  SendWr* sb = nullptr;
+  EXPECT_EQ(a.post_send(&w, &sb), EIO);
+  EXPECT_EQ(sb, &w);
+  RecvWr r{};
+  r.sg_list = &s;
+  r.num_sge = 1;
+  RecvWr* rb = nullptr;
+  EXPECT_EQ(b.post_recv(&r, &rb), EIO);
+  PortAttr pa;
+  ASSERT_EQ(ctx.query_port(1, &pa), 0);
+  EXPECT_EQ(pa.state, PortState::down);
+  EXPECT_EQ(Pd::alloc(ctx).error(), ENODEV);
+  EXPECT_EQ(Cq::create(ctx, 16).error(), ENODEV);
+  EXPECT_EQ(Mr::reg(pd, buf.data(), buf.size(), access::local_write).error(), ENODEV);
+  EXPECT_EQ(Qp::create(pd, cq, cq, init).error(), ENODEV);
+  EXPECT_EQ(mr.destroy(), 0);
+  EXPECT_EQ(a.destroy(), 0);
+  EXPECT_EQ(b.destroy(), 0);
+  EXPECT_EQ(cq.destroy(), 0);
+  EXPECT_EQ(pd.destroy(), 0);
+}
+
 TEST(Hotplug, BadDevargsIsAClearError) {
   auto name = add_port("net_no_such_driver0", "");
   EXPECT_FALSE(name);

@@ -52,6 +52,9 @@ std::unique_ptr<Device> Device::create(const net::Config& cfg, const char* name,
   dev->port_ = net::Port::open(cfg, nq, err);
   if (!dev->port_) return nullptr;
   dev->neigh_ = std::make_unique<net::NeighTable>(dev->port_->ip(), dev->port_->mac());
+  std::memcpy(dev->port_info_.mac, dev->port_->mac(), 6);
+  dev->port_info_.ip = dev->port_->ip();
+  dev->port_info_.mtu = dev->port_->mtu();
   dev->mrs_.reset(new Mr[kMaxMr]);
   dev->qps_.reset(new std::atomic<Qp*>[kMaxQp]);
   for (uint32_t i = 0; i < kMaxQp; i++) dev->qps_[i].store(nullptr, std::memory_order_relaxed);
@@ -129,6 +132,13 @@ void Device::fail_all() {
 }
 
 Device::~Device() {
+  stop_threads();
+  engines_.clear();
+  neigh_.reset();
+  port_.reset();
+}
+
+void Device::stop_threads() {
   if (watchdog_.joinable()) {
     {
       std::lock_guard<mid::Mutex> g(watch_lock_);
@@ -140,14 +150,21 @@ Device::~Device() {
     else
       watchdog_.join();
   }
-  if (rmv_registered_)
+  if (rmv_registered_) {
     rte_eth_dev_callback_unregister(port_->port_id(), RTE_ETH_EVENT_INTR_RMV, on_dpdk_event, this);
+    rmv_registered_ = false;
+  }
   for (auto& t : engines_threads_) t->stop();
   if (inline_helper_) inline_helper_->stop();
-  engines_threads_.clear();
-  inline_helper_.reset();
-  engines_.clear();
-  neigh_.reset();
+}
+
+void Device::retire() {
+  mid::might_sleep("Device::retire");
+  retired_.store(true, std::memory_order_seq_cst);  // new posts fail from here on
+  stop_threads();
+  // Application threads may still enter the engines through progress() (inline mode):
+  // take each engine's run lock for good, then finish the flush here.
+  for (auto& e : engines_) e->retire();
   port_.reset();
 }
 
@@ -220,7 +237,8 @@ void Device::remove_qp(Qp* qp) {
   // The engine may hold the QP on its active list or kick ring: ask it to let go.
   qp->unhooking.store(true, std::memory_order_release);
   qp->engine->kick(qp);  // if already kicked it is on the active list or the kick ring
-  while (!qp->detached.load(std::memory_order_acquire)) {
+  // A retired device's engines never run again (Engine::retire): nothing to wait for.
+  while (!retired() && !qp->detached.load(std::memory_order_acquire)) {
     if (inline_progress()) progress();
     std::this_thread::yield();
   }

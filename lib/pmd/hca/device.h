@@ -55,7 +55,15 @@ class Device : public mid::Device {
                                         std::string* err);
   ~Device();
 
-  net::Port& port() { return *port_; }
+  net::Port& port() { return *port_; }  // engines only; gone once retired
+  // The port's addresses, kept for queries and path setup after the port is gone.
+  struct PortInfo {
+    uint8_t mac[6];
+    uint32_t ip;   // host byte order
+    uint32_t mtu;  // Ethernet MTU
+  };
+  const PortInfo& port_info() const { return port_info_; }
+  bool link_up() const { return !retired() && port_->link_up(); }
   net::NeighTable& neigh() { return *neigh_; }
   const net::Config& config() const { return cfg_; }
   DeviceCounters& counters() { return counters_; }
@@ -84,6 +92,13 @@ class Device : public mid::Device {
   // DPDK reported the port's device gone; the watchdog removes the device.
   // Context: any thread (DPDK's interrupt thread), never sleeps.
   void mark_removed() noexcept { removed_.store(true, std::memory_order_release); }
+  // After unregister_device on hot-unplug: stops every thread, finishes the flush that
+  // fail_all() began, closes the port, and leaves the tables in place so that objects the
+  // application still holds can be queried and destroyed (the analogue of uverbs'
+  // disassociation). Posting then fails with EIO, creating with ENODEV; the memory is
+  // freed at driver shutdown. Context: process context.
+  void retire();
+  bool retired() const noexcept { return retired_.load(std::memory_order_acquire); }
 
   // ---- control path, called from the ops table (ops.cc). Context: process context. ----
   int alloc_mr_slot(Pd* pd, void* addr, uint64_t length, uint32_t access, Mr** out);
@@ -109,6 +124,7 @@ class Device : public mid::Device {
   Device() = default;
   net::Config cfg_;
   std::unique_ptr<net::Port> port_;
+  PortInfo port_info_{};
   std::unique_ptr<net::NeighTable> neigh_;
   std::vector<std::unique_ptr<Engine>> engines_;
   std::vector<std::unique_ptr<net::LcoreThread>> engines_threads_;
@@ -120,6 +136,8 @@ class Device : public mid::Device {
   std::condition_variable_any watch_cv_;
   bool watch_stop_ = false;                // guarded by watch_lock_
   std::atomic<bool> removed_{false};       // set by DPDK's RMV callback
+  std::atomic<bool> retired_{false};       // retire() began
+  void stop_threads();                     // watchdog, RMV callback, lcores, inline helper
   bool rmv_registered_ = false;
 
   std::unique_ptr<Mr[]> mrs_;

@@ -24,6 +24,9 @@ namespace {
 
 mid::Mutex g_lock;
 std::vector<std::unique_ptr<Device>> g_devices;  // guarded by g_lock
+// Removed ports whose objects the application may still hold (Device::retire); freed at
+// driver shutdown. Guarded by g_lock.
+std::vector<std::unique_ptr<Device>> g_retired;
 int g_next_index = 0;                            // guarded by g_lock
 
 int create_and_register(const net::Config& cfg, char* name_out, size_t name_len) {
@@ -97,7 +100,11 @@ int remove_port(const char* name) {
   if (!dev) return ENOENT;
   dev->fail_all();  // device-fatal event, every QP to ERR (flushed by its engine)
   mid::unregister_device(dev.get());  // clients' remove() (LIFO); usable until it returns
-  dev.reset();
+  // Clients have freed what they built in add(), but an application may still hold
+  // objects of this device (C++ API handles): keep the tables, release the port.
+  dev->retire();
+  std::lock_guard<mid::Mutex> g(g_lock);
+  g_retired.push_back(std::move(dev));
   return 0;
 }
 
@@ -112,6 +119,8 @@ void shutdown() {
     }
     mid::unregister_device(dev.get());
   }
+  std::lock_guard<mid::Mutex> g(g_lock);
+  g_retired.clear();
 }
 
 const mid::Driver kDriver = {"dverbs-pmd", probe, shutdown, add_port, remove_port};

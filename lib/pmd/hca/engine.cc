@@ -3,6 +3,8 @@
 #include <rte_cycles.h>
 #include <rte_prefetch.h>
 
+#include <thread>
+
 #include "pmd/hca/device.h"
 #include "pmd/net/neigh.h"
 
@@ -10,11 +12,22 @@ namespace dverbs::pmd::hca {
 
 Engine::Engine(Device* dev, uint16_t queue) : dev_(dev), queue_(queue) {}
 
-Engine::~Engine() {
+Engine::~Engine() { drop_frames(); }
+
+void Engine::drop_frames() noexcept {
   rte_mbuf* m;
   while (handoff_.pop(&m)) rte_pktmbuf_free(m);
   for (uint16_t i = 0; i < ntx_; i++) rte_pktmbuf_free(txq_[i]);
   ntx_ = 0;
+}
+
+void Engine::retire() {
+  while (run_lock_.exchange(true, std::memory_order_acquire)) std::this_thread::yield();
+  // Every QP is in ERR (Device::fail_all): poll until 64 rounds in a row find no work, so
+  // the remaining WRs are flushed in order; bounded in case a peer keeps sending.
+  for (int idle = 0, round = 0; idle < 64 && round < (1 << 20); round++)
+    idle = poll() ? 0 : idle + 1;
+  drop_frames();
 }
 
 bool Engine::init() {

@@ -35,6 +35,10 @@ class Engine {
   int poll() noexcept;
   // Inline progress: poll() if no other thread is. Context: any thread, never sleeps.
   int try_poll() noexcept;
+  // Device removal: takes the run lock for good (no try_poll() runs the engine again),
+  // polls until the flush is done, and frees the frames it holds. Context: process
+  // context, with the device's lcore threads stopped.
+  void retire();
 
   // Processes frames as if the port had just received them (protocol tests, fuzzing,
   // and the RX step itself); takes ownership of the mbufs. Coalesced ACKs are queued for
@@ -71,6 +75,7 @@ class Engine {
   int handoff_step() noexcept;
   int active_step() noexcept;
   void rx_one(rte_mbuf* m, bool verified) noexcept;
+  void drop_frames() noexcept;  // frees the frames queued for TX or handed over
   void flush_acks() noexcept;
 
   Device* dev_;

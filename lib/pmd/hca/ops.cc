@@ -43,8 +43,8 @@ bool make_frame_addr(Device& dev, const AhAttr& ah, uint32_t src_qpn, uint32_t d
   uint32_t ip;
   if (!ipv4_from_gid(ah.dgid, &ip)) return false;
   std::memset(out, 0, sizeof *out);
-  std::memcpy(out->src_mac, dev.port().mac(), 6);
-  out->src_ip = dev.port().ip();
+  std::memcpy(out->src_mac, dev.port_info().mac, 6);
+  out->src_ip = dev.port_info().ip;
   out->dst_ip = ip;
   // RoCEv2 source port: entropy for ECMP from the QP pair, in 0xC000..0xFFFF (IBA A17.5).
   uint32_t h = (src_qpn * 0x9e3779b1u) ^ (dst_qpn * 0x85ebca6bu) ^ ah.flow_label;
@@ -58,7 +58,7 @@ bool make_frame_addr(Device& dev, const AhAttr& ah, uint32_t src_qpn, uint32_t d
 int query_device(mid::Device* d, DeviceAttr* a) {
   Device& dev = hca(d);
   *a = DeviceAttr{};
-  const uint8_t* mac = dev.port().mac();
+  const uint8_t* mac = dev.port_info().mac;
   // EUI-64 from the MAC, as RoCE NICs derive their node GUID.
   a->node_guid = uint64_t(mac[0] ^ 2) << 56 | uint64_t(mac[1]) << 48 | uint64_t(mac[2]) << 40 |
                  uint64_t(0xfffe) << 24 | uint64_t(mac[3]) << 16 | uint64_t(mac[4]) << 8 | mac[5];
@@ -88,8 +88,8 @@ int query_port(mid::Device* d, uint8_t port_num, PortAttr* a) {
   if (port_num != 1) return EINVAL;
   Device& dev = hca(d);
   *a = PortAttr{};
-  a->state = dev.port().link_up() ? PortState::active : PortState::down;
-  a->max_mtu = active_mtu(dev.port().mtu());
+  a->state = dev.link_up() ? PortState::active : PortState::down;
+  a->max_mtu = active_mtu(dev.port_info().mtu);
   a->active_mtu = a->max_mtu;
   a->gid_tbl_len = 1;
   a->max_msg_sz = 1u << 31;
@@ -101,12 +101,13 @@ int query_gid(mid::Device* d, uint8_t port_num, int index, Gid* g) {
   if (port_num != 1 || index != 0) return EINVAL;
   std::memset(g->raw, 0, sizeof g->raw);
   g->raw[10] = g->raw[11] = 0xff;
-  wire::store_be32(g->raw + 12, hca(d).port().ip());
+  wire::store_be32(g->raw + 12, hca(d).port_info().ip);
   return 0;
 }
 
 // ---------------------------------------------------------------- PD and MR
-int alloc_pd(mid::Device*, mid::Pd** out) {
+int alloc_pd(mid::Device* d, mid::Pd** out) {
+  if (hca(d).retired()) return ENODEV;
   Pd* pd = new (std::nothrow) Pd();
   if (!pd) return ENOMEM;
   *out = pd;
@@ -120,6 +121,7 @@ int dealloc_pd(mid::Pd* pd) {
 
 int reg_mr(mid::Pd* pd, void* addr, uint64_t length, uint32_t acc, mid::Mr** out) {
   Device& dev = hca(pd->device);
+  if (dev.retired()) return ENODEV;
   if (acc & ~access::supported) return EINVAL;
   // Remote write or atomic access requires local write (IBA 10.6.3.1, C10-...).
   if ((acc & (access::remote_write | access::remote_atomic)) && !(acc & access::local_write))
@@ -145,6 +147,7 @@ int dereg_mr(mid::Mr* m) {
 // ---------------------------------------------------------------- MW
 int alloc_mw(mid::Pd* pd, uint32_t type, mid::Mw** out) {
   Device& dev = hca(pd->device);
+  if (dev.retired()) return ENODEV;
   Mw* mw = new (std::nothrow) Mw();
   if (!mw) return ENOMEM;
   std::lock_guard<mid::Mutex> g(dev.ctl());
@@ -178,6 +181,7 @@ int dealloc_mw(mid::Mw* m) {
 
 // ---------------------------------------------------------------- CQ
 int create_cq(mid::Device* d, uint32_t cqe, mid::Cq** out) {
+  if (hca(d).retired()) return ENODEV;
   if (cqe == 0 || cqe > kMaxCqe) return EINVAL;
   Cq* cq = new (std::nothrow) Cq();
   if (!cq) return ENOMEM;
@@ -218,6 +222,7 @@ int req_notify_cq(mid::Cq* c, bool solicited_only) {
 // ---------------------------------------------------------------- QP
 int create_qp(mid::Pd* pd, const mid::QpInitAttr* init, mid::Qp** out) {
   Device& dev = hca(pd->device);
+  if (dev.retired()) return ENODEV;
   if (init->qp_type != QpType::rc && init->qp_type != QpType::uc && init->qp_type != QpType::ud)
     return EINVAL;
   const QpCap& c = init->cap;
@@ -236,7 +241,7 @@ int create_qp(mid::Pd* pd, const mid::QpInitAttr* init, mid::Qp** out) {
   qp->cap.max_inline_data = kMaxInline;  // report what we really support
   qp->sq_sig_all = init->sq_sig_all;
   qp->srq = init->srq;  // the midlayer fills it too; the engine needs it from the start
-  qp->mtu = mtu_bytes(active_mtu(dev.port().mtu()));  // UD uses it; RTR sets connected QPs'
+  qp->mtu = mtu_bytes(active_mtu(dev.port_info().mtu));  // UD uses it; RTR sets connected QPs'
   if (!qp->sq.init(qp->cap.max_send_wr) || !qp->rq.init(qp->cap.max_recv_wr ? qp->cap.max_recv_wr : 1)) {
     delete qp;
     return ENOMEM;
@@ -510,6 +515,10 @@ int check_send_wr(const Qp& qp, const SendWr& wr, uint32_t* total) {
 
 int post_send(mid::Qp* q, SendWr* wr, SendWr** bad) {
   Qp& qp = *to_qp(q);
+  if (qp.hca->retired()) {  // the port was removed: nothing would run the WR
+    *bad = wr;
+    return EIO;
+  }
   QpState s = qp.state.load(std::memory_order_acquire);
   // Posting to the SQ needs RTS (or SQD/ERR, where WRs are held or flushed) (IBA 10.8.2).
   if (s != QpState::rts && s != QpState::sqd && s != QpState::err && s != QpState::sqe) {
@@ -618,6 +627,10 @@ int queue_recvs(WorkQueue<RecvWqe>& rq, uint32_t max_sge, RecvWr* wr, RecvWr** b
 
 int post_recv(mid::Qp* q, RecvWr* wr, RecvWr** bad) {
   Qp& qp = *to_qp(q);
+  if (qp.hca->retired()) {
+    *bad = wr;
+    return EIO;
+  }
   if (qp.state.load(std::memory_order_acquire) == QpState::reset || qp.srq) {
     *bad = wr;
     return EINVAL;
@@ -629,6 +642,7 @@ int post_recv(mid::Qp* q, RecvWr* wr, RecvWr** bad) {
 
 // ---------------------------------------------------------------- SRQ
 int create_srq(mid::Pd* pd, const mid::SrqInitAttr* init, mid::Srq** out) {
+  if (hca(pd->device).retired()) return ENODEV;
   if (init->max_wr == 0 || init->max_wr > kMaxQpWr || init->max_sge == 0 ||
       init->max_sge > kMaxSge || init->srq_limit > init->max_wr)
     return EINVAL;
@@ -667,6 +681,10 @@ int destroy_srq(mid::Srq* s) {
 
 int post_srq_recv(mid::Srq* s, RecvWr* wr, RecvWr** bad) {
   Srq& srq = *to_srq(s);
+  if (srq.hca->retired()) {
+    *bad = wr;
+    return EIO;
+  }
   return queue_recvs(srq.rq, srq.max_sge, wr, bad);
 }
 
