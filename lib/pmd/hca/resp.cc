@@ -443,6 +443,20 @@ int resp_tx_step(Engine& e, Qp& qp, int budget) noexcept {
   return sent;
 }
 
+namespace {
+
+// Payload length against the path MTU (IBA 9.7.4.1.3): FIRST and MIDDLE carry exactly one
+// PMTU, LAST from 1 byte to one PMTU, ONLY up to one PMTU. READ requests and atomics carry
+// no payload of this kind (their lengths are checked where they execute).
+bool length_ok(const Qp& qp, uint32_t f, uint32_t len) noexcept {
+  if (f & (wire::opf::kRead | wire::opf::kAtomic)) return true;
+  if (!(f & wire::opf::kLast)) return len == qp.mtu;
+  if (!(f & wire::opf::kFirst)) return len >= 1 && len <= qp.mtu;
+  return len <= qp.mtu;
+}
+
+}  // namespace
+
 void resp_rx(Engine& e, Qp& qp, const wire::Packet& pkt) noexcept {
   Responder& rs = qp.resp;
   const uint32_t f = pkt.info->flags;
@@ -510,6 +524,12 @@ void resp_rx(Engine& e, Qp& qp, const wire::Packet& pkt) noexcept {
       }
     }
     rs.epsn = wire::psn_add(pkt.psn, 1);
+    if (!length_ok(qp, f, pkt.payload_len)) {  // no NAKs in UC: the message is dropped
+      e.device().counters().rx_bad_frame.fetch_add(1, std::memory_order_relaxed);
+      rs.in_send = rs.in_write = false;
+      if (rs.recv) rs.recv_offset = 0;
+      return;
+    }
     RespResult r = (f & wire::opf::kSend) ? execute_send(e, qp, pkt) : execute_write(e, qp, pkt);
     if (r == RespResult::done) {
       rs.in_send = (f & wire::opf::kSend) && !(f & wire::opf::kLast);
@@ -545,8 +565,7 @@ void resp_rx(Engine& e, Qp& qp, const wire::Packet& pkt) noexcept {
     return;
   }
   if (rs.nak_owed && rs.nak_fatal) return;  // failing once the queued responses are out
-  // FIRST and MIDDLE packets carry exactly one path MTU of payload (C9-...: IBA 9.7.4.1.3).
-  if (!sequence_ok(rs, f) || (!(f & wire::opf::kLast) && pkt.payload_len != qp.mtu)) {
+  if (!sequence_ok(rs, f) || !length_ok(qp, f, pkt.payload_len)) {
     nak(e, qp, wire::make_syndrome(AethType::nak, uint8_t(NakCode::invalid_request)), pkt.psn,
         true);
     return;

@@ -511,6 +511,38 @@ TEST_F(RespTest, WriteFirstLongerThanMtuNaksInvalidRequest) {
   expect_error_state();
 }
 
+// LAST carries 1 byte to one PMTU and ONLY at most one PMTU (as rxe's check_length).
+TEST_F(RespTest, SendOnlyLongerThanMtuNaksInvalidRequest) {
+  connect();
+  post_recv(1, 0, 4096);
+  auto sent = exchange(send(op::kSendOnly, E, pattern(hq().mtu + 1, 1)));
+  ASSERT_EQ(sent.size(), 1u) << describe(sent);
+  EXPECT_TRUE(IsNak(sent[0], NakCode::invalid_request, E));
+  expect_error_state();
+}
+
+TEST_F(RespTest, SendLastLongerThanMtuNaksInvalidRequest) {
+  connect();
+  post_recv(1, 0, 4096);
+  auto sent = exchange(send(op::kSendFirst, E, pattern(hq().mtu, 1), false));
+  EXPECT_TRUE(sent.empty()) << describe(sent);
+  sent = exchange(send(op::kSendLast, E + 1, pattern(hq().mtu + 4, 2)));
+  ASSERT_EQ(sent.size(), 1u) << describe(sent);
+  EXPECT_TRUE(IsNak(sent[0], NakCode::invalid_request, E + 1));
+  expect_error_state();
+}
+
+TEST_F(RespTest, EmptySendLastNaksInvalidRequest) {
+  connect();
+  post_recv(1, 0, 4096);
+  auto sent = exchange(send(op::kSendFirst, E, pattern(hq().mtu, 1), false));
+  EXPECT_TRUE(sent.empty()) << describe(sent);
+  sent = exchange(send(op::kSendLast, E + 1, {}));
+  ASSERT_EQ(sent.size(), 1u) << describe(sent);
+  EXPECT_TRUE(IsNak(sent[0], NakCode::invalid_request, E + 1));
+  expect_error_state();
+}
+
 // IBA 9.7.4.1.3 (C9-93, opcode sequence): opcodes must follow FIRST → MIDDLE* → LAST; a MIDDLE
 // or LAST without a FIRST, or a new FIRST inside a message, is an invalid request.
 TEST_F(RespTest, MiddleWithoutFirstNaksInvalidRequest) {
