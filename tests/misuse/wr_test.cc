@@ -107,6 +107,20 @@ TEST_F(Wr, ChainStopsAtTheFirstBadWrAndPostsThoseBefore) {
   expect_usable(p);
 }
 
+// RESET → INIT → RTR → RTS for a UD QP.
+void ud_to_rts(Qp& q) {
+  namespace m = qp_attr_mask;
+  QpAttr a;
+  a.qp_state = QpState::init;
+  a.port_num = 1;
+  a.qkey = 0x1234;
+  ASSERT_EQ(q.modify(a, m::state | m::pkey_index | m::port | m::qkey), 0);
+  a.qp_state = QpState::rtr;
+  ASSERT_EQ(q.modify(a, m::state), 0);
+  a.qp_state = QpState::rts;
+  ASSERT_EQ(q.modify(a, m::state | m::sq_psn), 0);
+}
+
 TEST_F(Wr, OpcodeNotAllowedForTheQpTypeIsEinval) {
   Pair uc, ud;
   ASSERT_NO_FATAL_FAILURE(uc.init(QpType::uc));
@@ -118,14 +132,29 @@ TEST_F(Wr, OpcodeNotAllowedForTheQpTypeIsEinval) {
     SendWr w = send_wr(op, &s);
     EXPECT_EQ(post(uc.a, w), EINVAL);
   }
+  // A UD QP in RTS with a valid AH and QPN: only the opcode is wrong.
+  ASSERT_NO_FATAL_FAILURE(ud_to_rts(ud.a));
+  AhAttr aa;
+  aa.dgid = dev.gid;
+  Ah ah = Ah::create(dev.pd, aa).take();
   Sge t{ud.ba.addr(), 8, ud.ba.mr.lkey()};
   for (WrOpcode op : {WrOpcode::rdma_write, WrOpcode::rdma_write_with_imm, WrOpcode::rdma_read,
-                      WrOpcode::bind_mw, WrOpcode::local_inv}) {
+                      WrOpcode::atomic_fetch_and_add, WrOpcode::bind_mw, WrOpcode::local_inv}) {
     SCOPED_TRACE(int(op));
     SendWr w = send_wr(op, &t);
-    EXPECT_EQ(post(ud.a, w), EINVAL);  // UD QP still in RESET: refused either way
+    w.wr.ud.ah = ah.raw();
+    w.wr.ud.remote_qpn = ud.b.qp_num();
+    w.wr.ud.remote_qkey = 0x1234;
+    EXPECT_EQ(post(ud.a, w), EINVAL);
   }
   EXPECT_EQ(uc.a.state(), QpState::rts);
+  EXPECT_EQ(ud.a.state(), QpState::rts);
+  SendWr ok = send_wr(WrOpcode::send, &t);  // the same WR with a UD opcode is accepted
+  ok.wr.ud.ah = ah.raw();
+  ok.wr.ud.remote_qpn = ud.b.qp_num();
+  ok.wr.ud.remote_qkey = 0x1234;
+  EXPECT_EQ(post(ud.a, ok), 0);
+  EXPECT_EQ(wait(ud.cqa).status, WcStatus::success);
 }
 
 TEST_F(Wr, BadScatterGatherListsAreEinval) {
@@ -198,16 +227,7 @@ TEST_F(Wr, InlineAndAtomicShapeRulesAreEinval) {
 TEST_F(Wr, UdWithoutAhOrWithABadQpnOrTooLongIsEinval) {
   Pair ud;
   ASSERT_NO_FATAL_FAILURE(ud.init(QpType::ud));
-  namespace m = qp_attr_mask;
-  QpAttr a;
-  a.qp_state = QpState::init;
-  a.port_num = 1;
-  a.qkey = 0x1234;
-  ASSERT_EQ(ud.a.modify(a, m::state | m::pkey_index | m::port | m::qkey), 0);
-  a.qp_state = QpState::rtr;
-  ASSERT_EQ(ud.a.modify(a, m::state), 0);
-  a.qp_state = QpState::rts;
-  ASSERT_EQ(ud.a.modify(a, m::state | m::sq_psn), 0);
+  ASSERT_NO_FATAL_FAILURE(ud_to_rts(ud.a));
   AhAttr aa;
   aa.dgid = dev.gid;
   Ah ah = Ah::create(dev.pd, aa).take();
