@@ -236,4 +236,55 @@ TEST(RcSend, CompletionHandlerRunsOffThePostingThread) {
   EXPECT_FALSE(on_poster.load());
 }
 
+// IBA 11.4.2.2: a CQ armed for solicited completions only is notified by a receive whose
+// message carried the Solicited Event bit, not by an ordinary one.
+TEST(RcSend, SolicitedOnlyNotificationWaitsForASolicitedMessage) {
+  std::atomic<int> calls{0};
+  Pair p;
+  p.init(QpType::rc, Mtu::mtu1024, {}, [&](Cq&) { calls++; });
+  std::vector<uint8_t> src(100, 5), dst(200);
+  auto smr = Mr::reg(p.pd, src.data(), src.size(), 0);
+  auto rmr = Mr::reg(p.pd, dst.data(), dst.size(), access::local_write);
+  ASSERT_TRUE(smr && rmr);
+  for (int i = 0; i < 2; i++) {
+    Sge rs{reinterpret_cast<uint64_t>(dst.data() + 100 * i), 100, rmr->lkey()};
+    RecvWr rwr{};
+    rwr.wr_id = uint64_t(i);
+    rwr.sg_list = &rs;
+    rwr.num_sge = 1;
+    RecvWr* rbad;
+    ASSERT_EQ(p.b.post_recv(&rwr, &rbad), 0);
+  }
+  ASSERT_EQ(p.cqb.req_notify(true), 0);
+  auto send = [&](uint32_t flags) {
+    Sge ss{reinterpret_cast<uint64_t>(src.data()), 100, smr->lkey()};
+    SendWr swr{};
+    swr.sg_list = &ss;
+    swr.num_sge = 1;
+    swr.opcode = WrOpcode::send;
+    swr.send_flags = send_flags::signaled | flags;
+    SendWr* sbad;
+    ASSERT_EQ(p.a.post_send(&swr, &sbad), 0);
+    Wc wc;
+    ASSERT_EQ(poll_one(p.cqa, &wc), 1);
+    ASSERT_EQ(wc.status, WcStatus::success);
+  };
+  send(0);
+  Wc wc;
+  ASSERT_EQ(poll_one(p.cqb, &wc), 1);
+  EXPECT_EQ(wc.wr_id, 0u);
+  // The completion event, had there been one, was queued with the completion; give the
+  // handler threads a bounded chance to run it.
+  for (int i = 0; i < 20000; i++) std::this_thread::yield();
+  EXPECT_EQ(calls.load(), 0) << "an unsolicited receive notified a solicited-only CQ";
+  send(send_flags::solicited);
+  for (long i = 0; i < 2000000000L && calls.load() == 0; i++) {
+    p.cqb.poll(&wc, 0);
+    std::this_thread::yield();
+  }
+  EXPECT_EQ(calls.load(), 1) << "the solicited receive notifies";
+  ASSERT_EQ(poll_one(p.cqb, &wc), 1);
+  EXPECT_EQ(wc.wr_id, 1u);
+}
+
 }  // namespace

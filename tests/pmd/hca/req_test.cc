@@ -53,6 +53,25 @@ TEST_F(ReqTest, SendIsSegmentedByMtuWithAckReqOnTheLastPacket) {
   EXPECT_TRUE(wcs().empty()) << "completed before any ACK";
 }
 
+// IBA 9.2.3 (Solicited Event): IBV_SEND_SOLICITED sets BTH.SE on the last packet of the
+// message only; other messages never carry it.
+TEST_F(ReqTest, SolicitedSendSetsSeOnItsLastPacketOnly) {
+  connect();
+  SendWr a = wr(1, WrOpcode::send, 0, 601);
+  a.send_flags |= send_flags::solicited;
+  SendWr b = wr(2, WrOpcode::send_with_imm, 1024, 100);
+  b.send_flags |= send_flags::solicited;
+  SendWr c = wr(3, WrOpcode::send, 1024, 100);
+  post({a, b, c});
+  auto sent = h.take_sent();
+  ASSERT_EQ(sent.size(), 5u) << describe(sent);
+  EXPECT_FALSE(sent[0].se);
+  EXPECT_FALSE(sent[1].se);
+  EXPECT_TRUE(sent[2].se) << "LAST of the solicited SEND";
+  EXPECT_TRUE(sent[3].se) << "ONLY of the solicited SEND with immediate";
+  EXPECT_FALSE(sent[4].se) << "an unsolicited SEND";
+}
+
 // IBA 9.7.6.1.2: a long message also asks for ACKs periodically, not only at its end.
 TEST_F(ReqTest, LongMessageAsksForAcksPeriodically) {
   Conn c;
