@@ -712,6 +712,56 @@ TEST_F(RespTest, RequestToQpInResetIsDroppedAndCounted) {
 
 // IBA 10.2.4.2 (C10-15): a UD datagram whose Q_Key does not match the QP's is dropped
 // silently; one that matches lands after the 40-byte GRH (IBA 11.4.1.2).
+// IBA 9.8.3 (UC): no acknowledgement is ever sent, even with AckReq; a PSN gap drops the
+// message in progress (its receive WQE is kept for the next message), packets up to the
+// next FIRST or ONLY are dropped, and that one starts a new message.
+TEST_F(RespTest, UcGapDropsTheMessageInProgressAndNeverAcks) {
+  Conn c;
+  c.type = QpType::uc;
+  connect(c);
+  post_recv(1, 0, 4096);
+  const uint32_t m = hq().mtu;
+  auto uc = [&](uint8_t opcode, uint32_t psn, std::vector<uint8_t> payload) {
+    Pkt p = pkt(op::kUc | opcode, psn, std::move(payload));
+    p.ack_req = true;
+    return p;
+  };
+  auto sent = exchange(uc(op::kSendFirst, E, pattern(m, 1)));
+  EXPECT_TRUE(sent.empty()) << describe(sent);
+  // E + 1 (a MIDDLE) is lost.
+  sent = exchange(uc(op::kSendLast, E + 2, pattern(10, 1)));
+  EXPECT_TRUE(sent.empty()) << describe(sent);
+  EXPECT_TRUE(wcs().empty()) << "the broken message completes nothing";
+  sent = exchange(uc(op::kSendMiddle, E + 3, pattern(m, 3)));  // not a start: dropped
+  EXPECT_TRUE(sent.empty()) << describe(sent);
+  sent = exchange(uc(op::kSendOnly, E + 4, pattern(40, 2)));
+  EXPECT_TRUE(sent.empty()) << describe(sent);
+  auto w = wcs();
+  ASSERT_EQ(w.size(), 1u);
+  expect_recv(w[0], 1, 40);
+  EXPECT_EQ(bytes(0, 40), pattern(40, 2));
+  EXPECT_EQ(qp.state(), QpState::rts) << "UC errors never move the QP to ERR";
+}
+
+// UC carries no READ or atomic (IBA 9.8.1) and a UC QP takes no RC opcode: dropped, counted.
+TEST_F(RespTest, UcDropsReadsAndOtherTransportsOpcodes) {
+  Conn c;
+  c.type = QpType::uc;
+  connect(c);
+  post_recv(1, 0, 4096);
+  Pkt rd = pkt(op::kUc | op::kReadRequest, E);
+  rd.va = addr(0);
+  rd.rkey = mr.rkey();
+  rd.dma_len = 8;
+  EXPECT_TRUE(exchange(rd).empty());
+  EXPECT_TRUE(exchange(pkt(op::kRc | op::kSendOnly, E, pattern(8, 1))).empty());
+  EXPECT_TRUE(wcs().empty());
+  EXPECT_TRUE(exchange(pkt(op::kUc | op::kSendOnly, E, pattern(8, 2))).empty());
+  auto w = wcs();
+  ASSERT_EQ(w.size(), 1u);
+  expect_recv(w[0], 1, 8);
+}
+
 TEST_F(RespTest, UdDatagramWithWrongQkeyIsDropped) {
   Conn c;
   c.type = QpType::ud;
