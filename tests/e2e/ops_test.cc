@@ -307,35 +307,60 @@ TEST(RcOps, FencedSendSeesTheReadsBeforeIt) {
   EXPECT_EQ(std::memcmp(f.b.buf.data(), f.b.buf.data() + 200000, 100000), 0);
 }
 
-TEST(UcOps, SendAndWrite) {
+class UcOps : public ::testing::TestWithParam<Mtu> {};
+
+// Every UC operation (SEND, SEND with immediate, WRITE, WRITE with immediate) at this path
+// MTU, single- and multi-packet, every byte compared.
+TEST_P(UcOps, EveryOperationAtThisMtu) {
   Fabric f;
-  f.init(QpType::uc);
-  for (uint32_t len : {0u, 1u, 1024u, 5000u, 200000u}) {
+  f.init(QpType::uc, GetParam());
+  const uint32_t m = mtu_bytes(GetParam());
+  for (uint32_t len : {0u, 1u, m - 1, m, m + 1, 5 * m + 3, 200000u}) {
+    SCOPED_TRACE(len);
     fill(f.a, 0, len, len);
-    post_recv(f.b, 300000, len);
     Sge s{addr(f.a), len, f.a.mr.lkey()};
-    ASSERT_EQ(post(f.a, WrOpcode::send, &s, len ? 1 : 0, 0, 0), 0);
-    ASSERT_EQ(wait(f.a.cq).status, WcStatus::success);
-    Wc wc = wait(f.b.cq);
-    ASSERT_EQ(wc.status, WcStatus::success);
-    ASSERT_EQ(wc.byte_len, len);
-    ASSERT_EQ(std::memcmp(f.a.buf.data(), f.b.buf.data() + 300000, len), 0);
+    for (WrOpcode op : {WrOpcode::send, WrOpcode::send_with_imm}) {
+      post_recv(f.b, 300000, len, 5);
+      ASSERT_EQ(post(f.a, op, &s, len ? 1 : 0, 0, 0), 0);
+      ASSERT_EQ(wait(f.a.cq).status, WcStatus::success);
+      Wc wc = wait(f.b.cq);
+      ASSERT_EQ(wc.status, WcStatus::success);
+      EXPECT_EQ(wc.opcode, WcOpcode::recv);
+      ASSERT_EQ(wc.byte_len, len);
+      const bool imm = op == WrOpcode::send_with_imm;
+      EXPECT_EQ(bool(wc.wc_flags & wc_flags::with_imm), imm);
+      if (imm) {
+        EXPECT_EQ(ntohl(wc.imm_data), 0xabcd0000u + (len ? 1u : 0u));
+      }
+      ASSERT_EQ(std::memcmp(f.a.buf.data(), f.b.buf.data() + 300000, len), 0);
+      std::memset(f.b.buf.data() + 300000, 0, len);
+    }
     ASSERT_EQ(post(f.a, WrOpcode::rdma_write, &s, len ? 1 : 0, addr(f.b, 1000000),
                    f.b.mr.rkey()), 0);
     ASSERT_EQ(wait(f.a.cq).status, WcStatus::success);
-    // UC has no ACK: the write is visible once the responder ran; a SEND behind it on the
-    // same QP arrives after it.
-    post_recv(f.b, 0, 4);
-    Sge t{addr(f.a), 4, f.a.mr.lkey()};
-    ASSERT_EQ(post(f.a, WrOpcode::send, &t, 1, 0, 0), 0);
+    // WRITE with immediate: the receive completes once the data is in place (and, UC
+    // having no ACK, it also orders the plain WRITE before it on the same QP).
+    post_recv(f.b, 0, 0, 6);
+    ASSERT_EQ(post(f.a, WrOpcode::rdma_write_with_imm, &s, len ? 1 : 0, addr(f.b, 2000000),
+                   f.b.mr.rkey()), 0);
     ASSERT_EQ(wait(f.a.cq).status, WcStatus::success);
-    ASSERT_EQ(wait(f.b.cq).status, WcStatus::success);
+    Wc wc = wait(f.b.cq);
+    ASSERT_EQ(wc.status, WcStatus::success);
+    EXPECT_EQ(wc.opcode, WcOpcode::recv_rdma_with_imm);
+    EXPECT_EQ(wc.wr_id, 6u);
+    EXPECT_EQ(wc.byte_len, len);
+    EXPECT_TRUE(wc.wc_flags & wc_flags::with_imm);
     ASSERT_EQ(std::memcmp(f.a.buf.data(), f.b.buf.data() + 1000000, len), 0);
+    ASSERT_EQ(std::memcmp(f.a.buf.data(), f.b.buf.data() + 2000000, len), 0);
   }
   Sge s{addr(f.a), 8, f.a.mr.lkey()};
   EXPECT_EQ(post(f.a, WrOpcode::rdma_read, &s, 1, addr(f.b), f.b.mr.rkey()), EINVAL)
       << "no READ on UC";
 }
+
+INSTANTIATE_TEST_SUITE_P(AllMtus, UcOps,
+                         ::testing::Values(Mtu::mtu256, Mtu::mtu512, Mtu::mtu1024, Mtu::mtu2048,
+                                           Mtu::mtu4096));
 
 TEST(UdOps, SendCarriesTheGrhAndHonoursTheQkey) {
   Fabric f;
@@ -381,6 +406,31 @@ TEST(UdOps, SendCarriesTheGrhAndHonoursTheQkey) {
     EXPECT_TRUE(wc.wc_flags & wc_flags::grh);
     EXPECT_EQ(f.b.buf[20] >> 4, 4) << "IPv4 header in the last 20 bytes of the GRH";
     ASSERT_EQ(std::memcmp(f.a.buf.data(), f.b.buf.data() + 40, len), 0);
+  }
+  // SEND with immediate: the immediate and the flag reach the receiver.
+  {
+    post_recv(f.b, 0, 140, 9);
+    Sge s{addr(f.a), 100, f.a.mr.lkey()};
+    SendWr wr{};
+    wr.opcode = WrOpcode::send_with_imm;
+    wr.sg_list = &s;
+    wr.num_sge = 1;
+    wr.send_flags = send_flags::signaled;
+    wr.imm_data = htonl(0x5eed1234u);
+    wr.wr.ud.ah = ah->raw();
+    wr.wr.ud.remote_qpn = f.b.qp.qp_num();
+    wr.wr.ud.remote_qkey = 0x11111111;
+    SendWr* bad;
+    ASSERT_EQ(f.a.qp.post_send(&wr, &bad), 0);
+    ASSERT_EQ(wait(f.a.cq).status, WcStatus::success);
+    Wc wc = wait(f.b.cq);
+    ASSERT_EQ(wc.status, WcStatus::success);
+    EXPECT_EQ(wc.wr_id, 9u);
+    EXPECT_EQ(wc.byte_len, 140u);
+    EXPECT_TRUE(wc.wc_flags & wc_flags::with_imm);
+    EXPECT_TRUE(wc.wc_flags & wc_flags::grh);
+    EXPECT_EQ(ntohl(wc.imm_data), 0x5eed1234u);
+    ASSERT_EQ(std::memcmp(f.a.buf.data(), f.b.buf.data() + 40, 100), 0);
   }
   // Wrong Q_Key: silently dropped, the receive stays posted.
   post_recv(f.b, 0, 100);
