@@ -6,6 +6,7 @@
 //
 // Run: dverbs-run --lcores 0 -- ibverbs_api_test   (meson does). Run directly, it fails
 // at once unless the loaded libibverbs is dverbs.
+#include <dlfcn.h>
 #include <fcntl.h>
 #include <linux/capability.h>
 #include <gtest/gtest.h>
@@ -918,6 +919,65 @@ TEST(Events, SrqLimitAndLastWqeReachTheAsyncFd) {
   p.b = nullptr;
   EXPECT_EQ(ibv_destroy_srq(srq), 0);
   ibv_dereg_mr(mr);
+}
+
+// ---------------------------------------------------------------- hot-unplug
+// A port added and removed through the drop-in's extension (dverbs_add_port /
+// dverbs_remove_port, found with dlsym as a program would): the context open on it gets
+// IBV_EVENT_DEVICE_FATAL, posting and polling fail with EIO, and every object the program
+// still holds stays valid to destroy (ASan checks nothing is touched after it is freed).
+TEST(HotUnplug, ContextOfARemovedPortGetsDeviceFatalAndItsObjectsStayDestroyable) {
+  using AddPort = int (*)(const char*, const char*, char*, size_t);
+  using RemovePort = int (*)(const char*);
+  auto add = reinterpret_cast<AddPort>(dlsym(RTLD_DEFAULT, "dverbs_add_port"));
+  auto remove = reinterpret_cast<RemovePort>(dlsym(RTLD_DEFAULT, "dverbs_remove_port"));
+  ASSERT_TRUE(add && remove) << "the drop-in exports dverbs_add_port/dverbs_remove_port";
+  char name[64] = {};
+  ASSERT_EQ(add("net_ring_hp5", "10.9.5.1/24", name, sizeof name), 0);
+  int n = 0;
+  ibv_device** list = ibv_get_device_list(&n);
+  ASSERT_NE(list, nullptr);
+  ibv_context* ctx = nullptr;
+  for (int i = 0; i < n; ++i)
+    if (std::strcmp(ibv_get_device_name(list[i]), name) == 0) ctx = ibv_open_device(list[i]);
+  ibv_free_device_list(list);
+  ASSERT_NE(ctx, nullptr) << name << " is listed and opens";
+  ibv_pd* pd = ibv_alloc_pd(ctx);
+  ibv_cq* cq = ibv_create_cq(ctx, 16, nullptr, nullptr, 0);
+  ASSERT_TRUE(pd && cq);
+  ibv_qp_init_attr qa{};
+  qa.send_cq = qa.recv_cq = cq;
+  qa.qp_type = IBV_QPT_RC;
+  qa.cap = {4, 4, 1, 1, 0};
+  ibv_qp* qp = ibv_create_qp(pd, &qa);
+  ASSERT_NE(qp, nullptr);
+  std::vector<uint8_t> buf(4096);
+  ibv_mr* mr = ibv_reg_mr(pd, buf.data(), buf.size(), IBV_ACCESS_LOCAL_WRITE);
+  ASSERT_NE(mr, nullptr);
+
+  ASSERT_EQ(remove(name), 0);
+  EXPECT_EQ(remove(name), ENOENT);
+
+  pollfd pfd{ctx->async_fd, POLLIN, 0};
+  ASSERT_EQ(poll(&pfd, 1, 10000), 1) << "an async event is queued by the removal";
+  ibv_async_event ev{};
+  ASSERT_EQ(ibv_get_async_event(ctx, &ev), 0);
+  EXPECT_EQ(ev.event_type, IBV_EVENT_DEVICE_FATAL);
+  ibv_ack_async_event(&ev);
+  ibv_sge sge{reinterpret_cast<uint64_t>(buf.data()), 8, mr->lkey};
+  ibv_send_wr wr{};
+  wr.sg_list = &sge;
+  wr.num_sge = 1;
+  wr.opcode = IBV_WR_SEND;
+  ibv_send_wr* bad = nullptr;
+  EXPECT_EQ(ibv_post_send(qp, &wr, &bad), EIO);
+  ibv_wc wc;
+  EXPECT_LT(ibv_poll_cq(cq, 1, &wc), 0);
+  EXPECT_EQ(ibv_destroy_qp(qp), 0);
+  EXPECT_EQ(ibv_dereg_mr(mr), 0);
+  EXPECT_EQ(ibv_destroy_cq(cq), 0);
+  EXPECT_EQ(ibv_dealloc_pd(pd), 0);
+  EXPECT_EQ(ibv_close_device(ctx), 0);
 }
 
 // ---------------------------------------------------------------- process exit

@@ -3,8 +3,9 @@
 //
 // Devices come from the midlayer: the drop-in is a midlayer client ("ibverbs") whose add()
 // wraps each registered device in a Device and whose remove() disassociates the contexts
-// open on it (their resources are destroyed, the fast path is switched to failing stubs
-// and IBV_EVENT_DEVICE_FATAL is queued), the user-space analogue of uverbs' disassociate.
+// open on it (the fast path is switched to failing stubs and IBV_EVENT_DEVICE_FATAL is
+// queued; the objects stay valid until the application destroys them, as rdma-core keeps
+// its structures after uverbs' disassociate).
 // Device wrappers live for the process: ibv_device pointers stay valid, as in rdma-core.
 #include <sys/eventfd.h>
 #include <unistd.h>
@@ -229,7 +230,9 @@ int dead_req_notify_cq(ibv_cq*, int) {
 }
 
 void disassociate_locked(Context* c) {
-  destroy_all_locked(c);
+  // The objects stay: the application still holds their ibv_* structures (ibv_post_send
+  // and ibv_poll_cq read them inline) and destroys them when it handles DEVICE_FATAL. The
+  // retired soft HCA keeps them valid and inert (no port, no lcore) until then.
   if (c->device_handler) {
     mid::unregister_event_handler(c->mdev, on_device_event, c);
     c->device_handler = false;

@@ -397,4 +397,17 @@ ibv_dm* ibv_import_dm(ibv_context*, uint32_t) {
 }
 void ibv_unimport_dm(ibv_dm*) {}
 
+// dverbs extensions (version node DVERBS_0.1, outside rdma-core's ABI): hot-plug of DPDK
+// ports through the drop-in, as dverbs::add_port/remove_port in the C++ API. The new
+// device appears in the next ibv_get_device_list; removing one raises
+// IBV_EVENT_DEVICE_FATAL on every context open on it. Context: process context.
+int dverbs_add_port(const char* devargs, const char* ip, char* name, size_t name_len) {
+  if (!devargs) return EINVAL;
+  return mid::add_port(devargs, ip, name, name_len);
+}
+int dverbs_remove_port(const char* name) {
+  if (!name) return EINVAL;
+  return mid::remove_port(name);
+}
+
 }  // extern "C"
