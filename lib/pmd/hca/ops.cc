@@ -573,14 +573,16 @@ int post_send(mid::Qp* q, SendWr* wr, SendWr** bad) {
       // Inline data is copied now; the buffer may be reused as soon as we return.
       uint32_t off = 0;
       for (int i = 0; i < wr->num_sge; i++) {
-        std::memcpy(w->inline_data + off, reinterpret_cast<const void*>(wr->sg_list[i].addr),
-                    wr->sg_list[i].length);
+        // An empty SGE may carry address 0; memcpy's pointers must be valid even for 0 bytes.
+        if (wr->sg_list[i].length)
+          std::memcpy(w->inline_data + off, reinterpret_cast<const void*>(wr->sg_list[i].addr),
+                      wr->sg_list[i].length);
         off += wr->sg_list[i].length;
       }
       w->num_sge = 0;
     } else {
       w->num_sge = uint32_t(wr->num_sge);
-      std::memcpy(w->sge, wr->sg_list, sizeof(Sge) * uint32_t(wr->num_sge));
+      if (wr->num_sge) std::memcpy(w->sge, wr->sg_list, sizeof(Sge) * uint32_t(wr->num_sge));
     }
     qp.sq.publish(idx);
   }
@@ -619,7 +621,7 @@ int queue_recvs(WorkQueue<RecvWqe>& rq, uint32_t max_sge, RecvWr* wr, RecvWr** b
     w->wr_id = wr->wr_id;
     w->num_sge = uint32_t(wr->num_sge);
     w->length = uint32_t(len);
-    std::memcpy(w->sge, wr->sg_list, sizeof(Sge) * uint32_t(wr->num_sge));
+    if (wr->num_sge) std::memcpy(w->sge, wr->sg_list, sizeof(Sge) * uint32_t(wr->num_sge));
     rq.publish(idx);
   }
   return 0;
