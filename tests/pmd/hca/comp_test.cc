@@ -444,5 +444,70 @@ TEST_F(CompTest, PostingInErrIsFlushedInOrder) {
   EXPECT_TRUE(h.take_sent().empty());
 }
 
+
+// ---------------------------------------------------------------- sequence NAKs and retry_cnt
+
+// IBA 9.7.5.2.2 / 9.7.6.1.4 (a NAK PSN sequence error makes the requester resend from the
+// NAKed PSN); comp.cc comp_rx charges each one to retry_cnt, like a timeout (rxe does the
+// same: rxe_comp.c COMPST_ERROR_RETRY decrements comp.retry_cnt). retry_cnt sequence NAKs for
+// the same PSN without progress are each answered by a go-back-N resend; the next one
+// completes the oldest WR with RETRY_EXC_ERR, flushes the rest and moves the QP to ERR.
+TEST_F(CompTest, PsnSequenceNaksWithoutProgressUseUpRetryCnt) {
+  Conn c;
+  c.retry_cnt = 2;
+  connect(c);
+  post({wr(1, WrOpcode::send, 0, 10), wr(2, WrOpcode::send, 64, 10)});
+  ASSERT_EQ(h.take_sent().size(), 2u);
+  const uint64_t resends = hq().retransmits.load();
+  for (uint32_t i = 0; i < 2; i++) {
+    auto sent = exchange(nak(NakCode::psn_seq_error, S));
+    ASSERT_EQ(sent.size(), 2u) << "sequence NAK " << i + 1 << ": " << describe(sent);
+    EXPECT_TRUE(IsPacket(sent[0], op::kRc | op::kSendOnly, S, 10));
+    EXPECT_TRUE(IsPacket(sent[1], op::kRc | op::kSendOnly, S + 1, 10));
+    EXPECT_TRUE(wcs().empty());
+    EXPECT_EQ(qp.state(), QpState::rts);
+  }
+  auto sent = exchange(nak(NakCode::psn_seq_error, S));  // retry_cnt + 1-th
+  EXPECT_TRUE(sent.empty()) << describe(sent);
+  auto w = wcs();
+  ASSERT_EQ(w.size(), 2u) << describe(w);
+  expect_wc(w[0], 1, WcStatus::retry_exc_err, WcOpcode::send);
+  expect_wc(w[1], 2, WcStatus::wr_flush_err, WcOpcode::send);
+  EXPECT_EQ(qp.state(), QpState::err);
+  EXPECT_EQ(hq().retransmits.load(), resends + 2);
+  h.poll(4);
+  EXPECT_TRUE(h.take_sent().empty());
+}
+
+// comp.cc advance_ack: progress restores the retry_cnt budget. A sequence NAK for S+1
+// implicitly acknowledges S (IBA 9.7.5.1.2), so with retry_cnt 1 two sequence NAKs — one for
+// S, one for S+1 — are both retried; a second one for S+1 without progress fails.
+TEST_F(CompTest, ProgressBetweenPsnSequenceNaksRestoresRetryCnt) {
+  Conn c;
+  c.retry_cnt = 1;
+  connect(c);
+  post({wr(1, WrOpcode::send, 0, 10), wr(2, WrOpcode::send, 64, 10)});
+  ASSERT_EQ(h.take_sent().size(), 2u);
+  auto sent = exchange(nak(NakCode::psn_seq_error, S));
+  ASSERT_EQ(sent.size(), 2u) << describe(sent);
+  EXPECT_TRUE(IsPacket(sent[0], op::kRc | op::kSendOnly, S, 10));
+  EXPECT_TRUE(wcs().empty());
+
+  sent = exchange(nak(NakCode::psn_seq_error, S + 1, 1));
+  ASSERT_EQ(sent.size(), 1u) << describe(sent);
+  EXPECT_TRUE(IsPacket(sent[0], op::kRc | op::kSendOnly, S + 1, 10));
+  auto w = wcs();
+  ASSERT_EQ(w.size(), 1u) << describe(w);
+  expect_wc(w[0], 1, WcStatus::success, WcOpcode::send);
+  EXPECT_EQ(qp.state(), QpState::rts);
+
+  sent = exchange(nak(NakCode::psn_seq_error, S + 1, 1));
+  EXPECT_TRUE(sent.empty()) << describe(sent);
+  w = wcs();
+  ASSERT_EQ(w.size(), 1u) << describe(w);
+  expect_wc(w[0], 2, WcStatus::retry_exc_err, WcOpcode::send);
+  EXPECT_EQ(qp.state(), QpState::err);
+}
+
 }  // namespace
 }  // namespace dverbs::proto

@@ -430,6 +430,7 @@ void ProtoTest::make_qp(const Conn& c) {
   QpInit init;
   init.type = c.type;
   init.cap = {c.cap_send, c.cap_recv, 4, 4, 0};
+  init.srq = c.srq;
   auto q = Qp::create(h.pd(), cq, cq, init);
   ASSERT_TRUE(q) << std::strerror(q.error());
   qp = q.take();

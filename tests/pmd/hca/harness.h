@@ -198,6 +198,7 @@ class ProtoTest : public ::testing::Test {
     uint8_t max_dest_rd_atomic = 4;
     uint32_t qkey = 0x11111111;  // UD
     uint32_t cap_send = 64, cap_recv = 64;
+    const Srq* srq = nullptr;  // receives come from this SRQ (QpInit::srq); must outlive qp
   };
 
   Harness& h = Harness::get();

@@ -346,5 +346,89 @@ TEST_F(ReqTest, SendWithoutFenceDoesNotWaitForReads) {
   EXPECT_TRUE(IsPacket(sent[1], op::kRc | op::kSendOnly, S + 1, 8));
 }
 
+
+// ---------------------------------------------------------------- PSN window, UD Q_Key
+
+// C7 (req.cc req_step, kPsnWindow = 256): without ACKs an RC QP leaves at most 256 packets
+// unacknowledged, however much is posted; an ACK opens the window by exactly the number of
+// packets it acknowledges.
+TEST_F(ReqTest, AtMost256PacketsAreLeftUnacknowledged) {
+  constexpr uint32_t kWindow = 256;
+  connect();
+  // 256 + 40 packets of 256 bytes (PMTU 256): the window, and 40 that must wait.
+  post({wr(1, WrOpcode::send, 0, kBufBytes), wr(2, WrOpcode::send, 0, 40 * 256)});
+  // The engine sends at most Engine::kQpBudget (16) packets per QP and poll: 200 polls are
+  // far more than 296 packets need, so a window that let more out would show here.
+  for (int i = 0; i < 200 && h.sent_pending() < 296; i++) h.poll();
+  auto sent = h.take_sent();
+  ASSERT_EQ(sent.size(), kWindow) << "first PSN " << (sent.empty() ? 0 : sent[0].psn)
+                                  << ", last " << (sent.empty() ? 0 : sent.back().psn);
+  for (uint32_t i = 0; i < kWindow; i++) ASSERT_EQ(sent[i].psn, S + i) << i;
+  EXPECT_TRUE(IsPacket(sent[0], op::kRc | op::kSendFirst, S, 256));
+  EXPECT_TRUE(IsPacket(sent[kWindow - 1], op::kRc | op::kSendLast, S + kWindow - 1, 256));
+
+  // Acknowledge the first 10 packets (inside message 1: nothing completes): exactly 10 more
+  // go out, the first packets of message 2.
+  h.inject(ack(S + 9, 0));
+  for (int i = 0; i < 200 && h.sent_pending() < 40; i++) h.poll();
+  sent = h.take_sent();
+  ASSERT_EQ(sent.size(), 10u) << describe(sent);
+  EXPECT_TRUE(IsPacket(sent[0], op::kRc | op::kSendFirst, S + kWindow, 256));
+  for (uint32_t i = 1; i < 10; i++)
+    EXPECT_TRUE(IsPacket(sent[i], op::kRc | op::kSendMiddle, S + kWindow + i, 256));
+  EXPECT_TRUE(wcs().empty());
+
+  // Acknowledging message 1 completes it and releases the last 30 packets of message 2.
+  h.inject(ack(S + kWindow - 1, 1));
+  for (int i = 0; i < 200 && h.sent_pending() < 40; i++) h.poll();
+  sent = h.take_sent();
+  ASSERT_EQ(sent.size(), 30u) << describe(sent);
+  EXPECT_EQ(sent.front().psn, S + kWindow + 10);
+  EXPECT_TRUE(IsPacket(sent.back(), op::kRc | op::kSendLast, S + kWindow + 39, 256));
+  auto w = wcs();
+  ASSERT_EQ(w.size(), 1u) << describe(w);
+  expect_wc(w[0], 1, WcStatus::success, WcOpcode::send);
+}
+
+// IBA 10.2.4.1 / req.cc send_one: a UD send WR whose Q_Key has the high bit set uses the QP's
+// own Q_Key in the DETH; any other value is sent as given. The DETH source QP is the sender.
+TEST_F(ReqTest, UdQkeyWithTheHighBitSetSendsTheQpsOwnQkey) {
+  Conn c;
+  c.type = QpType::ud;
+  c.qkey = 0x11111111;
+  connect(c);
+  AhAttr aa;
+  aa.dgid = h.peer_gid();
+  auto ah = Ah::create(h.pd(), aa);
+  ASSERT_TRUE(ah) << "Ah::create: error " << ah.error();
+  Ah a = ah.take();
+  fill(0, 16, 6);
+  const uint32_t qkeys[] = {0x80000000u, 0x22222222u, 0xfedcba98u, 0x7fffffffu};
+  std::vector<SendWr> wrs;
+  for (uint32_t i = 0; i < 4; i++) {
+    SendWr w = wr(10 + i, WrOpcode::send, 0, 16);
+    w.wr.ud.ah = a.raw();
+    w.wr.ud.remote_qpn = 0x777 + i;
+    w.wr.ud.remote_qkey = qkeys[i];
+    wrs.push_back(w);
+  }
+  post(wrs);
+  for (int i = 0; i < 20 && h.sent_pending() < 4; i++) h.poll();
+  auto sent = h.take_sent();
+  ASSERT_EQ(sent.size(), 4u) << describe(sent);
+  const uint32_t want[] = {0x11111111u, 0x22222222u, 0x11111111u, 0x7fffffffu};
+  for (uint32_t i = 0; i < 4; i++) {
+    EXPECT_EQ(sent[i].opcode, op::kUd | op::kSendOnly) << sent[i].describe();
+    EXPECT_EQ(sent[i].dest_qp, 0x777 + i) << sent[i].describe();
+    ASSERT_TRUE(sent[i].has_deth) << sent[i].describe();
+    EXPECT_EQ(sent[i].qkey, want[i]) << "WR Q_Key " << std::hex << qkeys[i];
+    EXPECT_EQ(sent[i].src_qp, qpn()) << sent[i].describe();
+    EXPECT_EQ(sent[i].payload, pattern(16, 6));
+  }
+  auto w = wcs();
+  ASSERT_EQ(w.size(), 4u) << describe(w);
+  for (uint32_t i = 0; i < 4; i++) expect_wc(w[i], 10 + i, WcStatus::success, WcOpcode::send);
+}
+
 }  // namespace
 }  // namespace dverbs::proto

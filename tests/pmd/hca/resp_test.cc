@@ -837,5 +837,137 @@ TEST_F(RespTest, PsnWrapsAroundAt24Bits) {
   EXPECT_TRUE(wcs().empty());
 }
 
+
+// ---------------------------------------------------------------- responder-resource ring
+
+// C22 (IBA 9.7.4.1.5.2; resp.cc add_resource, replay): the responder keeps the last
+// max_dest_rd_atomic READ/atomic requests in a ring. A duplicate READ older than every entry
+// (its resource was reused by a newer request) cannot be replayed: replay() finds no entry
+// and drops it, as rxe does (rxe_resp.c duplicate_request: no resource → drop). Nothing is
+// sent and nothing changes: the ePSN and MSN stay, the QP stays in RTS.
+TEST_F(RespTest, DuplicateReadOlderThanTheResourceRingIsDropped) {
+  Conn c;
+  c.max_dest_rd_atomic = 2;
+  connect(c);
+  fill(0, 48, 1);
+  for (uint32_t i = 0; i < 3; i++) {  // READs A (E), B (E+1), C (E+2): C reuses A's entry
+    auto sent = exchange(read(E + i, 16 * i, 16));
+    ASSERT_EQ(sent.size(), 1u) << describe(sent);
+    EXPECT_TRUE(IsPacket(sent[0], op::kRc | op::kReadRespOnly, E + i, 16));
+  }
+  const uint64_t dups = hq().dup_rcvd.load();
+  auto sent = exchange(read(E, 0, 16));  // duplicate of A
+  EXPECT_TRUE(sent.empty()) << describe(sent);
+  h.poll(4);
+  sent = h.take_sent();
+  EXPECT_TRUE(sent.empty()) << describe(sent);
+  EXPECT_EQ(hq().dup_rcvd.load(), dups + 1);
+  EXPECT_EQ(qp.state(), QpState::rts);
+
+  post_recv(1, 4096, 64);
+  sent = exchange(send(op::kSendOnly, E + 3, pattern(4, 1)));
+  ASSERT_EQ(sent.size(), 1u) << describe(sent);
+  EXPECT_TRUE(IsAck(sent[0], E + 3, 4));
+}
+
+// C22 (IBA 9.7.4.1.5.2, 9.7.6.1.4): a duplicate of a READ that is not the newest entry of
+// the ring is replayed by reading memory again. The go-back-N resend of both READs, arriving
+// in one burst, gets every response exactly once, in PSN order: the duplicate of the older
+// READ restarts the stream at its entry and every newer one (resp.cc replay), and the
+// duplicate of the newer READ, already covered by that stream, adds nothing. With a ring of
+// 2 the older READ is the oldest entry kept (one older is dropped: the test above).
+TEST_F(RespTest, DuplicateOfAnOlderReadInTheRingIsReplayedFromMemory) {
+  Conn c;
+  c.max_dest_rd_atomic = 2;
+  connect(c);
+  fill(0, 300, 1);
+  fill(1024, 16, 2);
+  auto sent = exchange(read(E, 0, 300));  // B: E, E+1
+  ASSERT_EQ(sent.size(), 2u) << describe(sent);
+  sent = exchange(read(E + 2, 1024, 16));  // C: E+2
+  ASSERT_EQ(sent.size(), 1u) << describe(sent);
+
+  fill(0, 300, 50);  // memory changes before the duplicates arrive
+  fill(1024, 16, 60);
+  const uint64_t dups = hq().dup_rcvd.load();
+  sent = exchange({read(E, 0, 300), read(E + 2, 1024, 16)});
+  ASSERT_EQ(sent.size(), 3u) << describe(sent);
+  auto want = pattern(300, 50);
+  EXPECT_TRUE(IsPacket(sent[0], op::kRc | op::kReadRespFirst, E, 256));
+  EXPECT_EQ(sent[0].payload, std::vector<uint8_t>(want.begin(), want.begin() + 256));
+  EXPECT_TRUE(IsPacket(sent[1], op::kRc | op::kReadRespLast, E + 1, 44));
+  EXPECT_EQ(sent[1].payload, std::vector<uint8_t>(want.begin() + 256, want.end()));
+  EXPECT_TRUE(IsPacket(sent[2], op::kRc | op::kReadRespOnly, E + 2, 16));
+  EXPECT_EQ(sent[2].payload, pattern(16, 60));
+  EXPECT_EQ(hq().dup_rcvd.load(), dups + 2);
+
+  // The older READ's duplicate alone, resumed in its middle (PSN E+1, RETH for the rest):
+  // its remaining response and the newer READ's follow (the code replays every newer entry).
+  fill(0, 300, 70);
+  fill(1024, 16, 80);
+  sent = exchange(read(E + 1, 256, 44));
+  ASSERT_EQ(sent.size(), 2u) << describe(sent);
+  EXPECT_TRUE(IsPacket(sent[0], op::kRc | op::kReadRespOnly, E + 1, 44));
+  want = pattern(300, 70);
+  EXPECT_EQ(sent[0].payload, std::vector<uint8_t>(want.begin() + 256, want.end()));
+  EXPECT_TRUE(IsPacket(sent[1], op::kRc | op::kReadRespOnly, E + 2, 16));
+  EXPECT_EQ(sent[1].payload, pattern(16, 80));
+  EXPECT_EQ(qp.state(), QpState::rts);
+
+  post_recv(1, 4096, 64);  // the ePSN did not move: E+3 is the next new request
+  sent = exchange(send(op::kSendOnly, E + 3, pattern(4, 1)));
+  ASSERT_EQ(sent.size(), 1u) << describe(sent);
+  EXPECT_TRUE(IsAck(sent[0], E + 3, 3));
+}
+
+// ---------------------------------------------------------------- SRQ credits
+
+class RespSrqTest : public RespTest {
+ protected:
+  Srq srq;  // destroyed after TearDown() destroyed the QP that uses it
+};
+
+// C6 (IBA 9.7.7.2, Table 44; resp.cc credit_code): a QP whose receives come from an SRQ has
+// no per-QP end-to-end credits: its ACKs carry credit code 31 ("invalid"), however many
+// receives the SRQ holds — where a QP with its own RQ reports them (AckCarriesEndToEndCredits).
+TEST_F(RespSrqTest, AckOfAnSrqQpCarriesTheInvalidCreditCode) {
+  auto s = Srq::create(h.pd(), 64, 1);
+  ASSERT_TRUE(s) << "Srq::create: error " << s.error();
+  srq = s.take();
+  Conn c;
+  c.srq = &srq;
+  connect(c);
+  for (uint32_t i = 0; i < 5; i++) {
+    Sge sg{addr(i * 512), 512, mr.lkey()};
+    RecvWr r{};
+    r.wr_id = 100 + i;
+    r.sg_list = &sg;
+    r.num_sge = 1;
+    RecvWr* bad = nullptr;
+    ASSERT_EQ(srq.post_recv(&r, &bad), 0);
+  }
+  auto sent = exchange(send(op::kSendOnly, E, pattern(8, 1)));
+  ASSERT_EQ(sent.size(), 1u) << describe(sent);
+  EXPECT_TRUE(IsAck(sent[0], E, 1));
+  EXPECT_EQ(sent[0].aeth_value(), pmd::wire::kCreditsInvalid) << sent[0].describe();
+  EXPECT_EQ(sent[0].aeth_value(), 31) << sent[0].describe();
+
+  // Coalesced ACK of a multi-packet SEND and a SEND: still code 31.
+  sent = exchange({send(op::kSendFirst, E + 1, pattern(256, 2), false),
+                   send(op::kSendLast, E + 2, pattern(10, 3)),
+                   send(op::kSendOnly, E + 3, pattern(12, 4))});
+  ASSERT_EQ(sent.size(), 1u) << describe(sent);
+  EXPECT_TRUE(IsAck(sent[0], E + 3, 3));
+  EXPECT_EQ(sent[0].aeth_value(), 31) << sent[0].describe();
+
+  auto w = wcs();
+  ASSERT_EQ(w.size(), 3u) << describe(w);
+  expect_recv(w[0], 100, 8);
+  expect_recv(w[1], 101, 266);
+  expect_recv(w[2], 102, 12);
+  EXPECT_EQ(bytes(512, 256), pattern(256, 2));
+  EXPECT_EQ(bytes(768, 10), pattern(10, 3));
+}
+
 }  // namespace
 }  // namespace dverbs::proto
