@@ -1,9 +1,13 @@
 // Tests of lib/midlayer/verbs_calls.cc: common fields, use counts and EBUSY, EINVAL on null
-// arguments, EOPNOTSUPP for missing optional ops, the destroy_qp event fence.
+// arguments, EOPNOTSUPP for missing optional ops, the destroy_qp event fence, and no
+// serialisation of calls into the driver (core_locking.rst P6).
 #include <gtest/gtest.h>
 
 #include <atomic>
+#include <functional>
 #include <memory>
+#include <mutex>
+#include <thread>
 
 #include "fake_driver.h"
 #include "midlayer/internal.h"
@@ -310,6 +314,125 @@ TEST_F(VerbsCalls, DestroySrqAndCqForgetTheirQueuedEvents) {
   detail::flush_async_events();
   EXPECT_EQ(late.load(), 0);
   EXPECT_EQ(fake::zombie_calls.load(), zombies) << "an event reached a destroyed SRQ or CQ";
+}
+
+// ---- P6: "The IB midlayer does not perform any serialization of function calls" ----
+//
+// A driver op that waits inside itself for a second caller to enter the same op table
+// (bounded by an iteration count, never by time). `overlap` is set only by a caller that
+// finds another caller already inside (its own fetch_add sees 2), so it proves that two
+// calls were in the driver at the same time. Had the midlayer serialised the calls (a lock
+// around the op), the first caller would give up after `spins` yields, leave, and the
+// second would find nobody inside: `overlap` stays false.
+struct Rendezvous {
+  std::atomic<int> inside{0};
+  std::atomic<int> entries{0};
+  std::atomic<bool> overlap{false};
+  long spins = 0;
+  void meet() noexcept {
+    entries.fetch_add(1, std::memory_order_seq_cst);
+    if (inside.fetch_add(1, std::memory_order_seq_cst) + 1 >= 2)
+      overlap.store(true, std::memory_order_seq_cst);
+    for (long i = 0; i < spins && !overlap.load(std::memory_order_seq_cst); ++i)
+      std::this_thread::yield();
+    inside.fetch_sub(1, std::memory_order_seq_cst);
+  }
+};
+Rendezvous* g_meet = nullptr;
+
+// The ops touch no fake object state: the rendezvous is the whole op (the fake's
+// modify_qp/query_qp use plain fields, which concurrent calls would race on).
+int meet_modify_qp(Qp*, const QpAttr*, uint32_t) {
+  g_meet->meet();
+  return 0;
+}
+int meet_query_qp(Qp*, QpAttr* attr, uint32_t, QpInitAttr*) {
+  g_meet->meet();
+  attr->qp_state = QpState::init;
+  return 0;
+}
+int meet_post_send(Qp*, SendWr*, SendWr**) {
+  g_meet->meet();
+  return 0;
+}
+int meet_query_device(Device* d, DeviceAttr* attr) {
+  g_meet->meet();
+  return fake::ops::query_device(d, attr);
+}
+
+// Runs `a` and `b` on two threads, optionally serialised by a lock of the test's own (the
+// negative control); returns whether the two were inside the driver at the same time.
+bool calls_overlap(long spins, const std::function<int()>& a, const std::function<int()>& b,
+                   bool serialise = false) {
+  Rendezvous r;
+  r.spins = spins;
+  g_meet = &r;
+  std::mutex serial;
+  int rc_a = -1, rc_b = -1;
+  auto run = [&](const std::function<int()>& f, int* rc) {
+    if (serialise) {
+      std::lock_guard lk(serial);
+      *rc = f();
+    } else {
+      *rc = f();
+    }
+  };
+  std::thread ta(run, std::cref(a), &rc_a);
+  std::thread tb(run, std::cref(b), &rc_b);
+  ta.join();
+  tb.join();
+  g_meet = nullptr;
+  EXPECT_EQ(rc_a, 0);
+  EXPECT_EQ(rc_b, 0);
+  EXPECT_EQ(r.entries.load(), 2) << "each call reaches the driver op exactly once";
+  EXPECT_EQ(r.inside.load(), 0);
+  return r.overlap.load();
+}
+
+TEST_F(VerbsCalls, TwoCallsOnOneObjectAreInsideTheDriverAtOnce) {
+  // Yields a waiting caller makes before giving up: ample for the other thread to start
+  // and enter on a loaded machine; only a serialising midlayer exhausts it.
+  constexpr long kSpins = 20'000'000;
+  dev_->table.modify_qp = meet_modify_qp;
+  dev_->table.query_qp = meet_query_qp;
+  dev_->table.post_send = meet_post_send;
+  dev_->table.query_device = meet_query_device;
+  Qp* qp = make_qp(cq_, cq_);
+  ASSERT_NE(qp, nullptr);
+  auto modify = [qp] {
+    QpAttr a;
+    a.qp_state = QpState::init;
+    return modify_qp(qp, &a, qp_attr_mask::state);
+  };
+  auto query = [qp] {
+    QpAttr a;
+    const int rc = query_qp(qp, &a, qp_attr_mask::state, nullptr);
+    return rc == 0 && a.qp_state == QpState::init ? 0 : EIO;
+  };
+  auto post = [qp] {
+    SendWr wr{};
+    wr.opcode = WrOpcode::send;
+    SendWr* bad = nullptr;
+    return post_send(qp, &wr, &bad);
+  };
+  Device* dev = dev_.get();
+  auto qdev = [dev] {
+    DeviceAttr a;
+    return query_device(dev, &a);
+  };
+
+  EXPECT_TRUE(calls_overlap(kSpins, modify, modify)) << "modify_qp || modify_qp, one QP";
+  EXPECT_TRUE(calls_overlap(kSpins, modify, query)) << "modify_qp || query_qp, one QP";
+  EXPECT_TRUE(calls_overlap(kSpins, post, post)) << "post_send || post_send, one QP";
+  EXPECT_TRUE(calls_overlap(kSpins, qdev, qdev)) << "query_device || query_device";
+
+  // Negative control: the same detector, with the callers serialised by the test, never
+  // reports an overlap (a small bound: the first caller gives up, then the second does).
+  EXPECT_FALSE(calls_overlap(1000, modify, query, /*serialise=*/true));
+  EXPECT_FALSE(calls_overlap(1000, post, post, /*serialise=*/true));
+
+  dev_->table = fake::full_ops();
+  EXPECT_EQ(destroy_qp(qp), 0);
 }
 
 TEST(VerbsCallsLeaks, UnregisterDeviceStopsHandlersOfLeakedCqs) {

@@ -72,6 +72,18 @@ TEST_F(Objects, BadWindowsAndAddressHandlesAreEinval) {
   a.sgid_index = 0;
   EXPECT_TRUE(Ah::create(dev.pd, a));
   EXPECT_EQ(Ah::create(Pd{}, a).error(), EINVAL);
+  // An AH destroyed twice through the midlayer: EINVAL, and the pool does not hand the
+  // same AH out twice afterwards.
+  mid::Ah* ah = nullptr;
+  ASSERT_EQ(mid::create_ah(dev.pd.raw(), &a, &ah), 0);
+  EXPECT_EQ(mid::destroy_ah(ah), 0);
+  EXPECT_EQ(mid::destroy_ah(ah), EINVAL);
+  mid::Ah *x = nullptr, *y = nullptr;
+  ASSERT_EQ(mid::create_ah(dev.pd.raw(), &a, &x), 0);
+  ASSERT_EQ(mid::create_ah(dev.pd.raw(), &a, &y), 0);
+  EXPECT_NE(x, y);
+  EXPECT_EQ(mid::destroy_ah(x), 0);
+  EXPECT_EQ(mid::destroy_ah(y), 0);
 }
 
 TEST_F(Objects, PdInUseIsEbusyAndStaysUsable) {

@@ -59,8 +59,10 @@ std::unique_ptr<Device> Device::create(const net::Config& cfg, const char* name,
   dev->qps_.reset(new std::atomic<Qp*>[kMaxQp]);
   for (uint32_t i = 0; i < kMaxQp; i++) dev->qps_[i].store(nullptr, std::memory_order_relaxed);
   dev->ahs_.reset(new Ah[kMaxAh]);
-  dev->ah_free_.init(kMaxAh);
-  for (uint32_t i = 0; i < kMaxAh; i++) dev->ah_free_.push(&dev->ahs_[i]);
+  if (!dev->ah_free_.init(kMaxAh)) {
+    *err = "dverbs: out of memory creating the address-handle pool";
+    return nullptr;
+  }
   for (uint16_t q = 0; q < dev->port_->nb_queues(); q++) {
     auto e = std::make_unique<Engine>(dev.get(), q);
     if (!e->init()) {

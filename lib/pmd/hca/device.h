@@ -112,10 +112,10 @@ class Device : public mid::Device {
   // Address handles come from a preallocated pool: create_ah/destroy_ah may not sleep, so
   // they may not call a blocking allocator either. Context: any thread, lock-free.
   Ah* get_ah() noexcept {
-    Ah* a = nullptr;
-    return ah_free_.pop(&a) ? a : nullptr;
+    uint32_t i;
+    return ah_free_.pop(&i) ? &ahs_[i] : nullptr;
   }
-  void put_ah(Ah* a) noexcept { ah_free_.push(a); }
+  void put_ah(Ah* a) noexcept { ah_free_.push(uint32_t(a - ahs_.get())); }
 
  private:
   // Test hook (tests/pmd/hca/harness.cc): the protocol suite stops the inline-progress
@@ -143,7 +143,7 @@ class Device : public mid::Device {
   std::unique_ptr<Mr[]> mrs_;
   std::unique_ptr<std::atomic<Qp*>[]> qps_;
   std::unique_ptr<Ah[]> ahs_;
-  MpmcQueue<Ah*> ah_free_;
+  IndexStack ah_free_;  // indices into ahs_
   uint32_t mr_next_ = 1, qp_next_ = 2;  // QP 0 and 1 are the special QPs
   uint8_t qp_gen_[kMaxQp] = {};
   mid::Mutex ctl_;

@@ -48,6 +48,7 @@ struct Mw : mid::Mw {
 struct Ah : mid::Ah {
   wire::FrameAddr addr{};  // MACs filled at send time from the neighbour table
   AhAttr attr{};
+  std::atomic<bool> live{false};  // created and not destroyed: a second destroy is EINVAL
 };
 
 // One completion queue: a bounded MPMC ring of work completions.

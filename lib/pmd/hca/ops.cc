@@ -702,6 +702,7 @@ int create_ah(mid::Pd* pd, const AhAttr* attr, mid::Ah** out) {
   if (!ah) return ENOMEM;
   ah->addr = fa;
   ah->attr = *attr;
+  ah->live.store(true, std::memory_order_release);
   *out = ah;
   return 0;
 }
@@ -709,6 +710,8 @@ int create_ah(mid::Pd* pd, const AhAttr* attr, mid::Ah** out) {
 // A UD WQE keeps a pointer to its AH until it is sent; verbs forbid destroying an AH that
 // outstanding WRs use, and the slot is only reused, never unmapped.
 int destroy_ah(mid::Ah* ah) {
+  // A second destroy of the same AH must not put it on the free list twice.
+  if (!to_ah(ah)->live.exchange(false, std::memory_order_acq_rel)) return EINVAL;
   hca(ah->device).put_ah(to_ah(ah));
   return 0;
 }

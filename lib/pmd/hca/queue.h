@@ -82,6 +82,52 @@ class WorkQueue {
   uint32_t size_ = 0, mask_ = 0;
 };
 
+// A lock-free LIFO of the indices [0, n): a free list for a pool of preallocated objects.
+// A bounded ring used as a pool can fail for a moment while another thread is half-way
+// through a push or a pop (pop sees "empty", push "full"), which loses pool entries; this
+// stack never fails while it holds an index and never loses one. The head packs a 32-bit
+// generation above the top index + 1, so a pop that read a stale `next` fails its CAS
+// (no ABA). Context: any thread, never sleeps.
+class IndexStack {
+ public:
+  bool init(uint32_t n) {  // all n indices present, 0 on top
+    next_.reset(new (std::nothrow) std::atomic<uint32_t>[n]);
+    if (!next_ && n) return false;
+    for (uint32_t i = 0; i < n; i++)
+      next_[i].store(i + 1 < n ? i + 2 : 0, std::memory_order_relaxed);  // index + 1; 0 ends
+    head_.store(n ? 1 : 0, std::memory_order_release);
+    return true;
+  }
+  bool pop(uint32_t* index) noexcept {
+    uint64_t h = head_.load(std::memory_order_acquire);
+    for (;;) {
+      const uint32_t top = uint32_t(h);
+      if (top == 0) return false;
+      const uint32_t next = next_[top - 1].load(std::memory_order_relaxed);
+      const uint64_t nh = ((h >> 32) + 1) << 32 | next;
+      if (head_.compare_exchange_weak(h, nh, std::memory_order_acq_rel,
+                                      std::memory_order_acquire)) {
+        *index = top - 1;
+        return true;
+      }
+    }
+  }
+  void push(uint32_t index) noexcept {
+    uint64_t h = head_.load(std::memory_order_relaxed);
+    for (;;) {
+      next_[index].store(uint32_t(h), std::memory_order_relaxed);
+      const uint64_t nh = ((h >> 32) + 1) << 32 | (index + 1);
+      if (head_.compare_exchange_weak(h, nh, std::memory_order_release,
+                                      std::memory_order_relaxed))
+        return;
+    }
+  }
+
+ private:
+  std::unique_ptr<std::atomic<uint32_t>[]> next_;
+  alignas(64) std::atomic<uint64_t> head_{0};
+};
+
 template <class T>
 class MpmcQueue {
  public:
