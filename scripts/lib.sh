@@ -23,21 +23,45 @@ dverbs_install_deps() {
   $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 }
 
+# dverbs_configure DIR [meson options...]: meson setup, once.
+dverbs_configure() {
+  local dir=$1; shift
+  [ -f "$dir/build.ninja" ] && return 0
+  echo "==> configuring $dir"
+  local log
+  log=$(mktemp)
+  if ! meson setup "$dir" "$@" >"$log" 2>&1; then
+    tail -n 20 "$log" >&2
+    rm -f "$log"
+    return 1
+  fi
+  rm -f "$log"
+}
+
 # dverbs_build DIR [meson options...]   ($DVERBS_BUILD_TARGETS: build only these targets)
 dverbs_build() {
   local dir=$1; shift
-  if [ ! -f "$dir/build.ninja" ]; then
-    echo "==> configuring $dir"
-    local log
-    log=$(mktemp)
-    if ! meson setup "$dir" "$@" >"$log" 2>&1; then
-      tail -n 20 "$log" >&2
-      rm -f "$log"
-      return 1
-    fi
-    rm -f "$log"
-  fi
+  dverbs_configure "$dir" "$@"
   echo "==> building $dir"
   # shellcheck disable=SC2086
   ninja -C "$dir" ${DVERBS_BUILD_TARGETS:-} >/dev/null || ninja -C "$dir" ${DVERBS_BUILD_TARGETS:-}
+}
+
+# dverbs_suite_targets DIR SUITE...: the build targets (paths relative to DIR) that the
+# tests of these meson suites run or depend on.
+dverbs_suite_targets() {
+  local dir=$1; shift
+  meson introspect "$dir" --tests --targets | python3 -c '
+import json, os, sys
+dir, suites = sys.argv[1], set("dverbs:" + s for s in sys.argv[2:])
+info = json.load(sys.stdin)
+files = {t["id"]: t["filename"] for t in info["targets"]}
+out = set()
+for t in info["tests"]:
+    if suites & set(t["suite"]):
+        for d in t["depends"]:
+            for f in files.get(d, []):
+                out.add(os.path.relpath(f, os.path.abspath(dir)))
+print(" ".join(sorted(out)))
+' "$dir" "$@"
 }
