@@ -237,7 +237,9 @@ int Device::install_qp(Qp* qp) {
 void Device::remove_qp(Qp* qp) {
   qps_[qp->qp_num & (kMaxQp - 1)].store(nullptr, std::memory_order_release);
   // The engine may hold the QP on its active list or kick ring: ask it to let go.
-  qp->unhooking.store(true, std::memory_order_release);
+  // seq_cst store, then the kick's seq_cst exchange: either the engine, leaving the QP off
+  // its list, sees `unhooking` (Engine::active_step), or this kick pushes the QP again.
+  qp->unhooking.store(true, std::memory_order_seq_cst);
   qp->engine->kick(qp);  // if already kicked it is on the active list or the kick ring
   // A retired device's engines never run again (Engine::retire): nothing to wait for.
   while (!retired() && !qp->detached.load(std::memory_order_acquire)) {

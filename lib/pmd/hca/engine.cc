@@ -37,7 +37,7 @@ bool Engine::init() {
 }
 
 void Engine::kick(Qp* qp) noexcept {
-  if (qp->kicked.exchange(1, std::memory_order_acq_rel) == 0) {
+  if (qp->kicked.exchange(1, std::memory_order_seq_cst) == 0) {
     // Capacity equals the QP table size and a QP sits in the ring at most once.
     kicks_.push(qp);
   }
@@ -210,6 +210,17 @@ int Engine::active_step() noexcept {
       // Leave the list, then re-check: a poster that published after our check but saw
       // kicked == 1 did not push the QP, so we must not lose its work.
       qp->kicked.store(0, std::memory_order_seq_cst);
+      if (qp->unhooking.load(std::memory_order_seq_cst)) [[unlikely]] {
+        // destroy_qp marked the QP after the check at the top and kicked it while kicked
+        // was still 1, so nothing was pushed (Dekker with Device::remove_qp): let go here,
+        // unless a kick since then did push it; that ring entry then lets go instead.
+        const bool pushed = qp->kicked.exchange(1, std::memory_order_seq_cst) != 0;
+        qp->active = false;
+        *link = qp->next_active;
+        qp->next_active = nullptr;
+        if (!pushed) qp->detached.store(true, std::memory_order_release);
+        continue;
+      }
       qp->lock.lock();
       keep = req_needs_service(*qp);
       qp->lock.unlock();
