@@ -12,7 +12,9 @@ fuzzer=$1 seeds=$2 work=$3 seconds=$4
 shift 4
 seconds=${DVERBS_FUZZ_SECONDS:-$seconds}
 mkdir -p "$work/corpus"
+# -error_exitcode: libFuzzer's default, 77, is meson's "skipped": a crash must fail.
 "$fuzzer" -max_total_time="$seconds" -timeout=30 -rss_limit_mb=4096 -max_len=8192 \
+  -error_exitcode=1 -timeout_exitcode=1 \
   -print_final_stats=1 -artifact_prefix="$work/" "$@" "$work/corpus" "$seeds"
 rc=$?
 if [ $rc -ne 0 ]; then

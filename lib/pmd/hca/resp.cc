@@ -525,7 +525,8 @@ void resp_rx(Engine& e, Qp& qp, const wire::Packet& pkt) noexcept {
     }
     rs.epsn = wire::psn_add(pkt.psn, 1);
     if (!length_ok(qp, f, pkt.payload_len)) {  // no NAKs in UC: the message is dropped
-      e.device().counters().rx_bad_frame.fetch_add(1, std::memory_order_relaxed);
+      // Counted like the other drops by a QP's rules: the frame itself parsed (rx_packets).
+      e.device().counters().rx_bad_state.fetch_add(1, std::memory_order_relaxed);
       rs.in_send = rs.in_write = false;
       if (rs.recv) rs.recv_offset = 0;
       return;
