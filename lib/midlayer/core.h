@@ -71,6 +71,8 @@ Device* find_device(const char* name);
 int alloc_pd(Device* dev, Pd** out);
 int dealloc_pd(Pd* pd);  // EBUSY while objects use it
 int reg_mr(Pd* pd, void* addr, uint64_t length, uint32_t access, Mr** out);
+// Registration at an iova other than the host address (EOPNOTSUPP if the driver has none).
+int reg_mr_iova(Pd* pd, void* host, uint64_t iova, uint64_t length, uint32_t access, Mr** out);
 int dereg_mr(Mr* mr);
 int create_cq(Device* dev, uint32_t cqe, CompHandler comp_handler, EventHandler event_handler,
               void* cq_context, Cq** out);

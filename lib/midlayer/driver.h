@@ -51,6 +51,11 @@ struct DeviceOps {
   // Context: process context, may sleep.
   int (*alloc_mw)(Pd* pd, uint32_t type, Mw** out);
   int (*dealloc_mw)(Mw* mw);
+  // Registers memory this process maps at `host` under the address `iova` (what work
+  // requests and remote peers use): dverbsd registers a client's memory, mapped from the
+  // client's memfd, at the client's own addresses. Context: process context, may sleep.
+  int (*reg_mr_iova)(Pd* pd, void* host, uint64_t iova, uint64_t length, uint32_t access,
+                     Mr** out);
 };
 
 struct DeviceRegistration;  // midlayer-private
@@ -59,6 +64,9 @@ struct Device {
   char name[32] = {};
   const DeviceOps* ops = nullptr;
   uint8_t phys_port_cnt = 1;
+  // The driver pins and charges registered memory itself (the remote driver: dverbsd
+  // accounts it against the client's RLIMIT_MEMLOCK); front ends then do not pin.
+  bool pins_memory = false;
   DeviceRegistration* reg = nullptr;  // owned by the midlayer while registered
 };
 

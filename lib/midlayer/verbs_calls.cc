@@ -84,6 +84,22 @@ int reg_mr(Pd* pd, void* addr, uint64_t length, uint32_t access, Mr** out) {
   return 0;
 }
 
+int reg_mr_iova(Pd* pd, void* host, uint64_t iova, uint64_t length, uint32_t access, Mr** out) {
+  might_sleep("reg_mr_iova");
+  if (!pd || !out) return EINVAL;
+  if (!pd->device->ops->reg_mr_iova) return EOPNOTSUPP;
+  Mr* mr = nullptr;
+  if (int rc = pd->device->ops->reg_mr_iova(pd, host, iova, length, access, &mr)) return rc;
+  mr->device = pd->device;
+  mr->pd = pd;
+  mr->addr = iova;
+  mr->length = length;
+  mr->access = access;
+  get(pd->usecnt);
+  *out = mr;
+  return 0;
+}
+
 int dereg_mr(Mr* mr) {
   might_sleep("dereg_mr");
   if (!mr) return EINVAL;

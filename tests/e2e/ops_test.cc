@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "dverbs/dverbs.h"
+#include "midlayer/core.h"
 
 using namespace dverbs;
 
@@ -646,6 +647,95 @@ TEST(MwOps, LocalInvalidateByWorkRequest) {
   Sge s{addr(f.a), 64, f.a.mr.lkey()};
   ASSERT_EQ(post(f.a, WrOpcode::rdma_read, &s, 1, addr(f.b), mw.rkey()), 0);
   EXPECT_EQ(wait(f.a.cq).status, WcStatus::rem_access_err);
+}
+
+// dverbsd registers a client's memory at the client's addresses (the iova) while the daemon
+// maps it elsewhere (mid::reg_mr_iova): every access — local gather and scatter, remote
+// WRITE, READ, atomics, a window bound to the region — must go through the host mapping
+// and never dereference the iova itself. The iova here is an address nothing maps.
+TEST(Iova, RegionRegisteredAtAnotherAddressIsReachedThroughItsHostMapping) {
+  Fabric f;
+  f.init(QpType::rc);
+  constexpr uint64_t kIova = 0x7ff0deadb000ull;  // unmapped in this process
+  constexpr size_t kLen = 200000;
+  std::vector<uint8_t> host(kLen, 0);
+  mid::Mr* im = nullptr;
+  ASSERT_EQ(mid::reg_mr_iova(f.pd.raw(), host.data(), kIova, kLen, kAll | access::mw_bind, &im),
+            0);
+  EXPECT_EQ(im->addr, kIova);
+  // Remote WRITE from A into the iova region of B's PD, multi-packet.
+  fill(f.a, 0, 50000, 11);
+  Sge s{addr(f.a), 50000, f.a.mr.lkey()};
+  ASSERT_EQ(post(f.a, WrOpcode::rdma_write, &s, 1, kIova + 1000, im->rkey), 0);
+  ASSERT_EQ(wait(f.a.cq).status, WcStatus::success);
+  ASSERT_EQ(std::memcmp(host.data() + 1000, f.a.buf.data(), 50000), 0);
+  // READ it back into A.
+  Sge r{addr(f.a, 100000), 50000, f.a.mr.lkey()};
+  ASSERT_EQ(post(f.a, WrOpcode::rdma_read, &r, 1, kIova + 1000, im->rkey), 0);
+  ASSERT_EQ(wait(f.a.cq).status, WcStatus::success);
+  ASSERT_EQ(std::memcmp(f.a.buf.data() + 100000, f.a.buf.data(), 50000), 0);
+  // Atomics on an 8-byte word of the host mapping.
+  uint64_t word = 40;
+  std::memcpy(host.data() + 64, &word, 8);
+  Sge at{addr(f.a, 160000), 8, f.a.mr.lkey()};
+  SendWr wr{};
+  wr.opcode = WrOpcode::atomic_fetch_and_add;
+  wr.sg_list = &at;
+  wr.num_sge = 1;
+  wr.send_flags = send_flags::signaled;
+  wr.wr.atomic.remote_addr = kIova + 64;
+  wr.wr.atomic.rkey = im->rkey;
+  wr.wr.atomic.compare_add = 2;
+  SendWr* bad;
+  ASSERT_EQ(f.a.qp.post_send(&wr, &bad), 0);
+  ASSERT_EQ(wait(f.a.cq).status, WcStatus::success);
+  std::memcpy(&word, host.data() + 64, 8);
+  EXPECT_EQ(word, 42u);
+  // B sends from and receives into SGEs that name the iova (local gather and scatter).
+  fill(f.a, 0, 3000, 12);
+  Sge rs{kIova + 100000, 3000, im->lkey};
+  RecvWr rwr{};
+  rwr.wr_id = 9;
+  rwr.sg_list = &rs;
+  rwr.num_sge = 1;
+  RecvWr* rbad;
+  ASSERT_EQ(f.b.qp.post_recv(&rwr, &rbad), 0);
+  Sge ss{addr(f.a), 3000, f.a.mr.lkey()};
+  ASSERT_EQ(post(f.a, WrOpcode::send, &ss, 1, 0, 0), 0);
+  ASSERT_EQ(wait(f.a.cq).status, WcStatus::success);
+  ASSERT_EQ(wait(f.b.cq).status, WcStatus::success);
+  ASSERT_EQ(std::memcmp(host.data() + 100000, f.a.buf.data(), 3000), 0);
+  post_recv(f.a, 120000, 3000, 10);
+  Sge gs{kIova + 100000, 3000, im->lkey};
+  ASSERT_EQ(post(f.b, WrOpcode::send, &gs, 1, 0, 0), 0);
+  ASSERT_EQ(wait(f.b.cq).status, WcStatus::success);
+  ASSERT_EQ(wait(f.a.cq).status, WcStatus::success);
+  ASSERT_EQ(std::memcmp(f.a.buf.data() + 120000, host.data() + 100000, 3000), 0);
+  // A type 2 window bound inside the region: WRITE through it lands in the host mapping.
+  mid::Mw* mw = nullptr;
+  ASSERT_EQ(mid::alloc_mw(f.pd.raw(), 2, &mw), 0);
+  SendWr bw{};
+  bw.opcode = WrOpcode::bind_mw;
+  bw.send_flags = send_flags::signaled;
+  bw.bind_mw.mw = mw;
+  bw.bind_mw.rkey = (mw->rkey & ~0xffu) | 0x5a;
+  bw.bind_mw.bind_info.mr = im;
+  bw.bind_mw.bind_info.addr = kIova + 150000;
+  bw.bind_mw.bind_info.length = 4096;
+  bw.bind_mw.bind_info.mw_access_flags = access::remote_write;
+  ASSERT_EQ(f.b.qp.post_send(&bw, &bad), 0);
+  ASSERT_EQ(wait(f.b.cq).status, WcStatus::success);
+  fill(f.a, 0, 4096, 13);
+  Sge ws{addr(f.a), 4096, f.a.mr.lkey()};
+  ASSERT_EQ(post(f.a, WrOpcode::rdma_write, &ws, 1, kIova + 150000, bw.bind_mw.rkey), 0);
+  ASSERT_EQ(wait(f.a.cq).status, WcStatus::success);
+  ASSERT_EQ(std::memcmp(host.data() + 150000, f.a.buf.data(), 4096), 0);
+  // Outside the region is still a protection error, judged against the iova.
+  ASSERT_EQ(post(f.a, WrOpcode::rdma_write, &ws, 1, kIova + kLen - 100, im->rkey), 0);
+  EXPECT_EQ(wait(f.a.cq).status, WcStatus::rem_access_err);
+  f.b.qp.destroy();
+  EXPECT_EQ(mid::dealloc_mw(mw), 0);
+  EXPECT_EQ(mid::dereg_mr(im), 0);
 }
 
 }  // namespace

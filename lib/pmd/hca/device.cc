@@ -184,7 +184,8 @@ void Device::quiesce() {
   }
 }
 
-int Device::alloc_mr_slot(Pd* pd, void* addr, uint64_t length, uint32_t acc, Mr** out) {
+int Device::alloc_mr_slot(Pd* pd, void* host, uint64_t iova, uint64_t length, uint32_t acc,
+                          Mr** out) {
   // Linear probe from the last allocation; the key's low byte is a generation so a stale
   // key of a reused slot never matches (IBA 10.6.3.2: keys are checked on every use).
   for (uint32_t n = 0; n < kMaxMr; n++) {
@@ -197,8 +198,8 @@ int Device::alloc_mr_slot(Pd* pd, void* addr, uint64_t length, uint32_t acc, Mr*
     if (gen == 0) gen = 1;
     m.device = this;
     m.pd = pd;
-    m.addr = reinterpret_cast<uint64_t>(addr);
-    m.base = static_cast<uint8_t*>(addr);
+    m.addr = iova;
+    m.base = static_cast<uint8_t*>(host);
     m.length = length;
     m.access = acc;
     m.lkey = m.rkey = idx << 8 | gen;

@@ -101,7 +101,9 @@ class Device : public mid::Device {
   bool retired() const noexcept { return retired_.load(std::memory_order_acquire); }
 
   // ---- control path, called from the ops table (ops.cc). Context: process context. ----
-  int alloc_mr_slot(Pd* pd, void* addr, uint64_t length, uint32_t access, Mr** out);
+  // `host` is where this process maps the region, `iova` the address WQEs and peers use.
+  int alloc_mr_slot(Pd* pd, void* host, uint64_t iova, uint64_t length, uint32_t access,
+                    Mr** out);
   void free_mr_slot(Mr* mr);
   int install_qp(Qp* qp);  // assigns qp_num and owner engine
   void remove_qp(Qp* qp);  // unpublishes, detaches from its engine, quiesces

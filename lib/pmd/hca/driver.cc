@@ -12,6 +12,7 @@
 #include <string>
 #include <vector>
 
+#include "daemon/mode.h"
 #include "midlayer/core.h"
 #include "midlayer/driver.h"
 #include "midlayer/might_sleep.h"
@@ -56,6 +57,9 @@ int create_and_register(const net::Config& cfg, char* name_out, size_t name_len)
 }
 
 int probe() {
+  // Daemon mode: dverbsd owns the port; the remote driver (lib/pmd/remote) serves this
+  // process instead.
+  if (!daemon::daemon_dir().empty()) return 0;
   net::Config cfg;
   std::string err;
   if (!net::config_from_env(&cfg, &err)) {

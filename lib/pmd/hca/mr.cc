@@ -55,7 +55,7 @@ WcStatus mw_bind(Device& dev, Mr& w, Mr* region, uint32_t new_rkey, uint64_t add
   w.bound_to = len ? region : nullptr;
   if (w.bound_to) w.bound_to->windows.fetch_add(1, std::memory_order_relaxed);
   w.addr = addr;
-  w.base = reinterpret_cast<uint8_t*>(addr);
+  w.base = len ? mr_host(*region, addr) : nullptr;
   w.length = len;
   w.access = acc;
   w.bound_qpn = qpn;
@@ -89,7 +89,7 @@ WcStatus walk(Device& dev, const mid::Pd* pd, const Sge* sge, uint32_t nsge, uin
     uint64_t addr = sge[i].addr + offset;
     Mr* mr = mr_get_local(dev, sge[i].lkey, pd, addr, n, access);
     if (!mr) return WcStatus::loc_prot_err;
-    fn(reinterpret_cast<uint8_t*>(addr), n);
+    fn(mr_host(*mr, addr), n);
     len -= n;
     offset = 0;
     i++;

@@ -23,6 +23,13 @@ inline bool mr_covers(const Mr& mr, uint64_t addr, uint64_t len, uint32_t access
   return off <= mr.length && len <= mr.length - off;
 }
 
+// The host address of `addr` inside `mr` (checked by mr_covers first). A region's iova (its
+// `addr`, what WQEs and remote peers name) and where this process maps it (`base`) differ
+// for memory dverbsd registers on behalf of a client. Context: any, never sleeps.
+inline uint8_t* mr_host(const Mr& mr, uint64_t addr) noexcept {
+  return mr.base + (addr - mr.addr);
+}
+
 // Looks up an MR by key for a local access by `qp_pd`. Context: any, never sleeps.
 Mr* mr_get_local(Device& dev, uint32_t lkey, const mid::Pd* pd, uint64_t addr, uint64_t len,
                  uint32_t access) noexcept;

@@ -34,7 +34,7 @@ struct Pd : mid::Pd {};
 struct Mr : mid::Mr {
   enum Kind : uint8_t { kRegion = 0, kWindow1 = 1, kWindow2 = 2 };
   std::atomic<uint32_t> key{0};  // 0 while the slot is free; a window's current rkey
-  uint8_t* base = nullptr;       // == addr as a pointer
+  uint8_t* base = nullptr;       // host address of byte `addr` (== addr unless iova-registered)
   Kind kind = kRegion;
   Mr* bound_to = nullptr;        // window: its region while bound, else nullptr
   uint32_t bound_qpn = 0;        // type 2 window: the QP it is bound to

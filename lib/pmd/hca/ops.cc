@@ -119,20 +119,25 @@ int dealloc_pd(mid::Pd* pd) {
   return 0;
 }
 
-int reg_mr(mid::Pd* pd, void* addr, uint64_t length, uint32_t acc, mid::Mr** out) {
+int reg_mr_iova(mid::Pd* pd, void* host, uint64_t iova, uint64_t length, uint32_t acc,
+                mid::Mr** out) {
   Device& dev = hca(pd->device);
   if (dev.retired()) return ENODEV;
   if (acc & ~access::supported) return EINVAL;
   // Remote write or atomic access requires local write (IBA 10.6.3.1, C10-...).
   if ((acc & (access::remote_write | access::remote_atomic)) && !(acc & access::local_write))
     return EINVAL;
-  uint64_t a = reinterpret_cast<uint64_t>(addr);
-  if (length == 0 || a + length < a) return EINVAL;
+  const uint64_t h = reinterpret_cast<uint64_t>(host);
+  if (length == 0 || iova + length < iova || h + length < h) return EINVAL;
   std::lock_guard<mid::Mutex> g(dev.ctl());
   Mr* mr;
-  if (int rc = dev.alloc_mr_slot(to_pd(pd), addr, length, acc, &mr)) return rc;
+  if (int rc = dev.alloc_mr_slot(to_pd(pd), host, iova, length, acc, &mr)) return rc;
   *out = mr;
   return 0;
+}
+
+int reg_mr(mid::Pd* pd, void* addr, uint64_t length, uint32_t acc, mid::Mr** out) {
+  return reg_mr_iova(pd, addr, reinterpret_cast<uint64_t>(addr), length, acc, out);
 }
 
 int dereg_mr(mid::Mr* m) {
@@ -153,7 +158,7 @@ int alloc_mw(mid::Pd* pd, uint32_t type, mid::Mw** out) {
   std::lock_guard<mid::Mutex> g(dev.ctl());
   Mr* slot;
   // A window holds a key-table slot of its own, unbound (length 0) until a bind.
-  int rc = dev.alloc_mr_slot(to_pd(pd), nullptr, 0, 0, &slot);
+  int rc = dev.alloc_mr_slot(to_pd(pd), nullptr, 0, 0, 0, &slot);
   if (rc) {
     delete mw;
     return rc;
@@ -745,6 +750,7 @@ const mid::DeviceOps kHcaOps = {
     .post_srq_recv = post_srq_recv,
     .alloc_mw = alloc_mw,
     .dealloc_mw = dealloc_mw,
+    .reg_mr_iova = reg_mr_iova,
 };
 
 }  // namespace dverbs::pmd::hca

@@ -226,12 +226,11 @@ RespResult execute_write(Engine& e, Qp& qp, const wire::Packet& pkt) {
   if ((f & wire::opf::kLast) && pkt.payload_len != rs.write_left) return RespResult::nak_inv;
   // Every packet re-checks its own range: the region may have been deregistered since the
   // FIRST packet (the key check happens at use, never only once per message).
-  if (pkt.payload_len && !(f & wire::opf::kFirst) &&
-      !mr_get_remote(e.device(), rs.write_rkey, qp.pd, qp.qp_num, rs.write_va, pkt.payload_len,
-                     access::remote_write))
-    return RespResult::nak_access;
   if (pkt.payload_len) {
-    std::memcpy(reinterpret_cast<void*>(rs.write_va), pkt.payload, pkt.payload_len);
+    Mr* mr = mr_get_remote(e.device(), rs.write_rkey, qp.pd, qp.qp_num, rs.write_va,
+                           pkt.payload_len, access::remote_write);
+    if (!mr) return RespResult::nak_access;
+    std::memcpy(mr_host(*mr, rs.write_va), pkt.payload, pkt.payload_len);
     rs.write_va += pkt.payload_len;
     rs.write_left -= pkt.payload_len;
   }
@@ -303,7 +302,7 @@ RespResult execute_atomic(Engine& e, Qp& qp, const wire::Packet& pkt) {
   if (qp.resp.pending >= res_cap(qp)) return RespResult::nak_inv;
   // The CPU's own atomic makes this atomic against every other atomic on the address,
   // from any QP or engine, with no lock (IBA 9.4.5 requires atomicity per HCA).
-  auto* p = reinterpret_cast<uint64_t*>(va);
+  auto* p = reinterpret_cast<uint64_t*>(mr_host(*mr, va));
   uint64_t orig;
   if ((pkt.opcode & 0x1f) == wire::op::kCmpSwap) {
     orig = a->compare_data();
@@ -416,7 +415,7 @@ int resp_tx_step(Engine& e, Qp& qp, int budget) noexcept {
         wire::write_aeth(p, uint8_t(ack), rs.msn);
         p += sizeof(wire::Aeth);
       }
-      if (len) std::memcpy(p, reinterpret_cast<const void*>(r.va + off), len);
+      if (len) std::memcpy(p, mr_host(*mr, r.va + off), len);
       send_packet(e, m, p + len, bth.pad);
     }
     sent++;

@@ -1,0 +1,271 @@
+// The dverbsd wire contract: fixed-layout commands on a SOCK_SEQPACKET Unix socket (the
+// slow path, uverbs' write() commands) and the shared-memory layouts of the rings (the
+// fast path, uverbs' mmap'ed queues). Shared by the daemon (lib/daemon) and the drop-in's
+// remote driver (lib/pmd/remote).
+//
+// Slow path: every request is one datagram of exactly sizeof(Request) bytes, answered by
+// one datagram of exactly sizeof(Response) bytes carrying `seq` back; file descriptors
+// travel as SCM_RIGHTS ancillary data (memfds of rings and of registered memory, the
+// connection's eventfd). `status` is 0 or a positive errno. A datagram of another size, an
+// unknown command, or a bad magic is answered with EINVAL; the connection stays open.
+//
+// Fast path (no system call): the client writes WQEs into the SQ/RQ/SRQ rings of a memfd
+// it shares with the daemon and then publishes `prod` (release); the daemon's doorbell
+// thread copies each WQE out of shared memory before it looks at any field, validates the
+// copy, and posts it to the soft HCA. The daemon writes completions into the CQ ring and
+// publishes its `prod`; the client polls them and publishes `cons`. Completion and async
+// events go into the connection's event ring and the client's eventfd is signalled.
+//
+// Trust: the daemon treats every byte a client controls — datagrams, fds, ring indices,
+// WQEs — as hostile. Ring indices are free-running uint32_t; `prod - cons` above the ring
+// size means a corrupt ring and the daemon ignores the rest of that ring for the pass.
+#pragma once
+
+#include <atomic>
+#include <cstddef>
+#include <cstdint>
+#include <type_traits>
+
+#include "dverbs/types.h"
+
+namespace dverbs::daemon {
+
+constexpr uint32_t kMagic = 0x31425644;  // "DVB1"
+constexpr uint32_t kVersion = 1;
+constexpr const char* kDefaultDir = "/run/dverbs";
+// Socket of device N: DIR/uverbsN (the analogue of /dev/infiniband/uverbsN).
+constexpr const char* kSocketPrefix = "uverbs";
+
+enum class Cmd : uint32_t {
+  hello = 1,   // → Hello reply + fd: the connection's eventfd, fd: event-ring memfd
+  query_device,
+  query_port,
+  query_gid,
+  alloc_pd,
+  dealloc_pd,
+  reg_mr,      // fds: one memfd per piece (see RegMr)
+  dereg_mr,
+  create_cq,   // → fd: the CQ ring memfd
+  destroy_cq,
+  create_qp,   // → fd: the QP ring memfd (SQ then RQ)
+  modify_qp,
+  query_qp,
+  destroy_qp,
+  create_srq,  // → fd: the SRQ ring memfd
+  modify_srq,
+  destroy_srq,
+  create_ah,
+  destroy_ah,
+  alloc_mw,
+  dealloc_mw,
+  stats,       // daemon-wide resource counters (tests, dverbsd --stat)
+};
+
+// Handles are opaque per-connection values: generation << 20 | index. 0 is never valid.
+using Handle = uint32_t;
+
+constexpr uint32_t kMaxPieces = 32;  // memfd pieces of one registration
+
+struct MrPiece {
+  uint64_t offset;  // offset into the piece's memfd
+  uint64_t length;  // bytes, a multiple of the page size
+};
+
+struct Request {
+  uint32_t magic;
+  Cmd cmd;
+  uint32_t seq;
+  Handle handle;  // the object the command acts on (dealloc/destroy/modify/query), or 0
+  union {
+    struct {
+      uint32_t version;
+    } hello;
+    struct {
+      uint8_t port_num;
+      int32_t index;
+    } port;
+    struct {
+      Handle pd;
+      uint32_t access;
+      uint64_t iova;        // the client's address of the first byte (ibv_reg_mr's addr)
+      uint64_t length;
+      uint64_t page_start;  // iova rounded down to a page
+      uint32_t npieces;     // pieces cover [page_start, page_start + sum of lengths), in order
+      MrPiece pieces[kMaxPieces];
+    } reg_mr;
+    struct {
+      uint32_t cqe;
+    } create_cq;
+    struct {
+      Handle pd, send_cq, recv_cq, srq;  // srq 0 = none
+      QpType qp_type;
+      QpCap cap;
+      uint8_t sq_sig_all;
+    } create_qp;
+    struct {
+      QpAttr attr;
+      uint32_t attr_mask;
+    } modify_qp;
+    struct {
+      uint32_t attr_mask;
+    } query_qp;
+    struct {
+      Handle pd;
+      uint32_t max_wr, max_sge, srq_limit;
+    } create_srq;
+    struct {
+      uint32_t max_wr, srq_limit, mask;
+    } modify_srq;
+    struct {
+      Handle pd;
+      AhAttr attr;
+    } create_ah;
+    struct {
+      Handle pd;
+      uint32_t type;
+    } alloc_mw;
+    uint8_t raw[640];
+  };
+};
+
+struct Stats {
+  uint64_t clients, pds, mrs, cqs, qps, srqs, ahs, mws;
+  uint64_t pinned_bytes;   // sum over clients
+  uint64_t bad_commands;   // malformed datagrams, bad handles, refused fds
+  uint64_t bad_wqes;       // WQEs refused by validation (completed with an error status)
+  uint64_t corrupt_rings;  // passes skipped because a client's ring indices were impossible
+  uint64_t wqes_posted, cqes_delivered, events_delivered, events_dropped;
+};
+
+struct Response {
+  uint32_t seq;
+  int32_t status;  // 0 or a positive errno
+  Handle handle;   // the object created
+  uint32_t nfds;   // fds attached
+  union {
+    struct {
+      uint32_t version;
+      char device_name[32];
+      uint64_t node_guid;      // host order
+      uint32_t event_ring_entries;
+      uint32_t event_ring_bytes;  // size of the event-ring memfd
+    } hello;
+    DeviceAttr device;
+    PortAttr port;
+    Gid gid;
+    struct {
+      uint32_t lkey, rkey;
+    } mr;
+    struct {
+      uint32_t cqe;            // granted (what the client reports as ibv_cq::cqe)
+      uint32_t ring_entries;   // power of two
+      uint64_t ring_bytes;
+    } cq;
+    struct {
+      uint32_t qp_num;
+      QpCap cap;               // granted
+      uint32_t sq_entries, rq_entries;  // powers of two (rq_entries 0 with an SRQ)
+      uint64_t sq_offset, rq_offset, ring_bytes;
+    } qp;
+    struct {
+      QpAttr attr;
+      QpCap cap;
+      QpType qp_type;
+      uint8_t sq_sig_all;
+    } query_qp;
+    struct {
+      uint32_t max_wr, max_sge, srq_limit;
+      uint32_t ring_entries;
+      uint64_t ring_bytes;
+    } srq;
+    struct {
+      uint32_t rkey;
+    } mw;
+    Stats stats;
+    uint8_t raw[640];
+  };
+};
+
+// ---- shared memory ----
+
+// Ring indices: the producer's and the consumer's on separate cache lines.
+struct alignas(64) RingIndex {
+  std::atomic<uint32_t> v{0};
+};
+
+// A work ring (SQ, RQ, SRQ): client produces, daemon consumes. `cons` is what the daemon
+// has taken (the client may reuse those slots). Header first, entries after it.
+struct WorkRingHeader {
+  RingIndex prod;  // written by the client
+  RingIndex cons;  // written by the daemon
+};
+
+// Send WQE as the client writes it. Objects are named by handles, never pointers.
+struct ShmSendWqe {
+  uint64_t wr_id;
+  WrOpcode opcode;
+  uint32_t send_flags;
+  uint32_t imm_data;    // network order, or the rkey to invalidate
+  uint32_t num_sge;     // gather list (not inline)
+  uint32_t inline_len;  // IBV_SEND_INLINE: bytes in inline_data
+  uint32_t rkey;
+  uint64_t remote_addr;
+  uint64_t compare_add, swap;
+  Handle ah;            // UD
+  uint32_t remote_qpn, remote_qkey;
+  Handle mw, bind_mr;   // bind_mw
+  uint32_t bind_rkey;
+  uint64_t bind_addr, bind_length;
+  uint32_t bind_access;
+  uint32_t pad;
+  union {
+    Sge sge[16];
+    uint8_t inline_data[256];
+  };
+};
+
+struct ShmRecvWqe {
+  uint64_t wr_id;
+  uint32_t num_sge;
+  uint32_t pad;
+  Sge sge[16];
+};
+
+// A completion ring: daemon produces, client consumes. Notification: the client writes
+// `arm_flags` (1 = solicited only, 2 = next completion) and `arm_cons` (its `cons` when
+// it armed), then increments `arm_seq` (release). The daemon applies each new arm_seq; an
+// arm applied while completions the client had not polled at arm time are in the ring, or
+// arrive before it applied it, raises the event at once (an extra event is allowed by the
+// verbs; a lost one is not).
+struct CqRingHeader {
+  RingIndex prod;  // daemon
+  RingIndex cons;  // client
+  alignas(64) std::atomic<uint32_t> arm_seq{0};
+  std::atomic<uint32_t> arm_flags{0};
+  std::atomic<uint32_t> arm_cons{0};
+  std::atomic<uint32_t> overflow{0};  // set by the daemon when the CQ overflowed
+};
+
+// The connection's event ring: daemon produces (completion and async events), client
+// consumes after reading its eventfd.
+enum class EventKind : uint32_t { comp = 1, async = 2 };
+struct ShmEvent {
+  EventKind kind;
+  EventType type;   // async only
+  Handle object;    // the CQ (comp), or the CQ/QP/SRQ of an async event; 0 for device/port
+  uint32_t port_num;
+};
+struct EventRingHeader {
+  RingIndex prod;  // daemon
+  RingIndex cons;  // client
+};
+
+constexpr uint64_t kRingHeaderBytes = 256;  // entries start here in every ring memfd
+
+static_assert(sizeof(WorkRingHeader) <= kRingHeaderBytes);
+static_assert(sizeof(CqRingHeader) <= kRingHeaderBytes);
+static_assert(sizeof(EventRingHeader) <= kRingHeaderBytes);
+static_assert(std::is_trivially_copyable_v<Request> && std::is_trivially_copyable_v<Response>);
+static_assert(std::atomic<uint32_t>::is_always_lock_free);
+
+}  // namespace dverbs::daemon
