@@ -63,7 +63,9 @@ void usage(FILE* out) {
       "  --messages N       run exactly N messages per run (for callgrind)\n"
       "  --lazy             the application sleeps ~20 us when it finds nothing to do\n"
       "  --no-pin           leave transport lcores floating (default: one CPU each, the\n"
-      "                     application thread on another when there is one)\n");
+      "                     application thread on another when there is one)\n"
+      "  --daemon           latency: also run the ping-pong as clients of two dverbsd\n"
+      "                     (one per memif end) and report daemon / embedded\n");
 }
 
 namespace {
@@ -142,6 +144,8 @@ Options parse_options(int argc, char** argv, int first) {
       o.lazy = true;
     else if (a == "--no-pin")
       o.no_pin = true;
+    else if (a == "--daemon")
+      o.daemon = true;
     else if (a == "--qps") {
       std::stringstream ss(val());
       std::string item;

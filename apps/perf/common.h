@@ -51,6 +51,7 @@ struct Options {
   bool raw_port = false;              // latency child: raw frames over the port, no transport
   bool lazy = false;                  // traffic generator sleeps when idle (scaling)
   bool no_pin = false;                // leave transport lcores floating (default: pinned)
+  bool daemon = false;                // latency: also measure through dverbsd (issue 8)
   std::string role;                   // latency child: server | client
   std::vector<std::string> raw_args;  // as given, for forwarding to children
 };

@@ -7,8 +7,11 @@
 // DVPERF_OOB_FD) for the out-of-band exchange of QPN/PSN/GID (or UDP port) and barriers.
 #include <arpa/inet.h>
 #include <netinet/in.h>
+#include <fcntl.h>
+#include <signal.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -352,6 +355,63 @@ Result run_pair(const Options& o, const char* kind, const std::vector<std::strin
   return r;
 }
 
+// latency --daemon: a dverbsd child serving DIR/uverbs0 on one end of a memif link, found
+// next to this executable (build tree or bindir). Stopped with SIGTERM, as systemd would.
+class DaemonProcess {
+ public:
+  void start(const std::string& dir, const std::vector<std::string>& env) {
+    char exe[4096];
+    ssize_t n = readlink("/proc/self/exe", exe, sizeof exe - 1);
+    if (n <= 0) die("readlink /proc/self/exe", errno);
+    exe[n] = 0;
+    std::string path(exe);
+    path = path.substr(0, path.rfind('/')) + "/dverbsd";
+    log_ = dir + ".log";
+    mkdir(dir.c_str(), 0755);
+    pid_ = fork();
+    if (pid_ < 0) die("fork", errno);
+    if (pid_ == 0) {
+      int fd = open(log_.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+      if (fd >= 0) {
+        dup2(fd, 1);
+        dup2(fd, 2);
+      }
+      for (const auto& e : env) putenv(strdup(e.c_str()));
+      execl(path.c_str(), path.c_str(), "--dir", dir.c_str(), "--mode", "0600",
+            static_cast<char*>(nullptr));
+      _exit(127);
+    }
+    const auto t0 = Clock::now();
+    for (;;) {
+      FILE* f = std::fopen(log_.c_str(), "r");
+      char line[512];
+      bool ready = false;
+      while (f && std::fgets(line, sizeof line, f))
+        if (std::strncmp(line, "dverbsd: ready", 14) == 0) ready = true;
+      if (f) std::fclose(f);
+      if (ready) return;
+      int st;
+      if (waitpid(pid_, &st, WNOHANG) == pid_) {
+        pid_ = -1;
+        die(path + " exited before it was ready; see " + log_);
+      }
+      if (seconds_since(t0) > 60) die(path + " not ready after 60 s; see " + log_);
+      std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    }
+  }
+  ~DaemonProcess() {
+    if (pid_ <= 0) return;
+    kill(pid_, SIGTERM);
+    int st;
+    waitpid(pid_, &st, 0);
+    unlink(log_.c_str());
+  }
+
+ private:
+  pid_t pid_ = -1;
+  std::string log_;
+};
+
 }  // namespace
 
 int scenario_latency(const Options& in) {
@@ -384,6 +444,24 @@ int scenario_latency(const Options& in) {
       run_pair(ref, "lat", {"DVERBS_PORT=" + memif + "server", "DVERBS_IP=10.0.0.1/24"},
                {"DVERBS_PORT=" + memif + "client", "DVERBS_IP=10.0.0.2/24"}, sock, {"--raw-port"});
   unlink(sock.c_str());
+  // Daemon mode (issue 8): the same ping-pong, each process a client of its own dverbsd,
+  // the two daemons connected by the same kind of memif link, inline progress in both.
+  Result dd;
+  if (o.daemon) {
+    const std::string base = "/tmp/dvperf-" + std::to_string(getpid());
+    const std::string dsock = base + "-d.sock";
+    const std::string dmemif = "net_memif0,socket=" + dsock + ",socket-abstract=no,role=";
+    unlink(dsock.c_str());
+    DaemonProcess da, db;
+    da.start(base + "-da", {"DVERBS_PORT=" + dmemif + "server", "DVERBS_IP=10.0.0.1/24",
+                            "DVERBS_LCORES=0"});
+    db.start(base + "-db", {"DVERBS_PORT=" + dmemif + "client", "DVERBS_IP=10.0.0.2/24",
+                            "DVERBS_LCORES=0"});
+    std::this_thread::sleep_for(std::chrono::seconds(1));  // the memif link comes up
+    dd = run_pair(o, "lat", {"DVERBS_DAEMON=" + base + "-da", "DVERBS_PORT="},
+                  {"DVERBS_DAEMON=" + base + "-db", "DVERBS_PORT="}, "");
+    unlink(dsock.c_str());
+  }
   Result ku = run_pair(o, "udp", {}, {}, "");
   Result kb = run_pair(ref, "udp", {}, {}, "", {"--blocking"});
 
@@ -394,6 +472,7 @@ int scenario_latency(const Options& in) {
                 get(r, "p999_us"), get(r, "mean_us"), r.at("curve_us").back());
   };
   row("dverbs RC SEND (memif)", dv);
+  if (o.daemon) row("  same, through dverbsd", dd);
   row("raw memif frames (floor)", raw);
   row("kernel UDP, busy-poll", ku);
   row("kernel UDP, blocking", kb);
@@ -401,6 +480,10 @@ int scenario_latency(const Options& in) {
   const double ratio_b = get(dv, "p50_us") / get(kb, "p50_us");
   std::printf("\n  ratio p50 / kernel p50 = %.3f (vs blocking UDP %.3f); target <= 0.1: %s\n",
               ratio, ratio_b, verdict(ratio <= 0.1));
+  const double dratio = o.daemon ? get(dd, "p50_us") / get(dv, "p50_us") : 0;
+  if (o.daemon)
+    std::printf("  daemon mode p50 / embedded p50 = %.3f (p99 %.3f); target <= 1.2: %s\n",
+                dratio, get(dd, "p99_us") / get(dv, "p99_us"), verdict(dratio <= 1.2));
   if (o.json) {
     Json j;
     j.str("scenario", "latency")
@@ -418,6 +501,11 @@ int scenario_latency(const Options& in) {
     j.num("raw_memif_p50_us", get(raw, "p50_us")).num("raw_memif_p99_us", get(raw, "p99_us"));
     j.arr("raw_memif_curve_us", raw.at("curve_us"));
     j.num("target_ratio", 0.1).flag("met", ratio <= 0.1);
+    if (o.daemon) {
+      j.num("daemon_p50_us", get(dd, "p50_us")).num("daemon_p99_us", get(dd, "p99_us"));
+      j.num("daemon_ratio", dratio).flag("daemon_met", dratio <= 1.2);
+      j.arr("daemon_curve_us", dd.at("curve_us"));
+    }
     j.arr("curve_p", dv.at("curve_p")).arr("curve_us", dv.at("curve_us"));
     j.arr("kernel_curve_us", ku.at("curve_us"));
     j.arr("kernel_blocking_curve_us", kb.at("curve_us"));

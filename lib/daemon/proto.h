@@ -24,6 +24,7 @@
 #include <atomic>
 #include <cstddef>
 #include <cstdint>
+#include <cstring>
 #include <type_traits>
 
 #include "dverbs/types.h"
@@ -72,6 +73,9 @@ struct MrPiece {
 };
 
 struct Request {
+  // All bytes zero (the union holds types with default member initialisers, so neither
+  // struct would be default-constructible otherwise).
+  Request() noexcept { std::memset(static_cast<void*>(this), 0, sizeof *this); }
   uint32_t magic;
   Cmd cmd;
   uint32_t seq;
@@ -129,7 +133,8 @@ struct Request {
 };
 
 struct Stats {
-  uint64_t clients, pds, mrs, cqs, qps, srqs, ahs, mws;
+  uint64_t clients;  // connections other than the one asking
+  uint64_t pds, mrs, cqs, qps, srqs, ahs, mws;
   uint64_t pinned_bytes;   // sum over clients
   uint64_t bad_commands;   // malformed datagrams, bad handles, refused fds
   uint64_t bad_wqes;       // WQEs refused by validation (completed with an error status)
@@ -138,6 +143,7 @@ struct Stats {
 };
 
 struct Response {
+  Response() noexcept { std::memset(static_cast<void*>(this), 0, sizeof *this); }  // all zero
   uint32_t seq;
   int32_t status;  // 0 or a positive errno
   Handle handle;   // the object created

@@ -460,25 +460,10 @@ int query_qp(mid::Qp* q, QpAttr* a, uint32_t, mid::QpInitAttr* init) {
 }
 
 // ---------------------------------------------------------------- posting
-bool opcode_allowed(QpType t, WrOpcode op) {
-  switch (op) {
-    case WrOpcode::send:
-    case WrOpcode::send_with_imm: return true;
-    case WrOpcode::rdma_write:
-    case WrOpcode::rdma_write_with_imm: return t != QpType::ud;
-    case WrOpcode::send_with_inv:
-    case WrOpcode::rdma_read:
-    case WrOpcode::atomic_cmp_and_swp:
-    case WrOpcode::atomic_fetch_and_add: return t == QpType::rc;
-    case WrOpcode::bind_mw:
-    case WrOpcode::local_inv: return t != QpType::ud;
-    default: return false;
-  }
-}
 
 // Validates one send WR completely (IBA 10.8.2) and computes its length.
 int check_send_wr(const Qp& qp, const SendWr& wr, uint32_t* total) {
-  if (!opcode_allowed(qp.qp_type, wr.opcode)) return EINVAL;
+  if (!mid::opcode_allowed(qp.qp_type, wr.opcode)) return EINVAL;
   if (wr.send_flags & ~(send_flags::fence | send_flags::signaled | send_flags::solicited |
                         send_flags::inline_data))
     return EINVAL;

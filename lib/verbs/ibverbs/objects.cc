@@ -52,15 +52,19 @@ ibv_mr* reg_mr(ibv_pd* pd, void* addr, size_t length, uint64_t iova, unsigned ac
   if (iova != a) return fail(EOPNOTSUPP, static_cast<ibv_mr*>(nullptr));
   auto* mr = new (std::nothrow) DvMr();
   if (!mr) return fail(ENOMEM, static_cast<ibv_mr*>(nullptr));
-  if (int rc = pin_range(a, length)) {
-    delete mr;
-    return fail(rc, static_cast<ibv_mr*>(nullptr));
+  // A driver that pins and charges registered memory itself (dverbsd charges the pages to
+  // this process's RLIMIT_MEMLOCK) must not be charged twice here.
+  if (!c->mdev->pins_memory) {
+    if (int rc = pin_range(a, length)) {
+      delete mr;
+      return fail(rc, static_cast<ibv_mr*>(nullptr));
+    }
+    mr->pin_addr = a;
+    mr->pin_len = length;
   }
-  mr->pin_addr = a;
-  mr->pin_len = length;
   DvPd* dpd = wrap<DvPd>(pd);
   if (int rc = mid::reg_mr(dpd->m, addr, length, access, &mr->m)) {
-    unpin_range(a, length);
+    if (mr->pin_len) unpin_range(a, length);
     delete mr;
     return fail(rc, static_cast<ibv_mr*>(nullptr));
   }
@@ -73,7 +77,7 @@ ibv_mr* reg_mr(ibv_pd* pd, void* addr, size_t length, uint64_t iova, unsigned ac
   mr->mr.rkey = mr->m->rkey;
   if (int rc = track(c, mr, Kind::mr, &mr->mr.handle)) {
     mid::dereg_mr(mr->m);
-    unpin_range(a, length);
+    if (mr->pin_len) unpin_range(a, length);
     delete mr;
     return fail(rc, static_cast<ibv_mr*>(nullptr));
   }
@@ -91,7 +95,7 @@ int dealloc_pd_locked(DvPd* pd) {
 
 int dereg_mr_locked(DvMr* mr) {
   if (int rc = mid::dereg_mr(mr->m)) return rc;
-  unpin_range(mr->pin_addr, mr->pin_len);
+  if (mr->pin_len) unpin_range(mr->pin_addr, mr->pin_len);  // 0: the driver pins
   untrack(mr->ctx, mr, mr->mr.handle);
   delete mr;
   return 0;

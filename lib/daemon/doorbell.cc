@@ -1,0 +1,404 @@
+// The doorbell thread: dverbsd's fast path, the user-space stand-in for the doorbell
+// registers a hardware HCA maps into a process.
+//
+// One thread walks every QP, SRQ and CQ of every connection (the published DbSet):
+//  - SQ/RQ/SRQ: new WQEs are copied out of shared memory into a local before any field is
+//    read, validated against the object's granted limits and the connection's handle
+//    table, and posted. The HCA's ENOMEM (its queue is full) leaves the WQE in the ring for
+//    the next pass; any other refusal completes the WQE with IBV_WC_LOC_QP_OP_ERR in the
+//    QP's CQ ring. `cons` is published after consuming.
+//  - CQ: applies a new arm, moves completions from the internal CQ into the ring while it
+//    has room, raises the completion event the arm asks for.
+// Every pass calls poll_cq on every CQ, so with DVERBS_LCORES=0 (inline progress) the
+// transport keeps moving even when no client touches anything.
+//
+// Rules: noexcept, no allocation, no logging, no sleeping lock; hostile ring indices are
+// counted (corrupt_rings) and the ring is left alone for the pass.
+//
+// Reclamation: db_epoch_ is odd while a pass runs. The control path unpublishes an object
+// (DbSet edit or HandleTable::hide), then synchronize(): once the epoch it saw odd has
+// moved, no pass can still hold the object.
+#include <sys/prctl.h>
+#include <unistd.h>
+
+#include <cstring>
+#include <ctime>
+
+#include "daemon/internal.h"
+
+namespace dverbs::daemon {
+
+namespace {
+
+constexpr uint32_t kBudget = 64;        // WQEs per ring per pass (fairness)
+constexpr int kPollBatch = 32;          // completions per poll_cq
+constexpr uint32_t kSpinPasses = 4096;  // empty passes before sleeping
+constexpr long kSleepMinNs = 1000, kSleepMaxNs = 50000;
+
+WcOpcode wc_opcode(WrOpcode op) noexcept {
+  switch (op) {
+    case WrOpcode::rdma_write:
+    case WrOpcode::rdma_write_with_imm:
+      return WcOpcode::rdma_write;
+    case WrOpcode::rdma_read:
+      return WcOpcode::rdma_read;
+    case WrOpcode::atomic_cmp_and_swp:
+      return WcOpcode::comp_swap;
+    case WrOpcode::atomic_fetch_and_add:
+      return WcOpcode::fetch_add;
+    case WrOpcode::local_inv:
+      return WcOpcode::local_inv;
+    case WrOpcode::bind_mw:
+      return WcOpcode::bind_mw;
+    default:
+      return WcOpcode::send;
+  }
+}
+
+inline uint32_t min_u32(uint32_t a, uint32_t b) noexcept {
+  return a < b ? a : b;
+}
+
+// Builds the SendWr for the local copy `w`; EINVAL when the copy is not acceptable.
+int build_send(const QpObj& q, ShmSendWqe& w, SendWr* wr, Sge* inl) noexcept {
+  if (uint32_t(w.opcode) > uint32_t(WrOpcode::send_with_inv)) return EINVAL;
+  std::memset(static_cast<void*>(wr), 0, sizeof *wr);
+  wr->wr_id = w.wr_id;
+  wr->opcode = w.opcode;
+  wr->send_flags = w.send_flags;
+  wr->imm_data = w.imm_data;  // also invalidate_rkey
+  if (w.send_flags & send_flags::inline_data) {
+    if (w.inline_len > min_u32(q.cap.max_inline_data, sizeof w.inline_data)) return EINVAL;
+    inl->addr = reinterpret_cast<uint64_t>(w.inline_data);
+    inl->length = w.inline_len;
+    inl->lkey = 0;
+    wr->sg_list = inl;
+    wr->num_sge = w.inline_len ? 1 : 0;
+  } else {
+    if (w.num_sge > min_u32(q.cap.max_send_sge, 16)) return EINVAL;
+    wr->sg_list = w.sge;
+    wr->num_sge = int(w.num_sge);
+  }
+  const HandleTable& t = q.conn->table;
+  if (w.opcode == WrOpcode::atomic_cmp_and_swp || w.opcode == WrOpcode::atomic_fetch_and_add) {
+    wr->wr.atomic.remote_addr = w.remote_addr;
+    wr->wr.atomic.compare_add = w.compare_add;
+    wr->wr.atomic.swap = w.swap;
+    wr->wr.atomic.rkey = w.rkey;
+  } else if (q.type == QpType::ud) {
+    auto* ah = static_cast<AhObj*>(t.get(w.ah, Kind::ah));
+    if (!ah) return EINVAL;
+    wr->wr.ud.ah = ah->ah;
+    wr->wr.ud.remote_qpn = w.remote_qpn;
+    wr->wr.ud.remote_qkey = w.remote_qkey;
+  } else {
+    wr->wr.rdma.remote_addr = w.remote_addr;
+    wr->wr.rdma.rkey = w.rkey;
+  }
+  if (w.opcode == WrOpcode::bind_mw) {
+    auto* mw = static_cast<MwObj*>(t.get(w.mw, Kind::mw));
+    if (!mw) return EINVAL;
+    mid::Mr* mr = nullptr;
+    if (w.bind_mr != 0 || w.bind_length != 0) {
+      auto* m = static_cast<MrObj*>(t.get(w.bind_mr, Kind::mr));
+      if (!m) return EINVAL;
+      mr = m->mr;
+    }
+    wr->bind_mw.mw = mw->mw;
+    wr->bind_mw.rkey = w.bind_rkey;
+    wr->bind_mw.bind_info.mr = mr;
+    wr->bind_mw.bind_info.addr = w.bind_addr;
+    wr->bind_mw.bind_info.length = w.bind_length;
+    wr->bind_mw.bind_info.mw_access_flags = w.bind_access;
+  }
+  return 0;
+}
+
+// Builds the RecvWr for the local copy `w`.
+int build_recv(ShmRecvWqe& w, uint32_t max_sge, RecvWr* wr) noexcept {
+  if (w.num_sge > min_u32(max_sge, 16)) return EINVAL;
+  wr->wr_id = w.wr_id;
+  wr->next = nullptr;
+  wr->sg_list = w.sge;
+  wr->num_sge = int(w.num_sge);
+  return 0;
+}
+
+}  // namespace
+
+// ---------------------------------------------------------------- events
+
+void Server::raise_event(Conn& c, EventKind kind, EventType type, Handle obj,
+                         uint32_t port) noexcept {
+  ShmEvent e;
+  std::memset(&e, 0, sizeof e);
+  e.kind = kind;
+  e.type = type;
+  e.object = obj;
+  e.port_num = port;
+  bool ok = false;
+  c.ev_lock.lock();
+  if (c.ev) {
+    const uint32_t cons = c.ev_hdr->cons.v.load(std::memory_order_acquire);
+    // A client `cons` ahead of prod or more than a ring behind reads as a full ring.
+    if (c.ev_prod - cons < c.ev_n) {
+      std::memcpy(&c.ev[c.ev_prod & (c.ev_n - 1)], &e, sizeof e);
+      c.ev_prod++;
+      c.ev_hdr->prod.v.store(c.ev_prod, std::memory_order_release);
+      ok = true;
+    }
+  }
+  c.ev_lock.unlock();
+  if (!ok) {
+    stats.events_dropped.fetch_add(1, std::memory_order_relaxed);
+    return;
+  }
+  stats.events_delivered.fetch_add(1, std::memory_order_relaxed);
+  // The session thread relays the kick to the client's eventfd (internal.h).
+  if (!c.kick_pending.exchange(true, std::memory_order_acq_rel)) {
+    const uint64_t one = 1;
+    ssize_t n = ::write(c.notify_fd, &one, sizeof one);
+    (void)n;  // private, non-blocking, coalesced: it cannot fill up
+  }
+}
+
+// ---------------------------------------------------------------- reclamation
+
+void Server::synchronize() noexcept {
+  const uint64_t e = db_epoch_.load(std::memory_order_seq_cst);
+  if (!(e & 1)) return;  // not inside a pass: later passes see the new state
+  uint32_t spins = 0;
+  while (db_epoch_.load(std::memory_order_acquire) == e) {
+    if (++spins < 64) {
+      cpu_relax();
+    } else {
+      timespec ts{0, 2000};
+      ::nanosleep(&ts, nullptr);
+    }
+  }
+}
+
+void Server::db_edit(const std::function<void(DbSet&)>& edit) {
+  std::lock_guard<std::mutex> g(db_mu_);
+  edit(db_master_);
+  const DbSet* next = new DbSet(db_master_);
+  const DbSet* old = db_snap_.exchange(next, std::memory_order_seq_cst);
+  synchronize();
+  delete old;
+}
+
+// ---------------------------------------------------------------- rings
+
+bool Server::complete_error(CqObj& c, uint64_t wr_id, WcOpcode op, uint32_t qp_num) noexcept {
+  const uint32_t cons = c.hdr->cons.v.load(std::memory_order_acquire);
+  const uint32_t used = c.prod - cons;
+  if (used >= c.n) {
+    if (used > c.n) stats.corrupt_rings.fetch_add(1, std::memory_order_relaxed);
+    return false;  // no room: the WQE stays in its ring until there is
+  }
+  Wc wc;
+  std::memset(&wc, 0, sizeof wc);
+  wc.wr_id = wr_id;
+  wc.status = WcStatus::loc_qp_op_err;
+  wc.opcode = op;
+  wc.qp_num = qp_num;
+  std::memcpy(&c.ring[c.prod & (c.n - 1)], &wc, sizeof wc);
+  c.prod++;
+  c.hdr->prod.v.store(c.prod, std::memory_order_release);
+  stats.cqes_delivered.fetch_add(1, std::memory_order_relaxed);
+  // Error completions always raise an armed CQ's event (solicited-only or not).
+  if (c.armed.exchange(false, std::memory_order_acq_rel))
+    raise_event(*c.conn, EventKind::comp, EventType::cq_err, c.handle, 0);
+  return true;
+}
+
+bool Server::pass_sq(QpObj& q) noexcept {
+  const uint32_t prod = q.sq->prod.v.load(std::memory_order_acquire);
+  uint32_t cons = q.sq_cons;
+  if (prod == cons) return false;
+  if (prod - cons > q.sq_n) {
+    stats.corrupt_rings.fetch_add(1, std::memory_order_relaxed);
+    return false;
+  }
+  bool work = false;
+  for (uint32_t budget = kBudget; cons != prod && budget; budget--) {
+    ShmSendWqe w;  // copy first: the client may rewrite the slot at any time
+    std::memcpy(static_cast<void*>(&w), &q.sqe[cons & (q.sq_n - 1)], sizeof w);
+    SendWr wr;
+    Sge inl;
+    int rc = build_send(q, w, &wr, &inl);
+    if (rc == 0) {
+      SendWr* bad = nullptr;
+      rc = mid::post_send(q.qp, &wr, &bad);
+      if (rc == ENOMEM) break;  // the HCA's SQ is full: retry next pass
+      if (rc == 0) stats.wqes_posted.fetch_add(1, std::memory_order_relaxed);
+    }
+    if (rc != 0) {
+      if (!complete_error(*q.scq, w.wr_id, wc_opcode(w.opcode), q.qp_num)) break;
+      stats.bad_wqes.fetch_add(1, std::memory_order_relaxed);
+    }
+    cons++;
+    work = true;
+  }
+  if (work) {
+    q.sq_cons = cons;
+    q.sq->cons.v.store(cons, std::memory_order_release);
+  }
+  return work;
+}
+
+bool Server::pass_rq(QpObj& q) noexcept {
+  if (q.rq_n == 0) return false;
+  const uint32_t prod = q.rq->prod.v.load(std::memory_order_acquire);
+  uint32_t cons = q.rq_cons;
+  if (prod == cons) return false;
+  if (prod - cons > q.rq_n) {
+    stats.corrupt_rings.fetch_add(1, std::memory_order_relaxed);
+    return false;
+  }
+  bool work = false;
+  for (uint32_t budget = kBudget; cons != prod && budget; budget--) {
+    ShmRecvWqe w;
+    std::memcpy(static_cast<void*>(&w), &q.rqe[cons & (q.rq_n - 1)], sizeof w);
+    RecvWr wr;
+    int rc = build_recv(w, q.cap.max_recv_sge, &wr);
+    if (rc == 0) {
+      RecvWr* bad = nullptr;
+      rc = mid::post_recv(q.qp, &wr, &bad);
+      if (rc == ENOMEM) break;
+      if (rc == 0) stats.wqes_posted.fetch_add(1, std::memory_order_relaxed);
+    }
+    if (rc != 0) {
+      if (!complete_error(*q.rcq, w.wr_id, WcOpcode::recv, q.qp_num)) break;
+      stats.bad_wqes.fetch_add(1, std::memory_order_relaxed);
+    }
+    cons++;
+    work = true;
+  }
+  if (work) {
+    q.rq_cons = cons;
+    q.rq->cons.v.store(cons, std::memory_order_release);
+  }
+  return work;
+}
+
+// An SRQ has no CQ of its own: a refused WQE is consumed and counted (bad_wqes).
+bool Server::pass_srq(SrqObj& s) noexcept {
+  const uint32_t prod = s.hdr->prod.v.load(std::memory_order_acquire);
+  uint32_t cons = s.cons;
+  if (prod == cons) return false;
+  if (prod - cons > s.n) {
+    stats.corrupt_rings.fetch_add(1, std::memory_order_relaxed);
+    return false;
+  }
+  bool work = false;
+  for (uint32_t budget = kBudget; cons != prod && budget; budget--) {
+    ShmRecvWqe w;
+    std::memcpy(static_cast<void*>(&w), &s.ring[cons & (s.n - 1)], sizeof w);
+    RecvWr wr;
+    int rc = build_recv(w, s.max_sge, &wr);
+    if (rc == 0) {
+      RecvWr* bad = nullptr;
+      rc = mid::post_srq_recv(s.srq, &wr, &bad);
+      if (rc == ENOMEM) break;
+    }
+    if (rc == 0)
+      stats.wqes_posted.fetch_add(1, std::memory_order_relaxed);
+    else
+      stats.bad_wqes.fetch_add(1, std::memory_order_relaxed);
+    cons++;
+    work = true;
+  }
+  if (work) {
+    s.cons = cons;
+    s.hdr->cons.v.store(cons, std::memory_order_release);
+  }
+  return work;
+}
+
+// proto.h CqRingHeader: apply a new arm (req_notify on the internal CQ first), then move
+// everything pending into the ring, then raise at once if the client has anything unpolled
+// since it armed.
+bool Server::pass_cq(CqObj& c) noexcept {
+  bool work = false;
+  bool applied = false;
+  uint32_t arm_cons = 0;
+  const uint32_t seq = c.hdr->arm_seq.load(std::memory_order_acquire);
+  if (seq != c.arm_seen) {
+    c.arm_seen = seq;
+    const uint32_t flags = c.hdr->arm_flags.load(std::memory_order_relaxed);
+    arm_cons = c.hdr->arm_cons.load(std::memory_order_relaxed);
+    c.armed.store(true, std::memory_order_release);
+    mid::req_notify_cq(c.cq, flags == 1);
+    applied = true;
+    work = true;
+  }
+  Wc wcs[kPollBatch];
+  for (;;) {
+    const uint32_t cons = c.hdr->cons.v.load(std::memory_order_acquire);
+    const uint32_t used = c.prod - cons;
+    uint32_t space = 0;
+    if (used > c.n)
+      stats.corrupt_rings.fetch_add(1, std::memory_order_relaxed);
+    else
+      space = c.n - used;
+    const int want = int(min_u32(space, kPollBatch));
+    // Polled even with no room: in inline-progress mode this call drives the transport.
+    const int got = mid::poll_cq(c.cq, want, wcs);
+    if (got <= 0) break;
+    for (int i = 0; i < got; i++)
+      std::memcpy(&c.ring[(c.prod + uint32_t(i)) & (c.n - 1)], &wcs[i], sizeof(Wc));
+    c.prod += uint32_t(got);
+    c.hdr->prod.v.store(c.prod, std::memory_order_release);
+    stats.cqes_delivered.fetch_add(uint64_t(got), std::memory_order_relaxed);
+    work = true;
+    if (!applied || got < want) break;  // drain completely only when an arm was applied
+  }
+  if (applied && c.prod != arm_cons && c.armed.exchange(false, std::memory_order_acq_rel))
+    raise_event(*c.conn, EventKind::comp, EventType::cq_err, c.handle, 0);
+  return work;
+}
+
+// ---------------------------------------------------------------- the thread
+
+void Server::doorbell_main() {
+  ::prctl(PR_SET_NAME, "dverbsd-db", 0, 0, 0);
+  ::prctl(PR_SET_TIMERSLACK, 1, 0, 0, 0);
+  uint32_t idle = 0;
+  long sleep_ns = kSleepMinNs;
+  while (!db_stop_.load(std::memory_order_relaxed)) {
+    db_epoch_.fetch_add(1, std::memory_order_seq_cst);  // odd: inside a pass
+    const DbSet* s = db_snap_.load(std::memory_order_seq_cst);
+    bool work = false;
+    bool empty = true;
+    if (s) {
+      empty = s->qps.empty() && s->srqs.empty() && s->cqs.empty();
+      for (QpObj* q : s->qps) {
+        work |= pass_sq(*q);
+        work |= pass_rq(*q);
+      }
+      for (SrqObj* q : s->srqs) work |= pass_srq(*q);
+      for (CqObj* c : s->cqs) work |= pass_cq(*c);
+    }
+    db_epoch_.fetch_add(1, std::memory_order_seq_cst);  // even: quiescent
+    if (work) {
+      idle = 0;
+      sleep_ns = kSleepMinNs;
+      continue;
+    }
+    if (empty) {  // nothing to serve: a new object is noticed within a millisecond
+      timespec ts{0, 1000000};
+      ::nanosleep(&ts, nullptr);
+      continue;
+    }
+    if (++idle < kSpinPasses) {
+      cpu_relax();
+      continue;
+    }
+    timespec ts{0, sleep_ns};
+    ::nanosleep(&ts, nullptr);
+    sleep_ns = sleep_ns * 2 > kSleepMaxNs ? kSleepMaxNs : sleep_ns * 2;
+  }
+}
+
+}  // namespace dverbs::daemon

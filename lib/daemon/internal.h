@@ -1,0 +1,319 @@
+// dverbsd internals shared by server.cc (start-up, sockets, accounting), session.cc (one
+// thread per connection: the command path), memory.cc (memfd rings, client memory) and
+// doorbell.cc (the fast path).
+//
+// Threads:
+//  - main: accept loop (poll on the listening sockets and a signalfd), reaps sessions.
+//  - one session thread per connection: commands, the relay of event kicks to the client's
+//    eventfd, and the connection's cleanup. It alone edits its connection's handle table.
+//  - the doorbell thread: WQEs from shared rings to the HCA, completions back, CQ arms.
+//  - midlayer handler threads: completion and async-event callbacks (never sleep).
+//
+// Locking and lifetime:
+//  - HandleTable: written by the owning session thread only; read lock-free by the doorbell
+//    (atomic tag compare). An object reachable by the doorbell (by handle, or as a QP/SRQ/CQ
+//    of the doorbell's set) is freed only after it was unpublished and synchronize() saw the
+//    doorbell finish the pass it might have been in (epoch: odd while inside a pass).
+//  - The doorbell's set: a copy-on-write DbSet published with an atomic pointer; edits are
+//    serialised by Server::db_mu_ and each is followed by synchronize() before the old copy
+//    (and any object removed) is freed.
+//  - Conn::ev_lock: a spinlock around the event ring (doorbell and handler threads append).
+//    Handler threads never write the client's eventfd: they write the connection's private
+//    `notify_fd` and its session thread relays the kick (a client controls the blocking
+//    mode and the counter of its eventfd; only its own session may ever stall on it).
+//  - DevCtx::conns_lock: a spinlock around the device's list of connections (device async
+//    events walk it from handler threads).
+//  - Server::mem_mu_: pinned bytes per client pid (control path only).
+#pragma once
+
+#include <sys/types.h>
+
+#include <atomic>
+#include <cstdint>
+#include <deque>
+#include <functional>
+#include <mutex>
+#include <string>
+#include <thread>
+#include <unordered_map>
+#include <vector>
+
+#include "daemon/proto.h"
+#include "daemon/server.h"
+#include "midlayer/core.h"
+
+namespace dverbs::daemon {
+
+enum class Kind : uint8_t { none = 0, pd, mr, cq, qp, srq, ah, mw };
+constexpr int kKinds = 8;
+const char* kind_name(Kind k) noexcept;  // "PD", "MR", ...
+
+inline void cpu_relax() noexcept {
+#if defined(__x86_64__) || defined(__i386__)
+  __builtin_ia32_pause();
+#elif defined(__aarch64__)
+  asm volatile("yield");
+#endif
+}
+
+// Never sleeps; held only around a few stores.
+class Spinlock {
+ public:
+  void lock() noexcept {
+    while (f_.test_and_set(std::memory_order_acquire))
+      while (f_.test(std::memory_order_relaxed)) cpu_relax();
+  }
+  void unlock() noexcept { f_.clear(std::memory_order_release); }
+
+ private:
+  std::atomic_flag f_;
+};
+
+// A MAP_SHARED mapping of a memfd (rings) or a reserved span (client memory).
+struct Mapping {
+  void* base = nullptr;
+  size_t bytes = 0;
+  void unmap() noexcept;
+};
+
+struct Conn;
+
+struct PdObj {
+  mid::Pd* pd = nullptr;
+};
+struct MrObj {
+  mid::Mr* mr = nullptr;
+  Mapping span;      // the client's pieces mapped back to back
+  uint64_t charged;  // bytes charged against the client's memlock account
+};
+struct AhObj {
+  mid::Ah* ah = nullptr;
+};
+struct MwObj {
+  mid::Mw* mw = nullptr;
+};
+
+struct CqObj {
+  Conn* conn = nullptr;
+  Handle handle = 0;
+  mid::Cq* cq = nullptr;
+  Mapping map;
+  CqRingHeader* hdr = nullptr;
+  Wc* ring = nullptr;
+  uint32_t n = 0;  // ring entries (power of two)
+  // Doorbell thread only:
+  uint32_t prod = 0;
+  uint32_t arm_seen = 0;
+  // Set when the doorbell applies an arm, cleared by whoever raises the event.
+  std::atomic<bool> armed{false};
+};
+
+struct SrqObj {
+  Conn* conn = nullptr;
+  Handle handle = 0;
+  mid::Srq* srq = nullptr;
+  Mapping map;
+  WorkRingHeader* hdr = nullptr;
+  ShmRecvWqe* ring = nullptr;
+  uint32_t n = 0;
+  uint32_t max_wr = 0, max_sge = 0, srq_limit = 0;
+  uint32_t cons = 0;  // doorbell only
+};
+
+struct QpObj {
+  Conn* conn = nullptr;
+  Handle handle = 0;
+  mid::Qp* qp = nullptr;
+  QpType type = QpType::rc;
+  QpCap cap{};  // granted
+  uint32_t qp_num = 0;
+  CqObj* scq = nullptr;
+  CqObj* rcq = nullptr;
+  SrqObj* srq = nullptr;
+  Mapping map;
+  WorkRingHeader* sq = nullptr;
+  ShmSendWqe* sqe = nullptr;
+  uint32_t sq_n = 0;
+  WorkRingHeader* rq = nullptr;
+  ShmRecvWqe* rqe = nullptr;
+  uint32_t rq_n = 0;                  // 0 with an SRQ
+  uint32_t sq_cons = 0, rq_cons = 0;  // doorbell only
+};
+
+// Per-connection handle table: generation << 20 | index, never 0, never a pointer.
+// Writers: the owning session thread. get(): any thread, lock-free.
+class HandleTable {
+ public:
+  static constexpr uint32_t kIndexBits = 20;
+  static constexpr uint32_t kChunkBits = 10;
+  static constexpr uint32_t kChunk = 1u << kChunkBits;
+  static constexpr uint32_t kChunks = 1u << (kIndexBits - kChunkBits);
+  static constexpr uint32_t kGenMask = 0xfff;
+
+  HandleTable() = default;
+  ~HandleTable();
+  HandleTable(const HandleTable&) = delete;
+  HandleTable& operator=(const HandleTable&) = delete;
+
+  // Reserves a slot (invisible to get()); 0 when the table is full.
+  Handle reserve();
+  // Makes a reserved or hidden slot visible as `kind` → `obj`.
+  void publish(Handle h, Kind kind, void* obj) noexcept;
+  // Hides a visible slot (get() fails from now on); the slot stays reserved.
+  void hide(Handle h) noexcept;
+  // Frees a reserved or hidden slot; its handle never resolves again (until the 12-bit
+  // generation wraps).
+  void release(Handle h);
+  // Context: any thread, never sleeps. The object of a visible slot of this kind, or null.
+  void* get(Handle h, Kind kind) const noexcept;
+  // Owner only: the kind and object of a reserved slot (visible or hidden), or none.
+  Kind owner_kind(Handle h, void** obj) const noexcept;
+  // Owner only: every reserved slot of `kind`.
+  void collect(Kind kind, std::vector<Handle>* out) const;
+
+ private:
+  struct Slot {
+    std::atomic<uint32_t> tag{0};  // gen << 8 | kind while visible, else 0
+    std::atomic<void*> obj{nullptr};
+    uint32_t gen = 1;
+    Kind kind = Kind::none;  // owner's view (kept while hidden)
+    bool used = false;
+  };
+  Slot* slot(Handle h) const noexcept;
+  std::atomic<Slot*> chunks_[kChunks] = {};
+  uint32_t next_ = 0;
+  std::deque<uint32_t> free_;  // FIFO: a freed index is reused as late as possible
+};
+
+struct DevCtx;
+
+struct Conn {
+  Server* srv = nullptr;
+  DevCtx* dev = nullptr;
+  int fd = -1;
+  pid_t pid = 0;
+  uid_t uid = 0;
+  gid_t gid = 0;
+  std::thread thread;
+  std::atomic<bool> done{false};
+  bool hello = false;
+
+  // Events (set up by hello, before the connection joins its device's list).
+  int efd = -1;        // the client's eventfd (shared with the client)
+  int notify_fd = -1;  // private eventfd: kicks for the session thread to relay
+  std::atomic<bool> kick_pending{false};
+  Mapping ev_map;
+  EventRingHeader* ev_hdr = nullptr;
+  ShmEvent* ev = nullptr;
+  uint32_t ev_n = 0;
+  uint32_t ev_prod = 0;  // under ev_lock
+  Spinlock ev_lock;
+
+  Conn* dev_prev = nullptr;  // DevCtx::conns, under conns_lock
+  Conn* dev_next = nullptr;
+  bool on_dev_list = false;
+
+  HandleTable table;
+  uint32_t count[kKinds] = {};
+  uint64_t mr_bytes = 0;  // charged by this connection
+  uint64_t destroyed = 0;
+  bool leak = false;  // an object survived cleanup: its handlers may still name this Conn
+
+  ~Conn();
+};
+
+struct DevCtx {
+  mid::Device* dev = nullptr;
+  unsigned index = 0;
+  std::string path;
+  int listen_fd = -1;
+  bool handler_registered = false;
+  Spinlock conns_lock;
+  Conn* conns = nullptr;
+};
+
+// What the doorbell walks; immutable once published.
+struct DbSet {
+  std::vector<QpObj*> qps;
+  std::vector<SrqObj*> srqs;
+  std::vector<CqObj*> cqs;
+};
+
+struct Counters {
+  std::atomic<uint64_t> objects[kKinds] = {};
+  std::atomic<uint64_t> clients{0}, pinned_bytes{0}, bad_commands{0}, bad_wqes{0}, corrupt_rings{0},
+      wqes_posted{0}, cqes_delivered{0}, events_delivered{0}, events_dropped{0};
+};
+
+class Server {
+ public:
+  explicit Server(const Options& opts);
+  ~Server();
+  int run();
+
+  // ---- session.cc ----
+  void session_main(Conn* c);
+
+  // ---- doorbell.cc ----
+  // Context: any thread, never sleeps.
+  void raise_event(Conn& c, EventKind kind, EventType type, Handle obj, uint32_t port) noexcept;
+  // Context: process context: waits until the doorbell is outside the pass it may be in.
+  void synchronize() noexcept;
+  // Context: process context. Edits the doorbell's set, publishes it and waits out readers.
+  void db_edit(const std::function<void(DbSet&)>& edit);
+
+  // ---- memory.cc ----
+  // Charges `bytes` of a new registration to the client (memlock rules, --max-mr-bytes).
+  int charge_pinned(Conn& c, uint64_t bytes);
+  void uncharge_pinned(Conn& c, uint64_t bytes) noexcept;
+
+  const Options& opts() const noexcept { return opts_; }
+  Counters stats;
+
+ private:
+  friend struct ServerAccess;
+  int open_socket(DevCtx& d);
+  void accept_one(DevCtx& d);
+  void reap(bool all);
+  void stop_device(mid::Device* dev);
+  void doorbell_main();
+  bool pass_sq(QpObj& q) noexcept;
+  bool pass_rq(QpObj& q) noexcept;
+  bool pass_srq(SrqObj& s) noexcept;
+  bool pass_cq(CqObj& c) noexcept;
+  bool complete_error(CqObj& c, uint64_t wr_id, WcOpcode op, uint32_t qp_num) noexcept;
+
+  static void client_add(mid::Device* dev, mid::Client* client);
+  static void client_remove(mid::Device* dev, mid::Client* client, void* data);
+  static void device_event(const mid::Event& ev, void* context);
+
+  Options opts_;
+  mid::Client client_{};
+  std::vector<DevCtx*> devs_;  // control path (main thread, client callbacks)
+  std::mutex conns_mu_;
+  std::vector<Conn*> conns_;  // live sessions
+
+  // Doorbell.
+  std::thread db_thread_;
+  std::atomic<bool> db_stop_{false};
+  std::atomic<uint64_t> db_epoch_{0};
+  std::atomic<const DbSet*> db_snap_{nullptr};
+  std::mutex db_mu_;
+  DbSet db_master_;
+
+  // Memlock accounts by client pid (uverbs charges the process, not the context).
+  std::mutex mem_mu_;
+  std::unordered_map<pid_t, uint64_t> pinned_by_pid_;
+};
+
+// ---- memory.cc ----
+// Creates a sealed memfd of `bytes` (rounded up to pages), maps it; returns the fd or
+// -errno.
+int make_ring(const char* name, size_t bytes, Mapping* map);
+// Validates a reg_mr request and its memfds and maps them; see memory.cc.
+int map_client_memory(const Request& req, const int* fds, uint32_t nfds, Mapping* span,
+                      void** host);
+uint32_t ring_entries(uint32_t at_least) noexcept;  // power of two >= max(1, at_least)
+uint64_t page_size() noexcept;
+
+}  // namespace dverbs::daemon

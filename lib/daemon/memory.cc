@@ -1,0 +1,238 @@
+// Shared memory of dverbsd: the sealed memfds behind every ring, the client's registered
+// memory mapped back from the memfds it sends, and the memlock account (uverbs rules).
+//
+// Rings: the daemon creates the memfd, sizes it and seals it against shrinking, growing
+// and further sealing before the client ever sees it, so no client can truncate a ring
+// under the daemon (no SIGBUS). Client memory: every piece must be a memfd the client has
+// sealed against shrinking (F_SEAL_SHRINK), for the same reason; everything else in the
+// request is checked before anything is mapped.
+//
+// Context: session threads (process context). No locks except Server::mem_mu_.
+#include <fcntl.h>
+#include <sys/mman.h>
+#include <sys/resource.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cinttypes>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+
+#include "daemon/internal.h"
+
+namespace dverbs::daemon {
+
+uint64_t page_size() noexcept {
+  static const uint64_t p = uint64_t(::sysconf(_SC_PAGESIZE));
+  return p;
+}
+
+uint32_t ring_entries(uint32_t at_least) noexcept {
+  uint32_t n = 1;
+  while (n < at_least && n < (1u << 31)) n <<= 1;
+  return n;
+}
+
+void Mapping::unmap() noexcept {
+  if (base) ::munmap(base, bytes);
+  base = nullptr;
+  bytes = 0;
+}
+
+int make_ring(const char* name, size_t bytes, Mapping* map) {
+  const uint64_t pg = page_size();
+  bytes = (bytes + pg - 1) & ~(pg - 1);
+  int fd = ::memfd_create(name, MFD_CLOEXEC | MFD_ALLOW_SEALING);
+  if (fd < 0) return -errno;
+  int err = 0;
+  void* p = MAP_FAILED;
+  if (::ftruncate(fd, off_t(bytes)) != 0 ||
+      ::fcntl(fd, F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_SEAL) != 0) {
+    err = errno;
+  } else {
+    p = ::mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+    if (p == MAP_FAILED) err = errno;
+  }
+  if (err) {
+    ::close(fd);
+    return -(err == EINVAL ? ENOMEM : err);
+  }
+  map->base = p;
+  map->bytes = bytes;
+  return fd;
+}
+
+// Request.reg_mr: the client's range [iova, iova + length) lies in pages starting at
+// page_start; the pieces, in order, cover those pages exactly. All arithmetic is checked
+// for overflow; nothing is mapped before every field and every fd passed.
+int map_client_memory(const Request& req, const int* fds, uint32_t nfds, Mapping* span,
+                      void** host) {
+  const auto& r = req.reg_mr;
+  const uint64_t pg = page_size();
+  const uint32_t np = r.npieces;
+  if (np < 1 || np > kMaxPieces || np != nfds) return EINVAL;
+  if (r.length == 0 || r.iova + r.length < r.iova) return EINVAL;
+  if (r.page_start != (r.iova & ~(pg - 1))) return EINVAL;
+  const uint64_t end = r.iova + r.length;
+  if (end > UINT64_MAX - (pg - 1)) return EINVAL;
+  const uint64_t span_bytes = ((end + pg - 1) & ~(pg - 1)) - r.page_start;
+  if (span_bytes > (uint64_t(1) << 46)) return EINVAL;  // beyond any address space here
+
+  MrPiece pieces[kMaxPieces];
+  std::memcpy(pieces, r.pieces, sizeof(MrPiece) * np);
+  uint64_t sum = 0;
+  for (uint32_t i = 0; i < np; i++) {
+    const uint64_t off = pieces[i].offset, len = pieces[i].length;
+    if (len == 0 || (off | len) & (pg - 1)) return EINVAL;
+    if (off + len < off || off + len > uint64_t(INT64_MAX)) return EINVAL;
+    if (sum + len < sum) return EINVAL;
+    sum += len;
+    // A memfd sealed against shrinking: it can never become shorter than it is now.
+    int seals = ::fcntl(fds[i], F_GET_SEALS);
+    if (seals < 0 || !(seals & F_SEAL_SHRINK)) return EINVAL;
+    struct stat st;
+    if (::fstat(fds[i], &st) != 0 || !S_ISREG(st.st_mode)) return EINVAL;
+    if (uint64_t(st.st_size) < off + len) return EINVAL;
+  }
+  if (sum != span_bytes) return EINVAL;
+
+  void* base =
+      ::mmap(nullptr, span_bytes, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+  if (base == MAP_FAILED) return ENOMEM;
+  uint64_t pos = 0;
+  for (uint32_t i = 0; i < np; i++) {
+    void* want = static_cast<char*>(base) + pos;
+    void* p = ::mmap(want, pieces[i].length, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_FIXED, fds[i],
+                     off_t(pieces[i].offset));
+    if (p == MAP_FAILED) {
+      int err = errno;
+      ::munmap(base, span_bytes);
+      return err == ENOMEM ? ENOMEM : EINVAL;  // e.g. EPERM: sealed against writing
+    }
+    pos += pieces[i].length;
+  }
+  // user_verbs.txt: memory that is a potential I/O target is kept resident. The memfd's
+  // pages are shared with the client; locking the daemon's mapping keeps them in RAM (and
+  // out of swap) until the region is deregistered. The client's RLIMIT_MEMLOCK account is
+  // charged separately (charge_pinned); the daemon itself needs CAP_IPC_LOCK or a large
+  // enough limit of its own (the systemd unit sets LimitMEMLOCK=infinity).
+  if (::mlock(base, span_bytes) != 0) {
+    int err = errno;
+    std::fprintf(stderr,
+                 "dverbsd: cannot lock %" PRIu64 " bytes of client memory resident: %s (give "
+                 "dverbsd CAP_IPC_LOCK or LimitMEMLOCK=infinity)\n",
+                 span_bytes, std::strerror(err));
+    ::munmap(base, span_bytes);
+    return ENOMEM;
+  }
+  span->base = base;
+  span->bytes = span_bytes;
+  *host = static_cast<char*>(base) + (r.iova - r.page_start);
+  return 0;
+}
+
+namespace {
+
+// CAP_IPC_LOCK (bit 14) in the effective set of `pid`, read now (uverbs reads it at each
+// registration too).
+bool has_cap_ipc_lock(pid_t pid) {
+  char path[64];
+  std::snprintf(path, sizeof path, "/proc/%d/status", int(pid));
+  FILE* f = std::fopen(path, "re");
+  if (!f) return false;
+  char line[256];
+  bool cap = false;
+  while (std::fgets(line, sizeof line, f)) {
+    unsigned long long v;
+    if (std::sscanf(line, "CapEff: %llx", &v) == 1) {
+      cap = (v >> 14) & 1;
+      break;
+    }
+  }
+  std::fclose(f);
+  return cap;
+}
+
+// RLIMIT_MEMLOCK of `pid` (soft limit). prlimit(2) on another user's process needs
+// CAP_SYS_RESOURCE, which a confined daemon may lack; /proc/PID/limits says the same.
+bool memlock_limit(pid_t pid, uint64_t* out) {
+  rlimit lim{};
+  if (::prlimit(pid, RLIMIT_MEMLOCK, nullptr, &lim) == 0) {
+    *out = lim.rlim_cur == RLIM_INFINITY ? UINT64_MAX : uint64_t(lim.rlim_cur);
+    return true;
+  }
+  char path[64];
+  std::snprintf(path, sizeof path, "/proc/%d/limits", int(pid));
+  FILE* f = std::fopen(path, "re");
+  if (!f) return false;
+  char line[256];
+  bool found = false;
+  while (std::fgets(line, sizeof line, f)) {
+    if (std::strncmp(line, "Max locked memory", 17) != 0) continue;
+    char soft[64];
+    if (std::sscanf(line + 17, "%63s", soft) == 1) {
+      if (std::strcmp(soft, "unlimited") == 0) {
+        *out = UINT64_MAX;
+        found = true;
+      } else {
+        char* end = nullptr;
+        errno = 0;
+        unsigned long long v = std::strtoull(soft, &end, 10);
+        found = errno == 0 && end && *end == 0;
+        if (found) *out = v;
+      }
+    }
+    break;
+  }
+  std::fclose(f);
+  return found;
+}
+
+}  // namespace
+
+int Server::charge_pinned(Conn& c, uint64_t bytes) {
+  const uint64_t max = opts_.limits.max_mr_bytes;
+  if (max != UINT64_MAX && (c.mr_bytes + bytes < c.mr_bytes || c.mr_bytes + bytes > max)) {
+    std::fprintf(stderr,
+                 "dverbsd: client pid %d: MR bytes limit %" PRIu64 " reached: %" PRIu64
+                 " bytes registered, %" PRIu64 " more asked\n",
+                 int(c.pid), max, c.mr_bytes, bytes);
+    return ENOMEM;
+  }
+  bool limited = !has_cap_ipc_lock(c.pid);
+  uint64_t lim = UINT64_MAX;
+  if (limited && !memlock_limit(c.pid, &lim)) {
+    std::fprintf(stderr, "dverbsd: client pid %d: cannot read RLIMIT_MEMLOCK: %s\n", int(c.pid),
+                 std::strerror(errno));
+    return ENOMEM;
+  }
+  std::lock_guard<std::mutex> g(mem_mu_);
+  uint64_t& mine = pinned_by_pid_[c.pid];
+  if (limited && lim != UINT64_MAX && (mine + bytes < mine || mine + bytes > lim)) {
+    std::fprintf(stderr,
+                 "dverbsd: client pid %d: RLIMIT_MEMLOCK (%" PRIu64 " bytes) exceeded: %" PRIu64
+                 " bytes registered, %" PRIu64 " more asked\n",
+                 int(c.pid), lim, mine, bytes);
+    if (mine == 0) pinned_by_pid_.erase(c.pid);
+    return ENOMEM;
+  }
+  mine += bytes;
+  c.mr_bytes += bytes;
+  stats.pinned_bytes.fetch_add(bytes, std::memory_order_relaxed);
+  return 0;
+}
+
+void Server::uncharge_pinned(Conn& c, uint64_t bytes) noexcept {
+  std::lock_guard<std::mutex> g(mem_mu_);
+  auto it = pinned_by_pid_.find(c.pid);
+  if (it != pinned_by_pid_.end()) {
+    it->second -= bytes < it->second ? bytes : it->second;
+    if (it->second == 0) pinned_by_pid_.erase(it);
+  }
+  c.mr_bytes -= bytes < c.mr_bytes ? bytes : c.mr_bytes;
+  stats.pinned_bytes.fetch_sub(bytes, std::memory_order_relaxed);
+}
+
+}  // namespace dverbs::daemon

@@ -1,0 +1,69 @@
+// One connection to dverbsd: the slow path of daemon mode (uverbs' write() on
+// /dev/infiniband/uverbsN).
+//
+// Commands are strictly one at a time per connection: call() holds the connection's
+// mutex across sendmsg and the matching recvmsg, so a response is never read by another
+// caller and file descriptors always arrive with their own response. The daemon answers
+// every request (proto.h); a response whose seq does not match is discarded.
+//
+// Death: EOF, EPIPE or ECONNRESET on the socket marks the connection dead for good;
+// call() then returns EIO without touching the socket. The owner (Device) turns the first
+// death into IBV_EVENT_DEVICE_FATAL.
+//
+// Thread safety: call() from any thread in process context (it sleeps). dead() from any
+// thread, never sleeps.
+#pragma once
+
+#include <atomic>
+#include <cstdint>
+#include <string>
+
+#include "daemon/proto.h"
+#include "midlayer/might_sleep.h"
+
+namespace dverbs::pmd::remote {
+
+// Receives at most this many descriptors with one response (hello sends two).
+constexpr int kMaxRecvFds = 4;
+
+class Conn {
+ public:
+  Conn() = default;
+  ~Conn();
+  Conn(const Conn&) = delete;
+  Conn& operator=(const Conn&) = delete;
+
+  // Connects to the socket at `path`. Returns 0 or the errno of socket()/connect().
+  // Context: process context, may sleep.
+  int connect_to(const std::string& path);
+
+  // Sends `req` (magic and seq are filled in) with `nfds` descriptors and waits for its
+  // response. Returns 0 when a response arrived (its status is in resp->status) or EIO
+  // when the daemon is gone (the connection is then dead), EPROTO for a malformed
+  // response. Descriptors that came with the response are stored in rfds[0..*nrfds) and
+  // belong to the caller; none are returned on error.
+  // `nonsleeping_caller`: the midlayer runs create_ah/destroy_ah inside a NonSleepingScope
+  // although a remote AH needs a round trip (as uverbs' user AHs do): the lock is then
+  // taken without the might_sleep check.
+  // Context: process context, sleeps until the daemon answers.
+  int call(daemon::Request& req, daemon::Response* resp, const int* fds = nullptr, int nfds = 0,
+           int* rfds = nullptr, int* nrfds = nullptr, bool nonsleeping_caller = false);
+
+  // Context: any, never sleeps.
+  bool dead() const noexcept { return dead_.load(std::memory_order_acquire); }
+  // Marks the connection dead; returns true for the first caller only.
+  // Context: any, never sleeps.
+  bool mark_dead() noexcept { return !dead_.exchange(true, std::memory_order_acq_rel); }
+  int fd() const noexcept { return fd_; }
+
+ private:
+  int exchange(daemon::Request& req, daemon::Response* resp, const int* fds, int nfds, int* rfds,
+               int* nrfds);
+
+  int fd_ = -1;
+  mid::Mutex lock_;           // one command in flight
+  uint32_t next_seq_ = 1;     // guarded by lock_
+  std::atomic<bool> dead_{false};
+};
+
+}  // namespace dverbs::pmd::remote

@@ -1,0 +1,178 @@
+// Registers `dverbs-remote`: in daemon mode (daemon/mode.h) probe() opens every dverbsd
+// socket DIR/uverbs0, uverbs1, … (the analogue of /dev/infiniband/uverbsN), says hello
+// (receiving the connection's eventfd and event ring), and registers one midlayer device
+// per socket, named as the daemon names it. In embedded mode it registers nothing.
+//
+// Errors are for people: a socket this user may not open prints one line naming the
+// group that may; any other failure one line with the path and the reason. When
+// DVERBS_DAEMON was set explicitly and no device could be opened, probe() fails with that
+// errno so programs fail clearly instead of seeing an empty device list silently.
+//
+// Locking: g_lock (checked mutex) guards the device list; it is never held while the
+// midlayer calls clients (register/unregister run outside it).
+#include <grp.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <vector>
+
+#include "daemon/mode.h"
+#include "midlayer/core.h"
+#include "pmd/remote/remote.h"
+
+namespace dverbs::pmd::remote {
+
+namespace {
+
+mid::Mutex g_lock;
+// Guarded by g_lock. Never destroyed: at exit the event threads may still run (nothing
+// calls shutdown_drivers()), and the kernel closes the sockets, which is all the daemon
+// needs to clean up.
+std::vector<std::unique_ptr<Device>>& g_devices = *new std::vector<std::unique_ptr<Device>>;
+
+constexpr int kMaxSockets = 64;
+
+std::string group_of(const std::string& path, const std::string& dir) {
+  struct stat st;
+  if (::stat(path.c_str(), &st) != 0 && ::stat(dir.c_str(), &st) != 0) return "?";
+  if (group* g = ::getgrgid(st.st_gid)) return g->gr_name;
+  return std::to_string(st.st_gid);
+}
+
+// Hello: the connection's eventfd and event ring. Fills the device's name and event state.
+int hello(Device& dev) {
+  daemon::Request req;
+  std::memset(static_cast<void*>(&req), 0, sizeof req);
+  req.cmd = daemon::Cmd::hello;
+  req.hello.version = daemon::kVersion;
+  daemon::Response resp;
+  int fds[kMaxRecvFds];
+  int nfds = 0;
+  if (int rc = dev.command(req, &resp, nullptr, 0, fds, &nfds)) return rc;
+  const auto& h = resp.hello;
+  int rc = 0;
+  if (nfds < 2)
+    rc = EPROTO;
+  else if (h.version != daemon::kVersion)
+    rc = EPROTONOSUPPORT;
+  else if (!h.event_ring_entries || (h.event_ring_entries & (h.event_ring_entries - 1)) ||
+           h.event_ring_bytes < daemon::kRingHeaderBytes +
+                                    uint64_t(h.event_ring_entries) * sizeof(daemon::ShmEvent))
+    rc = EPROTO;
+  for (int i = 2; i < nfds; i++) ::close(fds[i]);
+  if (rc) {
+    for (int i = 0; i < nfds && i < 2; i++) ::close(fds[i]);
+    return rc;
+  }
+  dev.event_fd = fds[0];
+  if ((rc = dev.event_map.map(fds[1], h.event_ring_bytes))) return rc;
+  auto* base = static_cast<uint8_t*>(dev.event_map.base);
+  dev.event_hdr = reinterpret_cast<daemon::EventRingHeader*>(base);
+  dev.events = reinterpret_cast<daemon::ShmEvent*>(base + daemon::kRingHeaderBytes);
+  dev.event_entries = h.event_ring_entries;
+  dev.event_cons = dev.event_hdr->cons.v.load(std::memory_order_relaxed);
+  dev.node_guid = h.node_guid;
+  static_assert(sizeof dev.name == sizeof h.device_name);
+  std::memcpy(dev.name, h.device_name, sizeof dev.name);
+  dev.name[sizeof dev.name - 1] = '\0';
+  if (!dev.name[0]) return EPROTO;
+  return 0;
+}
+
+// Opens DIR/uverbsN and registers its device. Returns 0, ENOENT when the socket does not
+// exist (the end of the list), or the errno of a failure it has reported on stderr.
+int open_one(const std::string& dir, int index) {
+  auto dev = std::make_unique<Device>();
+  dev->path = dir + "/" + daemon::kSocketPrefix + std::to_string(index);
+  dev->ops = &kRemoteOps;
+  dev->pins_memory = true;  // dverbsd charges registered memory to our RLIMIT_MEMLOCK
+  if (int rc = dev->conn.connect_to(dev->path)) {
+    if (rc == ENOENT && index > 0) return ENOENT;
+    if (rc == EACCES)
+      std::fprintf(stderr,
+                   "dverbs: cannot open %s: permission denied (the socket belongs to group %s; "
+                   "ask to be added to it)\n",
+                   dev->path.c_str(), group_of(dev->path, dir).c_str());
+    else if (rc == ENOENT)
+      std::fprintf(stderr, "dverbs: cannot open %s: %s (is dverbsd running?)\n",
+                   dev->path.c_str(), std::strerror(rc));
+    else
+      std::fprintf(stderr, "dverbs: cannot open %s: %s\n", dev->path.c_str(),
+                   std::strerror(rc));
+    return rc;
+  }
+  int rc = hello(*dev);
+  DeviceAttr attr;
+  if (rc == 0) rc = kRemoteOps.query_device(dev.get(), &attr);
+  if (rc == 0) dev->phys_port_cnt = attr.phys_port_cnt ? attr.phys_port_cnt : 1;
+  if (rc) {
+    std::fprintf(stderr, "dverbs: %s: the daemon's greeting failed: %s\n", dev->path.c_str(),
+                 std::strerror(rc));
+    return rc;
+  }
+  Device* raw = dev.get();
+  {
+    std::lock_guard<mid::Mutex> g(g_lock);
+    g_devices.push_back(std::move(dev));
+  }
+  if ((rc = mid::register_device(raw)) == 0) rc = start_events(raw);
+  if (rc) {
+    std::fprintf(stderr, "dverbs: %s: cannot register device %s: %s\n", raw->path.c_str(),
+                 raw->name, std::strerror(rc));
+    if (raw->reg) mid::unregister_device(raw);
+    std::lock_guard<mid::Mutex> g(g_lock);
+    std::erase_if(g_devices, [&](auto& d) { return d.get() == raw; });
+    return rc;
+  }
+  return 0;
+}
+
+int probe() {
+  const std::string dir = daemon::daemon_dir();
+  if (dir.empty()) return 0;  // embedded mode: the hca driver serves this process
+  const char* env = std::getenv("DVERBS_DAEMON");
+  const bool explicit_dir = env && *env;
+  int first_err = 0;
+  int opened = 0;
+  for (int i = 0; i < kMaxSockets; i++) {
+    int rc = open_one(dir, i);
+    if (rc == ENOENT && i > 0) break;
+    if (rc == 0)
+      opened++;
+    else if (first_err == 0)
+      first_err = rc;
+    if (rc == ENOENT) break;  // no uverbs0
+  }
+  return opened == 0 && explicit_dir ? first_err : 0;
+}
+
+void shutdown() {
+  for (;;) {
+    std::unique_ptr<Device> dev;
+    {
+      std::lock_guard<mid::Mutex> g(g_lock);
+      if (g_devices.empty()) break;
+      dev = std::move(g_devices.back());
+      g_devices.pop_back();
+    }
+    // The event thread stops first: after unregister_device no event may reach a
+    // consumer. Closing the socket (~Device) makes the daemon free what is left.
+    stop_events(dev.get());
+    mid::unregister_device(dev.get());
+  }
+}
+
+const mid::Driver kDriver = {"dverbs-remote", probe, shutdown, nullptr, nullptr};
+
+}  // namespace
+
+DVERBS_REGISTER_DRIVER(kDriver)
+
+}  // namespace dverbs::pmd::remote
