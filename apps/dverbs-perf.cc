@@ -64,6 +64,7 @@ int main(int argc, char** argv) {
     if (kind == "rate") return child_rate(o);
     if (kind == "raw") return child_raw(o);
     if (kind == "lat") return child_lat(o);
+    if (kind == "lat-loop") return child_lat_loop(o);
     if (kind == "udp") return child_udp(o);
     if (kind == "bw") return child_bandwidth(o);
     if (kind == "scaling") return child_scaling(o);

@@ -15,6 +15,7 @@ int scenario_qps(const Options& o);
 int child_rate(const Options& o);       // RC messages between two QPs (rate.cc)
 int child_raw(const Options& o);        // the raw packet-I/O floor (raw.cc)
 int child_lat(const Options& o);        // memif ping-pong, --role server|client (latency.cc)
+int child_lat_loop(const Options& o);   // two QPs of one process over a loopback port
 int child_udp(const Options& o);        // kernel UDP ping-pong, --role server|client
 int child_bandwidth(const Options& o);  // RDMA WRITE stream (bandwidth.cc)
 int child_scaling(const Options& o);    // n lcores, --port null|loop (scaling.cc)
