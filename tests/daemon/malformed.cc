@@ -267,7 +267,9 @@ void test_reg_mr(int fd) {
   int two[2] = {m, m};
   CHECK(reg_mr(fd, pd, iova, 8192, &one, 1, two, 2, &resp) == EINVAL, "npieces 1, 2 fds");
   CHECK(reg_mr(fd, pd, iova, 8192, &one, 0, &m, 1, &resp) == EINVAL, "npieces 0");
-  CHECK(reg_mr(fd, pd, iova, 8192, &one, 1000, &m, 1, &resp) == EINVAL, "npieces 1000");
+  std::vector<MrPiece> thousand(1000, one);  // the request carries kMaxPieces of them
+  CHECK(reg_mr(fd, pd, iova, 8192, thousand.data(), 1000, &m, 1, &resp) == EINVAL,
+        "npieces 1000");
   CHECK(reg_mr(fd, pd, iova, 8192, &one, 1, nullptr, 0, &resp) == EINVAL, "no fd");
   // Too many fds for one datagram.
   std::vector<int> many(48, m);

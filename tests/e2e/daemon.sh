@@ -207,7 +207,7 @@ case "$scenario" in
     before=$(objects_of d)
     echo "=== idle daemon: $before"
     # The bystander pair runs for a fixed time across the whole experiment.
-    pair 'bystander&' dvtest1 d dvtest2 d '' ib_write_bw -d dverbs0 -x 0 -D 8 -s 4096
+    pair 'bystander&' dvtest1 d dvtest2 d '' ib_write_bw -d dverbs0 -x 0 -D 20 -s 4096
     by_s=$pid_s by_c=$pid_c
     wait_stat d clients 2 && wait_stat d qps 2 || fail "bystander never had its QPs"
     sleep 0.5
@@ -224,8 +224,8 @@ case "$scenario" in
       fail "no victim client to kill"
     echo "=== killed the victim client with SIGKILL"
     # ibv_rc_pingpong's server may be waiting for a receive that never comes (it has no
-    # timeout of its own, on hardware either); if so it is killed too after 10 s.
-    for _ in $(seq 200); do kill -0 "$v_s" 2>/dev/null || break; sleep 0.05; done
+    # timeout of its own, on hardware either); if so it is killed too after 5 s.
+    for _ in $(seq 100); do kill -0 "$v_s" 2>/dev/null || break; sleep 0.05; done
     if kill -0 "$v_s" 2>/dev/null; then
       echo "=== the victim server still waits for its dead peer: killed too"
       pkill -KILL -f -- '-n 100000003 -p [0-9]+$'
@@ -241,7 +241,7 @@ case "$scenario" in
     [ "$after" = "$with_bystander" ] || fail "counters did not return: '$with_bystander' -> '$after'"
     kill -0 "$by_c" 2>/dev/null || fail "the bystander ended before the kill was checked"
     pid_s=$by_s pid_c=$by_c
-    check_pair bystander '^ 4096 ' 'ib_write_bw -D 8 running throughout'
+    check_pair bystander '^ 4096 ' 'ib_write_bw -D 20 running throughout'
     wait_stat d clients 0 || fail "clients remain after every program exited"
     end=$(objects_of d)
     echo "=== idle again: $end"
