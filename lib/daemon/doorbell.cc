@@ -165,6 +165,10 @@ void Server::raise_event(Conn& c, EventKind kind, EventType type, Handle obj,
 // ---------------------------------------------------------------- reclamation
 
 void Server::synchronize() noexcept {
+  // Review fix: HandleTable::hide() is a release store; without a full fence the epoch load
+  // below may be satisfied before that store is visible (StoreLoad), read an even epoch, and
+  // return while a pass that started afterwards still resolves the hidden handle.
+  std::atomic_thread_fence(std::memory_order_seq_cst);
   const uint64_t e = db_epoch_.load(std::memory_order_seq_cst);
   if (!(e & 1)) return;  // not inside a pass: later passes see the new state
   uint32_t spins = 0;
@@ -368,6 +372,9 @@ void Server::doorbell_main() {
   long sleep_ns = kSleepMinNs;
   while (!db_stop_.load(std::memory_order_relaxed)) {
     db_epoch_.fetch_add(1, std::memory_order_seq_cst);  // odd: inside a pass
+    // Pairs with the fence in synchronize(): the pass's handle-tag loads (acquire) must not
+    // be performed before the epoch became odd.
+    std::atomic_thread_fence(std::memory_order_seq_cst);
     const DbSet* s = db_snap_.load(std::memory_order_seq_cst);
     bool work = false;
     bool empty = true;

@@ -310,6 +310,9 @@ class Server {
 // Creates a sealed memfd of `bytes` (rounded up to pages), maps it; returns the fd or
 // -errno.
 int make_ring(const char* name, size_t bytes, Mapping* map);
+// The page-rounded span of a reg_mr request (what it will map, mlock and charge), after
+// the range checks; EINVAL when the request's range is impossible.
+int client_span_bytes(const Request& req, uint64_t* bytes);
 // Validates a reg_mr request and its memfds and maps them; see memory.cc.
 int map_client_memory(const Request& req, const int* fds, uint32_t nfds, Mapping* span,
                       void** host);

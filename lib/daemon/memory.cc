@@ -67,18 +67,27 @@ int make_ring(const char* name, size_t bytes, Mapping* map) {
 // Request.reg_mr: the client's range [iova, iova + length) lies in pages starting at
 // page_start; the pieces, in order, cover those pages exactly. All arithmetic is checked
 // for overflow; nothing is mapped before every field and every fd passed.
-int map_client_memory(const Request& req, const int* fds, uint32_t nfds, Mapping* span,
-                      void** host) {
+int client_span_bytes(const Request& req, uint64_t* bytes) {
   const auto& r = req.reg_mr;
   const uint64_t pg = page_size();
-  const uint32_t np = r.npieces;
-  if (np < 1 || np > kMaxPieces || np != nfds) return EINVAL;
   if (r.length == 0 || r.iova + r.length < r.iova) return EINVAL;
   if (r.page_start != (r.iova & ~(pg - 1))) return EINVAL;
   const uint64_t end = r.iova + r.length;
   if (end > UINT64_MAX - (pg - 1)) return EINVAL;
   const uint64_t span_bytes = ((end + pg - 1) & ~(pg - 1)) - r.page_start;
   if (span_bytes > (uint64_t(1) << 46)) return EINVAL;  // beyond any address space here
+  *bytes = span_bytes;
+  return 0;
+}
+
+int map_client_memory(const Request& req, const int* fds, uint32_t nfds, Mapping* span,
+                      void** host) {
+  const auto& r = req.reg_mr;
+  const uint64_t pg = page_size();
+  const uint32_t np = r.npieces;
+  if (np < 1 || np > kMaxPieces || np != nfds) return EINVAL;
+  uint64_t span_bytes = 0;
+  if (int rc = client_span_bytes(req, &span_bytes)) return rc;
 
   MrPiece pieces[kMaxPieces];
   std::memcpy(pieces, r.pieces, sizeof(MrPiece) * np);
@@ -199,6 +208,13 @@ int Server::charge_pinned(Conn& c, uint64_t bytes) {
                  "dverbsd: client pid %d: MR bytes limit %" PRIu64 " reached: %" PRIu64
                  " bytes registered, %" PRIu64 " more asked\n",
                  int(c.pid), max, c.mr_bytes, bytes);
+    return ENOMEM;
+  }
+  // Review fix: SO_PEERCRED reports pid 0 for a peer whose pid has no number in the daemon's
+  // pid namespace. prlimit(0, …) and /proc/0 would then read the DAEMON's own limit
+  // (LimitMEMLOCK=infinity): no limit at all for such clients. Refuse instead.
+  if (c.pid <= 0) {
+    std::fprintf(stderr, "dverbsd: client with unknown pid: cannot check RLIMIT_MEMLOCK\n");
     return ENOMEM;
   }
   bool limited = !has_cap_ipc_lock(c.pid);

@@ -259,20 +259,28 @@ int Session::reg_mr(const Request& req, InFds& in, Response& resp) {
   auto* pd = lookup<PdObj>(req.reg_mr.pd, Kind::pd);
   if (!pd) return EINVAL;
   if (int rc = check_limit(Kind::mr)) return rc;
+  // Review fix: charge the client's memlock account BEFORE mapping. map_client_memory
+  // mlock()s the span, which populates every page of the client's memfds; doing that first
+  // let a client without any RLIMIT_MEMLOCK make the daemon (LimitMEMLOCK=infinity) fault
+  // in and pin up to 2^46 bytes of a sparse memfd before the ENOMEM.
+  uint64_t span_bytes = 0;
+  const uint32_t np = req.reg_mr.npieces;  // structural errors stay EINVAL, not ENOMEM
+  if (np < 1 || np > kMaxPieces || np != in.n || client_span_bytes(req, &span_bytes) != 0)
+    return invalid();
+  if (int rc = srv_.charge_pinned(c_, span_bytes)) return rc;
   auto* o = new (std::nothrow) MrObj();
-  if (!o) return ENOMEM;
+  if (!o) {
+    srv_.uncharge_pinned(c_, span_bytes);
+    return ENOMEM;
+  }
+  o->charged = span_bytes;
   void* host = nullptr;
   int rc = map_client_memory(req, in.fd, in.n, &o->span, &host);
   in.close_all();  // the mappings hold the memory now
   if (rc) {
+    srv_.uncharge_pinned(c_, o->charged);
     delete o;
     return rc == EINVAL ? invalid() : rc;
-  }
-  o->charged = o->span.bytes;
-  if ((rc = srv_.charge_pinned(c_, o->charged)) != 0) {
-    o->span.unmap();
-    delete o;
-    return rc;
   }
   Handle h = c_.table.reserve();
   rc = h ? mid::reg_mr_iova(pd->pd, host, req.reg_mr.iova, req.reg_mr.length, req.reg_mr.access,
@@ -838,7 +846,11 @@ void Session::cleanup() {
     d.conns_lock.unlock();
   }
   // 2. Unpublish every handle and every ring, then wait out the doorbell once.
-  static const Kind order[] = {Kind::mw, Kind::qp, Kind::ah, Kind::srq,
+  // Review fix: QPs before MWs. A bind_mw WQE still queued in the HCA's SQ holds the
+  // mid::Mw pointer (pmd/hca execute_local dereferences it) and dealloc_mw deletes it, so
+  // freeing MWs while the QPs still exist was a use-after-free on kill -9 during a bind;
+  // destroy_qp drops the queued WQEs (and does not care about bound windows).
+  static const Kind order[] = {Kind::qp, Kind::mw, Kind::ah, Kind::srq,
                                Kind::cq, Kind::mr, Kind::pd};
   std::vector<Handle> hs[kKinds];
   bool any = false;

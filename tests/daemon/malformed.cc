@@ -8,6 +8,8 @@
 // No gtest: the suites run it against a daemon they start.
 #include <fcntl.h>
 #include <sys/mman.h>
+#include <sys/resource.h>
+#include <sys/stat.h>
 #include <sys/socket.h>
 #include <sys/un.h>
 #include <unistd.h>
@@ -282,6 +284,27 @@ void test_reg_mr(int fd) {
   CHECK(st == 0, "valid reg_mr: status %d", st);
   if (st == 0) CHECK(simple(fd, Cmd::dereg_mr, resp.handle) == 0, "dereg_mr");
   ::close(m);
+
+  // Over RLIMIT_MEMLOCK: ENOMEM, and refused before the daemon mapped and mlock()ed (so
+  // populated) the client's sparse memfd. Unprivileged clients only (CAP_IPC_LOCK = no
+  // limit).
+  rlimit old{};
+  if (::geteuid() != 0 && ::getrlimit(RLIMIT_MEMLOCK, &old) == 0) {
+    rlimit low = old;
+    low.rlim_cur = 1 << 20;
+    if (old.rlim_cur > low.rlim_cur && ::setrlimit(RLIMIT_MEMLOCK, &low) == 0) {
+      const uint64_t big = uint64_t(64) << 20;
+      int h = sealed_memfd(big, true);
+      MrPiece whole{0, big};
+      st = reg_mr(fd, pd, iova, big, &whole, 1, &h, 1, &resp);
+      CHECK(st == ENOMEM, "reg_mr over RLIMIT_MEMLOCK: status %d", st);
+      struct stat sb {};
+      CHECK(::fstat(h, &sb) == 0 && sb.st_blocks == 0,
+            "memfd populated by a refused registration: %lld blocks", (long long)sb.st_blocks);
+      ::close(h);
+      ::setrlimit(RLIMIT_MEMLOCK, &old);
+    }
+  }
 }
 
 template <class T>
