@@ -29,6 +29,19 @@ using daemon::Request;
 using daemon::Response;
 
 // ---------------------------------------------------------------- shared pieces
+
+// An object joins its device's event map (where the event thread finds it by handle) at
+// the first control call that can make it raise an event, not inside its create op: the
+// midlayer fills the object's common fields (handlers, contexts) after the op returns, and
+// the event thread may read them only once that is ordered before it by obj_lock. A QP
+// joins at its first modify_qp (a QP in RESET raises nothing), an SRQ at modify_srq or when
+// a QP attaches it, a CQ when a QP attaches it (nothing completes on a CQ without one).
+// Context: process context (takes obj_lock).
+template <class Map, class Obj>
+void publish_for_events(Device& dev, Handle h, Map* map, Obj* obj) {
+  std::lock_guard<mid::Mutex> g(dev.obj_lock);
+  map->try_emplace(h, obj);
+}
 int Mapping::map(int fd, uint64_t len) {
   struct stat st;
   int rc = 0;
@@ -285,10 +298,7 @@ int create_cq(mid::Device* d, uint32_t cqe, mid::Cq** out) {
   cq->mask = r.ring_entries - 1;
   cq->cons = cq->hdr->cons.v.load(std::memory_order_relaxed);
   cq->cqe = r.cqe;
-  {
-    std::lock_guard<mid::Mutex> g(dev.obj_lock);
-    dev.cqs[cq->handle] = cq;
-  }
+  // Not in the event map yet: see publish_for_events.
   *out = cq;
   return 0;
 }
@@ -385,9 +395,12 @@ int create_qp(mid::Pd* pd, const mid::QpInitAttr* init, mid::Qp** out) {
   }
   qp->handle = resp.handle;
   qp->qp_num = r.qp_num;
+  // The QP's CQs and SRQ can raise events from now on; their midlayer fields were filled
+  // when their own create calls returned, before this one.
   {
     std::lock_guard<mid::Mutex> g(dev.obj_lock);
-    dev.qps[qp->handle] = qp;
+    for (mid::Cq* c : {init->send_cq, init->recv_cq}) dev.cqs.try_emplace(to_cq(c)->handle, c);
+    if (init->srq) dev.srqs.try_emplace(to_srq(init->srq)->handle, init->srq);
   }
   *out = qp;
   return 0;
@@ -395,6 +408,7 @@ int create_qp(mid::Pd* pd, const mid::QpInitAttr* init, mid::Qp** out) {
 
 int modify_qp(mid::Qp* q, const QpAttr* a, uint32_t mask) {
   Qp* qp = to_qp(q);
+  publish_for_events(rdev(q->device), qp->handle, &rdev(q->device).qps, q);
   Request req = make(Cmd::modify_qp, qp->handle);
   req.modify_qp.attr = *a;
   req.modify_qp.attr_mask = mask;
@@ -478,15 +492,12 @@ int create_srq(mid::Pd* pd, const mid::SrqInitAttr* init, mid::Srq** out) {
   constexpr uint32_t kWqeSges = sizeof(daemon::ShmRecvWqe::sge) / sizeof(Sge);
   srq->max_sge = r.max_sge < kWqeSges ? r.max_sge : kWqeSges;
   srq->handle = resp.handle;
-  {
-    std::lock_guard<mid::Mutex> g(dev.obj_lock);
-    dev.srqs[srq->handle] = srq;
-  }
   *out = srq;
   return 0;
 }
 
 int modify_srq(mid::Srq* s, uint32_t max_wr, uint32_t srq_limit, uint32_t mask) {
+  publish_for_events(rdev(s->device), to_srq(s)->handle, &rdev(s->device).srqs, s);
   Request req = make(Cmd::modify_srq, to_srq(s)->handle);
   req.modify_srq.max_wr = max_wr;
   req.modify_srq.srq_limit = srq_limit;
