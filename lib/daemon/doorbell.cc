@@ -59,8 +59,38 @@ inline uint32_t min_u32(uint32_t a, uint32_t b) noexcept {
   return a < b ? a : b;
 }
 
+// The HCA's AH for the client AH a UD WQE names (internal.h, AhCache), created on the
+// first WQE with a new id from the address vector in the copy. nullptr when the id, the PD
+// or the address is not acceptable.
+mid::Ah* ah_for(Conn& c, Counters& st, const ShmSendWqe& w) noexcept {
+  const uint32_t slot = w.ah_id & (kAhSlots - 1);
+  if (w.ah_id == 0) return nullptr;
+  mid::Ah* ah = nullptr;
+  c.ahs.lock.lock();
+  if (c.ahs.slots.size() == kAhSlots) {
+    AhSlot& s = c.ahs.slots[slot];
+    if (s.ah && s.id == w.ah_id && s.pd == w.ah_pd) {
+      ah = s.ah;
+    } else if (auto* pd = static_cast<PdObj*>(c.table.get(w.ah_pd, Kind::pd))) {
+      AhAttr attr = w.ah_attr;
+      mid::Ah* fresh = nullptr;
+      if (mid::create_ah(pd->pd, &attr, &fresh) == 0) {
+        if (s.ah) {
+          mid::destroy_ah(s.ah);  // the client reused the slot: its old AH is gone
+          st.objects[int(Kind::ah)].fetch_sub(1, std::memory_order_relaxed);
+        }
+        s = {w.ah_id, w.ah_pd, fresh};
+        st.objects[int(Kind::ah)].fetch_add(1, std::memory_order_relaxed);
+        ah = fresh;
+      }
+    }
+  }
+  c.ahs.lock.unlock();
+  return ah;
+}
+
 // Builds the SendWr for the local copy `w`; EINVAL when the copy is not acceptable.
-int build_send(const QpObj& q, ShmSendWqe& w, SendWr* wr, Sge* inl) noexcept {
+int build_send(const QpObj& q, Counters& st, ShmSendWqe& w, SendWr* wr, Sge* inl) noexcept {
   if (uint32_t(w.opcode) > uint32_t(WrOpcode::send_with_inv)) return EINVAL;
   std::memset(static_cast<void*>(wr), 0, sizeof *wr);
   wr->wr_id = w.wr_id;
@@ -86,9 +116,9 @@ int build_send(const QpObj& q, ShmSendWqe& w, SendWr* wr, Sge* inl) noexcept {
     wr->wr.atomic.swap = w.swap;
     wr->wr.atomic.rkey = w.rkey;
   } else if (q.type == QpType::ud) {
-    auto* ah = static_cast<AhObj*>(t.get(w.ah, Kind::ah));
+    mid::Ah* ah = ah_for(*q.conn, st, w);
     if (!ah) return EINVAL;
-    wr->wr.ud.ah = ah->ah;
+    wr->wr.ud.ah = ah;
     wr->wr.ud.remote_qpn = w.remote_qpn;
     wr->wr.ud.remote_qkey = w.remote_qkey;
   } else {
@@ -125,6 +155,17 @@ int build_recv(ShmRecvWqe& w, uint32_t max_sge, RecvWr* wr) noexcept {
 }
 
 }  // namespace
+
+void drop_ahs(Conn& c, Counters& st, Handle pd) noexcept {
+  c.ahs.lock.lock();
+  for (AhSlot& s : c.ahs.slots) {
+    if (!s.ah || (pd != 0 && s.pd != pd)) continue;
+    mid::destroy_ah(s.ah);
+    st.objects[int(Kind::ah)].fetch_sub(1, std::memory_order_relaxed);
+    s = {};
+  }
+  c.ahs.lock.unlock();
+}
 
 // ---------------------------------------------------------------- events
 
@@ -230,7 +271,7 @@ bool Server::pass_sq(QpObj& q) noexcept {
     std::memcpy(static_cast<void*>(&w), &q.sqe[cons & (q.sq_n - 1)], sizeof w);
     SendWr wr;
     Sge inl;
-    int rc = build_send(q, w, &wr, &inl);
+    int rc = build_send(q, stats, w, &wr, &inl);
     if (rc == 0) {
       SendWr* bad = nullptr;
       rc = mid::post_send(q.qp, &wr, &bad);

@@ -187,6 +187,21 @@ class HandleTable {
 
 struct DevCtx;
 
+// The HCA address handles of one connection (proto.h, kAhSlots): the doorbell creates one
+// from the address vector of the first UD WQE that names a new client AH id and caches it
+// in the id's slot; a newer id in the slot replaces it. mid::create_ah/destroy_ah never
+// sleep, so the doorbell may call them. `lock` orders the doorbell against the session's
+// dealloc_pd and clean-up, which drop entries.
+struct AhSlot {
+  uint32_t id = 0;
+  Handle pd = 0;
+  mid::Ah* ah = nullptr;
+};
+struct AhCache {
+  Spinlock lock;
+  std::vector<AhSlot> slots;  // kAhSlots entries from hello on
+};
+
 struct Conn {
   Server* srv = nullptr;
   DevCtx* dev = nullptr;
@@ -214,6 +229,7 @@ struct Conn {
   bool on_dev_list = false;
 
   HandleTable table;
+  AhCache ahs;
   uint32_t count[kKinds] = {};
   uint64_t mr_bytes = 0;  // charged by this connection
   uint64_t destroyed = 0;
@@ -244,6 +260,10 @@ struct Counters {
   std::atomic<uint64_t> clients{0}, pinned_bytes{0}, bad_commands{0}, bad_wqes{0}, corrupt_rings{0},
       wqes_posted{0}, cqes_delivered{0}, events_delivered{0}, events_dropped{0};
 };
+
+// Destroys the cached AHs of `c` whose PD is `pd` (0: all). Context: process context or the
+// doorbell, never sleeps.
+void drop_ahs(Conn& c, Counters& st, Handle pd) noexcept;
 
 class Server {
  public:

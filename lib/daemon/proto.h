@@ -67,6 +67,12 @@ using Handle = uint32_t;
 
 constexpr uint32_t kMaxPieces = 32;  // memfd pieces of one registration
 
+// Address handles never cross the socket: create_ah/destroy_ah may be called where nothing
+// may sleep (core_locking.rst), so the client keeps its AHs itself and a UD WQE carries the
+// AH's id, PD and address vector. The daemon's doorbell creates the HCA's AH on the first
+// WQE with a new id and caches it in the id's slot. Id = generation << 12 | slot.
+constexpr uint32_t kAhSlots = 4096;
+
 struct MrPiece {
   uint64_t offset;  // offset into the piece's memfd
   uint64_t length;  // bytes, a multiple of the page size
@@ -217,13 +223,14 @@ struct ShmSendWqe {
   uint32_t rkey;
   uint64_t remote_addr;
   uint64_t compare_add, swap;
-  Handle ah;            // UD
+  uint32_t ah_id;       // UD: the client's AH (kAhSlots)
   uint32_t remote_qpn, remote_qkey;
   Handle mw, bind_mr;   // bind_mw
   uint32_t bind_rkey;
   uint64_t bind_addr, bind_length;
   uint32_t bind_access;
-  uint32_t pad;
+  Handle ah_pd;         // UD: the PD of the AH
+  AhAttr ah_attr;       // UD: its address vector
   union {
     Sge sge[16];
     uint8_t inline_data[256];

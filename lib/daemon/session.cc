@@ -219,6 +219,7 @@ int Session::hello(const Request& req, Response& resp, OutFds& out) {
   c_.ev = at<ShmEvent>(m.base, kRingHeaderBytes);
   c_.ev_n = kEventEntries;
   c_.efd = efd;
+  c_.ahs.slots.assign(kAhSlots, AhSlot{});
   c_.hello = true;
   DevCtx& d = *c_.dev;
   d.conns_lock.lock();  // device events reach this connection from now on
@@ -595,6 +596,7 @@ int Session::destroy(Handle h, Kind k, bool detached) {
   switch (k) {
     case Kind::pd: {
       auto* o = static_cast<PdObj*>(p);
+      drop_ahs(c_, srv_.stats, h);  // the doorbell's AHs on it (internal.h, AhCache)
       if ((rc = mid::dealloc_pd(o->pd)) != 0) return rc;
       delete o;
       break;
@@ -867,8 +869,10 @@ void Session::cleanup() {
       std::erase_if(s.cqs, [me](CqObj* o) { return o->conn == me; });
     });
   }
-  // 3. Destroy in dependency order.
+  // 3. Destroy in dependency order; the doorbell's AHs go with the AH handles (after the
+  // QPs whose queued WQEs may name them, before the PDs).
   for (Kind k : order) {
+    if (k == Kind::ah) drop_ahs(c_, srv_.stats, 0);
     for (Handle h : hs[int(k)]) {
       if (int rc = destroy(h, k, true)) {
         std::fprintf(stderr, "dverbsd: client pid %d: cannot destroy %s: %s (left allocated)\n",

@@ -138,14 +138,9 @@ int Conn::exchange(Request& req, Response* resp, const int* fds, int nfds, int* 
   }
 }
 
-int Conn::call(Request& req, Response* resp, const int* fds, int nfds, int* rfds, int* nrfds,
-               bool nonsleeping_caller) {
+int Conn::call(Request& req, Response* resp, const int* fds, int nfds, int* rfds, int* nrfds) {
   if (nrfds) *nrfds = 0;
   if (dead()) return EIO;
-  if (nonsleeping_caller) {
-    std::lock_guard<std::mutex> g(lock_.native());
-    return exchange(req, resp, fds, nfds, rfds, nrfds);
-  }
   std::lock_guard<mid::Mutex> g(lock_);
   return exchange(req, resp, fds, nfds, rfds, nrfds);
 }

@@ -42,12 +42,9 @@ class Conn {
   // when the daemon is gone (the connection is then dead), EPROTO for a malformed
   // response. Descriptors that came with the response are stored in rfds[0..*nrfds) and
   // belong to the caller; none are returned on error.
-  // `nonsleeping_caller`: the midlayer runs create_ah/destroy_ah inside a NonSleepingScope
-  // although a remote AH needs a round trip (as uverbs' user AHs do): the lock is then
-  // taken without the might_sleep check.
   // Context: process context, sleeps until the daemon answers.
   int call(daemon::Request& req, daemon::Response* resp, const int* fds = nullptr, int nfds = 0,
-           int* rfds = nullptr, int* nrfds = nullptr, bool nonsleeping_caller = false);
+           int* rfds = nullptr, int* nrfds = nullptr);
 
   // Context: any, never sleeps.
   bool dead() const noexcept { return dead_.load(std::memory_order_acquire); }

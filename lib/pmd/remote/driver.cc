@@ -93,6 +93,9 @@ int open_one(const std::string& dir, int index) {
   dev->path = dir + "/" + daemon::kSocketPrefix + std::to_string(index);
   dev->ops = &kRemoteOps;
   dev->pins_memory = true;  // dverbsd charges registered memory to our RLIMIT_MEMLOCK
+  dev->ahs = std::make_unique<Ah[]>(daemon::kAhSlots);
+  dev->ah_free.reserve(daemon::kAhSlots);
+  for (uint32_t i = daemon::kAhSlots; i-- > 0;) dev->ah_free.push_back(i);
   if (int rc = dev->conn.connect_to(dev->path)) {
     if (rc == ENOENT && index > 0) return ENOENT;
     if (rc == EACCES)

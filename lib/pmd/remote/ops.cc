@@ -10,7 +10,7 @@
 // every command fails with EIO, except the destroys, which free the client object and
 // return 0 so applications can clean up (the daemon freed its side when the socket closed).
 //
-// Context: process context, may sleep (create_ah/destroy_ah: see Conn::call).
+// Context: process context, may sleep; create_ah/destroy_ah never sleep (no command).
 #include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -86,8 +86,8 @@ void Device::raise_fatal() noexcept {
 }
 
 int Device::command(Request& req, Response* resp, const int* fds, int nfds, int* rfds,
-                    int* nrfds, bool nonsleeping_caller) {
-  int rc = conn.call(req, resp, fds, nfds, rfds, nrfds, nonsleeping_caller);
+                    int* nrfds) {
+  int rc = conn.call(req, resp, fds, nfds, rfds, nrfds);
   if (rc == EIO && conn.dead()) raise_fatal();
   if (rc) return rc;
   if (resp->status < 0 || resp->status > 4095) return EPROTO;
@@ -108,11 +108,11 @@ Request make(Cmd cmd, Handle handle = 0) {
 
 // Sends a destroy/dealloc. 0 also when the daemon is gone (it freed everything when the
 // socket closed); otherwise the daemon's status (EBUSY…).
-int destroy_cmd(Device& dev, Cmd cmd, Handle h, bool nonsleeping_caller = false) {
+int destroy_cmd(Device& dev, Cmd cmd, Handle h) {
   if (dev.dead()) return 0;
   Request req = make(cmd, h);
   Response resp;
-  int rc = dev.command(req, &resp, nullptr, 0, nullptr, nullptr, nonsleeping_caller);
+  int rc = dev.command(req, &resp);
   return rc == EIO && dev.dead() ? 0 : rc;
 }
 
@@ -527,26 +527,42 @@ int destroy_srq(mid::Srq* s) {
 // The midlayer calls these inside a NonSleepingScope (kernel consumers need atomic AH
 // creation); a remote AH lives in the daemon, so this is a round trip like uverbs' user
 // AHs. The command lock is taken without the might_sleep check (Conn::call).
+// Address handles stay in this process (proto.h, kAhSlots): create_ah and destroy_ah may
+// be called where nothing sleeps, so they take a slot of the device's pool under a
+// spinlock and send nothing. The address vector is checked as the embedded HCA checks it;
+// the daemon builds its own AH from the copy in the first UD WQE that names this one.
+// Context: any, never sleeps.
 int create_ah(mid::Pd* pd, const AhAttr* attr, mid::Ah** out) {
-  if (attr->port_num > pd->device->phys_port_cnt) return EINVAL;
-  Ah* ah = new (std::nothrow) Ah();
-  if (!ah) return ENOMEM;
-  Request req = make(Cmd::create_ah);
-  req.create_ah.pd = to_pd(pd)->handle;
-  req.create_ah.attr = *attr;
-  Response resp;
-  if (int rc = rdev(pd->device).command(req, &resp, nullptr, 0, nullptr, nullptr, true)) {
-    delete ah;
-    return rc;
+  Device& dev = rdev(pd->device);
+  if (attr->port_num < 1 || attr->port_num > pd->device->phys_port_cnt || attr->sgid_index != 0)
+    return EINVAL;
+  if (dev.dead()) return EIO;
+  dev.ah_lock.lock();
+  if (dev.ah_free.empty()) {
+    dev.ah_lock.unlock();
+    return ENOMEM;
   }
-  ah->handle = resp.handle;
-  *out = ah;
+  const uint32_t slot = dev.ah_free.back();
+  dev.ah_free.pop_back();
+  dev.ah_lock.unlock();
+  Ah& ah = dev.ahs[slot];
+  ah.gen = (ah.gen + 1) & 0xfffff;
+  if (ah.gen == 0) ah.gen = 1;
+  ah.id = ah.gen << 12 | slot;
+  ah.pd_handle = to_pd(pd)->handle;
+  ah.attr = *attr;
+  ah.live.store(true, std::memory_order_release);
+  *out = &ah;
   return 0;
 }
 
 int destroy_ah(mid::Ah* a) {
-  if (int rc = destroy_cmd(rdev(a->device), Cmd::destroy_ah, to_ah(a)->handle, true)) return rc;
-  delete to_ah(a);
+  Device& dev = rdev(a->device);
+  Ah* ah = to_ah(a);
+  if (!ah->live.exchange(false, std::memory_order_acq_rel)) return EINVAL;  // destroyed twice
+  dev.ah_lock.lock();
+  dev.ah_free.push_back(uint32_t(ah - dev.ahs.get()));  // never beyond the reserved capacity
+  dev.ah_lock.unlock();
   return 0;
 }
 

@@ -66,13 +66,13 @@ void fill_send_wqe(const Qp& qp, const SendWr& wr, daemon::ShmSendWqe* w) {
   w->opcode = wr.opcode;
   w->send_flags = wr.send_flags;
   w->imm_data = wr.imm_data;  // also invalidate_rkey (same word)
-  w->ah = 0;
+  w->ah_id = 0;
+  w->ah_pd = 0;
   w->remote_qpn = w->remote_qkey = 0;
   w->mw = w->bind_mr = 0;
   w->bind_rkey = 0;
   w->bind_addr = w->bind_length = 0;
   w->bind_access = 0;
-  w->pad = 0;
   w->compare_add = w->swap = 0;
   if (is_atomic(wr.opcode)) {
     w->remote_addr = wr.wr.atomic.remote_addr;
@@ -95,7 +95,10 @@ void fill_send_wqe(const Qp& qp, const SendWr& wr, daemon::ShmSendWqe* w) {
     w->bind_access = b.bind_info.mw_access_flags;
   }
   if (qp.qp_type == QpType::ud) {
-    w->ah = to_ah(wr.wr.ud.ah)->handle;
+    const Ah* ah = to_ah(wr.wr.ud.ah);
+    w->ah_id = ah->id;
+    w->ah_pd = ah->pd_handle;
+    w->ah_attr = ah->attr;
     w->remote_qpn = wr.wr.ud.remote_qpn;
     w->remote_qkey = wr.wr.ud.remote_qkey;
   }

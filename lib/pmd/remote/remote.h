@@ -20,6 +20,7 @@
 #pragma once
 
 #include <atomic>
+#include <memory>
 #include <cstdint>
 #include <string>
 #include <thread>
@@ -59,6 +60,8 @@ struct Mapping {
   void unmap() noexcept;
 };
 
+struct Ah;
+
 struct Device : mid::Device {
   std::string path;  // DIR/uverbsN
   Conn conn;
@@ -82,6 +85,11 @@ struct Device : mid::Device {
 
   std::atomic<bool> fatal_raised{false};
 
+  // Address handles: a fixed pool, taken and returned under a spinlock (any context).
+  std::unique_ptr<Ah[]> ahs;
+  std::vector<uint32_t> ah_free;  // capacity kAhSlots, reserved at creation
+  SpinLock ah_lock;
+
   mid::Mutex obj_lock;
   std::unordered_map<Handle, mid::Cq*> cqs;    // guarded by obj_lock
   std::unordered_map<Handle, mid::Qp*> qps;    // guarded by obj_lock
@@ -93,8 +101,7 @@ struct Device : mid::Device {
   // daemon gone. Returns the response status, EIO (daemon gone) or EPROTO.
   // Context: process context, may sleep.
   int command(daemon::Request& req, daemon::Response* resp, const int* fds = nullptr,
-              int nfds = 0, int* rfds = nullptr, int* nrfds = nullptr,
-              bool nonsleeping_caller = false);
+              int nfds = 0, int* rfds = nullptr, int* nrfds = nullptr);
   // Raises IBV_EVENT_DEVICE_FATAL once. Context: any, never sleeps.
   void raise_fatal() noexcept;
   bool dead() const noexcept { return conn.dead(); }
@@ -126,8 +133,14 @@ struct Mw : mid::Mw {
   Handle handle = 0;
 };
 
+// A client-side address handle (daemon::kAhSlots): created and destroyed here, with no
+// command, so neither sleeps. Slots live as long as the device.
 struct Ah : mid::Ah {
-  Handle handle = 0;
+  uint32_t id = 0;   // generation << 12 | slot; 0 = free
+  uint32_t gen = 0;
+  Handle pd_handle = 0;
+  AhAttr attr{};
+  std::atomic<bool> live{false};
 };
 
 // A work ring (SQ, RQ, SRQ) as the client sees it.
