@@ -196,6 +196,7 @@ int Device::alloc_mr_slot(Pd* pd, void* host, uint64_t iova, uint64_t length, ui
     mr_next_ = idx + 1;
     uint8_t gen = uint8_t((m.lkey & 0xff) + 1);
     if (gen == 0) gen = 1;
+    m.alloc_gen.fetch_add(1, std::memory_order_relaxed);
     m.device = this;
     m.pd = pd;
     m.addr = iova;
@@ -211,6 +212,9 @@ int Device::alloc_mr_slot(Pd* pd, void* host, uint64_t iova, uint64_t length, ui
 }
 
 void Device::free_mr_slot(Mr* mr) {
+  // A bind still queued for this window sees the new generation and fails instead of
+  // touching the window object, which the caller frees after quiesce().
+  mr->alloc_gen.fetch_add(1, std::memory_order_seq_cst);
   mr->key.store(0, std::memory_order_release);
   quiesce();  // no engine still copies through it
 }

@@ -39,6 +39,9 @@ struct Mr : mid::Mr {
   Mr* bound_to = nullptr;        // window: its region while bound, else nullptr
   uint32_t bound_qpn = 0;        // type 2 window: the QP it is bound to
   std::atomic<uint32_t> windows{0};  // region: windows bound to it (dereg → EBUSY)
+  // Bumped when the slot is allocated and when it is freed: a queued bind names its window
+  // by slot and generation, so a window deallocated meanwhile is never dereferenced.
+  std::atomic<uint32_t> alloc_gen{0};
 };
 
 struct Mw : mid::Mw {
@@ -74,7 +77,9 @@ struct SendWqe {
   uint64_t compare_add, swap;
   Ah* ah;
   uint32_t remote_qpn, remote_qkey;
-  mid::Mw* mw;        // bind_mw: the window, its new rkey in `rkey`
+  mid::Mw* mw;        // bind_mw: the window, its new rkey in `rkey`; dereferenced only
+  Mr* mw_slot;        // while mw_slot still has generation mw_gen (execute_local)
+  uint32_t mw_gen;
   mid::Mr* bind_mr;   // bind_mw: the region (remote_addr/length/compare_add=access)
   bool is_inline;
   bool signaled;

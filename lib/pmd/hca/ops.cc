@@ -545,6 +545,8 @@ int post_send(mid::Qp* q, SendWr* wr, SendWr** bad) {
     w->started = false;
     if (wr->opcode == WrOpcode::bind_mw) {
       w->mw = wr->bind_mw.mw;
+      w->mw_slot = to_mw(wr->bind_mw.mw)->slot;
+      w->mw_gen = w->mw_slot->alloc_gen.load(std::memory_order_acquire);
       w->bind_mr = wr->bind_mw.bind_info.mr;
       w->rkey = wr->bind_mw.rkey;
       w->remote_addr = wr->bind_mw.bind_info.addr;

@@ -209,6 +209,11 @@ WcStatus execute_local(Engine& e, Qp& qp, SendWqe& w) {
   Device& dev = e.device();
   if (w.opcode == WrOpcode::local_inv)
     return mw_invalidate(dev, w.rkey, qp.pd) ? WcStatus::success : WcStatus::loc_qp_op_err;
+  // The window may have been deallocated since the bind was posted: its slot then has a
+  // new generation. If not, dealloc_mw cannot free it before this poll iteration ends
+  // (free_mr_slot bumps the generation, then quiesces).
+  if (w.mw_slot->alloc_gen.load(std::memory_order_acquire) != w.mw_gen)
+    return WcStatus::mw_bind_err;
   Mw* mw = to_mw(w.mw);
   Mr* region = w.bind_mr ? to_mr(w.bind_mr) : nullptr;
   if (region && region->key.load(std::memory_order_acquire) == 0) region = nullptr;
