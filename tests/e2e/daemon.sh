@@ -2,15 +2,12 @@
 # dverbsd end to end: unprivileged processes share one soft HCA through the daemon, with
 # stock rdma-core programs and the libibverbs.so.1 drop-in, as issue 8 asks.
 #
-#   daemon.sh DVERBSD DROPIN_DIR SCENARIO [MALFORMED]
+#   daemon.sh DVERBSD DROPIN_DIR SCENARIO [HELPER]
 #
 #   share    one daemon; two non-root users of the socket's group run ibv_rc_pingpong
 #            (polling and -e events), ibv_srq_pingpong, ibv_ud_pingpong and ib_write_bw
 #            against each other; a user outside the group is refused with EACCES and a
-#            readable line
-# perftest runs with -u 18 (a 1 s transport timer instead of 67 ms): under a sanitizer five
-# processes share two CPUs, and an ACK may come later than 67 ms x 7 retries.
-#
+#            readable line; HELPER (tests/daemon/fork_check) forks with registered memory
 #   memif    two daemons whose ports are the two ends of a memif link; a client of each
 #            runs ibv_rc_pingpong and ib_write_bw across
 #   kill     kill -9 of a client in the middle of a transfer: the daemon's counters return
@@ -18,8 +15,11 @@
 #            throughout, finishes normally
 #   limits   RLIMIT_MEMLOCK is charged by the daemon to the client (ENOMEM past it, the
 #            daemon names the limit); per-client object limits give ENOMEM
-#   hostile  MALFORMED (tests/daemon/malformed) sends forged handles, bad sizes, bad fds
+#   hostile  HELPER (tests/daemon/malformed) sends forged handles, bad sizes, bad fds
 #            and corrupt rings as a non-root client; the daemon and another pair keep going
+#
+# perftest runs with -u 18 (a 1 s transport timer instead of 67 ms): under a sanitizer five
+# processes share two CPUs, and an ACK may come later than 67 ms x 7 retries.
 #
 # Needs root (it creates the test users and group, and starts the daemons). Users:
 # dvtest1 and dvtest2 in group dvtest, dvtest3 outside it. The drop-in is copied to a
@@ -28,7 +28,7 @@
 # Exit status: 0 pass, 1 fail, 77 skip. Every process runs under timeout(1).
 set -u
 
-dverbsd=$1 dropin=$2 scenario=$3 malformed=${4:-}
+dverbsd=$1 dropin=$2 scenario=$3 helper=${4:-}
 
 if [ "$(id -u)" != 0 ]; then echo "SKIP: needs root (creates test users)"; exit 77; fi
 for p in ibv_rc_pingpong ibv_devinfo ib_write_bw setpriv useradd groupadd ss; do
@@ -78,8 +78,10 @@ user_opts() {
 }
 san_env=()
 if [ -n "$preload" ]; then
+  # report_signal_unsafe=0: perftest's -D mode ends from a SIGALRM handler that calls
+  # fopen(), perftest's own signal-safety bug, which TSan reports once it is preloaded.
   san_env=(LD_PRELOAD="$preload" ASAN_OPTIONS=detect_leaks=0
-           "TSAN_OPTIONS=$(user_opts "${TSAN_OPTIONS:-}")"
+           "TSAN_OPTIONS=$(user_opts "${TSAN_OPTIONS:-}"):report_signal_unsafe=0"
            "UBSAN_OPTIONS=$(user_opts "${UBSAN_OPTIONS:-}")")
 fi
 
@@ -196,6 +198,13 @@ case "$scenario" in
     grep -qi 'permission denied' "$work/refused.out" ||
       fail "the refusal does not say 'permission denied'"
     grep -q 'dvtest' "$work/refused.out" || fail "the refusal does not name the group"
+    if [ -n "$helper" ]; then
+      cp "$helper" "$work/lib/fork_check" && chmod 755 "$work/lib/fork_check"
+      as dvtest1 "$work/d" timeout -k 5 60 "$work/lib/fork_check" >"$work/fork.out" 2>&1
+      rc=$?
+      echo "=== fork with registered memory: exit $rc"; cat "$work/fork.out"
+      [ $rc = 0 ] || fail "fork_check failed"
+    fi
     ;;
   memif)
     sock="$work/memif.sock"
@@ -268,9 +277,9 @@ case "$scenario" in
     AS_MEMLOCK=65536 pair small dvtest1 d dvtest2 d '1000 iters in' ibv_rc_pingpong -g 0 -s 16384
     ;;
   hostile)
-    [ -n "$malformed" ] || { echo "SKIP: no malformed-input client given"; exit 77; }
+    [ -n "$helper" ] || { echo "SKIP: no malformed-input client given"; exit 77; }
     start_daemon d DVERBS_LCORES=0 || exit 1
-    cp "$malformed" "$work/lib/malformed" && chmod 755 "$work/lib/malformed"
+    cp "$helper" "$work/lib/malformed" && chmod 755 "$work/lib/malformed"
     as dvtest1 "$work/d" timeout -k 5 120 "$work/lib/malformed" "$work/d/uverbs0" \
       >"$work/malformed.out" 2>&1
     rc=$?

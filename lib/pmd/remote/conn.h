@@ -14,6 +14,8 @@
 // thread, never sleeps.
 #pragma once
 
+#include <unistd.h>
+
 #include <atomic>
 #include <cstdint>
 #include <string>
@@ -51,6 +53,13 @@ class Conn {
   // Marks the connection dead; returns true for the first caller only.
   // Context: any, never sleeps.
   bool mark_dead() noexcept { return !dead_.exchange(true, std::memory_order_acq_rel); }
+  // In a fork() child: the socket is the parent's conversation with the daemon. The child
+  // closes its copy and its verbs fail with EIO. Context: the atfork child handler.
+  void drop_in_child() noexcept {
+    dead_.store(true, std::memory_order_release);
+    if (fd_ >= 0) ::close(fd_);
+    fd_ = -1;
+  }
   int fd() const noexcept { return fd_; }
 
  private:

@@ -11,6 +11,7 @@
 // Locking: g_lock (checked mutex) guards the device list; it is never held while the
 // midlayer calls clients (register/unregister run outside it).
 #include <grp.h>
+#include <pthread.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -137,9 +138,21 @@ int open_one(const std::string& dir, int index) {
   return 0;
 }
 
+// fork(): the child inherits the parent's sockets and the re-backed pages. Like a uverbs
+// context, the parent's devices are unusable in the child: their connections are dropped
+// (verbs return EIO, the parent's conversation with the daemon is left alone), and the
+// re-backed pages become private copies so the child never writes into the parent's
+// memory. Runs in the single-threaded child; g_lock may have been held by another thread
+// at fork, so the list is read without it.
+void atfork_child() {
+  for (auto& d : g_devices) d->conn.drop_in_child();
+  mem_private_after_fork();
+}
+
 int probe() {
   const std::string dir = daemon::daemon_dir();
   if (dir.empty()) return 0;  // embedded mode: the hca driver serves this process
+  ::pthread_atfork(nullptr, nullptr, atfork_child);
   const char* env = std::getenv("DVERBS_DAEMON");
   const bool explicit_dir = env && *env;
   int first_err = 0;

@@ -32,9 +32,9 @@
 //  - Stale writes: a thread that writes those pages between the copy (pwrite) and the
 //    remap (mmap) loses its write. Registration of memory under concurrent writes is not
 //    atomic here; register buffers before other threads use them (the usual practice).
-//  - fork(): re-backed pages are MAP_SHARED, so a child shares them instead of getting a
-//    copy-on-write copy. uverbs applications mark registered memory MADV_DONTFORK (or
-//    call ibv_fork_init) anyway, since a copied registered page is broken on real HCAs too.
+//  - fork(): re-backed pages are MAP_SHARED, so the atfork child handler
+//    (mem_private_after_fork) copies them into private memory in the child; that copy is
+//    paid at fork, in proportion to the registered memory (the kernel copies on write).
 //  - Neighbours: the span is page-rounded, so bytes sharing a page with the buffer (malloc
 //    headers, other objects) are re-backed too; their contents are preserved.
 //
@@ -363,6 +363,62 @@ void mem_detach(Backing* b) noexcept {
   std::lock_guard<mid::Mutex> g(s.lock);
   for (uint32_t i = 0; i < b->npieces; i++) put_segment(s.extents, b->segs[i]);
   b->npieces = 0;
+}
+
+namespace {
+
+// Word copy that no sanitizer instruments: the re-backed range holds whole pages, bytes
+// around the application's buffers included (see the raw pwrite in rebacks()).
+__attribute__((no_sanitize("address", "thread", "undefined"))) void copy_words(
+    uint64_t* dst, const volatile uint64_t* src, size_t words) noexcept {
+  for (size_t i = 0; i < words; i++) dst[i] = src[i];
+}
+
+}  // namespace
+
+void mem_private_after_fork() noexcept {
+  struct Range {
+    uint64_t lo, hi;
+    int prot;
+  };
+  std::vector<Range> ranges;
+  FILE* f = std::fopen("/proc/self/maps", "re");
+  if (!f) return;
+  char line[512];
+  const std::string tag = std::string("/memfd:") + kMemfdName;
+  while (std::fgets(line, sizeof line, f)) {
+    unsigned long long lo, hi;
+    char perms[8] = {};
+    int path = 0;
+    if (std::sscanf(line, "%llx-%llx %7s %*s %*s %*s %n", &lo, &hi, perms, &path) < 3 || !path)
+      continue;
+    if (std::strncmp(line + path, tag.c_str(), tag.size()) != 0) continue;
+    int prot = (perms[0] == 'r' ? PROT_READ : 0) | (perms[1] == 'w' ? PROT_WRITE : 0) |
+               (perms[2] == 'x' ? PROT_EXEC : 0);
+    try {
+      ranges.push_back({lo, hi, prot});
+    } catch (...) {
+      break;
+    }
+  }
+  std::fclose(f);
+  for (const Range& r : ranges) {
+    const size_t len = size_t(r.hi - r.lo);
+    void* tmp = ::mmap(nullptr, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (tmp == MAP_FAILED) continue;  // left shared: nothing better can be done here
+    void* at = reinterpret_cast<void*>(r.lo);
+    if (!(r.prot & PROT_READ)) ::mprotect(at, len, PROT_READ);
+    copy_words(static_cast<uint64_t*>(tmp), static_cast<const volatile uint64_t*>(at),
+               len / sizeof(uint64_t));
+    // Moves the private copy over the shared range in one step.
+    if (::mremap(tmp, len, len, MREMAP_MAYMOVE | MREMAP_FIXED, at) == MAP_FAILED) {
+      ::munmap(tmp, len);
+      continue;
+    }
+    if (r.prot != (PROT_READ | PROT_WRITE)) ::mprotect(at, len, r.prot);
+  }
+  // The parent's segment table describes the parent's memory: the child starts afresh
+  // (its own registrations, if it makes any on a new context, re-back anew).
 }
 
 }  // namespace dverbs::pmd::remote

@@ -201,6 +201,11 @@ inline Qp* to_qp(mid::Qp* p) noexcept { return static_cast<Qp*>(p); }
 int mem_attach(uint64_t addr, uint64_t length, Backing* out);
 // Drops the references taken by mem_attach.
 void mem_detach(Backing* b) noexcept;
+// In a fork() child: every page this process re-backed becomes private memory with the
+// same contents and protection (as the kernel gives a child private copies of pinned
+// pages), so the child no longer writes into the parent's memory. Context: the atfork
+// child handler (single-threaded).
+void mem_private_after_fork() noexcept;
 
 // ---- fast path (post.cc). Context: any thread, never sleeps. ----
 int post_send(mid::Qp* qp, SendWr* wr, SendWr** bad_wr);
