@@ -179,7 +179,7 @@ bool load_config(const char* path, Options& o) {
 
 int main(int argc, char** argv) {
   // The daemon serves the embedded HCA; the remote driver must never claim it.
-  setenv("DVERBS_DAEMON", "off", 1);
+  setenv("DVERBS_DAEMON", "dverbsd", 1);
 
   Options opts;
   std::vector<std::pair<std::string, std::string>> args;
@@ -222,6 +222,6 @@ int main(int argc, char** argv) {
       return 2;
     }
   }
-  setenv("DVERBS_DAEMON", "off", 1);
+  setenv("DVERBS_DAEMON", "dverbsd", 1);
   return dverbs::daemon::run_daemon(opts);
 }

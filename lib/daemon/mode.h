@@ -1,7 +1,8 @@
 // Embedded or daemon mode: which soft HCA a process uses (ARCHITECTURE.md, dverbsd).
 //
 // DVERBS_DAEMON=DIR selects the daemon serving sockets DIR/uverbsN; DVERBS_DAEMON=off forces
-// the embedded HCA (dverbsd itself sets it). Unset: daemon mode when no embedded port is
+// the embedded HCA. dverbsd runs with DVERBS_DAEMON=dverbsd: embedded, and the HCA's
+// inline-progress helper is left to its doorbell thread (net::Config::inline_helper). Unset: daemon mode when no embedded port is
 // configured (DVERBS_PORT unset) and the default socket /run/dverbs/uverbs0 exists.
 #pragma once
 
@@ -19,7 +20,8 @@ namespace dverbs::daemon {
 // Context: process context (reads the environment and stats one path).
 inline std::string daemon_dir() {
   if (const char* d = std::getenv("DVERBS_DAEMON"); d && *d)
-    return std::strcmp(d, "off") == 0 ? std::string() : std::string(d);
+    return std::strcmp(d, "off") == 0 || std::strcmp(d, "dverbsd") == 0 ? std::string()
+                                                                          : std::string(d);
   if (const char* p = std::getenv("DVERBS_PORT"); p && *p) return {};
   std::string sock = std::string(kDefaultDir) + "/" + kSocketPrefix + "0";
   struct stat st;

@@ -82,7 +82,7 @@ std::unique_ptr<Device> Device::create(const net::Config& cfg, const char* name,
       t->start(tname, engine_poll, e.get());
       dev->engines_threads_.push_back(std::move(t));
     }
-  } else {
+  } else if (cfg.inline_helper) {
     dev->inline_helper_ = std::make_unique<net::LcoreThread>();
     dev->inline_helper_->start("dverbs-inline", engine_try_poll, dev.get());
   }

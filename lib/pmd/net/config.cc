@@ -193,6 +193,10 @@ bool config_from_env(Config* cfg, std::string* err) {
   };
 
   if (const char* v = env("DVERBS_PORT")) c.port = v;
+  // dverbsd marks itself with DVERBS_DAEMON=dverbsd (daemon/mode.h); see
+  // Config::inline_helper.
+  if (const char* v = env("DVERBS_DAEMON"); v && std::strcmp(v, "dverbsd") == 0)
+    c.inline_helper = false;
   if (const char* v = env("DVERBS_IP")) {
     if (!parse_ip_prefix(v, &c.ip, &c.prefix_len))
       return fail("DVERBS_IP", v, "is not an IPv4 address/prefix (a.b.c.d/len, len 1..32)");

@@ -21,6 +21,11 @@ struct Config {
   uint8_t mac[6] = {};  // DVERBS_MAC
   bool mac_set = false;
   int lcores = 1;        // DVERBS_LCORES: dedicated transport lcores, 0 = inline
+  // Inline progress only: a backing-off helper thread runs the engines while the
+  // application is not calling dverbs. dverbsd turns it off (it runs with
+  // DVERBS_DAEMON=dverbsd): its doorbell thread polls every CQ on every pass, which drives the
+  // transport, and a third thread on a small machine only takes CPU from it.
+  bool inline_helper = true;
   std::string eal_args;  // DVERBS_EAL: extra EAL arguments, space separated
   FaultSpec fault;       // DVERBS_FAULT
   std::string pcap;      // DVERBS_PCAP: pcapng output path
