@@ -61,6 +61,10 @@ void advance_ack(Qp& qp, uint32_t next) {
   Requester& r = qp.req;
   if (wire::psn_diff(next, r.last_ack_psn) <= 0) return;
   r.last_ack_psn = next;
+  // Keep seq_nak_psn within a PSN of the acknowledged point, so that it never looks ahead
+  // after a PSN wrap and a sequence NAK for `next` counts as a new gap (comp_rx).
+  if (wire::psn_diff(r.seq_nak_psn, wire::psn_add(next, -1u)) < 0)
+    r.seq_nak_psn = wire::psn_add(next, -1u);
   r.retry_left = qp.attr.retry_cnt;  // progress resets both retry budgets
   r.rnr_left = qp.attr.rnr_retry;
   r.gap_rewound = false;
@@ -326,6 +330,20 @@ void comp_rx(Engine& e, Qp& qp, const wire::Packet& pkt) noexcept {
       return;
     }
     case wire::AethType::nak:
+      if (wire::NakCode(wire::aeth_value(syn)) == wire::NakCode::psn_seq_error &&
+          wire::psn_diff(psn, r.seq_nak_psn) > 0) {
+        // A PSN-sequence NAK names the responder's expected PSN, and the responder sends one
+        // per gap (C9-110), so a NAK beyond both the acknowledged point and the previous
+        // sequence NAK shows that the responder executed every request before it (IBA
+        // 9.7.5.1.2): that is progress, even when the acknowledged point cannot move past a
+        // READ or atomic whose responses were lost (ack_through keeps it there). Progress
+        // restores the retry budget (IBA 9.7.6.1.3), as advance_ack does for ACKs; without
+        // this, a QP whose READ response was lost paid one retry for every later gap its
+        // peer reported while that READ was being asked again, and failed with
+        // RETRY_EXC_ERR although every retransmission got further.
+        if (wire::psn_diff(psn, r.last_ack_psn) > 0) r.retry_left = qp.attr.retry_cnt;
+        r.seq_nak_psn = psn;
+      }
       if (wire::psn_diff(psn, r.last_ack_psn) > 0) ack_through(e, qp, wire::psn_add(psn, -1u));
       switch (wire::NakCode(wire::aeth_value(syn))) {
         case wire::NakCode::psn_seq_error:

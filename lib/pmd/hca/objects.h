@@ -125,6 +125,7 @@ struct Requester {
   uint32_t max_psn = 0;     // one past the highest PSN ever sent
   uint32_t rd_inflight = 0; // READ/atomic WQEs sent and not yet completed (max_rd_atomic)
   bool gap_rewound = false; // already went back for the current gap in responses
+  uint32_t seq_nak_psn = 0; // newest PSN-sequence NAK PSN seen, at least last_ack_psn - 1
   bool sq_drained_sent = false;  // SQD: the SQ-drained event went out
   uint64_t sent_end = 0;    // one past the highest SQ index that has PSNs assigned
   bool blocked_on_neigh = false;

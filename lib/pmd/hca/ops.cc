@@ -420,6 +420,7 @@ int modify_qp(mid::Qp* q, const QpAttr* a, uint32_t mask) {
     s.sq_psn = a->sq_psn;
     Requester& r = qp.req;
     r.psn = r.last_ack_psn = r.max_psn = a->sq_psn;
+    r.seq_nak_psn = wire::psn_add(a->sq_psn, -1u);
   }
   if (to == QpState::rts && cur == QpState::rtr) {
     qp.req.retry_left = s.retry_cnt;

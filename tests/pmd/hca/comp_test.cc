@@ -509,5 +509,41 @@ TEST_F(CompTest, ProgressBetweenPsnSequenceNaksRestoresRetryCnt) {
   EXPECT_EQ(qp.state(), QpState::err);
 }
 
+// comp.cc comp_rx: a sequence NAK beyond both the acknowledged point and the previous
+// sequence NAK is progress (the responder executed everything before it, IBA 9.7.5.1.2), so
+// it restores the retry_cnt budget (IBA 9.7.6.1.3) even while the acknowledged point stays
+// at a READ whose response was lost. Here the READ's response never comes, and the peer
+// reports two gaps one after the other (S+2, then S+3): with retry_cnt 1 both are retried,
+// and the READ then completes before the SENDs.
+TEST_F(CompTest, SequenceNaksBeyondAnIncompleteReadAreProgressAndRestoreRetryCnt) {
+  Conn c;
+  c.retry_cnt = 1;
+  connect(c);
+  post({read_wr(1, 0, 16, 0x10000), wr(2, WrOpcode::send, 1024, 8),
+        wr(3, WrOpcode::send, 1032, 8), wr(4, WrOpcode::send, 1040, 8)});
+  ASSERT_EQ(h.take_sent().size(), 4u);
+
+  auto sent = exchange(nak(NakCode::psn_seq_error, S + 2, 1));
+  ASSERT_GE(sent.size(), 1u) << describe(sent);
+  EXPECT_TRUE(IsPacket(sent[0], op::kRc | op::kReadRequest, S, 0));  // implied NAK: again
+  EXPECT_TRUE(wcs().empty());
+  EXPECT_EQ(qp.state(), QpState::rts);
+
+  sent = exchange(nak(NakCode::psn_seq_error, S + 3, 2));  // the peer got further
+  ASSERT_GE(sent.size(), 1u) << describe(sent);
+  EXPECT_TRUE(IsPacket(sent[0], op::kRc | op::kReadRequest, S, 0));
+  EXPECT_TRUE(wcs().empty()) << describe(wcs());
+  EXPECT_EQ(qp.state(), QpState::rts);
+
+  exchange({read_resp(op::kReadRespOnly, S, pattern(16, 4), 1), ack(S + 3, 4)});
+  auto w = wcs();
+  ASSERT_EQ(w.size(), 4u) << describe(w);
+  expect_wc(w[0], 1, WcStatus::success, WcOpcode::rdma_read);
+  expect_wc(w[1], 2, WcStatus::success, WcOpcode::send);
+  expect_wc(w[2], 3, WcStatus::success, WcOpcode::send);
+  expect_wc(w[3], 4, WcStatus::success, WcOpcode::send);
+  EXPECT_EQ(bytes(0, 16), pattern(16, 4));
+}
+
 }  // namespace
 }  // namespace dverbs::proto

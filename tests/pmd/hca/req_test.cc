@@ -430,5 +430,41 @@ TEST_F(ReqTest, UdQkeyWithTheHighBitSetSendsTheQpsOwnQkey) {
   for (uint32_t i = 0; i < 4; i++) expect_wc(w[i], 10 + i, WcStatus::success, WcOpcode::send);
 }
 
+// req.cc req_step: READ responses this QP owes its peer and this QP's own requests share
+// the QP's turn. While a long READ is being answered (64 responses at PMTU 256), a SEND
+// posted meanwhile leaves before the last response instead of waiting for the whole stream:
+// a peer that keeps asking again for a long READ restarts that stream each time (IBA
+// 9.7.4.1.5.2), and a requester held back all that time would use up retry_cnt on
+// retransmissions that never left (IBA 9.7.6.1.3).
+TEST_F(ReqTest, ReadResponsesOwedToThePeerDoNotHoldBackOurRequests) {
+  connect();
+  constexpr uint32_t kLen = 64 * 256;
+  constexpr uint32_t E = 0x000200;  // the responder's first expected PSN (Conn::rq_psn)
+  fill(0, kLen, 7);
+  fill(kLen, 8, 8);
+  Pkt rd = pkt(op::kRc | op::kReadRequest, E);
+  rd.ack_req = true;
+  rd.va = addr(0);
+  rd.rkey = mr.rkey();
+  rd.dma_len = kLen;
+  auto sent = exchange(rd);
+  ASSERT_FALSE(sent.empty());
+  ASSERT_LT(sent.size(), 64u) << "the whole READ was answered in one step";
+  post({wr(1, WrOpcode::send, kLen, 8)});
+  h.poll(16);
+  auto more = h.take_sent();
+  sent.insert(sent.end(), more.begin(), more.end());
+  size_t send_at = sent.size(), last_at = sent.size();
+  for (size_t i = 0; i < sent.size(); i++) {
+    if (sent[i].opcode == (op::kRc | op::kSendOnly) && send_at == sent.size()) send_at = i;
+    if (sent[i].opcode == (op::kRc | op::kReadRespLast)) last_at = i;
+  }
+  ASSERT_LT(last_at, sent.size()) << describe(sent);
+  ASSERT_LT(send_at, sent.size()) << describe(sent);
+  EXPECT_TRUE(IsPacket(sent[send_at], op::kRc | op::kSendOnly, S, 8));
+  EXPECT_LT(send_at, last_at) << "the SEND waited for every READ response";
+  EXPECT_EQ(sent.size(), 65u) << describe(sent);
+}
+
 }  // namespace
 }  // namespace dverbs::proto
