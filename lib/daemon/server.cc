@@ -37,26 +37,6 @@ Server* g_server = nullptr;  // the midlayer client callbacks carry no context o
 
 void on_sigusr1(int) {}  // interrupts a session's bounded eventfd write (session.cc)
 
-bool is_device_event(EventType t) noexcept {
-  switch (t) {
-    case EventType::device_fatal:
-    case EventType::port_active:
-    case EventType::port_err:
-    case EventType::lid_change:
-    case EventType::pkey_change:
-    case EventType::sm_change:
-    case EventType::client_reregister:
-    case EventType::gid_change:
-      return true;
-    default:
-      return false;
-  }
-}
-
-bool is_port_event(EventType t) noexcept {
-  return t != EventType::device_fatal && is_device_event(t);
-}
-
 }  // namespace
 
 Server::Server(const Options& opts) : opts_(opts) {}
@@ -79,9 +59,11 @@ void Server::client_remove(mid::Device* dev, mid::Client*, void*) {
 
 // Device and port events go to every connection of the device. Handler thread: never sleeps.
 void Server::device_event(const mid::Event& ev, void* context) {
-  if (!is_device_event(ev.type)) return;  // QP/CQ/SRQ events reach their object's handler
+  const mid::EventElement el = mid::event_element(ev.type);
+  // QP/CQ/SRQ events reach their object's handler.
+  if (el != mid::EventElement::device && el != mid::EventElement::port) return;
   auto* d = static_cast<DevCtx*>(context);
-  const uint32_t port = is_port_event(ev.type) ? ev.element.port_num : 0;
+  const uint32_t port = el == mid::EventElement::port ? ev.element.port_num : 0;
   d->conns_lock.lock();
   for (Conn* c = d->conns; c; c = c->dev_next)
     g_server->raise_event(*c, EventKind::async, ev.type, 0, port);

@@ -89,38 +89,6 @@ inline void store_reg(Device* dev, DeviceRegistration* reg) noexcept {
   std::atomic_ref<DeviceRegistration*>(dev->reg).store(reg, std::memory_order_seq_cst);
 }
 
-enum class EventElement { device, port, qp, cq, srq };
-
-constexpr EventElement event_element(EventType t) noexcept {
-  switch (t) {
-    case EventType::cq_err:
-      return EventElement::cq;
-    case EventType::qp_fatal:
-    case EventType::qp_req_err:
-    case EventType::qp_access_err:
-    case EventType::comm_est:
-    case EventType::sq_drained:
-    case EventType::path_mig:
-    case EventType::path_mig_err:
-    case EventType::qp_last_wqe_reached:
-      return EventElement::qp;
-    case EventType::srq_err:
-    case EventType::srq_limit_reached:
-      return EventElement::srq;
-    case EventType::port_active:
-    case EventType::port_err:
-    case EventType::lid_change:
-    case EventType::pkey_change:
-    case EventType::sm_change:
-    case EventType::client_reregister:
-    case EventType::gid_change:
-      return EventElement::port;
-    case EventType::device_fatal:
-      break;
-  }
-  return EventElement::device;
-}
-
 // True when the object the event concerns is being destroyed. Reads the object, so it
 // may only run while the object is alive (on dispatch, or before the destroy fence ends).
 inline bool event_object_dying(const Event& ev) noexcept {

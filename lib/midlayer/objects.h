@@ -129,4 +129,39 @@ struct Event {
   } element{};
 };
 
+// Which member of Event::element an event type names (IBA 11.6.3 groups the events by the
+// object they affect). Shared by the midlayer's dispatch and the drivers that carry events
+// across a process boundary. Context: any.
+enum class EventElement : uint8_t { device, port, qp, cq, srq };
+
+constexpr EventElement event_element(EventType t) noexcept {
+  switch (t) {
+    case EventType::cq_err:
+      return EventElement::cq;
+    case EventType::qp_fatal:
+    case EventType::qp_req_err:
+    case EventType::qp_access_err:
+    case EventType::comm_est:
+    case EventType::sq_drained:
+    case EventType::path_mig:
+    case EventType::path_mig_err:
+    case EventType::qp_last_wqe_reached:
+      return EventElement::qp;
+    case EventType::srq_err:
+    case EventType::srq_limit_reached:
+      return EventElement::srq;
+    case EventType::port_active:
+    case EventType::port_err:
+    case EventType::lid_change:
+    case EventType::pkey_change:
+    case EventType::sm_change:
+    case EventType::client_reregister:
+    case EventType::gid_change:
+      return EventElement::port;
+    case EventType::device_fatal:
+      break;
+  }
+  return EventElement::device;
+}
+
 }  // namespace dverbs::mid

@@ -24,33 +24,6 @@ namespace dverbs::pmd::remote {
 
 namespace {
 
-enum class Target { none, cq, qp, srq, device, port };
-
-Target target_of(EventType t) {
-  switch (t) {
-    case EventType::cq_err: return Target::cq;
-    case EventType::qp_fatal:
-    case EventType::qp_req_err:
-    case EventType::qp_access_err:
-    case EventType::comm_est:
-    case EventType::sq_drained:
-    case EventType::path_mig:
-    case EventType::path_mig_err:
-    case EventType::qp_last_wqe_reached: return Target::qp;
-    case EventType::srq_err:
-    case EventType::srq_limit_reached: return Target::srq;
-    case EventType::device_fatal: return Target::device;
-    case EventType::port_active:
-    case EventType::port_err:
-    case EventType::lid_change:
-    case EventType::pkey_change:
-    case EventType::sm_change:
-    case EventType::client_reregister:
-    case EventType::gid_change: return Target::port;
-  }
-  return Target::none;
-}
-
 template <class M>
 auto find(const M& m, Handle h) -> typename M::mapped_type {
   auto it = m.find(h);
@@ -67,24 +40,24 @@ void deliver(Device& dev, const daemon::ShmEvent& e) {
   mid::Event ev;
   ev.device = &dev;
   ev.type = e.type;
-  switch (target_of(e.type)) {
-    case Target::cq:
+  if (uint32_t(e.type) > uint32_t(EventType::gid_change)) return;  // not an event type
+  switch (mid::event_element(e.type)) {
+    case mid::EventElement::cq:
       if (!(ev.element.cq = find(dev.cqs, e.object))) return;
       break;
-    case Target::qp:
+    case mid::EventElement::qp:
       if (!(ev.element.qp = find(dev.qps, e.object))) return;
       break;
-    case Target::srq:
+    case mid::EventElement::srq:
       if (!(ev.element.srq = find(dev.srqs, e.object))) return;
       break;
-    case Target::device:
+    case mid::EventElement::device:
       dev.raise_fatal();  // once, whoever notices first
       return;
-    case Target::port:
+    case mid::EventElement::port:
       if (e.port_num < 1 || e.port_num > dev.phys_port_cnt) return;
       ev.element.port_num = e.port_num;
       break;
-    case Target::none: return;
   }
   mid::dispatch_event(ev);
 }
