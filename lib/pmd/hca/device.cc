@@ -4,6 +4,7 @@
 #include <cstring>
 #include <thread>
 
+#include <rte_cycles.h>
 #include <rte_ethdev.h>
 
 #include "midlayer/core.h"
@@ -135,6 +136,12 @@ void Device::fail_all() {
 
 Device::~Device() {
   stop_threads();
+  // Close barrier: the peers read our last frames (final ACKs, READ responses) before the
+  // port goes; bounded, and skipped at once when the link is down or no peer ever answered.
+  if (port_ && neigh_ && !removed_.load(std::memory_order_acquire)) {
+    const uint64_t deadline = rte_get_tsc_cycles() + rte_get_tsc_hz() * kLingerMs / 1000;
+    for (auto& e : engines_) e->linger(deadline);
+  }
   engines_.clear();
   neigh_.reset();
   port_.reset();

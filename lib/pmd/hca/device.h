@@ -98,6 +98,8 @@ class Device : public mid::Device {
   // disassociation). Posting then fails with EIO, creating with ENODEV; the memory is
   // freed at driver shutdown. Context: process context.
   void retire();
+  // Longest wait of the close barrier (Engine::linger) when a peer does not answer.
+  static constexpr uint64_t kLingerMs = 500;
   bool retired() const noexcept { return retired_.load(std::memory_order_acquire); }
 
   // ---- control path, called from the ops table (ops.cc). Context: process context. ----

@@ -30,6 +30,23 @@ void Engine::retire() {
   drop_frames();
 }
 
+void Engine::linger(uint64_t deadline_tsc) {
+  while (run_lock_.exchange(true, std::memory_order_acquire)) std::this_thread::yield();
+  net::Port& port = dev_->port();
+  // Everything queued goes out first: the requests must follow it on the link.
+  for (int i = 0; i < 64 && (poll(), ntx_ != 0) && rte_get_tsc_cycles() < deadline_tsc; i++)
+    std::this_thread::yield();
+  const uint64_t seen = arp_replies_;
+  const int asked = port.unread_tx_lost_on_close() && !port.is_loopback()
+                        ? dev_->neigh().probe_neighbours(port, queue_)
+                        : 0;
+  while (arp_replies_ - seen < uint64_t(asked) && rte_get_tsc_cycles() < deadline_tsc &&
+         port.link_up()) {
+    if (!poll()) std::this_thread::yield();
+  }
+  run_lock_.store(false, std::memory_order_release);
+}
+
 bool Engine::init() {
   tsc_hz_ = rte_get_tsc_hz();
   now_ = rte_get_tsc_cycles();
@@ -85,8 +102,12 @@ void Engine::rx_one(rte_mbuf* m, bool verified) noexcept {
   wire::Packet pkt;
   wire::ParseError err = wire::parse_frame(frame, rte_pktmbuf_data_len(m), &pkt, !verified);
   if (err != wire::ParseError::ok) [[unlikely]] {
-    if (err == wire::ParseError::not_ipv4 && dev.neigh().handle_rx(dev.port(), queue_, m))
+    bool arp_reply = false;
+    if (err == wire::ParseError::not_ipv4 &&
+        dev.neigh().handle_rx(dev.port(), queue_, m, &arp_reply)) {
+      arp_replies_ += arp_reply;
       return;  // ARP consumed the frame
+    }
     if (err == wire::ParseError::bad_icrc)
       dev.counters().rx_bad_icrc.fetch_add(1, std::memory_order_relaxed);
     else if (err == wire::ParseError::not_ipv4 || err == wire::ParseError::not_udp ||

@@ -39,6 +39,14 @@ class Engine {
   // polls until the flush is done, and frees the frames it holds. Context: process
   // context, with the device's lcore threads stopped.
   void retire();
+  // Close barrier (Device teardown): sends what is still queued; then, on a port that
+  // loses unread frames when it closes (memif), asks every neighbour that has answered ARP
+  // for an answer again (NeighTable::probe_neighbours) and polls until all have answered,
+  // the link goes down or deadline_tsc passes. A peer reads its link in order, so its
+  // answer proves it has read our last frames, the final ACKs among them: without it, a
+  // peer whose last SEND we received, but which had not read our ACK when we closed,
+  // retries until RETRY_EXC_ERR. Context: process context, the lcore threads stopped.
+  void linger(uint64_t deadline_tsc);
 
   // Processes frames as if the port had just received them (protocol tests, fuzzing,
   // and the RX step itself); takes ownership of the mbufs. Coalesced ACKs are queued for
@@ -92,9 +100,10 @@ class Engine {
   uint32_t n_ack_ = 0;
   rte_mbuf* txq_[kTxBatch] = {};
   uint16_t ntx_ = 0;
-  bool tx_stalled_ = false;  // the last flush left frames behind  // the port refused frames: hold requester output back
+  bool tx_stalled_ = false;  // the port refused frames: hold requester output back
   uint64_t now_ = 0;
   uint64_t tsc_hz_ = 1;
+  uint64_t arp_replies_ = 0;  // ARP replies addressed to us received on this queue
 };
 
 // ---- engines' steps, one file each (req.cc, resp.cc, comp.cc) ----

@@ -148,7 +148,7 @@ void NeighTable::learn(uint32_t ip, const uint8_t mac[6], bool insert, uint64_t 
   unlock();
 }
 
-bool NeighTable::handle_rx(Port& port, uint16_t q, rte_mbuf* m) noexcept {
+bool NeighTable::handle_rx(Port& port, uint16_t q, rte_mbuf* m, bool* reply_for_us) noexcept {
   if (rte_pktmbuf_data_len(m) < RTE_ETHER_HDR_LEN) return false;
   auto* eth = rte_pktmbuf_mtod(m, rte_ether_hdr*);
   if (eth->ether_type != rte_cpu_to_be_16(RTE_ETHER_TYPE_ARP)) return false;
@@ -179,6 +179,7 @@ bool NeighTable::handle_rx(Port& port, uint16_t q, rte_mbuf* m) noexcept {
   }
   const bool for_us = tip == own_ip_;
   if (sip != 0 && sip != 0xffffffff && !(sha[0] & 1)) learn(sip, sha, for_us, rte_rdtsc());
+  if (reply_for_us && op == RTE_ARP_OP_REPLY && for_us) *reply_for_us = true;
 
   if (op == RTE_ARP_OP_REQUEST && for_us) {
     // Answer in place: swap the addresses, fill in ours.
@@ -219,6 +220,19 @@ rte_mbuf* NeighTable::build_request(Port& port, uint32_t target_ip) noexcept {
   arp->arp_data.arp_sip = rte_cpu_to_be_32(own_ip_);
   arp->arp_data.arp_tip = rte_cpu_to_be_32(target_ip);  // == own_ip_: gratuitous
   return m;
+}
+
+int NeighTable::probe_neighbours(Port& port, uint16_t q) noexcept {
+  int sent = 0;
+  for (uint32_t i = 0; i < kCapacity; ++i) {
+    const uint32_t ip = slots_[i].ip.load(std::memory_order_acquire);
+    if (ip == 0 || !usable(state_of(slots_[i].word.load(std::memory_order_acquire)))) continue;
+    rte_mbuf* m = build_request(port, ip);
+    if (!m) break;
+    if (port.tx_burst(q, &m, 1) != 1) break;  // the port is full: stop asking
+    ++sent;
+  }
+  return sent;
 }
 
 int NeighTable::poll(Port& port, uint16_t q, uint64_t now) noexcept {

@@ -60,8 +60,15 @@ class NeighTable {
   // If m is an ARP frame: learns the sender (RFC 826 merge; inserts it when the frame is
   // for us), answers a request for our address with a reply sent on queue q, frees or
   // reuses m and returns true. Otherwise returns false and leaves m to the caller.
+  // *reply_for_us, when given, is set when m was an ARP reply addressed to us (the close
+  // barrier counts them). Context: owner of queue q, never sleeps.
+  bool handle_rx(Port& port, uint16_t q, rte_mbuf* m, bool* reply_for_us = nullptr) noexcept;
+
+  // Close barrier: sends an ARP request on queue q to every neighbour that has answered
+  // (Reachable or Probe). A neighbour reads its link in order, so its reply proves it has
+  // read every frame queue q sent before the request. Returns the requests sent.
   // Context: owner of queue q, never sleeps.
-  bool handle_rx(Port& port, uint16_t q, rte_mbuf* m) noexcept;
+  int probe_neighbours(Port& port, uint16_t q) noexcept;
 
   // Sends the gratuitous ARP on the first call, then requests for entries that need them
   // (at most one per entry per kRetryMs) and ages entries. Returns the number of frames

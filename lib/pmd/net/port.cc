@@ -239,6 +239,9 @@ std::unique_ptr<Port> Port::open(const Config& cfg, uint16_t nb_queues, std::str
   // pkt_buffer_size buffers on both sides and carries any frame (4242-byte frames tested
   // between two processes), so jumbo RoCE frames are fine.
   if (driver == "net_memif") p->mtu_ = kWantMtu;
+  // memif's rings live in memory the two ends share: what the peer has not read when we
+  // disconnect is gone (the kernel-backed PMDs hand each frame to the kernel at TX).
+  p->unread_tx_lost_on_close_ = driver == "net_memif";
 
   // 3. The mbuf pool: the largest frame in one segment, and no bigger than that; never
   // below DPDK's default. net_af_xdp maps the pool as its UMEM, one object per frame, and

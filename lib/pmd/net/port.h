@@ -70,9 +70,9 @@ class Port {
   uint16_t rx_burst(uint16_t q, rte_mbuf** pkts, uint16_t n) noexcept;
   // Sends up to n frames; frees what the PMD refused (counted in tx_dropped) so the caller
   // never leaks — unless keep_unsent, where pkts[returned..n) stay the caller's
-  // (backpressure: the transport holds them and stops producing). With DVERBS_PCAP the frames the device took are captured. Frames may be
-  // chained mbufs when tx_offloads() has RTE_ETH_TX_OFFLOAD_MULTI_SEGS (net_ring passes
-  // chains through unchanged).
+  // (backpressure: the transport holds them and stops producing). With DVERBS_PCAP the
+  // frames the device took are captured. Frames may be chained mbufs when tx_offloads()
+  // has RTE_ETH_TX_OFFLOAD_MULTI_SEGS (net_ring passes chains through unchanged).
   // Context: owner of queue q, never sleeps; same rules as rx_burst.
   uint16_t tx_burst(uint16_t q, rte_mbuf** pkts, uint16_t n, bool keep_unsent = false) noexcept;
   // Context: any thread, never sleeps (mempool per-lcore cache or lock-free ring).
@@ -87,6 +87,9 @@ class Port {
   uint32_t mtu() const { return mtu_; }  // Ethernet MTU (payload bytes of a frame)
   bool link_up() const;                  // rte_eth_link_get_nowait
   bool is_loopback() const { return loopback_; }
+  // Frames sent but not yet read by the peer are lost when the port closes (net_memif),
+  // so a graceful close waits for the peer to read them (hca::Engine::linger).
+  bool unread_tx_lost_on_close() const { return unread_tx_lost_on_close_; }
   rte_mempool* pool() const { return pool_; }
   PortStats& stats() { return stats_; }
   const std::string& name() const;   // ethdev device name, e.g. "net_memif0"
@@ -102,6 +105,7 @@ class Port {
   uint32_t ip_ = 0, mtu_ = 1500;
   uint8_t prefix_len_ = 24;
   bool loopback_ = false;
+  bool unread_tx_lost_on_close_ = false;
   rte_mempool* pool_ = nullptr;
   PortStats stats_;
 };

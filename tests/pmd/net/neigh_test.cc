@@ -258,6 +258,44 @@ TEST_F(NeighTest, PollWithAnEarlierClockDoesNotExpireFreshEntries) {
   sent();
 }
 
+TEST_F(NeighTest, CloseBarrierAsksOnlyNeighboursThatAnswered) {
+  const uint64_t t0 = rte_rdtsc();
+  table_->poll(*port_, 0, t0);  // gratuitous out of the way
+  sent();
+  EXPECT_EQ(table_->probe_neighbours(*port_, 0), 0);  // nobody known: nothing to wait for
+  EXPECT_TRUE(sent().empty());
+
+  uint8_t mac[6];
+  EXPECT_FALSE(table_->lookup(0x0a000009, mac));  // incomplete: never answered, not asked
+  rte_mbuf* req = via_wire(arp_frame(RTE_ARP_OP_REQUEST, kPeerMac, kPeerIp, kOurIp));
+  ASSERT_TRUE(table_->handle_rx(*port_, 0, req));
+  sent();  // our reply
+
+  EXPECT_EQ(table_->probe_neighbours(*port_, 0), 1);
+  std::vector<Arp> out = sent();
+  ASSERT_EQ(out.size(), 1u);
+  EXPECT_EQ(out[0].op, RTE_ARP_OP_REQUEST);
+  EXPECT_EQ(out[0].tip, kPeerIp);
+  EXPECT_EQ(out[0].sip, kOurIp);
+
+  // The answer is reported as a reply for us; a request, or a reply to someone else, is not.
+  uint8_t our_mac[6];
+  std::memcpy(our_mac, port_->mac(), 6);
+  bool reply = false;
+  rte_mbuf* m = via_wire(arp_frame(RTE_ARP_OP_REQUEST, kPeerMac, kPeerIp, kOurIp));
+  ASSERT_TRUE(table_->handle_rx(*port_, 0, m, &reply));
+  EXPECT_FALSE(reply);
+  sent();
+  const uint8_t other_mac[6] = {0x02, 0, 0, 0, 0, 0x63};
+  m = via_wire(arp_frame(RTE_ARP_OP_REPLY, kPeerMac, kPeerIp, 0x0a000063, other_mac));
+  ASSERT_TRUE(table_->handle_rx(*port_, 0, m, &reply));
+  EXPECT_FALSE(reply);
+  m = via_wire(arp_frame(RTE_ARP_OP_REPLY, kPeerMac, kPeerIp, kOurIp, our_mac));
+  ASSERT_TRUE(table_->handle_rx(*port_, 0, m, &reply));
+  EXPECT_TRUE(reply);
+  EXPECT_TRUE(sent().empty());
+}
+
 TEST_F(NeighTest, NonArpAndMalformedFrames) {
   rte_mbuf* m = port_->alloc_mbuf();
   auto* p = reinterpret_cast<uint8_t*>(rte_pktmbuf_append(m, 60));
