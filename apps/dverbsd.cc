@@ -3,7 +3,7 @@
 // lib/daemon (server.h).
 //
 //   dverbsd [--config FILE] [--dir DIR] [--mode OCTAL] [--group NAME]
-//           [--max-pd N] [--max-mr N] [--max-cq N] [--max-qp N] [--max-srq N] [--max-ah N]
+//           [--max-pd N] [--max-mr N] [--max-cq N] [--max-qp N] [--max-srq N]
 //           [--max-mw N] [--max-mr-bytes BYTES]
 //   dverbsd --stat SOCKET
 //
@@ -33,7 +33,7 @@ void usage(FILE* f) {
                "  --dir DIR           socket directory (default /run/dverbs)\n"
                "  --mode OCTAL        socket mode (default 0660)\n"
                "  --group NAME        socket group (who may use the device)\n"
-               "  --max-pd/--max-mr/--max-cq/--max-qp/--max-srq/--max-ah/--max-mw N\n"
+               "  --max-pd/--max-mr/--max-cq/--max-qp/--max-srq/--max-mw N\n"
                "                      objects per client (default 4096 each)\n"
                "  --max-mr-bytes N    registered bytes per client (K/M/G/T suffix; default\n"
                "                      unlimited; RLIMIT_MEMLOCK applies regardless)\n"
@@ -124,7 +124,7 @@ std::string apply(Options& o, std::string name, const std::string& value) {
     uint32_t* p;
   } counts[] = {{"max-pd", &o.limits.max_pd},   {"max-mr", &o.limits.max_mr},
                 {"max-cq", &o.limits.max_cq},   {"max-qp", &o.limits.max_qp},
-                {"max-srq", &o.limits.max_srq}, {"max-ah", &o.limits.max_ah},
+                {"max-srq", &o.limits.max_srq},
                 {"max-mw", &o.limits.max_mw}};
   for (auto& c : counts)
     if (name == c.n) {

@@ -86,9 +86,6 @@ struct MrObj {
   Mapping span;      // the client's pieces mapped back to back
   uint64_t charged;  // bytes charged against the client's memlock account
 };
-struct AhObj {
-  mid::Ah* ah = nullptr;
-};
 struct MwObj {
   mid::Mw* mw = nullptr;
 };

@@ -32,7 +32,7 @@
 namespace dverbs::daemon {
 
 constexpr uint32_t kMagic = 0x31425644;  // "DVB1"
-constexpr uint32_t kVersion = 1;
+constexpr uint32_t kVersion = 2;  // 2: no create_ah/destroy_ah (AHs never cross)
 constexpr const char* kDefaultDir = "/run/dverbs";
 // Socket of device N: DIR/uverbsN (the analogue of /dev/infiniband/uverbsN).
 constexpr const char* kSocketPrefix = "uverbs";
@@ -55,8 +55,6 @@ enum class Cmd : uint32_t {
   create_srq,  // → fd: the SRQ ring memfd
   modify_srq,
   destroy_srq,
-  create_ah,
-  destroy_ah,
   alloc_mw,
   dealloc_mw,
   stats,       // daemon-wide resource counters (tests, dverbsd --stat)
@@ -67,8 +65,8 @@ using Handle = uint32_t;
 
 constexpr uint32_t kMaxPieces = 32;  // memfd pieces of one registration
 
-// Address handles never cross the socket: create_ah/destroy_ah may be called where nothing
-// may sleep (core_locking.rst), so the client keeps its AHs itself and a UD WQE carries the
+// Address handles never cross the socket (there is no AH command): ibv_create_ah and
+// ibv_destroy_ah may be called where nothing may sleep (core_locking.rst), so the client keeps its AHs itself and a UD WQE carries the
 // AH's id, PD and address vector. The daemon's doorbell creates the HCA's AH on the first
 // WQE with a new id and caches it in the id's slot. Id = generation << 12 | slot.
 constexpr uint32_t kAhSlots = 4096;
@@ -126,10 +124,6 @@ struct Request {
     struct {
       uint32_t max_wr, srq_limit, mask;
     } modify_srq;
-    struct {
-      Handle pd;
-      AhAttr attr;
-    } create_ah;
     struct {
       Handle pd;
       uint32_t type;

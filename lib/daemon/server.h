@@ -16,9 +16,10 @@
 namespace dverbs::daemon {
 
 struct Limits {
-  // Objects per connection, by kind.
+  // Objects per connection, by kind. Address handles are bounded by the client's pool
+  // (proto.h, kAhSlots), not by a limit here.
   uint32_t max_pd = 4096, max_mr = 4096, max_cq = 4096, max_qp = 4096, max_srq = 4096,
-           max_ah = 4096, max_mw = 4096;
+           max_mw = 4096;
   uint64_t max_mr_bytes = UINT64_MAX;  // registered bytes per connection
 };
 

@@ -151,7 +151,6 @@ class Session {
   int query_qp(const Request& req, Response& resp);
   int create_srq(const Request& req, Response& resp, OutFds& out);
   int modify_srq(const Request& req);
-  int create_ah(Request& req, Response& resp);
   int alloc_mw(const Request& req, Response& resp);
   int stats(Response& resp);
   // Destroys an object of kind `k`. `detached`: cleanup has already hidden every handle and
@@ -182,9 +181,6 @@ int Session::check_limit(Kind k) {
       break;
     case Kind::srq:
       max = l.max_srq;
-      break;
-    case Kind::ah:
-      max = l.max_ah;
       break;
     case Kind::mw:
       max = l.max_mw;
@@ -511,27 +507,6 @@ int Session::modify_srq(const Request& req) {
   return rc;
 }
 
-int Session::create_ah(Request& req, Response& resp) {
-  auto* pd = lookup<PdObj>(req.create_ah.pd, Kind::pd);
-  if (!pd) return EINVAL;
-  if (int rc = check_limit(Kind::ah)) return rc;
-  AhAttr& a = req.create_ah.attr;
-  fix_bool(&a.is_global);
-  Handle h = c_.table.reserve();
-  if (!h) return ENOMEM;
-  auto* o = new (std::nothrow) AhObj();
-  int rc = o ? mid::create_ah(pd->pd, &a, &o->ah) : ENOMEM;
-  if (rc) {
-    delete o;
-    c_.table.release(h);
-    return rc;
-  }
-  c_.table.publish(h, Kind::ah, o);
-  created(Kind::ah);
-  resp.handle = h;
-  return 0;
-}
-
 int Session::alloc_mw(const Request& req, Response& resp) {
   auto* pd = lookup<PdObj>(req.alloc_mw.pd, Kind::pd);
   if (!pd) return EINVAL;
@@ -610,16 +585,6 @@ int Session::destroy(Handle h, Kind k, bool detached) {
       }
       o->span.unmap();  // dereg_mr quiesced the HCA: nothing copies through it any more
       srv_.uncharge_pinned(c_, o->charged);
-      delete o;
-      break;
-    }
-    case Kind::ah: {
-      auto* o = static_cast<AhObj*>(p);
-      unpublish();
-      if ((rc = mid::destroy_ah(o->ah)) != 0) {
-        republish();
-        return rc;
-      }
       delete o;
       break;
     }
@@ -727,10 +692,6 @@ int Session::dispatch(Request& req, InFds& in, Response& resp, OutFds& out) {
       return modify_srq(req);
     case Cmd::destroy_srq:
       return destroy(req.handle, Kind::srq, false);
-    case Cmd::create_ah:
-      return create_ah(req, resp);
-    case Cmd::destroy_ah:
-      return destroy(req.handle, Kind::ah, false);
     case Cmd::alloc_mw:
       return alloc_mw(req, resp);
     case Cmd::dealloc_mw:
