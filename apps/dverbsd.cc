@@ -4,7 +4,7 @@
 //
 //   dverbsd [--config FILE] [--dir DIR] [--mode OCTAL] [--group NAME]
 //           [--max-pd N] [--max-mr N] [--max-cq N] [--max-qp N] [--max-srq N]
-//           [--max-mw N] [--max-mr-bytes BYTES]
+//           [--max-mw N] [--max-mr-bytes BYTES] [--max-conns N]
 //   dverbsd --stat SOCKET
 //
 // Ports are configured like the embedded mode, from the DVERBS_* environment (or DVERBS_*
@@ -34,8 +34,9 @@ void usage(FILE* f) {
                "  --mode OCTAL        socket mode (default 0660)\n"
                "  --group NAME        socket group (who may use the device)\n"
                "  --max-pd/--max-mr/--max-cq/--max-qp/--max-srq/--max-mw N\n"
-               "                      objects per client (default 4096 each)\n"
-               "  --max-mr-bytes N    registered bytes per client (K/M/G/T suffix; default\n"
+               "                      objects per client process (default 4096 each)\n"
+               "  --max-conns N       connections per user (uid; default 64)\n"
+               "  --max-mr-bytes N    registered bytes per client process (K/M/G/T; default\n"
                "                      unlimited; RLIMIT_MEMLOCK applies regardless)\n"
                "  --stat SOCKET       print a running daemon's counters and exit\n"
                "Ports come from DVERBS_PORT, DVERBS_IP, DVERBS_LCORES, DVERBS_EAL, ...\n");
@@ -125,7 +126,7 @@ std::string apply(Options& o, std::string name, const std::string& value) {
   } counts[] = {{"max-pd", &o.limits.max_pd},   {"max-mr", &o.limits.max_mr},
                 {"max-cq", &o.limits.max_cq},   {"max-qp", &o.limits.max_qp},
                 {"max-srq", &o.limits.max_srq},
-                {"max-mw", &o.limits.max_mw}};
+                {"max-mw", &o.limits.max_mw},   {"max-conns", &o.limits.max_conns}};
   for (auto& c : counts)
     if (name == c.n) {
       uint64_t v;

@@ -227,8 +227,6 @@ struct Conn {
 
   HandleTable table;
   AhCache ahs;
-  uint32_t count[kKinds] = {};
-  uint64_t mr_bytes = 0;  // charged by this connection
   uint64_t destroyed = 0;
   bool leak = false;  // an object survived cleanup: its handlers may still name this Conn
 
@@ -255,7 +253,8 @@ struct DbSet {
 struct Counters {
   std::atomic<uint64_t> objects[kKinds] = {};
   std::atomic<uint64_t> clients{0}, pinned_bytes{0}, bad_commands{0}, bad_wqes{0}, corrupt_rings{0},
-      wqes_posted{0}, cqes_delivered{0}, events_delivered{0}, events_dropped{0};
+      wqes_posted{0}, cqes_delivered{0}, events_delivered{0}, events_dropped{0},
+      refused_conns{0};
 };
 
 // Destroys the cached AHs of `c` whose PD is `pd` (0: all). Context: process context or the
@@ -279,10 +278,14 @@ class Server {
   // Context: process context. Edits the doorbell's set, publishes it and waits out readers.
   void db_edit(const std::function<void(DbSet&)>& edit);
 
-  // ---- memory.cc ----
+  // ---- memory.cc: the client's account (per pid, all its connections together) ----
   // Charges `bytes` of a new registration to the client (memlock rules, --max-mr-bytes).
   int charge_pinned(Conn& c, uint64_t bytes);
   void uncharge_pinned(Conn& c, uint64_t bytes) noexcept;
+  // Reserves one object of kind k against the client's --max-* limit: 0, or ENOMEM with
+  // one line naming the limit. release_object returns it (failed create, destroy).
+  int reserve_object(Conn& c, Kind k);
+  void release_object(Conn& c, Kind k) noexcept;
 
   const Options& opts() const noexcept { return opts_; }
   Counters stats;
@@ -291,6 +294,7 @@ class Server {
   friend struct ServerAccess;
   int open_socket(DevCtx& d);
   void accept_one(DevCtx& d);
+  bool over_conn_cap(uid_t uid, pid_t pid);
   void reap(bool all);
   void stop_device(mid::Device* dev);
   void doorbell_main();
@@ -318,9 +322,16 @@ class Server {
   std::mutex db_mu_;
   DbSet db_master_;
 
-  // Memlock accounts by client pid (uverbs charges the process, not the context).
+  // Accounts by client pid (uverbs charges the process, not the context): pinned bytes
+  // and objects. An account goes when it is back to zero.
+  struct Account {
+    uint64_t pinned = 0;
+    uint32_t objects[kKinds] = {};
+    bool empty() const noexcept;
+  };
   std::mutex mem_mu_;
-  std::unordered_map<pid_t, uint64_t> pinned_by_pid_;
+  std::unordered_map<pid_t, Account> accounts_;
+  uint64_t refused_log_ns_ = 0;  // main thread: the last "too many connections" line
 };
 
 // ---- memory.cc ----

@@ -201,15 +201,14 @@ bool memlock_limit(pid_t pid, uint64_t* out) {
 
 }  // namespace
 
+bool Server::Account::empty() const noexcept {
+  if (pinned) return false;
+  for (uint32_t n : objects)
+    if (n) return false;
+  return true;
+}
+
 int Server::charge_pinned(Conn& c, uint64_t bytes) {
-  const uint64_t max = opts_.limits.max_mr_bytes;
-  if (max != UINT64_MAX && (c.mr_bytes + bytes < c.mr_bytes || c.mr_bytes + bytes > max)) {
-    std::fprintf(stderr,
-                 "dverbsd: client pid %d: MR bytes limit %" PRIu64 " reached: %" PRIu64
-                 " bytes registered, %" PRIu64 " more asked\n",
-                 int(c.pid), max, c.mr_bytes, bytes);
-    return ENOMEM;
-  }
   // Review fix: SO_PEERCRED reports pid 0 for a peer whose pid has no number in the daemon's
   // pid namespace. prlimit(0, …) and /proc/0 would then read the DAEMON's own limit
   // (LimitMEMLOCK=infinity): no limit at all for such clients. Refuse instead.
@@ -224,31 +223,88 @@ int Server::charge_pinned(Conn& c, uint64_t bytes) {
                  std::strerror(errno));
     return ENOMEM;
   }
+  const uint64_t max = opts_.limits.max_mr_bytes;
   std::lock_guard<std::mutex> g(mem_mu_);
-  uint64_t& mine = pinned_by_pid_[c.pid];
-  if (limited && lim != UINT64_MAX && (mine + bytes < mine || mine + bytes > lim)) {
+  Account& a = accounts_[c.pid];
+  const uint64_t mine = a.pinned;
+  int rc = 0;
+  if (max != UINT64_MAX && (mine + bytes < mine || mine + bytes > max)) {
+    std::fprintf(stderr,
+                 "dverbsd: client pid %d: MR bytes limit %" PRIu64 " reached: %" PRIu64
+                 " bytes registered, %" PRIu64 " more asked\n",
+                 int(c.pid), max, mine, bytes);
+    rc = ENOMEM;
+  } else if (limited && lim != UINT64_MAX && (mine + bytes < mine || mine + bytes > lim)) {
     std::fprintf(stderr,
                  "dverbsd: client pid %d: RLIMIT_MEMLOCK (%" PRIu64 " bytes) exceeded: %" PRIu64
                  " bytes registered, %" PRIu64 " more asked\n",
                  int(c.pid), lim, mine, bytes);
-    if (mine == 0) pinned_by_pid_.erase(c.pid);
-    return ENOMEM;
+    rc = ENOMEM;
   }
-  mine += bytes;
-  c.mr_bytes += bytes;
+  if (rc) {
+    if (a.empty()) accounts_.erase(c.pid);
+    return rc;
+  }
+  a.pinned += bytes;
   stats.pinned_bytes.fetch_add(bytes, std::memory_order_relaxed);
   return 0;
 }
 
 void Server::uncharge_pinned(Conn& c, uint64_t bytes) noexcept {
   std::lock_guard<std::mutex> g(mem_mu_);
-  auto it = pinned_by_pid_.find(c.pid);
-  if (it != pinned_by_pid_.end()) {
-    it->second -= bytes < it->second ? bytes : it->second;
-    if (it->second == 0) pinned_by_pid_.erase(it);
+  auto it = accounts_.find(c.pid);
+  if (it != accounts_.end()) {
+    Account& a = it->second;
+    a.pinned -= bytes < a.pinned ? bytes : a.pinned;
+    if (a.empty()) accounts_.erase(it);
   }
-  c.mr_bytes -= bytes < c.mr_bytes ? bytes : c.mr_bytes;
   stats.pinned_bytes.fetch_sub(bytes, std::memory_order_relaxed);
+}
+
+int Server::reserve_object(Conn& c, Kind k) {
+  const Limits& l = opts_.limits;
+  uint32_t max = 0;
+  switch (k) {
+    case Kind::pd:
+      max = l.max_pd;
+      break;
+    case Kind::mr:
+      max = l.max_mr;
+      break;
+    case Kind::cq:
+      max = l.max_cq;
+      break;
+    case Kind::qp:
+      max = l.max_qp;
+      break;
+    case Kind::srq:
+      max = l.max_srq;
+      break;
+    case Kind::mw:
+      max = l.max_mw;
+      break;
+    default:
+      return EINVAL;
+  }
+  std::lock_guard<std::mutex> g(mem_mu_);
+  Account& a = accounts_[c.pid];
+  if (a.objects[int(k)] < max) {
+    a.objects[int(k)]++;
+    return 0;
+  }
+  std::fprintf(stderr, "dverbsd: client pid %d: %s limit %u reached\n", int(c.pid), kind_name(k),
+               max);
+  if (a.empty()) accounts_.erase(c.pid);
+  return ENOMEM;
+}
+
+void Server::release_object(Conn& c, Kind k) noexcept {
+  std::lock_guard<std::mutex> g(mem_mu_);
+  auto it = accounts_.find(c.pid);
+  if (it == accounts_.end()) return;
+  Account& a = it->second;
+  if (a.objects[int(k)]) a.objects[int(k)]--;
+  if (a.empty()) accounts_.erase(it);
 }
 
 }  // namespace dverbs::daemon

@@ -140,8 +140,12 @@ struct Stats {
   uint64_t bad_wqes;       // WQEs refused by validation (completed with an error status)
   uint64_t corrupt_rings;  // passes skipped because a client's ring indices were impossible
   uint64_t wqes_posted, cqes_delivered, events_delivered, events_dropped;
+  uint64_t refused_conns;  // connections refused by --max-conns
 };
 
+// A Response with seq 0 answers no request: it is the daemon refusing the connection
+// before reading anything (status EMFILE: the uid has --max-conns connections already);
+// the daemon closes the socket after it.
 struct Response {
   Response() noexcept { std::memset(static_cast<void*>(this), 0, sizeof *this); }  // all zero
   uint32_t seq;

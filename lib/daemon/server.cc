@@ -139,6 +139,14 @@ void Server::accept_one(DevCtx& d) {
     ::close(fd);
     return;
   }
+  if (over_conn_cap(cr.uid, cr.pid)) {
+    // The refusal: a response with seq 0 (no request has it) and the errno, then the close.
+    Response r;
+    r.status = EMFILE;
+    (void)!::send(fd, &r, sizeof r, MSG_DONTWAIT | MSG_NOSIGNAL);
+    ::close(fd);
+    return;
+  }
   auto* c = new (std::nothrow) Conn();
   if (!c) {
     ::close(fd);
@@ -169,6 +177,28 @@ void Server::accept_one(DevCtx& d) {
   }
   std::lock_guard<std::mutex> g(conns_mu_);
   conns_.push_back(c);
+}
+
+// True when `uid` already holds --max-conns live connections (logged at most once a second).
+bool Server::over_conn_cap(uid_t uid, pid_t pid) {
+  uint32_t n = 0;
+  {
+    std::lock_guard<std::mutex> g(conns_mu_);
+    for (const Conn* c : conns_) n += c->uid == uid && !c->done.load(std::memory_order_acquire);
+  }
+  if (n < opts_.limits.max_conns) return false;
+  timespec ts;
+  ::clock_gettime(CLOCK_MONOTONIC, &ts);
+  const uint64_t now = uint64_t(ts.tv_sec) * 1000000000u + uint64_t(ts.tv_nsec);
+  if (now - refused_log_ns_ >= 1000000000u) {
+    refused_log_ns_ = now;
+    std::fprintf(stderr,
+                 "dverbsd: client pid %d refused: uid %u already has %u connections "
+                 "(--max-conns %u)\n",
+                 int(pid), unsigned(uid), n, opts_.limits.max_conns);
+  }
+  stats.refused_conns.fetch_add(1, std::memory_order_relaxed);
+  return true;
 }
 
 // Joins finished sessions; with `all`, shuts every connection down first and joins all.
@@ -431,6 +461,7 @@ int print_stats(const char* socket_path) {
       {"cqes_delivered", s.cqes_delivered},
       {"events_delivered", s.events_delivered},
       {"events_dropped", s.events_dropped},
+      {"refused_conns", s.refused_conns},
   };
   for (const auto& r : rows) std::printf("%s=%" PRIu64 "\n", r.key, r.v);
   return 0;

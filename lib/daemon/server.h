@@ -16,11 +16,14 @@
 namespace dverbs::daemon {
 
 struct Limits {
-  // Objects per connection, by kind. Address handles are bounded by the client's pool
-  // (proto.h, kAhSlots), not by a limit here.
+  // Objects per client (process, by SO_PEERCRED pid: all its connections together), by
+  // kind. Address handles are bounded by the client's pool (proto.h, kAhSlots) instead.
   uint32_t max_pd = 4096, max_mr = 4096, max_cq = 4096, max_qp = 4096, max_srq = 4096,
            max_mw = 4096;
-  uint64_t max_mr_bytes = UINT64_MAX;  // registered bytes per connection
+  uint64_t max_mr_bytes = UINT64_MAX;  // registered bytes per client
+  // Open connections per uid: each costs the daemon a thread, so this bounds what one
+  // user can make it hold however many processes it starts.
+  uint32_t max_conns = 64;
 };
 
 struct Options {

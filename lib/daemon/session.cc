@@ -136,9 +136,28 @@ class Session {
     if (!p) srv_.stats.bad_commands.fetch_add(1, std::memory_order_relaxed);
     return p;
   }
-  int check_limit(Kind k);
-  void created(Kind k) noexcept {
-    c_.count[int(k)]++;
+  // One object of kind k reserved in the client's account (--max-*); returned when the
+  // create fails, i.e. unless created() keeps it.
+  class Reserved {
+   public:
+    Reserved(Server& s, Conn& c, Kind k) : s_(s), c_(c), k_(k), rc_(s.reserve_object(c, k)) {}
+    ~Reserved() {
+      if (rc_ == 0 && !kept_) s_.release_object(c_, k_);
+    }
+    Reserved(const Reserved&) = delete;
+    Reserved& operator=(const Reserved&) = delete;
+    int rc() const noexcept { return rc_; }
+    void keep() noexcept { kept_ = true; }
+
+   private:
+    Server& s_;
+    Conn& c_;
+    Kind k_;
+    int rc_;
+    bool kept_ = false;
+  };
+  void created(Kind k, Reserved& r) noexcept {
+    r.keep();
     srv_.stats.objects[int(k)].fetch_add(1, std::memory_order_relaxed);
   }
 
@@ -162,37 +181,6 @@ class Session {
   timer_t timer_{};
   bool have_timer_ = false;
 };
-
-int Session::check_limit(Kind k) {
-  const Limits& l = srv_.opts().limits;
-  uint32_t max = 0;
-  switch (k) {
-    case Kind::pd:
-      max = l.max_pd;
-      break;
-    case Kind::mr:
-      max = l.max_mr;
-      break;
-    case Kind::cq:
-      max = l.max_cq;
-      break;
-    case Kind::qp:
-      max = l.max_qp;
-      break;
-    case Kind::srq:
-      max = l.max_srq;
-      break;
-    case Kind::mw:
-      max = l.max_mw;
-      break;
-    default:
-      return EINVAL;
-  }
-  if (c_.count[int(k)] < max) return 0;
-  std::fprintf(stderr, "dverbsd: client pid %d: %s limit %u reached\n", int(c_.pid), kind_name(k),
-               max);
-  return ENOMEM;
-}
 
 // ---------------------------------------------------------------- commands
 
@@ -236,7 +224,8 @@ int Session::hello(const Request& req, Response& resp, OutFds& out) {
 }
 
 int Session::alloc_pd(Response& resp) {
-  if (int rc = check_limit(Kind::pd)) return rc;
+  Reserved res(srv_, c_, Kind::pd);
+  if (res.rc()) return res.rc();
   Handle h = c_.table.reserve();
   if (!h) return ENOMEM;
   auto* o = new (std::nothrow) PdObj();
@@ -247,7 +236,7 @@ int Session::alloc_pd(Response& resp) {
     return rc;
   }
   c_.table.publish(h, Kind::pd, o);
-  created(Kind::pd);
+  created(Kind::pd, res);
   resp.handle = h;
   return 0;
 }
@@ -255,7 +244,8 @@ int Session::alloc_pd(Response& resp) {
 int Session::reg_mr(const Request& req, InFds& in, Response& resp) {
   auto* pd = lookup<PdObj>(req.reg_mr.pd, Kind::pd);
   if (!pd) return EINVAL;
-  if (int rc = check_limit(Kind::mr)) return rc;
+  Reserved res(srv_, c_, Kind::mr);
+  if (res.rc()) return res.rc();
   // Review fix: charge the client's memlock account BEFORE mapping. map_client_memory
   // mlock()s the span, which populates every page of the client's memfds; doing that first
   // let a client without any RLIMIT_MEMLOCK make the daemon (LimitMEMLOCK=infinity) fault
@@ -291,7 +281,7 @@ int Session::reg_mr(const Request& req, InFds& in, Response& resp) {
     return rc;
   }
   c_.table.publish(h, Kind::mr, o);
-  created(Kind::mr);
+  created(Kind::mr, res);
   resp.handle = h;
   resp.mr.lkey = o->mr->lkey;
   resp.mr.rkey = o->mr->rkey;
@@ -301,7 +291,8 @@ int Session::reg_mr(const Request& req, InFds& in, Response& resp) {
 int Session::create_cq(const Request& req, Response& resp, OutFds& out) {
   const uint32_t cqe = req.create_cq.cqe;
   if (cqe == 0 || cqe > (1u << 22)) return EINVAL;  // the ring is 2 * cqe entries
-  if (int rc = check_limit(Kind::cq)) return rc;
+  Reserved res(srv_, c_, Kind::cq);
+  if (res.rc()) return res.rc();
   Handle h = c_.table.reserve();
   if (!h) return ENOMEM;
   auto* o = new (std::nothrow) CqObj();
@@ -330,7 +321,7 @@ int Session::create_cq(const Request& req, Response& resp, OutFds& out) {
   o->ring = at<Wc>(o->map.base, kRingHeaderBytes);
   srv_.db_edit([o](DbSet& s) { s.cqs.push_back(o); });
   c_.table.publish(h, Kind::cq, o);
-  created(Kind::cq);
+  created(Kind::cq, res);
   resp.handle = h;
   resp.cq.cqe = granted;
   resp.cq.ring_entries = o->n;
@@ -346,7 +337,8 @@ int Session::create_qp(const Request& req, Response& resp, OutFds& out) {
   auto* rcq = lookup<CqObj>(r.recv_cq, Kind::cq);
   SrqObj* srq = r.srq ? lookup<SrqObj>(r.srq, Kind::srq) : nullptr;
   if (!pd || !scq || !rcq || (r.srq && !srq)) return EINVAL;
-  if (int rc = check_limit(Kind::qp)) return rc;
+  Reserved res(srv_, c_, Kind::qp);
+  if (res.rc()) return res.rc();
   Handle h = c_.table.reserve();
   if (!h) return ENOMEM;
   auto* o = new (std::nothrow) QpObj();
@@ -410,7 +402,7 @@ int Session::create_qp(const Request& req, Response& resp, OutFds& out) {
   }
   srv_.db_edit([o](DbSet& s) { s.qps.push_back(o); });
   c_.table.publish(h, Kind::qp, o);
-  created(Kind::qp);
+  created(Kind::qp, res);
   resp.handle = h;
   resp.qp.qp_num = o->qp_num;
   resp.qp.cap = o->cap;
@@ -452,7 +444,8 @@ int Session::create_srq(const Request& req, Response& resp, OutFds& out) {
   auto* pd = lookup<PdObj>(r.pd, Kind::pd);
   if (!pd) return EINVAL;
   if (r.max_wr == 0 || r.max_wr > (1u << 20) || r.max_sge == 0 || r.max_sge > 16) return invalid();
-  if (int rc = check_limit(Kind::srq)) return rc;
+  Reserved res(srv_, c_, Kind::srq);
+  if (res.rc()) return res.rc();
   Handle h = c_.table.reserve();
   if (!h) return ENOMEM;
   auto* o = new (std::nothrow) SrqObj();
@@ -487,7 +480,7 @@ int Session::create_srq(const Request& req, Response& resp, OutFds& out) {
   o->ring = at<ShmRecvWqe>(o->map.base, kRingHeaderBytes);
   srv_.db_edit([o](DbSet& s) { s.srqs.push_back(o); });
   c_.table.publish(h, Kind::srq, o);
-  created(Kind::srq);
+  created(Kind::srq, res);
   resp.handle = h;
   resp.srq.max_wr = o->max_wr;
   resp.srq.max_sge = o->max_sge;
@@ -510,7 +503,8 @@ int Session::modify_srq(const Request& req) {
 int Session::alloc_mw(const Request& req, Response& resp) {
   auto* pd = lookup<PdObj>(req.alloc_mw.pd, Kind::pd);
   if (!pd) return EINVAL;
-  if (int rc = check_limit(Kind::mw)) return rc;
+  Reserved res(srv_, c_, Kind::mw);
+  if (res.rc()) return res.rc();
   Handle h = c_.table.reserve();
   if (!h) return ENOMEM;
   auto* o = new (std::nothrow) MwObj();
@@ -521,7 +515,7 @@ int Session::alloc_mw(const Request& req, Response& resp) {
     return rc;
   }
   c_.table.publish(h, Kind::mw, o);
-  created(Kind::mw);
+  created(Kind::mw, res);
   resp.handle = h;
   resp.mw.rkey = o->mw->rkey;
   return 0;
@@ -548,6 +542,7 @@ int Session::stats(Response& resp) {
   o.cqes_delivered = ld(s.cqes_delivered);
   o.events_delivered = ld(s.events_delivered);
   o.events_dropped = ld(s.events_dropped);
+  o.refused_conns = ld(s.refused_conns);
   return 0;
 }
 
@@ -649,7 +644,7 @@ int Session::destroy(Handle h, Kind k, bool detached) {
       return EINVAL;
   }
   c_.table.release(h);
-  c_.count[int(k)]--;
+  srv_.release_object(c_, k);
   srv_.stats.objects[int(k)].fetch_sub(1, std::memory_order_relaxed);
   return 0;
 }

@@ -17,6 +17,7 @@
 #include <cerrno>
 #include <chrono>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <thread>
 #include <vector>
@@ -451,12 +452,75 @@ void test_rings(int fd) {
 
 }  // namespace
 
+Handle alloc_mw(int fd, Handle pd) {
+  Request req;
+  Response resp;
+  req.cmd = Cmd::alloc_mw;
+  req.alloc_mw.pd = pd;
+  req.alloc_mw.type = 1;
+  return call(fd, req, &resp) == 0 ? resp.handle : 0;
+}
+
+// Limits are per client process, not per connection: with --max-mw 2, two windows on one
+// connection leave none for this process's other connection, until one is deallocated.
+void test_object_limit_is_per_process(int fd, int other) {
+  Handle pd1 = alloc_pd(fd), pd2 = alloc_pd(other);
+  CHECK(pd1 && pd2, "alloc_pd for the window checks");
+  Handle w1 = alloc_mw(fd, pd1), w2 = alloc_mw(fd, pd1);
+  CHECK(w1 && w2, "two windows under --max-mw 2");
+  Request req;
+  Response resp;
+  req.cmd = Cmd::alloc_mw;
+  req.alloc_mw.pd = pd2;
+  req.alloc_mw.type = 1;
+  int st = call(other, req, &resp);
+  CHECK(st == ENOMEM, "a third window on another connection of the same process: %d", st);
+  CHECK(simple(fd, Cmd::dealloc_mw, w2) == 0, "dealloc_mw");
+  Handle w3 = alloc_mw(other, pd2);
+  CHECK(w3 != 0, "the freed window's share is usable from the other connection");
+  CHECK(simple(other, Cmd::dealloc_mw, w3) == 0 && simple(fd, Cmd::dealloc_mw, w1) == 0,
+        "dealloc_mw of the rest");
+  CHECK(simple(other, Cmd::dealloc_pd, pd2) == 0 && simple(fd, Cmd::dealloc_pd, pd1) == 0,
+        "dealloc_pd");
+}
+
+// --max-conns: `held` connections of this uid are open; fill up to the cap, then the next
+// one gets the refusal (seq 0, EMFILE) without sending anything, and is closed.
+void test_connection_cap(int held, int cap, int watcher) {
+  bool ok;
+  const uint64_t before = stats(watcher, &ok).clients;
+  std::vector<int> extra;
+  for (int i = held; i < cap; i++) {
+    int f = connect_daemon();
+    CHECK(hello(f), "hello on connection %d of %d", i + 1, cap);
+    extra.push_back(f);
+  }
+  int f = connect_daemon();
+  Response r;
+  ssize_t n = ::recv(f, &r, sizeof r, 0);
+  CHECK(n == ssize_t(sizeof r) && r.seq == 0 && r.status == EMFILE,
+        "connection %d: no refusal (n %zd seq %u status %d)", cap + 1, n, r.seq, r.status);
+  CHECK(::recv(f, &r, sizeof r, 0) == 0, "the refused connection is not closed");
+  ::close(f);
+  Stats s = stats(watcher, &ok);
+  CHECK(ok && s.refused_conns >= 1, "refused_conns %llu", (unsigned long long)s.refused_conns);
+  for (int e : extra) ::close(e);
+  // The daemon forgets them as their sessions end: wait, so later connections fit again.
+  auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(5);
+  while ((s = stats(watcher, &ok)).clients != before && ok &&
+         std::chrono::steady_clock::now() < deadline)
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  CHECK(s.clients == before, "clients %llu, expected %llu after closing the extras",
+        (unsigned long long)s.clients, (unsigned long long)before);
+}
+
 int main(int argc, char** argv) {
-  if (argc != 2) {
-    std::fprintf(stderr, "usage: malformed SOCKET\n");
+  if (argc != 2 && argc != 3) {
+    std::fprintf(stderr, "usage: malformed SOCKET [MAX_CONNS]\n");
     return 2;
   }
   g_path = argv[1];
+  const int max_conns = argc == 3 ? std::atoi(argv[2]) : 0;
   int other = connect_daemon();
   CHECK(hello(other), "hello on the second connection");
   bool ok;
@@ -464,6 +528,13 @@ int main(int argc, char** argv) {
   CHECK(ok, "stats at start");
 
   int fd = connect_daemon();
+  if (max_conns > 0) {
+    CHECK(hello(fd), "hello on the first connection");
+    test_object_limit_is_per_process(fd, other);
+    test_connection_cap(2, max_conns, other);
+    ::close(fd);
+    fd = connect_daemon();
+  }
   test_framing(fd);
   test_handles(fd, other);
   test_reg_mr(fd);

@@ -16,7 +16,8 @@
 #   limits   RLIMIT_MEMLOCK is charged by the daemon to the client (ENOMEM past it, the
 #            daemon names the limit); per-client object limits give ENOMEM
 #   hostile  HELPER (tests/daemon/malformed) sends forged handles, bad sizes, bad fds
-#            and corrupt rings as a non-root client; the daemon and another pair keep going
+#            and corrupt rings as a non-root client, and runs into --max-conns and a
+#            per-process --max-mw; the daemon and another pair keep going
 #
 # perftest runs with -u 18 (a 1 s transport timer instead of 67 ms): under a sanitizer five
 # processes share two CPUs, and an ACK may come later than 67 ms x 7 retries.
@@ -97,11 +98,14 @@ as() {
 }
 
 # start_daemon NAME ENV...: a dverbsd serving $work/NAME, group dvtest, mode 0660.
+# start_daemon NAME [VAR=VALUE...]; dverbsd options in $dargs.
+dargs=
 start_daemon() {
   local name=$1
   shift
   mkdir -p "$work/$name"
-  env "$@" timeout -k 5 600 "$dverbsd" --dir "$work/$name" --group dvtest --mode 0660 \
+  # shellcheck disable=SC2086
+  env "$@" timeout -k 5 600 "$dverbsd" --dir "$work/$name" --group dvtest --mode 0660 $dargs \
     >"$work/$name.log" 2>&1 &
   daemons+=($!)
   for _ in $(seq 600); do
@@ -278,9 +282,10 @@ case "$scenario" in
     ;;
   hostile)
     [ -n "$helper" ] || { echo "SKIP: no malformed-input client given"; exit 77; }
-    start_daemon d DVERBS_LCORES=0 || exit 1
+    # Small limits so the helper can reach them: 6 connections per uid, 2 windows per process.
+    dargs="--max-conns 6 --max-mw 2" start_daemon d DVERBS_LCORES=0 || exit 1
     cp "$helper" "$work/lib/malformed" && chmod 755 "$work/lib/malformed"
-    as dvtest1 "$work/d" timeout -k 5 120 "$work/lib/malformed" "$work/d/uverbs0" \
+    as dvtest1 "$work/d" timeout -k 5 120 "$work/lib/malformed" "$work/d/uverbs0" 6 \
       >"$work/malformed.out" 2>&1
     rc=$?
     echo "=== malformed client: exit $rc"; cat "$work/malformed.out"

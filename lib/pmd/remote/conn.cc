@@ -81,6 +81,14 @@ int Conn::exchange(Request& req, Response* resp, const int* fds, int nfds, int* 
   if (n < 0) {
     if (peer_gone(errno)) {
       mark_dead();
+      // The daemon may have refused the connection and closed it before we sent: its
+      // answer (seq 0, proto.h) is still queued for us.
+      Response r;
+      if (::recv(fd_, &r, sizeof r, MSG_DONTWAIT) == ssize_t(sizeof r) && r.seq == 0 &&
+          r.status > 0) {
+        *resp = r;
+        return 0;
+      }
       return EIO;
     }
     return errno;  // EMFILE/ENOMEM…: the connection stays usable
@@ -121,6 +129,13 @@ int Conn::exchange(Request& req, Response* resp, const int* fds, int nfds, int* 
     if (size_t(n) != sizeof r || (rh.msg_flags & (MSG_TRUNC | MSG_CTRUNC))) {
       close_all(got, ngot);
       return EPROTO;
+    }
+    if (r.seq == 0 && r.status > 0) {  // the daemon refused the connection (proto.h)
+      close_all(got, ngot);
+      mark_dead();
+      if (nrfds) *nrfds = 0;
+      *resp = r;
+      return 0;
     }
     if (r.seq != req.seq) {  // a stale answer (cannot happen with one call at a time)
       close_all(got, ngot);

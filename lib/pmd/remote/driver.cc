@@ -116,6 +116,13 @@ int open_one(const std::string& dir, int index) {
   DeviceAttr attr;
   if (rc == 0) rc = kRemoteOps.query_device(dev.get(), &attr);
   if (rc == 0) dev->phys_port_cnt = attr.phys_port_cnt ? attr.phys_port_cnt : 1;
+  if (rc == EMFILE) {
+    std::fprintf(stderr,
+                 "dverbs: cannot open %s: dverbsd refused the connection: this user has as many "
+                 "connections open as the daemon allows (dverbsd --max-conns)\n",
+                 dev->path.c_str());
+    return rc;
+  }
   if (rc) {
     std::fprintf(stderr, "dverbs: %s: the daemon's greeting failed: %s\n", dev->path.c_str(),
                  std::strerror(rc));
