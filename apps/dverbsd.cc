@@ -114,6 +114,12 @@ std::string apply(Options& o, std::string name, const std::string& value) {
     o.group = value;
     return {};
   }
+  if (name == "max-ah") {  // accepted so older configuration files still start the daemon
+    std::fprintf(stderr,
+                 "dverbsd: max-ah is obsolete and ignored (address handles live in each "
+                 "client's pool of 4096)\n");
+    return {};
+  }
   if (name == "max-mr-bytes") {
     uint64_t v;
     if (!parse_u64(value, &v, true)) return "bad byte count '" + value + "'";

@@ -32,6 +32,7 @@
 #include <cstdint>
 #include <deque>
 #include <functional>
+#include <map>
 #include <mutex>
 #include <string>
 #include <thread>
@@ -204,8 +205,10 @@ struct Conn {
   DevCtx* dev = nullptr;
   int fd = -1;
   pid_t pid = 0;
+  uint64_t start = 0;  // the client process's start time (/proc/PID/stat), 0 if unknown
   uid_t uid = 0;
   gid_t gid = 0;
+  uint64_t limit_log_ns = 0;  // the last "limit reached" line (at most one a second)
   std::thread thread;
   std::atomic<bool> done{false};
   bool hello = false;
@@ -322,15 +325,21 @@ class Server {
   std::mutex db_mu_;
   DbSet db_master_;
 
-  // Accounts by client pid (uverbs charges the process, not the context): pinned bytes
-  // and objects. An account goes when it is back to zero.
+  // Accounts by client process (uverbs charges the process, not the context): pinned
+  // bytes and objects. Keyed by pid and the process's start time, so a connection that
+  // outlives its process (a child kept the fd) never charges a later process that got
+  // the same pid. An account goes when it is back to zero.
   struct Account {
     uint64_t pinned = 0;
     uint32_t objects[kKinds] = {};
     bool empty() const noexcept;
   };
+  using AccountKey = std::pair<pid_t, uint64_t>;
+  static AccountKey key_of(const Conn& c) noexcept { return {c.pid, c.start}; }
+  // Whether c may log another "limit reached" line now (one a second per connection).
+  static bool may_log(Conn& c) noexcept;
   std::mutex mem_mu_;
-  std::unordered_map<pid_t, Account> accounts_;
+  std::map<AccountKey, Account> accounts_;
   uint64_t refused_log_ns_ = 0;  // main thread: the last "too many connections" line
 };
 

@@ -12,6 +12,7 @@
 #include <sys/mman.h>
 #include <sys/resource.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <cerrno>
@@ -225,24 +226,26 @@ int Server::charge_pinned(Conn& c, uint64_t bytes) {
   }
   const uint64_t max = opts_.limits.max_mr_bytes;
   std::lock_guard<std::mutex> g(mem_mu_);
-  Account& a = accounts_[c.pid];
+  Account& a = accounts_[key_of(c)];
   const uint64_t mine = a.pinned;
   int rc = 0;
   if (max != UINT64_MAX && (mine + bytes < mine || mine + bytes > max)) {
-    std::fprintf(stderr,
-                 "dverbsd: client pid %d: MR bytes limit %" PRIu64 " reached: %" PRIu64
-                 " bytes registered, %" PRIu64 " more asked\n",
-                 int(c.pid), max, mine, bytes);
+    if (may_log(c))
+      std::fprintf(stderr,
+                   "dverbsd: client pid %d: MR bytes limit %" PRIu64 " reached: %" PRIu64
+                   " bytes registered, %" PRIu64 " more asked\n",
+                   int(c.pid), max, mine, bytes);
     rc = ENOMEM;
   } else if (limited && lim != UINT64_MAX && (mine + bytes < mine || mine + bytes > lim)) {
-    std::fprintf(stderr,
-                 "dverbsd: client pid %d: RLIMIT_MEMLOCK (%" PRIu64 " bytes) exceeded: %" PRIu64
-                 " bytes registered, %" PRIu64 " more asked\n",
-                 int(c.pid), lim, mine, bytes);
+    if (may_log(c))
+      std::fprintf(stderr,
+                   "dverbsd: client pid %d: RLIMIT_MEMLOCK (%" PRIu64 " bytes) exceeded: %" PRIu64
+                   " bytes registered, %" PRIu64 " more asked\n",
+                   int(c.pid), lim, mine, bytes);
     rc = ENOMEM;
   }
   if (rc) {
-    if (a.empty()) accounts_.erase(c.pid);
+    if (a.empty()) accounts_.erase(key_of(c));
     return rc;
   }
   a.pinned += bytes;
@@ -252,7 +255,7 @@ int Server::charge_pinned(Conn& c, uint64_t bytes) {
 
 void Server::uncharge_pinned(Conn& c, uint64_t bytes) noexcept {
   std::lock_guard<std::mutex> g(mem_mu_);
-  auto it = accounts_.find(c.pid);
+  auto it = accounts_.find(key_of(c));
   if (it != accounts_.end()) {
     Account& a = it->second;
     a.pinned -= bytes < a.pinned ? bytes : a.pinned;
@@ -286,21 +289,33 @@ int Server::reserve_object(Conn& c, Kind k) {
     default:
       return EINVAL;
   }
-  std::lock_guard<std::mutex> g(mem_mu_);
-  Account& a = accounts_[c.pid];
-  if (a.objects[int(k)] < max) {
-    a.objects[int(k)]++;
-    return 0;
+  {
+    std::lock_guard<std::mutex> g(mem_mu_);
+    Account& a = accounts_[key_of(c)];
+    if (a.objects[int(k)] < max) {
+      a.objects[int(k)]++;
+      return 0;
+    }
+    if (a.empty()) accounts_.erase(key_of(c));
   }
-  std::fprintf(stderr, "dverbsd: client pid %d: %s limit %u reached\n", int(c.pid), kind_name(k),
-               max);
-  if (a.empty()) accounts_.erase(c.pid);
+  if (may_log(c))
+    std::fprintf(stderr, "dverbsd: client pid %d: %s limit %u reached\n", int(c.pid),
+                 kind_name(k), max);
   return ENOMEM;
+}
+
+bool Server::may_log(Conn& c) noexcept {
+  timespec ts;
+  ::clock_gettime(CLOCK_MONOTONIC, &ts);
+  const uint64_t now = uint64_t(ts.tv_sec) * 1000000000u + uint64_t(ts.tv_nsec);
+  if (c.limit_log_ns && now - c.limit_log_ns < 1000000000u) return false;
+  c.limit_log_ns = now;
+  return true;
 }
 
 void Server::release_object(Conn& c, Kind k) noexcept {
   std::lock_guard<std::mutex> g(mem_mu_);
-  auto it = accounts_.find(c.pid);
+  auto it = accounts_.find(key_of(c));
   if (it == accounts_.end()) return;
   Account& a = it->second;
   if (a.objects[int(k)]) a.objects[int(k)]--;

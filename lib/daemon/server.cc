@@ -25,6 +25,7 @@
 #include <cerrno>
 #include <cinttypes>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 
 #include "daemon/internal.h"
@@ -130,6 +131,32 @@ int Server::open_socket(DevCtx& d) {
   return 0;
 }
 
+namespace {
+
+// The start time of `pid` (field 22 of /proc/PID/stat, clock ticks after boot), or 0.
+uint64_t process_start(pid_t pid) {
+  if (pid <= 0) return 0;
+  char path[64];
+  std::snprintf(path, sizeof path, "/proc/%d/stat", int(pid));
+  FILE* f = std::fopen(path, "re");
+  if (!f) return 0;
+  char buf[1024];
+  const size_t n = std::fread(buf, 1, sizeof buf - 1, f);
+  std::fclose(f);
+  buf[n] = '\0';
+  const char* p = std::strrchr(buf, ')');  // the command name may hold spaces and ')'
+  if (!p) return 0;
+  ++p;
+  for (int field = 3; *p; field++) {
+    while (*p == ' ') ++p;
+    if (field == 22) return std::strtoull(p, nullptr, 10);
+    while (*p && *p != ' ') ++p;
+  }
+  return 0;
+}
+
+}  // namespace
+
 void Server::accept_one(DevCtx& d) {
   int fd = ::accept4(d.listen_fd, nullptr, nullptr, SOCK_CLOEXEC);
   if (fd < 0) return;
@@ -156,6 +183,7 @@ void Server::accept_one(DevCtx& d) {
   c->dev = &d;
   c->fd = fd;
   c->pid = cr.pid;
+  c->start = process_start(cr.pid);
   c->uid = cr.uid;
   c->gid = cr.gid;
   c->notify_fd = ::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);

@@ -883,8 +883,10 @@ void Server::session_main(Conn* c) {
                int(c->pid), unsigned(c->uid), c->destroyed);
   if (c->notify_fd >= 0) ::close(c->notify_fd);
   c->notify_fd = -1;
-  stats.clients.fetch_sub(1, std::memory_order_relaxed);
+  // done first: --max-conns counts connections not done, and a client that has seen
+  // `clients` drop may connect again at once.
   c->done.store(true, std::memory_order_release);
+  stats.clients.fetch_sub(1, std::memory_order_relaxed);
 }
 
 }  // namespace dverbs::daemon

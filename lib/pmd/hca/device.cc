@@ -136,15 +136,24 @@ void Device::fail_all() {
 
 Device::~Device() {
   stop_threads();
-  // Close barrier: the peers read our last frames (final ACKs, READ responses) before the
-  // port goes; bounded, and skipped at once when the link is down or no peer ever answered.
-  if (port_ && neigh_ && !removed_.load(std::memory_order_acquire)) {
-    const uint64_t deadline = rte_get_tsc_cycles() + rte_get_tsc_hz() * kLingerMs / 1000;
-    for (auto& e : engines_) e->linger(deadline);
-  }
+  if (port_ && neigh_ && !removed_.load(std::memory_order_acquire)) linger();
   engines_.clear();
   neigh_.reset();
   port_.reset();
+}
+
+void Device::linger() {
+  // Close barrier (Engine::linger_step): the peers read our last frames (final ACKs, READ
+  // responses) before the port goes. Every queue at once, so a silent peer on one does
+  // not use up the others' time; bounded, and over at once when the link is down.
+  const uint64_t deadline = rte_get_tsc_cycles() + rte_get_tsc_hz() * kLingerMs / 1000;
+  for (auto& e : engines_) e->linger_begin();
+  for (bool waiting = true; waiting && rte_get_tsc_cycles() < deadline && port_->link_up();) {
+    waiting = false;
+    for (auto& e : engines_) waiting |= !e->linger_step();
+    if (waiting) std::this_thread::yield();
+  }
+  for (auto& e : engines_) e->linger_end();
 }
 
 void Device::stop_threads() {

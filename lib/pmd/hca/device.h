@@ -98,7 +98,7 @@ class Device : public mid::Device {
   // disassociation). Posting then fails with EIO, creating with ENODEV; the memory is
   // freed at driver shutdown. Context: process context.
   void retire();
-  // Longest wait of the close barrier (Engine::linger) when a peer does not answer.
+  // Longest wait of the close barrier (Device::linger) when a peer does not answer.
   static constexpr uint64_t kLingerMs = 500;
   bool retired() const noexcept { return retired_.load(std::memory_order_acquire); }
 
@@ -141,7 +141,8 @@ class Device : public mid::Device {
   bool watch_stop_ = false;                // guarded by watch_lock_
   std::atomic<bool> removed_{false};       // set by DPDK's RMV callback
   std::atomic<bool> retired_{false};       // retire() began
-  void stop_threads();                     // watchdog, RMV callback, lcores, inline helper
+  void stop_threads();  // watchdog, RMV callback, lcores, inline helper
+  void linger();        // the close barrier of ~Device (Engine::linger_step)
   bool rmv_registered_ = false;
 
   std::unique_ptr<Mr[]> mrs_;

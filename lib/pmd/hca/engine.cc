@@ -30,22 +30,26 @@ void Engine::retire() {
   drop_frames();
 }
 
-void Engine::linger(uint64_t deadline_tsc) {
+void Engine::linger_begin() {
   while (run_lock_.exchange(true, std::memory_order_acquire)) std::this_thread::yield();
-  net::Port& port = dev_->port();
-  // Everything queued goes out first: the requests must follow it on the link.
-  for (int i = 0; i < 64 && (poll(), ntx_ != 0) && rte_get_tsc_cycles() < deadline_tsc; i++)
-    std::this_thread::yield();
-  const uint64_t seen = arp_replies_;
-  const int asked = port.unread_tx_lost_on_close() && !port.is_loopback()
+  linger_asked_ = -1;
+}
+
+bool Engine::linger_step() noexcept {
+  poll();
+  if (linger_asked_ < 0) {
+    if (ntx_ != 0) return false;  // our frames first: the requests must follow them
+    net::Port& port = dev_->port();
+    linger_seen_ = arp_replies_;
+    linger_asked_ = port.unread_tx_lost_on_close() && !port.is_loopback()
                         ? dev_->neigh().probe_neighbours(port, queue_)
                         : 0;
-  while (arp_replies_ - seen < uint64_t(asked) && rte_get_tsc_cycles() < deadline_tsc &&
-         port.link_up()) {
-    if (!poll()) std::this_thread::yield();
   }
-  run_lock_.store(false, std::memory_order_release);
+  // Counted, not matched per neighbour: enough on memif, a point-to-point link.
+  return arp_replies_ - linger_seen_ >= uint64_t(linger_asked_);
 }
+
+void Engine::linger_end() noexcept { run_lock_.store(false, std::memory_order_release); }
 
 bool Engine::init() {
   tsc_hz_ = rte_get_tsc_hz();

@@ -39,14 +39,18 @@ class Engine {
   // polls until the flush is done, and frees the frames it holds. Context: process
   // context, with the device's lcore threads stopped.
   void retire();
-  // Close barrier (Device teardown): sends what is still queued; then, on a port that
-  // loses unread frames when it closes (memif), asks every neighbour that has answered ARP
-  // for an answer again (NeighTable::probe_neighbours) and polls until all have answered,
-  // the link goes down or deadline_tsc passes. A peer reads its link in order, so its
-  // answer proves it has read our last frames, the final ACKs among them: without it, a
-  // peer whose last SEND we received, but which had not read our ACK when we closed,
-  // retries until RETRY_EXC_ERR. Context: process context, the lcore threads stopped.
-  void linger(uint64_t deadline_tsc);
+  // Close barrier (Device teardown, Device::linger): linger_begin() takes the run lock;
+  // each linger_step() polls once and, as soon as nothing is left queued for TX, asks
+  // (once) every neighbour that has answered ARP for an answer again, on a port that
+  // loses unread frames when it closes (memif; NeighTable::probe_neighbours). It returns
+  // true when as many answers have come as requests went out. A peer reads its link in
+  // order, so its answer proves it has read our last frames, the final ACKs among them:
+  // without it, a peer whose last SEND we received, but which had not read our ACK when
+  // we closed, retries until RETRY_EXC_ERR. linger_end() releases the run lock.
+  // Context: process context, the device's lcore threads stopped.
+  void linger_begin();
+  bool linger_step() noexcept;
+  void linger_end() noexcept;
 
   // Processes frames as if the port had just received them (protocol tests, fuzzing,
   // and the RX step itself); takes ownership of the mbufs. Coalesced ACKs are queued for
@@ -104,6 +108,9 @@ class Engine {
   uint64_t now_ = 0;
   uint64_t tsc_hz_ = 1;
   uint64_t arp_replies_ = 0;  // ARP replies addressed to us received on this queue
+  // Close barrier: requests sent (-1: not yet) and arp_replies_ when they went out.
+  int linger_asked_ = -1;
+  uint64_t linger_seen_ = 0;
 };
 
 // ---- engines' steps, one file each (req.cc, resp.cc, comp.cc) ----

@@ -88,7 +88,7 @@ class Port {
   bool link_up() const;                  // rte_eth_link_get_nowait
   bool is_loopback() const { return loopback_; }
   // Frames sent but not yet read by the peer are lost when the port closes (net_memif),
-  // so a graceful close waits for the peer to read them (hca::Engine::linger).
+  // so a graceful close waits for the peer to read them (hca::Device::linger).
   bool unread_tx_lost_on_close() const { return unread_tx_lost_on_close_; }
   rte_mempool* pool() const { return pool_; }
   PortStats& stats() { return stats_; }

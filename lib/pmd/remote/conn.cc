@@ -52,6 +52,14 @@ void close_all(const int* fds, int n) {
 
 }  // namespace
 
+bool Conn::take_refusal(Response* resp) noexcept {
+  Response r;
+  if (::recv(fd_, &r, sizeof r, MSG_DONTWAIT) != ssize_t(sizeof r) || r.seq != 0 || r.status <= 0)
+    return false;
+  *resp = r;
+  return true;
+}
+
 int Conn::exchange(Request& req, Response* resp, const int* fds, int nfds, int* rfds,
                    int* nrfds) {
   req.magic = daemon::kMagic;
@@ -81,15 +89,8 @@ int Conn::exchange(Request& req, Response* resp, const int* fds, int nfds, int* 
   if (n < 0) {
     if (peer_gone(errno)) {
       mark_dead();
-      // The daemon may have refused the connection and closed it before we sent: its
-      // answer (seq 0, proto.h) is still queued for us.
-      Response r;
-      if (::recv(fd_, &r, sizeof r, MSG_DONTWAIT) == ssize_t(sizeof r) && r.seq == 0 &&
-          r.status > 0) {
-        *resp = r;
-        return 0;
-      }
-      return EIO;
+      // The daemon may have refused the connection and closed it before we sent.
+      return take_refusal(resp) ? ECONNREFUSED : EIO;
     }
     return errno;  // EMFILE/ENOMEM…: the connection stays usable
   }
@@ -109,7 +110,9 @@ int Conn::exchange(Request& req, Response* resp, const int* fds, int nfds, int* 
     } while (n < 0 && errno == EINTR);
     if (n == 0 || (n < 0 && peer_gone(errno))) {
       mark_dead();
-      return EIO;
+      // A daemon that closes with our request unread makes this read fail with
+      // ECONNRESET ahead of the refusal it queued: look for it once more.
+      return n < 0 && take_refusal(resp) ? ECONNREFUSED : EIO;
     }
     if (n < 0) return errno;
     int got[kMaxRecvFds];
@@ -133,9 +136,8 @@ int Conn::exchange(Request& req, Response* resp, const int* fds, int nfds, int* 
     if (r.seq == 0 && r.status > 0) {  // the daemon refused the connection (proto.h)
       close_all(got, ngot);
       mark_dead();
-      if (nrfds) *nrfds = 0;
       *resp = r;
-      return 0;
+      return ECONNREFUSED;
     }
     if (r.seq != req.seq) {  // a stale answer (cannot happen with one call at a time)
       close_all(got, ngot);

@@ -40,9 +40,10 @@ class Conn {
   int connect_to(const std::string& path);
 
   // Sends `req` (magic and seq are filled in) with `nfds` descriptors and waits for its
-  // response. Returns 0 when a response arrived (its status is in resp->status) or EIO
-  // when the daemon is gone (the connection is then dead), EPROTO for a malformed
-  // response. Descriptors that came with the response are stored in rfds[0..*nrfds) and
+  // response. Returns 0 when a response arrived (its status is in resp->status), EIO
+  // when the daemon is gone (the connection is then dead), ECONNREFUSED when the daemon
+  // refused the connection (proto.h: the seq-0 answer, whose status in resp->status says
+  // why; the connection is then dead), EPROTO for a malformed response. Descriptors that came with the response are stored in rfds[0..*nrfds) and
   // belong to the caller; none are returned on error.
   // Context: process context, sleeps until the daemon answers.
   int call(daemon::Request& req, daemon::Response* resp, const int* fds = nullptr, int nfds = 0,
@@ -65,6 +66,8 @@ class Conn {
  private:
   int exchange(daemon::Request& req, daemon::Response* resp, const int* fds, int nfds, int* rfds,
                int* nrfds);
+  // Reads a queued seq-0 refusal without waiting. Context: process context, never sleeps.
+  bool take_refusal(daemon::Response* resp) noexcept;
 
   int fd_ = -1;
   mid::Mutex lock_;           // one command in flight

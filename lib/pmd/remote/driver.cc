@@ -116,12 +116,12 @@ int open_one(const std::string& dir, int index) {
   DeviceAttr attr;
   if (rc == 0) rc = kRemoteOps.query_device(dev.get(), &attr);
   if (rc == 0) dev->phys_port_cnt = attr.phys_port_cnt ? attr.phys_port_cnt : 1;
-  if (rc == EMFILE) {
+  if (rc == ECONNREFUSED) {
     std::fprintf(stderr,
                  "dverbs: cannot open %s: dverbsd refused the connection: this user has as many "
                  "connections open as the daemon allows (dverbsd --max-conns)\n",
                  dev->path.c_str());
-    return rc;
+    return EMFILE;
   }
   if (rc) {
     std::fprintf(stderr, "dverbs: %s: the daemon's greeting failed: %s\n", dev->path.c_str(),
