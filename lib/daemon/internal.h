@@ -260,6 +260,10 @@ struct Counters {
       refused_conns{0};
 };
 
+// Rate limit for the log lines a client can provoke: true when a second has passed since
+// *last_ns (CLOCK_MONOTONIC), which it then updates. Context: any; one writer per last_ns.
+bool once_a_second(uint64_t* last_ns) noexcept;
+
 // Destroys the cached AHs of `c` whose PD is `pd` (0: all). Context: process context or the
 // doorbell, never sleeps.
 void drop_ahs(Conn& c, Counters& st, Handle pd) noexcept;
@@ -336,8 +340,6 @@ class Server {
   };
   using AccountKey = std::pair<pid_t, uint64_t>;
   static AccountKey key_of(const Conn& c) noexcept { return {c.pid, c.start}; }
-  // Whether c may log another "limit reached" line now (one a second per connection).
-  static bool may_log(Conn& c) noexcept;
   std::mutex mem_mu_;
   std::map<AccountKey, Account> accounts_;
   uint64_t refused_log_ns_ = 0;  // main thread: the last "too many connections" line

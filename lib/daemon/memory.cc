@@ -230,14 +230,14 @@ int Server::charge_pinned(Conn& c, uint64_t bytes) {
   const uint64_t mine = a.pinned;
   int rc = 0;
   if (max != UINT64_MAX && (mine + bytes < mine || mine + bytes > max)) {
-    if (may_log(c))
+    if (once_a_second(&c.limit_log_ns))
       std::fprintf(stderr,
                    "dverbsd: client pid %d: MR bytes limit %" PRIu64 " reached: %" PRIu64
                    " bytes registered, %" PRIu64 " more asked\n",
                    int(c.pid), max, mine, bytes);
     rc = ENOMEM;
   } else if (limited && lim != UINT64_MAX && (mine + bytes < mine || mine + bytes > lim)) {
-    if (may_log(c))
+    if (once_a_second(&c.limit_log_ns))
       std::fprintf(stderr,
                    "dverbsd: client pid %d: RLIMIT_MEMLOCK (%" PRIu64 " bytes) exceeded: %" PRIu64
                    " bytes registered, %" PRIu64 " more asked\n",
@@ -298,18 +298,18 @@ int Server::reserve_object(Conn& c, Kind k) {
     }
     if (a.empty()) accounts_.erase(key_of(c));
   }
-  if (may_log(c))
+  if (once_a_second(&c.limit_log_ns))
     std::fprintf(stderr, "dverbsd: client pid %d: %s limit %u reached\n", int(c.pid),
                  kind_name(k), max);
   return ENOMEM;
 }
 
-bool Server::may_log(Conn& c) noexcept {
+bool once_a_second(uint64_t* last_ns) noexcept {
   timespec ts;
   ::clock_gettime(CLOCK_MONOTONIC, &ts);
   const uint64_t now = uint64_t(ts.tv_sec) * 1000000000u + uint64_t(ts.tv_nsec);
-  if (c.limit_log_ns && now - c.limit_log_ns < 1000000000u) return false;
-  c.limit_log_ns = now;
+  if (*last_ns && now - *last_ns < 1000000000u) return false;
+  *last_ns = now;
   return true;
 }
 

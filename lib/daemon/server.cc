@@ -215,11 +215,7 @@ bool Server::over_conn_cap(uid_t uid, pid_t pid) {
     for (const Conn* c : conns_) n += c->uid == uid && !c->done.load(std::memory_order_acquire);
   }
   if (n < opts_.limits.max_conns) return false;
-  timespec ts;
-  ::clock_gettime(CLOCK_MONOTONIC, &ts);
-  const uint64_t now = uint64_t(ts.tv_sec) * 1000000000u + uint64_t(ts.tv_nsec);
-  if (now - refused_log_ns_ >= 1000000000u) {
-    refused_log_ns_ = now;
+  if (once_a_second(&refused_log_ns_)) {
     std::fprintf(stderr,
                  "dverbsd: client pid %d refused: uid %u already has %u connections "
                  "(--max-conns %u)\n",

@@ -41,9 +41,8 @@ bool Engine::linger_step() noexcept {
     if (ntx_ != 0) return false;  // our frames first: the requests must follow them
     net::Port& port = dev_->port();
     linger_seen_ = arp_replies_;
-    linger_asked_ = port.unread_tx_lost_on_close() && !port.is_loopback()
-                        ? dev_->neigh().probe_neighbours(port, queue_)
-                        : 0;
+    linger_asked_ =
+        port.unread_tx_lost_on_close() ? dev_->neigh().probe_neighbours(port, queue_) : 0;
   }
   // Counted, not matched per neighbour: enough on memif, a point-to-point link.
   return arp_replies_ - linger_seen_ >= uint64_t(linger_asked_);

@@ -188,25 +188,14 @@ void exit_cleanup() {
 
 void on_device_event(const mid::Event& e, void* p) {
   auto* c = static_cast<Context*>(p);
-  switch (e.type) {
-    case EventType::device_fatal:
-    case EventType::port_active:
-    case EventType::port_err:
-    case EventType::lid_change:
-    case EventType::pkey_change:
-    case EventType::sm_change:
-    case EventType::client_reregister:
-    case EventType::gid_change: {
-      AsyncEvent ev{};
-      ev.type = ibv_event_type(e.type);
-      ev.kind = Kind::context;
-      ev.port_num = e.type == EventType::device_fatal ? 0 : int(e.element.port_num);
-      push_async(c, ev);
-      break;
-    }
-    default:
-      break;  // object events arrive through the object's own handler
-  }
+  const mid::EventElement el = mid::event_element(e.type);
+  // Object events arrive through the object's own handler.
+  if (el != mid::EventElement::device && el != mid::EventElement::port) return;
+  AsyncEvent ev{};
+  ev.type = ibv_event_type(e.type);
+  ev.kind = Kind::context;
+  ev.port_num = el == mid::EventElement::port ? int(e.element.port_num) : 0;
+  push_async(c, ev);
 }
 
 // Fast-path stubs of a disassociated context (rdma-core's dummy ops return EIO too).
