@@ -178,10 +178,12 @@ rte_mbuf* FuzzDevice::make_mbuf(const uint8_t* data, uint32_t len, uint32_t spli
   return head;
 }
 
-bool FuzzDevice::is_arp(const rte_mbuf* m) {
+// An ARP frame the port's receive filter lets through (ARP counts in no receive counter;
+// a frame for another MAC counts in rx_not_for_us whatever it carries).
+bool FuzzDevice::is_arp(const rte_mbuf* m) const {
   if (rte_pktmbuf_data_len(m) < 14) return false;
   const uint8_t* d = rte_pktmbuf_mtod(m, const uint8_t*);
-  return wire::load_be16(d + 12) == 0x0806;
+  return wire::load_be16(d + 12) == 0x0806 && dev_->port().accepts(d);
 }
 
 void FuzzDevice::receive(rte_mbuf** ms, uint16_t n) {
@@ -252,6 +254,7 @@ RxCounters FuzzDevice::counters() const {
   r.rx_non_roce = c.rx_non_roce.load();
   r.rx_no_qp = c.rx_no_qp.load();
   r.rx_bad_state = c.rx_bad_state.load();
+  r.rx_not_for_us = c.rx_not_for_us.load();
   return r;
 }
 
@@ -260,6 +263,7 @@ bool FuzzDevice::counters_consistent(std::string* why) {
   auto d = [&](uint64_t RxCounters::*f) { return now.*f - base_.*f; };
   const uint64_t accounted = d(&RxCounters::rx_packets) + d(&RxCounters::rx_bad_frame) +
                              d(&RxCounters::rx_bad_icrc) + d(&RxCounters::rx_non_roce) +
+                             d(&RxCounters::rx_not_for_us) +
                              (no_qp_in_packets_ ? 0 : d(&RxCounters::rx_no_qp));
   const uint64_t expect = fed_ - fed_arp_;
   bool ok = accounted == expect;
@@ -269,12 +273,13 @@ bool FuzzDevice::counters_consistent(std::string* why) {
     char b[256];
     std::snprintf(b, sizeof b,
                   "fed %lu frames (%lu ARP) but counted packets %lu + bad_frame %lu + "
-                  "bad_icrc %lu + non_roce %lu (no_qp %lu)",
+                  "bad_icrc %lu + non_roce %lu + not_for_us %lu (no_qp %lu)",
                   (unsigned long)fed_, (unsigned long)fed_arp_,
                   (unsigned long)d(&RxCounters::rx_packets),
                   (unsigned long)d(&RxCounters::rx_bad_frame),
                   (unsigned long)d(&RxCounters::rx_bad_icrc),
                   (unsigned long)d(&RxCounters::rx_non_roce),
+                  (unsigned long)d(&RxCounters::rx_not_for_us),
                   (unsigned long)d(&RxCounters::rx_no_qp));
     *why = b;
   }

@@ -64,7 +64,7 @@ class Region {
 // Device receive counters at one moment.
 struct RxCounters {
   uint64_t rx_packets = 0, rx_bad_frame = 0, rx_bad_icrc = 0, rx_non_roce = 0, rx_no_qp = 0;
-  uint64_t rx_bad_state = 0;
+  uint64_t rx_bad_state = 0, rx_not_for_us = 0;
 };
 
 class FuzzDevice {
@@ -105,7 +105,7 @@ class FuzzDevice {
  private:
   FuzzDevice() = default;
   void open();
-  static bool is_arp(const rte_mbuf* m);
+  bool is_arp(const rte_mbuf* m) const;
 
   Context ctx_;
   pmd::hca::Device* dev_ = nullptr;

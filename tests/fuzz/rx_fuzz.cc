@@ -336,11 +336,18 @@ uint32_t ip_offset(const std::vector<uint8_t>& f) {
 
 // Recomputes the IPv4 checksum and the ICRC of a frame that looks like RoCEv2.
 void fixup(std::vector<uint8_t>& f) {
+  // Aim the frame at the port (the receive filter drops other MACs and IPv4 addresses
+  // first) unless bits 0/1 of the last destination MAC byte keep the original: random
+  // bytes then reach the transport, and the filter's drops stay covered too.
+  const FuzzDevice& fd = FuzzDevice::get();
+  const uint8_t keep = f.size() >= 6 ? f[5] : 3;
+  if (f.size() >= 6 && !(keep & 1)) std::memcpy(f.data(), fd.mac(), 6);
   const uint32_t off = ip_offset(f);
   if (f.size() < off + wire::kIpv4HdrLen || wire::load_be16(f.data() + off - 2) != 0x0800) return;
   uint8_t* ip = f.data() + off;
   const uint32_t ihl = (ip[0] & 0xfu) * 4;
   if (ihl < 20 || off + ihl > f.size()) return;
+  if (!(keep & 2)) wire::store_be32(ip + 16, fd.ip());
   wire::store_be16(ip + 10, 0);
   wire::store_be16(ip + 10, wire::ipv4_checksum(ip, ihl));
   const uint32_t total = wire::load_be16(ip + 2);

@@ -114,12 +114,12 @@ std::string describe(Context& ctx, pmd::hca::Qp& q) {
   char b[512];
   std::snprintf(b, sizeof b,
                 "state %u psn %#x last_ack %#x max_psn %#x timer %lu rnr %lu retry_left %u "
-                "unacked %lu next_wqe %lu sent_end %lu blocked_on_neigh %d retransmits %lu | "
+                "unacked %lu next_wqe %lu sent_end %lu addr_resolved %d retransmits %lu | "
                 "tx_packets %lu tx_no_mbuf %lu port tx_frames %lu tx_dropped %lu link %d",
                 unsigned(q.state.load()), r.psn, r.last_ack_psn, r.max_psn,
                 (unsigned long)r.timer_deadline, (unsigned long)r.rnr_deadline, r.retry_left,
                 (unsigned long)r.unacked, (unsigned long)r.next_wqe, (unsigned long)r.sent_end,
-                int(r.blocked_on_neigh), (unsigned long)q.retransmits.load(),
+                int(q.addr_resolved), (unsigned long)q.retransmits.load(),
                 (unsigned long)c.tx_packets.load(), (unsigned long)c.tx_no_mbuf.load(),
                 (unsigned long)ps.tx_frames.load(), (unsigned long)ps.tx_dropped.load(),
                 int(dev.port().link_up()));

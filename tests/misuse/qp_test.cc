@@ -181,7 +181,7 @@ TEST_F(QpMisuse, ValuesOutOfRangeAreEinval) {
   a.rq_psn = 1u << 24;
   refused(a, kRtr);
   a = rtr_attr();
-  a.max_dest_rd_atomic = 17;
+  a.max_dest_rd_atomic = 129;  // device max_qp_rd_atom is 128
   refused(a, kRtr);
   a = rtr_attr();
   a.min_rnr_timer = 32;
@@ -206,7 +206,7 @@ TEST_F(QpMisuse, ValuesOutOfRangeAreEinval) {
   a.rnr_retry = 8;
   refused(a, kRts);
   a = rts_attr();
-  a.max_rd_atomic = 17;
+  a.max_rd_atomic = 129;  // device max_qp_init_rd_atom is 128
   refused(a, kRts);
   a = rts_attr();
   a.sq_psn = 1u << 24;

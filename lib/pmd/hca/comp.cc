@@ -48,12 +48,11 @@ constexpr uint32_t kRnrTimerUs[32] = {
 
 void restart_timer(Engine& e, Qp& qp) {
   Requester& r = qp.req;
-  if (r.psn == r.last_ack_psn || !qp.attr.timeout) {
+  if (r.psn == r.last_ack_psn) {
     r.timer_deadline = 0;
     return;
   }
-  double us = 4.096 * double(1ull << (qp.attr.timeout > 31 ? 31 : qp.attr.timeout));
-  r.timer_deadline = e.now() + uint64_t(us * double(e.tsc_hz()) / 1e6);
+  req_arm_timer(e, qp);
 }
 
 // Moves the acknowledged point forward to `next` (the oldest PSN still owed).

@@ -33,13 +33,20 @@ constexpr uint32_t kMaxQp = 1u << 14;  // QP table slots (QPN = generation << 14
 constexpr uint32_t kMaxMr = 1u << 16;  // MR table slots (key = index << 8 | generation)
 constexpr uint32_t kMaxCqe = 1u << 20;
 constexpr uint32_t kMaxQpWr = 1u << 14;
-constexpr uint32_t kMaxRdAtomic = 16;
+// READ/atomic requests a QP may have outstanding as requester (max_qp_init_rd_atom) and
+// responder resources it may offer (max_qp_rd_atom): rxe's 128, so stock perftest, which
+// asks each side for the peer's maximum, connects to rxe with its defaults. A responder's
+// resources are memory, allocated for max_dest_rd_atomic entries when the QP enters RTR.
+constexpr uint32_t kMaxRdAtomic = 128;
 constexpr uint32_t kMaxAh = 4096;
 
 struct DeviceCounters {
   std::atomic<uint64_t> rx_packets{0}, tx_packets{0};
   std::atomic<uint64_t> rx_bad_frame{0}, rx_bad_icrc{0}, rx_no_qp{0}, rx_bad_state{0};
   std::atomic<uint64_t> rx_non_roce{0};
+  // Frames a NIC would not have delivered: another station's MAC, or a RoCE packet for an
+  // IPv4 address that is not the port's (Port::accepts, Engine::rx_one).
+  std::atomic<uint64_t> rx_not_for_us{0};
   std::atomic<uint64_t> rx_handoff_full{0};
   std::atomic<uint64_t> tx_no_mbuf{0};
   std::atomic<uint64_t> tx_backlog_drop{0};

@@ -3,6 +3,7 @@
 #include <rte_cycles.h>
 #include <rte_prefetch.h>
 
+#include <cstring>
 #include <thread>
 
 #include "pmd/hca/device.h"
@@ -99,11 +100,22 @@ void Engine::tx_flush() noexcept {
   tx_stalled_ = ntx_ != 0;
 }
 
+void Engine::drop_not_for_us(rte_mbuf* m) noexcept {
+  dev_->counters().rx_not_for_us.fetch_add(1, std::memory_order_relaxed);
+  rte_pktmbuf_free(m);
+}
+
 void Engine::rx_one(rte_mbuf* m, bool verified) noexcept {
   Device& dev = *dev_;
   const uint8_t* frame = rte_pktmbuf_mtod(m, const uint8_t*);
+  const uint32_t len = rte_pktmbuf_data_len(m);
+  // Frames handed over by another engine passed these checks there.
+  if (!verified && (len < 6 || !dev.port().accepts(frame))) [[unlikely]] {
+    drop_not_for_us(m);
+    return;
+  }
   wire::Packet pkt;
-  wire::ParseError err = wire::parse_frame(frame, rte_pktmbuf_data_len(m), &pkt, !verified);
+  wire::ParseError err = wire::parse_frame(frame, len, &pkt, !verified);
   if (err != wire::ParseError::ok) [[unlikely]] {
     bool arp_reply = false;
     if (err == wire::ParseError::not_ipv4 &&
@@ -119,6 +131,10 @@ void Engine::rx_one(rte_mbuf* m, bool verified) noexcept {
     else
       dev.counters().rx_bad_frame.fetch_add(1, std::memory_order_relaxed);
     rte_pktmbuf_free(m);
+    return;
+  }
+  if (pkt.dst_ip != dev.port().ip()) [[unlikely]] {
+    drop_not_for_us(m);
     return;
   }
   Qp* qp = dev.qp_lookup(pkt.dest_qp);
@@ -301,12 +317,36 @@ int Engine::try_poll() noexcept {
   return work;
 }
 
-rte_mbuf* build_packet(Engine& e, const wire::FrameAddr& addr, const wire::BthFields& bth,
-                       uint32_t payload_len, uint8_t** ext) noexcept {
+namespace {
+
+// The destination MAC of a frame of `qp` to `addr`, from the neighbour table. A connected
+// QP keeps the answer in its path until the path changes (modify_qp clears it); a UD
+// address handle is looked up per packet (it may be shared by QPs of several engines, so
+// the answer is never written into it). Never blocks: an unknown address is resolved in
+// the background and lookup() answers false meanwhile.
+bool resolve_dest(Engine& e, Qp& qp, const wire::FrameAddr& addr, uint8_t mac[6]) noexcept {
+  if (qp.qp_type != QpType::ud && qp.addr_resolved) {
+    std::memcpy(mac, qp.addr.dst_mac, 6);
+    return true;
+  }
+  if (!e.device().neigh().lookup(addr.dst_ip, mac)) return false;
+  if (qp.qp_type != QpType::ud) {
+    std::memcpy(qp.addr.dst_mac, mac, 6);
+    qp.addr_resolved = true;
+  }
+  return true;
+}
+
+}  // namespace
+
+rte_mbuf* build_packet(Engine& e, Qp& qp, const wire::FrameAddr& addr,
+                       const wire::BthFields& bth, uint32_t payload_len, uint8_t** ext) noexcept {
+  wire::FrameAddr to = addr;
+  if (!resolve_dest(e, qp, addr, to.dst_mac)) return nullptr;
   uint32_t len = wire::headers_len(bth.opcode) + payload_len + bth.pad + wire::kIcrcLen;
   rte_mbuf* m = e.alloc_frame(len);
   if (!m) return nullptr;
-  *ext = wire::write_headers(rte_pktmbuf_mtod(m, uint8_t*), addr, bth, payload_len);
+  *ext = wire::write_headers(rte_pktmbuf_mtod(m, uint8_t*), to, bth, payload_len);
   return m;
 }
 

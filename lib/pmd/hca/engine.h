@@ -87,6 +87,7 @@ class Engine {
   int handoff_step() noexcept;
   int active_step() noexcept;
   void rx_one(rte_mbuf* m, bool verified) noexcept;
+  void drop_not_for_us(rte_mbuf* m) noexcept;
   void drop_frames() noexcept;  // frees the frames queued for TX or handed over
   void flush_acks() noexcept;
 
@@ -123,6 +124,19 @@ int req_step(Engine& e, Qp& qp, int budget) noexcept;
 bool req_needs_service(Qp& qp) noexcept;
 // Restarts sending from `psn` (go-back-N). Context: owner engine, qp->lock held.
 void req_rewind(Engine& e, Qp& qp, uint32_t psn) noexcept;
+// (Re)starts the retransmission timer (IBA 9.7.6.1.3) for Qp::ack_timeout_tsc from now. It
+// runs while anything is outstanding, including a first transmission that cannot leave yet
+// (an unresolved neighbour), so a peer that never answers ends in RETRY_EXC_ERR, not a
+// hang. Context: owner engine, qp->lock held.
+void req_arm_timer(Engine& e, Qp& qp) noexcept;
+
+// The local ACK timeout 4.096 us * 2^timeout in TSC cycles (IBA 9.7.6.1.3); timeout 0
+// means infinite (returns 0). Context: any.
+inline uint64_t ack_timeout_tsc(uint8_t timeout, uint64_t tsc_hz) noexcept {
+  if (timeout == 0) return 0;
+  const double us = 4.096 * double(1ull << (timeout > 31 ? 31 : timeout));
+  return uint64_t(us * double(tsc_hz) / 1e6);
+}
 
 // Responder (resp.cc): handles one request packet. Context: owner engine, qp->lock held.
 void resp_rx(Engine& e, Qp& qp, const wire::Packet& pkt) noexcept;
@@ -155,10 +169,14 @@ void flush_queues(Engine& e, Qp& qp) noexcept;
 void cq_push(Cq& cq, const Wc& wc, bool solicited) noexcept;
 
 // Builds the headers of a packet of `qp` into a fresh mbuf; returns the mbuf and, in
-// *ext, where the extension headers go. nullptr when out of mbufs.
-// Context: owner engine.
-rte_mbuf* build_packet(Engine& e, const wire::FrameAddr& addr, const wire::BthFields& bth,
-                       uint32_t payload_len, uint8_t** ext) noexcept;
+// *ext, where the extension headers go. `addr` is the QP's path (RC, UC) or the address
+// handle of a UD WQE. Every frame a QP sends (requests of every opcode, retransmissions,
+// ACK/NAK, READ and atomic responses) is built here, so every frame is addressed the same
+// way: the destination MAC comes from the neighbour table (resolve_dest). nullptr while
+// the neighbour is unresolved (ARP runs in the background; the caller keeps the packet and
+// the QP stays scheduled) or when out of mbufs. Context: owner engine, qp.lock held.
+rte_mbuf* build_packet(Engine& e, Qp& qp, const wire::FrameAddr& addr,
+                       const wire::BthFields& bth, uint32_t payload_len, uint8_t** ext) noexcept;
 // Finishes the frame (pad, IP checksum, ICRC) and queues it for TX.
 void send_packet(Engine& e, rte_mbuf* m, uint8_t* payload_end, uint32_t pad) noexcept;
 

@@ -12,6 +12,7 @@
 #pragma once
 
 #include <atomic>
+#include <memory>
 #include <cstdint>
 
 #include "dverbs/types.h"
@@ -128,10 +129,9 @@ struct Requester {
   uint32_t seq_nak_psn = 0; // newest PSN-sequence NAK PSN seen, at least last_ack_psn - 1
   bool sq_drained_sent = false;  // SQD: the SQ-drained event went out
   uint64_t sent_end = 0;    // one past the highest SQ index that has PSNs assigned
-  bool blocked_on_neigh = false;
 };
 
-// One entry of the responder-resource ring (IBA 9.7.5.1.4 ... duplicate READ and atomic
+// One entry of the responder-resource ring (IBA 9.7.4.1.5.2: duplicate READ and atomic
 // requests are answered from it): max_dest_rd_atomic entries, oldest overwritten.
 struct RespResource {
   bool valid = false;
@@ -143,8 +143,6 @@ struct RespResource {
   uint32_t length = 0;
   uint64_t orig = 0;     // atomic: the value returned the first time
 };
-
-constexpr uint32_t kMaxRespResources = 16;
 
 // Responder state (IBA 9.7.3 / 9.7.4). Owner engine only.
 struct Responder {
@@ -163,15 +161,16 @@ struct Responder {
   uint64_t write_va = 0;
   uint32_t write_left = 0;
   uint32_t write_total = 0;
-  // READ/atomic responses leave in PSN order, paced by the engine: entries from `gen`
-  // (`pending` of them, the oldest first) still owe responses; `resp_psn` is the next.
-  RespResource res[kMaxRespResources];
-  uint32_t res_head = 0;     // next entry to write (ring of max(1, max_dest_rd_atomic))
+  // READ/atomic responses leave in PSN order, paced by the engine: entries of the ring
+  // Qp::rd_res from `gen` (`pending` of them, the oldest first) still owe responses;
+  // `resp_psn` is the next.
+  uint32_t res_head = 0;     // next entry to write
   uint32_t gen = 0;
   uint32_t pending = 0;
   uint32_t resp_psn = 0;
   uint32_t stream_start = 0; // PSN that opened the current response stream (FIRST/ONLY)
   bool ack_pending = false;  // coalesced ACK owed at the end of the burst
+  bool ack_held = false;     // ... that could not leave yet (no ARP answer, no mbuf)
   // A NAK that must wait for READ/atomic responses already queued (PSN order); a fatal
   // one also moves the QP to ERR once it is sent.
   bool nak_owed = false;
@@ -191,6 +190,7 @@ struct Qp : mid::Qp {
   QpCap cap{};
   bool sq_sig_all = false;
   uint32_t mtu = 1024;       // path MTU in bytes
+  uint64_t ack_timeout_tsc = 0;  // attr.timeout in TSC cycles (0: infinite)
   wire::FrameAddr addr{};    // connected QPs: the path to the peer
   bool addr_resolved = false;
 
@@ -200,6 +200,10 @@ struct Qp : mid::Qp {
 
   Requester req;
   Responder resp;
+  // Responder resources (RC): max(1, max_dest_rd_atomic) entries, allocated when the QP
+  // enters RTR, so a QP that never serves a READ or atomic stays small.
+  std::unique_ptr<RespResource[]> rd_res;
+  uint32_t rd_res_size = 0;
 
   // Engine scheduling: set when the QP is on its engine's kick ring or active list.
   std::atomic<uint32_t> kicked{0};

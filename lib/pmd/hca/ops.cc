@@ -10,6 +10,8 @@
 #include <mutex>
 #include <new>
 
+#include <rte_cycles.h>
+
 #include "midlayer/driver.h"
 #include "pmd/hca/device.h"
 #include "pmd/hca/engine.h"
@@ -72,8 +74,8 @@ int query_device(mid::Device* d, DeviceAttr* a) {
   a->max_cqe = kMaxCqe;
   a->max_mr = kMaxMr - 1;
   a->max_pd = 1u << 16;
-  a->max_qp_rd_atom = kMaxRespResources;
-  a->max_qp_init_rd_atom = kMaxRespResources;
+  a->max_qp_rd_atom = kMaxRdAtomic;
+  a->max_qp_init_rd_atom = kMaxRdAtomic;
   a->atomic_cap = 1;  // IBV_ATOMIC_HCA: atomic among all QPs of this HCA
   a->max_inline_data = kMaxInline;
   a->max_ah = 1u << 16;
@@ -356,11 +358,13 @@ void reset_qp(Qp& qp) {
   // Called with qp.lock held and the QP already out of every engine's hands for new work.
   qp.req = Requester{};
   qp.resp = Responder{};
+  for (uint32_t i = 0; i < qp.rd_res_size; i++) qp.rd_res[i] = RespResource{};
   while (qp.sq.peek(qp.sq.retired())) qp.sq.retire_one();
   while (qp.rq.peek(qp.rq.retired())) qp.rq.retire_one();
   qp.rq_consumed = qp.rq.retired();
   qp.req.unacked = qp.req.next_wqe = qp.req.sent_end = qp.sq.retired();
   qp.addr_resolved = false;
+  qp.ack_timeout_tsc = 0;
 }
 
 int modify_qp(mid::Qp* q, const QpAttr* a, uint32_t mask) {
@@ -385,6 +389,18 @@ int modify_qp(mid::Qp* q, const QpAttr* a, uint32_t mask) {
                                                                          : qp.attr.dest_qp_num,
                        &addr))
     return EINVAL;
+
+  // Responder resources for the new max_dest_rd_atomic, allocated here (process context)
+  // and swapped in under the QP lock; the old ring is freed after it.
+  std::unique_ptr<RespResource[]> ring;
+  uint32_t ring_size = 0;
+  if ((attrs & m::max_dest_rd_atomic) && qp.qp_type == QpType::rc) {
+    ring_size = a->max_dest_rd_atomic ? a->max_dest_rd_atomic : 1;
+    if (ring_size != qp.rd_res_size) {
+      ring.reset(new (std::nothrow) RespResource[ring_size]());
+      if (!ring) return ENOMEM;
+    }
+  }
 
   // ---- apply (qp_from_attr) ----
   qp.lock.lock();
@@ -411,8 +427,15 @@ int modify_qp(mid::Qp* q, const QpAttr* a, uint32_t mask) {
     qp.resp.epsn = a->rq_psn;
   }
   if (attrs & m::max_dest_rd_atomic) s.max_dest_rd_atomic = a->max_dest_rd_atomic;
+  if (ring) {
+    qp.rd_res.swap(ring);
+    qp.rd_res_size = ring_size;
+  }
   if (attrs & m::min_rnr_timer) s.min_rnr_timer = a->min_rnr_timer;
-  if (attrs & m::timeout) s.timeout = a->timeout;
+  if (attrs & m::timeout) {
+    s.timeout = a->timeout;
+    qp.ack_timeout_tsc = ack_timeout_tsc(a->timeout, rte_get_tsc_hz());
+  }
   if (attrs & m::retry_cnt) s.retry_cnt = a->retry_cnt;
   if (attrs & m::rnr_retry) s.rnr_retry = a->rnr_retry;
   if (attrs & m::max_qp_rd_atomic) s.max_rd_atomic = a->max_rd_atomic;

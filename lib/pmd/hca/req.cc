@@ -41,7 +41,7 @@ bool send_read_request(Engine& e, Qp& qp, SendWqe& w, uint32_t pkt) {
   bth.ack_req = true;
   bth.dest_qp = qp.attr.dest_qp_num;
   uint8_t* p;
-  rte_mbuf* m = build_packet(e, qp.addr, bth, 0, &p);
+  rte_mbuf* m = build_packet(e, qp, qp.addr, bth, 0, &p);
   if (!m) return false;
   wire::write_reth(p, w.remote_addr + off, w.rkey, w.length - off);
   send_packet(e, m, p + sizeof(wire::Reth), 0);
@@ -57,7 +57,7 @@ bool send_atomic_request(Engine& e, Qp& qp, SendWqe& w) {
   bth.ack_req = true;
   bth.dest_qp = qp.attr.dest_qp_num;
   uint8_t* p;
-  rte_mbuf* m = build_packet(e, qp.addr, bth, 0, &p);
+  rte_mbuf* m = build_packet(e, qp, qp.addr, bth, 0, &p);
   if (!m) return false;
   // AtomicETH: SwapData is the swap value (CmpSwap) or the addend (FetchAdd).
   const bool cas = w.opcode == WrOpcode::atomic_cmp_and_swp;
@@ -97,13 +97,6 @@ uint8_t packet_opcode(const SendWqe& w, uint32_t pkt, uint32_t npkts) {
   }
 }
 
-uint64_t timeout_cycles(const Engine& e, uint8_t timeout) {
-  // 4.096 us * 2^timeout (IBA 9.7.6.1.3); timeout 0 means "infinite".
-  if (timeout == 0) return 0;
-  double us = 4.096 * double(1ull << (timeout > 31 ? 31 : timeout));
-  return uint64_t(us * double(e.tsc_hz()) / 1e6);
-}
-
 ReqState req_state(const Qp& qp) {
   QpState s = qp.state.load(std::memory_order_acquire);
   if (s == QpState::err) return ReqState::error;
@@ -130,18 +123,8 @@ void check_drained(Qp& qp) {
   mid::dispatch_event(ev);
 }
 
-// Resolves the peer's MAC through the neighbour table (never blocks: an unknown address
-// is resolved in the background and the QP waits).
-bool resolve(Engine& e, Qp& qp, wire::FrameAddr& addr) {
-  if (qp.qp_type != QpType::ud && qp.addr_resolved) return true;
-  uint8_t mac[6];
-  if (!e.device().neigh().lookup(addr.dst_ip, mac)) return false;
-  std::memcpy(addr.dst_mac, mac, 6);
-  if (qp.qp_type != QpType::ud) qp.addr_resolved = true;
-  return true;
-}
-
-// Sends packet `pkt` of WQE `w`; returns false when out of mbufs or the WQE failed.
+// Sends packet `pkt` of WQE `w`; returns false when it cannot leave yet (neighbour
+// unresolved, out of mbufs) or the WQE failed.
 bool send_one(Engine& e, Qp& qp, SendWqe& w, uint32_t pkt) {
   const uint32_t mtu = qp.mtu;
   const uint32_t off = pkt * mtu;
@@ -155,21 +138,10 @@ bool send_one(Engine& e, Qp& qp, SendWqe& w, uint32_t pkt) {
   bth.psn = wire::psn_add(w.first_psn, pkt);
   bth.ack_req = qp.qp_type == QpType::rc && (last || (pkt + 1) % kAckReqEvery == 0);
 
-  wire::FrameAddr* addr = &qp.addr;
-  if (qp.qp_type == QpType::ud) {
-    addr = &w.ah->addr;
-    bth.dest_qp = w.remote_qpn;
-  } else {
-    bth.dest_qp = qp.attr.dest_qp_num;
-  }
-  if (!resolve(e, qp, *addr)) {
-    qp.req.blocked_on_neigh = true;
-    return false;
-  }
-  qp.req.blocked_on_neigh = false;
-
+  const bool ud = qp.qp_type == QpType::ud;
+  bth.dest_qp = ud ? w.remote_qpn : qp.attr.dest_qp_num;
   uint8_t* p;
-  rte_mbuf* m = build_packet(e, *addr, bth, len, &p);
+  rte_mbuf* m = build_packet(e, qp, ud ? w.ah->addr : qp.addr, bth, len, &p);
   if (!m) return false;
   const wire::OpcodeInfo& info = wire::opcode_info(bth.opcode);
   if (info.flags & wire::opf::kDeth) {
@@ -225,8 +197,12 @@ WcStatus execute_local(Engine& e, Qp& qp, SendWqe& w) {
 
 }  // namespace
 
+void req_arm_timer(Engine& e, Qp& qp) noexcept {
+  qp.req.timer_deadline = qp.ack_timeout_tsc ? e.now() + qp.ack_timeout_tsc : 0;
+}
+
 bool req_needs_service(Qp& qp) noexcept {
-  if (qp.resp.pending) return true;  // READ/atomic responses still to send
+  if (qp.resp.pending || qp.resp.ack_held) return true;  // the responder owes frames
   switch (req_state(qp)) {
     case ReqState::idle: return false;
     case ReqState::error:
@@ -254,6 +230,12 @@ void req_rewind(Engine& e, Qp& qp, uint32_t psn) noexcept {
 
 int req_step(Engine& e, Qp& qp, int budget) noexcept {
   Requester& r = qp.req;
+  if (qp.resp.ack_held) {
+    if (qp.state.load(std::memory_order_relaxed) == QpState::err)
+      qp.resp.ack_pending = qp.resp.ack_held = false;  // nothing is acknowledged in ERR
+    else
+      resp_send_ack(e, qp);
+  }
   if (qp.resp.pending) {
     // READ/atomic responses and this QP's own requests share the QP's turn, and responses
     // may take at most half of it while the requester has packets to send. A peer that keeps
@@ -294,8 +276,7 @@ int req_step(Engine& e, Qp& qp, int budget) noexcept {
     req_rewind(e, qp, r.last_ack_psn);
     // Re-arm now, not when a packet leaves: a peer that vanished can leave the port
     // refusing frames, and the retries must still run out (IBA 9.7.6.1.3).
-    uint64_t t = timeout_cycles(e, qp.attr.timeout);
-    r.timer_deadline = t ? e.now() + t : 0;
+    req_arm_timer(e, qp);
   }
 
   int sent = 0;
@@ -348,19 +329,18 @@ int req_step(Engine& e, Qp& qp, int budget) noexcept {
     if (rd) {
       bool ok = w->opcode == WrOpcode::rdma_read ? send_read_request(e, qp, *w, r.next_pkt)
                                                  : send_atomic_request(e, qp, *w);
+      if (r.timer_deadline == 0) req_arm_timer(e, qp);
       if (!ok) break;
       sent++;
       r.psn = wire::psn_add(w->first_psn, w->npkts);
       if (wire::psn_diff(r.psn, r.max_psn) > 0) r.max_psn = r.psn;
       r.next_pkt = 0;
       r.next_wqe++;
-      if (r.timer_deadline == 0) {
-        uint64_t t = timeout_cycles(e, qp.attr.timeout);
-        r.timer_deadline = t ? e.now() + t : 0;
-      }
       continue;
     }
-    if (!send_one(e, qp, *w, r.next_pkt)) break;
+    const bool ok = send_one(e, qp, *w, r.next_pkt);
+    if (qp.qp_type == QpType::rc && r.timer_deadline == 0) req_arm_timer(e, qp);
+    if (!ok) break;
     if (qp.state.load(std::memory_order_relaxed) == QpState::err) return sent;
     sent++;
     r.psn = wire::psn_add(r.psn, 1);
@@ -373,10 +353,6 @@ int req_step(Engine& e, Qp& qp, int budget) noexcept {
         // UC and UD complete once the last packet is handed to the port (IBA 9.8, 9.7.8).
         comp_retire_upto(e, qp, r.next_wqe);
       }
-    }
-    if (qp.qp_type == QpType::rc && r.timer_deadline == 0) {
-      uint64_t t = timeout_cycles(e, qp.attr.timeout);
-      r.timer_deadline = t ? e.now() + t : 0;
     }
   }
   if (draining) check_drained(qp);

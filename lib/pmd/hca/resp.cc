@@ -22,18 +22,20 @@ using wire::NakCode;
 enum class RespResult : uint8_t { done, rnr, nak_inv, nak_access, nak_op, drop };
 
 // Sends an ACK/NAK carrying `syndrome` for `psn` right away (NAKs are never coalesced).
-void send_aeth(Engine& e, Qp& qp, uint8_t syndrome, uint32_t psn) {
+// False when it cannot leave now (neighbour unresolved, out of mbufs): a NAK is then lost
+// like any frame and the requester's timer recovers; resp_send_ack holds a coalesced ACK.
+bool send_aeth(Engine& e, Qp& qp, uint8_t syndrome, uint32_t psn) {
   wire::BthFields bth{};
   bth.opcode = wire::op::kRc | wire::op::kAck;
   bth.pkey = wire::kDefaultPkey;
   bth.dest_qp = qp.attr.dest_qp_num;
   bth.psn = psn;
-  if (!qp.addr_resolved) return;  // resp_rx learnt the peer's MAC before any ACK is owed
   uint8_t* p;
-  rte_mbuf* m = build_packet(e, qp.addr, bth, 0, &p);
-  if (!m) return;  // like a lost ACK: the requester's timer recovers
+  rte_mbuf* m = build_packet(e, qp, qp.addr, bth, 0, &p);
+  if (!m) return false;
   wire::write_aeth(p, syndrome, qp.resp.msn);
   send_packet(e, m, p + sizeof(wire::Aeth), 0);
+  return true;
 }
 
 // End-to-end credits (IBA 9.7.7.2, Table 44): the 5-bit code of the largest count not
@@ -251,10 +253,8 @@ bool sequence_ok(const Responder& rs, uint32_t f) {
   return false;
 }
 
-uint32_t res_cap(const Qp& qp) {
-  uint32_t n = qp.attr.max_dest_rd_atomic;
-  return n == 0 ? 1 : n > kMaxRespResources ? kMaxRespResources : n;
-}
+// Entries of the responder-resource ring; 0 for a QP that never entered RTR as RC.
+uint32_t res_cap(const Qp& qp) { return qp.rd_res_size; }
 
 // Queues a READ/atomic request for its responses (in PSN order after the ones pending).
 // False when every responder resource still owes responses (IBA 9.7.4.1.5: too many
@@ -264,8 +264,8 @@ bool add_resource(Qp& qp, const RespResource& r) {
   const uint32_t cap = res_cap(qp);
   if (rs.pending >= cap) return false;
   uint32_t slot = rs.res_head % cap;
-  rs.res[slot] = r;
-  rs.res[slot].valid = true;
+  qp.rd_res[slot] = r;
+  qp.rd_res[slot].valid = true;
   rs.res_head = (slot + 1) % cap;
   if (rs.pending++ == 0) {
     rs.gen = slot;
@@ -299,7 +299,7 @@ RespResult execute_atomic(Engine& e, Qp& qp, const wire::Packet& pkt) {
   if (va & 7) return RespResult::nak_inv;  // atomics are naturally aligned (C9-...)
   Mr* mr = mr_get_remote(e.device(), a->r_key(), qp.pd, qp.qp_num, va, 8, access::remote_atomic);
   if (!mr) return RespResult::nak_access;
-  if (qp.resp.pending >= res_cap(qp)) return RespResult::nak_inv;
+  if (qp.resp.pending >= res_cap(qp)) return RespResult::nak_inv;  // (also: no ring)
   // The CPU's own atomic makes this atomic against every other atomic on the address,
   // from any QP or engine, with no lock (IBA 9.4.5 requires atomicity per HCA).
   auto* p = reinterpret_cast<uint64_t*>(mr_host(*mr, va));
@@ -331,7 +331,7 @@ void replay(Qp& qp, uint32_t psn) {
   if (rs.pending && wire::psn_diff(psn, rs.resp_psn) >= 0) return;
   for (uint32_t age = 1; age <= cap; age++) {
     uint32_t slot = (rs.res_head + cap - age) % cap;
-    const RespResource& r = rs.res[slot];
+    const RespResource& r = qp.rd_res[slot];
     if (!r.valid) break;
     int32_t d = wire::psn_diff(psn, r.first_psn);
     if (d < 0 || uint32_t(d) >= r.npkts) continue;
@@ -361,8 +361,16 @@ void ud_rx(Engine& e, Qp& qp, const wire::Packet& pkt) {
 void resp_send_ack(Engine& e, Qp& qp) noexcept {
   Responder& rs = qp.resp;
   if (!rs.ack_pending || rs.pending) return;  // responses go out first, in PSN order
-  rs.ack_pending = false;
-  send_aeth(e, qp, rs.ack_syndrome, rs.ack_psn);
+  if (!send_aeth(e, qp, rs.ack_syndrome, rs.ack_psn)) {
+    // Held until it can leave (req_step sends it): an ACK dropped for want of an ARP
+    // answer would cost the requester a whole retransmission timeout.
+    if (!rs.ack_held) {
+      rs.ack_held = true;
+      e.kick(&qp);
+    }
+    return;
+  }
+  rs.ack_pending = rs.ack_held = false;
 }
 
 int resp_tx_step(Engine& e, Qp& qp, int budget) noexcept {
@@ -370,7 +378,7 @@ int resp_tx_step(Engine& e, Qp& qp, int budget) noexcept {
   int sent = 0;
   const uint32_t cap = res_cap(qp);
   while (rs.pending && sent < budget && !e.tx_stalled()) {
-    RespResource& r = rs.res[rs.gen];
+    RespResource& r = qp.rd_res[rs.gen];
     const uint32_t idx = uint32_t(wire::psn_diff(rs.resp_psn, r.first_psn));
     const uint32_t ack = wire::make_syndrome(AethType::ack, wire::kCreditsInvalid);
     wire::BthFields bth{};
@@ -380,7 +388,7 @@ int resp_tx_step(Engine& e, Qp& qp, int budget) noexcept {
     uint8_t* p;
     if (r.atomic) {
       bth.opcode = wire::op::kRc | wire::op::kAtomicAck;
-      rte_mbuf* m = build_packet(e, qp.addr, bth, 0, &p);
+      rte_mbuf* m = build_packet(e, qp, qp.addr, bth, 0, &p);
       if (!m) break;
       wire::write_aeth(p, uint8_t(ack), rs.msn);
       wire::write_atomic_ack_eth(p + sizeof(wire::Aeth), r.orig);
@@ -409,7 +417,7 @@ int resp_tx_step(Engine& e, Qp& qp, int budget) noexcept {
         flush_queues(e, qp);
         return sent;
       }
-      rte_mbuf* m = build_packet(e, qp.addr, bth, len, &p);
+      rte_mbuf* m = build_packet(e, qp, qp.addr, bth, len, &p);
       if (!m) break;
       if (wire::opcode_info(bth.opcode).flags & wire::opf::kAeth) {
         wire::write_aeth(p, uint8_t(ack), rs.msn);
@@ -423,7 +431,7 @@ int resp_tx_step(Engine& e, Qp& qp, int budget) noexcept {
     if (idx + 1 == r.npkts) {
       rs.gen = (rs.gen + 1) % cap;
       // The next request may come several PSNs later (SENDs/WRITEs in between).
-      if (rs.pending > 1) rs.resp_psn = rs.res[rs.gen].first_psn;
+      if (rs.pending > 1) rs.resp_psn = qp.rd_res[rs.gen].first_psn;
       rs.stream_start = rs.resp_psn;
       if (--rs.pending == 0) {
         // The ACK of later SENDs/WRITEs and any NAK waited for these responses (PSN order).
@@ -490,11 +498,6 @@ void resp_rx(Engine& e, Qp& qp, const wire::Packet& pkt) noexcept {
     ev.type = EventType::comm_est;
     ev.element.qp = &qp;
     mid::dispatch_event(ev);
-  }
-  if (!qp.addr_resolved) {
-    // The peer's frames came through its next hop: answer the same way (no ARP wait).
-    std::memcpy(qp.addr.dst_mac, pkt.src_mac, 6);
-    qp.addr_resolved = true;
   }
   const bool rd_atomic = f & (wire::opf::kRead | wire::opf::kAtomic);
   if (rd_atomic && qp.qp_type != QpType::rc) {
@@ -599,7 +602,7 @@ void resp_rx(Engine& e, Qp& qp, const wire::Packet& pkt) noexcept {
   if (f & wire::opf::kLast) rs.msn = (rs.msn + 1) & wire::kPsnMask;
   if (rd_atomic) {
     // A READ consumes one PSN per response packet; its responses are its acknowledgment.
-    const RespResource& last = rs.res[(rs.res_head + res_cap(qp) - 1) % res_cap(qp)];
+    const RespResource& last = qp.rd_res[(rs.res_head + res_cap(qp) - 1) % res_cap(qp)];
     rs.epsn = wire::psn_add(pkt.psn, last.npkts);
     e.kick(&qp);
     return;

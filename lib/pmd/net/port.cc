@@ -6,6 +6,10 @@
 #include "pmd/net/port.h"
 
 #include <dlfcn.h>
+#include <linux/if_packet.h>
+#include <net/if.h>
+#include <sys/socket.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <cstdarg>
@@ -13,6 +17,7 @@
 #include <mutex>
 #include <cerrno>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <string_view>
 #include <vector>
@@ -71,26 +76,72 @@ std::string errstr(int e) {
   return rte_strerror(e < 0 ? -e : e);
 }
 
-// The MTU of the kernel interface behind an "iface=" device (af_packet, af_xdp), or 0.
-// Those PMDs would change the host interface's MTU; we follow it instead, as the kernel's
-// own RoCE drivers do: raise it with `ip link set dev X mtu N` on both ends for jumbo frames.
-uint32_t kernel_iface_mtu(const std::string& devargs) {
-  size_t pos = devargs.find(',');
-  while (pos != std::string::npos) {
+// The kernel network interface behind an "iface=" device (net_af_packet, net_af_xdp):
+// its configuration belongs to the host. A port on one never changes its MAC, MTU or
+// flags: it follows the interface's MTU (raise it with `ip link set dev X mtu N` on both
+// ends for jumbo frames, as the kernel's own RoCE drivers need too) and, when it answers
+// for a MAC other than the interface's (DVERBS_MAC), asks for promiscuous reception through
+// a packet-socket membership, which the kernel counts and drops when the process exits,
+// crash or not (packet(7), PACKET_MR_PROMISC). Nothing is left to restore.
+struct KernelIface {
+  std::string name;
+  uint32_t mtu = 0;
+  uint8_t mac[6] = {};
+  bool have_mac = false;
+};
+
+std::string read_sysfs(const std::string& iface, const char* attr) {
+  std::string v;
+  if (FILE* f = std::fopen(("/sys/class/net/" + iface + "/" + attr).c_str(), "re")) {
+    char buf[64];
+    if (std::fgets(buf, sizeof buf, f)) v = buf;
+    std::fclose(f);
+  }
+  while (!v.empty() && (v.back() == '\n' || v.back() == ' ')) v.pop_back();
+  return v;
+}
+
+// The interface named by "iface=" in the devargs; name empty when there is none.
+KernelIface kernel_iface(const std::string& devargs) {
+  KernelIface k;
+  for (size_t pos = devargs.find(','); pos != std::string::npos;) {
     const size_t start = pos + 1;
     pos = devargs.find(',', start);
     const std::string kv = devargs.substr(start, pos == std::string::npos ? pos : pos - start);
     if (kv.rfind("iface=", 0) != 0) continue;
-    const std::string iface = kv.substr(6);
-    if (iface.empty() || iface.find('/') != std::string::npos) return 0;
-    FILE* f = std::fopen(("/sys/class/net/" + iface + "/mtu").c_str(), "re");
-    if (!f) return 0;
-    unsigned mtu = 0;
-    if (std::fscanf(f, "%u", &mtu) != 1) mtu = 0;
-    std::fclose(f);
-    return mtu;
+    std::string name = kv.substr(6);
+    if (name.empty() || name.find('/') != std::string::npos) return k;
+    k.name = name;
+    k.mtu = uint32_t(std::strtoul(read_sysfs(name, "mtu").c_str(), nullptr, 10));
+    unsigned b[6];
+    const std::string mac = read_sysfs(name, "address");
+    if (std::sscanf(mac.c_str(), "%x:%x:%x:%x:%x:%x", &b[0], &b[1], &b[2], &b[3], &b[4], &b[5]) ==
+        6) {
+      for (int i = 0; i < 6; i++) k.mac[i] = uint8_t(b[i]);
+      k.have_mac = true;
+    }
+    return k;
   }
-  return 0;
+  return k;
+}
+
+// Promiscuous reception on a kernel interface for as long as the returned socket is open
+// (-1 and errno on failure). The socket's protocol is 0, so it receives nothing itself.
+int hold_promiscuous(const std::string& iface) {
+  const unsigned idx = if_nametoindex(iface.c_str());
+  if (idx == 0) return -1;
+  int fd = socket(AF_PACKET, SOCK_RAW | SOCK_CLOEXEC, 0);
+  if (fd < 0) return -1;
+  packet_mreq mr{};
+  mr.mr_ifindex = int(idx);
+  mr.mr_type = PACKET_MR_PROMISC;
+  if (setsockopt(fd, SOL_PACKET, PACKET_ADD_MEMBERSHIP, &mr, sizeof mr) != 0) {
+    const int e = errno;
+    close(fd);
+    errno = e;
+    return -1;
+  }
+  return fd;
 }
 
 void add(std::atomic<uint64_t>& c, uint64_t v) {
@@ -101,32 +152,42 @@ void add(std::atomic<uint64_t>& c, uint64_t v) {
 
 struct Port::Impl {
   std::string name;  // ethdev device name
+  std::string what;  // how errors name the port: 'devargs' or loopback
   // Set when we probed the device, so we hot-unplug it on close.
   std::string remove_bus, remove_dev;
   bool have_port = false, started = false;
-  bool restore_promisc = false;
+  bool restore_promisc = false;  // a DPDK-owned device we made promiscuous
+  KernelIface kernel;            // the host interface behind the port, if any
+  int promisc_fd = -1;           // hold_promiscuous() on `kernel`
   uint64_t tx_offloads = 0;
+  std::string driver;
+  unsigned seq = 0;  // names this port's rings and pool uniquely in the process
   std::vector<rte_ring*> rings;                        // loopback
   std::vector<std::unique_ptr<FaultInjector>> faults;  // per queue, empty when off
   std::unique_ptr<Capture> capture;
+};
+
+// What a step of Port::open could not do: a message and, where there is one, the errno.
+struct Port::OpenError {
+  std::string msg;
+  int err = 0;
 };
 
 std::unique_ptr<Port> Port::open(const Config& cfg, uint16_t nb_queues, std::string* err) {
   std::unique_ptr<Port> p(new Port());
   p->impl_ = std::make_unique<Impl>();
   Impl& im = *p->impl_;
-  const unsigned seq = port_seq.fetch_add(1);
-  const std::string what = cfg.port.empty() ? std::string("loopback") : "'" + cfg.port + "'";
+  im.what = cfg.port.empty() ? std::string("loopback") : "'" + cfg.port + "'";
   DpdkLogCapture log;
   // One line: what failed, DPDK's own reason if it logged one, and the errno text.
-  auto fail = [&](const std::string& msg, int e) -> std::unique_ptr<Port> {
+  auto fail = [&](const OpenError& e) -> std::unique_ptr<Port> {
     if (err) {
       const std::string detail = log.first_line(kHarmless);
-      *err = "DVERBS_PORT: " + msg;
+      *err = "DVERBS_PORT: " + e.msg;
       if (!detail.empty())
-        *err += ": " + detail + (e ? " (" + errstr(e) + ")" : "");
-      else if (e)
-        *err += ": " + errstr(e);
+        *err += ": " + detail + (e.err ? " (" + errstr(e.err) + ")" : "");
+      else if (e.err)
+        *err += ": " + errstr(e.err);
       for (char& c : *err)
         if (c == '\n') c = ' ';
     }
@@ -134,43 +195,64 @@ std::unique_ptr<Port> Port::open(const Config& cfg, uint16_t nb_queues, std::str
     return nullptr;  // ~Port undoes whatever was done
   };
 
-  if (!eal_ready()) return fail("cannot open " + what + ": DPDK is not initialised", 0);
+  if (!eal_ready()) return fail({"cannot open " + im.what + ": DPDK is not initialised"});
   route_bpf_logging();
-  if (nb_queues == 0) nb_queues = 1;
   p->ip_ = cfg.ip;
   p->prefix_len_ = cfg.prefix_len;
+  OpenError e;
+  if (!p->probe(cfg, std::max<uint16_t>(nb_queues, 1), &e, &log) || !p->setup_queues(&e) ||
+      !p->choose_mac(cfg, &e) || !p->start(&e))
+    return fail(e);
+  p->setup_faults(cfg);
+  if (!cfg.pcap.empty()) {
+    std::string cerr;
+    im.capture = Capture::open(cfg.pcap, p->mtu_ + RTE_ETHER_HDR_LEN + RTE_VLAN_HLEN, &cerr);
+    if (!im.capture) {
+      if (err) *err = cerr;
+      log.discard();
+      return nullptr;
+    }
+  }
+  log.replay(kHarmless);
+  return p;
+}
 
-  // 1. The device.
+// Step 1: the device — the built-in loopback (a net_ring over our own rings) or the
+// devargs probed (or found already probed) — and how many queue pairs it gets.
+bool Port::probe(const Config& cfg, uint16_t nb_queues, OpenError* e, DpdkLogCapture* log) {
+  Impl& im = *impl_;
+  const unsigned seq = im.seq = port_seq.fetch_add(1);
   if (cfg.port.empty()) {
-    p->loopback_ = true;
+    loopback_ = true;
     nb_queues = std::min<uint16_t>(nb_queues, RTE_PMD_RING_MAX_RX_RINGS);
     const std::string id = "dv" + std::to_string(seq);
     for (uint16_t q = 0; q < nb_queues; ++q) {
       const std::string rname = "dvlo" + std::to_string(seq) + "_" + std::to_string(q);
       rte_ring* r = rte_ring_create(rname.c_str(), kRingSize, int(rte_socket_id()),
                                     RING_F_SP_ENQ | RING_F_SC_DEQ);
-      if (!r) return fail("cannot create loopback ring", rte_errno);
+      if (!r) return *e = {"cannot create loopback ring", rte_errno}, false;
       im.rings.push_back(r);
     }
     int id_or_err = rte_eth_from_rings(id.c_str(), im.rings.data(), nb_queues, im.rings.data(),
                                        nb_queues, rte_socket_id());
-    if (id_or_err < 0) return fail("cannot create loopback port", rte_errno);
-    p->port_id_ = uint16_t(id_or_err);
+    if (id_or_err < 0) return *e = {"cannot create loopback port", rte_errno}, false;
+    port_id_ = uint16_t(id_or_err);
     im.have_port = true;
     im.name = "net_ring_" + id;
     im.remove_bus = "vdev";
     im.remove_dev = im.name;
   } else {
     im.name = cfg.port.substr(0, cfg.port.find(','));
+    im.kernel = kernel_iface(cfg.port);
     std::string devargs = cfg.port;
     // memif's default 2048-byte buffers chain larger frames, and its 22.11 receive path
     // crashes on such chains: give every RoCE frame (up to 4096 B of payload) one buffer.
     if (im.name.rfind("net_memif", 0) == 0 && devargs.find("bsize=") == std::string::npos)
       devargs += ",bsize=8192";
     int r = rte_dev_probe(devargs.c_str());
-    if (r < 0 && r != -EEXIST) return fail("cannot probe '" + cfg.port + "'", r);
+    if (r < 0 && r != -EEXIST) return *e = {"cannot probe '" + cfg.port + "'", r}, false;
     if (r == -EEXIST) {
-      log.discard();  // "Failed to attach device": it was there already, which is fine
+      log->discard();  // "Failed to attach device": it was there already, which is fine
     } else {
       rte_devargs da{};
       if (rte_devargs_parse(&da, devargs.c_str()) == 0 && da.bus) {
@@ -193,33 +275,35 @@ std::unique_ptr<Port> Port::open(const Config& cfg, uint16_t nb_queues, std::str
         }
       }
     }
-    if (pid == RTE_MAX_ETHPORTS) {
-      // Keep the device so the destructor can remove it.
-      return fail("'" + cfg.port + "' probed but no ethdev port named '" + im.name + "'", 0);
-    }
-    p->port_id_ = pid;
+    if (pid == RTE_MAX_ETHPORTS)  // the device is kept so that ~Port removes it
+      return *e = {"'" + cfg.port + "' probed but no ethdev port named '" + im.name + "'"}, false;
+    port_id_ = pid;
     im.have_port = true;
   }
+  nb_queues_ = nb_queues;
+  return true;
+}
 
+// Step 2: MTU, queues and the mbuf pool, sized to the largest frame the port carries.
+bool Port::setup_queues(OpenError* e) {
+  Impl& im = *impl_;
   rte_eth_dev_info info{};
-  if (int r = rte_eth_dev_info_get(p->port_id_, &info); r != 0)
-    return fail("cannot query " + what, r);
+  if (int r = rte_eth_dev_info_get(port_id_, &info); r != 0)
+    return *e = {"cannot query " + im.what, r}, false;
   if (info.device) im.name = rte_dev_name(info.device);
+  im.driver = info.driver_name ? info.driver_name : "";
+  uint16_t nb_queues = std::min({nb_queues_, info.max_rx_queues, info.max_tx_queues});
+  if (nb_queues == 0) return *e = {im.what + " has no RX/TX queue"}, false;
+  nb_queues_ = nb_queues;
 
-  // 2. Queues and MTU.
-  nb_queues = std::min({nb_queues, info.max_rx_queues, info.max_tx_queues});
-  if (nb_queues == 0) return fail(what + " has no RX/TX queue", 0);
-  p->nb_queues_ = nb_queues;
-
-  const std::string_view driver = info.driver_name ? info.driver_name : "";
-  // The largest MTU the device accepts, up to kWantMtu (ethdev's own validation rule).
+  // The largest MTU the device accepts, up to kWantMtu (ethdev's own validation rule), and
+  // never above a host interface's own (af_packet's 1500 gives a 1024 B path MTU).
   uint32_t overhead = RTE_ETHER_HDR_LEN + RTE_ETHER_CRC_LEN;
   if (info.max_mtu != UINT16_MAX && info.max_rx_pktlen > info.max_mtu)
     overhead = info.max_rx_pktlen - info.max_mtu;
   uint32_t mtu = std::min<uint32_t>(kWantMtu, info.max_mtu);
   if (info.max_rx_pktlen > overhead) mtu = std::min(mtu, info.max_rx_pktlen - overhead);
-  const uint32_t kernel_mtu = kernel_iface_mtu(cfg.port);
-  if (kernel_mtu) mtu = std::min(mtu, kernel_mtu);
+  if (im.kernel.mtu) mtu = std::min(mtu, im.kernel.mtu);
   mtu = std::max<uint32_t>(mtu, info.min_mtu);
 
   rte_eth_conf conf{};
@@ -228,95 +312,111 @@ std::unique_ptr<Port> Port::open(const Config& cfg, uint16_t nb_queues, std::str
   if (info.tx_offload_capa & RTE_ETH_TX_OFFLOAD_MULTI_SEGS)
     conf.txmode.offloads |= RTE_ETH_TX_OFFLOAD_MULTI_SEGS;
   im.tx_offloads = conf.txmode.offloads;
-  if (int r = rte_eth_dev_configure(p->port_id_, nb_queues, nb_queues, &conf); r != 0)
-    return fail("cannot configure " + what + " with " + std::to_string(nb_queues) + " queues", r);
-  // Pushes the MTU to drivers that apply it only here; never to a kernel interface
-  // (af_packet and af_xdp would change the host's MTU, see kernel_iface_mtu).
-  if (!kernel_mtu) rte_eth_dev_set_mtu(p->port_id_, uint16_t(mtu));
+  if (int r = rte_eth_dev_configure(port_id_, nb_queues, nb_queues, &conf); r != 0)
+    return *e = {"cannot configure " + im.what + " with " + std::to_string(nb_queues) +
+                     " queues", r},
+           false;
+  // Pushes the MTU to drivers that apply it only here; never to a host interface.
+  if (im.kernel.name.empty()) rte_eth_dev_set_mtu(port_id_, uint16_t(mtu));
   uint16_t got_mtu = 0;
-  p->mtu_ = rte_eth_dev_get_mtu(p->port_id_, &got_mtu) == 0 && got_mtu ? got_mtu : mtu;
+  mtu_ = rte_eth_dev_get_mtu(port_id_, &got_mtu) == 0 && got_mtu ? got_mtu : mtu;
   // net_memif advertises the Ethernet default (max_rx_pktlen 1518) but chains its
   // pkt_buffer_size buffers on both sides and carries any frame (4242-byte frames tested
   // between two processes), so jumbo RoCE frames are fine.
-  if (driver == "net_memif") p->mtu_ = kWantMtu;
+  if (im.driver == "net_memif") mtu_ = kWantMtu;
   // memif's rings live in memory the two ends share: what the peer has not read when we
   // disconnect is gone (the kernel-backed PMDs hand each frame to the kernel at TX).
-  p->unread_tx_lost_on_close_ = driver == "net_memif";
+  unread_tx_lost_on_close_ = im.driver == "net_memif";
 
-  // 3. The mbuf pool: the largest frame in one segment, and no bigger than that; never
-  // below DPDK's default. net_af_xdp maps the pool as its UMEM, one object per frame, and
-  // its max_mtu assumes page-sized objects: give it exactly that.
-  const uint32_t frame_max = p->mtu_ + RTE_ETHER_HDR_LEN + RTE_VLAN_HLEN + RTE_ETHER_CRC_LEN;
+  // The mbuf pool: the largest frame in one segment, and no bigger than that; never below
+  // DPDK's default. net_af_xdp maps the pool as its UMEM, one object per frame, and its
+  // max_mtu assumes page-sized objects: give it exactly that.
+  const uint32_t frame_max = mtu_ + RTE_ETHER_HDR_LEN + RTE_VLAN_HLEN + RTE_ETHER_CRC_LEN;
   uint16_t data_room = uint16_t(std::clamp<uint32_t>(
       RTE_PKTMBUF_HEADROOM + ((frame_max + 63) & ~63u), RTE_MBUF_DEFAULT_BUF_SIZE, kMbufDataRoom));
-  if (driver == "net_af_xdp") {
+  if (im.driver == "net_af_xdp") {
     data_room = uint16_t(4096 - sizeof(rte_mbuf));
     while (rte_mempool_calc_obj_size(uint32_t(sizeof(rte_mbuf)) + data_room, 0, nullptr) > 4096)
       data_room = uint16_t(data_room - 64);
   }
-  const std::string pool_name = "dvpool" + std::to_string(seq);
-  p->pool_ = rte_pktmbuf_pool_create(pool_name.c_str(), kPoolSize, kPoolCache, 0, data_room,
-                                     int(rte_socket_id()));
-  if (!p->pool_)
-    return fail("cannot create a pool of " + std::to_string(kPoolSize) + " mbufs of " +
-                    std::to_string(data_room) + " B (raise -m in DVERBS_EAL)",
-                rte_errno);
+  const std::string pool_name = "dvpool" + std::to_string(im.seq);
+  pool_ = rte_pktmbuf_pool_create(pool_name.c_str(), kPoolSize, kPoolCache, 0, data_room,
+                                  int(rte_socket_id()));
+  if (!pool_)
+    return *e = {"cannot create a pool of " + std::to_string(kPoolSize) + " mbufs of " +
+                     std::to_string(data_room) + " B (raise -m in DVERBS_EAL)",
+                 rte_errno},
+           false;
 
   uint16_t nb_rxd = kRingSize, nb_txd = kRingSize;
-  rte_eth_dev_adjust_nb_rx_tx_desc(p->port_id_, &nb_rxd, &nb_txd);
-  const int socket = rte_eth_dev_socket_id(p->port_id_);
+  rte_eth_dev_adjust_nb_rx_tx_desc(port_id_, &nb_rxd, &nb_txd);
+  const int socket = rte_eth_dev_socket_id(port_id_);
   for (uint16_t q = 0; q < nb_queues; ++q) {
-    if (int r = rte_eth_rx_queue_setup(p->port_id_, q, nb_rxd, unsigned(socket), nullptr, p->pool_);
+    if (int r = rte_eth_rx_queue_setup(port_id_, q, nb_rxd, unsigned(socket), nullptr, pool_);
         r != 0)
-      return fail("cannot set up RX queue " + std::to_string(q) + " of " + what, r);
-    if (int r = rte_eth_tx_queue_setup(p->port_id_, q, nb_txd, unsigned(socket), nullptr); r != 0)
-      return fail("cannot set up TX queue " + std::to_string(q) + " of " + what, r);
+      return *e = {"cannot set up RX queue " + std::to_string(q) + " of " + im.what, r}, false;
+    if (int r = rte_eth_tx_queue_setup(port_id_, q, nb_txd, unsigned(socket), nullptr); r != 0)
+      return *e = {"cannot set up TX queue " + std::to_string(q) + " of " + im.what, r}, false;
   }
+  return true;
+}
 
-  // 4. MAC address: DVERBS_MAC, else the port's, else one derived from the IP.
+// Step 3: the port's MAC: DVERBS_MAC, else the device's, else one derived from the IP.
+// A DPDK-owned device is given DVERBS_MAC; a host interface keeps its own (see
+// KernelIface) and receives ours through a promiscuous membership.
+bool Port::choose_mac(const Config& cfg, OpenError* e) {
+  Impl& im = *impl_;
   if (cfg.mac_set) {
-    std::memcpy(p->mac_, cfg.mac, 6);
-    rte_ether_addr a;
-    std::memcpy(a.addr_bytes, cfg.mac, 6);
-    // Devices that cannot change it (net_ring) still receive it: promiscuous mode below.
-    rte_eth_dev_default_mac_addr_set(p->port_id_, &a);
-  } else {
-    rte_ether_addr a{};
-    rte_eth_macaddr_get(p->port_id_, &a);
-    if (rte_is_zero_ether_addr(&a)) {
-      // Locally administered unicast 02:00:<IPv4 address>.
-      p->mac_[0] = 0x02;
-      p->mac_[1] = 0x00;
-      for (int i = 0; i < 4; ++i) p->mac_[2 + i] = uint8_t(cfg.ip >> (24 - 8 * i));
+    std::memcpy(mac_, cfg.mac, 6);
+    if (!im.kernel.name.empty()) {
+      if (!im.kernel.have_mac || std::memcmp(im.kernel.mac, mac_, 6) != 0) {
+        im.promisc_fd = hold_promiscuous(im.kernel.name);
+        if (im.promisc_fd < 0)
+          return *e = {"DVERBS_MAC differs from " + im.kernel.name +
+                           "'s own and promiscuous reception cannot be had",
+                       errno},
+                 false;
+      }
     } else {
-      std::memcpy(p->mac_, a.addr_bytes, 6);
+      rte_ether_addr a;
+      std::memcpy(a.addr_bytes, cfg.mac, 6);
+      // Devices that cannot change it (net_ring) still receive it: promiscuous mode below.
+      rte_eth_dev_default_mac_addr_set(port_id_, &a);
     }
+    return true;
   }
+  rte_ether_addr a{};
+  rte_eth_macaddr_get(port_id_, &a);
+  if (rte_is_zero_ether_addr(&a)) {
+    // Locally administered unicast 02:00:<IPv4 address>.
+    mac_[0] = 0x02;
+    mac_[1] = 0x00;
+    for (int i = 0; i < 4; ++i) mac_[2 + i] = uint8_t(cfg.ip >> (24 - 8 * i));
+  } else {
+    std::memcpy(mac_, a.addr_bytes, 6);
+  }
+  return true;
+}
 
-  // 5. Start.
-  if (int r = rte_eth_dev_start(p->port_id_); r != 0) return fail("cannot start " + what, r);
+// Step 4: start. A DPDK-owned device is made promiscuous where it can be (restored on
+// close); a host interface's flags are never touched.
+bool Port::start(OpenError* e) {
+  Impl& im = *impl_;
+  if (int r = rte_eth_dev_start(port_id_); r != 0)
+    return *e = {"cannot start " + im.what, r}, false;
   im.started = true;
-  // Not every device can; not fatal. Restored on close (af_packet sets it on the interface).
-  if (rte_eth_promiscuous_get(p->port_id_) == 0 && rte_eth_promiscuous_enable(p->port_id_) == 0)
+  if (im.kernel.name.empty() && rte_eth_promiscuous_get(port_id_) == 0 &&
+      rte_eth_promiscuous_enable(port_id_) == 0)
     im.restore_promisc = true;
+  return true;
+}
 
-  // 6. Faults and capture.
-  if (cfg.fault.enabled()) {
-    for (uint16_t q = 0; q < nb_queues; ++q)
-      im.faults.push_back(
-          std::make_unique<FaultInjector>(cfg.fault, uint64_t(p->port_id_) << 16 | q, p->pool_));
-  }
-  if (!cfg.pcap.empty()) {
-    std::string cerr;
-    im.capture = Capture::open(cfg.pcap, p->mtu_ + RTE_ETHER_HDR_LEN + RTE_VLAN_HLEN, &cerr);
-    if (!im.capture) {
-      if (err) *err = cerr;
-      log.discard();
-      return nullptr;
-    }
-  }
-  log.replay(kHarmless);
-  return p;
+// Step 5: DVERBS_FAULT, one injector per receive queue.
+void Port::setup_faults(const Config& cfg) {
+  if (!cfg.fault.enabled()) return;
+  for (uint16_t q = 0; q < nb_queues_; ++q)
+    impl_->faults.push_back(
+        std::make_unique<FaultInjector>(cfg.fault, uint64_t(port_id_) << 16 | q, pool_));
 }
 
 Port::~Port() {
@@ -335,6 +435,7 @@ Port::~Port() {
     rte_eth_dev_stop(port_id_);
   }
   if (im.restore_promisc) rte_eth_promiscuous_disable(port_id_);
+  if (im.promisc_fd >= 0) close(im.promisc_fd);
   im.faults.clear();
   if (im.have_port) rte_eth_dev_close(port_id_);
   if (!im.remove_dev.empty()) rte_eal_hotplug_remove(im.remove_bus.c_str(), im.remove_dev.c_str());

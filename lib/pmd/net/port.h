@@ -16,6 +16,7 @@
 
 #include <atomic>
 #include <cstdint>
+#include <cstring>
 #include <memory>
 #include <string>
 
@@ -35,6 +36,7 @@ struct PortStats {
 };
 
 class Capture;
+class DpdkLogCapture;
 
 class Port {
  public:
@@ -82,6 +84,13 @@ class Port {
   uint16_t port_id() const { return port_id_; }
   uint16_t nb_queues() const { return nb_queues_; }  // may be fewer than asked (device max)
   const uint8_t* mac() const { return mac_; }
+  // Receive filtering as a NIC does: a frame is for this port when its destination is the
+  // port's unicast MAC or broadcast (ARP). Multicast is accepted only for groups a QP has
+  // joined, and no group can be joined yet. Context: any, never sleeps.
+  bool accepts(const uint8_t* dst_mac) const noexcept {
+    static constexpr uint8_t kBroadcast[6] = {0xff, 0xff, 0xff, 0xff, 0xff, 0xff};
+    return std::memcmp(dst_mac, mac_, 6) == 0 || std::memcmp(dst_mac, kBroadcast, 6) == 0;
+  }
   uint32_t ip() const { return ip_; }  // host byte order
   uint8_t prefix_len() const { return prefix_len_; }
   uint32_t mtu() const { return mtu_; }  // Ethernet MTU (payload bytes of a frame)
@@ -99,6 +108,14 @@ class Port {
  private:
   Port() = default;
   struct Impl;
+  struct OpenError;
+  // The steps of open(), in order; each fills *e when it fails. Context: process context.
+  bool probe(const Config& cfg, uint16_t nb_queues, OpenError* e, DpdkLogCapture* log);
+  bool setup_queues(OpenError* e);
+  bool choose_mac(const Config& cfg, OpenError* e);
+  bool start(OpenError* e);
+  void setup_faults(const Config& cfg);
+
   std::unique_ptr<Impl> impl_;
   uint16_t port_id_ = 0, nb_queues_ = 0;
   uint8_t mac_[6] = {};

@@ -252,29 +252,37 @@ void Harness::open() {
   ready_ = true;
 }
 
-void Harness::inject_arp_from_peer() {
+void Harness::inject_arp_from_peer() { inject_arp(peer_ip_, peer_mac_, false); }
+
+void Harness::inject_arp(uint32_t ip, const uint8_t mac[6], bool reply) {
   std::vector<uint8_t> f(60, 0);
-  std::memset(f.data(), 0xff, 6);
-  std::memcpy(f.data() + 6, peer_mac_, 6);
+  if (reply)
+    std::memcpy(f.data(), our_mac_, 6);
+  else
+    std::memset(f.data(), 0xff, 6);
+  std::memcpy(f.data() + 6, mac, 6);
   wire::store_be16(f.data() + 12, 0x0806);
   uint8_t* a = f.data() + 14;
   wire::store_be16(a, 1);  // Ethernet
   wire::store_be16(a + 2, 0x0800);
   a[4] = 6;
   a[5] = 4;
-  wire::store_be16(a + 6, 1);  // request
-  std::memcpy(a + 8, peer_mac_, 6);
-  wire::store_be32(a + 14, peer_ip_);
+  wire::store_be16(a + 6, reply ? 2 : 1);
+  std::memcpy(a + 8, mac, 6);
+  wire::store_be32(a + 14, ip);
+  if (reply) std::memcpy(a + 18, our_mac_, 6);
   wire::store_be32(a + 24, our_ip_);
   inject({f});
 }
 
-Gid Harness::peer_gid() const {
+Gid Harness::gid_of(uint32_t ip) {
   Gid g{};
   g.raw[10] = g.raw[11] = 0xff;
-  wire::store_be32(g.raw + 12, peer_ip_);
+  wire::store_be32(g.raw + 12, ip);
   return g;
 }
+
+Gid Harness::peer_gid() const { return gid_of(peer_ip_); }
 
 std::vector<uint8_t> Harness::build(const Pkt& p) const {
   const wire::OpcodeInfo& info = wire::opcode_info(p.opcode);
@@ -284,10 +292,10 @@ std::vector<uint8_t> Harness::build(const Pkt& p) const {
   const uint32_t len = wire::headers_len(p.opcode) + plen + pad + wire::kIcrcLen;
   std::vector<uint8_t> frame(len, 0);
   wire::FrameAddr a{};
-  std::memcpy(a.src_mac, peer_mac_, 6);
-  std::memcpy(a.dst_mac, our_mac_, 6);
+  std::memcpy(a.src_mac, p.src_mac ? p.src_mac : peer_mac_, 6);
+  std::memcpy(a.dst_mac, p.dst_mac ? p.dst_mac : our_mac_, 6);
   a.src_ip = p.src_ip ? p.src_ip : peer_ip_;
-  a.dst_ip = our_ip_;
+  a.dst_ip = p.dst_ip ? p.dst_ip : our_ip_;
   a.udp_sport = 0xc123;
   a.ttl = 64;
   wire::BthFields b{};
@@ -390,8 +398,9 @@ size_t Harness::sent_pending() {
 
 Counters Harness::counters() const {
   auto& c = dev_->counters();
-  return Counters{c.rx_packets.load(), c.rx_no_qp.load(), c.rx_bad_state.load(),
-                  c.rx_bad_frame.load(), c.rx_bad_icrc.load()};
+  return Counters{c.rx_packets.load(),   c.rx_no_qp.load(),    c.rx_bad_state.load(),
+                  c.rx_bad_frame.load(), c.rx_bad_icrc.load(), c.rx_non_roce.load(),
+                  c.rx_not_for_us.load()};
 }
 
 void Harness::reset_io() {
@@ -450,7 +459,7 @@ void ProtoTest::make_qp(const Conn& c) {
     a.path_mtu = c.mtu;
     a.dest_qp_num = kPeerQpn;
     a.rq_psn = c.rq_psn;
-    a.ah_attr.dgid = h.peer_gid();
+    a.ah_attr.dgid = c.peer_ip ? Harness::gid_of(c.peer_ip) : h.peer_gid();
     a.ah_attr.port_num = 1;
     a.ah_attr.is_global = true;
     a.max_dest_rd_atomic = c.max_dest_rd_atomic;

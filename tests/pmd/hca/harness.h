@@ -94,11 +94,15 @@ struct Pkt {
   uint32_t imm_be = 0;            // ImmDt, network byte order
   uint32_t ieth_rkey = 0;         // IETH
   uint32_t src_ip = 0;            // 0 = the fake peer
+  uint32_t dst_ip = 0;            // 0 = the HCA's address
+  const uint8_t* src_mac = nullptr;  // nullptr = the fake peer's MAC
+  const uint8_t* dst_mac = nullptr;  // nullptr = the HCA's MAC
 };
 
 // Device counters read at one moment (DeviceCounters holds atomics).
 struct Counters {
-  uint64_t rx_packets, rx_no_qp, rx_bad_state, rx_bad_frame, rx_bad_icrc;
+  uint64_t rx_packets, rx_no_qp, rx_bad_state, rx_bad_frame, rx_bad_icrc, rx_non_roce,
+      rx_not_for_us;
 };
 
 class Harness {
@@ -116,6 +120,7 @@ class Harness {
   const uint8_t* our_mac() const { return our_mac_; }
   const uint8_t* peer_mac() const { return peer_mac_; }
   Gid peer_gid() const;
+  static Gid gid_of(uint32_t ip);
 
   // Builds one frame from the fake peer (correct IP checksum and ICRC).
   std::vector<uint8_t> build(const Pkt& p) const;
@@ -123,6 +128,8 @@ class Harness {
   void inject(const std::vector<std::vector<uint8_t>>& frames);
   void inject(const Pkt& p) { inject({build(p)}); }
   void inject(const std::vector<Pkt>& ps);
+  // An ARP request for our address (reply = false) or a reply to us from ip/mac.
+  void inject_arp(uint32_t ip, const uint8_t mac[6], bool reply);
 
   // Runs the engine `rounds` times. Context: the test thread (the only one driving it).
   void poll(int rounds = 1);
@@ -199,6 +206,7 @@ class ProtoTest : public ::testing::Test {
     uint32_t qkey = 0x11111111;  // UD
     uint32_t cap_send = 64, cap_recv = 64;
     const Srq* srq = nullptr;  // receives come from this SRQ (QpInit::srq); must outlive qp
+    uint32_t peer_ip = 0;      // the peer's IPv4 address; 0 = the fake peer (known by ARP)
   };
 
   Harness& h = Harness::get();
