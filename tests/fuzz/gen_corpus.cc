@@ -346,6 +346,23 @@ void rx_raw() {
   const uint32_t kB = 1u << 14 | 3;
   std::vector<uint8_t> f = raw_frame(op::kRc | op::kSendOnly, kB, 0x100, 40);
   save("rx", "raw-rc-send", raw_input(mode::kRawOne, f));
+  // Frames the port's receive filter drops before the transport (rx_not_for_us): another
+  // station's MAC, a multicast group nobody joined, another IPv4 address. Under kFixup the
+  // low two bits of MAC byte 5 keep the destination MAC / IPv4 address as written.
+  {
+    std::vector<uint8_t> other = f;
+    const uint8_t stranger[6] = {0x02, 0x99, 0x99, 0x99, 0x99, 0x99};
+    std::memcpy(other.data(), stranger, 6);
+    save("rx", "filter-other-mac", raw_input(mode::kRawOne | mode::kFixup, other));
+    std::vector<uint8_t> mc = f;
+    const uint8_t group[6] = {0x01, 0x00, 0x5e, 0x01, 0x02, 0x03};
+    std::memcpy(mc.data(), group, 6);
+    save("rx", "filter-multicast", raw_input(mode::kRawOne | mode::kFixup, mc));
+    std::vector<uint8_t> ip = f;
+    ip[5] = 0x02;  // the MAC is re-aimed at the port, the IPv4 destination kept
+    wire::store_be32(ip.data() + 14 + 16, 0xc0000201);  // 192.0.2.1
+    save("rx", "filter-other-ip", raw_input(mode::kRawOne | mode::kFixup, ip));
+  }
   // Truncated at every header boundary (and inside each header), checksums fixed up.
   for (uint32_t cut : {0u, 1u, 13u, 14u, 20u, 33u, 34u, 41u, 42u, 50u, 53u, 54u, 57u}) {
     std::vector<uint8_t> t(f.begin(), f.begin() + std::min<size_t>(cut, f.size()));

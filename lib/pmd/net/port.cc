@@ -125,6 +125,22 @@ KernelIface kernel_iface(const std::string& devargs) {
   return k;
 }
 
+// The id of the XDP program attached to `iface` (0: none; also 0 when libbpf, which
+// net_af_xdp loads, is not in the process). net_af_xdp attaches one while the port is open
+// and detaches it on close; a process that died leaves it behind, and the next port on the
+// interface replaces it.
+uint32_t attached_xdp_prog(const std::string& iface) {
+  using query_fn = int (*)(int, int, uint32_t*);
+  void* h = dlopen("libbpf.so.1", RTLD_NOW | RTLD_NOLOAD);
+  if (!h) return 0;
+  auto query = reinterpret_cast<query_fn>(dlsym(h, "bpf_xdp_query_id"));
+  uint32_t id = 0;
+  const unsigned idx = if_nametoindex(iface.c_str());
+  if (!query || idx == 0 || query(int(idx), 0, &id) != 0) id = 0;
+  dlclose(h);
+  return id;
+}
+
 // Promiscuous reception on a kernel interface for as long as the returned socket is open
 // (-1 and errno on failure). The socket's protocol is 0, so it receives nothing itself.
 int hold_promiscuous(const std::string& iface) {
@@ -244,6 +260,13 @@ bool Port::probe(const Config& cfg, uint16_t nb_queues, OpenError* e, DpdkLogCap
   } else {
     im.name = cfg.port.substr(0, cfg.port.find(','));
     im.kernel = kernel_iface(cfg.port);
+    if (im.name.rfind("net_af_xdp", 0) == 0 && !im.kernel.name.empty())
+      if (uint32_t id = attached_xdp_prog(im.kernel.name))
+        std::fprintf(stderr,
+                     "dverbs: %s already has XDP program %u attached (left by an AF_XDP "
+                     "program that did not close, such as a dverbs process that died); "
+                     "replacing it, and detaching ours on close\n",
+                     im.kernel.name.c_str(), id);
     std::string devargs = cfg.port;
     // memif's default 2048-byte buffers chain larger frames, and its 22.11 receive path
     // crashes on such chains: give every RoCE frame (up to 4096 B of payload) one buffer.
@@ -320,6 +343,8 @@ bool Port::setup_queues(OpenError* e) {
   if (im.kernel.name.empty()) rte_eth_dev_set_mtu(port_id_, uint16_t(mtu));
   uint16_t got_mtu = 0;
   mtu_ = rte_eth_dev_get_mtu(port_id_, &got_mtu) == 0 && got_mtu ? got_mtu : mtu;
+  // A host interface carries what its own MTU says, whatever the PMD keeps.
+  if (!im.kernel.name.empty()) mtu_ = mtu;
   // net_memif advertises the Ethernet default (max_rx_pktlen 1518) but chains its
   // pkt_buffer_size buffers on both sides and carries any frame (4242-byte frames tested
   // between two processes), so jumbo RoCE frames are fine.
