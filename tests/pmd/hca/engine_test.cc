@@ -127,6 +127,8 @@ struct FilterCase {
   Pkt (*mutate)(Pkt);
 };
 
+void PrintTo(const FilterCase& c, std::ostream* os) { *os << c.what; }
+
 class RxFilterTest : public EngineTest, public ::testing::WithParamInterface<FilterCase> {};
 
 constexpr uint8_t kStranger[6] = {0x02, 0x99, 0x99, 0x99, 0x99, 0x99};
