@@ -142,6 +142,10 @@ inline uint64_t ack_timeout_tsc(uint8_t timeout, uint64_t tsc_hz) noexcept {
 void resp_rx(Engine& e, Qp& qp, const wire::Packet& pkt) noexcept;
 // Sends the coalesced ACK owed by the responder, if any. Context: owner engine.
 void resp_send_ack(Engine& e, Qp& qp) noexcept;
+// Retries the ACK or NAK the responder holds (Responder::held_since: the neighbour had
+// not answered ARP, or no mbuf), applying a sent NAK's effect. Context: owner engine,
+// qp->lock held.
+void resp_send_held(Engine& e, Qp& qp) noexcept;
 // Sends up to `budget` READ/atomic response packets in PSN order; returns packets sent.
 // Context: owner engine, qp->lock held.
 int resp_tx_step(Engine& e, Qp& qp, int budget) noexcept;

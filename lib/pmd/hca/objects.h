@@ -171,10 +171,11 @@ struct Responder {
   uint32_t stream_start = 0; // PSN that opened the current response stream (FIRST/ONLY)
   bool ack_pending = false;  // coalesced ACK owed at the end of the burst
   bool ack_held = false;     // ... that could not leave yet (no ARP answer, no mbuf)
-  // A NAK that must wait for READ/atomic responses already queued (PSN order); a fatal
-  // one also moves the QP to ERR once it is sent.
+  // A NAK that waits for READ/atomic responses already queued (PSN order) or for the
+  // neighbour to answer ARP; nak_effect (a NakEffect) is applied once it is sent.
   bool nak_owed = false;
-  bool nak_fatal = false;
+  uint8_t nak_effect = 0;
+  uint64_t held_since = 0;   // TSC: an ACK or NAK first could not leave (0: none held)
   uint8_t nak_syndrome = 0;
   uint32_t nak_psn = 0;
   uint8_t ack_syndrome = 0;

@@ -202,7 +202,7 @@ void req_arm_timer(Engine& e, Qp& qp) noexcept {
 }
 
 bool req_needs_service(Qp& qp) noexcept {
-  if (qp.resp.pending || qp.resp.ack_held) return true;  // the responder owes frames
+  if (qp.resp.pending || qp.resp.held_since) return true;  // the responder owes frames
   switch (req_state(qp)) {
     case ReqState::idle: return false;
     case ReqState::error:
@@ -230,12 +230,7 @@ void req_rewind(Engine& e, Qp& qp, uint32_t psn) noexcept {
 
 int req_step(Engine& e, Qp& qp, int budget) noexcept {
   Requester& r = qp.req;
-  if (qp.resp.ack_held) {
-    if (qp.state.load(std::memory_order_relaxed) == QpState::err)
-      qp.resp.ack_pending = qp.resp.ack_held = false;  // nothing is acknowledged in ERR
-    else
-      resp_send_ack(e, qp);
-  }
+  if (qp.resp.held_since) resp_send_held(e, qp);
   if (qp.resp.pending) {
     // READ/atomic responses and this QP's own requests share the QP's turn, and responses
     // may take at most half of it while the requester has packets to send. A peer that keeps

@@ -19,7 +19,19 @@ namespace {
 using wire::AethType;
 using wire::NakCode;
 
-enum class RespResult : uint8_t { done, rnr, nak_inv, nak_access, nak_op, drop };
+// nak_access_reported: an access violation a receive completion already reported.
+enum class RespResult : uint8_t { done, rnr, nak_inv, nak_access, nak_access_reported, nak_op, drop };
+
+// What a NAK does besides being sent: nothing (PSN sequence error, RNR), or the QP enters
+// ERR (IBA 9.9.3.1.2: the responder's class B/C/D errors are QP-fatal), raising the
+// affiliated asynchronous error that tells the consumer why (C9-222.1.1) — unless a receive
+// completion already carried the error (error_reported).
+enum class NakEffect : uint8_t { none, error_reported, error_access, error_invalid };
+
+// An ACK or NAK that cannot leave (the neighbour has not answered ARP, no mbuf) is held
+// and retried by every requester step; past this it is given up like a lost frame (a
+// fatal NAK's QP enters ERR all the same), so an unanswered ARP costs no engine forever.
+constexpr uint64_t kHoldLimitMs = 2000;
 
 // Sends an ACK/NAK carrying `syndrome` for `psn` right away (NAKs are never coalesced).
 // False when it cannot leave now (neighbour unresolved, out of mbufs): a NAK is then lost
@@ -59,27 +71,55 @@ void owe_ack(Qp& qp, uint32_t psn) {
   qp.resp.ack_syndrome = wire::make_syndrome(AethType::ack, credit_code(qp));
 }
 
-void enter_error(Engine& e, Qp& qp) {
-  if (qp.state.load(std::memory_order_relaxed) == QpState::err) return;
+// The one way the responder moves its QP to ERR: every queue is flushed and, for an
+// error no receive completion reported, the affiliated asynchronous event is raised: Local
+// Access Violation for an R_Key, bounds or permission violation, Invalid Request for a
+// malformed or unexpected request (IBA 11.6.3, C9-222.1.1).
+void enter_error(Engine& e, Qp& qp, NakEffect why) {
+  if (why == NakEffect::none || qp.state.load(std::memory_order_relaxed) == QpState::err) return;
   qp.state.store(QpState::err, std::memory_order_release);
   flush_queues(e, qp);
+  if (why == NakEffect::error_reported) return;
+  mid::Event ev;
+  ev.device = qp.device;
+  ev.type = why == NakEffect::error_access ? EventType::qp_access_err : EventType::qp_req_err;
+  ev.element.qp = &qp;
+  mid::dispatch_event(ev);
 }
 
-// Sends a NAK now, or — while READ/atomic responses for earlier PSNs are still queued —
-// after them, so the requester sees responses and NAKs in PSN order.
-void nak(Engine& e, Qp& qp, uint8_t syndrome, uint32_t psn, bool fatal) {
+void hold(Engine& e, Qp& qp) {
+  if (qp.resp.held_since == 0) {
+    qp.resp.held_since = e.now() ? e.now() : 1;
+    e.kick(&qp);
+  }
+}
+
+// Sends a NAK now, or — while READ/atomic responses for earlier PSNs are still queued, or
+// while the neighbour is unresolved — later (resp_send_held), so the requester sees
+// responses and NAKs in PSN order and a NAK is never lost to ARP. A fatal NAK's QP takes
+// no more requests from here on (resp_rx) and enters ERR once it is sent.
+void nak(Engine& e, Qp& qp, uint8_t syndrome, uint32_t psn, NakEffect effect) {
   Responder& rs = qp.resp;
-  if (rs.pending) {
-    if (!rs.nak_owed) {
-      rs.nak_owed = true;
-      rs.nak_syndrome = syndrome;
-      rs.nak_psn = psn;
-      rs.nak_fatal = fatal;
-    }
+  if (!rs.pending && !rs.nak_owed && send_aeth(e, qp, syndrome, psn)) {
+    enter_error(e, qp, effect);
     return;
   }
-  send_aeth(e, qp, syndrome, psn);
-  if (fatal) enter_error(e, qp);
+  if (!rs.nak_owed) {
+    rs.nak_owed = true;
+    rs.nak_syndrome = syndrome;
+    rs.nak_psn = psn;
+    rs.nak_effect = uint8_t(effect);
+  }
+  if (!rs.pending) hold(e, qp);
+}
+
+NakEffect nak_effect_of(RespResult r) {
+  switch (r) {
+    case RespResult::nak_access: return NakEffect::error_access;
+    case RespResult::nak_op:  // fail_recv completed the receive in error
+    case RespResult::nak_access_reported: return NakEffect::error_reported;
+    default: return NakEffect::error_invalid;
+  }
 }
 
 void finish_recv(Qp& qp);
@@ -150,14 +190,13 @@ void finish_recv(Qp& qp) {
   qp.resp.recv_offset = 0;
 }
 
-// Receive-side error: the receive completes in error and the QP moves to ERR (IBA
-// 9.9.3.1.2: responder local errors are "class ... error QP").
+// Receive-side error: the receive completes in error, which reports it, and the QP moves
+// to ERR (IBA 9.9.3.1.2: responder errors are QP-fatal).
 void fail_recv(Engine& e, Qp& qp, WcStatus st, const wire::Packet& pkt) {
   if (RecvWqe* w = qp.resp.recv) {
     complete_recv(qp, *w, st, WcOpcode::recv, 0, pkt, false);
   }
-  qp.state.store(QpState::err, std::memory_order_release);
-  flush_queues(e, qp);
+  enter_error(e, qp, NakEffect::error_reported);
 }
 
 RespResult execute_send(Engine& e, Qp& qp, const wire::Packet& pkt) {
@@ -213,7 +252,16 @@ RespResult execute_write(Engine& e, Qp& qp, const wire::Packet& pkt) {
     if (len) {
       mr = mr_get_remote(e.device(), reth->r_key(), qp.pd, qp.qp_num, reth->vaddr(), len,
                          access::remote_write);
-      if (!mr || !(qp.attr.qp_access_flags & access::remote_write)) return RespResult::nak_access;
+      if (!mr || !(qp.attr.qp_access_flags & access::remote_write)) {
+        // A WRITE with immediate names the receive WQE it consumes: the violation is
+        // reported there (IBV_WC_LOC_ACCESS_ERR, "a protection error ... during an RDMA
+        // Write with Immediate"), not as an asynchronous error (C9-222.1.1).
+        if ((f & wire::opf::kRecvWqe) && take_recv(e, qp)) {
+          fail_recv(e, qp, WcStatus::loc_access_err, pkt);
+          return RespResult::nak_access_reported;
+        }
+        return RespResult::nak_access;
+      }
     }
     (void)mr;
     rs.write_rkey = reth->r_key();
@@ -360,17 +408,36 @@ void ud_rx(Engine& e, Qp& qp, const wire::Packet& pkt) {
 
 void resp_send_ack(Engine& e, Qp& qp) noexcept {
   Responder& rs = qp.resp;
-  if (!rs.ack_pending || rs.pending) return;  // responses go out first, in PSN order
+  if (!rs.ack_pending || rs.pending || rs.nak_owed) return;  // PSN order
   if (!send_aeth(e, qp, rs.ack_syndrome, rs.ack_psn)) {
-    // Held until it can leave (req_step sends it): an ACK dropped for want of an ARP
-    // answer would cost the requester a whole retransmission timeout.
-    if (!rs.ack_held) {
-      rs.ack_held = true;
-      e.kick(&qp);
-    }
+    // Held until it can leave (resp_send_held): an ACK dropped for want of an ARP answer
+    // would cost the requester a whole retransmission timeout.
+    rs.ack_held = true;
+    hold(e, qp);
     return;
   }
   rs.ack_pending = rs.ack_held = false;
+}
+
+void resp_send_held(Engine& e, Qp& qp) noexcept {
+  Responder& rs = qp.resp;
+  if (rs.pending) return;  // READ/atomic responses first, in PSN order
+  const bool give_up =
+      rs.held_since && e.now() - rs.held_since > kHoldLimitMs * e.tsc_hz() / 1000;
+  if (rs.nak_owed) {
+    if (!send_aeth(e, qp, rs.nak_syndrome, rs.nak_psn) && !give_up) return hold(e, qp);
+    rs.nak_owed = false;
+    enter_error(e, qp, NakEffect(rs.nak_effect));
+  }
+  if (qp.state.load(std::memory_order_relaxed) == QpState::err) {
+    rs.ack_pending = rs.ack_held = false;  // nothing is acknowledged in ERR
+  } else if (rs.ack_held) {
+    rs.ack_held = false;
+    if (give_up) rs.ack_pending = false;
+    resp_send_ack(e, qp);
+    if (rs.ack_held) return;
+  }
+  rs.held_since = 0;
 }
 
 int resp_tx_step(Engine& e, Qp& qp, int budget) noexcept {
@@ -411,10 +478,8 @@ int resp_tx_step(Engine& e, Qp& qp, int budget) noexcept {
                    : nullptr;
       if (len && !mr) {
         rs.pending = 0;
-        send_aeth(e, qp, wire::make_syndrome(AethType::nak, uint8_t(NakCode::remote_access_error)),
-                  rs.resp_psn);
-        qp.state.store(QpState::err, std::memory_order_release);
-        flush_queues(e, qp);
+        nak(e, qp, wire::make_syndrome(AethType::nak, uint8_t(NakCode::remote_access_error)),
+            rs.resp_psn, NakEffect::error_access);
         return sent;
       }
       rte_mbuf* m = build_packet(e, qp, qp.addr, bth, len, &p);
@@ -437,12 +502,8 @@ int resp_tx_step(Engine& e, Qp& qp, int budget) noexcept {
         // The ACK of later SENDs/WRITEs and any NAK waited for these responses (PSN order).
         if (rs.ack_pending) resp_send_ack(e, qp);
         if (rs.nak_owed) {
-          rs.nak_owed = false;
-          send_aeth(e, qp, rs.nak_syndrome, rs.nak_psn);
-          if (rs.nak_fatal) {
-            enter_error(e, qp);
-            return sent;
-          }
+          resp_send_held(e, qp);
+          if (qp.state.load(std::memory_order_relaxed) == QpState::err) return sent;
         }
       }
     }
@@ -563,14 +624,15 @@ void resp_rx(Engine& e, Qp& qp, const wire::Packet& pkt) noexcept {
       rs.nak_sent = true;
       qp.seq_naks_sent.fetch_add(1, std::memory_order_relaxed);
       nak(e, qp, wire::make_syndrome(AethType::nak, uint8_t(NakCode::psn_seq_error)), rs.epsn,
-          false);
+          NakEffect::none);
     }
     return;
   }
-  if (rs.nak_owed && rs.nak_fatal) return;  // failing once the queued responses are out
+  // A fatal NAK is owed: the QP takes no more requests and fails once it is sent.
+  if (rs.nak_owed && NakEffect(rs.nak_effect) != NakEffect::none) return;
   if (!sequence_ok(rs, f) || !length_ok(qp, f, pkt.payload_len)) {
     nak(e, qp, wire::make_syndrome(AethType::nak, uint8_t(NakCode::invalid_request)), pkt.psn,
-        true);
+        NakEffect::error_invalid);
     return;
   }
   RespResult r = (f & wire::opf::kSend)    ? execute_send(e, qp, pkt)
@@ -583,16 +645,19 @@ void resp_rx(Engine& e, Qp& qp, const wire::Packet& pkt) noexcept {
     case RespResult::rnr:
       // No receive posted (IBA 9.7.5.2.8): RNR NAK with our minimum RNR timer; the ePSN
       // does not move, the requester retries this packet.
-      nak(e, qp, wire::make_syndrome(AethType::rnr_nak, qp.attr.min_rnr_timer), pkt.psn, false);
+      nak(e, qp, wire::make_syndrome(AethType::rnr_nak, qp.attr.min_rnr_timer), pkt.psn,
+          NakEffect::none);
       return;
     case RespResult::nak_inv:
     case RespResult::nak_access:
+    case RespResult::nak_access_reported:
     case RespResult::nak_op:
     case RespResult::drop: {
-      NakCode code = r == RespResult::nak_access ? NakCode::remote_access_error
-                     : r == RespResult::nak_op   ? NakCode::remote_op_error
-                                                 : NakCode::invalid_request;
-      nak(e, qp, wire::make_syndrome(AethType::nak, uint8_t(code)), pkt.psn, true);
+      NakCode code = r == RespResult::nak_access || r == RespResult::nak_access_reported
+                         ? NakCode::remote_access_error
+                     : r == RespResult::nak_op ? NakCode::remote_op_error
+                                               : NakCode::invalid_request;
+      nak(e, qp, wire::make_syndrome(AethType::nak, uint8_t(code)), pkt.psn, nak_effect_of(r));
       return;
     }
   }

@@ -104,6 +104,33 @@ TEST_F(EngineTest, AckToAnUnknownNeighbourIsHeldUntilArpAnswers) {
   EXPECT_EQ(mac_vec(sent[0].dst_mac), mac_vec(kMac));
 }
 
+// A fatal NAK owed to a peer whose MAC is not known yet is held like an ACK: it leaves
+// when ARP answers, and only then does the QP enter ERR (the peer learns why its request
+// failed instead of retrying into a QP that no longer answers). Meanwhile the QP takes no
+// more requests.
+TEST_F(EngineTest, FatalNakToAnUnknownNeighbourIsHeldUntilArpAnswers) {
+  Conn c;
+  c.peer_ip = unknown_peer(0x55);
+  make_qp(c);
+  static constexpr uint8_t kMac[6] = {0x02, 0x00, 0x00, 0x00, 0x00, 0x55};
+  Pkt p = pkt(op::kRc | op::kWriteOnly, R, pattern(16, 5));
+  p.ack_req = true;
+  p.va = addr(0);
+  p.rkey = mr.rkey() + 1;  // no such key
+  p.dma_len = 16;
+  p.src_ip = c.peer_ip;
+  p.src_mac = kMac;
+  auto sent = exchange(p);
+  EXPECT_TRUE(sent.empty()) << describe(sent);
+  EXPECT_NE(qp.state(), QpState::err) << "ERR before the NAK could leave";
+  h.inject_arp(c.peer_ip, kMac, true);
+  sent = wait_frames(1);
+  ASSERT_EQ(sent.size(), 1u) << describe(sent);
+  EXPECT_TRUE(IsNak(sent[0], NakCode::remote_access_error, R));
+  EXPECT_EQ(mac_vec(sent[0].dst_mac), mac_vec(kMac));
+  EXPECT_EQ(qp.state(), QpState::err);
+}
+
 // IBA 9.7.6.1.3: the retransmission timer runs from the first transmission attempt, so a
 // neighbour that never answers ARP ends in RETRY_EXC_ERR after retry_cnt retries, never
 // in a QP that waits forever.

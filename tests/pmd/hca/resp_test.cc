@@ -4,6 +4,8 @@
 // the QP state.
 #include <arpa/inet.h>
 
+#include <atomic>
+
 #include "harness.h"
 
 namespace dverbs::proto {
@@ -290,6 +292,59 @@ TEST_F(RespTest, WriteWithBadRkeyNaksRemoteAccessError) {
   EXPECT_TRUE(IsNak(sent[0], NakCode::remote_access_error, E));
   EXPECT_EQ(bytes(0, 16), std::vector<uint8_t>(16, 0));
   expect_error_state();
+}
+
+// IBA C9-222.1.1, 11.6.3: a responder error no receive WQE can carry reaches the consumer
+// as an affiliated asynchronous error: Local Access Violation for an access violation.
+TEST_F(RespTest, AccessViolationRaisesTheLocalAccessViolationEvent) {
+  connect();
+  std::atomic<uint32_t> seen{0};
+  h.ctx().set_event_handler([&](const AsyncEvent& ev) {
+    if (ev.type == EventType::qp_access_err && ev.qp_num == qpn()) seen++;
+  });
+  auto sent = exchange(write(op::kWriteOnly, E, 0, 16, pattern(16, 1), mr.rkey() + 1));
+  ASSERT_EQ(sent.size(), 1u) << describe(sent);
+  EXPECT_TRUE(IsNak(sent[0], NakCode::remote_access_error, E));
+  EXPECT_TRUE(h.poll_until([&] { return seen.load() > 0; })) << "no QP access error event";
+  h.ctx().set_event_handler({});
+  EXPECT_EQ(seen.load(), 1u);
+  expect_error_state();
+}
+
+// ... and Invalid Request for a request out of the opcode sequence (IBA 9.7.4.1.3).
+TEST_F(RespTest, InvalidRequestRaisesTheInvalidRequestEvent) {
+  connect();
+  post_recv(1, 0, 1024);
+  std::atomic<uint32_t> seen{0};
+  h.ctx().set_event_handler([&](const AsyncEvent& ev) {
+    if (ev.type == EventType::qp_req_err && ev.qp_num == qpn()) seen++;
+  });
+  auto sent = exchange(send(op::kSendMiddle, E, pattern(256, 1)));
+  ASSERT_EQ(sent.size(), 1u) << describe(sent);
+  EXPECT_TRUE(IsNak(sent[0], NakCode::invalid_request, E));
+  EXPECT_TRUE(h.poll_until([&] { return seen.load() > 0; })) << "no invalid request event";
+  h.ctx().set_event_handler({});
+  expect_error_state();
+}
+
+// An RDMA WRITE with immediate names the receive WQE it consumes, so its access violation
+// completes that receive in error (ibv_poll_cq(3): IBV_WC_LOC_ACCESS_ERR), rather than
+// flushing it; the requester still gets the remote access NAK.
+TEST_F(RespTest, WriteWithImmediateAccessViolationCompletesItsReceiveInError) {
+  connect();
+  post_recv(7, 0, 64);
+  post_recv(8, 64, 64);
+  Pkt p = write(op::kWriteOnlyImm, E, 1024, 16, pattern(16, 1), mr.rkey() + 1);
+  p.imm_be = 0x01020304;
+  auto sent = exchange(p);
+  ASSERT_EQ(sent.size(), 1u) << describe(sent);
+  EXPECT_TRUE(IsNak(sent[0], NakCode::remote_access_error, E));
+  ASSERT_EQ(wait_wcs(2), 2u);
+  auto w = wcs();
+  expect_wc(w[0], 7, WcStatus::loc_access_err, WcOpcode::recv);
+  expect_wc(w[1], 8, WcStatus::wr_flush_err, WcOpcode::recv);
+  EXPECT_EQ(bytes(1024, 16), std::vector<uint8_t>(16, 0));
+  EXPECT_EQ(qp.state(), QpState::err);
 }
 
 TEST_F(RespTest, WriteOutOfMrBoundsNaksRemoteAccessError) {
