@@ -39,9 +39,9 @@
 #include <unordered_map>
 #include <vector>
 
-#include "daemon/proto.h"
 #include "daemon/server.h"
 #include "midlayer/core.h"
+#include "uapi/dverbsd/proto.h"
 
 namespace dverbs::daemon {
 

@@ -130,6 +130,14 @@ struct Driver {
   // Return 0 or a positive errno (ENOENT: not this driver's device).
   int (*add_port)(const char* devargs, const char* ip, char* name, size_t name_len);
   int (*remove_port)(const char* name);
+  // Arbitration between drivers that offer the same ports in different ways (the embedded
+  // HCA, or dverbsd through dverbs-remote): a process uses one. probe_drivers() asks every
+  // driver with `claims` whether it serves this process, probes those that say yes, and
+  // probes a `fallback` driver only when none did. A driver with neither is always probed.
+  // Context of claims(): process context; cheap (reads the environment, stats a path),
+  // no side effects.
+  bool (*claims)() = nullptr;
+  bool fallback = false;
 };
 
 // Adds a driver to the list probe_drivers() walks. Context: static initialisation or

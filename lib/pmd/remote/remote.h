@@ -27,10 +27,10 @@
 #include <unordered_map>
 #include <vector>
 
-#include "daemon/proto.h"
 #include "midlayer/driver.h"
 #include "midlayer/might_sleep.h"
 #include "pmd/remote/conn.h"
+#include "uapi/dverbsd/proto.h"
 
 namespace dverbs::pmd::remote {
 
