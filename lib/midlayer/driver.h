@@ -7,11 +7,15 @@
 //
 // Error convention: ops return 0 or a positive errno value (as the verbs ABI does);
 // poll_cq returns a count >= 0 or a negative errno.
+//
+// Work-request validation is shared, not per driver: post_send/post_recv call
+// check_send_wr/check_recv_wr of midlayer/wr.h.
 #pragma once
 
 #include <cstdint>
 
 #include "midlayer/objects.h"
+#include "midlayer/wr.h"
 
 namespace dverbs::mid {
 
@@ -57,25 +61,6 @@ struct DeviceOps {
   int (*reg_mr_iova)(Pd* pd, void* host, uint64_t iova, uint64_t length, uint32_t access,
                      Mr** out);
 };
-
-// Which send opcodes a QP type accepts (IBA 9.2 / 11.4.1.1: UD only SEND; READ, atomics
-// and SEND with invalidate only RC). Shared by every driver's post_send validation.
-// Context: any, never sleeps.
-constexpr bool opcode_allowed(QpType t, WrOpcode op) noexcept {
-  switch (op) {
-    case WrOpcode::send:
-    case WrOpcode::send_with_imm: return true;
-    case WrOpcode::rdma_write:
-    case WrOpcode::rdma_write_with_imm: return t != QpType::ud;
-    case WrOpcode::send_with_inv:
-    case WrOpcode::rdma_read:
-    case WrOpcode::atomic_cmp_and_swp:
-    case WrOpcode::atomic_fetch_and_add: return t == QpType::rc;
-    case WrOpcode::bind_mw:
-    case WrOpcode::local_inv: return t != QpType::ud;
-    default: return false;
-  }
-}
 
 struct DeviceRegistration;  // midlayer-private
 

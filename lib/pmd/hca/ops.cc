@@ -462,48 +462,6 @@ int query_qp(mid::Qp* q, QpAttr* a, uint32_t, mid::QpInitAttr* init) {
 
 // ---------------------------------------------------------------- posting
 
-// Validates one send WR completely (IBA 10.8.2) and computes its length.
-int check_send_wr(const Qp& qp, const SendWr& wr, uint32_t* total) {
-  if (!mid::opcode_allowed(qp.qp_type, wr.opcode)) return EINVAL;
-  if (wr.send_flags & ~(send_flags::fence | send_flags::signaled | send_flags::solicited |
-                        send_flags::inline_data))
-    return EINVAL;
-  if (wr.num_sge < 0 || uint32_t(wr.num_sge) > qp.cap.max_send_sge) return EINVAL;
-  if (wr.num_sge > 0 && !wr.sg_list) return EINVAL;
-  uint64_t len = 0;
-  for (int i = 0; i < wr.num_sge; i++) {
-    const Sge& s = wr.sg_list[i];
-    if (s.addr + s.length < s.addr) return EINVAL;  // wraps the address space
-    len += s.length;
-  }
-  if (len > (1ull << 31)) return EINVAL;
-  if ((wr.send_flags & send_flags::inline_data) && len > kMaxInline) return EINVAL;
-  if (is_rd_atomic(wr.opcode) && (wr.send_flags & send_flags::inline_data))
-    return EINVAL;  // the local buffer of a READ/atomic is written: it cannot be inline
-  // An atomic returns the 8-byte original value into exactly one 8-byte SGE (IBA 10.8.3.4).
-  if ((wr.opcode == WrOpcode::atomic_cmp_and_swp || wr.opcode == WrOpcode::atomic_fetch_and_add) &&
-      (wr.num_sge != 1 || len != 8))
-    return EINVAL;
-  if (wr.opcode == WrOpcode::bind_mw) {
-    // Type 1 windows are bound with ibv_bind_mw, type 2 with this WR; both arrive here.
-    const auto& b = wr.bind_mw;
-    if (!b.mw || b.mw->device != qp.device || wr.num_sge != 0) return EINVAL;
-    if (b.bind_info.length && (!b.bind_info.mr || b.bind_info.mr->device != qp.device))
-      return EINVAL;
-    if (b.bind_info.addr + b.bind_info.length < b.bind_info.addr) return EINVAL;
-    *total = 0;
-    return 0;
-  }
-  if (wr.opcode == WrOpcode::local_inv && wr.num_sge != 0) return EINVAL;
-  if (qp.qp_type == QpType::ud) {
-    if (!wr.wr.ud.ah || wr.wr.ud.ah->device != qp.device || wr.wr.ud.remote_qpn > wire::kQpnMask)
-      return EINVAL;
-    if (len > qp.mtu) return EINVAL;  // a UD message is one packet (IBA C10-...)
-  }
-  *total = uint32_t(len);
-  return 0;
-}
-
 int post_send(mid::Qp* q, SendWr* wr, SendWr** bad) {
   Qp& qp = *to_qp(q);
   if (qp.hca->retired()) {  // the port was removed: nothing would run the WR
@@ -516,10 +474,13 @@ int post_send(mid::Qp* q, SendWr* wr, SendWr** bad) {
     *bad = wr;
     return EINVAL;
   }
+  // The QP grants max_inline_data = kMaxInline (create_qp), the size of a WQE's inline
+  // buffer, so the shared check bounds the copy below.
+  const mid::SendLimits lim{qp.cap.max_send_sge, qp.cap.max_inline_data, qp.mtu};
   int rc = 0;
   for (; wr; wr = wr->next) {
     uint32_t total;
-    if ((rc = check_send_wr(qp, *wr, &total)) != 0) break;
+    if ((rc = mid::check_send_wr(qp, lim, *wr, &total)) != 0) break;
     uint64_t idx;
     SendWqe* w = qp.sq.claim(&idx);
     if (!w) {
@@ -585,23 +546,12 @@ int post_send(mid::Qp* q, SendWr* wr, SendWr** bad) {
   return rc;
 }
 
-// Validates receive WRs and queues them on `rq` in order (IBA 10.8.2): SGE count within
-// `max_sge`, no address wrap, total length within 2^31. Stops at the first bad WR (EINVAL)
-// or when the ring is full (ENOMEM) and names it in *bad.
+// Validates receive WRs (mid::check_recv_wr, IBA 10.8.2) and queues them on `rq` in order.
+// Stops at the first bad WR (EINVAL) or when the ring is full (ENOMEM) and names it in *bad.
 int queue_recvs(WorkQueue<RecvWqe>& rq, uint32_t max_sge, RecvWr* wr, RecvWr** bad) {
   for (; wr; wr = wr->next) {
-    if (wr->num_sge < 0 || uint32_t(wr->num_sge) > max_sge || (wr->num_sge > 0 && !wr->sg_list)) {
-      *bad = wr;
-      return EINVAL;
-    }
-    uint64_t len = 0;
-    bool wraps = false;
-    for (int i = 0; i < wr->num_sge; i++) {
-      const Sge& s = wr->sg_list[i];
-      wraps |= s.addr + s.length < s.addr;
-      len += s.length;
-    }
-    if (wraps || len > (1ull << 31)) {
+    uint32_t len;
+    if (mid::check_recv_wr(*wr, max_sge, &len) != 0) {
       *bad = wr;
       return EINVAL;
     }
@@ -613,7 +563,7 @@ int queue_recvs(WorkQueue<RecvWqe>& rq, uint32_t max_sge, RecvWr* wr, RecvWr** b
     }
     w->wr_id = wr->wr_id;
     w->num_sge = uint32_t(wr->num_sge);
-    w->length = uint32_t(len);
+    w->length = len;
     if (wr->num_sge) std::memcpy(w->sge, wr->sg_list, sizeof(Sge) * uint32_t(wr->num_sge));
     rq.publish(idx);
   }
