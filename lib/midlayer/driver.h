@@ -60,6 +60,11 @@ struct DeviceOps {
   // client's memfd, at the client's own addresses. Context: process context, may sleep.
   int (*reg_mr_iova)(Pd* pd, void* host, uint64_t iova, uint64_t length, uint32_t access,
                      Mr** out);
+  // Counters, as the kernel's rdma_hw_stats: fill up to `max` entries of `out` (names are
+  // the driver's static strings) and return how many the device, or the QP, has (which
+  // may exceed max), or a negative errno. Context: process context; reads counters only.
+  int (*query_counters)(Device* dev, Counter* out, int max);
+  int (*query_qp_counters)(Qp* qp, Counter* out, int max);
 };
 
 struct DeviceRegistration;  // midlayer-private
