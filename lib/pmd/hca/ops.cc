@@ -10,6 +10,7 @@
 #include <initializer_list>
 #include <mutex>
 #include <new>
+#include <optional>
 
 #include "midlayer/driver.h"
 #include "pmd/hca/device.h"
@@ -86,9 +87,13 @@ int query_device(mid::Device* d, DeviceAttr* a) {
   return 0;
 }
 
+// Context: process context. The link state is read from the port (rte_eth_link_get_nowait,
+// which some PMDs answer with a system call): never call this under a spinlock (the MTU
+// is cached in port_info()).
 int query_port(mid::Device* d, uint8_t port_num, PortAttr* a) {
   if (port_num != 1) return EINVAL;
   Device& dev = hca(d);
+  mid::might_sleep("query_port (link state)");
   *a = PortAttr{};
   a->state = dev.link_up() ? PortState::active : PortState::down;
   a->max_mtu = active_mtu(dev.port_info().mtu);
@@ -365,6 +370,32 @@ void reset_qp(Qp& qp) {
   qp.addr_resolved = false;
 }
 
+// Holds Qp::lock, the spinlock the owner engine takes for every step of the QP. The
+// control path holds it only for plain stores: nothing under it may sleep or make a
+// system call (the engine, maybe an lcore, spins meanwhile). A checking build marks the
+// held span as a non-sleeping scope, so a blocking call inside (a Mutex, query_port's
+// link-state read) is reported.
+class QpLock {
+ public:
+  explicit QpLock(Qp& qp) noexcept : qp_(&qp) {
+    scope_.emplace("Qp::lock");
+    qp.lock.lock();
+  }
+  ~QpLock() { unlock(); }
+  void unlock() noexcept {
+    if (!qp_) return;
+    qp_->lock.unlock();
+    qp_ = nullptr;
+    scope_.reset();
+  }
+  QpLock(const QpLock&) = delete;
+  QpLock& operator=(const QpLock&) = delete;
+
+ private:
+  Qp* qp_;
+  std::optional<mid::NonSleepingScope> scope_;
+};
+
 int modify_qp(mid::Qp* q, const QpAttr* a, uint32_t mask) {
   namespace m = qp_attr_mask;
   Qp& qp = *to_qp(q);
@@ -387,9 +418,11 @@ int modify_qp(mid::Qp* q, const QpAttr* a, uint32_t mask) {
                                                                          : qp.attr.dest_qp_num,
                        &addr))
     return EINVAL;
+  // The port's MTU as cached at device creation, not query_port (see QpLock).
+  const Mtu port_mtu = active_mtu(dev.port_info().mtu);
 
   // ---- apply (qp_from_attr) ----
-  qp.lock.lock();
+  QpLock held(qp);
   QpAttr& s = qp.attr;
   if (attrs & m::port) s.port_num = a->port_num;
   if (attrs & m::pkey_index) s.pkey_index = a->pkey_index;
@@ -402,10 +435,7 @@ int modify_qp(mid::Qp* q, const QpAttr* a, uint32_t mask) {
   }
   if (attrs & m::path_mtu) {
     s.path_mtu = a->path_mtu;
-    PortAttr pa;
-    query_port(&dev, 1, &pa);
-    Mtu eff = uint32_t(a->path_mtu) < uint32_t(pa.active_mtu) ? a->path_mtu : pa.active_mtu;
-    qp.mtu = mtu_bytes(eff);
+    qp.mtu = mtu_bytes(uint32_t(a->path_mtu) < uint32_t(port_mtu) ? a->path_mtu : port_mtu);
   }
   if (attrs & m::dest_qpn) s.dest_qp_num = a->dest_qp_num;
   if (attrs & m::rq_psn) {
@@ -435,7 +465,7 @@ int modify_qp(mid::Qp* q, const QpAttr* a, uint32_t mask) {
   }
   s.qp_state = to;
   qp.state.store(to, std::memory_order_release);
-  qp.lock.unlock();
+  held.unlock();
   // Entering ERR flushes (owner engine); RTS may have WQEs waiting.
   if (to == QpState::err || to == QpState::rts || to == QpState::sqd) qp.engine->kick(&qp);
   return 0;
@@ -444,12 +474,12 @@ int modify_qp(mid::Qp* q, const QpAttr* a, uint32_t mask) {
 int query_qp(mid::Qp* q, QpAttr* a, uint32_t, mid::QpInitAttr* init) {
   Qp& qp = *to_qp(q);
   std::lock_guard<mid::Mutex> g(qp.hca->ctl());
-  qp.lock.lock();
+  QpLock held(qp);
   *a = qp.attr;
   a->qp_state = a->cur_qp_state = qp.state.load(std::memory_order_acquire);
   a->cap = qp.cap;
   a->sq_sig_all = qp.sq_sig_all;
-  qp.lock.unlock();
+  held.unlock();
   if (init) {
     init->qp_type = qp.qp_type;
     init->send_cq = qp.send_cq;

@@ -5,6 +5,9 @@
 
 #include <cstdlib>
 #include <cstring>
+#include <mutex>
+#include <string>
+#include <utility>
 #include <vector>
 
 #include "dverbs/dverbs.h"
@@ -310,6 +313,46 @@ TEST_F(Fixture, DevicePortAndGidAttributes) {
   EXPECT_EQ(std::memcmp(g.raw, want, 16), 0) << "IPv4-mapped default 10.0.0.1";
   EXPECT_EQ(ctx.query_gid(1, 1, &g), EINVAL);
 }
+
+#if DVERBS_MIGHT_SLEEP_CHECK
+// modify_qp and query_qp hold Qp::lock, the spinlock the owner engine takes for every step
+// of the QP: nothing under it may sleep or make a system call. ops.cc marks the held span
+// as a non-sleeping scope and the HCA's query_port (which reads the link state, a possible
+// syscall) as might_sleep, so asking query_port for the MTU under the lock, as modify_qp
+// once did, is reported here.
+std::mutex g_sleep_mu;
+std::vector<std::string> g_sleep_reports;
+void record_sleep(const char* scope, const char* primitive) {
+  std::lock_guard<std::mutex> lk(g_sleep_mu);
+  g_sleep_reports.push_back(std::string(scope ? scope : "?") + ": " + primitive);
+}
+std::vector<std::string> take_sleep_reports() {
+  std::lock_guard<std::mutex> lk(g_sleep_mu);
+  return std::exchange(g_sleep_reports, {});
+}
+
+TEST_F(Fixture, NothingUnderTheQpLockSleeps) {
+  take_sleep_reports();
+  mid::set_sleep_violation_handler(record_sleep);
+  Qp qp = make_qp();
+  EXPECT_EQ(qp.connect(gid, 5, 1, 2, Mtu::mtu4096), 0);  // RTR sets path_mtu under the lock
+  QpAttr a;
+  EXPECT_EQ(qp.query(&a), 0);
+  EXPECT_EQ(a.path_mtu, Mtu::mtu4096);
+  const std::vector<std::string> clean = take_sleep_reports();
+  // The check is live: the driver's link-state read inside a non-sleeping scope reports.
+  {
+    mid::NonSleepingScope scope("test scope");
+    PortAttr pa;
+    EXPECT_EQ(ctx.raw()->ops->query_port(ctx.raw(), 1, &pa), 0);
+  }
+  const std::vector<std::string> control = take_sleep_reports();
+  mid::set_sleep_violation_handler(nullptr);
+  EXPECT_TRUE(clean.empty()) << "under Qp::lock: " << (clean.empty() ? "" : clean[0]);
+  ASSERT_EQ(control.size(), 1u);
+  EXPECT_EQ(control[0], "test scope: query_port (link state)");
+}
+#endif
 
 // The HCA's counters reach applications through the driver API (DeviceOps::query_counters,
 // the analogue of rdma_hw_stats), not through a cast of the device.
