@@ -27,6 +27,7 @@
 #include "midlayer/driver.h"
 #include "pmd/hca/device.h"
 #include "pmd/hca/engine.h"
+#include "pmd/hca/hca.h"
 #include "pmd/hca/objects.h"
 #include "pmd/net/lcore.h"
 #include "pmd/net/neigh.h"
@@ -120,8 +121,8 @@ struct Bench {
     p.b = b.take();
     if (connect(p.a, gid, p.b.qp_num(), 100, 200) || connect(p.b, gid, p.a.qp_num(), 200, 100))
       fail("connect");
-    p.ha = hca::to_qp(p.a.raw());
-    p.hb = hca::to_qp(p.b.raw());
+    p.ha = hca::qp_of(p.a.raw());
+    p.hb = hca::qp_of(p.b.raw());
     if (p.ha->engine != eng || p.hb->engine != eng) fail("QP not on engine 0");
   }
 
@@ -133,7 +134,8 @@ struct Bench {
     auto c = Context::open();
     if (!c) fail("cannot open the dverbs device", c.error());
     ctx = c.take();
-    dev = static_cast<hca::Device*>(ctx.raw());
+    dev = hca::device_of(ctx.raw());  // checked: nullptr when dverbsd serves the process
+    if (!dev) fail("the device is not the embedded HCA (set DVERBS_DAEMON=off)");
     hca::DeviceTestPeer::stop_lcores(*dev);
     eng = &dev->engine(0);
     pd = Pd::alloc(ctx).take();

@@ -19,8 +19,57 @@ dverbs_install_deps() {
       echo "dverbs: need root (or sudo) to install: ${missing[*]}" >&2; return 1; fi
   fi
   export DEBIAN_FRONTEND=noninteractive
-  $sudo apt-get update -qq
-  $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  dverbs_wait_for_apt_lists
+  $sudo apt-get -o DPkg::Lock::Timeout=600 update -qq
+  dverbs_say_lock_holder
+  $sudo apt-get -o DPkg::Lock::Timeout=600 install -y -qq --no-install-recommends \
+    "${missing[@]}" >/dev/null
+}
+
+# Who holds one of these lock files, as "PID (name)"; nothing when none is held. dpkg and
+# apt take POSIX record locks, which /proc/locks lists with the owner's pid and the file's
+# inode for every user (no fuser, lsof or root needed). Waiters ("->" lines) are skipped.
+dverbs_lock_holder() {
+  local f ino pid
+  for f in "$@"; do
+    ino=$(stat -c %i "$f" 2>/dev/null) || continue
+    pid=$(awk -v ino="$ino" '$2 != "->" { n = split($6, d, ":"); if (d[n] == ino) { print $5; exit } }' \
+      /proc/locks 2>/dev/null)
+    [ -n "$pid" ] || continue
+    local name
+    name=$(cat "/proc/$pid/comm" 2>/dev/null) || name=""
+    if [ "$pid" != 0 ] && [ -n "$name" ]; then echo "process $pid ($name)"; else
+      echo "another package manager"; fi
+    return 0
+  done
+}
+
+# Says once per run that apt-get is about to wait for dpkg's lock, and for whom. On a fresh
+# VM unattended-upgrades holds it for minutes; apt-get then waits (DPkg::Lock::Timeout)
+# instead of failing.
+dverbs_say_lock_holder() {
+  [ -n "${DVERBS_APT_LOCK_SAID:-}" ] && return 0
+  local holder
+  holder=$(dverbs_lock_holder /var/lib/dpkg/lock-frontend /var/lib/dpkg/lock)
+  [ -n "$holder" ] || return 0
+  echo "==> waiting (up to 10 minutes) for the dpkg lock, held by $holder"
+  DVERBS_APT_LOCK_SAID=1
+}
+
+# apt-get update does not wait for the lists lock (DPkg::Lock::Timeout covers dpkg's locks
+# only): wait for it here, at most 10 minutes, then let apt-get report what it finds.
+dverbs_wait_for_apt_lists() {
+  local lock=/var/lib/apt/lists/lock holder i
+  dverbs_say_lock_holder
+  for ((i = 0; i < 300; i++)); do
+    holder=$(dverbs_lock_holder "$lock")
+    [ -n "$holder" ] || return 0
+    if [ -z "${DVERBS_APT_LOCK_SAID:-}" ]; then
+      echo "==> waiting (up to 10 minutes) for the apt lists lock, held by $holder"
+      DVERBS_APT_LOCK_SAID=1
+    fi
+    sleep 2
+  done
 }
 
 # dverbs_configure DIR [meson options...]: meson setup, once.

@@ -15,10 +15,9 @@
 #include <cstdlib>
 #include <cstring>
 #include <sstream>
+#include <string>
 #include <thread>
-
-#include "pmd/hca/device.h"
-#include "pmd/net/port.h"
+#include <vector>
 
 namespace dverbs::perf {
 
@@ -515,20 +514,19 @@ int connect_qp(Qp& qp, QpType type, const Gid& gid, uint32_t rqpn, uint32_t lpsn
 }
 
 Result hca_counters(const Context& ctx) {
-  auto* dev = static_cast<pmd::hca::Device*>(ctx.raw());
+  // Through the driver API (DeviceOps::query_counters): nothing when the driver keeps no
+  // counters (daemon mode).
   Result r;
-  if (!dev) return r;
-  auto& c = dev->counters();
-  auto ld = [](const std::atomic<uint64_t>& a) {
-    return double(a.load(std::memory_order_relaxed));
-  };
-  r["hca_tx_packets"] = {ld(c.tx_packets)};
-  r["hca_rx_packets"] = {ld(c.rx_packets)};
-  r["hca_rx_bad_icrc"] = {ld(c.rx_bad_icrc)};
-  r["hca_rx_no_qp"] = {ld(c.rx_no_qp)};
-  r["hca_tx_no_mbuf"] = {ld(c.tx_no_mbuf)};
-  r["hca_cq_overflow"] = {ld(c.cq_overflow)};
-  r["port_tx_dropped"] = {ld(dev->port().stats().tx_dropped)};
+  std::vector<Counter> all;
+  if (ctx.query_counters(&all) != 0) return r;
+  for (const Counter& c : all) {
+    const std::string name = c.name;
+    if (name == "port_tx_dropped")
+      r[name] = {double(c.value)};
+    else if (name == "tx_packets" || name == "rx_packets" || name == "rx_bad_icrc" ||
+             name == "rx_no_qp" || name == "tx_no_mbuf" || name == "cq_overflow")
+      r["hca_" + name] = {double(c.value)};
+  }
   return r;
 }
 

@@ -48,8 +48,6 @@ struct Fabric {
   void check_pairs_share_engines() const;
   // Engine (queue) index of a QP.
   static uint32_t engine_of(const Qp& qp);
-  // Sum of the retransmission counters of every QP.
-  uint64_t retransmits() const;
   // Sums of every QP's protocol counters (retransmits, RNR NAKs received, sequence NAKs
   // sent, duplicates received), to merge into a child's result.
   void add_qp_counters(std::map<std::string, std::vector<double>>* r) const;

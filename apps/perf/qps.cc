@@ -8,6 +8,7 @@
 #include "perf/fabric.h"
 #include "perf/scenarios.h"
 #include "perf/traffic.h"
+#include "pmd/hca/hca.h"
 #include "pmd/hca/objects.h"
 
 namespace dverbs::perf {
@@ -62,7 +63,8 @@ int child_qps(const Options& o) {
   double ring_bytes = 0;
   for (const auto* v : {&f.senders, &f.receivers})
     for (size_t i = 1; i < v->size(); i++) {
-      const auto* h = pmd::hca::to_qp((*v)[i].raw());
+      const auto* h = pmd::hca::qp_of((*v)[i].raw());
+      if (!h) die("this scenario measures the embedded HCA; run it with DVERBS_DAEMON=off");
       ring_bytes +=
           double(h->sq.capacity()) * sizeof(SqSlot) + double(h->rq.capacity()) * sizeof(RqSlot);
     }

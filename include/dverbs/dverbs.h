@@ -96,6 +96,9 @@ class Context {
   int query_device(DeviceAttr* attr) const;
   int query_port(uint8_t port_num, PortAttr* attr) const;
   int query_gid(uint8_t port_num, int index, Gid* gid) const;
+  // The device's counters (packets, drops...), replacing *out. 0, or EOPNOTSUPP when the
+  // driver keeps none (dverbsd's clients). Context: process context.
+  int query_counters(std::vector<Counter>* out) const;
   const char* name() const;
   mid::Device* raw() const { return dev_; }
 
@@ -205,6 +208,8 @@ class Qp {
   // IBV_QP_* attribute mask semantics; EINVAL for an illegal transition or attribute.
   int modify(const QpAttr& attr, uint32_t attr_mask);
   int query(QpAttr* attr) const;
+  // The QP's counters (retransmissions, NAKs, duplicates), as Context::query_counters.
+  int query_counters(std::vector<Counter>* out) const;
   QpState state() const;
   uint32_t qp_num() const;
 

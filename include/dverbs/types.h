@@ -306,6 +306,13 @@ struct PortAttr {
   uint8_t link_layer_ethernet = 1;
 };
 
+// One hardware counter (the analogue of the kernel's rdma_hw_stats entries): a name the
+// driver owns (a static string) and its value when it was read.
+struct Counter {
+  const char* name;
+  uint64_t value;
+};
+
 // Async event types (values of enum ibv_event_type).
 enum class EventType : uint32_t {
   cq_err = 0,

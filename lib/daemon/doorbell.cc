@@ -35,26 +35,6 @@ constexpr int kPollBatch = 32;          // completions per poll_cq
 constexpr uint32_t kSpinPasses = 4096;  // empty passes before sleeping
 constexpr long kSleepMinNs = 1000, kSleepMaxNs = 50000;
 
-WcOpcode wc_opcode(WrOpcode op) noexcept {
-  switch (op) {
-    case WrOpcode::rdma_write:
-    case WrOpcode::rdma_write_with_imm:
-      return WcOpcode::rdma_write;
-    case WrOpcode::rdma_read:
-      return WcOpcode::rdma_read;
-    case WrOpcode::atomic_cmp_and_swp:
-      return WcOpcode::comp_swap;
-    case WrOpcode::atomic_fetch_and_add:
-      return WcOpcode::fetch_add;
-    case WrOpcode::local_inv:
-      return WcOpcode::local_inv;
-    case WrOpcode::bind_mw:
-      return WcOpcode::bind_mw;
-    default:
-      return WcOpcode::send;
-  }
-}
-
 inline uint32_t min_u32(uint32_t a, uint32_t b) noexcept {
   return a < b ? a : b;
 }
@@ -279,7 +259,7 @@ bool Server::pass_sq(QpObj& q) noexcept {
       if (rc == 0) stats.wqes_posted.fetch_add(1, std::memory_order_relaxed);
     }
     if (rc != 0) {
-      if (!complete_error(*q.scq, w.wr_id, wc_opcode(w.opcode), q.qp_num)) break;
+      if (!complete_error(*q.scq, w.wr_id, mid::wc_opcode(w.opcode), q.qp_num)) break;
       stats.bad_wqes.fetch_add(1, std::memory_order_relaxed);
     }
     cons++;

@@ -39,36 +39,19 @@
 #include <unordered_map>
 #include <vector>
 
-#include "daemon/proto.h"
+#include "base/spinlock.h"
 #include "daemon/server.h"
 #include "midlayer/core.h"
+#include "uapi/dverbsd/proto.h"
 
 namespace dverbs::daemon {
+
+using base::cpu_relax;
+using base::SpinLock;
 
 enum class Kind : uint8_t { none = 0, pd, mr, cq, qp, srq, ah, mw };
 constexpr int kKinds = 8;
 const char* kind_name(Kind k) noexcept;  // "PD", "MR", ...
-
-inline void cpu_relax() noexcept {
-#if defined(__x86_64__) || defined(__i386__)
-  __builtin_ia32_pause();
-#elif defined(__aarch64__)
-  asm volatile("yield");
-#endif
-}
-
-// Never sleeps; held only around a few stores.
-class Spinlock {
- public:
-  void lock() noexcept {
-    while (f_.test_and_set(std::memory_order_acquire))
-      while (f_.test(std::memory_order_relaxed)) cpu_relax();
-  }
-  void unlock() noexcept { f_.clear(std::memory_order_release); }
-
- private:
-  std::atomic_flag f_;
-};
 
 // A MAP_SHARED mapping of a memfd (rings) or a reserved span (client memory).
 struct Mapping {
@@ -196,7 +179,7 @@ struct AhSlot {
   mid::Ah* ah = nullptr;
 };
 struct AhCache {
-  Spinlock lock;
+  SpinLock lock;
   std::vector<AhSlot> slots;  // kAhSlots entries from hello on
 };
 
@@ -222,7 +205,7 @@ struct Conn {
   ShmEvent* ev = nullptr;
   uint32_t ev_n = 0;
   uint32_t ev_prod = 0;  // under ev_lock
-  Spinlock ev_lock;
+  SpinLock ev_lock;
 
   Conn* dev_prev = nullptr;  // DevCtx::conns, under conns_lock
   Conn* dev_next = nullptr;
@@ -242,7 +225,7 @@ struct DevCtx {
   std::string path;
   int listen_fd = -1;
   bool handler_registered = false;
-  Spinlock conns_lock;
+  SpinLock conns_lock;
   Conn* conns = nullptr;
 };
 

@@ -95,6 +95,11 @@ int dealloc_mw(Mw* mw);
 int query_device(Device* dev, DeviceAttr* attr);
 int query_port(Device* dev, uint8_t port_num, PortAttr* attr);
 int query_gid(Device* dev, uint8_t port_num, int index, Gid* gid);
+// The driver's counters of the device or of one QP (DeviceOps::query_counters): how many
+// there are (at most `max` written), or -EOPNOTSUPP when the driver keeps none, or another
+// negative errno. Context: process context.
+int query_counters(Device* dev, Counter* out, int max);
+int query_qp_counters(Qp* qp, Counter* out, int max);
 
 // ---- Context: any thread, never sleeps. ----
 int create_ah(Pd* pd, const AhAttr* attr, Ah** out) noexcept;

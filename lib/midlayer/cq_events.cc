@@ -41,9 +41,12 @@
 #include <cstdio>
 #include <cstdlib>
 #include <mutex>
+#include <new>
 #include <optional>
 #include <thread>
 
+#include "base/mpmc_ring.h"
+#include "base/spinlock.h"
 #include "midlayer/core.h"
 #include "midlayer/internal.h"
 
@@ -52,99 +55,7 @@ namespace {
 
 using detail::kAsyncEventRingSize;
 using detail::kCqReadyRingSize;
-
-inline void cpu_relax() noexcept {
-#if defined(__x86_64__) || defined(__i386__)
-  __builtin_ia32_pause();
-#endif
-}
-
-// Bounded MPMC ring after Dmitry Vyukov: slot `seq` == pos means free for the producer of
-// pos, pos + 1 means filled, pos + N means released for the producer of pos + N. Unlike
-// the classic queue, claim() and release() are separate so that a slot can stay owned by
-// its consumer until the item is fully processed (the async fence relies on it).
-template <class T, uint32_t N>
-class MpmcRing {
-  static_assert((N & (N - 1)) == 0, "ring size must be a power of two");
-
- public:
-  MpmcRing() noexcept {
-    for (uint32_t i = 0; i < N; ++i) slots_[i].seq.store(i, std::memory_order_relaxed);
-  }
-
-  // Context: any, never blocks. False when the ring is full.
-  bool reserve(uint64_t& pos) noexcept {
-    uint64_t p = enq_.load(std::memory_order_relaxed);
-    for (;;) {
-      const uint64_t seq = slots_[p & kMask].seq.load(std::memory_order_acquire);
-      const auto diff = static_cast<int64_t>(seq - p);
-      if (diff == 0) {
-        // seq_cst: readers of a destroy mark must come after the reservation.
-        if (enq_.compare_exchange_weak(p, p + 1, std::memory_order_seq_cst,
-                                       std::memory_order_relaxed)) {
-          pos = p;
-          return true;
-        }
-      } else if (diff < 0) {
-        return false;
-      } else {
-        p = enq_.load(std::memory_order_relaxed);
-      }
-    }
-  }
-  T& at(uint64_t pos) noexcept { return slots_[pos & kMask].value; }
-  void publish(uint64_t pos) noexcept {
-    slots_[pos & kMask].seq.store(pos + 1, std::memory_order_seq_cst);
-  }
-
-  // Context: any, never blocks. False when the head item is not published yet.
-  bool claim(uint64_t& pos) noexcept {
-    uint64_t p = deq_.load(std::memory_order_relaxed);
-    for (;;) {
-      const uint64_t seq = slots_[p & kMask].seq.load(std::memory_order_acquire);
-      const auto diff = static_cast<int64_t>(seq - (p + 1));
-      if (diff == 0) {
-        if (deq_.compare_exchange_weak(p, p + 1, std::memory_order_relaxed,
-                                       std::memory_order_relaxed)) {
-          pos = p;
-          return true;
-        }
-      } else if (diff < 0) {
-        return false;
-      } else {
-        p = deq_.load(std::memory_order_relaxed);
-      }
-    }
-  }
-  void release(uint64_t pos) noexcept {
-    slots_[pos & kMask].seq.store(pos + N, std::memory_order_release);
-  }
-
-  // Position `pos` (already reserved) has been claimed and released.
-  bool done(uint64_t pos) const noexcept {
-    return slots_[pos & kMask].seq.load(std::memory_order_acquire) >= pos + N;
-  }
-  bool head_ready() const noexcept {
-    const uint64_t p = deq_.load(std::memory_order_seq_cst);
-    return slots_[p & kMask].seq.load(std::memory_order_seq_cst) == p + 1;
-  }
-  uint64_t enqueue_position() const noexcept { return enq_.load(std::memory_order_seq_cst); }
-  uint64_t backlog() const noexcept {
-    const uint64_t d = deq_.load(std::memory_order_seq_cst);  // first: d <= e below
-    const uint64_t e = enq_.load(std::memory_order_seq_cst);
-    return e - d;
-  }
-
- private:
-  static constexpr uint64_t kMask = N - 1;
-  struct Slot {
-    std::atomic<uint64_t> seq;
-    T value{};
-  };
-  alignas(64) std::atomic<uint64_t> enq_{0};
-  alignas(64) std::atomic<uint64_t> deq_{0};
-  alignas(64) Slot slots_[N];
-};
+using base::cpu_relax;
 
 struct EventSlot {
   Event event;
@@ -153,9 +64,19 @@ struct EventSlot {
 
 enum PoolState : int { kOff, kRunning, kStopping };
 
+// The rings are base/mpmc_ring.h's, seq_cst on the producer side: the waking rule pairs
+// them with `active` (Dekker, see the top of the file), and a dispatcher reads the destroy
+// marks only after its reservation (Fences). A slot stays owned by its consumer until
+// release(): flush_async_events waits for that.
+static_assert((kAsyncEventRingSize & (kAsyncEventRingSize - 1)) == 0);
+static_assert((kCqReadyRingSize & (kCqReadyRingSize - 1)) == 0);
+
 struct Engine {
-  MpmcRing<EventSlot, kAsyncEventRingSize> events;
-  MpmcRing<Cq*, kCqReadyRingSize> ready;
+  Engine() {
+    if (!events.init(kAsyncEventRingSize) || !ready.init(kCqReadyRingSize)) throw std::bad_alloc();
+  }
+  base::MpmcRing<EventSlot, /*kSeqCst=*/true> events;
+  base::MpmcRing<Cq*, /*kSeqCst=*/true> ready;
   alignas(64) std::atomic<Cq*> overflow{nullptr};  // ready CQs that did not fit the ring
 
   alignas(64) std::atomic<int> active{0};  // drain tasks enqueued or running

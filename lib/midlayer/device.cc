@@ -557,9 +557,16 @@ int probe_drivers() {
     d.owner = std::this_thread::get_id();
     list = d.list;
   }
+  // Arbitration (Driver::claims): the drivers that claim the process, else the fallbacks.
+  std::vector<const Driver*> chosen;
+  for (const Driver* drv : list)
+    if (drv->claims && drv->claims()) chosen.push_back(drv);
+  const bool claimed = !chosen.empty();
+  for (const Driver* drv : list)
+    if (!drv->claims && (!drv->fallback || !claimed)) chosen.push_back(drv);
   int result = 0;
-  for (const Driver* drv : list) {
-    if (!drv->probe) continue;
+  for (const Driver* drv : list) {  // in registration order
+    if (!drv->probe || std::find(chosen.begin(), chosen.end(), drv) == chosen.end()) continue;
     const int rc = drv->probe();
     if (rc != 0) {
       std::fprintf(stderr, "dverbs: driver %s: probe failed: %s\n", drv->name ? drv->name : "?",

@@ -7,11 +7,15 @@
 //
 // Error convention: ops return 0 or a positive errno value (as the verbs ABI does);
 // poll_cq returns a count >= 0 or a negative errno.
+//
+// Work-request validation is shared, not per driver: post_send/post_recv call
+// check_send_wr/check_recv_wr of midlayer/wr.h.
 #pragma once
 
 #include <cstdint>
 
 #include "midlayer/objects.h"
+#include "midlayer/wr.h"
 
 namespace dverbs::mid {
 
@@ -56,26 +60,12 @@ struct DeviceOps {
   // client's memfd, at the client's own addresses. Context: process context, may sleep.
   int (*reg_mr_iova)(Pd* pd, void* host, uint64_t iova, uint64_t length, uint32_t access,
                      Mr** out);
+  // Counters, as the kernel's rdma_hw_stats: fill up to `max` entries of `out` (names are
+  // the driver's static strings) and return how many the device, or the QP, has (which
+  // may exceed max), or a negative errno. Context: process context; reads counters only.
+  int (*query_counters)(Device* dev, Counter* out, int max);
+  int (*query_qp_counters)(Qp* qp, Counter* out, int max);
 };
-
-// Which send opcodes a QP type accepts (IBA 9.2 / 11.4.1.1: UD only SEND; READ, atomics
-// and SEND with invalidate only RC). Shared by every driver's post_send validation.
-// Context: any, never sleeps.
-constexpr bool opcode_allowed(QpType t, WrOpcode op) noexcept {
-  switch (op) {
-    case WrOpcode::send:
-    case WrOpcode::send_with_imm: return true;
-    case WrOpcode::rdma_write:
-    case WrOpcode::rdma_write_with_imm: return t != QpType::ud;
-    case WrOpcode::send_with_inv:
-    case WrOpcode::rdma_read:
-    case WrOpcode::atomic_cmp_and_swp:
-    case WrOpcode::atomic_fetch_and_add: return t == QpType::rc;
-    case WrOpcode::bind_mw:
-    case WrOpcode::local_inv: return t != QpType::ud;
-    default: return false;
-  }
-}
 
 struct DeviceRegistration;  // midlayer-private
 
@@ -130,6 +120,14 @@ struct Driver {
   // Return 0 or a positive errno (ENOENT: not this driver's device).
   int (*add_port)(const char* devargs, const char* ip, char* name, size_t name_len);
   int (*remove_port)(const char* name);
+  // Arbitration between drivers that offer the same ports in different ways (the embedded
+  // HCA, or dverbsd through dverbs-remote): a process uses one. probe_drivers() asks every
+  // driver with `claims` whether it serves this process, probes those that say yes, and
+  // probes a `fallback` driver only when none did. A driver with neither is always probed.
+  // Context of claims(): process context; cheap (reads the environment, stats a path),
+  // no side effects.
+  bool (*claims)() = nullptr;
+  bool fallback = false;
 };
 
 // Adds a driver to the list probe_drivers() walks. Context: static initialisation or

@@ -41,6 +41,20 @@ int query_port(Device* dev, uint8_t port_num, PortAttr* attr) {
   return dev->ops->query_port(dev, port_num, attr);
 }
 
+int query_counters(Device* dev, Counter* out, int max) {
+  might_sleep("query_counters");
+  if (!dev || max < 0 || (max > 0 && !out)) return -EINVAL;
+  if (!dev->ops->query_counters) return -EOPNOTSUPP;
+  return dev->ops->query_counters(dev, out, max);
+}
+
+int query_qp_counters(Qp* qp, Counter* out, int max) {
+  might_sleep("query_qp_counters");
+  if (!qp || max < 0 || (max > 0 && !out)) return -EINVAL;
+  if (!qp->device->ops->query_qp_counters) return -EOPNOTSUPP;
+  return qp->device->ops->query_qp_counters(qp, out, max);
+}
+
 int query_gid(Device* dev, uint8_t port_num, int index, Gid* gid) {
   might_sleep("query_gid");
   if (!dev || !gid || index < 0 || port_num < 1 || port_num > dev->phys_port_cnt) return EINVAL;

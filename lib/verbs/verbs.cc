@@ -130,6 +130,29 @@ int remove_port(const std::string& name) { return mid::remove_port(name.c_str())
 
 int Context::query_device(DeviceAttr* a) const { return mid::query_device(dev_, a); }
 int Context::query_port(uint8_t p, PortAttr* a) const { return mid::query_port(dev_, p, a); }
+
+namespace {
+// Reads counters with `query` (the count or -errno) into *out, growing it to fit.
+template <class Query>
+int read_counters(std::vector<Counter>* out, Query query) {
+  if (!out) return EINVAL;
+  out->resize(32);
+  for (;;) {
+    const int n = query(out->data(), int(out->size()));
+    if (n < 0) {
+      out->clear();
+      return -n;
+    }
+    const bool fits = size_t(n) <= out->size();
+    out->resize(size_t(n));
+    if (fits) return 0;
+  }
+}
+}  // namespace
+
+int Context::query_counters(std::vector<Counter>* out) const {
+  return read_counters(out, [&](Counter* c, int max) { return mid::query_counters(dev_, c, max); });
+}
 int Context::query_gid(uint8_t p, int i, Gid* g) const { return mid::query_gid(dev_, p, i, g); }
 const char* Context::name() const { return dev_ ? dev_->name : ""; }
 
@@ -268,6 +291,11 @@ int Qp::destroy() {
 int Qp::modify(const QpAttr& attr, uint32_t mask) {
   return qp_ ? mid::modify_qp(qp_, &attr, mask) : EINVAL;
 }
+int Qp::query_counters(std::vector<Counter>* out) const {
+  return read_counters(out,
+                       [&](Counter* c, int max) { return mid::query_qp_counters(qp_, c, max); });
+}
+
 int Qp::query(QpAttr* attr) const {
   return qp_ && attr ? mid::query_qp(qp_, attr, ~0u, nullptr) : EINVAL;
 }

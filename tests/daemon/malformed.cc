@@ -22,7 +22,7 @@
 #include <thread>
 #include <vector>
 
-#include "daemon/proto.h"
+#include "uapi/dverbsd/proto.h"
 
 using namespace dverbs;
 using namespace dverbs::daemon;

@@ -625,6 +625,32 @@ TEST(Drivers, ProbedOnceShutDownAndProbedAgain) {
   unregister_client(&c);
 }
 
+// Arbitration (Driver::claims, Driver::fallback): embedded HCA or dverbsd, never both.
+bool g_claim = false;
+int g_claimer_probes = 0, g_fallback_probes = 0;
+const Driver kClaimer{"claimer", [] { return ++g_claimer_probes, 0; }, nullptr, nullptr,
+                      nullptr, [] { return g_claim; }};
+const Driver kFallback{"fallback", [] { return ++g_fallback_probes, 0; }, nullptr, nullptr,
+                       nullptr, nullptr, /*fallback=*/true};
+DVERBS_REGISTER_DRIVER(kClaimer)
+DVERBS_REGISTER_DRIVER(kFallback)
+
+TEST(Drivers, AClaimingDriverReplacesTheFallback) {
+  g_claimer_probes = g_fallback_probes = g_probes = 0;
+  g_claim = true;
+  EXPECT_EQ(probe_drivers(), 0);
+  EXPECT_EQ(g_claimer_probes, 1);
+  EXPECT_EQ(g_fallback_probes, 0) << "the claimed process must not get the fallback too";
+  EXPECT_EQ(g_probes, 1) << "a driver that does not arbitrate is always probed";
+  shutdown_drivers();
+  g_claim = false;
+  EXPECT_EQ(probe_drivers(), 0);
+  EXPECT_EQ(g_claimer_probes, 1) << "a driver that does not claim is not probed";
+  EXPECT_EQ(g_fallback_probes, 1);
+  EXPECT_EQ(g_probes, 2);
+  shutdown_drivers();
+}
+
 // ---- stress: concurrent registration, unregistration and events ----
 
 struct PairToken {

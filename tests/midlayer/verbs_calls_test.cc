@@ -244,6 +244,11 @@ TEST(VerbsCallsOptional, MissingOptionalOpsAreEopnotsupp) {
   fake_ah.device = d.get();
   fake_ah.pd = pd;
   EXPECT_EQ(destroy_ah(&fake_ah), EOPNOTSUPP);
+  Counter counters[4];
+  EXPECT_EQ(query_counters(d.get(), counters, 4), -EOPNOTSUPP);
+  Qp bare_qp;
+  bare_qp.device = d.get();
+  EXPECT_EQ(query_qp_counters(&bare_qp, counters, 4), -EOPNOTSUPP);
   EXPECT_EQ(pd->usecnt.load(), 0u);
   EXPECT_EQ(dealloc_pd(pd), 0);
   unregister_device(d.get());

@@ -12,19 +12,6 @@ namespace dverbs::pmd::hca {
 
 namespace {
 
-WcOpcode wc_opcode(WrOpcode op) {
-  switch (op) {
-    case WrOpcode::rdma_write:
-    case WrOpcode::rdma_write_with_imm: return WcOpcode::rdma_write;
-    case WrOpcode::rdma_read: return WcOpcode::rdma_read;
-    case WrOpcode::atomic_cmp_and_swp: return WcOpcode::comp_swap;
-    case WrOpcode::atomic_fetch_and_add: return WcOpcode::fetch_add;
-    case WrOpcode::local_inv: return WcOpcode::local_inv;
-    case WrOpcode::bind_mw: return WcOpcode::bind_mw;
-    default: return WcOpcode::send;
-  }
-}
-
 // Retires the oldest SQ slot and reports it: the slot is freed before the completion is
 // visible, so a consumer that posts again on every completion never sees ENOMEM.
 void complete_send(Qp& qp, const SendWqe& w, WcStatus status) {
@@ -32,7 +19,7 @@ void complete_send(Qp& qp, const SendWqe& w, WcStatus status) {
   Wc wc{};
   wc.wr_id = w.wr_id;
   wc.status = status;
-  wc.opcode = wc_opcode(w.opcode);
+  wc.opcode = mid::wc_opcode(w.opcode);
   wc.byte_len = w.length;
   wc.qp_num = qp.qp_num;
   qp.sq.retire_one();  // `w` is dead from here on

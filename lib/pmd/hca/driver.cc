@@ -1,6 +1,8 @@
 // Registers the soft HCA with the midlayer. probe() reads DVERBS_*, builds `dverbs0` on
 // the configured port and registers it once fully initialised (core_locking.rst: "all
-// initialization must be complete before this call"). add_port()/remove_port() plug
+// initialization must be complete before this call"). It is the fallback driver: the
+// midlayer probes it unless another driver claims the process (dverbs-remote in daemon
+// mode, Driver::claims), so this file knows nothing of dverbsd. add_port()/remove_port() plug
 // further ports in and out at run time; a port whose DPDK device goes away (ethdev RMV
 // event) is removed the same way by the device's watchdog.
 //
@@ -12,7 +14,6 @@
 #include <string>
 #include <vector>
 
-#include "daemon/mode.h"
 #include "midlayer/core.h"
 #include "midlayer/driver.h"
 #include "midlayer/might_sleep.h"
@@ -57,9 +58,6 @@ int create_and_register(const net::Config& cfg, char* name_out, size_t name_len)
 }
 
 int probe() {
-  // Daemon mode: dverbsd owns the port; the remote driver (lib/pmd/remote) serves this
-  // process instead.
-  if (!daemon::daemon_dir().empty()) return 0;
   net::Config cfg;
   std::string err;
   if (!net::config_from_env(&cfg, &err)) {
@@ -127,7 +125,8 @@ void shutdown() {
   g_retired.clear();
 }
 
-const mid::Driver kDriver = {"dverbs-pmd", probe, shutdown, add_port, remove_port};
+const mid::Driver kDriver = {"dverbs-pmd", probe,   shutdown, add_port,
+                             remove_port, nullptr, /*fallback=*/true};
 
 }  // namespace
 

@@ -7,14 +7,17 @@
 // never block: a full ring is ENOMEM.
 #include <cstdio>
 #include <cstring>
+#include <initializer_list>
 #include <mutex>
 #include <new>
+#include <optional>
 
 #include <rte_cycles.h>
 
 #include "midlayer/driver.h"
 #include "pmd/hca/device.h"
 #include "pmd/hca/engine.h"
+#include "pmd/hca/hca.h"
 #include "pmd/hca/mr.h"
 
 namespace dverbs::pmd::hca {
@@ -86,9 +89,13 @@ int query_device(mid::Device* d, DeviceAttr* a) {
   return 0;
 }
 
+// Context: process context. The link state is read from the port (rte_eth_link_get_nowait,
+// which some PMDs answer with a system call): never call this under a spinlock (the MTU
+// is cached in port_info()).
 int query_port(mid::Device* d, uint8_t port_num, PortAttr* a) {
   if (port_num != 1) return EINVAL;
   Device& dev = hca(d);
+  mid::might_sleep("query_port (link state)");
   *a = PortAttr{};
   a->state = dev.link_up() ? PortState::active : PortState::down;
   a->max_mtu = active_mtu(dev.port_info().mtu);
@@ -367,6 +374,32 @@ void reset_qp(Qp& qp) {
   qp.ack_timeout_tsc = 0;
 }
 
+// Holds Qp::lock, the spinlock the owner engine takes for every step of the QP. The
+// control path holds it only for plain stores: nothing under it may sleep or make a
+// system call (the engine, maybe an lcore, spins meanwhile). A checking build marks the
+// held span as a non-sleeping scope, so a blocking call inside (a Mutex, query_port's
+// link-state read) is reported.
+class QpLock {
+ public:
+  explicit QpLock(Qp& qp) noexcept : qp_(&qp) {
+    scope_.emplace("Qp::lock");
+    qp.lock.lock();
+  }
+  ~QpLock() { unlock(); }
+  void unlock() noexcept {
+    if (!qp_) return;
+    qp_->lock.unlock();
+    qp_ = nullptr;
+    scope_.reset();
+  }
+  QpLock(const QpLock&) = delete;
+  QpLock& operator=(const QpLock&) = delete;
+
+ private:
+  Qp* qp_;
+  std::optional<mid::NonSleepingScope> scope_;
+};
+
 int modify_qp(mid::Qp* q, const QpAttr* a, uint32_t mask) {
   namespace m = qp_attr_mask;
   Qp& qp = *to_qp(q);
@@ -389,6 +422,8 @@ int modify_qp(mid::Qp* q, const QpAttr* a, uint32_t mask) {
                                                                          : qp.attr.dest_qp_num,
                        &addr))
     return EINVAL;
+  // The port's MTU as cached at device creation, not query_port (see QpLock).
+  const Mtu port_mtu = active_mtu(dev.port_info().mtu);
 
   // Responder resources for the new max_dest_rd_atomic, allocated here (process context)
   // and swapped in under the QP lock; the old ring is freed after it.
@@ -403,7 +438,7 @@ int modify_qp(mid::Qp* q, const QpAttr* a, uint32_t mask) {
   }
 
   // ---- apply (qp_from_attr) ----
-  qp.lock.lock();
+  QpLock held(qp);
   QpAttr& s = qp.attr;
   if (attrs & m::port) s.port_num = a->port_num;
   if (attrs & m::pkey_index) s.pkey_index = a->pkey_index;
@@ -416,10 +451,7 @@ int modify_qp(mid::Qp* q, const QpAttr* a, uint32_t mask) {
   }
   if (attrs & m::path_mtu) {
     s.path_mtu = a->path_mtu;
-    PortAttr pa;
-    query_port(&dev, 1, &pa);
-    Mtu eff = uint32_t(a->path_mtu) < uint32_t(pa.active_mtu) ? a->path_mtu : pa.active_mtu;
-    qp.mtu = mtu_bytes(eff);
+    qp.mtu = mtu_bytes(uint32_t(a->path_mtu) < uint32_t(port_mtu) ? a->path_mtu : port_mtu);
   }
   if (attrs & m::dest_qpn) s.dest_qp_num = a->dest_qp_num;
   if (attrs & m::rq_psn) {
@@ -456,7 +488,7 @@ int modify_qp(mid::Qp* q, const QpAttr* a, uint32_t mask) {
   }
   s.qp_state = to;
   qp.state.store(to, std::memory_order_release);
-  qp.lock.unlock();
+  held.unlock();
   // Entering ERR flushes (owner engine); RTS may have WQEs waiting.
   if (to == QpState::err || to == QpState::rts || to == QpState::sqd) qp.engine->kick(&qp);
   return 0;
@@ -465,12 +497,12 @@ int modify_qp(mid::Qp* q, const QpAttr* a, uint32_t mask) {
 int query_qp(mid::Qp* q, QpAttr* a, uint32_t, mid::QpInitAttr* init) {
   Qp& qp = *to_qp(q);
   std::lock_guard<mid::Mutex> g(qp.hca->ctl());
-  qp.lock.lock();
+  QpLock held(qp);
   *a = qp.attr;
   a->qp_state = a->cur_qp_state = qp.state.load(std::memory_order_acquire);
   a->cap = qp.cap;
   a->sq_sig_all = qp.sq_sig_all;
-  qp.lock.unlock();
+  held.unlock();
   if (init) {
     init->qp_type = qp.qp_type;
     init->send_cq = qp.send_cq;
@@ -485,48 +517,6 @@ int query_qp(mid::Qp* q, QpAttr* a, uint32_t, mid::QpInitAttr* init) {
 
 // ---------------------------------------------------------------- posting
 
-// Validates one send WR completely (IBA 10.8.2) and computes its length.
-int check_send_wr(const Qp& qp, const SendWr& wr, uint32_t* total) {
-  if (!mid::opcode_allowed(qp.qp_type, wr.opcode)) return EINVAL;
-  if (wr.send_flags & ~(send_flags::fence | send_flags::signaled | send_flags::solicited |
-                        send_flags::inline_data))
-    return EINVAL;
-  if (wr.num_sge < 0 || uint32_t(wr.num_sge) > qp.cap.max_send_sge) return EINVAL;
-  if (wr.num_sge > 0 && !wr.sg_list) return EINVAL;
-  uint64_t len = 0;
-  for (int i = 0; i < wr.num_sge; i++) {
-    const Sge& s = wr.sg_list[i];
-    if (s.addr + s.length < s.addr) return EINVAL;  // wraps the address space
-    len += s.length;
-  }
-  if (len > (1ull << 31)) return EINVAL;
-  if ((wr.send_flags & send_flags::inline_data) && len > kMaxInline) return EINVAL;
-  if (is_rd_atomic(wr.opcode) && (wr.send_flags & send_flags::inline_data))
-    return EINVAL;  // the local buffer of a READ/atomic is written: it cannot be inline
-  // An atomic returns the 8-byte original value into exactly one 8-byte SGE (IBA 10.8.3.4).
-  if ((wr.opcode == WrOpcode::atomic_cmp_and_swp || wr.opcode == WrOpcode::atomic_fetch_and_add) &&
-      (wr.num_sge != 1 || len != 8))
-    return EINVAL;
-  if (wr.opcode == WrOpcode::bind_mw) {
-    // Type 1 windows are bound with ibv_bind_mw, type 2 with this WR; both arrive here.
-    const auto& b = wr.bind_mw;
-    if (!b.mw || b.mw->device != qp.device || wr.num_sge != 0) return EINVAL;
-    if (b.bind_info.length && (!b.bind_info.mr || b.bind_info.mr->device != qp.device))
-      return EINVAL;
-    if (b.bind_info.addr + b.bind_info.length < b.bind_info.addr) return EINVAL;
-    *total = 0;
-    return 0;
-  }
-  if (wr.opcode == WrOpcode::local_inv && wr.num_sge != 0) return EINVAL;
-  if (qp.qp_type == QpType::ud) {
-    if (!wr.wr.ud.ah || wr.wr.ud.ah->device != qp.device || wr.wr.ud.remote_qpn > wire::kQpnMask)
-      return EINVAL;
-    if (len > qp.mtu) return EINVAL;  // a UD message is one packet (IBA C10-...)
-  }
-  *total = uint32_t(len);
-  return 0;
-}
-
 int post_send(mid::Qp* q, SendWr* wr, SendWr** bad) {
   Qp& qp = *to_qp(q);
   if (qp.hca->retired()) {  // the port was removed: nothing would run the WR
@@ -539,10 +529,13 @@ int post_send(mid::Qp* q, SendWr* wr, SendWr** bad) {
     *bad = wr;
     return EINVAL;
   }
+  // The QP grants max_inline_data = kMaxInline (create_qp), the size of a WQE's inline
+  // buffer, so the shared check bounds the copy below.
+  const mid::SendLimits lim{qp.cap.max_send_sge, qp.cap.max_inline_data, qp.mtu};
   int rc = 0;
   for (; wr; wr = wr->next) {
     uint32_t total;
-    if ((rc = check_send_wr(qp, *wr, &total)) != 0) break;
+    if ((rc = mid::check_send_wr(qp, lim, *wr, &total)) != 0) break;
     uint64_t idx;
     SendWqe* w = qp.sq.claim(&idx);
     if (!w) {
@@ -608,23 +601,12 @@ int post_send(mid::Qp* q, SendWr* wr, SendWr** bad) {
   return rc;
 }
 
-// Validates receive WRs and queues them on `rq` in order (IBA 10.8.2): SGE count within
-// `max_sge`, no address wrap, total length within 2^31. Stops at the first bad WR (EINVAL)
-// or when the ring is full (ENOMEM) and names it in *bad.
+// Validates receive WRs (mid::check_recv_wr, IBA 10.8.2) and queues them on `rq` in order.
+// Stops at the first bad WR (EINVAL) or when the ring is full (ENOMEM) and names it in *bad.
 int queue_recvs(WorkQueue<RecvWqe>& rq, uint32_t max_sge, RecvWr* wr, RecvWr** bad) {
   for (; wr; wr = wr->next) {
-    if (wr->num_sge < 0 || uint32_t(wr->num_sge) > max_sge || (wr->num_sge > 0 && !wr->sg_list)) {
-      *bad = wr;
-      return EINVAL;
-    }
-    uint64_t len = 0;
-    bool wraps = false;
-    for (int i = 0; i < wr->num_sge; i++) {
-      const Sge& s = wr->sg_list[i];
-      wraps |= s.addr + s.length < s.addr;
-      len += s.length;
-    }
-    if (wraps || len > (1ull << 31)) {
+    uint32_t len;
+    if (mid::check_recv_wr(*wr, max_sge, &len) != 0) {
       *bad = wr;
       return EINVAL;
     }
@@ -636,7 +618,7 @@ int queue_recvs(WorkQueue<RecvWqe>& rq, uint32_t max_sge, RecvWr* wr, RecvWr** b
     }
     w->wr_id = wr->wr_id;
     w->num_sge = uint32_t(wr->num_sge);
-    w->length = uint32_t(len);
+    w->length = len;
     if (wr->num_sge) std::memcpy(w->sge, wr->sg_list, sizeof(Sge) * uint32_t(wr->num_sge));
     rq.publish(idx);
   }
@@ -732,9 +714,63 @@ int destroy_ah(mid::Ah* ah) {
   return 0;
 }
 
+// ---------------------------------------------------------------- counters
+// Names are the counters' own (DeviceCounters, PortStats, Qp). Fills what fits in `out`
+// and returns how many there are.
+int put_counters(std::initializer_list<Counter> all, Counter* out, int max) {
+  int n = 0;
+  for (const Counter& c : all) {
+    if (n < max) out[n] = c;
+    n++;
+  }
+  return n;
+}
+
+uint64_t load_relaxed(const std::atomic<uint64_t>& a) {
+  return a.load(std::memory_order_relaxed);
+}
+
+int query_counters(mid::Device* d, Counter* out, int max) {
+  Device& dev = hca(d);
+  const DeviceCounters& c = dev.counters();
+  // The port's own counters only while the device has one (it goes at retire).
+  const uint64_t tx_dropped = dev.retired() ? 0 : load_relaxed(dev.port().stats().tx_dropped);
+  return put_counters({{"tx_packets", load_relaxed(c.tx_packets)},
+                       {"rx_packets", load_relaxed(c.rx_packets)},
+                       {"rx_bad_frame", load_relaxed(c.rx_bad_frame)},
+                       {"rx_bad_icrc", load_relaxed(c.rx_bad_icrc)},
+                       {"rx_no_qp", load_relaxed(c.rx_no_qp)},
+                       {"rx_bad_state", load_relaxed(c.rx_bad_state)},
+                       {"rx_non_roce", load_relaxed(c.rx_non_roce)},
+                       {"rx_handoff_full", load_relaxed(c.rx_handoff_full)},
+                       {"tx_no_mbuf", load_relaxed(c.tx_no_mbuf)},
+                       {"tx_backlog_drop", load_relaxed(c.tx_backlog_drop)},
+                       {"cq_overflow", load_relaxed(c.cq_overflow)},
+                       {"port_tx_dropped", tx_dropped}},
+                      out, max);
+}
+
+int query_qp_counters(mid::Qp* q, Counter* out, int max) {
+  const Qp& qp = *to_qp(q);
+  return put_counters({{"retransmits", load_relaxed(qp.retransmits)},
+                       {"rnr_naks_rcvd", load_relaxed(qp.rnr_naks_rcvd)},
+                       {"seq_naks_sent", load_relaxed(qp.seq_naks_sent)},
+                       {"dup_rcvd", load_relaxed(qp.dup_rcvd)}},
+                      out, max);
+}
+
 }  // namespace
 
 extern const mid::DeviceOps kHcaOps;
+
+Device* device_of(mid::Device* d) noexcept {
+  return d && d->ops == &kHcaOps ? static_cast<Device*>(d) : nullptr;
+}
+
+Qp* qp_of(mid::Qp* q) noexcept {
+  return q && device_of(q->device) ? to_qp(q) : nullptr;
+}
+
 const mid::DeviceOps kHcaOps = {
     .query_device = query_device,
     .query_port = query_port,
@@ -762,6 +798,8 @@ const mid::DeviceOps kHcaOps = {
     .alloc_mw = alloc_mw,
     .dealloc_mw = dealloc_mw,
     .reg_mr_iova = reg_mr_iova,
+    .query_counters = query_counters,
+    .query_qp_counters = query_qp_counters,
 };
 
 }  // namespace dverbs::pmd::hca

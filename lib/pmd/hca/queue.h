@@ -5,8 +5,9 @@
 // by the engine when their work request completes. The ring is full while
 // (claimed - retired) == capacity: posting then fails with ENOMEM, never waits.
 //
-// MpmcQueue — Dmitry Vyukov's bounded MPMC queue (sequence-numbered cells): CQs (engines
-// push, any thread polls) and engine kick rings (posting threads push QPs).
+// MpmcQueue — the bounded MPMC ring of lib/base (base/mpmc_ring.h): CQs (engines push,
+// any thread polls) and engine kick rings (posting threads push QPs). SpinLock is
+// base/spinlock.h's.
 //
 // Thread safety: as stated per method. No method allocates, sleeps or makes a syscall.
 #pragma once
@@ -17,14 +18,16 @@
 #include <memory>
 #include <new>
 
+#include "base/mpmc_ring.h"
+#include "base/spinlock.h"
+
 namespace dverbs::pmd::hca {
 
-constexpr size_t kCacheLine = 64;
-
-inline uint32_t next_pow2(uint32_t v) {
-  if (v <= 1) return 1;
-  return 1u << (32 - __builtin_clz(v - 1));
-}
+using base::kCacheLine;
+using base::next_pow2;
+using base::SpinLock;
+template <class T>
+using MpmcQueue = base::MpmcRing<T>;
 
 template <class T>
 class WorkQueue {
@@ -126,95 +129,6 @@ class IndexStack {
  private:
   std::unique_ptr<std::atomic<uint32_t>[]> next_;
   alignas(64) std::atomic<uint64_t> head_{0};
-};
-
-template <class T>
-class MpmcQueue {
- public:
-  // Context: process context.
-  bool init(uint32_t capacity) {
-    size_ = next_pow2(capacity < 2 ? 2 : capacity);
-    mask_ = size_ - 1;
-    cells_.reset(new (std::nothrow) Cell[size_]);
-    if (!cells_) return false;
-    for (uint32_t i = 0; i < size_; i++) cells_[i].seq.store(i, std::memory_order_relaxed);
-    return true;
-  }
-  uint32_t capacity() const { return size_; }
-
-  // Context: any thread; lock-free. False when full.
-  bool push(const T& v) noexcept {
-    uint64_t pos = enq_.load(std::memory_order_relaxed);
-    for (;;) {
-      Cell& c = cells_[pos & mask_];
-      uint64_t seq = c.seq.load(std::memory_order_acquire);
-      int64_t dif = int64_t(seq) - int64_t(pos);
-      if (dif == 0) {
-        if (enq_.compare_exchange_weak(pos, pos + 1, std::memory_order_relaxed)) {
-          c.value = v;
-          c.seq.store(pos + 1, std::memory_order_release);
-          return true;
-        }
-      } else if (dif < 0) {
-        return false;
-      } else {
-        pos = enq_.load(std::memory_order_relaxed);
-      }
-    }
-  }
-  // Context: any thread; lock-free. False when empty.
-  bool pop(T* out) noexcept {
-    uint64_t pos = deq_.load(std::memory_order_relaxed);
-    for (;;) {
-      Cell& c = cells_[pos & mask_];
-      uint64_t seq = c.seq.load(std::memory_order_acquire);
-      int64_t dif = int64_t(seq) - int64_t(pos + 1);
-      if (dif == 0) {
-        if (deq_.compare_exchange_weak(pos, pos + 1, std::memory_order_relaxed)) {
-          *out = c.value;
-          c.seq.store(pos + mask_ + 1, std::memory_order_release);
-          return true;
-        }
-      } else if (dif < 0) {
-        return false;
-      } else {
-        pos = deq_.load(std::memory_order_relaxed);
-      }
-    }
-  }
-  // Approximate count. Context: any.
-  uint64_t size_approx() const noexcept {
-    return enq_.load(std::memory_order_relaxed) - deq_.load(std::memory_order_relaxed);
-  }
-
- private:
-  struct Cell {
-    std::atomic<uint64_t> seq;
-    T value;
-  };
-  alignas(kCacheLine) std::atomic<uint64_t> enq_{0};
-  alignas(kCacheLine) std::atomic<uint64_t> deq_{0};
-  alignas(kCacheLine) std::unique_ptr<Cell[]> cells_;
-  uint32_t size_ = 0, mask_ = 0;
-};
-
-// A test-and-test-and-set spinlock for short critical sections on the fast path (never
-// a sleeping lock). Context: any thread.
-class SpinLock {
- public:
-  void lock() noexcept {
-    for (;;) {
-      if (!f_.exchange(true, std::memory_order_acquire)) return;
-      while (f_.load(std::memory_order_relaxed)) __builtin_ia32_pause();
-    }
-  }
-  bool try_lock() noexcept {
-    return !f_.load(std::memory_order_relaxed) && !f_.exchange(true, std::memory_order_acquire);
-  }
-  void unlock() noexcept { f_.store(false, std::memory_order_release); }
-
- private:
-  std::atomic<bool> f_{false};
 };
 
 }  // namespace dverbs::pmd::hca

@@ -193,7 +193,7 @@ bool config_from_env(Config* cfg, std::string* err) {
   };
 
   if (const char* v = env("DVERBS_PORT")) c.port = v;
-  // dverbsd marks itself with DVERBS_DAEMON=dverbsd (daemon/mode.h); see
+  // dverbsd marks itself with DVERBS_DAEMON=dverbsd (lib/pmd/remote/driver.cc); see
   // Config::inline_helper.
   if (const char* v = env("DVERBS_DAEMON"); v && std::strcmp(v, "dverbsd") == 0)
     c.inline_helper = false;

@@ -20,8 +20,8 @@
 #include <cstdint>
 #include <string>
 
-#include "daemon/proto.h"
 #include "midlayer/might_sleep.h"
+#include "uapi/dverbsd/proto.h"
 
 namespace dverbs::pmd::remote {
 

@@ -1,7 +1,8 @@
-// Registers `dverbs-remote`: in daemon mode (daemon/mode.h) probe() opens every dverbsd
-// socket DIR/uverbs0, uverbs1, … (the analogue of /dev/infiniband/uverbsN), says hello
-// (receiving the connection's eventfd and event ring), and registers one midlayer device
-// per socket, named as the daemon names it. In embedded mode it registers nothing.
+// Registers `dverbs-remote`. It claims the process in daemon mode (daemon_dir() below;
+// the midlayer then does not probe the embedded HCA, Driver::claims), and probe() opens
+// every dverbsd socket DIR/uverbs0, uverbs1, … (the analogue of /dev/infiniband/uverbsN),
+// says hello (receiving the connection's eventfd and event ring), and registers one
+// midlayer device per socket, named as the daemon names it.
 //
 // Errors are for people: a socket this user may not open prints one line naming the
 // group that may; any other failure one line with the path and the reason. When
@@ -24,13 +25,32 @@
 #include <string>
 #include <vector>
 
-#include "daemon/mode.h"
 #include "midlayer/core.h"
 #include "pmd/remote/remote.h"
 
 namespace dverbs::pmd::remote {
 
 namespace {
+
+// Embedded or daemon mode: which soft HCA the process uses (docs/ARCHITECTURE.md, daemon
+// mode). DVERBS_DAEMON=DIR selects the daemon serving sockets DIR/uverbsN; DVERBS_DAEMON=off
+// forces the embedded HCA. dverbsd runs with DVERBS_DAEMON=dverbsd: embedded, and the HCA's
+// inline-progress helper is left to its doorbell thread (net::Config::inline_helper). Unset:
+// daemon mode when no embedded port is configured (DVERBS_PORT unset) and the default
+// socket /run/dverbs/uverbs0 exists. Returns the socket directory, or "" for embedded.
+// Context: process context (reads the environment and stats one path).
+std::string daemon_dir() {
+  if (const char* d = std::getenv("DVERBS_DAEMON"); d && *d)
+    return std::strcmp(d, "off") == 0 || std::strcmp(d, "dverbsd") == 0 ? std::string()
+                                                                          : std::string(d);
+  if (const char* p = std::getenv("DVERBS_PORT"); p && *p) return {};
+  std::string sock = std::string(daemon::kDefaultDir) + "/" + daemon::kSocketPrefix + "0";
+  struct stat st;
+  if (::stat(sock.c_str(), &st) == 0 && S_ISSOCK(st.st_mode)) return daemon::kDefaultDir;
+  return {};
+}
+
+bool claims() { return !daemon_dir().empty(); }
 
 mid::Mutex g_lock;
 // Guarded by g_lock. Never destroyed: at exit the event threads may still run (nothing
@@ -157,8 +177,8 @@ void atfork_child() {
 }
 
 int probe() {
-  const std::string dir = daemon::daemon_dir();
-  if (dir.empty()) return 0;  // embedded mode: the hca driver serves this process
+  const std::string dir = daemon_dir();
+  if (dir.empty()) return 0;  // embedded mode (claims() said so): the hca driver serves it
   ::pthread_atfork(nullptr, nullptr, atfork_child);
   const char* env = std::getenv("DVERBS_DAEMON");
   const bool explicit_dir = env && *env;
@@ -192,7 +212,7 @@ void shutdown() {
   }
 }
 
-const mid::Driver kDriver = {"dverbs-remote", probe, shutdown, nullptr, nullptr};
+const mid::Driver kDriver = {"dverbs-remote", probe, shutdown, nullptr, nullptr, claims};
 
 }  // namespace
 

@@ -2,10 +2,11 @@
 // publishes the producer index; polling reads completions the daemon wrote. No system
 // call, no allocation, no logging, no sleeping lock (uverbs' mmap'ed doorbells and CQEs).
 //
-// Posting validates every work request as the embedded HCA does synchronously (ops.cc of
-// lib/pmd/hca: state, opcode for the QP type, SGE count, inline size, UD address handle,
-// full queue → ENOMEM) so applications see the same immediate errors in both modes; the
-// daemon validates its own copy again and completes a bad WQE with an error status.
+// Posting validates every work request with the checks the embedded HCA uses
+// (midlayer/wr.h: opcode for the QP type, SGE count, inline size, UD address handle; then
+// state and a full queue → ENOMEM) so applications see the same immediate errors in both
+// modes; the daemon validates its own copy again and completes a bad WQE with an error
+// status.
 //
 // Locking: one spinlock per ring (SQ, RQ, SRQ, CQ) serialises the local index and the slot
 // writes of concurrent posters/pollers. Ordering: slots are written first and the
@@ -20,47 +21,6 @@ namespace dverbs::pmd::remote {
 
 namespace {
 
-
-bool is_atomic(WrOpcode op) {
-  return op == WrOpcode::atomic_cmp_and_swp || op == WrOpcode::atomic_fetch_and_add;
-}
-
-// Validates one send WR (IBA 10.8.2) exactly as the embedded HCA does.
-int check_send_wr(const Qp& qp, const SendWr& wr) {
-  if (!mid::opcode_allowed(qp.qp_type, wr.opcode)) return EINVAL;
-  if (wr.send_flags & ~(send_flags::fence | send_flags::signaled | send_flags::solicited |
-                        send_flags::inline_data))
-    return EINVAL;
-  if (wr.num_sge < 0 || uint32_t(wr.num_sge) > qp.cap.max_send_sge) return EINVAL;
-  if (wr.num_sge > 0 && !wr.sg_list) return EINVAL;
-  uint64_t len = 0;
-  for (int i = 0; i < wr.num_sge; i++) {
-    const Sge& s = wr.sg_list[i];
-    if (s.addr + s.length < s.addr) return EINVAL;
-    len += s.length;
-  }
-  if (len > (1ull << 31)) return EINVAL;
-  const bool inl = wr.send_flags & send_flags::inline_data;
-  if (inl && len > qp.cap.max_inline_data) return EINVAL;
-  if (inl && (wr.opcode == WrOpcode::rdma_read || is_atomic(wr.opcode))) return EINVAL;
-  if (is_atomic(wr.opcode) && (wr.num_sge != 1 || len != 8)) return EINVAL;  // IBA 10.8.3.4
-  if (wr.opcode == WrOpcode::bind_mw) {
-    const auto& b = wr.bind_mw;
-    if (!b.mw || b.mw->device != qp.device || wr.num_sge != 0) return EINVAL;
-    if (b.bind_info.length && (!b.bind_info.mr || b.bind_info.mr->device != qp.device))
-      return EINVAL;
-    if (b.bind_info.addr + b.bind_info.length < b.bind_info.addr) return EINVAL;
-    return 0;
-  }
-  if (wr.opcode == WrOpcode::local_inv && wr.num_sge != 0) return EINVAL;
-  if (qp.qp_type == QpType::ud) {
-    if (!wr.wr.ud.ah || wr.wr.ud.ah->device != qp.device || wr.wr.ud.remote_qpn > 0xffffff)
-      return EINVAL;
-    if (len > qp.ud_mtu) return EINVAL;  // a UD message is one packet
-  }
-  return 0;
-}
-
 void fill_send_wqe(const Qp& qp, const SendWr& wr, daemon::ShmSendWqe* w) {
   w->wr_id = wr.wr_id;
   w->opcode = wr.opcode;
@@ -74,7 +34,7 @@ void fill_send_wqe(const Qp& qp, const SendWr& wr, daemon::ShmSendWqe* w) {
   w->bind_addr = w->bind_length = 0;
   w->bind_access = 0;
   w->compare_add = w->swap = 0;
-  if (is_atomic(wr.opcode)) {
+  if (mid::is_atomic(wr.opcode)) {
     w->remote_addr = wr.wr.atomic.remote_addr;
     w->rkey = wr.wr.atomic.rkey;
     w->compare_add = wr.wr.atomic.compare_add;
@@ -127,25 +87,15 @@ bool ring_has_room(WorkRing& r, uint32_t* cons_cache) {
   return r.prod - *cons_cache < r.limit;
 }
 
-// Validates and queues receive WRs on `r` (IBA 10.8.2), as the embedded queue_recvs.
+// Validates (mid::check_recv_wr, IBA 10.8.2) and queues receive WRs on `r`.
 int queue_recvs(WorkRing& r, uint32_t max_sge, RecvWr* wr, RecvWr** bad) {
   int rc = 0;
   r.lock.lock();
   uint32_t cons = r.hdr->cons.v.load(std::memory_order_acquire);
   const uint32_t start = r.prod;
   for (; wr; wr = wr->next) {
-    if (wr->num_sge < 0 || uint32_t(wr->num_sge) > max_sge || (wr->num_sge > 0 && !wr->sg_list)) {
-      rc = EINVAL;
-      break;
-    }
-    uint64_t len = 0;
-    bool wraps = false;
-    for (int i = 0; i < wr->num_sge; i++) {
-      const Sge& s = wr->sg_list[i];
-      wraps |= s.addr + s.length < s.addr;
-      len += s.length;
-    }
-    if (wraps || len > (1ull << 31)) {
+    uint32_t len;
+    if (mid::check_recv_wr(*wr, max_sge, &len) != 0) {
       rc = EINVAL;
       break;
     }
@@ -181,12 +131,14 @@ int post_send(mid::Qp* q, SendWr* wr, SendWr** bad) {
     return EINVAL;
   }
   WorkRing& r = qp.sq;
+  const mid::SendLimits lim{qp.cap.max_send_sge, qp.cap.max_inline_data, qp.ud_mtu};
+  uint32_t len;
   int rc = 0;
   r.lock.lock();
   uint32_t cons = r.hdr->cons.v.load(std::memory_order_acquire);
   const uint32_t start = r.prod;
   for (; wr; wr = wr->next) {
-    if ((rc = check_send_wr(qp, *wr)) != 0) break;
+    if ((rc = mid::check_send_wr(qp, lim, *wr, &len)) != 0) break;
     if (!ring_has_room(r, &cons)) {
       rc = ENOMEM;
       break;

@@ -27,29 +27,16 @@
 #include <unordered_map>
 #include <vector>
 
-#include "daemon/proto.h"
+#include "base/spinlock.h"
 #include "midlayer/driver.h"
 #include "midlayer/might_sleep.h"
 #include "pmd/remote/conn.h"
+#include "uapi/dverbsd/proto.h"
 
 namespace dverbs::pmd::remote {
 
+using base::SpinLock;
 using daemon::Handle;
-
-// A test-and-test-and-set spinlock for the fast path. Context: any thread, never sleeps.
-class SpinLock {
- public:
-  void lock() noexcept {
-    for (;;) {
-      if (!f_.exchange(true, std::memory_order_acquire)) return;
-      while (f_.load(std::memory_order_relaxed)) __builtin_ia32_pause();
-    }
-  }
-  void unlock() noexcept { f_.store(false, std::memory_order_release); }
-
- private:
-  std::atomic<bool> f_{false};
-};
 
 // A shared-memory mapping of a ring memfd. Context: process context.
 struct Mapping {

@@ -27,6 +27,7 @@
 #include <cstdint>
 #include <vector>
 
+#include "base/spinlock.h"
 #include "dverbs/types.h"
 #include "midlayer/core.h"
 
@@ -37,6 +38,8 @@
 #undef ibv_reg_mr_iova
 
 namespace dverbs::ibv {
+
+using base::SpinLock;
 
 // ---- ABI: dverbs' work requests and completions are the rdma-core structs. ----
 #define DV_SAME_FIELD(A, B, f) \
@@ -107,20 +110,6 @@ static_assert(send_flags::inline_data == IBV_SEND_INLINE && send_flags::fence ==
 static_assert(access::mw_bind == IBV_ACCESS_MW_BIND && access::zero_based == IBV_ACCESS_ZERO_BASED);
 static_assert(wc_flags::with_inv == IBV_WC_WITH_INV && wc_flags::grh == IBV_WC_GRH);
 static_assert(qp_attr_mask::dest_qpn == IBV_QP_DEST_QPN && qp_attr_mask::cap == IBV_QP_CAP);
-
-// A test-and-test-and-set spinlock for the few words touched by handler threads.
-// Context: any thread, never sleeps; hold it for a handful of instructions only.
-class SpinLock {
- public:
-  void lock() noexcept {
-    while (f_.exchange(true, std::memory_order_acquire))
-      while (f_.load(std::memory_order_relaxed)) __builtin_ia32_pause();
-  }
-  void unlock() noexcept { f_.store(false, std::memory_order_release); }
-
- private:
-  std::atomic<bool> f_{false};
-};
 
 enum class Kind : uint8_t { context, channel, pd, mr, ah, cq, srq, qp };
 const char* kind_name(Kind k) noexcept;

@@ -51,55 +51,14 @@ const char* ibv_port_state_str(ibv_port_state port_state) {
   return kStr[port_state];
 }
 
+// The names live once, in the midlayer (types.cc): the enums have the same values
+// (static_asserts in internal.h), and out-of-range values read "unknown" there too.
 const char* ibv_event_type_str(ibv_event_type event) {
-  static const char* const kStr[] = {"CQ error",
-                                     "local work queue catastrophic error",
-                                     "invalid request local work queue error",
-                                     "local access violation work queue error",
-                                     "communication established",
-                                     "send queue drained",
-                                     "path migrated",
-                                     "path migration request error",
-                                     "local catastrophic error",
-                                     "port active",
-                                     "port error",
-                                     "LID change",
-                                     "P_Key change",
-                                     "SM change",
-                                     "SRQ catastrophic error",
-                                     "SRQ limit reached",
-                                     "last WQE reached",
-                                     "client reregistration",
-                                     "GID table change"};
-  if (event < IBV_EVENT_CQ_ERR || event > IBV_EVENT_GID_CHANGE) return "unknown";
-  return kStr[event];
+  return event_type_str(static_cast<EventType>(event));
 }
 
 const char* ibv_wc_status_str(ibv_wc_status status) {
-  static const char* const kStr[] = {"success",
-                                     "local length error",
-                                     "local QP operation error",
-                                     "local EE context operation error",
-                                     "local protection error",
-                                     "Work Request Flushed Error",
-                                     "memory management operation error",
-                                     "bad response error",
-                                     "local access error",
-                                     "remote invalid request error",
-                                     "remote access error",
-                                     "remote operation error",
-                                     "transport retry counter exceeded",
-                                     "RNR retry counter exceeded",
-                                     "local RDD violation error",
-                                     "remote invalid RD request",
-                                     "aborted error",
-                                     "invalid EE context number",
-                                     "invalid EE context state",
-                                     "fatal error",
-                                     "response timeout error",
-                                     "general error"};
-  if (status < IBV_WC_SUCCESS || status > IBV_WC_GENERAL_ERR) return "unknown";
-  return kStr[status];
+  return wc_status_str(static_cast<WcStatus>(status));
 }
 
 // ---------------------------------------------------------------- rates

@@ -5,6 +5,9 @@
 
 #include <cstdlib>
 #include <cstring>
+#include <mutex>
+#include <string>
+#include <utility>
 #include <vector>
 
 #include "dverbs/dverbs.h"
@@ -309,6 +312,83 @@ TEST_F(Fixture, DevicePortAndGidAttributes) {
   const uint8_t want[16] = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, 10, 0, 0, 1};
   EXPECT_EQ(std::memcmp(g.raw, want, 16), 0) << "IPv4-mapped default 10.0.0.1";
   EXPECT_EQ(ctx.query_gid(1, 1, &g), EINVAL);
+}
+
+#if DVERBS_MIGHT_SLEEP_CHECK
+// modify_qp and query_qp hold Qp::lock, the spinlock the owner engine takes for every step
+// of the QP: nothing under it may sleep or make a system call. ops.cc marks the held span
+// as a non-sleeping scope and the HCA's query_port (which reads the link state, a possible
+// syscall) as might_sleep, so asking query_port for the MTU under the lock, as modify_qp
+// once did, is reported here.
+std::mutex g_sleep_mu;
+std::vector<std::string> g_sleep_reports;
+void record_sleep(const char* scope, const char* primitive) {
+  std::lock_guard<std::mutex> lk(g_sleep_mu);
+  g_sleep_reports.push_back(std::string(scope ? scope : "?") + ": " + primitive);
+}
+std::vector<std::string> take_sleep_reports() {
+  std::lock_guard<std::mutex> lk(g_sleep_mu);
+  return std::exchange(g_sleep_reports, {});
+}
+
+TEST_F(Fixture, NothingUnderTheQpLockSleeps) {
+  take_sleep_reports();
+  mid::set_sleep_violation_handler(record_sleep);
+  Qp qp = make_qp();
+  EXPECT_EQ(qp.connect(gid, 5, 1, 2, Mtu::mtu4096), 0);  // RTR sets path_mtu under the lock
+  QpAttr a;
+  EXPECT_EQ(qp.query(&a), 0);
+  EXPECT_EQ(a.path_mtu, Mtu::mtu4096);
+  const std::vector<std::string> clean = take_sleep_reports();
+  // The check is live: the driver's link-state read inside a non-sleeping scope reports.
+  {
+    mid::NonSleepingScope scope("test scope");
+    PortAttr pa;
+    EXPECT_EQ(ctx.raw()->ops->query_port(ctx.raw(), 1, &pa), 0);
+  }
+  const std::vector<std::string> control = take_sleep_reports();
+  mid::set_sleep_violation_handler(nullptr);
+  EXPECT_TRUE(clean.empty()) << "under Qp::lock: " << (clean.empty() ? "" : clean[0]);
+  ASSERT_EQ(control.size(), 1u);
+  EXPECT_EQ(control[0], "test scope: query_port (link state)");
+}
+#endif
+
+// The HCA's counters reach applications through the driver API (DeviceOps::query_counters,
+// the analogue of rdma_hw_stats), not through a cast of the device.
+TEST_F(Fixture, CountersThroughTheDriverApi) {
+  std::vector<Counter> counters;
+  ASSERT_EQ(ctx.query_counters(&counters), 0);
+  auto value = [&](const char* name) -> int64_t {
+    for (const Counter& c : counters)
+      if (std::strcmp(c.name, name) == 0) return int64_t(c.value);
+    return -1;
+  };
+  for (const char* name : {"tx_packets", "rx_packets", "rx_bad_icrc", "rx_no_qp", "tx_no_mbuf",
+                           "cq_overflow", "port_tx_dropped"})
+    EXPECT_GE(value(name), 0) << name;
+  const int64_t tx0 = value("tx_packets");
+  // One SEND to a QP of this device moves tx_packets.
+  Qp a = make_qp(), b = make_qp();
+  ASSERT_EQ(a.connect(gid, b.qp_num(), 1, 2), 0);
+  ASSERT_EQ(b.connect(gid, a.qp_num(), 2, 1), 0);
+  RecvWr rwr{};
+  RecvWr* rbad = nullptr;
+  ASSERT_EQ(b.post_recv(&rwr, &rbad), 0);
+  SendWr wr{};
+  wr.opcode = WrOpcode::send;
+  wr.send_flags = send_flags::signaled;
+  SendWr* bad = nullptr;
+  ASSERT_EQ(a.post_send(&wr, &bad), 0);
+  Wc wc[2];
+  for (int i = 0; i < 100000 && value("tx_packets") <= tx0; i++) {
+    cq.poll(wc, 2);
+    ASSERT_EQ(ctx.query_counters(&counters), 0);
+  }
+  EXPECT_GT(value("tx_packets"), tx0);
+  ASSERT_EQ(a.query_counters(&counters), 0);
+  for (const char* name : {"retransmits", "rnr_naks_rcvd", "seq_naks_sent", "dup_rcvd"})
+    EXPECT_GE(value(name), 0) << name;
 }
 
 }  // namespace

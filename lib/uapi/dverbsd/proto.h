@@ -1,7 +1,9 @@
 // The dverbsd wire contract: fixed-layout commands on a SOCK_SEQPACKET Unix socket (the
 // slow path, uverbs' write() commands) and the shared-memory layouts of the rings (the
 // fast path, uverbs' mmap'ed queues). Shared by the daemon (lib/daemon) and the drop-in's
-// remote driver (lib/pmd/remote).
+// remote driver (lib/pmd/remote). It lives in lib/uapi, a header-only library both depend
+// on (uapi_dep) as the kernel and rdma-core share include/uapi/rdma/: neither side sees the
+// other's headers. Change the layout only with kVersion.
 //
 // Slow path: every request is one datagram of exactly sizeof(Request) bytes, answered by
 // one datagram of exactly sizeof(Response) bytes carrying `seq` back; file descriptors
