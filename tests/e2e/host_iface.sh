@@ -40,6 +40,12 @@ state() {
   nx ip -d -o link show "$1" | sed -E 's/.*<([^>]*)> mtu ([0-9]+).* link\/ether ([0-9a-f:]+).* promiscuity ([0-9]+).*/flags=\1 mtu=\2 mac=\3 promiscuity=\4/'
 }
 has_xdp() { nx ip -o link show "$1" | grep -qw xdp && echo yes || echo no; }
+wait_listen() {  # until a server in the namespace listens on $port (at most 10 s)
+  for _ in $(seq 200); do
+    nx ss -Htln "sport = :$port" | grep -q . && return 0
+    sleep 0.05
+  done
+}
 
 before_a=$(state va)
 before_b=$(state vb)
@@ -51,10 +57,7 @@ nx timeout -k 5 60 "$run" --port net_af_packet0,iface=vb --mac 02:00:00:00:aa:01
   --ip 10.0.0.1/24 --lcores 0 -- ibv_rc_pingpong -g 0 -p $port -n 200 >"$work/b.out" 2>&1 &
 pids+=($!)
 pid_b=$!
-for _ in $(seq 200); do
-  nx ss -Htln "sport = :$port" | grep -q . && break
-  sleep 0.05
-done
+wait_listen
 during=$(state vb)
 nx timeout -k 5 60 "$run" --port net_af_packet0,iface=va --mac 02:00:00:00:aa:02 \
   --ip 10.0.0.2/24 --lcores 0 -- ibv_rc_pingpong -g 0 -p $port -n 200 127.0.0.1 \
@@ -74,10 +77,7 @@ check "after exit: vb unchanged" "$before_b" "$(state vb)"
 nx timeout -k 5 60 "$run" --port net_af_packet0,iface=vb --mac 02:00:00:00:aa:01 \
   --ip 10.0.0.1/24 --lcores 0 -- ibv_rc_pingpong -g 0 -p $port >"$work/k.out" 2>&1 &
 pids+=($!)
-for _ in $(seq 200); do
-  nx ss -Htln "sport = :$port" | grep -q . && break
-  sleep 0.05
-done
+wait_listen
 pkill -KILL -f "ibv_rc_pingpong -g 0 -p $port" 
 sleep 0.5
 check "after SIGKILL (af_packet): vb unchanged" "$before_b" "$(state vb)"
@@ -88,10 +88,7 @@ if nx timeout -k 5 60 "$run" --port net_af_xdp0,iface=vb --ip 10.0.0.1/24 --lcor
   nx timeout -k 5 60 "$run" --port net_af_xdp0,iface=vb --ip 10.0.0.1/24 --lcores 0 -- \
     ibv_rc_pingpong -g 0 -p $port >"$work/x1.out" 2>&1 &
   pids+=($!)
-  for _ in $(seq 200); do
-    nx ss -Htln "sport = :$port" | grep -q . && break
-    sleep 0.05
-  done
+  wait_listen
   pkill -KILL -f "ibv_rc_pingpong -g 0 -p $port"
   sleep 0.5
   check "after SIGKILL (af_xdp): the kernel kept the XDP program" yes "$(has_xdp vb)"
