@@ -70,30 +70,12 @@ if [ -n "$memlock" ]; then
   fi
 fi
 
-work=$(mktemp -d /tmp/dverbs-pair.XXXXXX)
-pids=()
-veth=""
-cleanup() {
-  for p in "${pids[@]}"; do kill -TERM "$p" 2>/dev/null; done
-  sleep 0.2
-  for p in "${pids[@]}"; do kill -KILL "$p" 2>/dev/null; done
-  [ -n "$veth" ] && ip link del "$veth" 2>/dev/null
-  rm -rf "$work"
-}
-trap cleanup EXIT
+. "$(dirname "$0")/pair_env.sh"
+pair_begin dverbs-pair
 
 case "$transport" in
   memif) ;;  # a socket per attempt, in run_pair
-  af_xdp)
-    if [ "$(id -u)" != 0 ]; then echo "SKIP: af_xdp on a veth pair needs root"; exit 77; fi
-    veth="dvx$$a"
-    if ! ip link add "$veth" type veth peer name "dvx$$b" 2>"$work/ip.err"; then
-      echo "SKIP: cannot create a veth pair: $(cat "$work/ip.err")"; veth=""; exit 77
-    fi
-    ip link set "$veth" up && ip link set "dvx$$b" up || { echo "FAIL: veth up"; exit 1; }
-    port_a="net_af_xdp0,iface=$veth"
-    port_b="net_af_xdp0,iface=dvx$$b"
-    ;;
+  af_xdp) pair_veth "dvx$$" ;;
   *) echo "ibverbs_pair.sh: unknown transport $transport" >&2; exit 1 ;;
 esac
 

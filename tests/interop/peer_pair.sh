@@ -61,33 +61,12 @@ case "$case" in
 esac
 [ -x "$run" ] || { echo "FAIL: $run is not an executable dverbs-run"; exit 1; }
 
-work=$(mktemp -d /tmp/dverbs-peer.XXXXXX)
-pids=()
-veth=""
-cleanup() {
-  for p in "${pids[@]}"; do kill -TERM "$p" 2>/dev/null; done
-  sleep 0.2
-  for p in "${pids[@]}"; do kill -KILL "$p" 2>/dev/null; done
-  [ -n "$veth" ] && ip link del "$veth" 2>/dev/null
-  rm -rf "$work"
-}
-trap cleanup EXIT
+. "$here/../e2e/pair_env.sh"
+pair_begin dverbs-peer
 
 case "$transport" in
   memif) ;;  # a socket per case, in run_case
-  af_xdp)
-    if [ "$(id -u)" != 0 ]; then echo "SKIP: af_xdp on a veth pair needs root"; exit 77; fi
-    veth="dvp$$a"
-    if ! ip link add "$veth" type veth peer name "dvp$$b" 2>"$work/ip.err"; then
-      echo "SKIP: cannot create a veth pair: $(cat "$work/ip.err")"; veth=""; exit 77
-    fi
-    if [ -n "$mtu_a" ]; then
-      ip link set "$veth" mtu "$mtu_a" || { echo "FAIL: cannot set MTU $mtu_a on $veth"; exit 1; }
-    fi
-    ip link set "$veth" up && ip link set "dvp$$b" up || { echo "FAIL: veth up"; exit 1; }
-    port_a="net_af_xdp0,iface=$veth"
-    port_b="net_af_xdp0,iface=dvp$$b"
-    ;;
+  af_xdp) pair_veth "dvp$$" "$mtu_a" ;;
   *) echo "peer_pair.sh: unknown transport $transport" >&2; exit 1 ;;
 esac
 
