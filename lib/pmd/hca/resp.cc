@@ -34,8 +34,8 @@ enum class NakEffect : uint8_t { none, error_reported, error_access, error_inval
 constexpr uint64_t kHoldLimitMs = 2000;
 
 // Sends an ACK/NAK carrying `syndrome` for `psn` right away (NAKs are never coalesced).
-// False when it cannot leave now (neighbour unresolved, out of mbufs): a NAK is then lost
-// like any frame and the requester's timer recovers; resp_send_ack holds a coalesced ACK.
+// False when it cannot leave now (neighbour unresolved, out of mbufs): the caller holds it
+// (nak, resp_send_ack) and resp_send_held sends it later.
 bool send_aeth(Engine& e, Qp& qp, uint8_t syndrome, uint32_t psn) {
   wire::BthFields bth{};
   bth.opcode = wire::op::kRc | wire::op::kAck;
