@@ -45,8 +45,10 @@ void restart_timer(Engine& e, Qp& qp) {
 // Moves the acknowledged point forward to `next` (the oldest PSN still owed).
 void advance_ack(Qp& qp, uint32_t next) {
   Requester& r = qp.req;
-  if (wire::psn_diff(next, r.last_ack_psn) <= 0) return;
+  const int32_t n = wire::psn_diff(next, r.last_ack_psn);
+  if (n <= 0) return;
   r.last_ack_psn = next;
+  req_window_acked(qp, uint32_t(n));
   // Keep seq_nak_psn within a PSN of the acknowledged point, so that it never looks ahead
   // after a PSN wrap and a sequence NAK for `next` counts as a new gap (comp_rx).
   if (wire::psn_diff(r.seq_nak_psn, wire::psn_add(next, -1u)) < 0)
@@ -333,12 +335,14 @@ void comp_rx(Engine& e, Qp& qp, const wire::Packet& pkt) noexcept {
       if (wire::psn_diff(psn, r.last_ack_psn) > 0) ack_through(e, qp, wire::psn_add(psn, -1u));
       switch (wire::NakCode(wire::aeth_value(syn))) {
         case wire::NakCode::psn_seq_error:
-          // Go back to the PSN the responder expects (IBA 9.7.5.1.3).
+          // Go back to the PSN the responder expects (IBA 9.7.5.1.3), with a smaller
+          // window if this gap is a new loss.
           if (r.retry_left == 0) {
             comp_fail(e, qp, WcStatus::retry_exc_err);
             return;
           }
           r.retry_left--;
+          req_window_lost(qp, false, psn);
           req_rewind(e, qp, r.last_ack_psn);
           return;
         case wire::NakCode::invalid_request: comp_fail(e, qp, WcStatus::rem_inv_req_err); return;

@@ -130,6 +130,15 @@ void req_rewind(Engine& e, Qp& qp, uint32_t psn) noexcept;
 // hang. Context: owner engine, qp->lock held.
 void req_arm_timer(Engine& e, Qp& qp) noexcept;
 
+// The send window (congestion response, RC only; Requester::cwnd). Context: owner
+// engine, qp->lock held.
+// `n` more packets were acknowledged: the window grows.
+void req_window_acked(Qp& qp, uint32_t n) noexcept;
+// A loss: a retransmission timeout (`timeout`), or a PSN-sequence NAK for `psn`. The
+// window shrinks once per loss episode (a gap in packets sent before the last cut is the
+// same episode), every timeout shrinks it.
+void req_window_lost(Qp& qp, bool timeout, uint32_t psn) noexcept;
+
 // The local ACK timeout 4.096 us * 2^timeout in TSC cycles (IBA 9.7.6.1.3); timeout 0
 // means infinite (returns 0). Context: any.
 inline uint64_t ack_timeout_tsc(uint8_t timeout, uint64_t tsc_hz) noexcept {

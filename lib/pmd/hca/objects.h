@@ -112,7 +112,12 @@ struct Srq : mid::Srq {
   std::atomic<uint32_t> limit{0};  // armed SRQ limit (IBA 11.5.2.4); 0 = not armed
 };
 
-// Requester state of an RC/UC/UD QP (IBA 9.7.x). Owner engine only.
+// The requester's send window (req.cc, req_window_*): an RC QP keeps at most this many
+// packets unacknowledged, and never fewer than kMinSendWindow once the window has shrunk.
+constexpr uint32_t kMaxSendWindow = 256;
+constexpr uint32_t kMinSendWindow = 2;
+
+// Requester state of an RC/UC/UD QP (IBA 9.7). Owner engine only.
 struct Requester {
   uint32_t psn = 0;        // next PSN to send
   uint64_t next_wqe = 0;   // SQ index of the WQE being or next to be sent
@@ -129,6 +134,15 @@ struct Requester {
   uint32_t seq_nak_psn = 0; // newest PSN-sequence NAK PSN seen, at least last_ack_psn - 1
   bool sq_drained_sent = false;  // SQD: the SQ-drained event went out
   uint64_t sent_end = 0;    // one past the highest SQ index that has PSNs assigned
+  // Congestion response (RC): packets allowed unacknowledged. A retransmission timeout
+  // drops it to kMinSendWindow, a new PSN-sequence gap halves it; acknowledged packets
+  // grow it again, by one each below `ssthresh` (doubling per round trip), by one per
+  // window above it.
+  uint32_t cwnd = kMaxSendWindow;
+  uint32_t ssthresh = kMaxSendWindow;
+  uint32_t cwnd_acked = 0;   // packets acknowledged toward the next increase above ssthresh
+  uint32_t recover_psn = 0;  // max_psn at the last cut: a gap before it is the same loss
+  bool recovering = false;   // recover_psn is not acknowledged yet
 };
 
 // One entry of the responder-resource ring (IBA 9.7.4.1.5.2: duplicate READ and atomic

@@ -1,4 +1,4 @@
-// Requester engine (IBA 9.7.x, the "requester" side of a QP): turns send WQEs into
+// Requester engine (IBA 9.7, the requester side of a QP): turns send WQEs into
 // packets segmented by path MTU, assigns PSNs, asks for ACKs, and runs the retransmission
 // and RNR timers (go-back-N, IBA 9.7.6.1). One state per QP, owner engine only.
 //
@@ -22,9 +22,6 @@ namespace dverbs::pmd::hca {
 
 namespace {
 
-// At most this many unacknowledged packets per QP: bounds the go-back-N cost and keeps a
-// busy QP from starving its peers in the port's queues.
-constexpr uint32_t kPsnWindow = 256;
 // Ask for an ACK at least this often inside long messages (IBA 9.7.6.1.2 allows any rate).
 constexpr uint32_t kAckReqEvery = 32;
 
@@ -123,6 +120,13 @@ void check_drained(Qp& qp) {
   mid::dispatch_event(ev);
 }
 
+// Packets the window lets be unacknowledged now.
+uint32_t window(const Requester& r) { return r.cwnd < kMaxSendWindow ? r.cwnd : kMaxSendWindow; }
+
+bool window_full_after(const Requester& r, uint32_t psn) {
+  return uint32_t(wire::psn_diff(wire::psn_add(psn, 1), r.last_ack_psn)) >= window(r);
+}
+
 // Sends packet `pkt` of WQE `w`; returns false when it cannot leave yet (neighbour
 // unresolved, out of mbufs) or the WQE failed.
 bool send_one(Engine& e, Qp& qp, SendWqe& w, uint32_t pkt) {
@@ -136,7 +140,10 @@ bool send_one(Engine& e, Qp& qp, SendWqe& w, uint32_t pkt) {
   bth.pad = wire::pad_for(len);
   bth.pkey = wire::kDefaultPkey;
   bth.psn = wire::psn_add(w.first_psn, pkt);
-  bth.ack_req = qp.qp_type == QpType::rc && (last || (pkt + 1) % kAckReqEvery == 0);
+  // The packet that fills the send window asks for an ACK too: nothing more leaves
+  // until one comes, and a peer acknowledges only when asked (or at a message's end).
+  bth.ack_req = qp.qp_type == QpType::rc &&
+                (last || (pkt + 1) % kAckReqEvery == 0 || window_full_after(qp.req, bth.psn));
 
   const bool ud = qp.qp_type == QpType::ud;
   bth.dest_qp = ud ? w.remote_qpn : qp.attr.dest_qp_num;
@@ -199,6 +206,37 @@ WcStatus execute_local(Engine& e, Qp& qp, SendWqe& w) {
 
 void req_arm_timer(Engine& e, Qp& qp) noexcept {
   qp.req.timer_deadline = qp.ack_timeout_tsc ? e.now() + qp.ack_timeout_tsc : 0;
+}
+
+// The window follows TCP's congestion response (RFC 5681) in packets: IBA 9.7.6.1 leaves
+// the requester's pace to the implementation. Without it, a requester whose peer cannot
+// keep up (a receive ring overflowing, a slow host) resends its whole window after each
+// loss into the same overload, and every round of go-back-N makes the next loss certain:
+// the retries run out (RETRY_EXC_ERR) on a link that works at a lower rate.
+void req_window_acked(Qp& qp, uint32_t n) noexcept {
+  Requester& r = qp.req;
+  if (r.recovering && wire::psn_diff(r.last_ack_psn, r.recover_psn) >= 0) r.recovering = false;
+  if (r.cwnd >= kMaxSendWindow) return;
+  if (r.cwnd < r.ssthresh) {  // slow start: +1 a packet, the window doubles each round trip
+    r.cwnd = r.cwnd + n < r.ssthresh ? r.cwnd + n : r.ssthresh;
+    return;
+  }
+  r.cwnd_acked += n;  // congestion avoidance: +1 per window acknowledged
+  while (r.cwnd_acked >= r.cwnd && r.cwnd < kMaxSendWindow) {
+    r.cwnd_acked -= r.cwnd;
+    r.cwnd++;
+  }
+}
+
+void req_window_lost(Qp& qp, bool timeout, uint32_t psn) noexcept {
+  Requester& r = qp.req;
+  if (!timeout && r.recovering && wire::psn_diff(psn, r.recover_psn) < 0) return;
+  const uint32_t half = r.cwnd / 2 > kMinSendWindow ? r.cwnd / 2 : kMinSendWindow;
+  r.ssthresh = half;
+  r.cwnd = timeout ? kMinSendWindow : half;
+  r.cwnd_acked = 0;
+  r.recover_psn = r.max_psn;
+  r.recovering = true;
 }
 
 bool req_needs_service(Qp& qp) noexcept {
@@ -268,6 +306,7 @@ int req_step(Engine& e, Qp& qp, int budget) noexcept {
       return 0;
     }
     r.retry_left--;
+    req_window_lost(qp, true, r.last_ack_psn);
     req_rewind(e, qp, r.last_ack_psn);
     // Re-arm now, not when a packet leaves: a peer that vanished can leave the port
     // refusing frames, and the retries must still run out (IBA 9.7.6.1.3).
@@ -318,8 +357,7 @@ int req_step(Engine& e, Qp& qp, int budget) noexcept {
       if (rd) r.rd_inflight++;
       r.sent_end = r.next_wqe + 1;
     }
-    if (qp.qp_type == QpType::rc &&
-        uint32_t(wire::psn_diff(r.psn, r.last_ack_psn)) >= kPsnWindow)
+    if (qp.qp_type == QpType::rc && uint32_t(wire::psn_diff(r.psn, r.last_ack_psn)) >= window(r))
       break;
     if (rd) {
       bool ok = w->opcode == WrOpcode::rdma_read ? send_read_request(e, qp, *w, r.next_pkt)

@@ -349,7 +349,7 @@ TEST_F(ReqTest, SendWithoutFenceDoesNotWaitForReads) {
 
 // ---------------------------------------------------------------- PSN window, UD Q_Key
 
-// C7 (req.cc req_step, kPsnWindow = 256): without ACKs an RC QP leaves at most 256 packets
+// C7 (req.cc req_step, kMaxSendWindow = 256): without ACKs an RC QP leaves at most 256 packets
 // unacknowledged, however much is posted; an ACK opens the window by exactly the number of
 // packets it acknowledges.
 TEST_F(ReqTest, AtMost256PacketsAreLeftUnacknowledged) {
@@ -388,6 +388,68 @@ TEST_F(ReqTest, AtMost256PacketsAreLeftUnacknowledged) {
   auto w = wcs();
   ASSERT_EQ(w.size(), 1u) << describe(w);
   expect_wc(w[0], 1, WcStatus::success, WcOpcode::send);
+}
+
+// C7a (req.cc req_window_lost, req_window_acked): a PSN-sequence NAK is a loss; the
+// requester halves its window and resends only that many packets from the NAKed PSN. A
+// second NAK for a gap among packets sent before that cut is the same loss: no second
+// halving. The packet that fills the window asks for an ACK.
+TEST_F(ReqTest, SequenceNakHalvesTheSendWindowOncePerLoss) {
+  connect();
+  post({wr(1, WrOpcode::send, 0, kBufBytes), wr(2, WrOpcode::send, 0, 40 * 256)});
+  for (int i = 0; i < 200 && h.sent_pending() < 296; i++) h.poll();
+  ASSERT_EQ(h.take_sent().size(), 256u);
+
+  // Packets S..S+9 arrived, S+10 was lost: 128 packets from S+10 go again, no more.
+  h.inject(nak(NakCode::psn_seq_error, S + 10));
+  for (int i = 0; i < 200 && h.sent_pending() < 256; i++) h.poll();
+  auto sent = h.take_sent();
+  ASSERT_EQ(sent.size(), 128u) << describe(sent);
+  for (uint32_t i = 0; i < 128; i++) ASSERT_EQ(sent[i].psn, S + 10 + i) << i;
+  EXPECT_TRUE(sent.back().ack_req) << "the packet that fills the window asks for an ACK";
+
+  // S+20 lost too (sent before the cut): the window stays 128 and moves by 10.
+  h.inject(nak(NakCode::psn_seq_error, S + 20));
+  for (int i = 0; i < 200 && h.sent_pending() < 256; i++) h.poll();
+  sent = h.take_sent();
+  ASSERT_EQ(sent.size(), 128u) << describe(sent);
+  EXPECT_EQ(sent.front().psn, S + 20);
+  EXPECT_EQ(sent.back().psn, S + 147);
+  EXPECT_TRUE(wcs().empty());
+  EXPECT_EQ(qp.state(), QpState::rts);
+}
+
+// C7b (req.cc req_window_lost, req_window_acked): a retransmission timeout drops the
+// window to kMinSendWindow (2) packets; each acknowledged packet then adds one (slow
+// start: 2, 4, 8 ... packets per round trip) until half the window before the loss.
+TEST_F(ReqTest, TimeoutShrinksTheSendWindowAndAcksRegrowIt) {
+  Conn c;
+  c.timeout = 14;  // 67 ms: no second timeout fires while the test answers
+  connect(c);
+  post({wr(1, WrOpcode::send, 0, 64 * 256)});
+  for (int i = 0; i < 200 && h.sent_pending() < 64; i++) h.poll();
+  ASSERT_EQ(h.take_sent().size(), 64u);
+
+  auto sent = wait_frames(1);  // nothing answers: the timer expires
+  h.poll(4);
+  auto more = h.take_sent();
+  sent.insert(sent.end(), more.begin(), more.end());
+  ASSERT_EQ(sent.size(), 2u) << describe(sent);
+  EXPECT_EQ(sent[0].psn, S);
+  EXPECT_EQ(sent[1].psn, S + 1);
+  EXPECT_TRUE(sent[1].ack_req);
+
+  uint32_t acked = S + 2, expect = 4;  // the window after each ACK: 4, 8, 16
+  for (int round = 0; round < 3; round++, expect *= 2) {
+    h.inject(ack(acked - 1, 0));
+    for (int i = 0; i < 50 && h.sent_pending() < 64; i++) h.poll();
+    sent = h.take_sent();
+    ASSERT_EQ(sent.size(), expect) << "round " << round << ": " << describe(sent);
+    EXPECT_EQ(sent.front().psn, acked);
+    EXPECT_TRUE(sent.back().ack_req);
+    acked += expect;
+  }
+  EXPECT_TRUE(wcs().empty());
 }
 
 // IBA 10.2.4.1 / req.cc send_one: a UD send WR whose Q_Key has the high bit set uses the QP's
