@@ -1,6 +1,8 @@
 // Completer engine (IBA 9.7.5, the requester's receive side): consumes ACKs and NAKs,
 // retires send WQEs in order, turns NAKs into retransmission or error completions, and
 // flushes a QP in ERR. Owner engine only, qp->lock held.
+#include <iterator>
+
 #include <rte_cycles.h>
 
 #include "midlayer/driver.h"
@@ -11,6 +13,26 @@
 namespace dverbs::pmd::hca {
 
 namespace {
+
+// ---- the completer's steps for one response packet (comp_rx) ----
+//
+//   check_state ──► check_opcode ─┬─► read_response
+//                                 ├─► atomic_ack
+//                                 └─► check_ack_psn ─┬─► ack
+//                                                    ├─► rnr_nak
+//                                                    ├─► seq_nak
+//                                                    └─► fatal_nak
+//
+// Each step returns the next; every path ends in done, drop (the packet is counted in
+// rx_bad_state and ignored) or bad_response (the oldest WQE fails with BAD_RESP_ERR).
+
+enum class CompStep : uint8_t {
+  check_state, check_opcode, check_ack_psn, read_response, atomic_ack, ack, rnr_nak, seq_nak,
+  fatal_nak, bad_response, drop, done,
+};
+
+// rnr_retry 7 means retry forever (IBA 9.7.5.2.8).
+constexpr uint8_t kRnrRetryForever = 7;
 
 // Retires the oldest SQ slot and reports it: the slot is freed before the completion is
 // visible, so a consumer that posts again on every completion never sees ENOMEM.
@@ -124,29 +146,28 @@ SendWqe* responder_target(Engine& e, Qp& qp, uint32_t psn) {
   return &w;
 }
 
-void read_response(Engine& e, Qp& qp, const wire::Packet& pkt) {
+// A READ response (IBA 9.7.5.1.6): its payload lands at its offset of the READ's buffer.
+CompStep read_response(Engine& e, Qp& qp, const wire::Packet& pkt) {
   Requester& r = qp.req;
-  if (wire::psn_diff(pkt.psn, r.last_ack_psn) < 0) return;  // already consumed
+  if (wire::psn_diff(pkt.psn, r.last_ack_psn) < 0) return CompStep::done;  // already consumed
   SendWqe* w = responder_target(e, qp, pkt.psn);
   if (!w || w->opcode != WrOpcode::rdma_read) {
     // Responses before this one are missing: ask again from the first we lack.
     if (wire::psn_diff(pkt.psn, r.last_ack_psn) > 0) rewind_gap(e, qp);
-    else if (r.unacked != r.sent_end) comp_fail(e, qp, WcStatus::bad_resp_err);
-    return;
+    else if (r.unacked != r.sent_end) return CompStep::bad_response;
+    return CompStep::done;
   }
   const uint32_t f = pkt.info->flags;
   const uint32_t off = uint32_t(wire::psn_diff(pkt.psn, w->first_psn)) * qp.mtu;
   const bool last = f & wire::opf::kLast;
-  // Every response but the last carries exactly one path MTU (IBA 9.7.5.1.6, C9-...).
+  // Every response but the last carries exactly one path MTU (IBA 9.7.5.1.6).
   if ((!last && pkt.payload_len != qp.mtu) || off + pkt.payload_len > w->length ||
-      (last && off + pkt.payload_len != w->length)) {
-    comp_fail(e, qp, WcStatus::bad_resp_err);
-    return;
-  }
+      (last && off + pkt.payload_len != w->length))
+    return CompStep::bad_response;
   WcStatus st = scatter(e.device(), qp.pd, w->sge, w->num_sge, off, pkt.payload, pkt.payload_len);
   if (st != WcStatus::success) {
     comp_fail(e, qp, st);
-    return;
+    return CompStep::done;
   }
   advance_ack(qp, wire::psn_add(pkt.psn, 1));
   if (last) {
@@ -156,29 +177,176 @@ void read_response(Engine& e, Qp& qp, const wire::Packet& pkt) {
     fast_forward(e, qp);  // responses to a request sent before a rewind
     restart_timer(e, qp);
   }
+  return CompStep::done;
 }
 
-void atomic_ack(Engine& e, Qp& qp, const wire::Packet& pkt) {
+// An atomic ACK: the original value lands in the WQE's buffer.
+CompStep atomic_ack(Engine& e, Qp& qp, const wire::Packet& pkt) {
   Requester& r = qp.req;
-  if (wire::psn_diff(pkt.psn, r.last_ack_psn) < 0) return;  // duplicate
+  if (wire::psn_diff(pkt.psn, r.last_ack_psn) < 0) return CompStep::done;  // duplicate
   SendWqe* w = responder_target(e, qp, pkt.psn);
-  if (!w || w->opcode == WrOpcode::rdma_read || !pkt.atomic_ack) {
-    if (!w) rewind_gap(e, qp);
-    else comp_fail(e, qp, WcStatus::bad_resp_err);
-    return;
+  if (!w) {
+    rewind_gap(e, qp);
+    return CompStep::done;
   }
+  if (w->opcode == WrOpcode::rdma_read || !pkt.atomic_ack) return CompStep::bad_response;
   uint64_t orig = pkt.atomic_ack->orig_value();
   WcStatus st = scatter(e.device(), qp.pd, w->sge, w->num_sge, 0,
                         reinterpret_cast<const uint8_t*>(&orig), sizeof orig);
   if (st != WcStatus::success) {
     comp_fail(e, qp, st);
-    return;
+    return CompStep::done;
   }
   w->done = true;
   ack_through(e, qp, pkt.psn);
+  return CompStep::done;
+}
+
+// Only an RC QP that sends requests (RTS, SQD) takes responses, and only RC opcodes.
+CompStep check_state(Qp& qp, const wire::Packet& pkt) {
+  QpState s = qp.state.load(std::memory_order_acquire);
+  if (qp.qp_type != QpType::rc || (s != QpState::rts && s != QpState::sqd) ||
+      (pkt.opcode & 0xe0) != wire::op::kRc)
+    return CompStep::drop;
+  return CompStep::check_opcode;
+}
+
+// Which response this is (IBA 9.7.5.1). READ responses carry an AETH on FIRST/LAST/ONLY
+// that must be an ACK: a NAK for a READ comes as an ACK packet.
+CompStep check_opcode(const wire::Packet& pkt) {
+  if (pkt.info->flags & wire::opf::kRead) {
+    if (pkt.aeth && wire::aeth_type(pkt.aeth->syndrome) != wire::AethType::ack)
+      return CompStep::bad_response;
+    return CompStep::read_response;
+  }
+  if (pkt.opcode == (wire::op::kRc | wire::op::kAtomicAck)) return CompStep::atomic_ack;
+  if (pkt.opcode != (wire::op::kRc | wire::op::kAck) || !pkt.aeth) return CompStep::drop;
+  return CompStep::check_ack_psn;
+}
+
+// An ACK/NAK must name a PSN that is outstanding (IBA 9.7.5.1.2): older ones are stale
+// duplicates and ignored; a NAK always names an unacknowledged PSN.
+CompStep check_ack_psn(const Qp& qp, const wire::Packet& pkt) {
+  const Requester& r = qp.req;
+  if (wire::psn_diff(pkt.psn, r.max_psn) >= 0) return CompStep::done;
+  const wire::AethType type = wire::aeth_type(pkt.aeth->syndrome);
+  if (wire::psn_diff(pkt.psn, r.last_ack_psn) < (type == wire::AethType::ack ? -1 : 0))
+    return CompStep::done;
+  switch (type) {
+    case wire::AethType::ack: return CompStep::ack;
+    case wire::AethType::rnr_nak: return CompStep::rnr_nak;
+    case wire::AethType::nak:
+      return wire::NakCode(wire::aeth_value(pkt.aeth->syndrome)) == wire::NakCode::psn_seq_error
+                 ? CompStep::seq_nak
+                 : CompStep::fatal_nak;
+    case wire::AethType::reserved: break;
+  }
+  return CompStep::bad_response;
+}
+
+CompStep ack(Engine& e, Qp& qp, uint32_t psn) {
+  if (wire::psn_diff(psn, qp.req.last_ack_psn) >= 0) ack_through(e, qp, psn);
+  return CompStep::done;
+}
+
+// Receiver not ready (IBA 9.7.5.2.8): packets before the NAKed one are implicitly
+// acknowledged; the requester waits the encoded RNR timer, then resends from the oldest
+// PSN still owed (ack_through may have found a READ whose responses are missing).
+CompStep rnr_nak(Engine& e, Qp& qp, uint32_t psn, uint8_t syndrome) {
+  Requester& r = qp.req;
+  if (wire::psn_diff(psn, r.last_ack_psn) > 0) ack_through(e, qp, wire::psn_add(psn, -1u));
+  qp.rnr_naks_rcvd.fetch_add(1, std::memory_order_relaxed);
+  if (qp.attr.rnr_retry != kRnrRetryForever) {
+    if (r.rnr_left == 0) {
+      comp_fail(e, qp, WcStatus::rnr_retry_exc_err);
+      return CompStep::done;
+    }
+    r.rnr_left--;
+  }
+  uint64_t us = kRnrTimerUs[wire::aeth_value(syndrome)];
+  r.rnr_deadline = e.now() + us * e.tsc_hz() / 1000000;
+  if (r.rnr_deadline == 0) r.rnr_deadline = 1;
+  r.timer_deadline = 0;
+  req_rewind(e, qp, r.last_ack_psn);
+  return CompStep::done;
+}
+
+// PSN sequence error (IBA 9.7.5.1.3): go back to the PSN the responder expects, with a
+// smaller send window if the gap is a new loss.
+CompStep seq_nak(Engine& e, Qp& qp, uint32_t psn) {
+  Requester& r = qp.req;
+  if (wire::psn_diff(psn, r.seq_nak_psn) > 0) {
+    // The responder sends one sequence NAK per gap, naming its expected PSN (C9-110),
+    // so a NAK beyond both the acknowledged point and the previous sequence NAK shows that
+    // it executed every request before it (IBA 9.7.5.1.2). That is progress, and restores
+    // the retry budget (IBA 9.7.6.1.3) as advance_ack does for ACKs, even when the
+    // acknowledged point cannot move past a READ or atomic whose responses were lost.
+    if (wire::psn_diff(psn, r.last_ack_psn) > 0) r.retry_left = qp.attr.retry_cnt;
+    r.seq_nak_psn = psn;
+  }
+  if (wire::psn_diff(psn, r.last_ack_psn) > 0) ack_through(e, qp, wire::psn_add(psn, -1u));
+  if (r.retry_left == 0) {
+    comp_fail(e, qp, WcStatus::retry_exc_err);
+    return CompStep::done;
+  }
+  r.retry_left--;
+  req_window_lost(qp, false, psn);
+  req_rewind(e, qp, r.last_ack_psn);
+  return CompStep::done;
+}
+
+// The other NAK codes are fatal: the WQE completes with the error the
+// code names, after the packets before the NAKed one are implicitly acknowledged.
+CompStep fatal_nak(Engine& e, Qp& qp, uint32_t psn, uint8_t syndrome) {
+  if (wire::psn_diff(psn, qp.req.last_ack_psn) > 0) ack_through(e, qp, wire::psn_add(psn, -1u));
+  WcStatus st = WcStatus::bad_resp_err;
+  switch (wire::NakCode(wire::aeth_value(syndrome))) {
+    case wire::NakCode::invalid_request: st = WcStatus::rem_inv_req_err; break;
+    case wire::NakCode::remote_access_error: st = WcStatus::rem_access_err; break;
+    case wire::NakCode::remote_op_error: st = WcStatus::rem_op_err; break;
+    case wire::NakCode::invalid_rd_request: st = WcStatus::rem_inv_rd_req_err; break;
+    case wire::NakCode::psn_seq_error: break;  // seq_nak's
+  }
+  comp_fail(e, qp, st);
+  return CompStep::done;
 }
 
 }  // namespace
+
+const char* comp_step_name(uint8_t step) noexcept {
+  static constexpr const char* kNames[] = {
+      "check_state", "check_opcode", "check_ack_psn", "read_response", "atomic_ack", "ack",
+      "rnr_nak",     "seq_nak",      "fatal_nak",     "bad_response",  "drop",       "done",
+  };
+  static_assert(std::size(kNames) == size_t(CompStep::done) + 1);
+  return step < std::size(kNames) ? kNames[step] : "?";
+}
+
+void comp_rx(Engine& e, Qp& qp, const wire::Packet& pkt) noexcept {
+  const uint32_t psn = pkt.psn;
+  CompStep step = CompStep::check_state;
+  for (;;) {
+    switch (step) {
+      case CompStep::check_state: step = check_state(qp, pkt); break;
+      case CompStep::check_opcode: step = check_opcode(pkt); break;
+      case CompStep::check_ack_psn: step = check_ack_psn(qp, pkt); break;
+      case CompStep::read_response: step = read_response(e, qp, pkt); break;
+      case CompStep::atomic_ack: step = atomic_ack(e, qp, pkt); break;
+      case CompStep::ack: step = ack(e, qp, psn); break;
+      case CompStep::rnr_nak: step = rnr_nak(e, qp, psn, pkt.aeth->syndrome); break;
+      case CompStep::seq_nak: step = seq_nak(e, qp, psn); break;
+      case CompStep::fatal_nak: step = fatal_nak(e, qp, psn, pkt.aeth->syndrome); break;
+      case CompStep::bad_response:
+        comp_fail(e, qp, WcStatus::bad_resp_err);
+        return;
+      case CompStep::drop:
+        e.device().counters().rx_bad_state.fetch_add(1, std::memory_order_relaxed);
+        return;
+      case CompStep::done:
+        return;
+    }
+  }
+}
 
 void comp_retire_upto(Engine&, Qp& qp, uint64_t upto) noexcept {
   Requester& r = qp.req;
@@ -258,106 +426,6 @@ void flush_queues(Engine&, Qp& qp) noexcept {
   }
   rs.recv = nullptr;
   rs.in_send = rs.in_write = false;
-}
-
-void comp_rx(Engine& e, Qp& qp, const wire::Packet& pkt) noexcept {
-  Requester& r = qp.req;
-  QpState s = qp.state.load(std::memory_order_acquire);
-  if (qp.qp_type != QpType::rc || (s != QpState::rts && s != QpState::sqd) ||
-      (pkt.opcode & 0xe0) != wire::op::kRc) {
-    e.device().counters().rx_bad_state.fetch_add(1, std::memory_order_relaxed);
-    return;
-  }
-  if (pkt.info->flags & wire::opf::kRead) {
-    // READ responses carry an AETH on FIRST/LAST/ONLY; a NAK for a READ comes as an
-    // ACK packet and is handled below.
-    if (pkt.aeth && wire::aeth_type(pkt.aeth->syndrome) != wire::AethType::ack) {
-      comp_fail(e, qp, WcStatus::bad_resp_err);
-      return;
-    }
-    read_response(e, qp, pkt);
-    return;
-  }
-  if (pkt.opcode == (wire::op::kRc | wire::op::kAtomicAck)) {
-    atomic_ack(e, qp, pkt);
-    return;
-  }
-  if (pkt.opcode != (wire::op::kRc | wire::op::kAck) || !pkt.aeth) {
-    e.device().counters().rx_bad_state.fetch_add(1, std::memory_order_relaxed);
-    return;
-  }
-  // An ACK/NAK must name a PSN that is outstanding: older ones are stale duplicates
-  // (IBA 9.7.5.1.2). A NAK always names an unacknowledged PSN.
-  const uint32_t psn = pkt.psn;
-  if (wire::psn_diff(psn, r.max_psn) >= 0) return;
-  const uint8_t syn = pkt.aeth->syndrome;
-  if (wire::psn_diff(psn, r.last_ack_psn) < (wire::aeth_type(syn) == wire::AethType::ack ? -1 : 0))
-    return;
-  switch (wire::aeth_type(syn)) {
-    case wire::AethType::ack:
-      if (wire::psn_diff(psn, r.last_ack_psn) >= 0) ack_through(e, qp, psn);
-      return;
-    case wire::AethType::rnr_nak: {
-      // Packets before the NAKed one are implicitly acknowledged (IBA 9.7.5.1.2).
-      if (wire::psn_diff(psn, r.last_ack_psn) > 0) ack_through(e, qp, wire::psn_add(psn, -1u));
-      qp.rnr_naks_rcvd.fetch_add(1, std::memory_order_relaxed);
-      if (qp.attr.rnr_retry != 7) {  // 7 means retry forever (IBA 9.7.5.2.8)
-        if (r.rnr_left == 0) {
-          comp_fail(e, qp, WcStatus::rnr_retry_exc_err);
-          return;
-        }
-        r.rnr_left--;
-      }
-      uint64_t us = kRnrTimerUs[wire::aeth_value(syn)];
-      r.rnr_deadline = e.now() + us * e.tsc_hz() / 1000000;
-      if (r.rnr_deadline == 0) r.rnr_deadline = 1;
-      r.timer_deadline = 0;
-      // From the oldest PSN still owed: ack_through may have found a READ whose
-      // responses are missing before the NAKed PSN.
-      req_rewind(e, qp, r.last_ack_psn);
-      return;
-    }
-    case wire::AethType::nak:
-      if (wire::NakCode(wire::aeth_value(syn)) == wire::NakCode::psn_seq_error &&
-          wire::psn_diff(psn, r.seq_nak_psn) > 0) {
-        // A PSN-sequence NAK names the responder's expected PSN, and the responder sends one
-        // per gap (C9-110), so a NAK beyond both the acknowledged point and the previous
-        // sequence NAK shows that the responder executed every request before it (IBA
-        // 9.7.5.1.2): that is progress, even when the acknowledged point cannot move past a
-        // READ or atomic whose responses were lost (ack_through keeps it there). Progress
-        // restores the retry budget (IBA 9.7.6.1.3), as advance_ack does for ACKs; without
-        // this, a QP whose READ response was lost paid one retry for every later gap its
-        // peer reported while that READ was being asked again, and failed with
-        // RETRY_EXC_ERR although every retransmission got further.
-        if (wire::psn_diff(psn, r.last_ack_psn) > 0) r.retry_left = qp.attr.retry_cnt;
-        r.seq_nak_psn = psn;
-      }
-      if (wire::psn_diff(psn, r.last_ack_psn) > 0) ack_through(e, qp, wire::psn_add(psn, -1u));
-      switch (wire::NakCode(wire::aeth_value(syn))) {
-        case wire::NakCode::psn_seq_error:
-          // Go back to the PSN the responder expects (IBA 9.7.5.1.3), with a smaller
-          // window if this gap is a new loss.
-          if (r.retry_left == 0) {
-            comp_fail(e, qp, WcStatus::retry_exc_err);
-            return;
-          }
-          r.retry_left--;
-          req_window_lost(qp, false, psn);
-          req_rewind(e, qp, r.last_ack_psn);
-          return;
-        case wire::NakCode::invalid_request: comp_fail(e, qp, WcStatus::rem_inv_req_err); return;
-        case wire::NakCode::remote_access_error: comp_fail(e, qp, WcStatus::rem_access_err); return;
-        case wire::NakCode::remote_op_error: comp_fail(e, qp, WcStatus::rem_op_err); return;
-        case wire::NakCode::invalid_rd_request:
-          comp_fail(e, qp, WcStatus::rem_inv_rd_req_err);
-          return;
-      }
-      comp_fail(e, qp, WcStatus::bad_resp_err);
-      return;
-    case wire::AethType::reserved:
-      comp_fail(e, qp, WcStatus::bad_resp_err);
-      return;
-  }
 }
 
 }  // namespace dverbs::pmd::hca

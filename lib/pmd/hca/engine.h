@@ -167,6 +167,8 @@ inline bool is_rd_atomic(WrOpcode op) {
 // Completer (comp.cc): handles one response packet (ACK, NAK, READ response, atomic ACK).
 // Context: owner engine, qp->lock held.
 void comp_rx(Engine& e, Qp& qp, const wire::Packet& pkt) noexcept;
+// The name of completer step `step` (comp.cc, CompStep), for traces and tests.
+const char* comp_step_name(uint8_t step) noexcept;
 // Completes SQ WQEs in order up to (not including) SQ index `upto` successfully.
 void comp_retire_upto(Engine& e, Qp& qp, uint64_t upto) noexcept;
 // Moves the QP to ERR after an error completion of the oldest WQE with `status`.

@@ -1,13 +1,19 @@
-// Requester engine (IBA 9.7, the requester side of a QP): turns send WQEs into
-// packets segmented by path MTU, assigns PSNs, asks for ACKs, and runs the retransmission
-// and RNR timers (go-back-N, IBA 9.7.6.1). One state per QP, owner engine only.
+// Requester engine (IBA 9.7, the requester side of a QP): turns send WQEs into packets
+// segmented by path MTU, assigns PSNs, asks for ACKs, and runs the retransmission and RNR
+// timers (go-back-N, IBA 9.7.6.1) and the send window. One state per QP, owner engine only.
 //
-// States of the requester, evaluated on each step:
+// States of the requester (req_state), evaluated on each step:
 //   idle      — nothing unsent and nothing outstanding
 //   rnr_wait  — an RNR NAK arrived; nothing is sent until its timer expires
-//   sending   — packets of next_wqe go out, bounded by the PSN window
+//   sending   — packets of next_wqe go out, bounded by the send window
 //   waiting   — everything sent, ACKs outstanding, retransmit timer armed
 //   error     — QP in ERR: flush (comp.cc)
+//
+// One step (req_step): the frames the responder owes (held ACK/NAK, READ and atomic
+// responses) → the state → check_timer (retransmission) → send_wqes, which gives the WQEs
+// their turns in order: run_local (bind, local invalidate), or start_wqe (PSNs, fence,
+// READ/atomic credits) and then send_rd_atomic (one request) or send_segment (one packet
+// of a SEND or WRITE).
 #include <cstring>
 
 #include <rte_byteorder.h>
@@ -202,6 +208,146 @@ WcStatus execute_local(Engine& e, Qp& qp, SendWqe& w) {
   return st;
 }
 
+// The retransmission timer (IBA 9.7.6.1.3): on expiry, go back to the oldest
+// unacknowledged PSN with the smallest send window, or fail once retry_cnt is used up.
+// Something is outstanding while a WQE is sent and unacknowledged — also right after a
+// rewind, when psn == last_ack_psn but the resend could not leave yet. False: the QP
+// failed.
+bool check_timer(Engine& e, Qp& qp) {
+  Requester& r = qp.req;
+  const bool outstanding = r.psn != r.last_ack_psn || r.unacked != r.sent_end;
+  if (!r.timer_deadline || e.now() < r.timer_deadline || !outstanding) return true;
+  r.timer_deadline = 0;
+  if (r.retry_left == 0) {
+    comp_fail(e, qp, WcStatus::retry_exc_err);
+    return false;
+  }
+  r.retry_left--;
+  req_window_lost(qp, true, r.last_ack_psn);
+  req_rewind(e, qp, r.last_ack_psn);
+  // Re-arm now, not when a packet leaves: a peer that vanished can leave the port refusing
+  // frames, and the retries must still run out (IBA 9.7.6.1.3).
+  req_arm_timer(e, qp);
+  return true;
+}
+
+// What one WQE's turn in send_wqes gave.
+enum class Turn : uint8_t {
+  sent,     // one packet left
+  skipped,  // nothing left, go on with the next WQE (a local operation ran)
+  blocked,  // nothing can leave now: window, credits, fence, neighbour, mbufs
+  failed,   // the WQE failed and the QP is in ERR
+};
+
+// A memory-window bind or local invalidate runs once every earlier WQE has completed, so
+// its effect and completion are ordered with the traffic before it.
+Turn run_local(Engine& e, Qp& qp, SendWqe& w) {
+  Requester& r = qp.req;
+  if (w.started) {  // executed before a rewind walked back over it
+    r.next_wqe++;
+    return Turn::skipped;
+  }
+  if (r.unacked != r.next_wqe) return Turn::blocked;
+  w.started = true;
+  w.first_psn = r.psn;
+  w.npkts = 0;
+  WcStatus st = execute_local(e, qp, w);
+  if (st != WcStatus::success) {
+    comp_fail(e, qp, st);
+    return Turn::failed;
+  }
+  r.next_wqe++;
+  if (r.sent_end < r.next_wqe) r.sent_end = r.next_wqe;
+  comp_retire_upto(e, qp, r.next_wqe);
+  return Turn::skipped;
+}
+
+// The first transmission of a WQE takes its PSNs. A fenced WQE waits for every earlier
+// READ and atomic to complete (IBA 10.8.3.3); READ/atomic requests are limited to
+// max_rd_atomic outstanding (IBA 9.7.7, C9-151). False: it cannot start yet.
+bool start_wqe(Qp& qp, SendWqe& w) {
+  Requester& r = qp.req;
+  const bool rd = is_rd_atomic(w.opcode);
+  if ((w.send_flags & send_flags::fence) && r.rd_inflight > 0) return false;
+  if (rd && r.rd_inflight >= (qp.attr.max_rd_atomic ? qp.attr.max_rd_atomic : 1u)) return false;
+  w.first_psn = r.psn;
+  // A READ consumes one PSN per response packet; an atomic one.
+  w.npkts = w.length == 0 || w.opcode == WrOpcode::atomic_cmp_and_swp ||
+                    w.opcode == WrOpcode::atomic_fetch_and_add
+                ? 1
+                : (w.length + qp.mtu - 1) / qp.mtu;
+  w.done = false;
+  w.started = true;
+  if (rd) r.rd_inflight++;
+  r.sent_end = r.next_wqe + 1;
+  return true;
+}
+
+void psn_sent(Requester& r, uint32_t next) {
+  r.psn = next;
+  if (wire::psn_diff(r.psn, r.max_psn) > 0) r.max_psn = r.psn;
+}
+
+// A READ or atomic request: one packet for all the PSNs of its responses.
+Turn send_rd_atomic(Engine& e, Qp& qp, SendWqe& w) {
+  Requester& r = qp.req;
+  bool ok = w.opcode == WrOpcode::rdma_read ? send_read_request(e, qp, w, r.next_pkt)
+                                            : send_atomic_request(e, qp, w);
+  if (r.timer_deadline == 0) req_arm_timer(e, qp);
+  if (!ok) return Turn::blocked;
+  psn_sent(r, wire::psn_add(w.first_psn, w.npkts));
+  r.next_pkt = 0;
+  r.next_wqe++;
+  return Turn::sent;
+}
+
+// The next packet of a SEND or WRITE (segmented by path MTU). UC and UD complete once the
+// last packet is handed to the port (IBA 9.8, 9.7.8); they have nothing to acknowledge.
+Turn send_segment(Engine& e, Qp& qp, SendWqe& w) {
+  Requester& r = qp.req;
+  const bool rc = qp.qp_type == QpType::rc;
+  const bool ok = send_one(e, qp, w, r.next_pkt);
+  if (rc && r.timer_deadline == 0) req_arm_timer(e, qp);
+  if (!ok) return qp.state.load(std::memory_order_relaxed) == QpState::err ? Turn::failed
+                                                                           : Turn::blocked;
+  psn_sent(r, wire::psn_add(r.psn, 1));
+  if (!rc) r.last_ack_psn = r.psn;
+  if (++r.next_pkt == w.npkts) {
+    r.next_pkt = 0;
+    r.next_wqe++;
+    if (!rc) comp_retire_upto(e, qp, r.next_wqe);
+  }
+  return Turn::sent;
+}
+
+// Sends packets of the WQEs from next_wqe on, in order, until the budget, the port, the
+// send window, the READ/atomic credits or a fence stop it. In SQD only WQEs already
+// started go on (IBA 10.3.1, Send Queue Drain). Returns packets sent.
+int send_wqes(Engine& e, Qp& qp, int budget) {
+  Requester& r = qp.req;
+  const bool draining = qp.state.load(std::memory_order_relaxed) == QpState::sqd;
+  int sent = 0;
+  while (sent < budget && !e.tx_stalled()) {
+    SendWqe* w = qp.sq.peek(r.next_wqe);
+    if (!w || (draining && !w->started)) break;
+    Turn t;
+    if (w->opcode == WrOpcode::bind_mw || w->opcode == WrOpcode::local_inv) {
+      t = run_local(e, qp, *w);
+    } else if (!w->started && !start_wqe(qp, *w)) {
+      break;
+    } else if (qp.qp_type == QpType::rc &&
+               uint32_t(wire::psn_diff(r.psn, r.last_ack_psn)) >= window(r)) {
+      break;
+    } else {
+      t = is_rd_atomic(w->opcode) ? send_rd_atomic(e, qp, *w) : send_segment(e, qp, *w);
+    }
+    if (t == Turn::sent) sent++;
+    else if (t == Turn::blocked) break;
+    else if (t == Turn::failed) return sent;
+  }
+  return sent;
+}
+
 }  // namespace
 
 void req_arm_timer(Engine& e, Qp& qp) noexcept {
@@ -294,101 +440,9 @@ int req_step(Engine& e, Qp& qp, int budget) noexcept {
     case ReqState::sending:
       break;
   }
-
-  // Retransmission timer (IBA 9.7.6.1.3): go back to the oldest unacknowledged PSN.
-  // Something is outstanding while a WQE is sent and unacknowledged — also right after a
-  // rewind, when psn == last_ack_psn but the resend could not leave yet.
-  const bool outstanding = r.psn != r.last_ack_psn || r.unacked != r.sent_end;
-  if (r.timer_deadline && e.now() >= r.timer_deadline && outstanding) {
-    r.timer_deadline = 0;
-    if (r.retry_left == 0) {
-      comp_fail(e, qp, WcStatus::retry_exc_err);
-      return 0;
-    }
-    r.retry_left--;
-    req_window_lost(qp, true, r.last_ack_psn);
-    req_rewind(e, qp, r.last_ack_psn);
-    // Re-arm now, not when a packet leaves: a peer that vanished can leave the port
-    // refusing frames, and the retries must still run out (IBA 9.7.6.1.3).
-    req_arm_timer(e, qp);
-  }
-
-  int sent = 0;
-  const bool draining = qp.state.load(std::memory_order_relaxed) == QpState::sqd;
-  while (sent < budget && !e.tx_stalled()) {
-    SendWqe* w = qp.sq.peek(r.next_wqe);
-    if (!w || (draining && !w->started)) break;
-    if (w->opcode == WrOpcode::bind_mw || w->opcode == WrOpcode::local_inv) {
-      if (w->started) {  // executed before a rewind walked back over it
-        r.next_wqe++;
-        continue;
-      }
-      // Local operations run once every earlier WQE has completed, so their effect and
-      // completion are ordered with the traffic before them.
-      if (r.unacked != r.next_wqe) break;
-      w->started = true;
-      w->first_psn = r.psn;
-      w->npkts = 0;
-      WcStatus st = execute_local(e, qp, *w);
-      if (st != WcStatus::success) {
-        comp_fail(e, qp, st);
-        return sent;
-      }
-      r.next_wqe++;
-      if (r.sent_end < r.next_wqe) r.sent_end = r.next_wqe;
-      comp_retire_upto(e, qp, r.next_wqe);
-      continue;
-    }
-    const bool rd = is_rd_atomic(w->opcode);
-    if (!w->started) {
-      // First transmission of this WQE. A fenced WQE waits for every earlier READ and
-      // atomic to complete (IBA 10.8.3.3); READ/atomic requests are limited to
-      // max_rd_atomic outstanding (IBA 9.7.7, C9-151).
-      if ((w->send_flags & send_flags::fence) && r.rd_inflight > 0) break;
-      if (rd && r.rd_inflight >= (qp.attr.max_rd_atomic ? qp.attr.max_rd_atomic : 1u)) break;
-      w->first_psn = r.psn;
-      // A READ consumes one PSN per response packet; an atomic one.
-      w->npkts = w->length == 0 || w->opcode == WrOpcode::atomic_cmp_and_swp ||
-                         w->opcode == WrOpcode::atomic_fetch_and_add
-                     ? 1
-                     : (w->length + qp.mtu - 1) / qp.mtu;
-      w->done = false;
-      w->started = true;
-      if (rd) r.rd_inflight++;
-      r.sent_end = r.next_wqe + 1;
-    }
-    if (qp.qp_type == QpType::rc && uint32_t(wire::psn_diff(r.psn, r.last_ack_psn)) >= window(r))
-      break;
-    if (rd) {
-      bool ok = w->opcode == WrOpcode::rdma_read ? send_read_request(e, qp, *w, r.next_pkt)
-                                                 : send_atomic_request(e, qp, *w);
-      if (r.timer_deadline == 0) req_arm_timer(e, qp);
-      if (!ok) break;
-      sent++;
-      r.psn = wire::psn_add(w->first_psn, w->npkts);
-      if (wire::psn_diff(r.psn, r.max_psn) > 0) r.max_psn = r.psn;
-      r.next_pkt = 0;
-      r.next_wqe++;
-      continue;
-    }
-    const bool ok = send_one(e, qp, *w, r.next_pkt);
-    if (qp.qp_type == QpType::rc && r.timer_deadline == 0) req_arm_timer(e, qp);
-    if (!ok) break;
-    if (qp.state.load(std::memory_order_relaxed) == QpState::err) return sent;
-    sent++;
-    r.psn = wire::psn_add(r.psn, 1);
-    if (wire::psn_diff(r.psn, r.max_psn) > 0) r.max_psn = r.psn;
-    if (qp.qp_type != QpType::rc) r.last_ack_psn = r.psn;  // nothing to acknowledge
-    if (++r.next_pkt == w->npkts) {
-      r.next_pkt = 0;
-      r.next_wqe++;
-      if (qp.qp_type != QpType::rc) {
-        // UC and UD complete once the last packet is handed to the port (IBA 9.8, 9.7.8).
-        comp_retire_upto(e, qp, r.next_wqe);
-      }
-    }
-  }
-  if (draining) check_drained(qp);
+  if (!check_timer(e, qp)) return 0;
+  const int sent = send_wqes(e, qp, budget);
+  if (qp.state.load(std::memory_order_relaxed) == QpState::sqd) check_drained(qp);
   return sent;
 }
 
