@@ -20,7 +20,7 @@ Mr* mr_get_remote(Device& dev, uint32_t rkey, const mid::Pd* pd, uint32_t qpn, u
   Mr* m = dev.mr_lookup(rkey);
   if (!m || m->pd != pd) return nullptr;
   if (m->kind == Mr::kRegion) return mr_covers(*m, addr, len, access) ? m : nullptr;
-  // A window: bound, to this QP for type 2 (C10-...: type 2 windows are QP-associated),
+  // A window: bound, to this QP for type 2 (type 2 windows are QP-associated, IBA 10.6.7),
   // the access inside its bound range. The key is re-read after the fields so a
   // concurrent rebind (which clears the key first) is never half-seen.
   if (!m->bound_to || (m->kind == Mr::kWindow2 && m->bound_qpn != qpn)) return nullptr;
@@ -44,7 +44,7 @@ WcStatus mw_bind(Device& dev, Mr& w, Mr* region, uint32_t new_rkey, uint64_t add
     if (!region || region->kind != Mr::kRegion || region->pd != w.pd ||
         !(region->access & access::mw_bind) || !mr_covers(*region, addr, len, 0))
       return WcStatus::mw_bind_err;
-    // Remote write/atomic through a window needs local write on the region (C10-...).
+    // Remote write/atomic through a window needs local write on the region.
     if ((acc & (access::remote_write | access::remote_atomic)) &&
         !(region->access & access::local_write))
       return WcStatus::mw_bind_err;

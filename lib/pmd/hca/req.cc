@@ -416,13 +416,11 @@ int req_step(Engine& e, Qp& qp, int budget) noexcept {
   Requester& r = qp.req;
   if (qp.resp.held_since) resp_send_held(e, qp);
   if (qp.resp.pending) {
-    // READ/atomic responses and this QP's own requests share the QP's turn, and responses
-    // may take at most half of it while the requester has packets to send. A peer that keeps
-    // asking again for a long READ restarts the response stream each time (IBA 9.7.4.1.5.2,
-    // duplicate READ), so the responder can owe responses for as long as that peer's
-    // recovery lasts; with the whole turn its requester would send nothing meanwhile, and
-    // the retransmission timer would use up retry_cnt (IBA 9.7.6.1.3) with not one
-    // retransmission leaving: "transport retry counter exceeded" without a retry.
+    // READ/atomic responses and this QP's own requests share the QP's turn: responses
+    // take at most half of it while the requester has packets to send. A peer recovering
+    // a long READ asks for it again (IBA 9.7.4.1.5.2) and restarts the response stream
+    // each time; our own retransmissions must still leave meanwhile, or our timer would
+    // use up retry_cnt (IBA 9.7.6.1.3) without one of them sent.
     const int share = req_state(qp) == ReqState::sending ? (budget + 1) / 2 : budget;
     budget -= resp_tx_step(e, qp, share);
   }
