@@ -352,7 +352,7 @@ RespResult execute_atomic(Engine& e, Qp& qp, const wire::Packet& pkt) {
   // from any QP or engine, with no lock (IBA 9.4.5 requires atomicity per HCA).
   auto* p = reinterpret_cast<uint64_t*>(mr_host(*mr, va));
   uint64_t orig;
-  if ((pkt.opcode & 0x1f) == wire::op::kCmpSwap) {
+  if (wire::op::operation(pkt.opcode) == wire::op::kCmpSwap) {
     orig = a->compare_data();
     __atomic_compare_exchange_n(p, &orig, a->swap_add_data(), false, __ATOMIC_SEQ_CST,
                                 __ATOMIC_SEQ_CST);
@@ -537,7 +537,7 @@ void resp_rx(Engine& e, Qp& qp, const wire::Packet& pkt) noexcept {
   uint8_t want = qp.qp_type == QpType::rc   ? wire::op::kRc
                  : qp.qp_type == QpType::uc ? wire::op::kUc
                                             : wire::op::kUd;
-  if ((pkt.opcode & 0xe0) != want) {
+  if (wire::op::transport(pkt.opcode) != want) {
     e.device().counters().rx_bad_state.fetch_add(1, std::memory_order_relaxed);
     return;
   }
