@@ -133,7 +133,7 @@ int reg_mr_iova(mid::Pd* pd, void* host, uint64_t iova, uint64_t length, uint32_
   Device& dev = hca(pd->device);
   if (dev.retired()) return ENODEV;
   if (acc & ~access::supported) return EINVAL;
-  // Remote write or atomic access requires local write (IBA 10.6.3.1, C10-...).
+  // Remote write or atomic access requires local write (IBA 10.6.3.1).
   if ((acc & (access::remote_write | access::remote_atomic)) && !(acc & access::local_write))
     return EINVAL;
   const uint64_t h = reinterpret_cast<uint64_t>(host);

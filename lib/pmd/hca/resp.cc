@@ -316,7 +316,7 @@ bool add_resource(Qp& qp, const RespResource& r) {
   qp.rd_res[slot].valid = true;
   rs.res_head = (slot + 1) % cap;
   if (rs.pending++ == 0) {
-    rs.gen = slot;
+    rs.res_next_tx = slot;
     rs.resp_psn = rs.stream_start = r.first_psn;
   }
   return true;
@@ -383,7 +383,7 @@ void replay(Qp& qp, uint32_t psn) {
     if (!r.valid) break;
     int32_t d = wire::psn_diff(psn, r.first_psn);
     if (d < 0 || uint32_t(d) >= r.npkts) continue;
-    rs.gen = slot;
+    rs.res_next_tx = slot;
     rs.pending = age;  // this entry and every newer one
     rs.resp_psn = rs.stream_start = psn;
     return;
@@ -445,7 +445,7 @@ int resp_tx_step(Engine& e, Qp& qp, int budget) noexcept {
   int sent = 0;
   const uint32_t cap = res_cap(qp);
   while (rs.pending && sent < budget && !e.tx_stalled()) {
-    RespResource& r = qp.rd_res[rs.gen];
+    RespResource& r = qp.rd_res[rs.res_next_tx];
     const uint32_t idx = uint32_t(wire::psn_diff(rs.resp_psn, r.first_psn));
     const uint32_t ack = wire::make_syndrome(AethType::ack, wire::kCreditsInvalid);
     wire::BthFields bth{};
@@ -494,9 +494,9 @@ int resp_tx_step(Engine& e, Qp& qp, int budget) noexcept {
     sent++;
     rs.resp_psn = wire::psn_add(rs.resp_psn, 1);
     if (idx + 1 == r.npkts) {
-      rs.gen = (rs.gen + 1) % cap;
+      rs.res_next_tx = (rs.res_next_tx + 1) % cap;
       // The next request may come several PSNs later (SENDs/WRITEs in between).
-      if (rs.pending > 1) rs.resp_psn = qp.rd_res[rs.gen].first_psn;
+      if (rs.pending > 1) rs.resp_psn = qp.rd_res[rs.res_next_tx].first_psn;
       rs.stream_start = rs.resp_psn;
       if (--rs.pending == 0) {
         // The ACK of later SENDs/WRITEs and any NAK waited for these responses (PSN order).
