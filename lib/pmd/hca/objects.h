@@ -112,7 +112,7 @@ struct Srq : mid::Srq {
   std::atomic<uint32_t> limit{0};  // armed SRQ limit (IBA 11.5.2.4); 0 = not armed
 };
 
-// Requester state of an RC/UC/UD QP. Owner engine only.
+// Requester state of an RC/UC/UD QP (IBA 9.7). Owner engine only.
 struct Requester {
   uint32_t psn = 0;        // next PSN to send
   uint64_t next_wqe = 0;   // SQ index of the WQE being or next to be sent
