@@ -206,7 +206,7 @@ CompStep atomic_ack(Engine& e, Qp& qp, const wire::Packet& pkt) {
 CompStep check_state(Qp& qp, const wire::Packet& pkt) {
   QpState s = qp.state.load(std::memory_order_acquire);
   if (qp.qp_type != QpType::rc || (s != QpState::rts && s != QpState::sqd) ||
-      (pkt.opcode & 0xe0) != wire::op::kRc)
+      wire::op::transport(pkt.opcode) != wire::op::kRc)
     return CompStep::drop;
   return CompStep::check_opcode;
 }

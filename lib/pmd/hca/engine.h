@@ -147,6 +147,35 @@ inline uint64_t ack_timeout_tsc(uint8_t timeout, uint64_t tsc_hz) noexcept {
   return uint64_t(us * double(tsc_hz) / 1e6);
 }
 
+// The steps of the responder's state machine (resp.cc, where the file header draws the
+// transitions of RC, UC and UD). Each request packet walks them from check_state to done.
+enum class RespStep : uint8_t {
+  check_state,      // the QP takes requests: RTR, RTS or SQD
+  check_op_type,    // the opcode is one of the QP's transport
+  check_source,     // connected QP: the packet comes from its peer
+  check_qkey,       // UD: the DETH carries the QP's Q_Key
+  check_psn,        // expected, duplicate or out of sequence
+  check_sequence,   // FIRST, MIDDLE, LAST in order
+  check_length,     // payload against the path MTU
+  check_rkey,       // R_Key, PD, bounds and rights of a new WRITE, READ or atomic
+  check_resources,  // a receive WQE, or a free responder resource
+  check_placement,  // a WRITE packet: within the DMA length, still under its R_Key
+  execute,
+  acknowledge,      // ePSN, MSN, the ACK owed (RC); the message in progress (UC)
+  duplicate,        // RC: re-acknowledged or replayed, never executed again
+  drop_message,     // UC: the message in progress is lost
+  nak_psn_seq_error,
+  nak_rnr,
+  nak_invalid_request,
+  nak_remote_access,
+  nak_remote_access_reported,  // ... whose receive completion already reported the error
+  nak_remote_op_error,
+  drop,             // discarded silently, counted (rx_bad_state)
+  done,
+};
+// The step's name as spelled above ("check_psn"), for tests and traces. Context: any.
+const char* name(RespStep step) noexcept;
+
 // Responder (resp.cc): handles one request packet. Context: owner engine, qp->lock held.
 void resp_rx(Engine& e, Qp& qp, const wire::Packet& pkt) noexcept;
 // Sends the coalesced ACK owed by the responder, if any. Context: owner engine.

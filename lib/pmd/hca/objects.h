@@ -165,7 +165,6 @@ struct Responder {
   bool nak_sent = false;   // one PSN-sequence NAK per gap (C9-110)
   bool in_send = false;    // a multi-packet SEND is in progress
   bool in_write = false;   // a multi-packet WRITE is in progress
-  uint64_t recv_index = 0; // RQ index of the receive being filled
   uint32_t recv_offset = 0;
   RecvWqe* recv = nullptr;
   RecvWqe srq_wqe;           // the WQE taken from the SRQ (recv points here then)
@@ -176,10 +175,10 @@ struct Responder {
   uint32_t write_left = 0;
   uint32_t write_total = 0;
   // READ/atomic responses leave in PSN order, paced by the engine: entries of the ring
-  // Qp::rd_res from `gen` (`pending` of them, the oldest first) still owe responses;
-  // `resp_psn` is the next.
+  // Qp::rd_res from `res_next_tx` (`pending` of them, the oldest first) still owe
+  // responses; `resp_psn` is the next.
   uint32_t res_head = 0;     // next entry to write
-  uint32_t gen = 0;
+  uint32_t res_next_tx = 0;  // entry whose responses leave next
   uint32_t pending = 0;
   uint32_t resp_psn = 0;
   uint32_t stream_start = 0; // PSN that opened the current response stream (FIRST/ONLY)

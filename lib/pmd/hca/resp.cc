@@ -1,10 +1,34 @@
-// Responder engine (IBA 9.7.3, 9.7.4): validates request packets against the expected
-// PSN, executes SENDs and RDMA WRITEs into registered memory, completes receives, and owes
-// coalesced ACKs or sends NAKs. Owner engine only, qp->lock held.
+// Responder engine (IBA 9.7.4; UC 9.8.3, UD 9.8.4): takes the request packets of a QP,
+// executes SENDs, RDMA WRITEs, READs and atomics against registered memory, completes
+// receives, and owes coalesced ACKs or sends NAKs. READ and atomic responses leave later,
+// in PSN order, from the responder-resource ring (resp_tx_step). Owner engine only,
+// qp->lock held; nothing here allocates, sleeps, logs or makes a system call.
 //
-// Steps of one packet, in order:
-//   check_state → check_psn (duplicate / out of sequence / expected) → check_sequence
-//   (FIRST/MIDDLE/LAST order) → execute (send | write) → advance (ePSN, MSN, ACK owed)
+// A request packet walks the steps of RespStep (engine.h), one function each, every step
+// returning the next; resp_rx runs the machine of the QP's transport:
+//
+//   all  check_state → check_op_type → check_source (RC, UC) | check_qkey (UD)
+//        a packet the QP does not take → drop (counted) → done
+//
+//   RC   check_psn → check_sequence → check_length → [check_rkey] → check_resources →
+//        [check_placement] → execute → acknowledge → done
+//          check_psn: older → duplicate (ACK again, or replay a READ/atomic) → done
+//                     newer → nak_psn_seq_error (once per gap) → done
+//                     expected while a fatal NAK is owed → done
+//          check_rkey for a RETH or AtomicETH (WRITE FIRST/ONLY, READ, atomic);
+//          check_placement for a WRITE packet
+//          a check or execute that fails → nak_rnr | nak_invalid_request |
+//            nak_remote_access | nak_remote_access_reported | nak_remote_op_error → done
+//
+//   UC   the same steps, but nothing is ever sent: check_psn and check_sequence lose the
+//        message in progress on a gap or a broken sequence and resume at the next FIRST
+//        or ONLY; where RC would NAK → drop_message → done (a length error: drop)
+//
+//   UD   check_length → check_resources → execute → done; no receive WQE: done
+//
+// Every fatal error reaches ERR through enter_error: at once when a receive completion
+// reports it (fail_recv), otherwise when its NAK has left (nak, resp_send_held).
+#include <array>
 #include <cstring>
 
 #include "midlayer/driver.h"
@@ -18,9 +42,19 @@ namespace {
 
 using wire::AethType;
 using wire::NakCode;
+namespace opf = wire::opf;
 
-// nak_access_reported: an access violation a receive completion already reported.
-enum class RespResult : uint8_t { done, rnr, nak_inv, nak_access, nak_access_reported, nak_op, drop };
+constexpr std::array<const char*, size_t(RespStep::done) + 1> kStepNames = {
+    "check_state",       "check_op_type",       "check_source",
+    "check_qkey",        "check_psn",           "check_sequence",
+    "check_length",      "check_rkey",          "check_resources",
+    "check_placement",   "execute",             "acknowledge",
+    "duplicate",         "drop_message",        "nak_psn_seq_error",
+    "nak_rnr",           "nak_invalid_request", "nak_remote_access",
+    "nak_remote_access_reported",               "nak_remote_op_error",
+    "drop",              "done",
+};
+static_assert(kStepNames.back() != nullptr, "a name for every RespStep");
 
 // What a NAK does besides being sent: nothing (PSN sequence error, RNR), or the QP enters
 // ERR (IBA 9.9.3.1.2: the responder's class B/C/D errors are QP-fatal), raising the
@@ -97,7 +131,7 @@ void hold(Engine& e, Qp& qp) {
 // Sends a NAK now, or — while READ/atomic responses for earlier PSNs are still queued, or
 // while the neighbour is unresolved — later (resp_send_held), so the requester sees
 // responses and NAKs in PSN order and a NAK is never lost to ARP. A fatal NAK's QP takes
-// no more requests from here on (resp_rx) and enters ERR once it is sent.
+// no more requests from here on (rc_check_psn) and enters ERR once it is sent.
 void nak(Engine& e, Qp& qp, uint8_t syndrome, uint32_t psn, NakEffect effect) {
   Responder& rs = qp.resp;
   if (!rs.pending && !rs.nak_owed && send_aeth(e, qp, syndrome, psn)) {
@@ -113,14 +147,7 @@ void nak(Engine& e, Qp& qp, uint8_t syndrome, uint32_t psn, NakEffect effect) {
   if (!rs.pending) hold(e, qp);
 }
 
-NakEffect nak_effect_of(RespResult r) {
-  switch (r) {
-    case RespResult::nak_access: return NakEffect::error_access;
-    case RespResult::nak_op:  // fail_recv completed the receive in error
-    case RespResult::nak_access_reported: return NakEffect::error_reported;
-    default: return NakEffect::error_invalid;
-  }
-}
+// ---------------------------------------------------------------- receive WQEs
 
 void finish_recv(Qp& qp);
 
@@ -135,10 +162,10 @@ void complete_recv(Qp& qp, const RecvWqe& w, WcStatus st, WcOpcode op, uint32_t 
   wc.byte_len = len;
   wc.qp_num = qp.qp_num;
   wc.src_qp = qp.qp_type == QpType::ud && pkt.deth ? pkt.deth->sqpn() : qp.attr.dest_qp_num;
-  if (pkt.info->flags & wire::opf::kImm) {
+  if (pkt.info->flags & opf::kImm) {
     wc.imm_data = pkt.imm_data;
     wc.wc_flags |= wc_flags::with_imm;
-  } else if (pkt.info->flags & wire::opf::kIeth) {
+  } else if (pkt.info->flags & opf::kIeth) {
     wc.invalidated_rkey = pkt.ieth_rkey;
     wc.wc_flags |= wc_flags::with_inv;
   }
@@ -199,173 +226,29 @@ void fail_recv(Engine& e, Qp& qp, WcStatus st, const wire::Packet& pkt) {
   enter_error(e, qp, NakEffect::error_reported);
 }
 
-RespResult execute_send(Engine& e, Qp& qp, const wire::Packet& pkt) {
-  Responder& rs = qp.resp;
-  const uint32_t f = pkt.info->flags;
-  RecvWqe* w = (f & wire::opf::kFirst) ? take_recv(e, qp) : rs.recv;
-  if (!w) return qp.qp_type == QpType::rc ? RespResult::rnr : RespResult::drop;
-  uint32_t off = rs.recv_offset;
-  if (qp.qp_type == QpType::ud) {
-    // UD: the 40-byte GRH heads the buffer (IBA 11.4.1.2); for RoCEv2 over IPv4 the IPv4
-    // header sits in its last 20 bytes (as rdma-core providers report it).
-    uint8_t grh[wire::kGrhLen] = {};
-    std::memcpy(grh + 20, pkt.ip, wire::kIpv4HdrLen);
-    WcStatus st = scatter(e.device(), qp.pd, w->sge, w->num_sge, 0, grh, sizeof grh);
-    if (st != WcStatus::success) {
-      complete_recv(qp, *w, st, WcOpcode::recv, 0, pkt, false);
-      return RespResult::drop;
-    }
-    off = wire::kGrhLen;
-  }
-  WcStatus st = scatter(e.device(), qp.pd, w->sge, w->num_sge, off, pkt.payload, pkt.payload_len);
-  if (st != WcStatus::success) [[unlikely]] {
-    if (qp.qp_type == QpType::ud) {
-      complete_recv(qp, *w, st, WcOpcode::recv, 0, pkt, false);
-      return RespResult::drop;
-    }
-    fail_recv(e, qp, st, pkt);
-    return st == WcStatus::loc_len_err ? RespResult::nak_inv : RespResult::nak_op;
-  }
-  rs.recv_offset = off + pkt.payload_len;
-  if ((f & wire::opf::kIeth) && !mw_invalidate(e.device(), pkt.ieth_rkey, qp.pd)) {
-    // SEND with Invalidate of an rkey that is no bound type 2 window of this PD
-    // (IBA 9.4.?, 10.6.7.2.4): the receive fails and the requester gets a NAK.
-    fail_recv(e, qp, WcStatus::loc_prot_err, pkt);
-    return RespResult::nak_inv;
-  }
-  if (f & wire::opf::kLast) {
-    // For UD, byte_len counts the 40-byte GRH as well (IBA 11.4.1.2).
-    uint32_t len = rs.recv_offset;
-    complete_recv(qp, *w, WcStatus::success, WcOpcode::recv, len, pkt, pkt.bth->se());
-  }
-  return RespResult::done;
-}
-
-RespResult execute_write(Engine& e, Qp& qp, const wire::Packet& pkt) {
-  Responder& rs = qp.resp;
-  const uint32_t f = pkt.info->flags;
-  if (f & wire::opf::kFirst) {
-    const wire::Reth* reth = pkt.reth;
-    uint32_t len = reth->length();
-    // Remote access checks (IBA 9.7.4.1.4 / C9-88): rkey, PD, bounds, permission.
-    Mr* mr = nullptr;
-    if (len) {
-      mr = mr_get_remote(e.device(), reth->r_key(), qp.pd, qp.qp_num, reth->vaddr(), len,
-                         access::remote_write);
-      if (!mr || !(qp.attr.qp_access_flags & access::remote_write)) {
-        // A WRITE with immediate names the receive WQE it consumes: the violation is
-        // reported there (IBV_WC_LOC_ACCESS_ERR, "a protection error ... during an RDMA
-        // Write with Immediate"), not as an asynchronous error (C9-222.1.1).
-        if ((f & wire::opf::kRecvWqe) && take_recv(e, qp)) {
-          fail_recv(e, qp, WcStatus::loc_access_err, pkt);
-          return RespResult::nak_access_reported;
-        }
-        return RespResult::nak_access;
-      }
-    }
-    (void)mr;
-    rs.write_rkey = reth->r_key();
-    rs.write_va = reth->vaddr();
-    rs.write_left = len;
-    rs.write_total = len;
-  }
-  // WRITE with immediate consumes a receive WQE at its last packet: check before writing.
-  if ((f & wire::opf::kRecvWqe) && !take_recv(e, qp))
-    return qp.qp_type == QpType::rc ? RespResult::rnr : RespResult::drop;
-  if (pkt.payload_len > rs.write_left) return RespResult::nak_inv;
-  if ((f & wire::opf::kLast) && pkt.payload_len != rs.write_left) return RespResult::nak_inv;
-  // Every packet re-checks its own range: the region may have been deregistered since the
-  // FIRST packet (the key check happens at use, never only once per message).
-  if (pkt.payload_len) {
-    Mr* mr = mr_get_remote(e.device(), rs.write_rkey, qp.pd, qp.qp_num, rs.write_va,
-                           pkt.payload_len, access::remote_write);
-    if (!mr) return RespResult::nak_access;
-    std::memcpy(mr_host(*mr, rs.write_va), pkt.payload, pkt.payload_len);
-    rs.write_va += pkt.payload_len;
-    rs.write_left -= pkt.payload_len;
-  }
-  if ((f & wire::opf::kLast) && (f & wire::opf::kRecvWqe)) {
-    complete_recv(qp, *rs.recv, WcStatus::success, WcOpcode::recv_rdma_with_imm, rs.write_total,
-                  pkt,
-                  pkt.bth->se());
-  }
-  return RespResult::done;
-}
-
-// Are FIRST/MIDDLE/LAST in order (IBA 9.7.4.1.3, C9-93)?
-bool sequence_ok(const Responder& rs, uint32_t f) {
-  bool mid_msg = rs.in_send || rs.in_write;
-  if (f & wire::opf::kFirst) return !mid_msg;
-  if (f & wire::opf::kSend) return rs.in_send;
-  if (f & wire::opf::kWrite) return rs.in_write;
-  return false;
-}
+// ---------------------------------------------------------------- responder resources
 
 // Entries of the responder-resource ring; 0 for a QP that never entered RTR as RC.
 uint32_t res_cap(const Qp& qp) { return qp.rd_res_size; }
 
 // Queues a READ/atomic request for its responses (in PSN order after the ones pending).
-// False when every responder resource still owes responses (IBA 9.7.4.1.5: too many
-// outstanding requests → NAK invalid request).
-bool add_resource(Qp& qp, const RespResource& r) {
+// check_resources made sure an entry is free (IBA 9.7.4.1.5).
+void add_resource(Qp& qp, const RespResource& r) {
   Responder& rs = qp.resp;
   const uint32_t cap = res_cap(qp);
-  if (rs.pending >= cap) return false;
   uint32_t slot = rs.res_head % cap;
   qp.rd_res[slot] = r;
   qp.rd_res[slot].valid = true;
   rs.res_head = (slot + 1) % cap;
   if (rs.pending++ == 0) {
-    rs.gen = slot;
+    rs.res_next_tx = slot;
     rs.resp_psn = rs.stream_start = r.first_psn;
   }
-  return true;
 }
 
-RespResult execute_read(Engine& e, Qp& qp, const wire::Packet& pkt) {
-  const wire::Reth* reth = pkt.reth;
-  const uint32_t len = reth->length();
-  if (len > (1u << 31)) return RespResult::nak_inv;
-  if (!(qp.attr.qp_access_flags & access::remote_read)) return RespResult::nak_access;
-  if (len && !mr_get_remote(e.device(), reth->r_key(), qp.pd, qp.qp_num, reth->vaddr(), len,
-                            access::remote_read))
-    return RespResult::nak_access;
-  RespResource r;
-  r.first_psn = pkt.psn;
-  r.npkts = len == 0 ? 1 : (len + qp.mtu - 1) / qp.mtu;
-  r.va = reth->vaddr();
-  r.rkey = reth->r_key();
-  r.length = len;
-  if (!add_resource(qp, r)) return RespResult::nak_inv;
-  return RespResult::done;
-}
-
-RespResult execute_atomic(Engine& e, Qp& qp, const wire::Packet& pkt) {
-  const wire::AtomicEth* a = pkt.atomic_eth;
-  const uint64_t va = a->vaddr();
-  if (!(qp.attr.qp_access_flags & access::remote_atomic)) return RespResult::nak_access;
-  if (va & 7) return RespResult::nak_inv;  // atomics are naturally aligned (C9-...)
-  Mr* mr = mr_get_remote(e.device(), a->r_key(), qp.pd, qp.qp_num, va, 8, access::remote_atomic);
-  if (!mr) return RespResult::nak_access;
-  if (qp.resp.pending >= res_cap(qp)) return RespResult::nak_inv;  // (also: no ring)
-  // The CPU's own atomic makes this atomic against every other atomic on the address,
-  // from any QP or engine, with no lock (IBA 9.4.5 requires atomicity per HCA).
-  auto* p = reinterpret_cast<uint64_t*>(mr_host(*mr, va));
-  uint64_t orig;
-  if ((pkt.opcode & 0x1f) == wire::op::kCmpSwap) {
-    orig = a->compare_data();
-    __atomic_compare_exchange_n(p, &orig, a->swap_add_data(), false, __ATOMIC_SEQ_CST,
-                                __ATOMIC_SEQ_CST);
-  } else {
-    orig = __atomic_fetch_add(p, a->swap_add_data(), __ATOMIC_SEQ_CST);
-  }
-  RespResource r;
-  r.atomic = true;
-  r.first_psn = pkt.psn;
-  r.npkts = 1;
-  r.orig = orig;
-  add_resource(qp, r);
-  return RespResult::done;
+// The entry add_resource wrote last.
+const RespResource& newest_resource(const Qp& qp) {
+  return qp.rd_res[(qp.resp.res_head + res_cap(qp) - 1) % res_cap(qp)];
 }
 
 // A duplicate READ or atomic (IBA 9.7.4.1.5.2): restart the responses at the resource
@@ -383,28 +266,592 @@ void replay(Qp& qp, uint32_t psn) {
     if (!r.valid) break;
     int32_t d = wire::psn_diff(psn, r.first_psn);
     if (d < 0 || uint32_t(d) >= r.npkts) continue;
-    rs.gen = slot;
+    rs.res_next_tx = slot;
     rs.pending = age;  // this entry and every newer one
     rs.resp_psn = rs.stream_start = psn;
     return;
   }
 }
 
-void ud_rx(Engine& e, Qp& qp, const wire::Packet& pkt) {
-  // Q_Key check (IBA 10.2.4.2, C10-15): a mismatch drops the packet silently.
-  if (!pkt.deth || pkt.deth->q_key() != qp.attr.qkey) {
-    e.device().counters().rx_bad_state.fetch_add(1, std::memory_order_relaxed);
-    return;
+// ---------------------------------------------------------------- one request packet
+
+// A request packet and what its steps found out about it.
+struct Request {
+  Engine& e;
+  Qp& qp;
+  Responder& rs;
+  const wire::Packet& pkt;
+  const uint32_t flags;  // opf::* of its opcode
+  Mr* mr = nullptr;      // check_rkey (atomic), check_placement (WRITE) → execute
+
+  bool has(uint32_t f) const { return flags & f; }
+  Device& dev() const { return e.device(); }
+};
+
+// UC: the message in progress is lost; its receive WQE, if any, is kept for the next one.
+void drop_message(Responder& rs) {
+  rs.in_send = rs.in_write = false;
+  if (rs.recv) rs.recv_offset = 0;
+}
+
+// Where the message stands after a packet executed: in the middle of a SEND or a WRITE,
+// or between messages.
+void note_progress(Request& rq) {
+  rq.rs.in_send = rq.has(opf::kSend) && !rq.has(opf::kLast);
+  rq.rs.in_write = rq.has(opf::kWrite) && !rq.has(opf::kLast);
+}
+
+// Are FIRST/MIDDLE/LAST in order (IBA 9.7.4.1.3, C9-93)?
+bool sequence_ok(const Request& rq) {
+  const bool mid_msg = rq.rs.in_send || rq.rs.in_write;
+  if (rq.has(opf::kFirst)) return !mid_msg;
+  if (rq.has(opf::kSend)) return rq.rs.in_send;
+  if (rq.has(opf::kWrite)) return rq.rs.in_write;
+  return false;
+}
+
+// Payload length against the path MTU (IBA 9.7.4.1.3): FIRST and MIDDLE carry exactly one
+// PMTU, LAST from 1 byte to one PMTU, ONLY up to one PMTU. READ requests and atomics carry
+// no payload of this kind (check_rkey checks their lengths).
+bool length_ok(const Request& rq) {
+  const uint32_t len = rq.pkt.payload_len;
+  const uint32_t mtu = rq.qp.mtu;
+  if (rq.has(opf::kRead | opf::kAtomic)) return true;
+  if (!rq.has(opf::kLast)) return len == mtu;
+  if (!rq.has(opf::kFirst)) return len >= 1 && len <= mtu;
+  return len <= mtu;
+}
+
+// ---- checks every transport makes
+
+// Requests are taken in RTR, RTS and SQD, not in RESET, INIT or ERR (IBA 10.3.1).
+RespStep check_state(Request& rq) {
+  const QpState s = rq.qp.state.load(std::memory_order_acquire);
+  if (s != QpState::rtr && s != QpState::rts && s != QpState::sqd) return RespStep::drop;
+  return RespStep::check_op_type;
+}
+
+uint8_t transport_of(QpType t) {
+  return t == QpType::rc ? wire::op::kRc : t == QpType::uc ? wire::op::kUc : wire::op::kUd;
+}
+
+// The opcode belongs to the QP's transport, and READ and atomics to RC alone (IBA 9.8.1).
+RespStep check_op_type(Request& rq) {
+  const QpType t = rq.qp.qp_type;
+  if (wire::op::transport(rq.pkt.opcode) != transport_of(t)) return RespStep::drop;
+  if (rq.has(opf::kRead | opf::kAtomic) && t != QpType::rc) return RespStep::drop;
+  return t == QpType::ud ? RespStep::check_qkey : RespStep::check_source;
+}
+
+// The first packet while in RTR: Communication Established (IBA 11.6.3.1), so a passive
+// side knows it may move to RTS.
+void communication_established(Request& rq) {
+  if (rq.qp.state.load(std::memory_order_relaxed) != QpState::rtr || rq.rs.comm_est_sent) return;
+  rq.rs.comm_est_sent = true;
+  mid::Event ev;
+  ev.device = rq.qp.device;
+  ev.type = EventType::comm_est;
+  ev.element.qp = &rq.qp;
+  mid::dispatch_event(ev);
+}
+
+// A connected QP takes packets from its peer only (IBA 9.6).
+RespStep check_source(Request& rq) {
+  if (rq.pkt.src_ip != rq.qp.addr.dst_ip) return RespStep::drop;
+  communication_established(rq);
+  return RespStep::check_psn;
+}
+
+// A packet the QP's rules refuse is dropped silently and counted (the frame itself parsed).
+RespStep drop(Request& rq) {
+  rq.dev().counters().rx_bad_state.fetch_add(1, std::memory_order_relaxed);
+  return RespStep::done;
+}
+
+// After check_length: a new RDMA request (RETH or AtomicETH) has its target checked.
+RespStep after_length(const Request& rq) {
+  return rq.has(opf::kReth | opf::kAtomicEth) ? RespStep::check_rkey : RespStep::check_resources;
+}
+
+// ---- check_rkey: the target of a new WRITE, READ or atomic as a whole (IBA 9.7.4.1.4,
+// C9-88): the QP's remote access, and the R_Key's PD, bounds and rights (mr.cc). The key is
+// checked again at use: check_placement for every WRITE packet, resp_tx_step for every
+// READ response.
+
+RespStep check_write_rkey(Request& rq) {
+  const wire::Reth& reth = *rq.pkt.reth;
+  const uint32_t len = reth.length();
+  if (len && (!mr_get_remote(rq.dev(), reth.r_key(), rq.qp.pd, rq.qp.qp_num, reth.vaddr(), len,
+                             access::remote_write) ||
+              !(rq.qp.attr.qp_access_flags & access::remote_write))) {
+    // A WRITE with immediate names the receive WQE it consumes: the violation is
+    // reported there (IBV_WC_LOC_ACCESS_ERR, "a protection error ... during an RDMA
+    // Write with Immediate"), not as an asynchronous error (C9-222.1.1).
+    if (rq.has(opf::kRecvWqe) && take_recv(rq.e, rq.qp)) {
+      fail_recv(rq.e, rq.qp, WcStatus::loc_access_err, rq.pkt);
+      return RespStep::nak_remote_access_reported;
+    }
+    return RespStep::nak_remote_access;
   }
-  // A UD message fits one packet; anything longer than the path MTU is invalid (C11-...).
-  if (pkt.payload_len > qp.mtu) {
-    e.device().counters().rx_bad_frame.fetch_add(1, std::memory_order_relaxed);
-    return;
+  // A zero-length WRITE checks no R_Key; its packets place nothing.
+  rq.rs.write_rkey = reth.r_key();
+  rq.rs.write_va = reth.vaddr();
+  rq.rs.write_left = rq.rs.write_total = len;
+  return RespStep::check_resources;
+}
+
+RespStep check_read_rkey(Request& rq) {
+  const wire::Reth& reth = *rq.pkt.reth;
+  const uint32_t len = reth.length();
+  if (len > (1u << 31)) return RespStep::nak_invalid_request;  // beyond any message
+  if (!(rq.qp.attr.qp_access_flags & access::remote_read)) return RespStep::nak_remote_access;
+  if (len && !mr_get_remote(rq.dev(), reth.r_key(), rq.qp.pd, rq.qp.qp_num, reth.vaddr(), len,
+                            access::remote_read))
+    return RespStep::nak_remote_access;
+  return RespStep::check_resources;
+}
+
+RespStep check_atomic_rkey(Request& rq) {
+  const wire::AtomicEth& a = *rq.pkt.atomic_eth;
+  if (!(rq.qp.attr.qp_access_flags & access::remote_atomic)) return RespStep::nak_remote_access;
+  if (a.vaddr() & 7) return RespStep::nak_invalid_request;  // an aligned 8-byte word only
+  rq.mr = mr_get_remote(rq.dev(), a.r_key(), rq.qp.pd, rq.qp.qp_num, a.vaddr(), 8,
+                        access::remote_atomic);
+  return rq.mr ? RespStep::check_resources : RespStep::nak_remote_access;
+}
+
+RespStep check_rkey(Request& rq) {
+  if (rq.has(opf::kRead)) return check_read_rkey(rq);
+  if (rq.has(opf::kAtomic)) return check_atomic_rkey(rq);
+  return check_write_rkey(rq);
+}
+
+// Resources: a SEND takes its receive WQE at FIRST and fills it to LAST, a WRITE with
+// immediate takes one at its last packet — none posted: RNR NAK (IBA 9.7.5.2.8). A READ or
+// atomic needs a free responder resource: beyond max_dest_rd_atomic outstanding it is an
+// invalid request (IBA 9.7.4.1.5).
+RespStep check_resources(Request& rq) {
+  if (rq.has(opf::kRead | opf::kAtomic)) {
+    if (rq.rs.pending >= res_cap(rq.qp)) return RespStep::nak_invalid_request;  // (or no ring)
+  } else if (rq.has(opf::kRecvWqe)) {
+    const RecvWqe* w = rq.has(opf::kFirst | opf::kWrite) ? take_recv(rq.e, rq.qp) : rq.rs.recv;
+    if (!w) return RespStep::nak_rnr;
   }
-  execute_send(e, qp, pkt);
+  return rq.has(opf::kWrite) ? RespStep::check_placement : RespStep::execute;
+}
+
+// Where a WRITE packet's payload goes: within the DMA length its RETH announced (length
+// errors, IBA 9.7.4.1.3) and, checked for every packet, still under the R_Key: the region
+// may have been deregistered since the FIRST packet.
+RespStep check_placement(Request& rq) {
+  const uint32_t len = rq.pkt.payload_len;
+  if (len > rq.rs.write_left) return RespStep::nak_invalid_request;
+  if (rq.has(opf::kLast) && len != rq.rs.write_left) return RespStep::nak_invalid_request;
+  if (len == 0) return RespStep::execute;
+  rq.mr = mr_get_remote(rq.dev(), rq.rs.write_rkey, rq.qp.pd, rq.qp.qp_num, rq.rs.write_va, len,
+                        access::remote_write);
+  return rq.mr ? RespStep::execute : RespStep::nak_remote_access;
+}
+
+// ---- execute: every check passed; what can still fail is local: the receive WQE's buffers
+// (scatter) or the window a SEND with Invalidate names
+
+RespStep execute_send(Request& rq) {
+  Responder& rs = rq.rs;
+  const wire::Packet& pkt = rq.pkt;
+  RecvWqe& w = *rs.recv;
+  WcStatus st =
+      scatter(rq.dev(), rq.qp.pd, w.sge, w.num_sge, rs.recv_offset, pkt.payload, pkt.payload_len);
+  if (st != WcStatus::success) [[unlikely]] {
+    fail_recv(rq.e, rq.qp, st, pkt);
+    return st == WcStatus::loc_len_err ? RespStep::nak_invalid_request
+                                       : RespStep::nak_remote_op_error;
+  }
+  rs.recv_offset += pkt.payload_len;
+  if (rq.has(opf::kIeth) && !mw_invalidate(rq.dev(), pkt.ieth_rkey, rq.qp.pd)) {
+    // SEND with Invalidate of an rkey that is no bound type 2 window of this PD
+    // (IBA 10.6.7.2.4): the receive fails and the requester gets a NAK.
+    fail_recv(rq.e, rq.qp, WcStatus::loc_prot_err, pkt);
+    return RespStep::nak_invalid_request;
+  }
+  if (rq.has(opf::kLast))
+    complete_recv(rq.qp, w, WcStatus::success, WcOpcode::recv, rs.recv_offset, pkt, pkt.bth->se());
+  return RespStep::acknowledge;
+}
+
+RespStep execute_write(Request& rq) {
+  Responder& rs = rq.rs;
+  const wire::Packet& pkt = rq.pkt;
+  if (pkt.payload_len) {
+    std::memcpy(mr_host(*rq.mr, rs.write_va), pkt.payload, pkt.payload_len);
+    rs.write_va += pkt.payload_len;
+    rs.write_left -= pkt.payload_len;
+  }
+  if (rq.has(opf::kLast) && rq.has(opf::kRecvWqe)) {
+    complete_recv(rq.qp, *rs.recv, WcStatus::success, WcOpcode::recv_rdma_with_imm, rs.write_total,
+                  pkt, pkt.bth->se());
+  }
+  return RespStep::acknowledge;
+}
+
+// A READ is answered later, one response per PMTU of its DMA length (resp_tx_step).
+RespStep execute_read(Request& rq) {
+  const wire::Reth& reth = *rq.pkt.reth;
+  const uint32_t len = reth.length();
+  RespResource r;
+  r.first_psn = rq.pkt.psn;
+  r.npkts = len == 0 ? 1 : (len + rq.qp.mtu - 1) / rq.qp.mtu;
+  r.va = reth.vaddr();
+  r.rkey = reth.r_key();
+  r.length = len;
+  add_resource(rq.qp, r);
+  return RespStep::acknowledge;
+}
+
+// The CPU's own atomic makes this atomic against every other atomic on the address, from
+// any QP or engine, with no lock (IBA 9.4.5 requires atomicity per HCA).
+RespStep execute_atomic(Request& rq) {
+  const wire::AtomicEth& a = *rq.pkt.atomic_eth;
+  auto* p = reinterpret_cast<uint64_t*>(mr_host(*rq.mr, a.vaddr()));
+  uint64_t orig;
+  if (wire::op::operation(rq.pkt.opcode) == wire::op::kCmpSwap) {
+    orig = a.compare_data();
+    __atomic_compare_exchange_n(p, &orig, a.swap_add_data(), false, __ATOMIC_SEQ_CST,
+                                __ATOMIC_SEQ_CST);
+  } else {
+    orig = __atomic_fetch_add(p, a.swap_add_data(), __ATOMIC_SEQ_CST);
+  }
+  RespResource r;
+  r.atomic = true;
+  r.first_psn = rq.pkt.psn;
+  r.npkts = 1;
+  r.orig = orig;
+  add_resource(rq.qp, r);
+  return RespStep::acknowledge;
+}
+
+RespStep execute(Request& rq) {
+  if (rq.has(opf::kSend)) return execute_send(rq);
+  if (rq.has(opf::kWrite)) return execute_write(rq);
+  if (rq.has(opf::kRead)) return execute_read(rq);
+  return execute_atomic(rq);
+}
+
+// The steps every transport takes alike; rc_step, uc_step and ud_step handle their own
+// first and pass the others here.
+RespStep shared_step(Request& rq, RespStep s) {
+  switch (s) {
+    case RespStep::check_state: return check_state(rq);
+    case RespStep::check_op_type: return check_op_type(rq);
+    case RespStep::check_source: return check_source(rq);
+    case RespStep::check_rkey: return check_rkey(rq);
+    case RespStep::check_resources: return check_resources(rq);
+    case RespStep::check_placement: return check_placement(rq);
+    case RespStep::execute: return execute(rq);
+    case RespStep::drop: return drop(rq);
+    default: return RespStep::done;  // not a step of this transport
+  }
+}
+
+// ---- RC
+
+// PSN check: the expected PSN goes on; an older one is a duplicate (IBA 9.7.4.1.5.1); a
+// newer one is out of sequence: one NAK per gap, then silence until the ePSN comes (C9-110).
+RespStep rc_check_psn(Request& rq) {
+  const int32_t d = wire::psn_diff(rq.pkt.psn, rq.rs.epsn);
+  if (d < 0) return RespStep::duplicate;
+  if (d > 0) return rq.rs.nak_sent ? RespStep::done : RespStep::nak_psn_seq_error;
+  // A fatal NAK is owed: the QP takes no more requests and fails once it is sent.
+  if (rq.rs.nak_owed && NakEffect(rq.rs.nak_effect) != NakEffect::none) return RespStep::done;
+  return RespStep::check_sequence;
+}
+
+// A duplicate is never executed again: a SEND or WRITE is acknowledged again, so the
+// requester learns how far we got; a READ or atomic is answered again from its responder
+// resource (replay).
+RespStep duplicate(Request& rq) {
+  rq.qp.dup_rcvd.fetch_add(1, std::memory_order_relaxed);
+  if (rq.has(opf::kRead | opf::kAtomic)) {
+    replay(rq.qp, rq.pkt.psn);
+    if (rq.rs.pending) rq.e.kick(&rq.qp);
+  } else {
+    owe_ack(rq.qp, wire::psn_add(rq.rs.epsn, -1u));
+  }
+  return RespStep::done;
+}
+
+RespStep rc_check_sequence(Request& rq) {
+  return sequence_ok(rq) ? RespStep::check_length : RespStep::nak_invalid_request;
+}
+
+RespStep rc_check_length(Request& rq) {
+  return length_ok(rq) ? after_length(rq) : RespStep::nak_invalid_request;
+}
+
+// The packet executed: the ePSN moves past it — past every response PSN for a READ, whose
+// responses are its acknowledgment — the MSN counts a finished message (C9-148), and an
+// ACK is owed for an AckReq or a message's last packet (coalesced by the engine).
+RespStep rc_acknowledge(Request& rq) {
+  Responder& rs = rq.rs;
+  rs.nak_sent = false;
+  note_progress(rq);
+  if (rq.has(opf::kLast)) rs.msn = (rs.msn + 1) & wire::kPsnMask;
+  if (rq.has(opf::kRead | opf::kAtomic)) {
+    rs.epsn = wire::psn_add(rq.pkt.psn, newest_resource(rq.qp).npkts);
+    rq.e.kick(&rq.qp);
+    return RespStep::done;
+  }
+  rs.epsn = wire::psn_add(rs.epsn, 1);
+  if (rq.pkt.bth->ack_request() || rq.has(opf::kLast)) owe_ack(rq.qp, rq.pkt.psn);
+  return RespStep::done;
+}
+
+RespStep nak_with(Request& rq, NakCode code, NakEffect effect) {
+  nak(rq.e, rq.qp, wire::make_syndrome(AethType::nak, uint8_t(code)), rq.pkt.psn, effect);
+  return RespStep::done;
+}
+
+RespStep nak_psn_seq_error(Request& rq) {
+  rq.rs.nak_sent = true;
+  rq.qp.seq_naks_sent.fetch_add(1, std::memory_order_relaxed);
+  nak(rq.e, rq.qp, wire::make_syndrome(AethType::nak, uint8_t(NakCode::psn_seq_error)), rq.rs.epsn,
+      NakEffect::none);
+  return RespStep::done;
+}
+
+// No receive posted (IBA 9.7.5.2.8): RNR NAK with our minimum RNR timer; the ePSN does
+// not move, the requester retries this packet.
+RespStep nak_rnr(Request& rq) {
+  nak(rq.e, rq.qp, wire::make_syndrome(AethType::rnr_nak, rq.qp.attr.min_rnr_timer), rq.pkt.psn,
+      NakEffect::none);
+  return RespStep::done;
+}
+
+RespStep rc_step(Request& rq, RespStep s) {
+  switch (s) {
+    case RespStep::check_psn: return rc_check_psn(rq);
+    case RespStep::check_sequence: return rc_check_sequence(rq);
+    case RespStep::check_length: return rc_check_length(rq);
+    case RespStep::acknowledge: return rc_acknowledge(rq);
+    case RespStep::duplicate: return duplicate(rq);
+    case RespStep::nak_psn_seq_error: return nak_psn_seq_error(rq);
+    case RespStep::nak_rnr: return nak_rnr(rq);
+    case RespStep::nak_invalid_request:
+      return nak_with(rq, NakCode::invalid_request, NakEffect::error_invalid);
+    case RespStep::nak_remote_access:
+      return nak_with(rq, NakCode::remote_access_error, NakEffect::error_access);
+    case RespStep::nak_remote_access_reported:
+      return nak_with(rq, NakCode::remote_access_error, NakEffect::error_reported);
+    case RespStep::nak_remote_op_error:  // fail_recv completed the receive in error
+      return nak_with(rq, NakCode::remote_op_error, NakEffect::error_reported);
+    default: return shared_step(rq, s);
+  }
+}
+
+void rc_rx(Request& rq) {
+  for (RespStep s = RespStep::check_state; s != RespStep::done;) s = rc_step(rq, s);
+}
+
+// ---- UC (IBA 9.8.3): no ACK and no NAK is ever sent
+
+// A packet that cannot go on with the message in progress loses it; one that starts a
+// message begins the next, any other is dropped.
+RespStep uc_resync(Request& rq, RespStep next) {
+  drop_message(rq.rs);
+  return rq.has(opf::kFirst) ? next : RespStep::done;
+}
+
+// The ePSN follows every packet: a gap loses the message in progress.
+RespStep uc_check_psn(Request& rq) {
+  const int32_t d = wire::psn_diff(rq.pkt.psn, rq.rs.epsn);
+  rq.rs.epsn = wire::psn_add(rq.pkt.psn, 1);
+  return d == 0 ? RespStep::check_sequence : uc_resync(rq, RespStep::check_sequence);
+}
+
+RespStep uc_check_sequence(Request& rq) {
+  return sequence_ok(rq) ? RespStep::check_length : uc_resync(rq, RespStep::check_length);
+}
+
+RespStep uc_check_length(Request& rq) {
+  if (length_ok(rq)) return after_length(rq);
+  drop_message(rq.rs);
+  return RespStep::drop;
+}
+
+RespStep uc_step(Request& rq, RespStep s) {
+  switch (s) {
+    // No NAK: where RC would send one, the message in progress is dropped (a receive
+    // completion may have reported the error already).
+    case RespStep::nak_rnr:
+    case RespStep::nak_invalid_request:
+    case RespStep::nak_remote_access:
+    case RespStep::nak_remote_access_reported:
+    case RespStep::nak_remote_op_error: return RespStep::drop_message;
+    case RespStep::drop_message:
+      drop_message(rq.rs);
+      return RespStep::done;
+    case RespStep::check_psn: return uc_check_psn(rq);
+    case RespStep::check_sequence: return uc_check_sequence(rq);
+    case RespStep::check_length: return uc_check_length(rq);
+    case RespStep::acknowledge:  // nor an ACK
+      note_progress(rq);
+      return RespStep::done;
+    default: return shared_step(rq, s);
+  }
+}
+
+void uc_rx(Request& rq) {
+  for (RespStep s = RespStep::check_state; s != RespStep::done;) s = uc_step(rq, s);
+}
+
+// ---- UD
+
+// Q_Key check (IBA 10.2.4.2, C10-15): a mismatch drops the packet silently.
+RespStep ud_check_qkey(Request& rq) {
+  if (!rq.pkt.deth || rq.pkt.deth->q_key() != rq.qp.attr.qkey) return RespStep::drop;
+  return RespStep::check_length;
+}
+
+// A UD message is one packet of at most the path MTU; a larger one is dropped, counted as
+// a bad frame, without consuming a receive.
+RespStep ud_check_length(Request& rq) {
+  if (rq.pkt.payload_len <= rq.qp.mtu) return RespStep::check_resources;
+  rq.dev().counters().rx_bad_frame.fetch_add(1, std::memory_order_relaxed);
+  return RespStep::done;
+}
+
+// The 40-byte GRH heads the receive buffer (IBA 11.4.1.2); for RoCEv2 over IPv4 the IPv4
+// header sits in its last 20 bytes (as rdma-core providers report it), and byte_len counts
+// it. A receive too small completes in error; the QP goes on.
+RespStep ud_execute(Request& rq) {
+  const wire::Packet& pkt = rq.pkt;
+  RecvWqe& w = *rq.rs.recv;
+  uint8_t grh[wire::kGrhLen] = {};
+  std::memcpy(grh + 20, pkt.ip, wire::kIpv4HdrLen);
+  WcStatus st = scatter(rq.dev(), rq.qp.pd, w.sge, w.num_sge, 0, grh, sizeof grh);
+  if (st == WcStatus::success)
+    st = scatter(rq.dev(), rq.qp.pd, w.sge, w.num_sge, wire::kGrhLen, pkt.payload, pkt.payload_len);
+  if (st != WcStatus::success) [[unlikely]] {
+    complete_recv(rq.qp, w, st, WcOpcode::recv, 0, pkt, false);
+    return RespStep::done;
+  }
+  complete_recv(rq.qp, w, WcStatus::success, WcOpcode::recv, wire::kGrhLen + pkt.payload_len, pkt,
+                pkt.bth->se());
+  return RespStep::done;
+}
+
+RespStep ud_step(Request& rq, RespStep s) {
+  switch (s) {
+    case RespStep::nak_rnr: return RespStep::done;  // no receive posted: the datagram is lost
+    case RespStep::check_qkey: return ud_check_qkey(rq);
+    case RespStep::check_length: return ud_check_length(rq);
+    case RespStep::execute: return ud_execute(rq);
+    default: return shared_step(rq, s);
+  }
+}
+
+void ud_rx(Request& rq) {
+  for (RespStep s = RespStep::check_state; s != RespStep::done;) s = ud_step(rq, s);
+}
+
+// ---------------------------------------------------------------- READ and atomic responses
+
+// What sending one response packet came to: it left, it must wait (no ARP answer yet, no
+// mbuf), or the stream ended in a NAK.
+enum class Reply : uint8_t { sent, later, nak };
+
+wire::BthFields response_bth(const Qp& qp, uint8_t opcode) {
+  wire::BthFields bth{};
+  bth.opcode = opcode;
+  bth.pkey = wire::kDefaultPkey;
+  bth.dest_qp = qp.attr.dest_qp_num;
+  bth.psn = qp.resp.resp_psn;
+  return bth;
+}
+
+uint8_t response_syndrome() { return wire::make_syndrome(AethType::ack, wire::kCreditsInvalid); }
+
+// ATOMIC ACKNOWLEDGE with the original value saved at execution (IBA 9.7.5.1.7).
+Reply atomic_reply(Engine& e, Qp& qp, const RespResource& r) {
+  const wire::BthFields bth = response_bth(qp, wire::op::kRc | wire::op::kAtomicAck);
+  uint8_t* p;
+  rte_mbuf* m = build_packet(e, qp, qp.addr, bth, 0, &p);
+  if (!m) return Reply::later;
+  wire::write_aeth(p, response_syndrome(), qp.resp.msn);
+  wire::write_atomic_ack_eth(p + sizeof(wire::Aeth), r.orig);
+  send_packet(e, m, p + sizeof(wire::Aeth) + sizeof(wire::AtomicAckEth), 0);
+  return Reply::sent;
+}
+
+// READ RESPONSE packet `idx` of `r` (IBA 9.7.5.1.6): one PMTU each but the last, an AETH on
+// FIRST, LAST and ONLY; a replay starting mid-READ opens with FIRST.
+Reply read_reply(Engine& e, Qp& qp, const RespResource& r, uint32_t idx) {
+  Responder& rs = qp.resp;
+  const uint32_t off = idx * qp.mtu;
+  const uint32_t len = r.length - off < qp.mtu ? r.length - off : qp.mtu;
+  const bool first = rs.resp_psn == rs.stream_start;
+  const bool last = idx + 1 == r.npkts;
+  using namespace wire::op;
+  wire::BthFields bth = response_bth(qp, uint8_t(kRc | (first && last ? kReadRespOnly
+                                                        : first       ? kReadRespFirst
+                                                        : last        ? kReadRespLast
+                                                                      : kReadRespMiddle)));
+  bth.pad = wire::pad_for(len);
+  // Memory is re-validated for every packet: a region deregistered meanwhile ends the
+  // stream with a remote access NAK instead of a read of freed memory.
+  Mr* mr = len ? mr_get_remote(e.device(), r.rkey, qp.pd, qp.qp_num, r.va + off, len,
+                               access::remote_read)
+               : nullptr;
+  if (len && !mr) {
+    rs.pending = 0;
+    nak(e, qp, wire::make_syndrome(AethType::nak, uint8_t(NakCode::remote_access_error)),
+        rs.resp_psn, NakEffect::error_access);
+    return Reply::nak;
+  }
+  uint8_t* p;
+  rte_mbuf* m = build_packet(e, qp, qp.addr, bth, len, &p);
+  if (!m) return Reply::later;
+  if (wire::opcode_info(bth.opcode).flags & opf::kAeth) {
+    wire::write_aeth(p, response_syndrome(), rs.msn);
+    p += sizeof(wire::Aeth);
+  }
+  if (len) std::memcpy(p, mr_host(*mr, r.va + off), len);
+  send_packet(e, m, p + len, bth.pad);
+  return Reply::sent;
+}
+
+// Every response of the entry at res_next_tx has left: on to the next entry. Once none is
+// pending, the ACK of later SENDs/WRITEs and any NAK, which waited for these responses (PSN
+// order), go out. False when that NAK moved the QP to ERR.
+bool next_resource(Engine& e, Qp& qp) {
+  Responder& rs = qp.resp;
+  rs.res_next_tx = (rs.res_next_tx + 1) % res_cap(qp);
+  // The next request may come several PSNs later (SENDs/WRITEs in between).
+  if (rs.pending > 1) rs.resp_psn = qp.rd_res[rs.res_next_tx].first_psn;
+  rs.stream_start = rs.resp_psn;
+  if (--rs.pending) return true;
+  if (rs.ack_pending) resp_send_ack(e, qp);
+  if (rs.nak_owed) {
+    resp_send_held(e, qp);
+    if (qp.state.load(std::memory_order_relaxed) == QpState::err) return false;
+  }
+  return true;
 }
 
 }  // namespace
+
+const char* name(RespStep step) noexcept {
+  return size_t(step) < kStepNames.size() ? kStepNames[size_t(step)] : "?";
+}
+
+void resp_rx(Engine& e, Qp& qp, const wire::Packet& pkt) noexcept {
+  Request rq{e, qp, qp.resp, pkt, pkt.info->flags};
+  switch (qp.qp_type) {
+    case QpType::rc: return rc_rx(rq);
+    case QpType::uc: return uc_rx(rq);
+    default: return ud_rx(rq);
+  }
+}
 
 void resp_send_ack(Engine& e, Qp& qp) noexcept {
   Responder& rs = qp.resp;
@@ -443,237 +890,17 @@ void resp_send_held(Engine& e, Qp& qp) noexcept {
 int resp_tx_step(Engine& e, Qp& qp, int budget) noexcept {
   Responder& rs = qp.resp;
   int sent = 0;
-  const uint32_t cap = res_cap(qp);
   while (rs.pending && sent < budget && !e.tx_stalled()) {
-    RespResource& r = qp.rd_res[rs.gen];
+    const RespResource& r = qp.rd_res[rs.res_next_tx];
     const uint32_t idx = uint32_t(wire::psn_diff(rs.resp_psn, r.first_psn));
-    const uint32_t ack = wire::make_syndrome(AethType::ack, wire::kCreditsInvalid);
-    wire::BthFields bth{};
-    bth.pkey = wire::kDefaultPkey;
-    bth.dest_qp = qp.attr.dest_qp_num;
-    bth.psn = rs.resp_psn;
-    uint8_t* p;
-    if (r.atomic) {
-      bth.opcode = wire::op::kRc | wire::op::kAtomicAck;
-      rte_mbuf* m = build_packet(e, qp, qp.addr, bth, 0, &p);
-      if (!m) break;
-      wire::write_aeth(p, uint8_t(ack), rs.msn);
-      wire::write_atomic_ack_eth(p + sizeof(wire::Aeth), r.orig);
-      send_packet(e, m, p + sizeof(wire::Aeth) + sizeof(wire::AtomicAckEth), 0);
-    } else {
-      const uint32_t off = idx * qp.mtu;
-      const uint32_t len = r.length - off < qp.mtu ? r.length - off : qp.mtu;
-      const bool first = rs.resp_psn == rs.stream_start;
-      const bool last = idx + 1 == r.npkts;
-      using namespace wire::op;
-      bth.opcode = uint8_t(kRc | (first && last ? kReadRespOnly
-                                  : first       ? kReadRespFirst
-                                  : last        ? kReadRespLast
-                                                : kReadRespMiddle));
-      bth.pad = wire::pad_for(len);
-      // Memory is re-validated for every packet: a region deregistered meanwhile ends the
-      // stream with a remote access NAK instead of a read of freed memory.
-      Mr* mr = len ? mr_get_remote(e.device(), r.rkey, qp.pd, qp.qp_num, r.va + off, len,
-                                   access::remote_read)
-                   : nullptr;
-      if (len && !mr) {
-        rs.pending = 0;
-        nak(e, qp, wire::make_syndrome(AethType::nak, uint8_t(NakCode::remote_access_error)),
-            rs.resp_psn, NakEffect::error_access);
-        return sent;
-      }
-      rte_mbuf* m = build_packet(e, qp, qp.addr, bth, len, &p);
-      if (!m) break;
-      if (wire::opcode_info(bth.opcode).flags & wire::opf::kAeth) {
-        wire::write_aeth(p, uint8_t(ack), rs.msn);
-        p += sizeof(wire::Aeth);
-      }
-      if (len) std::memcpy(p, mr_host(*mr, r.va + off), len);
-      send_packet(e, m, p + len, bth.pad);
-    }
+    const Reply reply = r.atomic ? atomic_reply(e, qp, r) : read_reply(e, qp, r, idx);
+    if (reply == Reply::later) break;
+    if (reply == Reply::nak) return sent;
     sent++;
     rs.resp_psn = wire::psn_add(rs.resp_psn, 1);
-    if (idx + 1 == r.npkts) {
-      rs.gen = (rs.gen + 1) % cap;
-      // The next request may come several PSNs later (SENDs/WRITEs in between).
-      if (rs.pending > 1) rs.resp_psn = qp.rd_res[rs.gen].first_psn;
-      rs.stream_start = rs.resp_psn;
-      if (--rs.pending == 0) {
-        // The ACK of later SENDs/WRITEs and any NAK waited for these responses (PSN order).
-        if (rs.ack_pending) resp_send_ack(e, qp);
-        if (rs.nak_owed) {
-          resp_send_held(e, qp);
-          if (qp.state.load(std::memory_order_relaxed) == QpState::err) return sent;
-        }
-      }
-    }
+    if (idx + 1 == r.npkts && !next_resource(e, qp)) return sent;
   }
   return sent;
-}
-
-namespace {
-
-// Payload length against the path MTU (IBA 9.7.4.1.3): FIRST and MIDDLE carry exactly one
-// PMTU, LAST from 1 byte to one PMTU, ONLY up to one PMTU. READ requests and atomics carry
-// no payload of this kind (their lengths are checked where they execute).
-bool length_ok(const Qp& qp, uint32_t f, uint32_t len) noexcept {
-  if (f & (wire::opf::kRead | wire::opf::kAtomic)) return true;
-  if (!(f & wire::opf::kLast)) return len == qp.mtu;
-  if (!(f & wire::opf::kFirst)) return len >= 1 && len <= qp.mtu;
-  return len <= qp.mtu;
-}
-
-}  // namespace
-
-void resp_rx(Engine& e, Qp& qp, const wire::Packet& pkt) noexcept {
-  Responder& rs = qp.resp;
-  const uint32_t f = pkt.info->flags;
-  QpState s = qp.state.load(std::memory_order_acquire);
-  // Requests are accepted in RTR and later, not in RESET/INIT/ERR (IBA 10.3.1).
-  if (s != QpState::rtr && s != QpState::rts && s != QpState::sqd) {
-    e.device().counters().rx_bad_state.fetch_add(1, std::memory_order_relaxed);
-    return;
-  }
-  uint8_t want = qp.qp_type == QpType::rc   ? wire::op::kRc
-                 : qp.qp_type == QpType::uc ? wire::op::kUc
-                                            : wire::op::kUd;
-  if ((pkt.opcode & 0xe0) != want) {
-    e.device().counters().rx_bad_state.fetch_add(1, std::memory_order_relaxed);
-    return;
-  }
-  if (qp.qp_type == QpType::ud) {
-    ud_rx(e, qp, pkt);
-    return;
-  }
-  // Connected QPs accept packets only from their peer QP.
-  if (pkt.src_ip != qp.addr.dst_ip) {
-    e.device().counters().rx_bad_state.fetch_add(1, std::memory_order_relaxed);
-    return;
-  }
-  if (s == QpState::rtr && !rs.comm_est_sent) {
-    // First packet while in RTR: Communication Established (IBA 11.6.3.1), so a passive
-    // side knows it may move to RTS.
-    rs.comm_est_sent = true;
-    mid::Event ev;
-    ev.device = qp.device;
-    ev.type = EventType::comm_est;
-    ev.element.qp = &qp;
-    mid::dispatch_event(ev);
-  }
-  const bool rd_atomic = f & (wire::opf::kRead | wire::opf::kAtomic);
-  if (rd_atomic && qp.qp_type != QpType::rc) {
-    e.device().counters().rx_bad_state.fetch_add(1, std::memory_order_relaxed);
-    return;  // UC has no READ or atomics (IBA 9.8.1): dropped
-  }
-
-  const int32_t d = wire::psn_diff(pkt.psn, rs.epsn);
-  if (qp.qp_type == QpType::uc) {
-    // UC (IBA 9.8.3): no ACKs; a gap drops the message in progress and resyncs on the next
-    // packet that starts a message.
-    if (d != 0) {
-      rs.in_send = rs.in_write = false;
-      if (rs.recv) rs.recv_offset = 0;  // the receive WQE is reused for the next message
-      if (!(f & wire::opf::kFirst)) {
-        rs.epsn = wire::psn_add(pkt.psn, 1);
-        return;
-      }
-    }
-    if (!sequence_ok(rs, f)) {
-      rs.in_send = rs.in_write = false;
-      if (rs.recv) rs.recv_offset = 0;
-      if (!(f & wire::opf::kFirst)) {
-        rs.epsn = wire::psn_add(pkt.psn, 1);
-        return;
-      }
-    }
-    rs.epsn = wire::psn_add(pkt.psn, 1);
-    if (!length_ok(qp, f, pkt.payload_len)) {  // no NAKs in UC: the message is dropped
-      // Counted like the other drops by a QP's rules: the frame itself parsed (rx_packets).
-      e.device().counters().rx_bad_state.fetch_add(1, std::memory_order_relaxed);
-      rs.in_send = rs.in_write = false;
-      if (rs.recv) rs.recv_offset = 0;
-      return;
-    }
-    RespResult r = (f & wire::opf::kSend) ? execute_send(e, qp, pkt) : execute_write(e, qp, pkt);
-    if (r == RespResult::done) {
-      rs.in_send = (f & wire::opf::kSend) && !(f & wire::opf::kLast);
-      rs.in_write = (f & wire::opf::kWrite) && !(f & wire::opf::kLast);
-    } else {
-      rs.in_send = rs.in_write = false;
-      if (rs.recv) rs.recv_offset = 0;
-    }
-    return;
-  }
-
-  // ---- RC ----
-  if (d < 0) {
-    // Duplicate (IBA 9.7.4.1.5.1): never re-executed; re-acknowledge so the requester
-    // learns how far we got.
-    qp.dup_rcvd.fetch_add(1, std::memory_order_relaxed);
-    if (rd_atomic) {
-      replay(qp, pkt.psn);
-      if (rs.pending) e.kick(&qp);
-    } else {
-      owe_ack(qp, wire::psn_add(rs.epsn, -1u));
-    }
-    return;
-  }
-  if (d > 0) {
-    // Out of sequence (C9-110): one NAK per gap, then silence until ePSN arrives.
-    if (!rs.nak_sent) {
-      rs.nak_sent = true;
-      qp.seq_naks_sent.fetch_add(1, std::memory_order_relaxed);
-      nak(e, qp, wire::make_syndrome(AethType::nak, uint8_t(NakCode::psn_seq_error)), rs.epsn,
-          NakEffect::none);
-    }
-    return;
-  }
-  // A fatal NAK is owed: the QP takes no more requests and fails once it is sent.
-  if (rs.nak_owed && NakEffect(rs.nak_effect) != NakEffect::none) return;
-  if (!sequence_ok(rs, f) || !length_ok(qp, f, pkt.payload_len)) {
-    nak(e, qp, wire::make_syndrome(AethType::nak, uint8_t(NakCode::invalid_request)), pkt.psn,
-        NakEffect::error_invalid);
-    return;
-  }
-  RespResult r = (f & wire::opf::kSend)    ? execute_send(e, qp, pkt)
-                 : (f & wire::opf::kWrite) ? execute_write(e, qp, pkt)
-                 : (f & wire::opf::kRead)  ? execute_read(e, qp, pkt)
-                                           : execute_atomic(e, qp, pkt);
-  switch (r) {
-    case RespResult::done:
-      break;
-    case RespResult::rnr:
-      // No receive posted (IBA 9.7.5.2.8): RNR NAK with our minimum RNR timer; the ePSN
-      // does not move, the requester retries this packet.
-      nak(e, qp, wire::make_syndrome(AethType::rnr_nak, qp.attr.min_rnr_timer), pkt.psn,
-          NakEffect::none);
-      return;
-    case RespResult::nak_inv:
-    case RespResult::nak_access:
-    case RespResult::nak_access_reported:
-    case RespResult::nak_op:
-    case RespResult::drop: {
-      NakCode code = r == RespResult::nak_access || r == RespResult::nak_access_reported
-                         ? NakCode::remote_access_error
-                     : r == RespResult::nak_op ? NakCode::remote_op_error
-                                               : NakCode::invalid_request;
-      nak(e, qp, wire::make_syndrome(AethType::nak, uint8_t(code)), pkt.psn, nak_effect_of(r));
-      return;
-    }
-  }
-  rs.nak_sent = false;
-  rs.in_send = (f & wire::opf::kSend) && !(f & wire::opf::kLast);
-  rs.in_write = (f & wire::opf::kWrite) && !(f & wire::opf::kLast);
-  if (f & wire::opf::kLast) rs.msn = (rs.msn + 1) & wire::kPsnMask;
-  if (rd_atomic) {
-    // A READ consumes one PSN per response packet; its responses are its acknowledgment.
-    const RespResource& last = qp.rd_res[(rs.res_head + res_cap(qp) - 1) % res_cap(qp)];
-    rs.epsn = wire::psn_add(pkt.psn, last.npkts);
-    e.kick(&qp);
-    return;
-  }
-  rs.epsn = wire::psn_add(rs.epsn, 1);
-  if (pkt.bth->ack_request() || (f & wire::opf::kLast)) owe_ack(qp, pkt.psn);
 }
 
 }  // namespace dverbs::pmd::hca

@@ -150,8 +150,10 @@ struct AtomicAckEth {
 };
 static_assert(sizeof(AtomicAckEth) == 8);
 
-// Base transport opcodes (IBA Table 38). Transport prefix in the top 3 bits.
+// Base transport opcodes (IBA Table 38): the transport in bits 7:5, the operation within
+// it in bits 4:0.
 namespace op {
+constexpr uint8_t kTransportMask = 0xe0, kOperationMask = 0x1f;
 constexpr uint8_t kRc = 0x00, kUc = 0x20, kRd = 0x40, kUd = 0x60;
 constexpr uint8_t kSendFirst = 0x00, kSendMiddle = 0x01, kSendLast = 0x02,
                   kSendLastImm = 0x03, kSendOnly = 0x04, kSendOnlyImm = 0x05,
@@ -161,6 +163,9 @@ constexpr uint8_t kSendFirst = 0x00, kSendMiddle = 0x01, kSendLast = 0x02,
                   kReadRespLast = 0x0f, kReadRespOnly = 0x10, kAck = 0x11, kAtomicAck = 0x12,
                   kCmpSwap = 0x13, kFetchAdd = 0x14, kSendLastInv = 0x16, kSendOnlyInv = 0x17;
 constexpr uint8_t kCnp = 0x81;
+// The transport of an opcode (kRc, kUc, kRd, kUd) and its operation (kSendFirst...).
+constexpr uint8_t transport(uint8_t opcode) { return opcode & kTransportMask; }
+constexpr uint8_t operation(uint8_t opcode) { return opcode & kOperationMask; }
 }  // namespace op
 
 // Extension header sizes (IBA 9.3); ImmDt and IETH are one 32-bit word each.

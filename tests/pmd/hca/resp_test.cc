@@ -7,6 +7,7 @@
 #include <atomic>
 
 #include "harness.h"
+#include "pmd/hca/engine.h"
 
 namespace dverbs::proto {
 namespace {
@@ -1022,6 +1023,20 @@ TEST_F(RespSrqTest, AckOfAnSrqQpCarriesTheInvalidCreditCode) {
   expect_recv(w[2], 102, 12);
   EXPECT_EQ(bytes(512, 256), pattern(256, 2));
   EXPECT_EQ(bytes(768, 10), pattern(10, 3));
+}
+
+// ---------------------------------------------------------------- state machine
+
+// The responder's steps carry the names resp.cc's header draws its transitions with, for
+// traces and tests; the table has one for every step, the last included.
+TEST(RespStepNames, EveryStepIsNamedAsSpelled) {
+  using pmd::hca::RespStep;
+  EXPECT_STREQ(pmd::hca::name(RespStep::check_state), "check_state");
+  EXPECT_STREQ(pmd::hca::name(RespStep::check_psn), "check_psn");
+  EXPECT_STREQ(pmd::hca::name(RespStep::check_placement), "check_placement");
+  EXPECT_STREQ(pmd::hca::name(RespStep::nak_remote_access_reported), "nak_remote_access_reported");
+  EXPECT_STREQ(pmd::hca::name(RespStep::drop), "drop");
+  EXPECT_STREQ(pmd::hca::name(RespStep::done), "done");
 }
 
 }  // namespace
