@@ -100,6 +100,23 @@ void unregister_device(Device* dev);
 // A full event ring drops the event (counted in EventStats::ring_full_drops).
 void dispatch_event(const Event& event) noexcept;
 
+// dispatch_event for an event affiliated with a QP, a CQ or an SRQ. Context: as above.
+inline void dispatch_qp_event(Qp& qp, EventType type) noexcept {
+  Event ev{.device = qp.device, .type = type};
+  ev.element.qp = &qp;
+  dispatch_event(ev);
+}
+inline void dispatch_cq_event(Cq& cq, EventType type) noexcept {
+  Event ev{.device = cq.device, .type = type};
+  ev.element.cq = &cq;
+  dispatch_event(ev);
+}
+inline void dispatch_srq_event(Srq& srq, EventType type) noexcept {
+  Event ev{.device = srq.device, .type = type};
+  ev.element.srq = &srq;
+  dispatch_event(ev);
+}
+
 // Tells the midlayer that an armed CQ received a completion: queues the CQ on its event
 // ring so a handler thread calls the consumer's completion handler. Never calls a consumer
 // directly. Context: any, including transport lcores; never sleeps, only enqueues.

@@ -406,11 +406,7 @@ void flush_queues(Engine&, Qp& qp) noexcept {
     rs.in_send = rs.in_write = false;
     if (!rs.last_wqe_event) {
       rs.last_wqe_event = true;
-      mid::Event ev;
-      ev.device = qp.device;
-      ev.type = EventType::qp_last_wqe_reached;
-      ev.element.qp = &qp;
-      mid::dispatch_event(ev);
+      mid::dispatch_qp_event(qp, EventType::qp_last_wqe_reached);
     }
     return;
   }

@@ -11,11 +11,7 @@ void cq_push(Cq& cq, const Wc& wc, bool solicited) noexcept {
     // CQ overrun (IBA 11.4.2.1, C11-34): an affiliated asynchronous error; the completion
     // is lost, the consumer learns it from IBV_EVENT_CQ_ERR.
     if (cq.overflows.fetch_add(1, std::memory_order_relaxed) == 0) {
-      mid::Event ev;
-      ev.device = cq.device;
-      ev.type = EventType::cq_err;
-      ev.element.cq = &cq;
-      mid::dispatch_event(ev);
+      mid::dispatch_cq_event(cq, EventType::cq_err);
     }
     cq.hca->counters().cq_overflow.fetch_add(1, std::memory_order_relaxed);
     return;

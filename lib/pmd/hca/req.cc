@@ -119,11 +119,7 @@ void check_drained(Qp& qp) {
   if (qp.state.load(std::memory_order_acquire) != QpState::sqd || r.sq_drained_sent) return;
   if (r.psn != r.last_ack_psn || r.next_pkt != 0) return;
   r.sq_drained_sent = true;
-  mid::Event ev;
-  ev.device = qp.device;
-  ev.type = EventType::sq_drained;
-  ev.element.qp = &qp;
-  mid::dispatch_event(ev);
+  mid::dispatch_qp_event(qp, EventType::sq_drained);
 }
 
 // Packets the window lets be unacknowledged now.

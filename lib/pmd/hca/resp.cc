@@ -114,11 +114,8 @@ void enter_error(Engine& e, Qp& qp, NakEffect why) {
   qp.state.store(QpState::err, std::memory_order_release);
   flush_queues(e, qp);
   if (why == NakEffect::error_reported) return;
-  mid::Event ev;
-  ev.device = qp.device;
-  ev.type = why == NakEffect::error_access ? EventType::qp_access_err : EventType::qp_req_err;
-  ev.element.qp = &qp;
-  mid::dispatch_event(ev);
+  mid::dispatch_qp_event(
+      qp, why == NakEffect::error_access ? EventType::qp_access_err : EventType::qp_req_err);
 }
 
 void hold(Engine& e, Qp& qp) {
@@ -176,7 +173,7 @@ void complete_recv(Qp& qp, const RecvWqe& w, WcStatus st, WcOpcode op, uint32_t 
 
 // Takes one WQE out of a shared receive queue (copied: the slot is freed at once) and
 // raises the SRQ limit event when the queue drops below the armed limit (IBA 11.5.2.4).
-RecvWqe* take_srq(Engine& e, Qp& qp) {
+RecvWqe* take_srq(Qp& qp) {
   Srq& srq = *to_srq(qp.srq);
   srq.take_lock.lock();
   RecvWqe* w = srq.rq.peek(srq.rq.retired());
@@ -189,20 +186,16 @@ RecvWqe* take_srq(Engine& e, Qp& qp) {
   bool fire = lim && left < lim && srq.limit.exchange(0, std::memory_order_acq_rel) != 0;
   srq.take_lock.unlock();
   if (fire) {
-    mid::Event ev;
-    ev.device = &e.device();
-    ev.type = EventType::srq_limit_reached;
-    ev.element.srq = &srq;
-    mid::dispatch_event(ev);
+    mid::dispatch_srq_event(srq, EventType::srq_limit_reached);
   }
   return w ? &qp.resp.srq_wqe : nullptr;
 }
 
 // Takes the receive WQE for a new message; nullptr when the RQ is empty.
-RecvWqe* take_recv(Engine& e, Qp& qp) {
+RecvWqe* take_recv(Qp& qp) {
   Responder& rs = qp.resp;
   if (!rs.recv) {
-    rs.recv = qp.srq ? take_srq(e, qp) : qp.rq.peek(qp.rq_consumed);
+    rs.recv = qp.srq ? take_srq(qp) : qp.rq.peek(qp.rq_consumed);
     rs.recv_offset = 0;
   }
   return rs.recv;
@@ -348,11 +341,7 @@ RespStep check_op_type(Request& rq) {
 void communication_established(Request& rq) {
   if (rq.qp.state.load(std::memory_order_relaxed) != QpState::rtr || rq.rs.comm_est_sent) return;
   rq.rs.comm_est_sent = true;
-  mid::Event ev;
-  ev.device = rq.qp.device;
-  ev.type = EventType::comm_est;
-  ev.element.qp = &rq.qp;
-  mid::dispatch_event(ev);
+  mid::dispatch_qp_event(rq.qp, EventType::comm_est);
 }
 
 // A connected QP takes packets from its peer only (IBA 9.6).
@@ -387,7 +376,7 @@ RespStep check_write_rkey(Request& rq) {
     // A WRITE with immediate names the receive WQE it consumes: the violation is
     // reported there (IBV_WC_LOC_ACCESS_ERR, "a protection error ... during an RDMA
     // Write with Immediate"), not as an asynchronous error (C9-222.1.1).
-    if (rq.has(opf::kRecvWqe) && take_recv(rq.e, rq.qp)) {
+    if (rq.has(opf::kRecvWqe) && take_recv(rq.qp)) {
       fail_recv(rq.e, rq.qp, WcStatus::loc_access_err, rq.pkt);
       return RespStep::nak_remote_access_reported;
     }
@@ -434,7 +423,7 @@ RespStep check_resources(Request& rq) {
   if (rq.has(opf::kRead | opf::kAtomic)) {
     if (rq.rs.pending >= res_cap(rq.qp)) return RespStep::nak_invalid_request;  // (or no ring)
   } else if (rq.has(opf::kRecvWqe)) {
-    const RecvWqe* w = rq.has(opf::kFirst | opf::kWrite) ? take_recv(rq.e, rq.qp) : rq.rs.recv;
+    const RecvWqe* w = rq.has(opf::kFirst | opf::kWrite) ? take_recv(rq.qp) : rq.rs.recv;
     if (!w) return RespStep::nak_rnr;
   }
   return rq.has(opf::kWrite) ? RespStep::check_placement : RespStep::execute;
