@@ -29,6 +29,7 @@
 // Every fatal error reaches ERR through enter_error: at once when a receive completion
 // reports it (fail_recv), otherwise when its NAK has left (nak, resp_send_held).
 #include <array>
+#include <bit>
 #include <cstring>
 
 #include "midlayer/driver.h"
@@ -39,6 +40,12 @@
 namespace dverbs::pmd::hca {
 
 namespace {
+
+// The steps of one request packet run as one loop per transport (rc_rx, uc_rx, ud_rx):
+// the small steps and the dispatchers are inlined into it, so the compiler can turn each
+// step's constant "next step" into a direct jump and the machine costs no more than the
+// straight-line code it names.
+#define DV_STEP [[gnu::always_inline]] inline
 
 using wire::AethType;
 using wire::NakCode;
@@ -85,18 +92,35 @@ bool send_aeth(Engine& e, Qp& qp, uint8_t syndrome, uint32_t psn) {
 }
 
 // End-to-end credits (IBA 9.7.7.2, Table 44): the 5-bit code of the largest count not
-// above the receive WQEs posted. An SRQ has no per-QP credits (code 31, "invalid").
+// above `posted`. The counts are 0–4, then 2^k (code 2k) and 3 * 2^(k-1) (code 2k + 1) up
+// to 32768 (code 30), so the code comes from the highest set bit and the one below it.
+constexpr uint8_t credits_to_code(uint64_t posted) {
+  if (posted >= 32768) return 30;
+  if (posted < 4) return uint8_t(posted);
+  const int k = std::bit_width(posted) - 1;  // 2^k <= posted < 2^(k+1)
+  return uint8_t(2 * k + ((posted >> (k - 1)) & 1));
+}
+
+constexpr bool credit_codes_match_table_44() {
+  constexpr uint32_t kCredits[31] = {0,    1,    2,    3,     4,     6,     8,    12,
+                                     16,   24,   32,   48,    64,    96,    128,  192,
+                                     256,  384,  512,  768,   1024,  1536,  2048, 3072,
+                                     4096, 6144, 8192, 12288, 16384, 24576, 32768};
+  for (uint8_t c = 0; c <= 30; c++) {
+    if (credits_to_code(kCredits[c]) != c) return false;
+    if (kCredits[c] && credits_to_code(kCredits[c] - 1) != c - 1) return false;
+  }
+  return credits_to_code(1u << 20) == 30;
+}
+static_assert(credit_codes_match_table_44());
+
+// The credits an ACK carries: the receive WQEs posted, but the one being filled. An SRQ
+// has no per-QP credits (code 31, "invalid").
 uint8_t credit_code(Qp& qp) {
-  static constexpr uint32_t kCredits[31] = {0,    1,    2,    3,     4,     6,     8,    12,
-                                            16,   24,   32,   48,    64,    96,    128,  192,
-                                            256,  384,  512,  768,   1024,  1536,  2048, 3072,
-                                            4096, 6144, 8192, 12288, 16384, 24576, 32768};
   if (qp.srq) return wire::kCreditsInvalid;
   uint64_t posted = qp.rq.claimed() - qp.rq_consumed;
-  if (qp.resp.recv && posted) posted--;  // the one being filled is not a credit
-  uint8_t code = 0;
-  while (code < 30 && kCredits[code + 1] <= posted) code++;
-  return code;
+  if (qp.resp.recv && posted) posted--;
+  return credits_to_code(posted);
 }
 
 void owe_ack(Qp& qp, uint32_t psn) {
@@ -289,13 +313,13 @@ void drop_message(Responder& rs) {
 
 // Where the message stands after a packet executed: in the middle of a SEND or a WRITE,
 // or between messages.
-void note_progress(Request& rq) {
+DV_STEP void note_progress(Request& rq) {
   rq.rs.in_send = rq.has(opf::kSend) && !rq.has(opf::kLast);
   rq.rs.in_write = rq.has(opf::kWrite) && !rq.has(opf::kLast);
 }
 
 // Are FIRST/MIDDLE/LAST in order (IBA 9.7.4.1.3, C9-93)?
-bool sequence_ok(const Request& rq) {
+DV_STEP bool sequence_ok(const Request& rq) {
   const bool mid_msg = rq.rs.in_send || rq.rs.in_write;
   if (rq.has(opf::kFirst)) return !mid_msg;
   if (rq.has(opf::kSend)) return rq.rs.in_send;
@@ -306,7 +330,7 @@ bool sequence_ok(const Request& rq) {
 // Payload length against the path MTU (IBA 9.7.4.1.3): FIRST and MIDDLE carry exactly one
 // PMTU, LAST from 1 byte to one PMTU, ONLY up to one PMTU. READ requests and atomics carry
 // no payload of this kind (check_rkey checks their lengths).
-bool length_ok(const Request& rq) {
+DV_STEP bool length_ok(const Request& rq) {
   const uint32_t len = rq.pkt.payload_len;
   const uint32_t mtu = rq.qp.mtu;
   if (rq.has(opf::kRead | opf::kAtomic)) return true;
@@ -318,7 +342,7 @@ bool length_ok(const Request& rq) {
 // ---- checks every transport makes
 
 // Requests are taken in RTR, RTS and SQD, not in RESET, INIT or ERR (IBA 10.3.1).
-RespStep check_state(Request& rq) {
+DV_STEP RespStep check_state(Request& rq) {
   const QpState s = rq.qp.state.load(std::memory_order_acquire);
   if (s != QpState::rtr && s != QpState::rts && s != QpState::sqd) return RespStep::drop;
   return RespStep::check_op_type;
@@ -329,7 +353,7 @@ uint8_t transport_of(QpType t) {
 }
 
 // The opcode belongs to the QP's transport, and READ and atomics to RC alone (IBA 9.8.1).
-RespStep check_op_type(Request& rq) {
+DV_STEP RespStep check_op_type(Request& rq) {
   const QpType t = rq.qp.qp_type;
   if (wire::op::transport(rq.pkt.opcode) != transport_of(t)) return RespStep::drop;
   if (rq.has(opf::kRead | opf::kAtomic) && t != QpType::rc) return RespStep::drop;
@@ -338,14 +362,14 @@ RespStep check_op_type(Request& rq) {
 
 // The first packet while in RTR: Communication Established (IBA 11.6.3.1), so a passive
 // side knows it may move to RTS.
-void communication_established(Request& rq) {
+DV_STEP void communication_established(Request& rq) {
   if (rq.qp.state.load(std::memory_order_relaxed) != QpState::rtr || rq.rs.comm_est_sent) return;
   rq.rs.comm_est_sent = true;
   mid::dispatch_qp_event(rq.qp, EventType::comm_est);
 }
 
 // A connected QP takes packets from its peer only (IBA 9.6).
-RespStep check_source(Request& rq) {
+DV_STEP RespStep check_source(Request& rq) {
   if (rq.pkt.src_ip != rq.qp.addr.dst_ip) return RespStep::drop;
   communication_established(rq);
   return RespStep::check_psn;
@@ -358,7 +382,7 @@ RespStep drop(Request& rq) {
 }
 
 // After check_length: a new RDMA request (RETH or AtomicETH) has its target checked.
-RespStep after_length(const Request& rq) {
+DV_STEP RespStep after_length(const Request& rq) {
   return rq.has(opf::kReth | opf::kAtomicEth) ? RespStep::check_rkey : RespStep::check_resources;
 }
 
@@ -419,7 +443,7 @@ RespStep check_rkey(Request& rq) {
 // immediate takes one at its last packet — none posted: RNR NAK (IBA 9.7.5.2.8). A READ or
 // atomic needs a free responder resource: beyond max_dest_rd_atomic outstanding it is an
 // invalid request (IBA 9.7.4.1.5).
-RespStep check_resources(Request& rq) {
+DV_STEP RespStep check_resources(Request& rq) {
   if (rq.has(opf::kRead | opf::kAtomic)) {
     if (rq.rs.pending >= res_cap(rq.qp)) return RespStep::nak_invalid_request;  // (or no ring)
   } else if (rq.has(opf::kRecvWqe)) {
@@ -519,7 +543,7 @@ RespStep execute_atomic(Request& rq) {
   return RespStep::acknowledge;
 }
 
-RespStep execute(Request& rq) {
+DV_STEP RespStep execute(Request& rq) {
   if (rq.has(opf::kSend)) return execute_send(rq);
   if (rq.has(opf::kWrite)) return execute_write(rq);
   if (rq.has(opf::kRead)) return execute_read(rq);
@@ -528,7 +552,7 @@ RespStep execute(Request& rq) {
 
 // The steps every transport takes alike; rc_step, uc_step and ud_step handle their own
 // first and pass the others here.
-RespStep shared_step(Request& rq, RespStep s) {
+DV_STEP RespStep shared_step(Request& rq, RespStep s) {
   switch (s) {
     case RespStep::check_state: return check_state(rq);
     case RespStep::check_op_type: return check_op_type(rq);
@@ -546,7 +570,7 @@ RespStep shared_step(Request& rq, RespStep s) {
 
 // PSN check: the expected PSN goes on; an older one is a duplicate (IBA 9.7.4.1.5.1); a
 // newer one is out of sequence: one NAK per gap, then silence until the ePSN comes (C9-110).
-RespStep rc_check_psn(Request& rq) {
+DV_STEP RespStep rc_check_psn(Request& rq) {
   const int32_t d = wire::psn_diff(rq.pkt.psn, rq.rs.epsn);
   if (d < 0) return RespStep::duplicate;
   if (d > 0) return rq.rs.nak_sent ? RespStep::done : RespStep::nak_psn_seq_error;
@@ -569,18 +593,18 @@ RespStep duplicate(Request& rq) {
   return RespStep::done;
 }
 
-RespStep rc_check_sequence(Request& rq) {
+DV_STEP RespStep rc_check_sequence(Request& rq) {
   return sequence_ok(rq) ? RespStep::check_length : RespStep::nak_invalid_request;
 }
 
-RespStep rc_check_length(Request& rq) {
+DV_STEP RespStep rc_check_length(Request& rq) {
   return length_ok(rq) ? after_length(rq) : RespStep::nak_invalid_request;
 }
 
 // The packet executed: the ePSN moves past it — past every response PSN for a READ, whose
 // responses are its acknowledgment — the MSN counts a finished message (C9-148), and an
 // ACK is owed for an AckReq or a message's last packet (coalesced by the engine).
-RespStep rc_acknowledge(Request& rq) {
+DV_STEP RespStep rc_acknowledge(Request& rq) {
   Responder& rs = rq.rs;
   rs.nak_sent = false;
   note_progress(rq);
@@ -616,7 +640,7 @@ RespStep nak_rnr(Request& rq) {
   return RespStep::done;
 }
 
-RespStep rc_step(Request& rq, RespStep s) {
+DV_STEP RespStep rc_step(Request& rq, RespStep s) {
   switch (s) {
     case RespStep::check_psn: return rc_check_psn(rq);
     case RespStep::check_sequence: return rc_check_sequence(rq);
@@ -651,23 +675,23 @@ RespStep uc_resync(Request& rq, RespStep next) {
 }
 
 // The ePSN follows every packet: a gap loses the message in progress.
-RespStep uc_check_psn(Request& rq) {
+DV_STEP RespStep uc_check_psn(Request& rq) {
   const int32_t d = wire::psn_diff(rq.pkt.psn, rq.rs.epsn);
   rq.rs.epsn = wire::psn_add(rq.pkt.psn, 1);
   return d == 0 ? RespStep::check_sequence : uc_resync(rq, RespStep::check_sequence);
 }
 
-RespStep uc_check_sequence(Request& rq) {
+DV_STEP RespStep uc_check_sequence(Request& rq) {
   return sequence_ok(rq) ? RespStep::check_length : uc_resync(rq, RespStep::check_length);
 }
 
-RespStep uc_check_length(Request& rq) {
+DV_STEP RespStep uc_check_length(Request& rq) {
   if (length_ok(rq)) return after_length(rq);
   drop_message(rq.rs);
   return RespStep::drop;
 }
 
-RespStep uc_step(Request& rq, RespStep s) {
+DV_STEP RespStep uc_step(Request& rq, RespStep s) {
   switch (s) {
     // No NAK: where RC would send one, the message in progress is dropped (a receive
     // completion may have reported the error already).
@@ -696,14 +720,14 @@ void uc_rx(Request& rq) {
 // ---- UD
 
 // Q_Key check (IBA 10.2.4.2, C10-15): a mismatch drops the packet silently.
-RespStep ud_check_qkey(Request& rq) {
+DV_STEP RespStep ud_check_qkey(Request& rq) {
   if (!rq.pkt.deth || rq.pkt.deth->q_key() != rq.qp.attr.qkey) return RespStep::drop;
   return RespStep::check_length;
 }
 
 // A UD message is one packet of at most the path MTU; a larger one is dropped, counted as
 // a bad frame, without consuming a receive.
-RespStep ud_check_length(Request& rq) {
+DV_STEP RespStep ud_check_length(Request& rq) {
   if (rq.pkt.payload_len <= rq.qp.mtu) return RespStep::check_resources;
   rq.dev().counters().rx_bad_frame.fetch_add(1, std::memory_order_relaxed);
   return RespStep::done;
@@ -729,7 +753,7 @@ RespStep ud_execute(Request& rq) {
   return RespStep::done;
 }
 
-RespStep ud_step(Request& rq, RespStep s) {
+DV_STEP RespStep ud_step(Request& rq, RespStep s) {
   switch (s) {
     case RespStep::nak_rnr: return RespStep::done;  // no receive posted: the datagram is lost
     case RespStep::check_qkey: return ud_check_qkey(rq);
