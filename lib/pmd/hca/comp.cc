@@ -26,11 +26,6 @@ namespace {
 // Each step returns the next; every path ends in done, drop (the packet is counted in
 // rx_bad_state and ignored) or bad_response (the oldest WQE fails with BAD_RESP_ERR).
 
-enum class CompStep : uint8_t {
-  check_state, check_opcode, check_ack_psn, read_response, atomic_ack, ack, rnr_nak, seq_nak,
-  fatal_nak, bad_response, drop, done,
-};
-
 // rnr_retry 7 means retry forever (IBA 9.7.5.2.8).
 constexpr uint8_t kRnrRetryForever = 7;
 
@@ -313,13 +308,13 @@ CompStep fatal_nak(Engine& e, Qp& qp, uint32_t psn, uint8_t syndrome) {
 
 }  // namespace
 
-const char* comp_step_name(uint8_t step) noexcept {
+const char* name(CompStep step) noexcept {
   static constexpr const char* kNames[] = {
       "check_state", "check_opcode", "check_ack_psn", "read_response", "atomic_ack", "ack",
       "rnr_nak",     "seq_nak",      "fatal_nak",     "bad_response",  "drop",       "done",
   };
   static_assert(std::size(kNames) == size_t(CompStep::done) + 1);
-  return step < std::size(kNames) ? kNames[step] : "?";
+  return size_t(step) < std::size(kNames) ? kNames[size_t(step)] : "?";
 }
 
 void comp_rx(Engine& e, Qp& qp, const wire::Packet& pkt) noexcept {

@@ -196,8 +196,23 @@ inline bool is_rd_atomic(WrOpcode op) {
 // Completer (comp.cc): handles one response packet (ACK, NAK, READ response, atomic ACK).
 // Context: owner engine, qp->lock held.
 void comp_rx(Engine& e, Qp& qp, const wire::Packet& pkt) noexcept;
-// The name of completer step `step` (comp.cc, CompStep), for traces and tests.
-const char* comp_step_name(uint8_t step) noexcept;
+// The steps of the completer (comp.cc, where the file draws the transitions). Each response
+// packet walks them from check_state to done.
+enum class CompStep : uint8_t {
+  check_state,    // an RC QP in RTS or SQD, an RC opcode
+  check_opcode,   // READ response, atomic ACK, or ACK/NAK
+  check_ack_psn,  // the ACK/NAK names an outstanding PSN; which AETH type
+  read_response,  // payload into the READ's buffer at its offset
+  atomic_ack,     // the original value into the atomic's buffer
+  ack,            // WQEs up to the PSN complete in order
+  rnr_nak,        // wait the RNR timer, then resend
+  seq_nak,        // go back to the responder's expected PSN, smaller window
+  fatal_nak,      // the WQE completes with the NAK's error, the QP enters ERR
+  bad_response,   // the WQE completes with BAD_RESP_ERR, the QP enters ERR
+  drop,           // discarded silently, counted (rx_bad_state)
+  done,
+};
+const char* name(CompStep step) noexcept;
 // Completes SQ WQEs in order up to (not including) SQ index `upto` successfully.
 void comp_retire_upto(Engine& e, Qp& qp, uint64_t upto) noexcept;
 // Moves the QP to ERR after an error completion of the oldest WQE with `status`.

@@ -3,6 +3,7 @@
 // asserts the work completions (status, opcode, order, byte_len), the data delivered, the
 // QP state and what the requester sends again.
 #include "harness.h"
+#include "pmd/hca/engine.h"
 
 namespace dverbs::proto {
 namespace {
@@ -543,6 +544,15 @@ TEST_F(CompTest, SequenceNaksBeyondAnIncompleteReadAreProgressAndRestoreRetryCnt
   expect_wc(w[2], 3, WcStatus::success, WcOpcode::send);
   expect_wc(w[3], 4, WcStatus::success, WcOpcode::send);
   EXPECT_EQ(bytes(0, 16), pattern(16, 4));
+}
+
+TEST(CompStepNames, EveryStepIsNamedAsSpelled) {
+  using pmd::hca::CompStep;
+  EXPECT_STREQ(pmd::hca::name(CompStep::check_state), "check_state");
+  EXPECT_STREQ(pmd::hca::name(CompStep::check_ack_psn), "check_ack_psn");
+  EXPECT_STREQ(pmd::hca::name(CompStep::seq_nak), "seq_nak");
+  EXPECT_STREQ(pmd::hca::name(CompStep::bad_response), "bad_response");
+  EXPECT_STREQ(pmd::hca::name(CompStep::done), "done");
 }
 
 }  // namespace
