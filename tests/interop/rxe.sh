@@ -75,7 +75,7 @@ CASES=(
   "ud_pingpong|q|120|ibv_ud_pingpong -d @DEV@ -g @GID@ -c -s 1024 -n 200|^200 iters in|"
   "srq_pingpong||120|ibv_srq_pingpong -d @DEV@ -g @GID@ -c -n 20|^20 iters in|"
   "ib_send_lat|q|120|ib_send_lat -d @DEV@ -x @GID@ -n 200|^ 2 +200 |"
-  "ib_send_bw||120|ib_send_bw -d @DEV@ -x @GID@ -n 100|^ 65536 +100 |"
+  "ib_send_bw|q|120|ib_send_bw -d @DEV@ -x @GID@ -n 100|^ 65536 +100 |"
   "ib_write_lat||120|ib_write_lat -d @DEV@ -x @GID@ -n 200|^ 2 +200 |"
   "ib_write_bw|q|120|ib_write_bw -d @DEV@ -x @GID@ -n 100|^ 65536 +100 |"
   "ib_read_lat||120|ib_read_lat -d @DEV@ -x @GID@ -n 200||^ 2 +200 "
