@@ -138,7 +138,7 @@ struct Requester {
   // drops it to kMinSendWindow, a new PSN-sequence gap halves it; acknowledged packets
   // grow it again, by one each below `ssthresh` (doubling per round trip), by one per
   // window above it.
-  uint32_t cwnd = kMaxSendWindow;
+  uint32_t cwnd = kMaxSendWindow;  // kMinSendWindow..kMaxSendWindow
   uint32_t ssthresh = kMaxSendWindow;
   uint32_t cwnd_acked = 0;   // packets acknowledged toward the next increase above ssthresh
   uint32_t recover_psn = 0;  // max_psn at the last cut: a gap before it is the same loss

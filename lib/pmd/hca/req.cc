@@ -122,11 +122,9 @@ void check_drained(Qp& qp) {
   mid::dispatch_qp_event(qp, EventType::sq_drained);
 }
 
-// Packets the window lets be unacknowledged now.
-uint32_t window(const Requester& r) { return r.cwnd < kMaxSendWindow ? r.cwnd : kMaxSendWindow; }
-
+// Does the packet `psn` fill the send window (Requester::cwnd)?
 bool window_full_after(const Requester& r, uint32_t psn) {
-  return uint32_t(wire::psn_diff(wire::psn_add(psn, 1), r.last_ack_psn)) >= window(r);
+  return uint32_t(wire::psn_diff(wire::psn_add(psn, 1), r.last_ack_psn)) >= r.cwnd;
 }
 
 // Sends packet `pkt` of WQE `w`; returns false when it cannot leave yet (neighbour
@@ -332,7 +330,7 @@ int send_wqes(Engine& e, Qp& qp, int budget) {
     } else if (!w->started && !start_wqe(qp, *w)) {
       break;
     } else if (qp.qp_type == QpType::rc &&
-               uint32_t(wire::psn_diff(r.psn, r.last_ack_psn)) >= window(r)) {
+               uint32_t(wire::psn_diff(r.psn, r.last_ack_psn)) >= r.cwnd) {
       break;
     } else {
       t = is_rd_atomic(w->opcode) ? send_rd_atomic(e, qp, *w) : send_segment(e, qp, *w);
