@@ -100,6 +100,8 @@ int query_gid(Device* dev, uint8_t port_num, int index, Gid* gid);
 // negative errno. Context: process context.
 int query_counters(Device* dev, Counter* out, int max);
 int query_qp_counters(Qp* qp, Counter* out, int max);
+// The driver's resolve_neigh (driver.h); EOPNOTSUPP when it has none.
+int resolve_neigh(Device* dev, uint8_t port_num, uint32_t ip, uint8_t mac[6]) noexcept;
 
 // ---- Context: any thread, never sleeps. ----
 int create_ah(Pd* pd, const AhAttr* attr, Ah** out) noexcept;

@@ -65,6 +65,11 @@ struct DeviceOps {
   // may exceed max), or a negative errno. Context: process context; reads counters only.
   int (*query_counters)(Device* dev, Counter* out, int max);
   int (*query_qp_counters)(Qp* qp, Counter* out, int max);
+  // Address resolution on the port's link (the CM's rdma_resolve_addr): `ip` (IPv4, host
+  // byte order) known → its MAC in `mac`, 0; being resolved → EAGAIN (ask again later);
+  // resolution failed (no answer to ARP) → EHOSTUNREACH. Starts resolution when needed.
+  // Context: any thread, never sleeps.
+  int (*resolve_neigh)(Device* dev, uint8_t port_num, uint32_t ip, uint8_t mac[6]);
 };
 
 struct DeviceRegistration;  // midlayer-private

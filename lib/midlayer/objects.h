@@ -102,6 +102,9 @@ struct QpInitAttr {
   bool sq_sig_all = false;
   EventHandler event_handler = nullptr;
   void* qp_context = nullptr;
+  // The port's General Services QP (IB_QPT_GSI): a UD QP numbered 1, one per port, which
+  // the connection manager (lib/cm) owns. Drivers without one return EOPNOTSUPP.
+  bool gsi = false;
 };
 
 struct Qp {

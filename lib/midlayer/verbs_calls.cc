@@ -48,6 +48,11 @@ int query_counters(Device* dev, Counter* out, int max) {
   return dev->ops->query_counters(dev, out, max);
 }
 
+int resolve_neigh(Device* dev, uint8_t port_num, uint32_t ip, uint8_t mac[6]) noexcept {
+  if (!dev->ops->resolve_neigh) return EOPNOTSUPP;
+  return dev->ops->resolve_neigh(dev, port_num, ip, mac);
+}
+
 int query_qp_counters(Qp* qp, Counter* out, int max) {
   might_sleep("query_qp_counters");
   if (!qp || max < 0 || (max > 0 && !out)) return -EINVAL;

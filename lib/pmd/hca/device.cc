@@ -235,13 +235,20 @@ void Device::free_mr_slot(Mr* mr) {
   quiesce();  // no engine still copies through it
 }
 
-int Device::install_qp(Qp* qp) {
+int Device::install_qp(Qp* qp, bool gsi) {
   for (uint32_t n = 0; n < kMaxQp; n++) {
-    uint32_t idx = (qp_next_ + n) & (kMaxQp - 1);
-    if (idx < 2) continue;  // QP0 and QP1 are reserved (IBA 3.5.11)
-    if (qps_[idx].load(std::memory_order_relaxed)) continue;
-    qp_next_ = idx + 1;
-    uint32_t gen = uint32_t(++qp_gen_[idx]) & 0x3ff;
+    // QP0 is reserved (IBA 3.5.11: no SMI on RoCE); QP1 is the GSI QP and only that.
+    uint32_t idx = gsi ? 1 : (qp_next_ + n) & (kMaxQp - 1);
+    if (!gsi && idx < 2) continue;
+    if (qps_[idx].load(std::memory_order_relaxed)) {
+      if (gsi) return EBUSY;  // one GSI QP per port
+      continue;
+    }
+    uint32_t gen = 0;  // QPN 1 is exactly 1
+    if (!gsi) {
+      qp_next_ = idx + 1;
+      gen = uint32_t(++qp_gen_[idx]) & 0x3ff;
+    }
     qp->qp_num = (gen << 14 | idx) & wire::kQpnMask;
     // Shard QPs over the engines: the least loaded owns the new QP.
     Engine* best = engines_[0].get();

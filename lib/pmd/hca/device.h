@@ -114,7 +114,7 @@ class Device : public mid::Device {
   int alloc_mr_slot(Pd* pd, void* host, uint64_t iova, uint64_t length, uint32_t access,
                     Mr** out);
   void free_mr_slot(Mr* mr);
-  int install_qp(Qp* qp);  // assigns qp_num and owner engine
+  int install_qp(Qp* qp, bool gsi = false);  // assigns qp_num (1: GSI) and owner engine
   void remove_qp(Qp* qp);  // unpublishes, detaches from its engine, quiesces
   mid::Mutex& ctl() { return ctl_; }
   Engine& engine(size_t i) { return *engines_[i]; }

@@ -17,6 +17,7 @@
 #include "pmd/hca/hca.h"
 #include "pmd/hca/mr.h"
 #include "pmd/hca/ops.h"
+#include "pmd/net/neigh.h"
 
 namespace dverbs::pmd::hca {
 
@@ -237,6 +238,7 @@ int create_qp(mid::Pd* pd, const mid::QpInitAttr* init, mid::Qp** out) {
   if (dev.retired()) return ENODEV;
   if (init->qp_type != QpType::rc && init->qp_type != QpType::uc && init->qp_type != QpType::ud)
     return EINVAL;
+  if (init->gsi && init->qp_type != QpType::ud) return EINVAL;
   const QpCap& c = init->cap;
   if (!init->send_cq || !init->recv_cq) return EINVAL;
   if (c.max_send_wr > kMaxQpWr || c.max_recv_wr > kMaxQpWr || c.max_send_sge > kMaxSge ||
@@ -259,7 +261,7 @@ int create_qp(mid::Pd* pd, const mid::QpInitAttr* init, mid::Qp** out) {
     return ENOMEM;
   }
   std::lock_guard<mid::Mutex> g(dev.ctl());
-  if (int rc = dev.install_qp(qp)) {
+  if (int rc = dev.install_qp(qp, init->gsi)) {
     delete qp;
     return rc;
   }
@@ -535,6 +537,15 @@ int query_counters(mid::Device* d, Counter* out, int max) {
                       out, max);
 }
 
+int resolve_neigh(mid::Device* d, uint8_t port_num, uint32_t ip, uint8_t mac[6]) {
+  Device& dev = hca(d);
+  if (port_num != 1) return EINVAL;
+  if (dev.retired()) return ENODEV;
+  if (dev.neigh().lookup(ip, mac)) return 0;
+  dev.progress();  // inline progress: let the engine send the ARP request
+  return dev.neigh().state(ip) == net::NeighTable::State::kInvalid ? EHOSTUNREACH : EAGAIN;
+}
+
 int query_qp_counters(mid::Qp* q, Counter* out, int max) {
   const Qp& qp = *to_qp(q);
   return put_counters({{"retransmits", load_relaxed(qp.retransmits)},
@@ -585,6 +596,7 @@ const mid::DeviceOps kHcaOps = {
     .reg_mr_iova = reg_mr_iova,
     .query_counters = query_counters,
     .query_qp_counters = query_qp_counters,
+    .resolve_neigh = resolve_neigh,
 };
 
 }  // namespace dverbs::pmd::hca

@@ -347,6 +347,8 @@ int create_qp(mid::Pd* pd, const mid::QpInitAttr* init, mid::Qp** out) {
   Device& dev = rdev(pd->device);
   if (init->qp_type != QpType::rc && init->qp_type != QpType::uc && init->qp_type != QpType::ud)
     return EINVAL;
+  // dverbsd owns each port's QP1 (the CM runs in the daemon), not its clients.
+  if (init->gsi) return EOPNOTSUPP;
   if (!init->send_cq || !init->recv_cq) return EINVAL;
   Qp* qp = new (std::nothrow) Qp();
   if (!qp) return ENOMEM;
