@@ -7,8 +7,9 @@
 //   not started yet), DVERBS_LINK_WAIT, default 10 s (lib/verbs/ibverbs/device.cc).
 //
 // Options are checked before anything runs: a bad value prints one line naming it. Then
-// the libibverbs.so.1 drop-in is put first on LD_LIBRARY_PATH, so that unmodified verbs
-// programs (ibv_devinfo, perftest…) load dverbs instead of rdma-core's library.
+// the libibverbs.so.1 and librdmacm.so.1 drop-ins are put first on LD_LIBRARY_PATH, so
+// that unmodified verbs and rdma_cm programs (ibv_devinfo, perftest, rping, ucmatose…) load
+// dverbs instead of rdma-core's libraries.
 #include <limits.h>
 #include <link.h>
 #include <sys/stat.h>
@@ -32,7 +33,8 @@ void usage(FILE* f) {
                "                  [--link-wait SECONDS]\n"
                "                  -- CMD [ARGS...]\n"
                "Runs CMD with the matching DVERBS_* variables set (see README.md) and dverbs'\n"
-               "libibverbs.so.1 first on LD_LIBRARY_PATH, so unmodified verbs programs use it.\n");
+               "libibverbs.so.1 and librdmacm.so.1 first on LD_LIBRARY_PATH, so unmodified\n"
+               "verbs and rdma_cm programs use them.\n");
 }
 
 struct Opt {
@@ -49,23 +51,34 @@ constexpr Opt kOpts[] = {
 #ifndef DVERBS_RUN_BUILD_DIR
 #define DVERBS_RUN_BUILD_DIR ""
 #define DVERBS_IBVERBS_BUILD_DIR ""
+#define DVERBS_RDMACM_BUILD_DIR ""
 #define DVERBS_IBVERBS_INSTALL_DIR "/usr/local/lib/dverbs"
 #endif
 
-// The directory holding the drop-in: the build tree's when this binary is the build tree's
-// dverbs-run, the installed one otherwise.
-std::string dropin_dir() {
+// True when this binary is the build tree's dverbs-run.
+bool in_build_tree() {
   char self[PATH_MAX];
   const ssize_t n = readlink("/proc/self/exe", self, sizeof self - 1);
-  if (n > 0) {
-    self[n] = '\0';
-    std::string dir(self);
-    dir.erase(dir.rfind('/') == std::string::npos ? 0 : dir.rfind('/'));
-    char build[PATH_MAX];
-    if (*DVERBS_RUN_BUILD_DIR && realpath(DVERBS_RUN_BUILD_DIR, build) && dir == build)
-      return DVERBS_IBVERBS_BUILD_DIR;
-  }
-  return DVERBS_IBVERBS_INSTALL_DIR;
+  if (n <= 0) return false;
+  self[n] = '\0';
+  std::string dir(self);
+  dir.erase(dir.rfind('/') == std::string::npos ? 0 : dir.rfind('/'));
+  char build[PATH_MAX];
+  return *DVERBS_RUN_BUILD_DIR && realpath(DVERBS_RUN_BUILD_DIR, build) && dir == build;
+}
+
+// The directory holding the libibverbs.so.1 drop-in: the build tree's when this binary is
+// the build tree's dverbs-run, the installed one otherwise.
+std::string dropin_dir() {
+  return in_build_tree() ? DVERBS_IBVERBS_BUILD_DIR : DVERBS_IBVERBS_INSTALL_DIR;
+}
+
+// The directories to put first on LD_LIBRARY_PATH: the libibverbs.so.1 drop-in's, then the
+// librdmacm.so.1 drop-in's (its own build directory; installed, the same directory).
+std::string dropin_path() {
+  const std::string lib = dropin_dir();
+  if (!in_build_tree() || !*DVERBS_RDMACM_BUILD_DIR || lib == DVERBS_RDMACM_BUILD_DIR) return lib;
+  return lib + ":" + DVERBS_RDMACM_BUILD_DIR;
 }
 
 // Sanitizer runtimes this dverbs-run was built with (a -Db_sanitize build): the drop-in was
@@ -156,7 +169,8 @@ int main(int argc, char** argv) {
     return 127;
   }
   const char* old = std::getenv("LD_LIBRARY_PATH");
-  const std::string path = old && *old ? lib + ":" + old : lib;
+  const std::string dirs = dropin_path();
+  const std::string path = old && *old ? dirs + ":" + old : dirs;
   setenv("LD_LIBRARY_PATH", path.c_str(), 1);
   if (const std::string rt = sanitizer_runtimes(); !rt.empty()) {
     const char* pre = std::getenv("LD_PRELOAD");

@@ -2,7 +2,7 @@
 # packages only), then configure and build into build/ (or the directory given).
 
 DVERBS_PKGS=(build-essential g++ pkg-config meson ninja-build python3
-  libdpdk-dev dpdk libibverbs-dev ibverbs-utils perftest
+  libdpdk-dev dpdk libibverbs-dev librdmacm-dev rdmacm-utils ibverbs-utils perftest
   libtbb-dev libisal-dev libgtest-dev libbenchmark-dev
   tshark iproute2 procps passwd util-linux)
 

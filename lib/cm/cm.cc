@@ -8,7 +8,7 @@
 // sidr_req_rcvd). Every message that expects an answer is kept in Id::last and resent by
 // run_timers every Id::interval, up to the peer's Max CM Retries; a duplicate request is
 // answered from Id::last_reply. Events go to the identifier's channel: the queue plus one
-// eventfd count each.
+// byte in its pipe each (internal.h, dvcm_channel).
 //
 // What the consumer sees follows the kernel's rdma_cm: CONNECT_REQUEST carries the
 // consumer's part of the REQ private data (the IP CM header is stripped), the active side
@@ -16,7 +16,8 @@
 // REJ gives REJECTED with the reject reason as status, a REQ or REP that is never answered
 // gives UNREACHABLE with -ETIMEDOUT.
 #include <arpa/inet.h>
-#include <sys/eventfd.h>
+#include <fcntl.h>
+#include <poll.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -121,10 +122,22 @@ dvcm_event base_event(Id* id, int type, int status = 0) {
   e.id = to_c(id);
   return e;
 }
+void signal_one(dvcm_channel* ch) {
+  const char b = 1;
+  if (ch->owed || write(ch->wfd, &b, 1) != 1) ch->owed++;
+}
 void queue_event(dvcm_channel* ch, const dvcm_event& e) {
   ch->queue.push_back(e);
-  const uint64_t one = 1;
-  (void)!write(ch->fd, &one, sizeof one);
+  signal_one(ch);
+}
+// Takes back the byte of one event removed from the queue without being popped.
+void unsignal_one(dvcm_channel* ch) {
+  if (ch->owed) {
+    ch->owed--;
+    return;
+  }
+  char b;
+  (void)!read(ch->drain_fd, &b, 1);  // EAGAIN: a consumer read it and will find less
 }
 void emit(Id* id, int type, int status = 0, const uint8_t* pd = nullptr, size_t pd_len = 0) {
   dvcm_event e = base_event(id, type, status);
@@ -331,11 +344,14 @@ void destroy_locked(Id* id) {
   }
   if (id->ch) {
     auto& q = id->ch->queue;
-    q.erase(std::remove_if(q.begin(), q.end(),
-                           [id](const dvcm_event& e) {
-                             return e.id == to_c(id) || e.listen_id == to_c(id);
-                           }),
-            q.end());
+    for (auto it = q.begin(); it != q.end();) {
+      if (it->id == to_c(id) || it->listen_id == to_c(id)) {
+        it = q.erase(it);
+        unsignal_one(id->ch);
+      } else {
+        ++it;
+      }
+    }
     id->ch->ids--;
   }
   c.ids.erase(std::find(c.ids.begin(), c.ids.end(), id));
@@ -807,11 +823,25 @@ __attribute__((visibility("default"))) int dvcm_channel_create(dvcm_channel** ou
   auto g = lock_cm();
   auto* ch = new (std::nothrow) dvcm_channel();
   if (!ch) return ENOMEM;
-  ch->fd = eventfd(0, EFD_CLOEXEC | EFD_SEMAPHORE);
-  if (ch->fd < 0) {
+  int p[2];
+  if (pipe2(p, O_CLOEXEC) != 0) {
     const int e = errno;
     delete ch;
     return e;
+  }
+  ch->fd = p[0];
+  ch->wfd = p[1];
+  fcntl(ch->wfd, F_SETFL, O_NONBLOCK);
+  fcntl(ch->wfd, F_SETPIPE_SZ, 1 << 20);  // room for many events before `owed` counts
+  char path[64];
+  std::snprintf(path, sizeof path, "/proc/self/fd/%d", ch->fd);
+  ch->drain_fd = open(path, O_RDONLY | O_NONBLOCK | O_CLOEXEC);
+  if (ch->drain_fd < 0) {
+    const int e = errno;
+    close(p[0]);
+    close(p[1]);
+    delete ch;
+    return e == ENOENT ? ENOSYS : e;  // no /proc
   }
   *out = ch;
   return 0;
@@ -826,17 +856,44 @@ __attribute__((visibility("default"))) int dvcm_channel_destroy(dvcm_channel* ch
   auto g = lock_cm();
   if (ch->ids) return EBUSY;
   close(ch->fd);
+  close(ch->drain_fd);
+  if (ch->readers) {
+    // A thread still waits in dvcm_get_event (rping's CM thread does, as the process
+    // ends): as with rdma-core's channel, it keeps waiting, never sees an end of file, and
+    // the write end and this small object stay behind for it.
+    ch->dead = true;
+    return 0;
+  }
+  close(ch->wfd);
   delete ch;
   return 0;
 }
 
 __attribute__((visibility("default"))) int dvcm_get_event(dvcm_channel* ch, dvcm_event* out) {
   if (!ch || !out) return EINVAL;
-  auto g = lock_cm();
-  if (ch->queue.empty()) return EAGAIN;
-  *out = ch->queue.front();
-  ch->queue.pop_front();
-  return 0;
+  for (;;) {
+    // One byte per event, read as the consumer set the descriptor (blocking or not).
+    char b;
+    {
+      auto g = lock_cm();
+      if (ch->dead) return EBADF;
+      ch->readers++;
+    }
+    const ssize_t n = read(ch->fd, &b, 1);
+    const int err = errno;
+    auto g = lock_cm();
+    ch->readers--;
+    if (ch->dead) return EBADF;
+    if (n < 0) return err;
+    if (n == 0) return EPIPE;
+    if (ch->queue.empty()) continue;  // its event was discarded meanwhile: wait for another
+    *out = ch->queue.front();
+    ch->queue.pop_front();
+    if (ch->owed && write(ch->wfd, &b, 1) == 1) ch->owed--;
+    // The request is the consumer's now: a listener destroyed later leaves it alone.
+    if (out->type == DVCM_EVENT_CONNECT_REQUEST && valid(out->id)) from(out->id)->listener = nullptr;
+    return 0;
+  }
 }
 
 __attribute__((visibility("default"))) int dvcm_create_id(dvcm_channel* ch, int ps, int qp_type,
@@ -886,8 +943,7 @@ __attribute__((visibility("default"))) int dvcm_migrate_id(dvcm_id* cid, dvcm_ch
   auto& q = id->ch->queue;
   for (auto it = q.begin(); it != q.end();) {
     if (it->id == cid) {
-      uint64_t v;
-      (void)!read(id->ch->fd, &v, sizeof v);  // at least one count is there for it
+      unsignal_one(id->ch);
       queue_event(ch, *it);
       it = q.erase(it);
     } else {
@@ -1221,15 +1277,45 @@ __attribute__((visibility("default"))) int dvcm_disconnect(dvcm_id* cid) {
   }
 }
 
-__attribute__((visibility("default"))) int dvcm_join_multicast(dvcm_id* cid, const sockaddr*,
-                                                               void*) {
+// RoCE multicast needs no SA (the kernel's cma_iboe_join_multicast): the group is the
+// IPv4 address, its GID the IPv4-mapped one, its MAC the 01:00:5e mapping, and the join
+// completes at once. The consumer attaches its UD QP (librdmacm does, on the event).
+__attribute__((visibility("default"))) int dvcm_join_multicast(dvcm_id* cid, const sockaddr* a,
+                                                               void* user) {
   auto g = lock_cm();
-  return valid(cid) ? ENOSYS : EINVAL;
+  if (!valid(cid) || !a) return EINVAL;
+  Id* id = from(cid);
+  sockaddr_storage m{};
+  if (int rc = copy_addr(m, a)) return rc;
+  const uint32_t ip = v4(m);
+  if ((ip >> 28) != 0xe) return EINVAL;
+  if (id->qp_type != 4) return EINVAL;  // multicast is for UD
+  if (!id->port) return ENODEV;         // bind to an address of the port (or resolve) first
+  if (std::find(id->groups.begin(), id->groups.end(), ip) != id->groups.end()) return EADDRINUSE;
+  id->groups.push_back(ip);
+  dvcm_event e = base_event(id, DVCM_EVENT_MULTICAST_JOIN);
+  e.user = user;
+  e.qp_num = 0xffffff;
+  e.qkey = kUdpQkey;
+  fill_path(id, &e.ud_path);
+  mapped_gid(ip, e.ud_path.dgid);
+  const uint8_t mac[6] = {0x01, 0x00, 0x5e, uint8_t(ip >> 16 & 0x7f), uint8_t(ip >> 8),
+                          uint8_t(ip)};
+  std::memcpy(e.ud_path.dmac, mac, 6);
+  queue_event(id->ch, e);
+  return 0;
 }
 
-__attribute__((visibility("default"))) int dvcm_leave_multicast(dvcm_id* cid, const sockaddr*) {
+__attribute__((visibility("default"))) int dvcm_leave_multicast(dvcm_id* cid, const sockaddr* a) {
   auto g = lock_cm();
-  return valid(cid) ? ENOSYS : EINVAL;
+  if (!valid(cid) || !a) return EINVAL;
+  Id* id = from(cid);
+  sockaddr_storage m{};
+  if (int rc = copy_addr(m, a)) return rc;
+  auto it = std::find(id->groups.begin(), id->groups.end(), v4(m));
+  if (it == id->groups.end()) return EADDRNOTAVAIL;
+  id->groups.erase(it);
+  return 0;
 }
 
 __attribute__((visibility("default"))) int dvcm_query(const dvcm_id* cid, sockaddr_storage* src,

@@ -11,8 +11,8 @@
  * Conventions: every int-returning call returns 0 or a positive errno. Addresses are
  * struct sockaddr (AF_INET or AF_INET6; IPv4-mapped IPv6 is treated as IPv4). Context: every
  * call may sleep (a mutex); none is made on a posting path. Events are produced by the CM
- * thread and consumed with dvcm_get_event; the channel's fd (an eventfd in semaphore mode)
- * is readable once per queued event.
+ * thread and consumed with dvcm_get_event; the channel's fd (the read end of a pipe, one
+ * byte per queued event) is readable while events are queued.
  */
 #ifndef DVERBS_CM_DVCM_H
 #define DVERBS_CM_DVCM_H
@@ -126,8 +126,8 @@ int dvcm_channel_create(struct dvcm_channel **out);
 int dvcm_channel_fd(const struct dvcm_channel *ch);
 /* EBUSY while identifiers still use it. */
 int dvcm_channel_destroy(struct dvcm_channel *ch);
-/* Pops the oldest event; EAGAIN when none. Callers read the fd first (one count per event),
- * then pop. */
+/* Waits for and pops the oldest event: blocks unless the application made the channel's fd
+ * O_NONBLOCK (then EAGAIN when none is queued); EINTR when a signal interrupts the wait. */
 int dvcm_get_event(struct dvcm_channel *ch, struct dvcm_event *out);
 
 /* Identifiers. qp_type is IBV_QPT_RC (PS_TCP, PS_IB), IBV_QPT_UD (PS_UDP, PS_IPOIB, PS_IB). */

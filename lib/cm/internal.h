@@ -25,8 +25,18 @@
 #include "cm/mad.h"
 #include "midlayer/core.h"
 
+// An event queue and its readiness: one byte in a pipe per queued event. The consumer
+// owns the read end's flags (O_NONBLOCK, as on rdma-core's channel fd); the CM takes back
+// the byte of an event it discards through a second, non-blocking open of the same pipe,
+// so it never blocks on the consumer's file description. Invariant, under Cm::mu: bytes
+// in the pipe + bytes read by a consumer that has not popped yet + owed == queue.size().
 struct dvcm_channel {
-  int fd = -1;                      // eventfd, semaphore mode: one count per queued event
+  int fd = -1;                      // read end, the consumer's
+  int wfd = -1;                     // write end, non-blocking
+  int drain_fd = -1;                // the read end opened again, non-blocking
+  uint32_t owed = 0;                // bytes a full pipe did not take
+  int readers = 0;                  // threads inside dvcm_get_event's wait
+  bool dead = false;                // destroyed while a thread waited: left to it
   std::deque<dvcm_event> queue;
   int ids = 0;                      // identifiers using it (destroy → EBUSY)
 };
@@ -131,6 +141,7 @@ struct Id {
   Clock::time_point timer{};
   uint8_t last_reply[kMadSize] = {};  // the answer to resend on a duplicate (REP, RTU, DREP)
   bool has_reply = false;
+  std::vector<uint32_t> groups;     // multicast groups joined (IPv4, host order)
 };
 
 // gsi.cc

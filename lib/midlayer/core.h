@@ -102,6 +102,9 @@ int query_counters(Device* dev, Counter* out, int max);
 int query_qp_counters(Qp* qp, Counter* out, int max);
 // The driver's resolve_neigh (driver.h); EOPNOTSUPP when it has none.
 int resolve_neigh(Device* dev, uint8_t port_num, uint32_t ip, uint8_t mac[6]) noexcept;
+// ibv_attach_mcast / ibv_detach_mcast; EOPNOTSUPP when the driver has no multicast.
+int attach_mcast(Qp* qp, const Gid* gid);
+int detach_mcast(Qp* qp, const Gid* gid);
 
 // ---- Context: any thread, never sleeps. ----
 int create_ah(Pd* pd, const AhAttr* attr, Ah** out) noexcept;

@@ -70,6 +70,10 @@ struct DeviceOps {
   // resolution failed (no answer to ARP) → EHOSTUNREACH. Starts resolution when needed.
   // Context: any thread, never sleeps.
   int (*resolve_neigh)(Device* dev, uint8_t port_num, uint32_t ip, uint8_t mac[6]);
+  // Multicast groups of UD QPs (ibv_attach_mcast): `gid` an IPv4-mapped group address.
+  // Context: process context, may sleep.
+  int (*attach_mcast)(Qp* qp, const Gid* gid);
+  int (*detach_mcast)(Qp* qp, const Gid* gid);
 };
 
 struct DeviceRegistration;  // midlayer-private

@@ -53,6 +53,18 @@ int resolve_neigh(Device* dev, uint8_t port_num, uint32_t ip, uint8_t mac[6]) no
   return dev->ops->resolve_neigh(dev, port_num, ip, mac);
 }
 
+int attach_mcast(Qp* qp, const Gid* gid) {
+  might_sleep("attach_mcast");
+  if (!qp->device->ops->attach_mcast) return EOPNOTSUPP;
+  return qp->device->ops->attach_mcast(qp, gid);
+}
+
+int detach_mcast(Qp* qp, const Gid* gid) {
+  might_sleep("detach_mcast");
+  if (!qp->device->ops->detach_mcast) return EOPNOTSUPP;
+  return qp->device->ops->detach_mcast(qp, gid);
+}
+
 int query_qp_counters(Qp* qp, Counter* out, int max) {
   might_sleep("query_qp_counters");
   if (!qp || max < 0 || (max > 0 && !out)) return -EINVAL;

@@ -56,8 +56,6 @@ dvcm_event next(dvcm_channel* ch, int type, int timeout_ms = 30000) {
     ADD_FAILURE() << "no event, expected " << type;
     return e;
   }
-  uint64_t v;
-  EXPECT_EQ(read(p.fd, &v, sizeof v), ssize_t(sizeof v));
   EXPECT_EQ(dvcm_get_event(ch, &e), 0);
   EXPECT_EQ(e.type, type) << "status " << e.status;
   return e;
@@ -215,12 +213,25 @@ TEST(Cm, DestroyedListenerRejectsItsPendingRequests) {
   dvcm_id* c = resolved(cli, 7004);
   auto cp = param(0x12, 3);
   ASSERT_EQ(dvcm_connect(c, &cp), 0);
-  next(srv.ch, DVCM_EVENT_CONNECT_REQUEST);
-  // The request was never taken by the consumer (no rdma_accept/reject), as when a server
-  // exits: the child goes with the listener and the peer hears a REJ.
+  // The request is queued but the consumer never takes it, as when a server exits: the
+  // child goes with the listener, the peer hears a REJ, and the queued event is gone.
+  pollfd p{dvcm_channel_fd(srv.ch), POLLIN, 0};
+  ASSERT_EQ(poll(&p, 1, 30000), 1);
   EXPECT_EQ(dvcm_destroy_id(l), 0);
   dvcm_event e = next(cli.ch, DVCM_EVENT_REJECTED);
   EXPECT_EQ(e.status, int(cm::RejReason::consumer_defined));
+  EXPECT_TRUE(quiet(srv.ch, 100));  // its readiness went with it
+  EXPECT_EQ(dvcm_destroy_id(c), 0);
+  // A request the consumer took is its own: destroying the listener leaves it alone.
+  l = listening(srv, 7004);
+  c = resolved(cli, 7004);
+  ASSERT_EQ(dvcm_connect(c, &cp), 0);
+  dvcm_id* s = next(srv.ch, DVCM_EVENT_CONNECT_REQUEST).id;
+  EXPECT_EQ(dvcm_destroy_id(l), 0);
+  auto ap = param(0x13, 4);
+  EXPECT_EQ(dvcm_accept(s, &ap), 0);
+  next(cli.ch, DVCM_EVENT_CONNECT_RESPONSE);
+  EXPECT_EQ(dvcm_destroy_id(s), 0);
   EXPECT_EQ(dvcm_destroy_id(c), 0);
 }
 
@@ -478,6 +489,119 @@ TEST(Cm, MalformedMadsAreDroppedAndCounted) {
   mid::destroy_cq(cq);
   mid::dereg_mr(mr);
   mid::dealloc_pd(pd);
+}
+
+// rdma_join_multicast's half in the CM (the event, at once, with the group's UD path) and
+// the HCA's half: a UD SEND to the group reaches every attached QP, and no detached one.
+TEST(Cm, MulticastJoinAndDelivery) {
+  Side s;
+  dvcm_id* id = s.id(DVCM_PS_UDP, 4);
+  auto any = v4(own_ip(), 0);
+  ASSERT_EQ(dvcm_bind_addr(id, sa(any)), 0);
+  auto group = v4(0xe0010203, 0);  // 224.1.2.3
+  int ctx = 0;
+  ASSERT_EQ(dvcm_join_multicast(id, sa(group), &ctx), 0);
+  EXPECT_EQ(dvcm_join_multicast(id, sa(group), &ctx), EADDRINUSE);
+  auto uni = v4(own_ip(), 0);
+  EXPECT_EQ(dvcm_join_multicast(id, sa(uni), &ctx), EINVAL);
+  dvcm_event e = next(s.ch, DVCM_EVENT_MULTICAST_JOIN);
+  EXPECT_EQ(e.user, &ctx);
+  EXPECT_EQ(e.qp_num, 0xffffffu);
+  EXPECT_EQ(e.qkey, 0x01234567u);
+  const uint8_t mgid[16] = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, 224, 1, 2, 3};
+  EXPECT_EQ(std::memcmp(e.ud_path.dgid, mgid, 16), 0);
+  const uint8_t mac[6] = {0x01, 0x00, 0x5e, 0x01, 0x02, 0x03};
+  EXPECT_EQ(std::memcmp(e.ud_path.dmac, mac, 6), 0);
+
+  mid::Device* devs[4];
+  ASSERT_GE(mid::list_devices(devs, 4), 1);
+  mid::Pd* pd = nullptr;
+  ASSERT_EQ(mid::alloc_pd(devs[0], &pd), 0);
+  mid::Cq* cq = nullptr;
+  ASSERT_EQ(mid::create_cq(devs[0], 256, nullptr, nullptr, nullptr, &cq), 0);
+  static uint8_t buf[4][4096];
+  mid::Mr* mr = nullptr;
+  ASSERT_EQ(mid::reg_mr(pd, buf, sizeof buf, access::local_write, &mr), 0);
+  mid::Qp* qps[3] = {};  // sender, two members
+  for (auto& q : qps) {
+    mid::QpInitAttr init{};
+    init.qp_type = QpType::ud;
+    init.send_cq = init.recv_cq = cq;
+    init.cap.max_send_wr = init.cap.max_recv_wr = 8;
+    init.cap.max_send_sge = init.cap.max_recv_sge = 1;
+    ASSERT_EQ(mid::create_qp(pd, &init, &q), 0);
+    using namespace qp_attr_mask;
+    QpAttr a{};
+    a.qp_state = QpState::init;
+    a.qkey = e.qkey;
+    ASSERT_EQ(mid::modify_qp(q, &a, state | pkey_index | port | qkey), 0);
+    a.qp_state = QpState::rtr;
+    ASSERT_EQ(mid::modify_qp(q, &a, state), 0);
+    a.qp_state = QpState::rts;
+    ASSERT_EQ(mid::modify_qp(q, &a, state | sq_psn), 0);
+  }
+  Gid g{};
+  std::memcpy(g.raw, e.ud_path.dgid, 16);
+  EXPECT_EQ(mid::attach_mcast(qps[1], &g), 0);
+  EXPECT_EQ(mid::attach_mcast(qps[2], &g), 0);
+  Gid bad{};
+  bad.raw[10] = bad.raw[11] = 0xff;
+  bad.raw[12] = 10;  // 10.0.0.0: not a group
+  EXPECT_EQ(mid::attach_mcast(qps[1], &bad), EINVAL);
+  for (int i = 1; i <= 2; i++) {
+    Sge sge{reinterpret_cast<uint64_t>(buf[i]), 4096, mr->lkey};
+    RecvWr r{};
+    r.wr_id = uint64_t(i);
+    r.sg_list = &sge;
+    r.num_sge = 1;
+    RecvWr* badr = nullptr;
+    ASSERT_EQ(mid::post_recv(qps[i], &r, &badr), 0);
+  }
+  AhAttr aa{};
+  std::memcpy(aa.dgid.raw, e.ud_path.dgid, 16);
+  mid::Ah* ah = nullptr;
+  ASSERT_EQ(mid::create_ah(pd, &aa, &ah), 0);
+  std::memcpy(buf[0], "to the group", 13);
+  Sge sge{reinterpret_cast<uint64_t>(buf[0]), 13, mr->lkey};
+  SendWr wr{};
+  wr.wr_id = 0;
+  wr.sg_list = &sge;
+  wr.num_sge = 1;
+  wr.opcode = WrOpcode::send;
+  wr.send_flags = send_flags::signaled;
+  wr.wr.ud.ah = ah;
+  wr.wr.ud.remote_qpn = e.qp_num;
+  wr.wr.ud.remote_qkey = e.qkey;
+  SendWr* bad_wr = nullptr;
+  ASSERT_EQ(mid::post_send(qps[0], &wr, &bad_wr), 0);
+  int got[3] = {};
+  Wc wc[8];
+  for (int spin = 0; spin < 100000 && got[0] + got[1] + got[2] < 3; spin++) {
+    const int k = mid::poll_cq(cq, 8, wc);
+    for (int j = 0; j < k; j++) {
+      EXPECT_EQ(wc[j].status, WcStatus::success);
+      got[wc[j].wr_id]++;
+      if (wc[j].wr_id) {
+        EXPECT_EQ(wc[j].byte_len, 40u + 13u);
+      }
+    }
+    if (k <= 0) usleep(50);
+  }
+  EXPECT_EQ(got[0], 1);
+  EXPECT_EQ(got[1], 1);
+  EXPECT_EQ(got[2], 1);
+  EXPECT_STREQ(reinterpret_cast<char*>(buf[1] + 40), "to the group");
+  EXPECT_STREQ(reinterpret_cast<char*>(buf[2] + 40), "to the group");
+  EXPECT_EQ(mid::detach_mcast(qps[2], &g), 0);
+  EXPECT_EQ(mid::detach_mcast(qps[2], &g), EINVAL);
+  EXPECT_EQ(dvcm_leave_multicast(id, sa(group)), 0);
+  EXPECT_EQ(dvcm_leave_multicast(id, sa(group)), EADDRNOTAVAIL);
+  mid::destroy_ah(ah);
+  for (auto* q : qps) mid::destroy_qp(q);  // qps[1] still attached: destroy detaches it
+  mid::destroy_cq(cq);
+  mid::dereg_mr(mr);
+  mid::dealloc_pd(pd);
+  EXPECT_EQ(dvcm_destroy_id(id), 0);
 }
 
 // The passive side accepted, the active side never sends its RTU (a peer that dies between

@@ -114,14 +114,7 @@ run_pair() {
   shift
   if [ "$transport" = memif ]; then
     start_b "$@"
-    # net_memif listens on an abstract socket by default: look for it with ss.
-    listening() { ss -Hxl 2>/dev/null | grep -qF "$sock"; }
-    for _ in $(seq 400); do
-      listening && break
-      kill -0 "$pid_b" 2>/dev/null || break
-      sleep 0.05
-    done
-    listening || { echo "FAIL: process B never listened on $sock"; cat "$work/b.out"; return 1; }
+    pair_wait_memif "$pid_b" "$sock" || { cat "$work/b.out"; return 1; }
     start_a "$@"
   else
     start_b "$@"
@@ -135,20 +128,8 @@ run_pair() {
 
   wait "$pid_a"; rc_a=$?
   wait "$pid_b"; rc_b=$?
-  status=0
   echo "=== $prog $* over $transport (lcores $lcores, faults $fault)"
-  echo "--- A (client, $port_a): exit $rc_a"; cat "$work/a.out"
-  echo "--- B (server, $port_b): exit $rc_b"; cat "$work/b.out"
-  [ "$rc_a" = 0 ] || { echo "FAIL: client exited with $rc_a"; status=1; }
-  [ "$rc_b" = 0 ] || { echo "FAIL: server exited with $rc_b"; status=1; }
-  for e in "${expects[@]}"; do
-    for side in a b; do
-      grep -Eq -- "$e" "$work/$side.out" || { echo "FAIL: $side output lacks /$e/"; status=1; }
-    done
-  done
-  for e in "${expects_a[@]}"; do
-    grep -Eq -- "$e" "$work/a.out" || { echo "FAIL: a output lacks /$e/"; status=1; }
-  done
+  pair_report "$rc_a" "$rc_b" expects expects_a
   [ $status = 0 ] && echo "PASS"
   return $status
 }

@@ -34,3 +34,40 @@ pair_veth() {
   port_a="net_af_xdp0,iface=$veth"
   port_b="net_af_xdp0,iface=$1b"
 }
+
+# pair_wait_memif PID SOCK: waits (20 s at most) until process PID, the memif server,
+# listens on SOCK (net_memif uses an abstract socket by default: ss shows it). Returns 1,
+# saying so, when it never did.
+pair_wait_memif() {
+  local pid=$1 sock=$2
+  for _ in $(seq 400); do
+    ss -Hxl 2>/dev/null | grep -qF "$sock" && return 0
+    kill -0 "$pid" 2>/dev/null || break
+    sleep 0.05
+  done
+  ss -Hxl 2>/dev/null | grep -qF "$sock" && return 0
+  echo "FAIL: process B never listened on $sock"
+  return 1
+}
+
+# pair_report RC_A RC_B EXPECT_BOTH_NAME EXPECT_A_NAME: prints both outputs ($work/a.out,
+# $work/b.out), checks both exit codes and the expected lines (the names of two arrays of
+# regular expressions: one for both outputs, one for A's). Sets status (0 or 1).
+pair_report() {
+  local rc_a=$1 rc_b=$2
+  local -n both=$3 only_a=$4
+  status=0
+  echo "--- A (client, $port_a): exit $rc_a"; cat "$work/a.out"
+  echo "--- B (server, $port_b): exit $rc_b"; cat "$work/b.out"
+  [ "$rc_a" = 0 ] || { echo "FAIL: client exited with $rc_a"; status=1; }
+  [ "$rc_b" = 0 ] || { echo "FAIL: server exited with $rc_b"; status=1; }
+  local e side
+  for e in "${both[@]}"; do
+    for side in a b; do
+      grep -Eq -- "$e" "$work/$side.out" || { echo "FAIL: $side output lacks /$e/"; status=1; }
+    done
+  done
+  for e in "${only_a[@]}"; do
+    grep -Eq -- "$e" "$work/a.out" || { echo "FAIL: a output lacks /$e/"; status=1; }
+  done
+}

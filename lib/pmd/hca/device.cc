@@ -262,7 +262,58 @@ int Device::install_qp(Qp* qp, bool gsi) {
   return ENOMEM;
 }
 
+int Device::mcast_attach(Qp* qp, uint32_t ip) {
+  if (qp->qp_type != QpType::ud || (ip >> 28) != 0xe) return EINVAL;
+  McGroup* g = mcast_find(ip);
+  if (!g) {
+    for (auto& f : mc_)
+      if (f.ip.load(std::memory_order_relaxed) == 0) {
+        g = &f;
+        break;
+      }
+    if (!g) return ENOMEM;
+  }
+  for (auto& s : g->qps)
+    if (s.load(std::memory_order_relaxed) == qp) return 0;  // attached already
+  for (auto& s : g->qps)
+    if (!s.load(std::memory_order_relaxed)) {
+      s.store(qp, std::memory_order_release);
+      g->ip.store(ip, std::memory_order_release);
+      return 0;
+    }
+  return ENOMEM;
+}
+
+int Device::mcast_detach(Qp* qp, uint32_t ip) {
+  McGroup* g = mcast_find(ip);
+  if (!g) return EINVAL;
+  bool found = false, left = false;
+  for (auto& s : g->qps) {
+    if (s.load(std::memory_order_relaxed) == qp) {
+      s.store(nullptr, std::memory_order_release);
+      found = true;
+    }
+    left |= s.load(std::memory_order_relaxed) != nullptr;
+  }
+  if (!left) g->ip.store(0, std::memory_order_release);
+  if (found) quiesce();  // no engine is still delivering to it
+  return found ? 0 : EINVAL;
+}
+
+void Device::mcast_detach_all(Qp* qp) {
+  for (auto& g : mc_) {
+    bool left = false;
+    for (auto& s : g.qps) {
+      if (s.load(std::memory_order_relaxed) == qp) s.store(nullptr, std::memory_order_release);
+      left |= s.load(std::memory_order_relaxed) != nullptr;
+    }
+    if (!left) g.ip.store(0, std::memory_order_release);
+  }
+  // remove_qp's quiesce() follows: no engine still delivers to the QP after it.
+}
+
 void Device::remove_qp(Qp* qp) {
+  mcast_detach_all(qp);
   qps_[qp->qp_num & (kMaxQp - 1)].store(nullptr, std::memory_order_release);
   // The engine may hold the QP on its active list or kick ring: ask it to let go.
   // seq_cst store, then the kick's seq_cst exchange: either the engine, leaving the QP off

@@ -128,6 +128,25 @@ class Device : public mid::Device {
   }
   void put_ah(Ah* a) noexcept { ah_free_.push(uint32_t(a - ahs_.get())); }
 
+  // Multicast groups (ibv_attach_mcast, IBA 10.5): an IPv4 group address and the UD QPs
+  // attached to it. Engines read the table lock-free; attach/detach run under ctl() and
+  // a detach quiesces the engines before it returns, so no engine still delivers to the
+  // QP. Fixed sizes: no allocation on either side.
+  static constexpr uint32_t kMaxMcGroups = 64, kMaxMcQps = 16;
+  struct McGroup {
+    std::atomic<uint32_t> ip{0};  // host order; 0: free
+    std::atomic<Qp*> qps[kMaxMcQps] = {};
+  };
+  int mcast_attach(Qp* qp, uint32_t ip);  // EINVAL (not UD/multicast), ENOMEM (full)
+  int mcast_detach(Qp* qp, uint32_t ip);  // EINVAL when not attached
+  void mcast_detach_all(Qp* qp);          // destroy_qp
+  // Context: any thread, never sleeps.
+  McGroup* mcast_find(uint32_t ip) noexcept {
+    for (auto& g : mc_)
+      if (g.ip.load(std::memory_order_acquire) == ip) return &g;
+    return nullptr;
+  }
+
  private:
   // Test hook (tests/pmd/hca/harness.cc): the protocol suite stops the inline-progress
   // helper so that only the test thread runs the engine.
@@ -161,6 +180,7 @@ class Device : public mid::Device {
   mid::Mutex ctl_;
   std::atomic<uint32_t> next_ah_{1};
   DeviceCounters counters_;
+  McGroup mc_[kMaxMcGroups];
 };
 
 }  // namespace dverbs::pmd::hca

@@ -133,8 +133,13 @@ void Engine::rx_one(rte_mbuf* m, bool verified) noexcept {
     rte_pktmbuf_free(m);
     return;
   }
-  if (pkt.dst_ip != dev.port().ip()) [[unlikely]] {
-    drop_not_for_us(m);
+  // A group MAC carries multicast; our address, unicast to us. Anything else is not ours.
+  const bool group_ip = (pkt.dst_ip >> 28) == 0xe;
+  if (pkt.dst_ip != dev.port().ip() || (frame[0] & 1)) [[unlikely]] {
+    if (group_ip && (frame[0] & 1))
+      rx_multicast(m, pkt, verified);
+    else
+      drop_not_for_us(m);
     return;
   }
   Qp* qp = dev.qp_lookup(pkt.dest_qp);
@@ -177,6 +182,45 @@ void Engine::rx_one(rte_mbuf* m, bool verified) noexcept {
     }
   }
   if (wants_service) kick(qp);
+  rte_pktmbuf_free(m);
+}
+
+// A UD SEND to an IPv4 multicast group (destination QPN 0xFFFFFF, IBA 10.5): a copy for
+// each attached QP. QPs of this engine get it here; each other engine with attached QPs
+// gets one copy of the frame through its hand-off ring, and delivers to its own (the
+// frame arrives there `verified`, which stops it from being copied again).
+void Engine::rx_multicast(rte_mbuf* m, const wire::Packet& pkt, bool verified) noexcept {
+  Device& dev = *dev_;
+  Device::McGroup* g = dev.mcast_find(pkt.dst_ip);
+  if (!g || pkt.dest_qp != wire::kMulticastQpn || !pkt.deth) {
+    dev.counters().rx_no_qp.fetch_add(1, std::memory_order_relaxed);
+    rte_pktmbuf_free(m);
+    return;
+  }
+  Engine* others[Device::kMaxMcQps];
+  uint32_t n_others = 0;
+  for (auto& slot : g->qps) {
+    Qp* qp = slot.load(std::memory_order_acquire);
+    if (!qp) continue;
+    if (qp->engine == this) {
+      dev.counters().rx_packets.fetch_add(1, std::memory_order_relaxed);
+      qp->lock.lock();
+      resp_rx(*this, *qp, pkt);
+      qp->lock.unlock();
+      continue;
+    }
+    if (verified) continue;
+    uint32_t i = 0;
+    while (i < n_others && others[i] != qp->engine) i++;
+    if (i == n_others) others[n_others++] = qp->engine;
+  }
+  for (uint32_t i = 0; i < n_others; i++) {
+    rte_mbuf* c = rte_pktmbuf_copy(m, dev.port().pool(), 0, UINT32_MAX);
+    if (!c || !others[i]->handoff_.push(c)) {
+      dev.counters().rx_handoff_full.fetch_add(1, std::memory_order_relaxed);
+      if (c) rte_pktmbuf_free(c);
+    }
+  }
   rte_pktmbuf_free(m);
 }
 

@@ -87,6 +87,7 @@ class Engine {
   int handoff_step() noexcept;
   int active_step() noexcept;
   void rx_one(rte_mbuf* m, bool verified) noexcept;
+  void rx_multicast(rte_mbuf* m, const wire::Packet& pkt, bool verified) noexcept;
   void drop_not_for_us(rte_mbuf* m) noexcept;
   void drop_frames() noexcept;  // frees the frames queued for TX or handed over
   void flush_acks() noexcept;

@@ -546,6 +546,30 @@ int resolve_neigh(mid::Device* d, uint8_t port_num, uint32_t ip, uint8_t mac[6])
   return dev.neigh().state(ip) == net::NeighTable::State::kInvalid ? EHOSTUNREACH : EAGAIN;
 }
 
+// Only IPv4-mapped group GIDs (::ffff:224.0.0.0/4): RoCEv2 over IPv4.
+bool mcast_ip(const Gid* g, uint32_t* ip) {
+  static constexpr uint8_t kMapped[12] = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff};
+  if (std::memcmp(g->raw, kMapped, 12) != 0) return false;
+  *ip = wire::load_be32(g->raw + 12);
+  return (*ip >> 28) == 0xe;
+}
+
+int attach_mcast(mid::Qp* q, const Gid* g) {
+  Qp* qp = to_qp(q);
+  uint32_t ip;
+  if (!mcast_ip(g, &ip)) return EINVAL;
+  std::lock_guard<mid::Mutex> l(qp->hca->ctl());
+  return qp->hca->mcast_attach(qp, ip);
+}
+
+int detach_mcast(mid::Qp* q, const Gid* g) {
+  Qp* qp = to_qp(q);
+  uint32_t ip;
+  if (!mcast_ip(g, &ip)) return EINVAL;
+  std::lock_guard<mid::Mutex> l(qp->hca->ctl());
+  return qp->hca->mcast_detach(qp, ip);
+}
+
 int query_qp_counters(mid::Qp* q, Counter* out, int max) {
   const Qp& qp = *to_qp(q);
   return put_counters({{"retransmits", load_relaxed(qp.retransmits)},
@@ -597,6 +621,8 @@ const mid::DeviceOps kHcaOps = {
     .query_counters = query_counters,
     .query_qp_counters = query_qp_counters,
     .resolve_neigh = resolve_neigh,
+    .attach_mcast = attach_mcast,
+    .detach_mcast = detach_mcast,
 };
 
 }  // namespace dverbs::pmd::hca

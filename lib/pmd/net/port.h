@@ -87,9 +87,9 @@ class Port {
   // Receive filtering as a NIC does: a frame is for this port when its destination is the
   // port's unicast MAC or broadcast (ARP). Multicast is accepted only for groups a QP has
   // joined, and no group can be joined yet. Context: any, never sleeps.
+  // Our MAC, or a group address (broadcast; IPv4 multicast for UD multicast groups).
   bool accepts(const uint8_t* dst_mac) const noexcept {
-    static constexpr uint8_t kBroadcast[6] = {0xff, 0xff, 0xff, 0xff, 0xff, 0xff};
-    return std::memcmp(dst_mac, mac_, 6) == 0 || std::memcmp(dst_mac, kBroadcast, 6) == 0;
+    return std::memcmp(dst_mac, mac_, 6) == 0 || (dst_mac[0] & 1) != 0;
   }
   uint32_t ip() const { return ip_; }  // host byte order
   uint8_t prefix_len() const { return prefix_len_; }

@@ -21,6 +21,7 @@ constexpr uint32_t kUdpHdrLen = 8;
 constexpr uint32_t kGrhLen = 40;  // GRH written at the head of a UD receive buffer
 constexpr uint32_t kPsnMask = 0xffffff;
 constexpr uint32_t kQpnMask = 0xffffff;
+constexpr uint32_t kMulticastQpn = 0xffffff;  // BTH DestQP of a multicast UD SEND (IBA 10.5)
 constexpr uint16_t kDefaultPkey = 0xffff;
 
 inline uint16_t load_be16(const uint8_t* p) { return uint16_t(p[0] << 8 | p[1]); }

@@ -314,18 +314,24 @@ int ibv_dofork_range(void*, size_t) {
   return 0;
 }
 
-// ---------------------------------------------------------------- not implemented
+// Multicast: the LID is ignored (RoCE has none); the GID names an IPv4 group.
 int ibv_attach_mcast(ibv_qp* qp, const union ibv_gid* gid, uint16_t) {
   std::lock_guard<mid::Mutex> g(g_lock());
   if (!registry_find(qp, Kind::qp) || !gid) return EINVAL;
-  return EOPNOTSUPP;  // no multicast groups
+  Gid m;
+  std::memcpy(m.raw, gid->raw, sizeof m.raw);
+  return mid::attach_mcast(wrap<DvQp>(qp)->m, &m);
 }
 
 int ibv_detach_mcast(ibv_qp* qp, const union ibv_gid* gid, uint16_t) {
   std::lock_guard<mid::Mutex> g(g_lock());
   if (!registry_find(qp, Kind::qp) || !gid) return EINVAL;
-  return EOPNOTSUPP;
+  Gid m;
+  std::memcpy(m.raw, gid->raw, sizeof m.raw);
+  return mid::detach_mcast(wrap<DvQp>(qp)->m, &m);
 }
+
+// ---------------------------------------------------------------- not implemented
 
 int ibv_set_ece(ibv_qp* qp, ibv_ece* ece) {
   std::lock_guard<mid::Mutex> g(g_lock());

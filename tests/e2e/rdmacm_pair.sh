@@ -1,0 +1,125 @@
+#!/usr/bin/env bash
+# Runs an unmodified rdma_cm program (rping, ucmatose, udaddy, rdma_server/rdma_client,
+# rstream, perftest -R…) as a server and a client process over dverbs, each with its own
+# EAL and port, both loading dverbs' librdmacm.so.1 and libibverbs.so.1 (dverbs-run), and
+# checks both ends. Connection set-up is the IB CM on QP1 between the two processes.
+#
+#   rdmacm_pair.sh DVERBS_RUN TRANSPORT [options] --server ARGS... --client ARGS...
+#
+#   TRANSPORT  memif | af_xdp (a veth pair made here, needs root)
+#   options    --lcores N         DVERBS_LCORES of both processes (default 0)
+#              --expect REGEX     a line both outputs must contain (repeatable)
+#              --expect-c REGEX   a line the client's output must contain (repeatable)
+#              --timeout S        per-process limit (default 120)
+#              --file BYTES       make @IN@ a file of that many random bytes and, after the
+#                                 run, compare @OUT@ with it (rcopy)
+#              --attempts N       run the pair up to N times until it passes (default 1)
+#
+# In ARGS, @S@ is the server's address (10.0.0.1), @C@ the client's (10.0.0.2), @PORT@ a
+# port number chosen for the run, @IN@/@OUT@ the files of --file. The server (B) starts
+# first: with memif it is the memif server and waits for the link; the client (A) starts
+# once B's memif socket listens (memif) or after B has had a second to listen (af_xdp).
+# A client that finds no listener yet is rejected (REJ, "invalid service ID"), which
+# --attempts covers.
+#
+# Exit status: 0 pass, 1 fail, 77 skip. Every process runs under timeout(1).
+set -u
+
+run=$(realpath "$1") transport=$2
+shift 2
+lcores=0 limit=120 attempts=1 filesize=""
+expects=()
+expects_c=()
+server=()
+client=()
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --lcores) lcores=$2; shift 2 ;;
+    --expect) expects+=("$2"); shift 2 ;;
+    --expect-c) expects_c+=("$2"); shift 2 ;;
+    --timeout) limit=$2; shift 2 ;;
+    --attempts) attempts=$2; shift 2 ;;
+    --file) filesize=$2; shift 2 ;;
+    --server) shift; while [ $# -gt 0 ] && [ "$1" != --client ]; do server+=("$1"); shift; done ;;
+    --client) shift; while [ $# -gt 0 ]; do client+=("$1"); shift; done ;;
+    *) echo "rdmacm_pair.sh: unknown option $1" >&2; exit 1 ;;
+  esac
+done
+prog=${server[0]:-}
+[ -n "$prog" ] && [ ${#client[@]} -gt 0 ] || { echo "rdmacm_pair.sh: --server and --client needed" >&2; exit 1; }
+for p in "${server[0]}" "${client[0]}"; do
+  if ! command -v "$p" >/dev/null 2>&1; then
+    echo "SKIP: $p is not installed (scripts/test installs rdmacm-utils and perftest)"
+    exit 77
+  fi
+done
+
+. "$(dirname "$0")/pair_env.sh"
+pair_begin dverbs-cm
+
+case "$transport" in
+  memif) ;;
+  af_xdp) pair_veth "dvc$$" ;;
+  *) echo "rdmacm_pair.sh: unknown transport $transport" >&2; exit 1 ;;
+esac
+
+subst() {  # ARGS with the placeholders filled in, one per line
+  for a in "$@"; do
+    a=${a//@S@/10.0.0.1}
+    a=${a//@C@/10.0.0.2}
+    a=${a//@PORT@/$port}
+    a=${a//@IN@/$work/in}
+    a=${a//@OUT@/$work/out}
+    printf '%s\n' "$a"
+  done
+}
+
+start() {  # start SIDE DEVARGS IP ARGS...
+  local side=$1 dev=$2 ip=$3
+  shift 3
+  local args=()
+  mapfile -t args < <(subst "$@")
+  (cd "$work" && exec timeout -k 5 "$limit" "$run" --port "$dev" --ip "$ip/24" \
+     --lcores "$lcores" -- "${args[@]}") >"$work/$side.out" 2>&1 &
+  pids+=($!)
+  eval "pid_$side=$!"
+}
+
+run_pair() {
+  port=$((20000 + RANDOM % 40000))
+  if [ "$transport" = memif ]; then
+    sock="$work/memif.$1.sock"
+    port_a="net_memif0,role=client,socket=$sock"
+    port_b="net_memif0,role=server,socket=$sock"
+  fi
+  rm -f "$work/out"
+  start b "$port_b" 10.0.0.1 "${server[@]}"
+  if [ "$transport" = memif ]; then
+    pair_wait_memif "$pid_b" "$sock" || { cat "$work/b.out"; return 1; }
+  else
+    sleep 1
+  fi
+  start a "$port_a" 10.0.0.2 "${client[@]}"
+  wait "$pid_a"; rc_a=$?
+  wait "$pid_b"; rc_b=$?
+  echo "=== ${server[*]} / ${client[*]} over $transport (lcores $lcores)"
+  pair_report "$rc_a" "$rc_b" expects expects_c
+  if [ -n "$filesize" ]; then
+    if cmp "$work/in" "$work/out"; then
+      echo "copied $filesize bytes, identical (cmp)"
+    else
+      echo "FAIL: the copy differs from the original"; status=1
+    fi
+  fi
+  [ $status = 0 ] && echo "PASS"
+  return $status
+}
+
+[ -n "$filesize" ] && head -c "$filesize" /dev/urandom >"$work/in"
+try=0
+while [ "$try" -lt "$attempts" ]; do
+  try=$((try + 1))
+  [ "$try" -gt 1 ] && echo "=== attempt $try of $attempts"
+  run_pair "$try" && exit 0
+done
+exit 1
