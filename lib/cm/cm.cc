@@ -802,7 +802,9 @@ void port_removed(Port* p) {
 
 }  // namespace dverbs::cm
 
-// ---------------------------------------------------------------- the C interface
+// ---------------------------------------------------------------- the local CM
+// dvcm_local_*: the CM of this process (internal.h). api.cc exports dvcm_*, which come here
+// unless the process is a dverbsd client (remote.cc).
 using namespace dverbs::cm;
 
 namespace {
@@ -818,7 +820,9 @@ std::unique_lock<std::mutex> lock_cm() {
 
 extern "C" {
 
-__attribute__((visibility("default"))) int dvcm_channel_create(dvcm_channel** out) {
+void dvcm_local_start() { auto g = lock_cm(); }
+
+int dvcm_local_channel_create(dvcm_channel** out) {
   if (!out) return EINVAL;
   auto g = lock_cm();
   auto* ch = new (std::nothrow) dvcm_channel();
@@ -847,11 +851,11 @@ __attribute__((visibility("default"))) int dvcm_channel_create(dvcm_channel** ou
   return 0;
 }
 
-__attribute__((visibility("default"))) int dvcm_channel_fd(const dvcm_channel* ch) {
+int dvcm_local_channel_fd(const dvcm_channel* ch) {
   return ch ? ch->fd : -1;
 }
 
-__attribute__((visibility("default"))) int dvcm_channel_destroy(dvcm_channel* ch) {
+int dvcm_local_channel_destroy(dvcm_channel* ch) {
   if (!ch) return EINVAL;
   auto g = lock_cm();
   if (ch->ids) return EBUSY;
@@ -869,7 +873,7 @@ __attribute__((visibility("default"))) int dvcm_channel_destroy(dvcm_channel* ch
   return 0;
 }
 
-__attribute__((visibility("default"))) int dvcm_get_event(dvcm_channel* ch, dvcm_event* out) {
+int dvcm_local_get_event(dvcm_channel* ch, dvcm_event* out) {
   if (!ch || !out) return EINVAL;
   for (;;) {
     // One byte per event, read as the consumer set the descriptor (blocking or not).
@@ -896,7 +900,19 @@ __attribute__((visibility("default"))) int dvcm_get_event(dvcm_channel* ch, dvcm
   }
 }
 
-__attribute__((visibility("default"))) int dvcm_create_id(dvcm_channel* ch, int ps, int qp_type,
+// The daemon's get_event: the client waited on its copy of the pipe and took the byte.
+int dvcm_local_pop_event(dvcm_channel* ch, dvcm_event* out) {
+  auto g = lock_cm();
+  if (ch->queue.empty()) return EAGAIN;
+  *out = ch->queue.front();
+  ch->queue.pop_front();
+  const char b = 1;
+  if (ch->owed && write(ch->wfd, &b, 1) == 1) ch->owed--;
+  if (out->type == DVCM_EVENT_CONNECT_REQUEST && valid(out->id)) from(out->id)->listener = nullptr;
+  return 0;
+}
+
+int dvcm_local_create_id(dvcm_channel* ch, int ps, int qp_type,
                                                           void* user, dvcm_id** out) {
   if (!ch || !out) return EINVAL;
   if (ps != DVCM_PS_TCP && ps != DVCM_PS_UDP && ps != DVCM_PS_IB && ps != DVCM_PS_IPOIB)
@@ -917,24 +933,24 @@ __attribute__((visibility("default"))) int dvcm_create_id(dvcm_channel* ch, int 
   return 0;
 }
 
-__attribute__((visibility("default"))) int dvcm_destroy_id(dvcm_id* cid) {
+int dvcm_local_destroy_id(dvcm_id* cid) {
   auto g = lock_cm();
   if (!valid(cid)) return EINVAL;
   destroy_locked(from(cid));
   return 0;
 }
 
-__attribute__((visibility("default"))) void dvcm_set_user(dvcm_id* cid, void* user) {
+void dvcm_local_set_user(dvcm_id* cid, void* user) {
   auto g = lock_cm();
   if (valid(cid)) from(cid)->user = user;
 }
 
-__attribute__((visibility("default"))) void* dvcm_get_user(const dvcm_id* cid) {
+void* dvcm_local_get_user(const dvcm_id* cid) {
   auto g = lock_cm();
   return valid(cid) ? reinterpret_cast<const Id*>(cid)->user : nullptr;
 }
 
-__attribute__((visibility("default"))) int dvcm_migrate_id(dvcm_id* cid, dvcm_channel* ch) {
+int dvcm_local_migrate_id(dvcm_id* cid, dvcm_channel* ch) {
   if (!ch) return EINVAL;
   auto g = lock_cm();
   if (!valid(cid)) return EINVAL;
@@ -956,7 +972,7 @@ __attribute__((visibility("default"))) int dvcm_migrate_id(dvcm_id* cid, dvcm_ch
   return 0;
 }
 
-__attribute__((visibility("default"))) int dvcm_set_option(dvcm_id* cid, int name, int value) {
+int dvcm_local_set_option(dvcm_id* cid, int name, int value) {
   auto g = lock_cm();
   if (!valid(cid)) return EINVAL;
   Id* id = from(cid);
@@ -980,7 +996,7 @@ __attribute__((visibility("default"))) int dvcm_set_option(dvcm_id* cid, int nam
   }
 }
 
-__attribute__((visibility("default"))) int dvcm_bind_addr(dvcm_id* cid, const sockaddr* a) {
+int dvcm_local_bind_addr(dvcm_id* cid, const sockaddr* a) {
   auto g = lock_cm();
   if (!valid(cid)) return EINVAL;
   Id* id = from(cid);
@@ -990,7 +1006,8 @@ __attribute__((visibility("default"))) int dvcm_bind_addr(dvcm_id* cid, const so
   Port* p = nullptr;
   if (!is_any(s)) {
     const uint32_t ip = v4(s);
-    if (!ip || !(p = port_by_ip(ip))) return EADDRNOTAVAIL;  // no dverbs port has it
+    if (!ip || !(p = port_by_ip(ip)))  // no dverbs port has it
+      return cm().ports.empty() && cm().no_gsi ? EOPNOTSUPP : EADDRNOTAVAIL;
   }
   const sockaddr_storage old = id->src;
   id->src = s;
@@ -1002,7 +1019,7 @@ __attribute__((visibility("default"))) int dvcm_bind_addr(dvcm_id* cid, const so
   return 0;
 }
 
-__attribute__((visibility("default"))) int dvcm_resolve_addr(dvcm_id* cid, const sockaddr* src,
+int dvcm_local_resolve_addr(dvcm_id* cid, const sockaddr* src,
                                                              const sockaddr* dst, int timeout_ms) {
   auto g = lock_cm();
   if (!valid(cid) || !dst) return EINVAL;
@@ -1016,7 +1033,7 @@ __attribute__((visibility("default"))) int dvcm_resolve_addr(dvcm_id* cid, const
     sockaddr_storage s{};
     if (int rc = copy_addr(s, src)) return rc;
     g.unlock();
-    if (int rc = dvcm_bind_addr(cid, reinterpret_cast<const sockaddr*>(&s))) return rc;
+    if (int rc = dvcm_local_bind_addr(cid, reinterpret_cast<const sockaddr*>(&s))) return rc;
     g.lock();
     if (!valid(cid)) return EINVAL;
   }
@@ -1030,7 +1047,7 @@ __attribute__((visibility("default"))) int dvcm_resolve_addr(dvcm_id* cid, const
       if (common > best) best = common, p = q;
     }
   }
-  if (!p) return ENODEV;
+  if (!p) return cm().no_gsi ? EOPNOTSUPP : ENODEV;
   id->port = p;
   if (!id->bound) {
     make_v4(id->src, p->ip, 0);
@@ -1047,7 +1064,7 @@ __attribute__((visibility("default"))) int dvcm_resolve_addr(dvcm_id* cid, const
   return 0;
 }
 
-__attribute__((visibility("default"))) int dvcm_resolve_route(dvcm_id* cid, int) {
+int dvcm_local_resolve_route(dvcm_id* cid, int) {
   auto g = lock_cm();
   if (!valid(cid)) return EINVAL;
   Id* id = from(cid);
@@ -1058,7 +1075,7 @@ __attribute__((visibility("default"))) int dvcm_resolve_route(dvcm_id* cid, int)
   return 0;
 }
 
-__attribute__((visibility("default"))) int dvcm_listen(dvcm_id* cid, int backlog) {
+int dvcm_local_listen(dvcm_id* cid, int backlog) {
   auto g = lock_cm();
   if (!valid(cid)) return EINVAL;
   Id* id = from(cid);
@@ -1080,7 +1097,7 @@ __attribute__((visibility("default"))) int dvcm_listen(dvcm_id* cid, int backlog
   return 0;
 }
 
-__attribute__((visibility("default"))) int dvcm_connect(dvcm_id* cid, const dvcm_conn_param* cp) {
+int dvcm_local_connect(dvcm_id* cid, const dvcm_conn_param* cp) {
   auto g = lock_cm();
   if (!valid(cid) || !cp) return EINVAL;
   Id* id = from(cid);
@@ -1160,7 +1177,7 @@ __attribute__((visibility("default"))) int dvcm_connect(dvcm_id* cid, const dvcm
   return 0;
 }
 
-__attribute__((visibility("default"))) int dvcm_accept(dvcm_id* cid, const dvcm_conn_param* cp) {
+int dvcm_local_accept(dvcm_id* cid, const dvcm_conn_param* cp) {
   auto g = lock_cm();
   if (!valid(cid) || !cp) return EINVAL;
   Id* id = from(cid);
@@ -1203,7 +1220,7 @@ __attribute__((visibility("default"))) int dvcm_accept(dvcm_id* cid, const dvcm_
   return 0;
 }
 
-__attribute__((visibility("default"))) int dvcm_reject(dvcm_id* cid, const void* pd, uint8_t len) {
+int dvcm_local_reject(dvcm_id* cid, const void* pd, uint8_t len) {
   auto g = lock_cm();
   if (!valid(cid)) return EINVAL;
   Id* id = from(cid);
@@ -1222,7 +1239,7 @@ __attribute__((visibility("default"))) int dvcm_reject(dvcm_id* cid, const void*
   return 0;
 }
 
-__attribute__((visibility("default"))) int dvcm_notify(dvcm_id* cid, int) {
+int dvcm_local_notify(dvcm_id* cid, int) {
   auto g = lock_cm();
   if (!valid(cid)) return EINVAL;
   Id* id = from(cid);
@@ -1234,7 +1251,7 @@ __attribute__((visibility("default"))) int dvcm_notify(dvcm_id* cid, int) {
   return 0;
 }
 
-__attribute__((visibility("default"))) int dvcm_establish(dvcm_id* cid) {
+int dvcm_local_establish(dvcm_id* cid) {
   auto g = lock_cm();
   if (!valid(cid)) return EINVAL;
   Id* id = from(cid);
@@ -1250,7 +1267,7 @@ __attribute__((visibility("default"))) int dvcm_establish(dvcm_id* cid) {
   return 0;
 }
 
-__attribute__((visibility("default"))) int dvcm_disconnect(dvcm_id* cid) {
+int dvcm_local_disconnect(dvcm_id* cid) {
   auto g = lock_cm();
   if (!valid(cid)) return EINVAL;
   Id* id = from(cid);
@@ -1280,7 +1297,7 @@ __attribute__((visibility("default"))) int dvcm_disconnect(dvcm_id* cid) {
 // RoCE multicast needs no SA (the kernel's cma_iboe_join_multicast): the group is the
 // IPv4 address, its GID the IPv4-mapped one, its MAC the 01:00:5e mapping, and the join
 // completes at once. The consumer attaches its UD QP (librdmacm does, on the event).
-__attribute__((visibility("default"))) int dvcm_join_multicast(dvcm_id* cid, const sockaddr* a,
+int dvcm_local_join_multicast(dvcm_id* cid, const sockaddr* a,
                                                                void* user) {
   auto g = lock_cm();
   if (!valid(cid) || !a) return EINVAL;
@@ -1306,7 +1323,7 @@ __attribute__((visibility("default"))) int dvcm_join_multicast(dvcm_id* cid, con
   return 0;
 }
 
-__attribute__((visibility("default"))) int dvcm_leave_multicast(dvcm_id* cid, const sockaddr* a) {
+int dvcm_local_leave_multicast(dvcm_id* cid, const sockaddr* a) {
   auto g = lock_cm();
   if (!valid(cid) || !a) return EINVAL;
   Id* id = from(cid);
@@ -1318,7 +1335,7 @@ __attribute__((visibility("default"))) int dvcm_leave_multicast(dvcm_id* cid, co
   return 0;
 }
 
-__attribute__((visibility("default"))) int dvcm_query(const dvcm_id* cid, sockaddr_storage* src,
+int dvcm_local_query(const dvcm_id* cid, sockaddr_storage* src,
                                                       sockaddr_storage* dst, dvcm_path* path) {
   auto g = lock_cm();
   if (!valid(cid)) return EINVAL;
@@ -1329,7 +1346,7 @@ __attribute__((visibility("default"))) int dvcm_query(const dvcm_id* cid, sockad
   return id->port ? 0 : ENODEV;
 }
 
-__attribute__((visibility("default"))) int dvcm_get_qp_params(const dvcm_id* cid, struct dvcm_qp_params* out) {
+int dvcm_local_get_qp_params(const dvcm_id* cid, struct dvcm_qp_params* out) {
   auto g = lock_cm();
   if (!valid(cid) || !out) return EINVAL;
   const Id* id = reinterpret_cast<const Id*>(cid);

@@ -26,8 +26,15 @@ constexpr uint64_t kSendTag = 1ull << 63;
 
 void client_add(mid::Device* dev, mid::Client* client) {
   Port* p = nullptr;
-  // A device without a GSI QP (dverbsd's clients: the daemon owns QP1) has no CM here.
-  if (port_open(dev, &p) != 0) return;
+  // A device without a GSI QP (dverbsd's clients: the daemon would own QP1) has no CM
+  // here; the calls that need a port then say EOPNOTSUPP rather than ENODEV.
+  if (int rc = port_open(dev, &p)) {
+    if (rc == EOPNOTSUPP) {
+      std::lock_guard<std::mutex> g(cm().mu);
+      cm().no_gsi = true;
+    }
+    return;
+  }
   std::lock_guard<std::mutex> g(cm().mu);
   cm().ports.push_back(p);
   mid::set_client_data(dev, client, p);
@@ -169,14 +176,15 @@ int port_open(mid::Device* dev, Port** out) {
   init.cap.max_send_wr = kSendSlots;
   init.cap.max_recv_wr = kRecvSlots;
   init.cap.max_send_sge = init.cap.max_recv_sge = 1;
+  // The QP first: a device without a GSI QP (EOPNOTSUPP) costs no registration.
   rc = mid::alloc_pd(dev, &p->pd);
-  if (!rc) rc = mid::reg_mr(p->pd, p->buf, kGsiBufSize, access::local_write, &p->mr);
   if (!rc)
     rc = mid::create_cq(dev, kSendSlots + kRecvSlots, on_gsi_completion, nullptr, p, &p->cq);
   if (!rc) {
     init.send_cq = init.recv_cq = p->cq;
     rc = mid::create_qp(p->pd, &init, &p->qp);
   }
+  if (!rc) rc = mid::reg_mr(p->pd, p->buf, kGsiBufSize, access::local_write, &p->mr);
   if (!rc) {
     using namespace qp_attr_mask;
     QpAttr a{};

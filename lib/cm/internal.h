@@ -104,6 +104,7 @@ struct Cm {
   std::thread thread;
   bool stop = false;
   bool started = false;
+  bool no_gsi = false;              // a device could not give the CM a GSI QP (dverbsd)
   mid::Client client{};
 };
 
@@ -155,4 +156,46 @@ void handle_mad(Port* p, uint32_t src_ip, const uint8_t* mad, size_t len);
 void run_timers(Clock::time_point now);
 void port_removed(Port* p);
 
+}  // namespace dverbs::cm
+
+// The CM of this process (cm.cc), which dvcm_* (api.cc) call unless the process is a
+// dverbsd client; the daemon calls them for its clients (lib/daemon/cm_session.cc).
+extern "C" {
+// Starts the CM (its thread, its midlayer client: QP1 of every port) if not yet running.
+void dvcm_local_start();
+int dvcm_local_channel_create(dvcm_channel** out);
+int dvcm_local_channel_fd(const dvcm_channel* ch);
+int dvcm_local_channel_destroy(dvcm_channel* ch);
+int dvcm_local_get_event(dvcm_channel* ch, dvcm_event* out);
+// Pops without waiting on the pipe (the daemon's client took the byte): EAGAIN when empty.
+int dvcm_local_pop_event(dvcm_channel* ch, dvcm_event* out);
+int dvcm_local_create_id(dvcm_channel* ch, int ps, int qp_type, void* user, dvcm_id** out);
+int dvcm_local_destroy_id(dvcm_id* id);
+void dvcm_local_set_user(dvcm_id* id, void* user);
+void* dvcm_local_get_user(const dvcm_id* id);
+int dvcm_local_migrate_id(dvcm_id* id, dvcm_channel* ch);
+int dvcm_local_set_option(dvcm_id* id, int name, int value);
+int dvcm_local_bind_addr(dvcm_id* id, const sockaddr* addr);
+int dvcm_local_resolve_addr(dvcm_id* id, const sockaddr* src, const sockaddr* dst,
+                            int timeout_ms);
+int dvcm_local_resolve_route(dvcm_id* id, int timeout_ms);
+int dvcm_local_listen(dvcm_id* id, int backlog);
+int dvcm_local_connect(dvcm_id* id, const dvcm_conn_param* param);
+int dvcm_local_accept(dvcm_id* id, const dvcm_conn_param* param);
+int dvcm_local_reject(dvcm_id* id, const void* private_data, uint8_t len);
+int dvcm_local_notify(dvcm_id* id, int event);
+int dvcm_local_disconnect(dvcm_id* id);
+int dvcm_local_establish(dvcm_id* id);
+int dvcm_local_join_multicast(dvcm_id* id, const sockaddr* addr, void* user);
+int dvcm_local_leave_multicast(dvcm_id* id, const sockaddr* addr);
+int dvcm_local_query(const dvcm_id* id, sockaddr_storage* src, sockaddr_storage* dst,
+                     dvcm_path* path);
+int dvcm_local_get_qp_params(const dvcm_id* id, dvcm_qp_params* out);
+}
+
+namespace dverbs::cm {
+// remote.cc: non-null when this process is a dverbsd client whose daemon serves the CM
+// (decided once, at the first dvcm_* call). Its methods mirror dvcm_*.
+class Remote;
+Remote* remote();
 }  // namespace dverbs::cm

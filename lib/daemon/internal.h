@@ -283,7 +283,11 @@ class Server {
  private:
   friend struct ServerAccess;
   int open_socket(DevCtx& d);
+  // Binds and listens on `path` with the configured mode and group: the fd, or -1 with a
+  // line on stderr.
+  int listen_on(const std::string& path);
   void accept_one(DevCtx& d);
+  void accept_cm();
   bool over_conn_cap(uid_t uid, pid_t pid);
   void reap(bool all);
   void stop_device(mid::Device* dev);
@@ -303,6 +307,17 @@ class Server {
   std::vector<DevCtx*> devs_;  // control path (main thread, client callbacks)
   std::mutex conns_mu_;
   std::vector<Conn*> conns_;  // live sessions
+
+  // The CM socket (DIR/rdma_cm) and its connections, one thread each (cm_session.cc).
+  struct CmConn {
+    int fd = -1;
+    std::thread thread;
+    std::atomic<bool> done{false};
+  };
+  int cm_fd_ = -1;
+  std::string cm_path_;
+  std::vector<CmConn*> cm_conns_;  // main thread only
+  void reap_cm(bool all);
 
   // Doorbell.
   std::thread db_thread_;

@@ -28,6 +28,9 @@
 #include <cstdlib>
 #include <cstring>
 
+#include "cm/daemon_proto.h"
+#include "cm/internal.h"
+#include "daemon/cm_session.h"
 #include "daemon/internal.h"
 
 namespace dverbs::daemon {
@@ -73,25 +76,30 @@ void Server::device_event(const mid::Event& ev, void* context) {
 
 int Server::open_socket(DevCtx& d) {
   d.path = opts_.dir + "/" + kSocketPrefix + std::to_string(d.index);
+  d.listen_fd = listen_on(d.path);
+  return d.listen_fd < 0 ? -1 : 0;
+}
+
+int Server::listen_on(const std::string& path) {
   sockaddr_un sa{};
   sa.sun_family = AF_UNIX;
-  if (d.path.size() >= sizeof sa.sun_path) {
-    std::fprintf(stderr, "dverbsd: socket path too long: %s\n", d.path.c_str());
+  if (path.size() >= sizeof sa.sun_path) {
+    std::fprintf(stderr, "dverbsd: socket path too long: %s\n", path.c_str());
     return -1;
   }
-  std::memcpy(sa.sun_path, d.path.c_str(), d.path.size() + 1);
+  std::memcpy(sa.sun_path, path.c_str(), path.size() + 1);
   // A live daemon on this path keeps it; a stale file is removed.
   int probe = ::socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0);
   if (probe >= 0) {
     bool live = ::connect(probe, reinterpret_cast<sockaddr*>(&sa), sizeof sa) == 0;
     ::close(probe);
     if (live) {
-      std::fprintf(stderr, "dverbsd: %s is served by another running dverbsd\n", d.path.c_str());
+      std::fprintf(stderr, "dverbsd: %s is served by another running dverbsd\n", path.c_str());
       return -1;
     }
   }
-  if (::unlink(d.path.c_str()) != 0 && errno != ENOENT) {
-    std::fprintf(stderr, "dverbsd: cannot remove stale %s: %s\n", d.path.c_str(),
+  if (::unlink(path.c_str()) != 0 && errno != ENOENT) {
+    std::fprintf(stderr, "dverbsd: cannot remove stale %s: %s\n", path.c_str(),
                  std::strerror(errno));
     return -1;
   }
@@ -108,12 +116,12 @@ int Server::open_socket(DevCtx& d) {
   const char* what = "bind";
   if (rc == 0) {
     what = "chmod";
-    rc = ::chmod(d.path.c_str(), opts_.mode);
+    rc = ::chmod(path.c_str(), opts_.mode);
     err = errno;
   }
   if (rc == 0 && opts_.set_group) {
     what = "chown";
-    rc = ::chown(d.path.c_str(), uid_t(-1), opts_.gid);
+    rc = ::chown(path.c_str(), uid_t(-1), opts_.gid);
     err = errno;
   }
   if (rc == 0) {
@@ -122,13 +130,12 @@ int Server::open_socket(DevCtx& d) {
     err = errno;
   }
   if (rc != 0) {
-    std::fprintf(stderr, "dverbsd: %s %s: %s\n", what, d.path.c_str(), std::strerror(err));
+    std::fprintf(stderr, "dverbsd: %s %s: %s\n", what, path.c_str(), std::strerror(err));
     ::close(fd);
-    ::unlink(d.path.c_str());
+    ::unlink(path.c_str());
     return -1;
   }
-  d.listen_fd = fd;
-  return 0;
+  return fd;
 }
 
 namespace {
@@ -226,6 +233,36 @@ bool Server::over_conn_cap(uid_t uid, pid_t pid) {
 }
 
 // Joins finished sessions; with `all`, shuts every connection down first and joins all.
+void Server::accept_cm() {
+  const int fd = ::accept4(cm_fd_, nullptr, nullptr, SOCK_CLOEXEC);
+  if (fd < 0) return;
+  auto* c = new (std::nothrow) CmConn();
+  if (!c) {
+    ::close(fd);
+    return;
+  }
+  c->fd = fd;
+  c->thread = std::thread([c] {
+    serve_cm_connection(c->fd);
+    c->done.store(true, std::memory_order_release);
+  });
+  cm_conns_.push_back(c);
+}
+
+void Server::reap_cm(bool all) {
+  for (auto it = cm_conns_.begin(); it != cm_conns_.end();) {
+    CmConn* c = *it;
+    if (all && !c->done.load(std::memory_order_acquire)) ::shutdown(c->fd, SHUT_RDWR);
+    if (all || c->done.load(std::memory_order_acquire)) {
+      c->thread.join();
+      delete c;
+      it = cm_conns_.erase(it);
+    } else {
+      ++it;
+    }
+  }
+}
+
 void Server::reap(bool all) {
   std::vector<Conn*> gone;
   {
@@ -340,6 +377,18 @@ int Server::run() {
     std::fflush(stdout);
   }
 
+  // The connection manager of every port (lib/cm: QP1 is the daemon's), for clients'
+  // rdma_cm. Without it the verbs still work; rdma_cm calls then fail with EOPNOTSUPP.
+  if (!exit_code) {
+    cm_path_ = opts_.dir + "/" + cm::kCmSocket;
+    cm_fd_ = listen_on(cm_path_);
+    if (cm_fd_ >= 0) {
+      dvcm_local_start();  // QP1 answers peers (REJ, SIDR_REP) before any client asks
+      std::printf("dverbsd: serving rdma_cm on %s\n", cm_path_.c_str());
+      std::fflush(stdout);
+    }
+  }
+
   if (!exit_code) {
     std::printf("dverbsd: ready\n");
     std::fflush(stdout);
@@ -349,6 +398,7 @@ int Server::run() {
       pfds.push_back({sfd, POLLIN, 0});
       for (DevCtx* d : devs_)
         if (d->listen_fd >= 0) pfds.push_back({d->listen_fd, POLLIN, 0});
+      if (cm_fd_ >= 0) pfds.push_back({cm_fd_, POLLIN, 0});
       int r = ::poll(pfds.data(), pfds.size(), 200);
       if (r < 0 && errno != EINTR) break;
       if (r > 0) {
@@ -359,12 +409,15 @@ int Server::run() {
           std::fprintf(stderr, "dverbsd: %s, shutting down\n", strsignal(int(si.ssi_signo)));
           break;
         }
-        for (size_t i = 1; i < pfds.size(); i++)
-          if (pfds[i].revents & POLLIN)
-            for (DevCtx* d : devs_)
-              if (d->listen_fd == pfds[i].fd) accept_one(*d);
+        for (size_t i = 1; i < pfds.size(); i++) {
+          if (!(pfds[i].revents & POLLIN)) continue;
+          if (pfds[i].fd == cm_fd_) accept_cm();
+          for (DevCtx* d : devs_)
+            if (d->listen_fd == pfds[i].fd) accept_one(*d);
+        }
       }
       reap(false);
+      reap_cm(false);
     }
   }
 
@@ -375,6 +428,12 @@ int Server::run() {
       ::close(d->listen_fd);
       d->listen_fd = -1;
     }
+  if (cm_fd_ >= 0) {
+    ::close(cm_fd_);
+    ::unlink(cm_path_.c_str());
+    cm_fd_ = -1;
+  }
+  reap_cm(true);  // their identifiers go before the ports do
   reap(true);
   for (DevCtx* d : devs_)
     if (d->handler_registered) {

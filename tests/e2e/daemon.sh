@@ -15,6 +15,10 @@
 #            throughout, finishes normally
 #   limits   RLIMIT_MEMLOCK is charged by the daemon to the client (ENOMEM past it, the
 #            daemon names the limit); per-client object limits give ENOMEM
+#   cm       two daemons over memif, each owning its port's QP1 and CM: rping between a
+#            client of each (rdma_cm through DIR/rdma_cm), data verified; then kill -9 of
+#            the client in the middle of a run: its daemon tears the connection down with
+#            a DREQ, and the server sees RDMA_CM_EVENT_DISCONNECTED and ends
 #   hostile  HELPER (tests/daemon/malformed) sends forged handles, bad sizes, bad fds
 #            and corrupt rings as a non-root client, and runs into --max-conns and a
 #            per-process --max-mw; the daemon and another pair keep going
@@ -41,6 +45,8 @@ work=$(mktemp -d /tmp/dverbsd-e2e.XXXXXX)
 chmod 755 "$work"
 mkdir "$work/lib"
 cp -L "$dropin/libibverbs.so.1" "$work/lib/"
+# The librdmacm drop-in (scenario cm) is built beside it, in ../rdmacm.
+[ -e "$dropin/../rdmacm/librdmacm.so.1" ] && cp -L "$dropin/../rdmacm/librdmacm.so.1" "$work/lib/"
 chmod -R a+rX "$work/lib"
 pids=()
 daemons=()
@@ -184,6 +190,17 @@ wait_stat() {  # wait_stat DIR KEY VALUE: up to 20 s
   return 1
 }
 
+# memif_daemons: daemons a (10.0.0.1) and b (10.0.0.2) on the two ends of a memif link,
+# both ports up.
+memif_daemons() {
+  local sock="$work/memif.sock"
+  start_daemon a DVERBS_LCORES=0 DVERBS_IP=10.0.0.1/24 \
+    "DVERBS_PORT=net_memif0,role=server,socket=$sock,socket-abstract=no" || return 1
+  start_daemon b DVERBS_LCORES=0 DVERBS_IP=10.0.0.2/24 \
+    "DVERBS_PORT=net_memif0,role=client,socket=$sock,socket-abstract=no" || return 1
+  wait_active a && wait_active b
+}
+
 case "$scenario" in
   share)
     start_daemon d DVERBS_LCORES=0 || exit 1
@@ -211,14 +228,59 @@ case "$scenario" in
     fi
     ;;
   memif)
-    sock="$work/memif.sock"
-    start_daemon a DVERBS_LCORES=0 DVERBS_IP=10.0.0.1/24 \
-      "DVERBS_PORT=net_memif0,role=server,socket=$sock,socket-abstract=no" || exit 1
-    start_daemon b DVERBS_LCORES=0 DVERBS_IP=10.0.0.2/24 \
-      "DVERBS_PORT=net_memif0,role=client,socket=$sock,socket-abstract=no" || exit 1
-    wait_active a && wait_active b || exit 1
+    memif_daemons || exit 1
     pair rc dvtest1 a dvtest2 b '1000 iters in' ibv_rc_pingpong -g 0 -c
     pair write_bw dvtest2 b dvtest1 a '^ 65536 +200 ' ib_write_bw -d dverbs0 -x 0 -u 18 -n 200
+    ;;
+  cm)
+    command -v rping >/dev/null || { echo "SKIP: rping (rdmacm-utils) is not installed"; exit 77; }
+    memif_daemons || exit 1
+    ls -l "$work/a/rdma_cm"
+    # rping -p is the rdma_cm port: no TCP listener to wait for; the client retries once
+    # when it came before the server listened (REJ "invalid service ID").
+    port=$(pick_port)
+    as dvtest1 "$work/a" timeout -k 5 120 rping -s -v -V -a 10.0.0.1 -p "$port" -C 1000 \
+      >"$work/rping.s.out" 2>&1 &
+    pid_s=$!
+    pids+=($pid_s)
+    sleep 1
+    for attempt in 1 2; do
+      as dvtest2 "$work/b" timeout -k 5 120 rping -c -v -V -a 10.0.0.1 -p "$port" -C 1000 \
+        >"$work/rping.c.out" 2>&1
+      rc_c=$?
+      [ $rc_c = 0 ] && break
+      grep -q REJECTED "$work/rping.c.out" || break
+      sleep 1
+    done
+    wait "$pid_s"; rc_s=$?
+    echo "=== rping -C 1000 -V through two daemons"
+    echo "--- client (exit $rc_c)"; tail -n 3 "$work/rping.c.out"
+    echo "--- server (exit $rc_s)"; tail -n 3 "$work/rping.s.out"
+    [ "$rc_c" = 0 ] && [ "$rc_s" = 0 ] || fail "rping: exit $rc_c/$rc_s"
+    for side in c s; do
+      grep -q 'ping data: rdma-ping-999' "$work/rping.$side.out" ||
+        fail "rping: $side output lacks the 1000th verified ping"
+    done
+    # kill -9 of a connected client: -C 100000003 marks its command line for pkill.
+    port=$(pick_port)
+    as dvtest1 "$work/a" timeout -k 5 120 rping -s -v -a 10.0.0.1 -p "$port" -C 100000003 \
+      >"$work/victim.s.out" 2>&1 &
+    pid_s=$!
+    pids+=($pid_s)
+    sleep 1
+    as dvtest2 "$work/b" timeout -k 5 120 rping -c -v -a 10.0.0.1 -p "$port" -C 100000003 \
+      >"$work/victim.c.out" 2>&1 &
+    pids+=($!)
+    for _ in $(seq 200); do grep -q 'ping data' "$work/victim.c.out" && break; sleep 0.05; done
+    grep -q 'ping data' "$work/victim.c.out" || fail "the victim never transferred"
+    pkill -KILL -f -- 'rping -c -v -a 10.0.0.1 -p [0-9]+ -C 100000003' ||
+      fail "no victim client to kill"
+    echo "=== killed the rping client with SIGKILL"
+    for _ in $(seq 200); do kill -0 "$pid_s" 2>/dev/null || break; sleep 0.05; done
+    kill -0 "$pid_s" 2>/dev/null && fail "the server did not end after its peer was killed"
+    wait "$pid_s"; echo "=== server exit $?"; tail -n 2 "$work/victim.s.out"
+    grep -q 'DISCONNECT EVENT' "$work/victim.s.out" ||
+      fail "the server never saw RDMA_CM_EVENT_DISCONNECTED"
     ;;
   kill)
     start_daemon d DVERBS_LCORES=0 || exit 1
