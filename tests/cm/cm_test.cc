@@ -604,6 +604,29 @@ TEST(Cm, MulticastJoinAndDelivery) {
   EXPECT_EQ(dvcm_destroy_id(id), 0);
 }
 
+// Hot-unplug: a port that goes away ends its identifiers with DEVICE_REMOVAL (the CM's
+// midlayer client remove()), and the CM keeps serving the other ports.
+TEST(Cm, RemovedPortEndsItsIdentifiers) {
+  Side s;  // the CM runs (and is a client) before the port comes
+  char name[32];
+  ASSERT_EQ(mid::add_port("net_ring_cmhp", "10.9.7.1/24", name, sizeof name), 0);
+  dvcm_id* l = s.id();
+  auto mine = v4(0x0a090701, 7500);
+  ASSERT_EQ(dvcm_bind_addr(l, sa(mine)), 0);
+  ASSERT_EQ(dvcm_listen(l, 4), 0);
+  dvcm_path path{};
+  ASSERT_EQ(dvcm_query(l, nullptr, nullptr, &path), 0);
+  EXPECT_STREQ(path.dev_name, name);
+  ASSERT_EQ(mid::remove_port(name), 0);
+  next(s.ch, DVCM_EVENT_DEVICE_REMOVAL);
+  EXPECT_EQ(dvcm_query(l, nullptr, nullptr, nullptr), ENODEV);
+  EXPECT_EQ(dvcm_destroy_id(l), 0);
+  // The first port still connects.
+  Side srv, cli;
+  Conn k = establish(srv, cli, 7501);
+  for (dvcm_id* i : {k.s, k.c, k.l}) EXPECT_EQ(dvcm_destroy_id(i), 0);
+}
+
 // The passive side accepted, the active side never sends its RTU (a peer that dies between
 // REQ and RTU): the REP is resent up to Max CM Retries, then UNREACHABLE; nothing hangs.
 TEST(Cm, MissingRtuEndsUnreachable) {
