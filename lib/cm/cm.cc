@@ -1354,8 +1354,10 @@ int dvcm_local_get_qp_params(const dvcm_id* cid, struct dvcm_qp_params* out) {
   std::memset(out, 0, sizeof *out);
   fill_path(id, &out->path);
   out->dest_qp_num = id->remote_qpn;
-  out->rq_psn = id->remote_psn;
-  out->sq_psn = id->local_psn;
+  // A REQ's or REP's Starting PSN is where its sender's receive queue starts (as the
+  // kernel's ib_cm reads IBA 12.7.23): the peer sends from what we advertised.
+  out->rq_psn = id->local_psn;
+  out->sq_psn = id->remote_psn;
   out->path_mtu = id->mtu;
   out->max_dest_rd_atomic = id->resp_res;
   out->max_rd_atomic = id->init_depth;

@@ -64,7 +64,8 @@ struct dvcm_conn_param {
   uint8_t srq;              /* the QP uses an SRQ */
   uint32_t qp_num;          /* the local QP (RC/UC), or the UD QP answering SIDR */
   uint32_t qp_type;         /* IBV_QPT_RC, IBV_QPT_UC or IBV_QPT_UD */
-  uint32_t psn;             /* the local QP's starting send PSN (24 bits) */
+  uint32_t psn;             /* Starting PSN to advertise: where the local QP's receive
+                               queue starts, i.e. the peer's first send (24 bits) */
   uint32_t qkey;            /* UD: the Q_Key SIDR_REP reports */
 };
 
@@ -88,8 +89,8 @@ struct dvcm_path {
 struct dvcm_qp_params {
   struct dvcm_path path;
   uint32_t dest_qp_num;
-  uint32_t rq_psn;          /* the peer's starting PSN */
-  uint32_t sq_psn;          /* ours */
+  uint32_t rq_psn;          /* the Starting PSN we advertised */
+  uint32_t sq_psn;          /* the Starting PSN the peer advertised */
   uint8_t path_mtu;         /* IBV_MTU_* */
   uint8_t max_dest_rd_atomic;
   uint8_t max_rd_atomic;

@@ -159,14 +159,15 @@ TEST(Cm, ConnectAcceptEstablishDisconnect) {
   EXPECT_STREQ(reinterpret_cast<char*>(rep.private_data), "world");
   dvcm_qp_params qp{};
   ASSERT_EQ(dvcm_get_qp_params(c, &qp), 0);
+  // Each side receives from the Starting PSN it advertised and sends from the peer's.
   EXPECT_EQ(qp.dest_qp_num, 0x789u);
-  EXPECT_EQ(qp.rq_psn, 0xabcu);
-  EXPECT_EQ(qp.sq_psn, 0x456u);
+  EXPECT_EQ(qp.rq_psn, 0x456u);
+  EXPECT_EQ(qp.sq_psn, 0xabcu);
   EXPECT_EQ(qp.max_rd_atomic, 4);
   ASSERT_EQ(dvcm_get_qp_params(s, &qp), 0);
   EXPECT_EQ(qp.dest_qp_num, 0x123u);
-  EXPECT_EQ(qp.rq_psn, 0x456u);
-  EXPECT_EQ(qp.sq_psn, 0xabcu);
+  EXPECT_EQ(qp.rq_psn, 0xabcu);
+  EXPECT_EQ(qp.sq_psn, 0x456u);
 
   ASSERT_EQ(dvcm_establish(c), 0);  // RTU
   next(srv.ch, DVCM_EVENT_ESTABLISHED);

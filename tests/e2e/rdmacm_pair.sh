@@ -14,6 +14,13 @@
 #              --file BYTES       make @IN@ a file of that many random bytes and, after the
 #                                 run, compare @OUT@ with it (rcopy)
 #              --attempts N       run the pair up to N times until it passes (default 1)
+#              --server-until REGEX  for a server that never exits (rcopy loops on
+#                                 raccept): once the client has exited, wait (10 s at
+#                                 most) for a line of the server's output matching REGEX,
+#                                 then stop it (SIGTERM); it passes if the line came
+#              --capture          the server captures its port (DVERBS_PCAP); tshark must
+#                                 decode REQ, REP, RTU, DREQ and DREP as CM MADs, and no
+#                                 frame as malformed (skipped when tshark is missing)
 #
 # In ARGS, @S@ is the server's address (10.0.0.1), @C@ the client's (10.0.0.2), @PORT@ a
 # port number chosen for the run, @IN@/@OUT@ the files of --file. The server (B) starts
@@ -27,7 +34,7 @@ set -u
 
 run=$(realpath "$1") transport=$2
 shift 2
-lcores=0 limit=120 attempts=1 filesize=""
+lcores=0 limit=120 attempts=1 filesize="" server_until="" capture=0
 expects=()
 expects_c=()
 server=()
@@ -40,6 +47,8 @@ while [ $# -gt 0 ]; do
     --timeout) limit=$2; shift 2 ;;
     --attempts) attempts=$2; shift 2 ;;
     --file) filesize=$2; shift 2 ;;
+    --server-until) server_until=$2; shift 2 ;;
+    --capture) capture=1; shift ;;
     --server) shift; while [ $# -gt 0 ] && [ "$1" != --client ]; do server+=("$1"); shift; done ;;
     --client) shift; while [ $# -gt 0 ]; do client+=("$1"); shift; done ;;
     *) echo "rdmacm_pair.sh: unknown option $1" >&2; exit 1 ;;
@@ -79,8 +88,10 @@ start() {  # start SIDE DEVARGS IP ARGS...
   shift 3
   local args=()
   mapfile -t args < <(subst "$@")
+  local pcap=()
+  [ "$capture" = 1 ] && [ "$side" = b ] && pcap=(--pcap "$work/b.pcapng")
   (cd "$work" && exec timeout -k 5 "$limit" "$run" --port "$dev" --ip "$ip/24" \
-     --lcores "$lcores" -- "${args[@]}") >"$work/$side.out" 2>&1 &
+     --lcores "$lcores" "${pcap[@]}" -- "${args[@]}") >"$work/$side.out" 2>&1 &
   pids+=($!)
   eval "pid_$side=$!"
 }
@@ -101,7 +112,19 @@ run_pair() {
   fi
   start a "$port_a" 10.0.0.2 "${client[@]}"
   wait "$pid_a"; rc_a=$?
-  wait "$pid_b"; rc_b=$?
+  if [ -n "$server_until" ]; then
+    rc_b=1
+    for _ in $(seq 200); do
+      grep -Eq -- "$server_until" "$work/b.out" && { rc_b=0; break; }
+      kill -0 "$pid_b" 2>/dev/null || break
+      sleep 0.05
+    done
+    kill -TERM "$pid_b" 2>/dev/null
+    wait "$pid_b"
+    [ $rc_b = 0 ] || echo "FAIL: the server's output never matched /$server_until/"
+  else
+    wait "$pid_b"; rc_b=$?
+  fi
   echo "=== ${server[*]} / ${client[*]} over $transport (lcores $lcores)"
   pair_report "$rc_a" "$rc_b" expects expects_c
   if [ -n "$filesize" ]; then
@@ -111,8 +134,25 @@ run_pair() {
       echo "FAIL: the copy differs from the original"; status=1
     fi
   fi
+  [ "$capture" = 1 ] && check_capture "$work/b.pcapng"
   [ $status = 0 ] && echo "PASS"
   return $status
+}
+
+# The CM MADs of the capture, as tshark decodes them, and no malformed frame.
+check_capture() {
+  if ! command -v tshark >/dev/null; then echo "(tshark missing: capture not checked)"; return; fi
+  local mads
+  mads=$(tshark -r "$1" -Y infiniband.mad -T fields -e infiniband.mad.attributeid 2>/dev/null |
+         sort -u | paste -sd' ')
+  echo "capture: CM attribute ids $mads"
+  for a in 0x0010 0x0013 0x0014 0x0015 0x0016; do
+    case " $mads " in *" $a "*) ;; *) echo "FAIL: the capture lacks CM attribute $a"; status=1 ;; esac
+  done
+  local bad
+  bad=$(tshark -r "$1" 2>/dev/null | grep -ci malformed)
+  [ "$bad" = 0 ] || { echo "FAIL: $bad malformed frames in the capture"; status=1; }
+  echo "capture: $(tshark -r "$1" 2>/dev/null | wc -l) frames, $bad malformed"
 }
 
 [ -n "$filesize" ] && head -c "$filesize" /dev/urandom >"$work/in"

@@ -45,7 +45,10 @@ ip link set eth0 up || fail_boot "eth0 up"
 ip addr add "$VM_IP" dev eth0 || fail_boot "ip addr add $VM_IP"
 modprobe rdma_rxe || fail_boot "modprobe rdma_rxe"
 modprobe ib_uverbs || fail_boot "modprobe ib_uverbs"
-modprobe rdma_ucm 2>/dev/null
+# rdma_cm for the cm cases (rping, ucmatose, udaddy): rdma_ucm pulls in rdma_cm and ib_cm
+# and makes /dev/infiniband/rdma_cm (devtmpfs). Without it only those cases are skipped.
+rdma_cm=yes
+modprobe rdma_ucm || { rdma_cm="no: modprobe rdma_ucm failed"; log "modprobe rdma_ucm failed"; }
 rdma link add "$RXE_NAME" type rxe netdev eth0 || fail_boot "rdma link add $RXE_NAME"
 
 # The RoCE v2 GID of the IPv4 address: the GID table fills in asynchronously.
@@ -70,6 +73,8 @@ done
   echo "VM_KERNEL_VERSION='$(cat /proc/version)'"
   echo "GID_INDEX=$gid_index"
   echo "RXE_ACTIVE_MTU=$(ibv_devinfo -d "$RXE_NAME" | awk '/active_mtu/ { print $2; exit }')"
+  [ "$rdma_cm" = yes ] && [ ! -c /dev/infiniband/rdma_cm ] && rdma_cm="no: no /dev/infiniband/rdma_cm"
+  echo "VM_RDMA_CM='$rdma_cm'"
 } >"$H/vm-info.tmp"
 {
   echo "== uname -a"; uname -a
@@ -84,6 +89,9 @@ done
     echo "$i $v $t $nd"
   done
   echo "== ibv_devinfo -v"; ibv_devinfo -v -d "$RXE_NAME"
+  echo "== rdma_cm: $rdma_cm"; ls -l /dev/infiniband
+  echo "== modules"; grep -E '^(rdma_rxe|ib_uverbs|rdma_ucm|rdma_cm|ib_cm|ib_core|iw_cm) ' /proc/modules
+  echo "== dmesg (boot)"; dmesg -c  # cleared: each run's job saves the messages of its run
   echo "== packages"; dpkg-query -W -f '${Package} ${Version}\n' rdma-core ibverbs-providers \
     ibverbs-utils perftest rdmacm-utils iproute2 tcpdump 'linux-image-*'
 } >"$H/vm-details.txt" 2>&1

@@ -34,6 +34,11 @@
 #   dverbs run; a change left behind fails the host_interfaces check.
 # - The peer_* cases run tests/interop/peer.c (built here with build-peer.sh, the same
 #   binary in the VM); they are skipped, saying why, if it cannot be built.
+# - The cm cases (rping, ucmatose, udaddy) connect through rdma_cm: the VM's kernel
+#   rdma_cm (rdma_ucm) over rxe0, dverbs' librdmacm.so.1 drop-in (put first by dverbs-run)
+#   on the host; connection set-up is the IB CM on QP1 (SIDR for udaddy), and the captures
+#   must hold CM MADs. They are skipped, saying why, if dverbs-run provides no
+#   librdmacm.so.1 or the VM has no /dev/infiniband/rdma_cm.
 #
 # Output: one line per run, a results table, then "N passed, N failed, N skipped". Exit
 # status 0 if nothing failed, 1 otherwise, 77 (one line saying why) if the VM cannot be run:
@@ -64,11 +69,16 @@ VM_NICE=${DVERBS_INTEROP_VM_NICE:-0}
 
 # ------------------------------------------------------------------------------------------
 # Cases. NAME|TAGS|TIMEOUT|PROGRAM AND ARGUMENTS|EXPECT (both sides)|EXPECT (client only)
+#        |CLIENT PROGRAM
 # @DEV@ and @GID@ become dverbs0/0 on the dverbs side and rxe0/the VM's RoCE v2 IPv4 GID
 # index on the rxe side; the client also gets the server's address. Tags: q = in --quick,
 # loss = 2 % loss both ways (see run_loss_setup), peer = tests/interop/peer.c (built here
-# if present). The defaults of the programs are kept apart from -d/-g/-x, -n (small for
-# TCG), -c (check the data) and, for UD, -s 1024 (its default 2048 exceeds a 1500-byte MTU).
+# if present), cm = an rdma_cm program (the server listens on an rdma_cm port, not a TCP
+# one; the captures must hold CM MADs). The defaults of the programs are kept apart from
+# -d/-g/-x, -n (small for TCG), -c (check the data) and, for UD, -s 1024 (its default 2048
+# exceeds a 1500-byte MTU). With a CLIENT PROGRAM, PROGRAM is the server's command and
+# CLIENT PROGRAM the client's; @SERVER@ in either is the server's RoCE address (dverbs'
+# 10.99.0.3 or the VM's 10.99.0.2) and nothing is appended.
 CASES=(
   "rc_pingpong|q|120|ibv_rc_pingpong -d @DEV@ -g @GID@ -c -n 200|^200 iters in|"
   "uc_pingpong||120|ibv_uc_pingpong -d @DEV@ -g @GID@ -c -n 200|^200 iters in|"
@@ -90,6 +100,9 @@ CASES=(
   "peer_rkey|q,peer|240|@PEER@ -d @DEV@ -g @GID@ -T 200 @RXE_A@ rkey|^RESULT rkey .*: PASS|"
   "peer_vanish|peer|240|@PEER@ -d @DEV@ -g @GID@ -T 200 vanish|^RESULT vanish .*: PASS|"
   "peer_vanish-exit|peer|240|@PEER@ -d @DEV@ -g @GID@ -T 200 vanish-exit|^RESULT vanish-exit .*: PASS|"
+  "rping|q,cm|60|rping -s -a @SERVER@ -p 7174 -C 100 -V -v|ping data: rdma-ping-99: ||rping -c -a @SERVER@ -p 7174 -C 100 -V -v"
+  "ucmatose|q,cm|60|ucmatose -c 4|^data transfers complete||ucmatose -c 4 -s @SERVER@"
+  "udaddy|cm|60|udaddy|^data transfers complete||udaddy -s @SERVER@"
 )
 ROLES=(dverbs-server rxe-server)
 
@@ -125,7 +138,8 @@ done
 if [ "$list" = 1 ]; then
   printf '%-18s %-8s %s\n' CASE TAGS PROGRAM
   for c in "${CASES[@]}"; do
-    printf '%-18s %-8s %s\n' "$(field "$c" 0)" "$(field "$c" 1)" "$(field "$c" 3)"
+    cl=$(field "$c" 6)
+    printf '%-18s %-8s %s\n' "$(field "$c" 0)" "$(field "$c" 1)" "$(field "$c" 3)${cl:+ / client: $cl}"
   done
   echo "roles: ${ROLES[*]} (NAME runs both, NAME/ROLE one)"
   exit 0
@@ -257,7 +271,7 @@ if [ ! -e "$SHARE/ready" ]; then
 fi
 T_BOOT=$((SECONDS - t0))
 # shellcheck source=/dev/null
-. "$SHARE/vm-info"  # VM_KERNEL, VM_KERNEL_VERSION, GID_INDEX, RXE_ACTIVE_MTU
+. "$SHARE/vm-info"  # VM_KERNEL, VM_KERNEL_VERSION, GID_INDEX, RXE_ACTIVE_MTU, VM_RDMA_CM
 cp "$SHARE/vm-details.txt" "$out/vm-details.txt"
 say "rxe VM up in $T_BOOT s: kernel $VM_KERNEL, rxe0 GID index $GID_INDEX (RoCE v2, ::ffff:$VM_IP), active MTU $RXE_ACTIVE_MTU; host $(uname -r)"
 say "output: $out"
@@ -318,6 +332,27 @@ if [ $need_peer = 1 ]; then
 fi
 
 # ------------------------------------------------------------------------------------------
+# The cm cases: dverbs-run must put dverbs' librdmacm.so.1 first (or the system's would talk
+# to the host kernel's rdma_cm), and the VM needs rdma_ucm (agent.sh, VM_RDMA_CM).
+CM_WHY=""
+need_cm=0
+for x in "${runs[@]}"; do
+  for c in "${CASES[@]}"; do
+    [ "$(field "$c" 0)" = "${x%% *}" ] && case ",$(field "$c" 1)," in *,cm,*) need_cm=1 ;; esac
+  done
+done
+if [ $need_cm = 1 ]; then
+  cm_lib=$("$DVERBS_RUN" -- ldd "$(command -v rping || echo /usr/bin/rping)" 2>&1 |
+           awk '$1 == "librdmacm.so.1" { print $3 }')
+  if [ "${VM_RDMA_CM:-no}" != yes ]; then CM_WHY="the VM has no rdma_cm (${VM_RDMA_CM:-unknown})"
+  elif [ -z "$cm_lib" ]; then CM_WHY="rping is not installed on the host (rdmacm-utils) or links no librdmacm.so.1"
+  elif case $(readlink -f "$cm_lib") in /lib/*|/lib64/*|/usr/lib/*|/usr/lib64/*) true ;; *) false ;; esac; then
+    CM_WHY="$DVERBS_RUN puts no librdmacm.so.1 drop-in first (rping would load the system's $cm_lib)"
+  else note "cm cases: dverbs side loads $cm_lib; VM rdma_cm $VM_RDMA_CM"; fi
+  [ -n "$CM_WHY" ] && say "cm cases skipped: $CM_WHY"
+fi
+
+# ------------------------------------------------------------------------------------------
 # The tap as dverbs may change it.
 iface_state() {
   local l a
@@ -340,9 +375,13 @@ restore_iface() {  # restore_iface "STATE": put MAC, MTU, PROMISC back as record
 # ------------------------------------------------------------------------------------------
 # One run: CASE in ROLE. Sets RUN_STATUS (PASS/FAIL/SKIP) and RUN_MSG.
 # VM side script (a job): optional loss, tcpdump on eth0, the program, the capture back.
-vm_side_script() {  # ID ROLE(server|client) TIMEOUT LOSS PCAPNAME PROGRAM-AND-ARGS...
-  local id=$1 vrole=$2 limit=$3 loss=$4 pcap=$5
-  shift 5
+# LISTEN: how a server is seen listening, tcp (its side channel, TCP_PORT) or cm (an
+# rdma_cm identifier in state LISTEN); APPEND: what the client gets as its last argument
+# (the server's address for the side channel), - for nothing.
+vm_side_script() {  # ID ROLE(server|client) TIMEOUT LOSS PCAPNAME LISTEN APPEND PROGRAM-AND-ARGS...
+  local id=$1 vrole=$2 limit=$3 loss=$4 pcap=$5 listen=$6 append=$7
+  shift 7
+  [ "$append" = - ] && append=""
   local cmd
   cmd=$(printf '%q ' "$@")
   cat <<EOF
@@ -360,8 +399,13 @@ fi
 tcpdump -i eth0 -n -s 0 -B 32768 -w /tmp/$id.pcap 2>/tmp/$id.td & td=\$!
 for _ in \$(seq 100); do grep -q "listening on" /tmp/$id.td && break; sleep 0.1; done
 grep -q "listening on" /tmp/$id.td || echo "SETUP: tcpdump did not start"
-listening() {  # TCP port $TCP_PORT in LISTEN (0A), IPv4 or IPv6, without forking
+listening() {  # tcp: TCP port $TCP_PORT in LISTEN (0A), IPv4 or IPv6, without forking
   local f sl l r st rest
+  if [ $listen = cm ]; then  # the kernel's rdma_cm: rdma resource show cm_id
+    sleep 0.2
+    rdma resource show cm_id 2>/dev/null | grep -q 'state LISTEN'
+    return
+  fi
   for f in /proc/net/tcp /proc/net/tcp6; do
     while read -r sl l r st rest; do
       [ "\$st" = 0A ] && [ "\${l##*:}" = $(printf '%04X' $TCP_PORT) ] && return 0
@@ -377,10 +421,11 @@ if [ $vrole = server ]; then
     sleep 0.1
   done
 else
-  nice -n $VM_NICE timeout -k 5 $limit $cmd $HOST_IP >\$out.prog 2>&1 & p=\$!
+  nice -n $VM_NICE timeout -k 5 $limit $cmd $append >\$out.prog 2>&1 & p=\$!
   echo \$p >\$out.progpid
 fi
 wait \$p; rc=\$?
+dmesg -c >\$out.dmesg 2>&1  # the kernel's messages of this run (agent.sh cleared the boot's)
 # Under TCG tcpdump lags behind: let it drain the socket (the file stops growing) first.
 last=-1
 for _ in \$(seq 20); do
@@ -428,9 +473,11 @@ run_once() {  # CASE ROLE ATTEMPT-DIR
   local name=$1 role=$2 dir=$3 spec=""
   local c
   for c in "${CASES[@]}"; do [ "$(field "$c" 0)" = "$name" ] && spec=$c; done
-  local tags limit prog expect expect_c
+  local tags limit prog expect expect_c prog_c
   tags=$(field "$spec" 1) limit=$(field "$spec" 2) prog=$(field "$spec" 3)
-  expect=$(field "$spec" 4) expect_c=$(field "$spec" 5)
+  expect=$(field "$spec" 4) expect_c=$(field "$spec" 5) prog_c=$(field "$spec" 6)
+  local listen=tcp
+  case ",$tags," in *,cm,*) listen=cm ;; esac
   local loss=0 fault=off
   case ",$tags," in *,loss,*) loss=1; fault="loss=0.02,seed=$((RANDOM + 1))" ;; esac
   local dv_cmd vm_cmd
@@ -444,6 +491,20 @@ run_once() {  # CASE ROLE ATTEMPT-DIR
   local tag=$name.$role.${dir##*/}
   local vrole=client dv_server=1
   [ "$role" = rxe-server ] && { vrole=server; dv_server=0; }
+  # With a client program of its own, each side runs its role's command, @SERVER@ is the
+  # server's RoCE address, and the client gets nothing appended.
+  local dv_append=$VM_IP vm_append=$HOST_IP
+  if [ -n "$prog_c" ]; then
+    local srv=$DV_IP
+    [ $dv_server = 0 ] && srv=$VM_IP
+    dv_append="" vm_append=-
+    if [ $dv_server = 1 ]; then vm_cmd=${prog_c//@DEV@/rxe0}; vm_cmd=${vm_cmd//@GID@/$GID_INDEX}
+    else dv_cmd=${prog_c//@DEV@/dverbs0}; dv_cmd=${dv_cmd//@GID@/0}; fi
+    dv_cmd=${dv_cmd//@SERVER@/$srv} vm_cmd=${vm_cmd//@SERVER@/$srv}
+  fi
+  # rdmacm-utils print with stdio to a file: fully buffered, so a hung program ended by
+  # timeout(1) would leave no output. Line-buffered, its output shows where it stopped.
+  if [ $listen = cm ]; then dv_cmd="stdbuf -oL $dv_cmd" vm_cmd="stdbuf -oL $vm_cmd"; fi
 
   local before during="" after stats0 stats1
   before=$(iface_state)
@@ -452,8 +513,8 @@ run_once() {  # CASE ROLE ATTEMPT-DIR
   {
     echo "case $name, role $role: dverbs $([ $dv_server = 1 ] && echo server || echo client)," \
       "rxe $vrole; faults: dverbs $fault, VM $([ $loss = 1 ] && echo 'netem loss 2% egress + 2% ingress drop' || echo none)"
-    echo "dverbs: $dv_cmd $([ $dv_server = 0 ] && echo "$VM_IP")"
-    echo "rxe:    $vm_cmd $([ $dv_server = 1 ] && echo "$HOST_IP")"
+    echo "dverbs: $dv_cmd $([ $dv_server = 0 ] && echo "$dv_append")"
+    echo "rxe:    $vm_cmd $([ $dv_server = 1 ] && [ "$vm_append" != - ] && echo "$vm_append")"
   } >"$dir/commands"
 
   local dv_pid="" vm_job_id rc_dv=255 rc_vm=255 why=()
@@ -467,15 +528,32 @@ run_once() {  # CASE ROLE ATTEMPT-DIR
   }
   local vm_script
   # shellcheck disable=SC2086
-  vm_script=$(vm_side_script "j$((JOBN + 1))" "$vrole" "$limit" "$loss" "$tag.pcap" $vm_cmd)
+  vm_script=$(vm_side_script "j$((JOBN + 1))" "$vrole" "$limit" "$loss" "$tag.pcap" "$listen" \
+    "$vm_append" $vm_cmd)
   if [ $dv_server = 1 ]; then
     start_dverbs
     local i
-    for i in $(seq 600); do
-      nsx ss -Htln "sport = :$TCP_PORT" 2>/dev/null | grep -q . && break
-      kill -0 "$dv_pid" 2>/dev/null || break
-      sleep 0.1
-    done
+    if [ $listen = cm ]; then
+      # dverbs' rdma_cm listens in user space, out of the kernel's sight. The drop-in opens
+      # its device (the tap's promiscuity goes up: dverbs' PACKET_MR_PROMISC) at
+      # rdma_create_event_channel, and bind and listen follow without blocking: a second
+      # after that, the server listens (a REQ before then gets a REJ, invalid service ID).
+      local p0
+      p0=$(sed -E 's/.*promiscuity=([0-9]+).*/\1/' <<<"$before")
+      for i in $(seq 600); do
+        [ "$(sed -E 's/.*promiscuity=([0-9]+).*/\1/' <<<"$(iface_state)")" -gt "$p0" ] 2>/dev/null && break
+        [ "$(nsx awk 'NR > 1' /proc/net/packet 2>/dev/null | wc -l)" -gt 0 ] && break
+        kill -0 "$dv_pid" 2>/dev/null || break
+        sleep 0.1
+      done
+      sleep 1
+    else
+      for i in $(seq 600); do
+        nsx ss -Htln "sport = :$TCP_PORT" 2>/dev/null | grep -q . && break
+        kill -0 "$dv_pid" 2>/dev/null || break
+        sleep 0.1
+      done
+    fi
     during=$(iface_state)
     vm_job "$vm_script"; vm_job_id=$JOB
   else
@@ -484,9 +562,12 @@ run_once() {  # CASE ROLE ATTEMPT-DIR
     while [ ! -e "$SHARE/jobs/$vm_job_id.listening" ] && [ ! -e "$SHARE/jobs/$vm_job_id.rc" ] &&
           [ $SECONDS -lt $end ] && vm_alive; do sleep 0.1; done
     if [ -e "$SHARE/jobs/$vm_job_id.listening" ]; then
-      start_dverbs "$VM_IP"
+      # shellcheck disable=SC2086
+      start_dverbs $dv_append
       sleep 1
       during=$(iface_state)
+    elif [ $listen = cm ]; then
+      why+=("rxe server never listened (no rdma_cm identifier in state LISTEN)")
     else
       why+=("rxe server never listened on TCP $TCP_PORT")
     fi
@@ -541,6 +622,7 @@ run_once() {  # CASE ROLE ATTEMPT-DIR
   cp "$SHARE/jobs/$vm_job_id.out" "$dir/rxe-job.out" 2>/dev/null
   cp "$SHARE/jobs/$vm_job_id.tcpdump" "$dir/rxe-tcpdump.txt" 2>/dev/null
   cp "$SHARE/jobs/$vm_job_id.tc" "$dir/rxe-tc.txt" 2>/dev/null
+  [ -s "$SHARE/jobs/$vm_job_id.dmesg" ] && cp "$SHARE/jobs/$vm_job_id.dmesg" "$dir/rxe-dmesg.txt"
   mv "$SHARE/out/$tag.pcap" "$dir/rxe.pcap" 2>/dev/null
 
   if [ "$before" != "$after" ]; then
@@ -556,24 +638,25 @@ run_once() {  # CASE ROLE ATTEMPT-DIR
 
   local dv_role=server rxe_role=client
   [ $dv_server = 0 ] && { dv_role=client; rxe_role=server; }
-  describe_rc() {  # WHO RC FILE
+  describe_rc() {  # WHO RC FILE [RAN: 1 if its exit status was collected]
     case $2 in
       0) ;;
       124|137) why+=("$1 killed by timeout after $limit s (hang); $(first_error "$3")") ;;
       90) why+=("$1 setup: $(grep -m1 SETUP "$dir/rxe-job.out")") ;;
-      255) [ "$1" = "dverbs $dv_role" ] && [ -z "$dv_pid" ] || why+=("$1 did not run") ;;
+      255) if [ "${4:-0}" = 1 ]; then why+=("$1 exit 255: $(first_error "$3")")  # rping's -1
+           else [ "$1" = "dverbs $dv_role" ] && [ -z "$dv_pid" ] || why+=("$1 did not run"); fi ;;
       *) why+=("$1 exit $2: $(first_error "$3")") ;;
     esac
   }
   if [ $ended_dv = 1 ]; then
     why+=("dverbs $dv_role still running $grace s after the rxe side failed: ended; $(first_error "$dir/dverbs.out")")
   else
-    describe_rc "dverbs $dv_role" "$rc_dv" "$dir/dverbs.out"
+    describe_rc "dverbs $dv_role" "$rc_dv" "$dir/dverbs.out" "$([ -n "$dv_pid" ] && echo 1)"
   fi
   if [ $ended_vm = 1 ]; then
     why+=("rxe $rxe_role still running $grace s after the dverbs side failed: ended; $(first_error "$dir/rxe.out")")
   else
-    describe_rc "rxe $rxe_role" "$rc_vm" "$dir/rxe.out"
+    describe_rc "rxe $rxe_role" "$rc_vm" "$dir/rxe.out" "$([ -e "$SHARE/jobs/$vm_job_id.rc" ] && echo 1)"
   fi
   if [ -n "$expect" ]; then
     grep -Eq -- "$expect" "$dir/dverbs.out" || why+=("dverbs output lacks /$expect/")
@@ -614,6 +697,8 @@ run_case() {  # CASE ROLE
     RUN_STATUS=FAIL RUN_MSG="the VM is down (console: $out/console.log)"
   elif case ",$tags," in *,peer,*) [ -z "$PEER" ] ;; *) false ;; esac; then
     RUN_STATUS=SKIP RUN_MSG=$PEER_WHY
+  elif case ",$tags," in *,cm,*) [ -n "$CM_WHY" ] ;; *) false ;; esac; then
+    RUN_STATUS=SKIP RUN_MSG=$CM_WHY
   else
     # Loss: ibv_rc_pingpong ends without a final handshake, so a lost last ACK after the
     # peer exited cannot be recovered (tests/e2e/ibverbs_pair.sh --attempts); perftest may
@@ -702,25 +787,52 @@ if [ $have_tshark = 1 ]; then
       TSHARK_OPTS+=(--disable-heuristic "$h")
   done
 fi
-check_capture() {  # FILE -> CAP_MSG; 0 good, 1 bad, 2 no RoCE frames
-  local f=$1 tsv err
+# CM: the run is a cm case, whose captures must also hold CM MADs (management class 7 on
+# QP1, dissected by tshark as such); their attributes are counted in CAP_MSG, REJs with
+# their reason.
+check_capture() {  # FILE [CM] -> CAP_MSG; 0 good, 1 bad, 2 no RoCE frames
+  local f=$1 want_cm=${2:-0} tsv err
   tsv=$(mktemp) err=$(mktemp)
   CAP_MSG=""
   if ! tshark -n -r "$f" "${TSHARK_OPTS[@]}" -T fields -e frame.number -e udp.dstport \
-        -e infiniband.bth.opcode -e _ws.malformed -e _ws.expert.severity >"$tsv" 2>"$err"; then
+        -e infiniband.bth.opcode -e _ws.malformed -e _ws.expert.severity \
+        -e infiniband.mad.mgmtclass -e infiniband.mad.attributeid -e infiniband.cm.rej.reason \
+        >"$tsv" 2>"$err"; then
     CAP_MSG="tshark cannot read it: $(grep -v 'Running as user' "$err" | head -1)"
     rm -f "$tsv" "$err"; return 1
   fi
-  local counts
+  local counts cm_list
   counts=$(awk -F'\t' '
+    function num(x,   i, v, d) {  # tshark prints these fields in hex (0x…) or decimal
+      if (x !~ /^0[xX]/) return x + 0
+      v = 0
+      for (i = 3; i <= length(x); i++) {
+        d = index("0123456789abcdef", tolower(substr(x, i, 1))) - 1
+        v = v * 16 + d
+      }
+      return v
+    }
+    BEGIN { split("REQ MRA REJ REP RTU DREQ DREP SIDR_REQ SIDR_REP LAP APR", nm, " ") }
     { sev = 0; n = split($5, s, ","); for (i = 1; i <= n; i++) if (s[i] + 0 > sev) sev = s[i] + 0 }
     $2 ~ /(^|,)4791(,|$)/ { roce++; if ($3 != "") ib++ }
     $4 != "" { mal++; if (!m) m = $1 }
     sev >= 8388608 { errs++; if (!e) e = $1 }
-    END { printf "%d %d %d %d %d %d", roce, ib, mal, errs, m, e }' "$tsv")
+    $6 != "" && num($6) == 7 {
+      cm++; a = num($7)
+      k = (a >= 16 && a <= 26) ? nm[a - 15] : sprintf("attribute 0x%04x", a)
+      if (k == "REJ" && $8 != "") k = "REJ (reason " num($8) ")"
+      if (!(k in cnt)) order[++no] = k
+      cnt[k]++
+    }
+    END {
+      printf "%d %d %d %d %d %d %d\n", roce, ib, mal, errs, m, e, cm
+      for (i = 1; i <= no; i++) printf "%s%d %s", (i > 1 ? ", " : ""), cnt[order[i]], order[i]
+      printf "\n"
+    }' "$tsv")
   rm -f "$tsv" "$err"
-  local roce ib mal errs m e
-  read -r roce ib mal errs m e <<<"$counts"
+  local roce ib mal errs m e cm
+  read -r roce ib mal errs m e cm <<<"$(head -1 <<<"$counts")"
+  cm_list=$(sed -n 2p <<<"$counts")
   local icrc=""
   if [ -n "$PY" ]; then
     icrc=$("$PY" "$here/roce_check.py" "$f" 2>&1)
@@ -729,6 +841,7 @@ check_capture() {  # FILE -> CAP_MSG; 0 good, 1 bad, 2 no RoCE frames
   CAP_MSG="$roce RoCEv2, $ib InfiniBand, $mal malformed, $errs expert errors"
   [ "$mal" != 0 ] && CAP_MSG="$CAP_MSG (first malformed: frame $m)"
   [ "$errs" != 0 ] && CAP_MSG="$CAP_MSG (first error: frame $e)"
+  [ "$want_cm" = 1 ] || [ "$cm" != 0 ] && CAP_MSG="$CAP_MSG, $cm CM MADs${cm_list:+ ($cm_list)}"
   if [ -n "$PY" ]; then
     local bad
     bad=$(head -1 <<<"$icrc" | sed -E 's/.*RoCEv2, //')
@@ -739,6 +852,7 @@ check_capture() {  # FILE -> CAP_MSG; 0 good, 1 bad, 2 no RoCE frames
     CAP_MSG="$CAP_MSG, ICRC not checked (no python3)"
   fi
   [ "$roce" = 0 ] && return 2
+  [ "$want_cm" = 1 ] && [ "$cm" = 0 ] && { CAP_MSG="$CAP_MSG; no CM MAD"; return 1; }
   [ "$ib" = "$roce" ] && [ "$mal" = 0 ] && [ "$errs" = 0 ] && { [ -z "$PY" ] || [ "$icrc_rc" = 0 ]; } &&
     return 0
   return 1
@@ -759,7 +873,11 @@ if [ ${#R_NAME[@]} -gt 0 ]; then
       if [ ! -s "$f" ]; then
         msgs+=("$side: no capture"); none=$((none + 1)); continue
       fi
-      check_capture "$f"
+      want_cm=0
+      for c in "${CASES[@]}"; do
+        [ "$(field "$c" 0)" = "${R_NAME[$i]}" ] && case ",$(field "$c" 1)," in *,cm,*) want_cm=1 ;; esac
+      done
+      check_capture "$f" "$want_cm"
       case $? in
         0) msgs+=("$side: $CAP_MSG") ;;
         1) st=FAIL; msgs+=("$side: $CAP_MSG") ;;

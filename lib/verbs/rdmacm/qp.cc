@@ -148,7 +148,9 @@ int init_qp_attr(IdPriv* p, ibv_qp_attr* a, int* mask) noexcept {
                             : q.path.mtu ? q.path.mtu
                                          : uint8_t(IBV_MTU_1024));
       a->dest_qp_num = q.dest_qp_num;
-      a->rq_psn = q.rq_psn & 0xffffff;
+      // We receive from the Starting PSN we advertise (REQ or REP; rdma_accept moves the QP
+      // before the REP is built, so it is ours, not dvcm's, that is known here).
+      a->rq_psn = p->psn & 0xffffff;
       *mask = IBV_QP_STATE | IBV_QP_AV | IBV_QP_PATH_MTU | IBV_QP_DEST_QPN | IBV_QP_RQ_PSN;
       if (reliable(p)) {
         a->max_dest_rd_atomic = clamp(q.max_dest_rd_atomic, p->dev->max_responder_resources);
@@ -157,7 +159,7 @@ int init_qp_attr(IdPriv* p, ibv_qp_attr* a, int* mask) noexcept {
       }
       return 0;
     case IBV_QPS_RTS:
-      a->sq_psn = p->psn;  // what we advertised in the REQ or REP
+      a->sq_psn = q.sq_psn & 0xffffff;  // what the peer advertised in its REQ or REP
       *mask = IBV_QP_STATE | IBV_QP_SQ_PSN;
       if (reliable(p)) {
         a->timeout = q.timeout;
