@@ -5,7 +5,9 @@
 #include <gtest/gtest.h>
 
 #include <arpa/inet.h>
+#include <fcntl.h>
 #include <poll.h>
+#include <sys/epoll.h>
 #include <unistd.h>
 
 #include <chrono>
@@ -281,6 +283,33 @@ TEST(Cm, SidrResolvesAUdService) {
   EXPECT_EQ(dvcm_destroy_id(c2), 0);
   EXPECT_EQ(dvcm_destroy_id(c), 0);
   EXPECT_EQ(dvcm_destroy_id(l), 0);
+}
+
+// The channel's fd is an ordinary pollable descriptor: epoll reports it readable exactly
+// while events are queued, and O_NONBLOCK makes an empty channel EAGAIN, not a wait.
+TEST(Cm, ChannelFdWorksWithEpollAndNonBlocking) {
+  Side s;
+  const int fd = dvcm_channel_fd(s.ch);
+  const int ep = epoll_create1(EPOLL_CLOEXEC);
+  ASSERT_GE(ep, 0);
+  epoll_event ev{};
+  ev.events = EPOLLIN;
+  ASSERT_EQ(epoll_ctl(ep, EPOLL_CTL_ADD, fd, &ev), 0);
+  epoll_event out{};
+  EXPECT_EQ(epoll_wait(ep, &out, 1, 0), 0);
+  ASSERT_EQ(fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK), 0);
+  dvcm_event e{};
+  EXPECT_EQ(dvcm_get_event(s.ch, &e), EAGAIN);
+  dvcm_id* c = s.id();
+  auto dst = v4(own_ip(), 7600);
+  ASSERT_EQ(dvcm_resolve_addr(c, nullptr, sa(dst), 2000), 0);
+  EXPECT_EQ(epoll_wait(ep, &out, 1, 10000), 1);  // ADDR_RESOLVED
+  EXPECT_EQ(dvcm_get_event(s.ch, &e), 0);
+  EXPECT_EQ(e.type, DVCM_EVENT_ADDR_RESOLVED);
+  EXPECT_EQ(epoll_wait(ep, &out, 1, 0), 0);  // drained
+  EXPECT_EQ(dvcm_get_event(s.ch, &e), EAGAIN);
+  close(ep);
+  EXPECT_EQ(dvcm_destroy_id(c), 0);
 }
 
 TEST(Cm, Binding) {
