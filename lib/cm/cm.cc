@@ -859,15 +859,16 @@ int dvcm_local_channel_destroy(dvcm_channel* ch) {
   if (!ch) return EINVAL;
   auto g = lock_cm();
   if (ch->ids) return EBUSY;
-  close(ch->fd);
-  close(ch->drain_fd);
   if (ch->readers) {
     // A thread still waits in dvcm_get_event (rping's CM thread does, as the process
-    // ends): as with rdma-core's channel, it keeps waiting, never sees an end of file, and
-    // the write end and this small object stay behind for it.
+    // ends): as with rdma-core's channel, it keeps waiting and never sees an end of file.
+    // The pipe and this small object stay behind for it (closing the descriptor it reads
+    // would let the number be reused under it).
     ch->dead = true;
     return 0;
   }
+  close(ch->fd);
+  close(ch->drain_fd);
   close(ch->wfd);
   delete ch;
   return 0;
