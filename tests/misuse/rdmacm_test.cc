@@ -18,7 +18,13 @@
 //   join_multicast_ex: reserved comp_mask / missing fields             ENOTSUP / EINVAL
 //   leave a group never joined                                        EADDRNOTAVAIL
 //   rdma_get_cm_event on an empty O_NONBLOCK channel                  EAGAIN
-//   rsockets (not implemented)                                        ENOSYS
+//   rsockets: a descriptor that is no open rsocket                    EBADF
+//   rsocket: SOCK_DGRAM / other protocol; other type; other family     EPROTONOSUPPORT;
+//                                                                      ESOCKTNOSUPPORT;
+//                                                                      EAFNOSUPPORT
+//   rsend/rrecv/rshutdown unconnected; raccept not listening          ENOTCONN; EINVAL
+//   rsetsockopt/rgetsockopt: unknown option; short or NULL value       ENOPROTOOPT; EINVAL
+//   rfcntl: unknown command; riomap/riounmap/riowrite                 EINVAL; ENOSYS
 //   rdma_getaddrinfo with nothing to resolve; a bad numeric host      EINVAL; EAI_NONAME
 // rdma_listen on an unbound identifier is no misuse: as with the kernel's rdma_cm it binds
 // to the IPv4 wildcard address.
@@ -30,10 +36,16 @@
 #include <rdma/rdma_verbs.h>
 #include <rdma/rsocket.h>
 #include <sys/un.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <poll.h>
+#include <sys/select.h>
 
 #include <cerrno>
+#include <chrono>
 #include <cstring>
 #include <thread>
+#include <vector>
 
 namespace {
 
@@ -564,43 +576,306 @@ TEST(RdmacmLoopback, RequestOutlivedByItsListener) {
   rdma_destroy_event_channel(ch);
 }
 
-TEST(RdmacmRsockets, NotImplemented) {
+// rsockets misuse: every call on a descriptor that is no open rsocket (never one, a real
+// file descriptor, one rclose'd) fails with EBADF; the rest fail for their reason.
+TEST(RdmacmRsockets, BadDescriptors) {
   char buf[8];
   sockaddr_in a = ip4(kLocal, 7475);
   socklen_t len = sizeof a;
   iovec iov{buf, sizeof buf};
   msghdr msg{};
-  pollfd pfd{};
-  int v = 0;
-  EXPECT_FAILS(rsocket(AF_INET, SOCK_STREAM, 0), ENOSYS);
-  EXPECT_FAILS(rbind(3, sa(a), sizeof a), ENOSYS);
-  EXPECT_FAILS(rlisten(3, 1), ENOSYS);
-  EXPECT_FAILS(raccept(3, sa(a), &len), ENOSYS);
-  EXPECT_FAILS(rconnect(3, sa(a), sizeof a), ENOSYS);
-  EXPECT_FAILS(rshutdown(3, SHUT_RDWR), ENOSYS);
-  EXPECT_FAILS(rclose(3), ENOSYS);
-  EXPECT_FAILS(rrecv(3, buf, sizeof buf, 0), ENOSYS);
-  EXPECT_FAILS(rrecvfrom(3, buf, sizeof buf, 0, sa(a), &len), ENOSYS);
-  EXPECT_FAILS(rrecvmsg(3, &msg, 0), ENOSYS);
-  EXPECT_FAILS(rsend(3, buf, sizeof buf, 0), ENOSYS);
-  EXPECT_FAILS(rsendto(3, buf, sizeof buf, 0, sa(a), sizeof a), ENOSYS);
-  EXPECT_FAILS(rsendmsg(3, &msg, 0), ENOSYS);
-  EXPECT_FAILS(rread(3, buf, sizeof buf), ENOSYS);
-  EXPECT_FAILS(rreadv(3, &iov, 1), ENOSYS);
-  EXPECT_FAILS(rwrite(3, buf, sizeof buf), ENOSYS);
-  EXPECT_FAILS(rwritev(3, &iov, 1), ENOSYS);
-  EXPECT_FAILS(rpoll(&pfd, 1, 0), ENOSYS);
-  EXPECT_FAILS(rselect(0, nullptr, nullptr, nullptr, nullptr), ENOSYS);
-  EXPECT_FAILS(rgetpeername(3, sa(a), &len), ENOSYS);
-  EXPECT_FAILS(rgetsockname(3, sa(a), &len), ENOSYS);
-  EXPECT_FAILS(rsetsockopt(3, SOL_SOCKET, SO_REUSEADDR, &v, sizeof v), ENOSYS);
-  EXPECT_FAILS(rgetsockopt(3, SOL_SOCKET, SO_REUSEADDR, &v, &len), ENOSYS);
-  EXPECT_FAILS(rfcntl(3, F_GETFL), ENOSYS);
-  EXPECT_FAILS(riomap(3, buf, sizeof buf, PROT_WRITE, 0, -1), ENOSYS);
-  EXPECT_FAILS(riounmap(3, buf, sizeof buf), ENOSYS);
+  msg.msg_iov = &iov;
+  msg.msg_iovlen = 1;
+  int v = 1;
+  const int closed = rsocket(AF_INET, SOCK_STREAM, 0);
+  ASSERT_GE(closed, 0) << std::strerror(errno);
+  EXPECT_EQ(0, rclose(closed));
+  for (int fd : {-1, 0, 2, 100000, closed}) {
+    SCOPED_TRACE(fd);
+    EXPECT_FAILS(rbind(fd, sa(a), sizeof a), EBADF);
+    EXPECT_FAILS(rlisten(fd, 1), EBADF);
+    EXPECT_FAILS(raccept(fd, sa(a), &len), EBADF);
+    EXPECT_FAILS(rconnect(fd, sa(a), sizeof a), EBADF);
+    EXPECT_FAILS(rshutdown(fd, SHUT_RDWR), EBADF);
+    EXPECT_FAILS(rclose(fd), EBADF);
+    EXPECT_FAILS(rrecv(fd, buf, sizeof buf, 0), EBADF);
+    EXPECT_FAILS(rrecvfrom(fd, buf, sizeof buf, 0, sa(a), &len), EBADF);
+    EXPECT_FAILS(rrecvmsg(fd, &msg, 0), EBADF);
+    EXPECT_FAILS(rsend(fd, buf, sizeof buf, 0), EBADF);
+    EXPECT_FAILS(rsendto(fd, buf, sizeof buf, 0, sa(a), sizeof a), EBADF);
+    EXPECT_FAILS(rsendmsg(fd, &msg, 0), EBADF);
+    EXPECT_FAILS(rread(fd, buf, sizeof buf), EBADF);
+    EXPECT_FAILS(rreadv(fd, &iov, 1), EBADF);
+    EXPECT_FAILS(rwrite(fd, buf, sizeof buf), EBADF);
+    EXPECT_FAILS(rwritev(fd, &iov, 1), EBADF);
+    EXPECT_FAILS(rgetpeername(fd, sa(a), &len), EBADF);
+    EXPECT_FAILS(rgetsockname(fd, sa(a), &len), EBADF);
+    EXPECT_FAILS(rsetsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &v, sizeof v), EBADF);
+    EXPECT_FAILS(rgetsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &v, &len), EBADF);
+    EXPECT_FAILS(rfcntl(fd, F_GETFL), EBADF);
+    EXPECT_FAILS(riomap(fd, buf, sizeof buf, PROT_WRITE, 0, -1), EBADF);
+    EXPECT_FAILS(riounmap(fd, buf, sizeof buf), EBADF);
+  }
+  // rpoll reports a descriptor that is not open as POLLNVAL; rselect fails.
+  pollfd pfd{closed, POLLIN, 0};
+  EXPECT_EQ(1, rpoll(&pfd, 1, 0));
+  EXPECT_EQ(POLLNVAL, pfd.revents);
+  fd_set rd;
+  FD_ZERO(&rd);
+  FD_SET(closed, &rd);
+  timeval zero{};
+  EXPECT_FAILS(rselect(closed + 1, &rd, nullptr, nullptr, &zero), EBADF);
+  EXPECT_FAILS(rselect(-1, nullptr, nullptr, nullptr, &zero), EINVAL);
+}
+
+TEST(RdmacmRsockets, SocketArguments) {
+  EXPECT_FAILS(rsocket(AF_INET, SOCK_DGRAM, 0), EPROTONOSUPPORT);  // datagram rsockets
+  EXPECT_FAILS(rsocket(AF_INET, SOCK_STREAM, IPPROTO_UDP), EPROTONOSUPPORT);
+  EXPECT_FAILS(rsocket(AF_INET, SOCK_SEQPACKET, 0), ESOCKTNOSUPPORT);
+  EXPECT_FAILS(rsocket(AF_UNIX, SOCK_STREAM, 0), EAFNOSUPPORT);
+  EXPECT_FAILS(rsocket(AF_IB, SOCK_STREAM, 0), EAFNOSUPPORT);
+}
+
+// The calls a fresh, a listening and an unconnected socket refuse, and the options.
+TEST(RdmacmRsockets, StateAndOptions) {
+  char buf[8] = {};
+  const int s = rsocket(AF_INET, SOCK_STREAM, IPPROTO_TCP);
+  ASSERT_GE(s, 0) << std::strerror(errno);
+  EXPECT_FAILS(rsend(s, buf, sizeof buf, 0), ENOTCONN);
+  EXPECT_FAILS(rrecv(s, buf, sizeof buf, 0), ENOTCONN);
+  EXPECT_FAILS(rshutdown(s, SHUT_RDWR), ENOTCONN);
+  EXPECT_FAILS(rshutdown(s, 42), EINVAL);
+  EXPECT_FAILS(raccept(s, nullptr, nullptr), EINVAL);  // not listening
+  sockaddr_in a{};
+  socklen_t len = sizeof a;
+  EXPECT_FAILS(rgetpeername(s, sa(a), &len), ENOTCONN);
+  sockaddr_un un{};
+  un.sun_family = AF_UNIX;
+  EXPECT_FAILS(rconnect(s, reinterpret_cast<sockaddr*>(&un), sizeof un), EAFNOSUPPORT);
+  EXPECT_FAILS(rbind(s, nullptr, 0), EINVAL);
+  sockaddr_in nowhere = ip4("192.0.2.1", 7476);
+  EXPECT_FAILS(rbind(s, sa(nowhere), sizeof nowhere), EADDRNOTAVAIL);
+  sockaddr_in local = ip4(kLocal, 7476);
+  EXPECT_FAILS(rbind(s, sa(local), sizeof local - 1), EINVAL);
+
+  int v = 1;
+  socklen_t vl = sizeof v;
+  EXPECT_EQ(0, rsetsockopt(s, SOL_SOCKET, SO_REUSEADDR, &v, sizeof v)) << std::strerror(errno);
+  EXPECT_EQ(0, rsetsockopt(s, IPPROTO_TCP, TCP_NODELAY, &v, sizeof v));
+  EXPECT_EQ(0, rsetsockopt(s, SOL_SOCKET, SO_KEEPALIVE, &v, sizeof v));
+  v = 1 << 19;
+  EXPECT_EQ(0, rsetsockopt(s, SOL_SOCKET, SO_RCVBUF, &v, sizeof v));
+  v = 0;
+  EXPECT_EQ(0, rgetsockopt(s, SOL_SOCKET, SO_RCVBUF, &v, &vl));
+  EXPECT_EQ(1 << 20, v);  // doubled, as Linux does
+  v = 0;
+  EXPECT_EQ(0, rgetsockopt(s, IPPROTO_TCP, TCP_NODELAY, &v, &vl));
+  EXPECT_EQ(1, v);
+  linger lg{1, 5};
+  EXPECT_EQ(0, rsetsockopt(s, SOL_SOCKET, SO_LINGER, &lg, sizeof lg));
+  v = 64;
+  EXPECT_EQ(0, rsetsockopt(s, SOL_RDMA, RDMA_INLINE, &v, sizeof v));
+  EXPECT_FAILS(rsetsockopt(s, SOL_SOCKET, SO_BROADCAST, &v, sizeof v), ENOPROTOOPT);
+  EXPECT_FAILS(rsetsockopt(s, IPPROTO_IP, IP_TTL, &v, sizeof v), ENOPROTOOPT);
+  EXPECT_FAILS(rsetsockopt(s, SOL_SOCKET, SO_REUSEADDR, &v, 1), EINVAL);
+  EXPECT_FAILS(rsetsockopt(s, SOL_SOCKET, SO_REUSEADDR, nullptr, sizeof v), EINVAL);
+  v = 0;
+  EXPECT_FAILS(rsetsockopt(s, IPPROTO_TCP, TCP_KEEPIDLE, &v, sizeof v), EINVAL);
+  EXPECT_FAILS(rsetsockopt(s, IPPROTO_IPV6, IPV6_V6ONLY, &v, sizeof v), ENOPROTOOPT);
+  EXPECT_FAILS(rgetsockopt(s, SOL_SOCKET, SO_PEERCRED, &v, &vl), ENOPROTOOPT);
+  vl = 1;
+  EXPECT_FAILS(rgetsockopt(s, SOL_SOCKET, SO_ERROR, &v, &vl), EINVAL);
+  vl = sizeof v;
+  EXPECT_EQ(0, rgetsockopt(s, SOL_SOCKET, SO_ERROR, &v, &vl));
+  EXPECT_EQ(0, v);
+  EXPECT_EQ(0, rgetsockopt(s, SOL_SOCKET, SO_TYPE, &v, &vl));
+  EXPECT_EQ(SOCK_STREAM, v);
+
+  EXPECT_EQ(O_RDWR, rfcntl(s, F_GETFL));
+  EXPECT_EQ(0, rfcntl(s, F_SETFL, O_NONBLOCK));
+  EXPECT_EQ(O_RDWR | O_NONBLOCK, rfcntl(s, F_GETFL));
+  EXPECT_FAILS(rfcntl(s, F_GETLK, nullptr), EINVAL);
+  EXPECT_FAILS(riomap(s, buf, sizeof buf, PROT_WRITE, 0, -1), ENOSYS);
+  EXPECT_FAILS(riounmap(s, buf, sizeof buf), ENOSYS);
   errno = 0;
-  EXPECT_EQ(size_t(-1), riowrite(3, buf, sizeof buf, 0, 0));
+  EXPECT_EQ(size_t(-1), riowrite(s, buf, sizeof buf, 0, 0));
   EXPECT_EQ(ENOSYS, errno);
+
+  ASSERT_EQ(0, rbind(s, sa(local), sizeof local)) << std::strerror(errno);
+  EXPECT_FAILS(rbind(s, sa(local), sizeof local), EINVAL);  // bound already
+  ASSERT_EQ(0, rlisten(s, 4)) << std::strerror(errno);
+  EXPECT_FAILS(raccept(s, nullptr, nullptr), EAGAIN);  // O_NONBLOCK, no request
+  EXPECT_FAILS(rconnect(s, sa(local), sizeof local), EINVAL);
+  EXPECT_FAILS(rrecv(s, buf, sizeof buf, 0), ENOTCONN);
+  v = 8;  // as rdma-core, SOL_RDMA options are taken until a connection exists
+  EXPECT_EQ(0, rsetsockopt(s, SOL_RDMA, RDMA_INLINE, &v, sizeof v));
+  len = sizeof a;
+  ASSERT_EQ(0, rgetsockname(s, sa(a), &len));
+  EXPECT_EQ(sizeof a, len);
+  EXPECT_EQ(htons(7476), a.sin_port);
+  v = 0;
+  EXPECT_EQ(0, rgetsockopt(s, SOL_SOCKET, SO_ACCEPTCONN, &v, &vl));
+  EXPECT_EQ(1, v);
+  EXPECT_EQ(0, rclose(s));
+
+  // Nobody listens there: the blocking rconnect is refused.
+  const int c = rsocket(AF_INET, SOCK_STREAM, 0);
+  ASSERT_GE(c, 0);
+  sockaddr_in none = ip4(kLocal, 7477);
+  EXPECT_FAILS(rconnect(c, sa(none), sizeof none), ECONNREFUSED);
+  EXPECT_EQ(0, rclose(c));
+}
+
+// Sends `n` bytes of a pattern from `tx` and reads them on `rx`, both non-blocking, in one
+// thread; true when they arrived intact.
+bool stream_pattern(int tx, int rx, size_t n) {
+  std::vector<uint8_t> out(n), in(n);
+  for (size_t i = 0; i < n; i++) out[i] = uint8_t(i * 7 + 3);
+  size_t sent = 0, got = 0;
+  for (int spins = 0; got < n && spins < 10'000'000; spins++) {
+    if (sent < n) {
+      const ssize_t k = rsend(tx, out.data() + sent, n - sent, MSG_DONTWAIT);
+      if (k > 0)
+        sent += size_t(k);
+      else if (errno != EAGAIN)
+        return ADD_FAILURE() << "rsend: " << std::strerror(errno), false;
+    }
+    const ssize_t k = rrecv(rx, in.data() + got, n - got, MSG_DONTWAIT);
+    if (k > 0)
+      got += size_t(k);
+    else if (k == 0)
+      return ADD_FAILURE() << "rrecv: early end of stream", false;
+    else if (errno != EAGAIN)
+      return ADD_FAILURE() << "rrecv: " << std::strerror(errno), false;
+  }
+  return got == n && out == in;
+}
+
+// Not misuse: a stream across the loopback port in one process — a non-blocking connect
+// finished through rpoll, data both ways (more than the windows hold), scatter/gather,
+// MSG_PEEK, rselect, and the end of the stream after rshutdown.
+TEST(RdmacmRsockets, LoopbackStream) {
+  const int l = rsocket(AF_INET, SOCK_STREAM, 0);
+  ASSERT_GE(l, 0) << std::strerror(errno);
+  sockaddr_in a = ip4(kLocal, 7490);
+  int v = 1;
+  ASSERT_EQ(0, rsetsockopt(l, SOL_SOCKET, SO_REUSEADDR, &v, sizeof v));
+  ASSERT_EQ(0, rbind(l, sa(a), sizeof a)) << std::strerror(errno);
+  ASSERT_EQ(0, rlisten(l, 4)) << std::strerror(errno);
+  const int c = rsocket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK, 0);
+  ASSERT_GE(c, 0);
+  EXPECT_FAILS(rconnect(c, sa(a), sizeof a), EINPROGRESS);
+  EXPECT_FAILS(rconnect(c, sa(a), sizeof a), EALREADY);
+  int p = -1;
+  bool writable = false;
+  for (int i = 0; i < 500 && (p < 0 || !writable); i++) {
+    pollfd fds[2] = {{l, POLLIN, 0}, {c, POLLOUT, 0}};
+    ASSERT_GE(rpoll(fds, 2, 20), 0) << std::strerror(errno);
+    EXPECT_EQ(0, fds[0].revents & ~POLLIN);
+    EXPECT_EQ(0, fds[1].revents & ~POLLOUT);
+    if (fds[0].revents & POLLIN) {
+      sockaddr_in peer{};
+      socklen_t len = sizeof peer;
+      p = raccept(l, sa(peer), &len);
+      ASSERT_GE(p, 0) << std::strerror(errno);
+      EXPECT_EQ(sizeof peer, len);
+      EXPECT_EQ(AF_INET, peer.sin_family);
+    }
+    writable = fds[1].revents & POLLOUT;
+  }
+  ASSERT_GE(p, 0);
+  ASSERT_TRUE(writable);
+  socklen_t vl = sizeof v;
+  ASSERT_EQ(0, rgetsockopt(c, SOL_SOCKET, SO_ERROR, &v, &vl));
+  EXPECT_EQ(0, v);
+  EXPECT_FAILS(rconnect(c, sa(a), sizeof a), EISCONN);
+  EXPECT_FAILS(rsetsockopt(c, SOL_RDMA, RDMA_INLINE, &v, sizeof v), EINVAL);  // too late
+  sockaddr_in peer{};
+  socklen_t len = sizeof peer;
+  ASSERT_EQ(0, rgetpeername(c, sa(peer), &len));
+  EXPECT_EQ(a.sin_port, peer.sin_port);
+  EXPECT_EQ(a.sin_addr.s_addr, peer.sin_addr.s_addr);
+  len = sizeof peer;
+  ASSERT_EQ(0, rgetsockname(p, sa(peer), &len));
+  EXPECT_EQ(a.sin_port, peer.sin_port);
+  EXPECT_EQ(O_RDWR, rfcntl(p, F_GETFL));  // an accepted socket blocks
+  ASSERT_EQ(0, rfcntl(p, F_SETFL, O_NONBLOCK));
+
+  EXPECT_TRUE(stream_pattern(c, p, 3 << 20));  // 3 MiB: many times each window
+  EXPECT_TRUE(stream_pattern(p, c, 1 << 20));
+
+  // Gather on one side, scatter, peek and select on the other. p blocks again: its send
+  // ring may still wait for the ACKs of the stream (DVERBS_LCORES=1).
+  ASSERT_EQ(0, rfcntl(p, F_SETFL, 0));
+  char h[] = "head-", t[] = "tail";
+  iovec wv[2] = {{h, 5}, {t, 4}};
+  EXPECT_EQ(9, rwritev(p, wv, 2));
+  fd_set rd;
+  FD_ZERO(&rd);
+  FD_SET(c, &rd);
+  timeval tv{2, 0};
+  EXPECT_EQ(1, rselect(c + 1, &rd, nullptr, nullptr, &tv));
+  EXPECT_TRUE(FD_ISSET(c, &rd));
+  char peekbuf[4] = {};
+  ASSERT_EQ(0, rfcntl(c, F_SETFL, 0));  // blocking from here on
+  EXPECT_EQ(4, rrecv(c, peekbuf, sizeof peekbuf, MSG_PEEK));
+  EXPECT_EQ(0, std::memcmp("head", peekbuf, 4));
+  char r1[3] = {}, r2[6] = {};
+  iovec rv[2] = {{r1, 3}, {r2, 6}};
+  EXPECT_EQ(9, rreadv(c, rv, 2));
+  EXPECT_EQ(0, std::memcmp("hea", r1, 3));
+  EXPECT_EQ(0, std::memcmp("d-tail", r2, 6));
+
+  // The end of the stream: rrecv returns 0 after the data sent before the FIN.
+  EXPECT_EQ(3, rsend(c, "bye", 3, 0));
+  ASSERT_EQ(0, rshutdown(c, SHUT_WR));
+  EXPECT_FAILS(rsend(c, "x", 1, 0), EPIPE);
+  char bye[8] = {};
+  EXPECT_EQ(3, rrecv(p, bye, sizeof bye, MSG_WAITALL));
+  EXPECT_EQ(0, rrecv(p, bye, sizeof bye, 0));
+  pollfd fin{p, POLLIN | POLLRDHUP, 0};
+  EXPECT_EQ(1, rpoll(&fin, 1, 0));
+  EXPECT_EQ(POLLIN | POLLRDHUP, fin.revents);
+  EXPECT_EQ(2, rsend(p, "ok", 2, 0));  // half closed: the other way still works
+  char ok[2] = {};
+  EXPECT_EQ(2, rrecv(c, ok, sizeof ok, MSG_WAITALL));
+  EXPECT_EQ(0, rclose(p));
+  EXPECT_EQ(0, rrecv(c, ok, sizeof ok, 0));  // the peer closed
+  EXPECT_EQ(0, rclose(c));
+  EXPECT_EQ(0, rclose(l));
+}
+
+// Blocking calls in two threads: raccept and rconnect meet, and rclose wakes a thread
+// blocked in rrecv on the same socket, which then fails with EBADF.
+TEST(RdmacmRsockets, CloseWakesABlockedReader) {
+  const int l = rsocket(AF_INET, SOCK_STREAM, 0);
+  ASSERT_GE(l, 0) << std::strerror(errno);
+  sockaddr_in a = ip4(kLocal, 7491);
+  ASSERT_EQ(0, rbind(l, sa(a), sizeof a)) << std::strerror(errno);
+  ASSERT_EQ(0, rlisten(l, 4)) << std::strerror(errno);
+  int p = -1;
+  std::thread acceptor([&] { p = raccept(l, nullptr, nullptr); });
+  const int c = rsocket(AF_INET, SOCK_STREAM, 0);
+  ASSERT_GE(c, 0);
+  EXPECT_EQ(0, rconnect(c, sa(a), sizeof a)) << std::strerror(errno);
+  acceptor.join();
+  ASSERT_GE(p, 0);
+  ssize_t n = 0;
+  int err = 0;
+  std::thread reader([&] {
+    char b;
+    n = rrecv(p, &b, 1, 0);
+    err = errno;
+  });
+  std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  EXPECT_EQ(0, rclose(p));
+  reader.join();
+  EXPECT_EQ(-1, n);
+  EXPECT_EQ(EBADF, err);
+  char b;
+  EXPECT_EQ(0, rrecv(c, &b, 1, 0));  // the end of the stream
+  EXPECT_EQ(0, rclose(c));
+  EXPECT_EQ(0, rclose(l));
 }
 
 }  // namespace
