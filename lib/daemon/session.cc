@@ -693,6 +693,13 @@ int Session::dispatch(Request& req, InFds& in, Response& resp, OutFds& out) {
       return destroy(req.handle, Kind::mw, false);
     case Cmd::stats:
       return stats(resp);
+    case Cmd::attach_mcast:
+    case Cmd::detach_mcast: {
+      auto* o = lookup<QpObj>(req.handle, Kind::qp);
+      if (!o) return EINVAL;
+      return req.cmd == Cmd::attach_mcast ? mid::attach_mcast(o->qp, &req.mcast.gid)
+                                          : mid::detach_mcast(o->qp, &req.mcast.gid);
+    }
   }
   return invalid();
 }

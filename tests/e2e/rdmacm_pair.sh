@@ -18,6 +18,9 @@
 #                                 raccept): once the client has exited, wait (10 s at
 #                                 most) for a line of the server's output matching REGEX,
 #                                 then stop it (SIGTERM); it passes if the line came
+#              --daemon           each side is a client of its own dverbsd (the daemons own
+#                                 the ports, QP1 and the CM; the programs reach them
+#                                 through DVERBS_DAEMON), started here
 #              --capture          the server captures its port (DVERBS_PCAP); tshark must
 #                                 decode REQ, REP, RTU, DREQ and DREP as CM MADs, and no
 #                                 frame as malformed (skipped when tshark is missing)
@@ -34,7 +37,8 @@ set -u
 
 run=$(realpath "$1") transport=$2
 shift 2
-lcores=0 limit=120 attempts=1 filesize="" server_until="" capture=0
+lcores=0 limit=120 attempts=1 filesize="" server_until="" capture=0 daemon=0
+dpids=()
 expects=()
 expects_c=()
 server=()
@@ -49,6 +53,7 @@ while [ $# -gt 0 ]; do
     --file) filesize=$2; shift 2 ;;
     --server-until) server_until=$2; shift 2 ;;
     --capture) capture=1; shift ;;
+    --daemon) daemon=1; shift ;;
     --server) shift; while [ $# -gt 0 ] && [ "$1" != --client ]; do server+=("$1"); shift; done ;;
     --client) shift; while [ $# -gt 0 ]; do client+=("$1"); shift; done ;;
     *) echo "rdmacm_pair.sh: unknown option $1" >&2; exit 1 ;;
@@ -90,10 +95,32 @@ start() {  # start SIDE DEVARGS IP ARGS...
   mapfile -t args < <(subst "$@")
   local pcap=()
   [ "$capture" = 1 ] && [ "$side" = b ] && pcap=(--pcap "$work/b.pcapng")
-  (cd "$work" && exec timeout -k 5 "$limit" "$run" --port "$dev" --ip "$ip/24" \
-     --lcores "$lcores" "${pcap[@]}" -- "${args[@]}") >"$work/$side.out" 2>&1 &
+  if [ "$daemon" = 1 ]; then
+    (cd "$work" && DVERBS_DAEMON="$work/dvd.$side" exec timeout -k 5 "$limit" "$run" \
+       -- "${args[@]}") >"$work/$side.out" 2>&1 &
+  else
+    (cd "$work" && exec timeout -k 5 "$limit" "$run" --port "$dev" --ip "$ip/24" \
+       --lcores "$lcores" "${pcap[@]}" -- "${args[@]}") >"$work/$side.out" 2>&1 &
+  fi
   pids+=($!)
   eval "pid_$side=$!"
+}
+
+# start_daemon SIDE DEVARGS IP: a dverbsd serving $work/dvd.SIDE on that port.
+start_daemon() {
+  local side=$1 dir="$work/dvd.$1"
+  rm -rf "$dir"
+  mkdir -p "$dir"
+  DVERBS_PORT=$2 DVERBS_IP=$3/24 DVERBS_LCORES=$lcores \
+    timeout -k 5 "$limit" "$(dirname "$run")/dverbsd" --dir "$dir" >"$work/dvd.$side.log" 2>&1 &
+  pids+=($!)
+  dpids+=($!)
+  for _ in $(seq 400); do
+    grep -q '^dverbsd: ready' "$work/dvd.$side.log" && return 0
+    sleep 0.05
+  done
+  echo "FAIL: dverbsd $side did not start"; cat "$work/dvd.$side.log"
+  return 1
 }
 
 run_pair() {
@@ -104,11 +131,18 @@ run_pair() {
     port_b="net_memif0,role=server,socket=$sock"
   fi
   rm -f "$work/out"
+  if [ "$daemon" = 1 ]; then
+    start_daemon b "$port_b" 10.0.0.1 && start_daemon a "$port_a" 10.0.0.2 || return 1
+    sleep 1  # both ports up (memif connects as soon as both daemons run)
+    start b "$port_b" 10.0.0.1 "${server[@]}"
+    sleep 1
+  else
   start b "$port_b" 10.0.0.1 "${server[@]}"
   if [ "$transport" = memif ]; then
     pair_wait_memif "$pid_b" "$sock" || { cat "$work/b.out"; return 1; }
   else
     sleep 1
+  fi
   fi
   start a "$port_a" 10.0.0.2 "${client[@]}"
   wait "$pid_a"; rc_a=$?
@@ -134,6 +168,8 @@ run_pair() {
       echo "FAIL: the copy differs from the original"; status=1
     fi
   fi
+  for d in "${dpids[@]}"; do kill -TERM "$d" 2>/dev/null; wait "$d" 2>/dev/null; done
+  dpids=()
   [ "$capture" = 1 ] && check_capture "$work/b.pcapng"
   [ $status = 0 ] && echo "PASS"
   return $status

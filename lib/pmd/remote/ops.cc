@@ -408,6 +408,16 @@ int create_qp(mid::Pd* pd, const mid::QpInitAttr* init, mid::Qp** out) {
   return 0;
 }
 
+// Multicast groups live in the daemon's HCA, as everything else of the QP.
+int mcast(mid::Qp* q, const Gid* g, Cmd cmd) {
+  Request req = make(cmd, to_qp(q)->handle);
+  req.mcast.gid = *g;
+  Response resp;
+  return rdev(q->device).command(req, &resp);
+}
+int attach_mcast(mid::Qp* q, const Gid* g) { return mcast(q, g, Cmd::attach_mcast); }
+int detach_mcast(mid::Qp* q, const Gid* g) { return mcast(q, g, Cmd::detach_mcast); }
+
 int modify_qp(mid::Qp* q, const QpAttr* a, uint32_t mask) {
   Qp* qp = to_qp(q);
   publish_for_events(rdev(q->device), qp->handle, &rdev(q->device).qps, q);
@@ -597,6 +607,8 @@ const mid::DeviceOps kRemoteOps = {
     .alloc_mw = alloc_mw,
     .dealloc_mw = dealloc_mw,
     .reg_mr_iova = nullptr,  // the client registers at its own addresses only
+    .attach_mcast = attach_mcast,
+    .detach_mcast = detach_mcast,
 };
 
 }  // namespace dverbs::pmd::remote

@@ -34,7 +34,7 @@
 namespace dverbs::daemon {
 
 constexpr uint32_t kMagic = 0x31425644;  // "DVB1"
-constexpr uint32_t kVersion = 2;  // 2: no create_ah/destroy_ah (AHs never cross)
+constexpr uint32_t kVersion = 3;  // 3: attach_mcast/detach_mcast; 2: no create_ah/destroy_ah
 constexpr const char* kDefaultDir = "/run/dverbs";
 // Socket of device N: DIR/uverbsN (the analogue of /dev/infiniband/uverbsN).
 constexpr const char* kSocketPrefix = "uverbs";
@@ -60,6 +60,8 @@ enum class Cmd : uint32_t {
   alloc_mw,
   dealloc_mw,
   stats,       // daemon-wide resource counters (tests, dverbsd --stat)
+  attach_mcast,  // handle = QP, mcast.gid (ibv_attach_mcast)
+  detach_mcast,
 };
 
 // Handles are opaque per-connection values: generation << 20 | index. 0 is never valid.
@@ -130,6 +132,9 @@ struct Request {
       Handle pd;
       uint32_t type;
     } alloc_mw;
+    struct {
+      Gid gid;
+    } mcast;
     uint8_t raw[640];
   };
 };
