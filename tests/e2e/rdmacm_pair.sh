@@ -124,6 +124,7 @@ start_daemon() {
 }
 
 run_pair() {
+  rc_b=""
   port=$((20000 + RANDOM % 40000))
   if [ "$transport" = memif ]; then
     sock="$work/memif.$1.sock"
@@ -145,6 +146,20 @@ run_pair() {
   fi
   fi
   start a "$port_a" 10.0.0.2 "${client[@]}"
+  # A side that fails (a sanitizer's report, a crash) leaves its peer waiting for messages
+  # that never come: give the peer 10 s to finish, then stop it, rather than let it run
+  # into its timeout.
+  while kill -0 "$pid_a" 2>/dev/null; do
+    if [ -z "$server_until" ] && ! kill -0 "$pid_b" 2>/dev/null; then
+      wait "$pid_b"; rc_b=$?
+      if [ $rc_b != 0 ]; then
+        for _ in $(seq 100); do kill -0 "$pid_a" 2>/dev/null || break; sleep 0.1; done
+        kill -TERM "$pid_a" 2>/dev/null && echo "FAIL: the server failed ($rc_b); client stopped"
+      fi
+      break
+    fi
+    sleep 0.1
+  done
   wait "$pid_a"; rc_a=$?
   if [ -n "$server_until" ]; then
     rc_b=1
@@ -156,7 +171,11 @@ run_pair() {
     kill -TERM "$pid_b" 2>/dev/null
     wait "$pid_b"
     [ $rc_b = 0 ] || echo "FAIL: the server's output never matched /$server_until/"
-  else
+  elif [ -z "${rc_b:-}" ]; then
+    if [ $rc_a != 0 ]; then
+      for _ in $(seq 100); do kill -0 "$pid_b" 2>/dev/null || break; sleep 0.1; done
+      kill -TERM "$pid_b" 2>/dev/null && echo "FAIL: the client failed ($rc_a); server stopped"
+    fi
     wait "$pid_b"; rc_b=$?
   fi
   echo "=== ${server[*]} / ${client[*]} over $transport (lcores $lcores)"
@@ -170,6 +189,9 @@ run_pair() {
   fi
   for d in "${dpids[@]}"; do kill -TERM "$d" 2>/dev/null; wait "$d" 2>/dev/null; done
   dpids=()
+  if [ $status != 0 ] && [ "$daemon" = 1 ]; then
+    for side in b a; do echo "--- dverbsd $side"; tail -n 40 "$work/dvd.$side.log"; done
+  fi
   [ "$capture" = 1 ] && check_capture "$work/b.pcapng"
   [ $status = 0 ] && echo "PASS"
   return $status
