@@ -69,6 +69,7 @@ int main(int argc, char** argv) {
     if (kind == "bw") return child_bandwidth(o);
     if (kind == "scaling") return child_scaling(o);
     if (kind == "qps") return child_qps(o);
+    if (kind == "idle") return child_idle(o);
     die("unknown child kind '" + kind + "'");
   }
   Options o = parse_options(argc, argv, 2);
@@ -80,6 +81,7 @@ int main(int argc, char** argv) {
   if (first == "bandwidth") return scenario_bandwidth(o);
   if (first == "scaling") return scenario_scaling(o);
   if (first == "qps") return scenario_qps(o);
+  if (first == "idle") return scenario_idle(o);
   usage(stderr);
   die("unknown scenario '" + first + "'");
 }

@@ -1,6 +1,6 @@
 // dverbs-run: runs a command with the DVERBS_* environment set from options.
 //
-//   dverbs-run [--port DEVARGS] [--ip ADDR/PREFIX] [--mac MAC] [--lcores N] [--eal ARGS]
+//   dverbs-run [--port DEVARGS] [--ip ADDR/PREFIX] [--mac MAC] [--lcores N|auto] [--eal ARGS]
 //              [--fault SPEC] [--pcap FILE] [--log LEVEL] -- CMD ARGS...
 //
 //   --link-wait S: how long ibv_open_device waits for a port whose link is down (memif peer
@@ -28,7 +28,7 @@ namespace {
 
 void usage(FILE* f) {
   std::fprintf(f,
-               "usage: dverbs-run [--port DEVARGS] [--ip ADDR/PREFIX] [--mac MAC] [--lcores N]\n"
+               "usage: dverbs-run [--port DEVARGS] [--ip ADDR/PREFIX] [--mac MAC] [--lcores N|auto]\n"
                "                  [--eal ARGS] [--fault SPEC] [--pcap FILE] [--log LEVEL]\n"
                "                  [--link-wait SECONDS]\n"
                "                  -- CMD [ARGS...]\n"

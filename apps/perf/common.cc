@@ -47,6 +47,8 @@ void usage(FILE* out) {
       "  scaling    1..N transport lcores, one QP each, on net_null (requester path) and on\n"
       "             loopback (full path); efficiency = rate(n) / (n * rate(1))\n"
       "  qps        message rate and RSS with 1, 10, 100, 1000 active QP pairs\n"
+      "  idle       CPU of a process without traffic (inline, one lcore, the default) and\n"
+      "             the first message after the pause against one sent hot\n"
       "\n"
       "options:\n"
       "  --json             one JSON object on the last line of stdout\n"

@@ -11,6 +11,7 @@ int scenario_latency(const Options& o);
 int scenario_bandwidth(const Options& o);
 int scenario_scaling(const Options& o);
 int scenario_qps(const Options& o);
+int scenario_idle(const Options& o);
 
 int child_rate(const Options& o);       // RC messages between two QPs (rate.cc)
 int child_raw(const Options& o);        // the raw packet-I/O floor (raw.cc)
@@ -20,6 +21,7 @@ int child_udp(const Options& o);        // kernel UDP ping-pong, --role server|c
 int child_bandwidth(const Options& o);  // RDMA WRITE stream (bandwidth.cc)
 int child_scaling(const Options& o);    // n lcores, --port null|loop (scaling.cc)
 int child_qps(const Options& o);        // --nqps N pairs, rate and RSS (qps.cc)
+int child_idle(const Options& o);       // CPU while idle, first message after (idle.cc)
 
 // Shared by scenarios: "MET"/"not met" against a target, and the report header.
 const char* verdict(bool met);

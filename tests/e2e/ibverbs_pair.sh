@@ -6,7 +6,8 @@
 #
 #   TRANSPORT  memif   the two processes share a memif socket
 #              af_xdp  the two ends of a veth pair created here (needs root)
-#   options    --lcores N       DVERBS_LCORES of both processes (default 0)
+#   options    --lcores N       DVERBS_LCORES of both processes (default 0); "default"
+#                               leaves it unset (dverbs chooses: DVERBS_LCORES=auto)
 #              --expect REGEX   a line both outputs must contain (repeatable)
 #              --expect-a REGEX a line the client's output must contain (repeatable)
 #              --memlock KIB    the program pins this much: raise RLIMIT_MEMLOCK to it if
@@ -79,15 +80,17 @@ case "$transport" in
   *) echo "ibverbs_pair.sh: unknown transport $transport" >&2; exit 1 ;;
 esac
 
+lc=(--lcores "$lcores")
+[ "$lcores" = default ] && lc=()
 start_b() {
-  timeout -k 5 "$limit" "$run" --port "$port_b" --ip 10.0.0.1/24 --lcores "$lcores" \
+  timeout -k 5 "$limit" "$run" --port "$port_b" --ip 10.0.0.1/24 "${lc[@]}" \
     --fault "$fault" -- \
     "$prog" "$@" -p "$port" >"$work/b.out" 2>&1 &
   pids+=($!)
   pid_b=$!
 }
 start_a() {
-  timeout -k 5 "$limit" "$run" --port "$port_a" --ip 10.0.0.2/24 --lcores "$lcores" \
+  timeout -k 5 "$limit" "$run" --port "$port_a" --ip 10.0.0.2/24 "${lc[@]}" \
     --fault "$fault" -- \
     "$prog" "$@" -p "$port" 127.0.0.1 >"$work/a.out" 2>&1 &
   pids+=($!)

@@ -4,8 +4,11 @@
 #include <cstring>
 #include <thread>
 
+#include <unistd.h>
+
 #include <rte_cycles.h>
 #include <rte_ethdev.h>
+#include <rte_log.h>
 
 #include "midlayer/core.h"
 #include "pmd/hca/engine.h"
@@ -29,12 +32,14 @@ int on_dpdk_event(uint16_t, rte_eth_event_type, void* cb_arg, void*) {
 
 namespace {
 int engine_poll(void* arg) noexcept { return static_cast<Engine*>(arg)->poll(); }
-// The inline-progress helper reports no work so it stays in deep back-off: it is a safety
-// net for timers and for applications asleep in a completion channel, not a poller that
-// competes with the application's own polling for the CPU.
-int engine_try_poll(void* arg) noexcept {
-  static_cast<Device*>(arg)->progress();
-  return 0;
+// The inline-progress helper serves the transport while the application does not: the
+// passive side of READs, atomics and WRITEs, timers, and programs asleep in a completion
+// channel. It reports only the work it did while the application made no dverbs call, so
+// it spins (LcoreThread's adaptive back-off) while it alone serves traffic and backs off
+// as soon as the application polls for itself: two threads spinning for one engine on a
+// small machine would only take turns on the CPU.
+int inline_helper_round(void* arg) noexcept {
+  return static_cast<Device*>(arg)->helper_round();
 }
 }  // namespace
 
@@ -49,7 +54,14 @@ std::unique_ptr<Device> Device::create(const net::Config& cfg, const char* name,
     (void)rc;
     return nullptr;
   }
-  const uint16_t nq = uint16_t(cfg.lcores > 0 ? cfg.lcores : 1);
+  if (cfg.lcores == net::kLcoresAuto) {
+    net::LcoreChoice c = net::choose_lcores_auto();
+    dev->cfg_.lcores = c.lcores;
+    dev->lcore_slot_fd_ = c.slot_fd;
+    rte_log(RTE_LOG_INFO, RTE_LOGTYPE_USER1, "dverbs: %s: %s\n", name, c.why.c_str());
+  }
+  const int lcores = dev->cfg_.lcores;
+  const uint16_t nq = uint16_t(lcores > 0 ? lcores : 1);
   dev->port_ = net::Port::open(cfg, nq, err);
   if (!dev->port_) return nullptr;
   dev->neigh_ = std::make_unique<net::NeighTable>(dev->port_->ip(), dev->port_->mac());
@@ -75,7 +87,7 @@ std::unique_ptr<Device> Device::create(const net::Config& cfg, const char* name,
   // Dedicated lcores run the engines; in inline-progress mode the application's calls do,
   // and a backing-off helper keeps timers and event-driven programs moving when the
   // application is asleep in a completion channel.
-  if (cfg.lcores > 0) {
+  if (lcores > 0) {
     for (auto& e : dev->engines_) {
       auto t = std::make_unique<net::LcoreThread>();
       char tname[16];
@@ -83,9 +95,9 @@ std::unique_ptr<Device> Device::create(const net::Config& cfg, const char* name,
       t->start(tname, engine_poll, e.get());
       dev->engines_threads_.push_back(std::move(t));
     }
-  } else if (cfg.inline_helper) {
+  } else if (dev->cfg_.inline_helper) {
     dev->inline_helper_ = std::make_unique<net::LcoreThread>();
-    dev->inline_helper_->start("dverbs-inline", engine_try_poll, dev.get());
+    dev->inline_helper_->start("dverbs-inline", inline_helper_round, dev.get());
   }
   dev->rmv_registered_ = rte_eth_dev_callback_register(dev->port_->port_id(),
                                                        RTE_ETH_EVENT_INTR_RMV, on_dpdk_event,
@@ -140,6 +152,7 @@ Device::~Device() {
   engines_.clear();
   neigh_.reset();
   port_.reset();
+  if (lcore_slot_fd_ >= 0) close(lcore_slot_fd_);
 }
 
 void Device::linger() {
@@ -188,7 +201,18 @@ void Device::retire() {
 
 void Device::progress() noexcept {
   if (!engines_threads_.empty()) return;
+  // Several application threads may race here: a lost increment still changes the value.
+  app_rounds_.store(app_rounds_.load(std::memory_order_relaxed) + 1, std::memory_order_relaxed);
   for (auto& e : engines_) e->try_poll();
+}
+
+int Device::helper_round() noexcept {
+  int work = 0;
+  for (auto& e : engines_) work += e->try_poll();
+  const uint64_t app = app_rounds_.load(std::memory_order_relaxed);
+  const bool app_active = app != helper_seen_;
+  helper_seen_ = app;
+  return app_active ? 0 : work;
 }
 
 void Device::quiesce() {

@@ -89,6 +89,11 @@ class Device : public mid::Device {
   // Inline progress: run the engines once if no other thread is running them.
   // Context: any thread, never sleeps. No-op when dedicated lcores run the engines.
   void progress() noexcept;
+  // One round of the inline-progress helper: runs the engines and returns the work done,
+  // or 0 when the application called progress() since the previous round (it is driving
+  // the transport itself, and the helper backs off rather than compete for the CPU).
+  // Context: the helper thread only.
+  int helper_round() noexcept;
 
   // Waits until every engine has passed a quiescent point. Context: process context.
   void quiesce();
@@ -159,6 +164,11 @@ class Device : public mid::Device {
   std::vector<std::unique_ptr<Engine>> engines_;
   std::vector<std::unique_ptr<net::LcoreThread>> engines_threads_;
   std::unique_ptr<net::LcoreThread> inline_helper_;
+  int lcore_slot_fd_ = -1;  // DVERBS_LCORES=auto's machine-wide lcore slot, if one is held
+  // Bumped by every application call of progress(), read by helper_round(): on a line of
+  // its own, since the application writes it on every poll_cq while the helper reads it.
+  alignas(64) std::atomic<uint64_t> app_rounds_{0};
+  uint64_t helper_seen_ = 0;  // app_rounds_ at the helper's previous round (helper only)
   // Watchdog (a control thread, not an lcore): link-state events and device removal.
   void watchdog();
   std::thread watchdog_;

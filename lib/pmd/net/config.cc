@@ -179,6 +179,7 @@ int parse_log_level(const std::string& s) {
 }
 
 int parse_lcores(const std::string& s) {
+  if (lower(s) == "auto") return kLcoresAuto;
   uint64_t n;
   if (s.size() > 3 || s.starts_with("0x") || !parse_u64(s, &n) || n > uint64_t(kMaxLcores))
     return -1;
@@ -213,10 +214,10 @@ bool config_from_env(Config* cfg, std::string* err) {
   }
   if (const char* v = env("DVERBS_LCORES")) {
     c.lcores = parse_lcores(v);
-    if (c.lcores < 0)
+    if (c.lcores == -1)
       return fail("DVERBS_LCORES", v,
                   "is not a number of lcores in 0.." + std::to_string(kMaxLcores) +
-                      " (0 = inline progress)");
+                      " (0 = inline progress) or auto");
   }
   if (const char* v = env("DVERBS_EAL")) c.eal_args = v;
   if (const char* v = env("DVERBS_FAULT")) {

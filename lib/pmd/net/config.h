@@ -7,6 +7,9 @@
 
 namespace dverbs::pmd::net {
 
+constexpr int kMaxLcores = 64;   // upper bound of DVERBS_LCORES
+constexpr int kLcoresAuto = -2;  // DVERBS_LCORES=auto
+
 // DVERBS_FAULT=loss=P,dup=P,reorder=P,corrupt=P,seed=N — applied on the receive side.
 struct FaultSpec {
   double loss = 0, dup = 0, reorder = 0, corrupt = 0;
@@ -20,7 +23,10 @@ struct Config {
   uint8_t prefix_len = 24;
   uint8_t mac[6] = {};  // DVERBS_MAC
   bool mac_set = false;
-  int lcores = 1;        // DVERBS_LCORES: dedicated transport lcores, 0 = inline
+  // DVERBS_LCORES: dedicated transport lcores, 0 = inline progress, kLcoresAuto (the
+  // default) = one lcore when the process can give it a CPU of its own, else inline
+  // (net::choose_lcores_auto, resolved when the device is created).
+  int lcores = kLcoresAuto;
   // Inline progress only: a backing-off helper thread runs the engines while the
   // application is not calling dverbs. dverbsd turns it off (it runs with
   // DVERBS_DAEMON=dverbsd): its doorbell thread polls every CQ on every pass, which drives the
@@ -33,7 +39,6 @@ struct Config {
                          // names accepted too
 };
 
-constexpr int kMaxLcores = 64;  // upper bound of DVERBS_LCORES
 
 // Reads every DVERBS_* variable. A variable that is unset or empty leaves its field of *cfg
 // as it was (a fresh Config holds the defaults). On a bad value returns false, leaves *cfg
@@ -58,7 +63,8 @@ bool parse_fault(const std::string& s, FaultSpec* out, std::string* err);
 // Context: any thread. DVERBS_LOG syntax: 1..8 or emergency|alert|critical|error|warning|
 // notice|info|debug (also emerg, crit, err, warn; any case). Returns the RTE_LOG_* level or -1.
 int parse_log_level(const std::string& s);
-// Context: any thread. DVERBS_LCORES syntax: decimal 0..kMaxLcores. Returns it or -1.
+// Context: any thread. DVERBS_LCORES syntax: decimal 0..kMaxLcores, or "auto". Returns the
+// number, kLcoresAuto, or -1.
 int parse_lcores(const std::string& s);
 
 }  // namespace dverbs::pmd::net

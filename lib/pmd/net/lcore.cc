@@ -1,14 +1,20 @@
 #include "pmd/net/lcore.h"
 
+#include <fcntl.h>
 #include <pthread.h>
 #include <sched.h>
+#include <sys/file.h>
 #include <sys/prctl.h>
 #include <time.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <cerrno>
+#include <cstdio>
 #include <system_error>
+#include <thread>
 
+#include <rte_cycles.h>
 #include <rte_pause.h>
 
 #include "midlayer/might_sleep.h"
@@ -22,8 +28,107 @@ void bump(std::atomic<uint64_t>& c) {
   c.store(c.load(std::memory_order_relaxed) + 1, std::memory_order_relaxed);
 }
 
+// Opens (creating if need be) an lcore slot's lock file. Opening an existing file first
+// keeps fs.protected_regular from refusing O_CREAT on another user's file in /dev/shm.
+int open_slot(int i) {
+  char path[64];
+  std::snprintf(path, sizeof path, "/dev/shm/dverbs-lcore.%d", i);
+  int fd = open(path, O_RDONLY | O_CLOEXEC);
+  if (fd < 0 && errno == ENOENT) fd = open(path, O_RDONLY | O_CREAT | O_CLOEXEC, 0644);
+  return fd;
+}
+
 }  // namespace
 
+// ---------------------------------------------------------------- IdlePolicy
+IdlePolicy::IdlePolicy(uint64_t hz) noexcept : hz_(hz ? hz : 1'000'000'000) {}
+
+uint64_t IdlePolicy::hot_cycles() const noexcept {
+  const uint64_t h = gap_ * kHotGaps;
+  if (gap_ == 0 || h > cycles(kHotMaxNs)) return cycles(kHotMinNs);
+  return std::max(h, cycles(kHotMinNs));
+}
+
+void IdlePolicy::work(uint64_t now) noexcept {
+  if (last_work_ != 0 && now > last_work_) {
+    const uint64_t g = now - last_work_;
+    if (g >= cycles(kDeepIdleNs)) {
+      gap_ = 0;  // the first work after a long pause says nothing of the next gap
+    } else if (gap_ == 0) {
+      gap_ = g;
+    } else {  // moving average, weight 1/8 to the newest gap
+      gap_ = uint64_t(int64_t(gap_) + (int64_t(g) - int64_t(gap_)) / 8);
+    }
+  }
+  last_work_ = now;
+  sleep_ns_ = 1000;
+}
+
+IdlePolicy::Step IdlePolicy::idle(uint64_t now) noexcept {
+  if (last_work_ == 0) last_work_ = now;  // start spinning, as after work
+  const uint64_t since = now > last_work_ ? now - last_work_ : 0;
+  const uint64_t hot = hot_cycles();
+  if (since < hot) return {Action::spin, 0};
+  if (since < hot + cycles(kYieldNs)) return {Action::yield, 0};
+  const uint64_t cap = since < cycles(kDeepIdleNs) ? kMaxSleepNs : kDeepSleepNs;
+  const uint64_t ns = std::min(sleep_ns_, cap);
+  sleep_ns_ = std::min(ns * 2, cap);
+  return {Action::sleep, ns};
+}
+
+// ---------------------------------------------------------------- DVERBS_LCORES=auto
+LcoreChoice choose_lcores_auto() {
+  LcoreChoice c;
+  cpu_set_t set;
+  CPU_ZERO(&set);
+  int cpus = sched_getaffinity(0, sizeof set, &set) == 0 ? CPU_COUNT(&set) : 0;
+  if (cpus <= 0) cpus = int(std::thread::hardware_concurrency());
+  char buf[192];
+  if (cpus < kAutoMinCpus) {
+    std::snprintf(buf, sizeof buf,
+                  "DVERBS_LCORES=auto: inline progress (%d CPU%s in the affinity mask; a "
+                  "dedicated lcore is chosen from %d)",
+                  cpus, cpus == 1 ? "" : "s", kAutoMinCpus);
+    c.why = buf;
+    return c;
+  }
+  const int slots = cpus / 2;
+  bool counted = true;
+  for (int i = 0; i < slots; i++) {
+    const int fd = open_slot(i);
+    if (fd < 0) {
+      counted = false;  // no /dev/shm: other processes' lcores cannot be counted
+      break;
+    }
+    if (flock(fd, LOCK_EX | LOCK_NB) == 0) {
+      c.lcores = 1;
+      c.slot_fd = fd;
+      std::snprintf(buf, sizeof buf,
+                    "DVERBS_LCORES=auto: one dedicated transport lcore (%d CPUs in the "
+                    "affinity mask; lcore slot %d of %d on this machine)",
+                    cpus, i, slots);
+      c.why = buf;
+      return c;
+    }
+    close(fd);
+  }
+  if (!counted) {
+    c.lcores = 1;
+    std::snprintf(buf, sizeof buf,
+                  "DVERBS_LCORES=auto: one dedicated transport lcore (%d CPUs in the affinity "
+                  "mask; /dev/shm unavailable, other processes' lcores not counted)",
+                  cpus);
+  } else {
+    std::snprintf(buf, sizeof buf,
+                  "DVERBS_LCORES=auto: inline progress (all %d lcore slots of this machine "
+                  "are held by other dverbs processes)",
+                  slots);
+  }
+  c.why = buf;
+  return c;
+}
+
+// ---------------------------------------------------------------- LcoreThread
 LcoreThread::~LcoreThread() {
   stop();
 }
@@ -61,8 +166,7 @@ void LcoreThread::run(std::string name, PollFn fn, void* arg) {
   running_.store(true, std::memory_order_release);
   started_.store(true, std::memory_order_release);
 
-  uint32_t idle = 0;
-  long sleep_ns = 1000;
+  IdlePolicy policy(rte_get_tsc_hz());
   while (!stop_.load(std::memory_order_acquire)) {
     int work;
     {
@@ -70,24 +174,26 @@ void LcoreThread::run(std::string name, PollFn fn, void* arg) {
       work = fn(arg);
     }
     bump(iterations_);
+    const uint64_t now = rte_get_tsc_cycles();
     if (work > 0) {
-      idle = 0;
-      sleep_ns = 1000;
+      policy.work(now);
       continue;
     }
-    // Idle backoff: spin, then yield, then short sleeps (the loop's only syscalls).
-    if (idle < kSpinIdle) {
-      ++idle;
-      rte_pause();
-    } else if (idle < kSpinIdle + kYieldIdle) {
-      ++idle;
-      bump(idle_yields_);
-      sched_yield();
-    } else {
-      bump(idle_sleeps_);
-      timespec ts{0, sleep_ns};
-      nanosleep(&ts, nullptr);
-      if (sleep_ns < long(kMaxSleepNs)) sleep_ns = std::min(sleep_ns * 2, long(kMaxSleepNs));
+    const IdlePolicy::Step step = policy.idle(now);
+    switch (step.action) {
+      case IdlePolicy::Action::spin:
+        rte_pause();
+        break;
+      case IdlePolicy::Action::yield:
+        bump(idle_yields_);
+        sched_yield();
+        break;
+      case IdlePolicy::Action::sleep: {
+        bump(idle_sleeps_);
+        timespec ts{0, long(step.sleep_ns)};
+        nanosleep(&ts, nullptr);
+        break;
+      }
     }
   }
   running_.store(false, std::memory_order_release);

@@ -1,11 +1,14 @@
 // A transport lcore: a std::thread registered with DPDK that calls one poll function in a
-// loop (ARCHITECTURE.md, "Threads and ownership").
+// loop (ARCHITECTURE.md, "Threads and ownership"), and the choice DVERBS_LCORES=auto makes.
 //
-// Idle backoff: after kSpinIdle idle rounds spinning with rte_pause(), the loop calls
-// sched_yield() for kYieldIdle rounds, then sleeps with nanosleep() starting at 1 µs and
-// doubling up to kMaxSleepNs (timer slack set to 1 ns for the thread, so a 50 µs sleep is
-// 50 µs). The first round that does work returns it to spinning. Idle backoff is the only
-// place where the loop makes syscalls; the poll function runs inside a NonSleepingScope.
+// Idle back-off (IdlePolicy): the loop spins while work is recent, for a window that follows
+// the gaps between recent rounds of work (traffic every 5 µs keeps it spinning; traffic
+// every 10 ms does not, since spinning would not catch it); then it yields for a while;
+// then it sleeps with nanosleep(), 1 µs doubling to 50 µs, and after a second without work
+// doubling to 1 ms, so that an idle process costs well under 1 % of a CPU. The first round
+// that does work returns it to spinning. Idle back-off is the only place where the loop
+// makes syscalls; the poll function runs inside a NonSleepingScope. Timer slack is 1 ns for
+// the thread, so a 50 µs sleep is 50 µs.
 //
 // Thread safety: start()/stop() from one controlling thread (process context); counters
 // may be read from any thread.
@@ -18,14 +21,64 @@
 
 namespace dverbs::pmd::net {
 
+// What a polling loop does after a round without work, from the times of its recent
+// rounds with work. Pure logic on a cycle counter (no clock, no syscall), so it is tested
+// with made-up times. Context: the one thread whose loop it paces.
+class IdlePolicy {
+ public:
+  enum class Action { spin, yield, sleep };
+  struct Step {
+    Action action;
+    uint64_t sleep_ns;  // Action::sleep only
+  };
+  // The spin window: kHotGaps times the recent gap between rounds with work, when that is
+  // at most kHotMaxNs (the next work is then likely caught spinning); kHotMinNs otherwise.
+  static constexpr uint64_t kHotGaps = 4;
+  static constexpr uint64_t kHotMinNs = 50'000;
+  static constexpr uint64_t kHotMaxNs = 2'000'000;
+  static constexpr uint64_t kYieldNs = 50'000;         // then sched_yield() this long
+  static constexpr uint64_t kMaxSleepNs = 50'000;      // sleeps while work is under 1 s old
+  static constexpr uint64_t kDeepIdleNs = 1'000'000'000;
+  static constexpr uint64_t kDeepSleepNs = 1'000'000;  // sleeps after that
+
+  // hz: cycles per second of the counter `now` is read from (rte_get_tsc_hz()).
+  explicit IdlePolicy(uint64_t hz) noexcept;
+  // A round did work at `now`.
+  void work(uint64_t now) noexcept;
+  // A round did no work at `now`: what to do before the next one.
+  Step idle(uint64_t now) noexcept;
+  // The current spin window in cycles (for tests and statistics).
+  uint64_t hot_cycles() const noexcept;
+
+ private:
+  uint64_t cycles(uint64_t ns) const noexcept { return ns * hz_ / 1'000'000'000; }
+
+  uint64_t hz_;
+  uint64_t last_work_ = 0;  // 0: none yet (the loop starts as if work had just been done)
+  uint64_t gap_ = 0;        // moving average of the gap between rounds with work, cycles
+  uint64_t sleep_ns_ = 1000;
+};
+
+// DVERBS_LCORES=auto: one dedicated transport lcore when the process can give it a CPU of
+// its own, inline progress otherwise. A dedicated lcore needs its CPU and the application's
+// polling thread another: it is chosen when the affinity mask holds at least kAutoMinCpus
+// CPUs and one of the machine's mask/2 lcore slots is free. Slots are lock files
+// (/dev/shm/dverbs-lcore.N, flock'ed for the process's lifetime, released by the kernel
+// when it exits), so dverbs processes on one machine count each other's lcores.
+struct LcoreChoice {
+  int lcores = 0;   // 0 (inline) or 1
+  int slot_fd = -1;  // the held slot's lock file; the caller closes it when done
+  std::string why;   // one line for the log at info
+};
+constexpr int kAutoMinCpus = 4;
+// Context: process context (opens files). Never fails: without /dev/shm the slots are not
+// counted.
+LcoreChoice choose_lcores_auto();
+
 class LcoreThread {
  public:
   // Returns how much work it did (frames, completions…); 0 means idle.
   using PollFn = int (*)(void* arg) noexcept;
-
-  static constexpr uint32_t kSpinIdle = 2048;  // idle rounds spinning with rte_pause()
-  static constexpr uint32_t kYieldIdle = 64;   // then idle rounds with sched_yield()
-  static constexpr uint32_t kMaxSleepNs = 50'000;
 
   // Context: any thread; nothing runs until start().
   LcoreThread() = default;

@@ -46,7 +46,7 @@ TEST_F(ConfigTest, DefaultsWhenUnset) {
   EXPECT_EQ(cfg.ip, 0x0a000001u);
   EXPECT_EQ(cfg.prefix_len, 24);
   EXPECT_FALSE(cfg.mac_set);
-  EXPECT_EQ(cfg.lcores, 1);
+  EXPECT_EQ(cfg.lcores, kLcoresAuto);
   EXPECT_EQ(cfg.eal_args, "");
   EXPECT_FALSE(cfg.fault.enabled());
   EXPECT_EQ(cfg.pcap, "");
@@ -60,7 +60,7 @@ TEST_F(ConfigTest, EmptyVariableMeansDefault) {
   std::string err;
   ASSERT_TRUE(config_from_env(&cfg, &err)) << err;
   EXPECT_EQ(cfg.ip, 0x0a000001u);
-  EXPECT_EQ(cfg.lcores, 1);
+  EXPECT_EQ(cfg.lcores, kLcoresAuto);
 }
 
 TEST_F(ConfigTest, GoodValues) {
@@ -109,6 +109,9 @@ TEST_F(ConfigTest, LcoresBounds) {
   EXPECT_EQ(parse_lcores("65"), -1);
   EXPECT_EQ(parse_lcores("-1"), -1);
   EXPECT_EQ(parse_lcores("1x"), -1);
+  EXPECT_EQ(parse_lcores("auto"), kLcoresAuto);
+  EXPECT_EQ(parse_lcores("AUTO"), kLcoresAuto);
+  EXPECT_EQ(parse_lcores("autox"), -1);
 }
 
 TEST_F(ConfigTest, LogLevelNamesAndNumbers) {
