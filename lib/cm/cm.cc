@@ -768,11 +768,13 @@ void handle_mad(Port* p, uint32_t src_ip, const uint8_t* buf, size_t len) {
       m.msg);
 }
 
-void run_timers(Clock::time_point now) {
+Clock::time_point run_timers(Clock::time_point now) {
   Cm& c = cm();
+  Clock::time_point next = Clock::time_point::max();
   for (size_t i = 0; i < c.ids.size(); i++) {
     Id* id = c.ids[i];
     if (id->st == St::addr_query) {
+      next = std::min(next, now + std::chrono::milliseconds(1));
       uint8_t mac[6];
       const int rc = mid::resolve_neigh(id->port->dev, 1, v4(id->dst), mac);
       if (rc == 0) {
@@ -785,7 +787,9 @@ void run_timers(Clock::time_point now) {
       continue;
     }
     if (id->timer_on && now >= id->timer) on_timer(id);
+    if (id->timer_on) next = std::min(next, id->timer);
   }
+  return next;
 }
 
 // The port is going away: every identifier on it ends with DEVICE_REMOVAL.

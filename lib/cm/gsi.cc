@@ -7,8 +7,10 @@
 //
 // The CM thread polls every GSI CQ, hands each MAD to the protocol (cm.cc) and runs the
 // timers. It sleeps on a condition variable between rounds: a GSI completion handler wakes
-// it at once when transport lcores run, and a 1 ms round drives the port itself when they
-// do not (DVERBS_LCORES=0: polling the CQ is what makes the transport progress).
+// it at once when the device moves its transport by itself (lcores or the inline helper:
+// mid::Device::self_progress), so it then sleeps until its next timer (10 ms at most); a
+// 1 ms round drives the port itself when the device does not (dverbsd's inline ports,
+// where polling the CQ is what makes the transport progress).
 #include <sys/eventfd.h>
 #include <unistd.h>
 
@@ -98,12 +100,22 @@ void thread_main() {
   Cm& c = cm();
   std::unique_lock<std::mutex> g(c.mu);
   while (!c.stop) {
+    bool must_poll = false;  // a port whose transport moves only when polled
     for (Port* p : c.ports) {
       poll_port(p);
       mid::req_notify_cq(p->cq, false);  // the next completion wakes this thread
+      must_poll |= !p->dev->self_progress;
     }
-    run_timers(Clock::now());
-    c.wake.wait_for(g, std::chrono::milliseconds(1));
+    const Clock::time_point now = Clock::now();
+    const Clock::time_point next = run_timers(now);
+    // With self-progressing devices a MAD's completion event wakes the thread, so it
+    // sleeps until its next timer; 10 ms at most, so that a timer an API call started
+    // meanwhile is late by no more than that (CM timeouts are tens of ms and longer).
+    auto wait = std::chrono::milliseconds(must_poll ? 1 : 10);
+    if (next < now + wait)
+      wait = std::chrono::duration_cast<std::chrono::milliseconds>(next - now) +
+             std::chrono::milliseconds(1);
+    c.wake.wait_for(g, wait);
   }
 }
 

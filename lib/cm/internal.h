@@ -153,7 +153,9 @@ bool send_mad(Port* p, uint32_t ip, const uint8_t mad[kMadSize]);
 void start_thread_locked();
 // cm.cc: one received MAD from `src_ip` (host order); one timer round. Cm::mu held.
 void handle_mad(Port* p, uint32_t src_ip, const uint8_t* mad, size_t len);
-void run_timers(Clock::time_point now);
+// Runs the timers that are due and the address queries; returns when the CM thread must
+// run them next (`now` + 1 ms while an address query polls the neighbour table).
+Clock::time_point run_timers(Clock::time_point now);
 void port_removed(Port* p);
 
 }  // namespace dverbs::cm

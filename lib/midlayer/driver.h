@@ -85,6 +85,11 @@ struct Device {
   // The driver pins and charges registered memory itself (the remote driver: dverbsd
   // accounts it against the client's RLIMIT_MEMLOCK); front ends then do not pin.
   bool pins_memory = false;
+  // The device moves its transport by itself (transport lcores, or an inline-progress
+  // helper): frames are received and completion events raised without a consumer polling.
+  // Consumers that poll only to make the transport progress (the CM thread) may then sleep
+  // until they have something of their own to do.
+  bool self_progress = false;
   DeviceRegistration* reg = nullptr;  // owned by the midlayer while registered
 };
 

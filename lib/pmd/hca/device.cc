@@ -99,6 +99,7 @@ std::unique_ptr<Device> Device::create(const net::Config& cfg, const char* name,
     dev->inline_helper_ = std::make_unique<net::LcoreThread>();
     dev->inline_helper_->start("dverbs-inline", inline_helper_round, dev.get());
   }
+  dev->self_progress = lcores > 0 || dev->inline_helper_ != nullptr;
   dev->rmv_registered_ = rte_eth_dev_callback_register(dev->port_->port_id(),
                                                        RTE_ETH_EVENT_INTR_RMV, on_dpdk_event,
                                                        dev.get()) == 0;
