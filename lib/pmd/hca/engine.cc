@@ -435,6 +435,7 @@ bool resolve_dest(Engine& e, Qp& qp, const wire::FrameAddr& addr, uint8_t mac[6]
   if (!e.device().neigh().lookup(addr.dst_ip, mac)) return false;
   if (qp.qp_type != QpType::ud) {
     std::memcpy(qp.addr.dst_mac, mac, 6);
+    wire::make_template(qp.addr, &qp.tmpl);
     qp.addr_resolved = true;
   }
   return true;
@@ -444,18 +445,25 @@ bool resolve_dest(Engine& e, Qp& qp, const wire::FrameAddr& addr, uint8_t mac[6]
 
 rte_mbuf* build_packet(Engine& e, Qp& qp, const wire::FrameAddr& addr,
                        const wire::BthFields& bth, uint32_t payload_len, uint8_t** ext) noexcept {
-  wire::FrameAddr to = addr;
-  if (!resolve_dest(e, qp, addr, to.dst_mac)) return nullptr;
+  // A connected QP's own path: resolved once, then every frame starts from its template.
+  const bool own_path = &addr == &qp.addr && qp.qp_type != QpType::ud;
+  wire::FrameAddr to;
+  if (!own_path || !qp.addr_resolved) {
+    to = addr;
+    if (!resolve_dest(e, qp, addr, to.dst_mac)) return nullptr;
+  }
   uint32_t len = wire::headers_len(bth.opcode) + payload_len + bth.pad + wire::kIcrcLen;
   rte_mbuf* m = e.alloc_frame(len);
   if (!m) return nullptr;
-  *ext = wire::write_headers(rte_pktmbuf_mtod(m, uint8_t*), to, bth, payload_len);
+  uint8_t* frame = rte_pktmbuf_mtod(m, uint8_t*);
+  *ext = own_path ? wire::write_headers(frame, qp.tmpl, bth, payload_len)
+                  : wire::write_headers(frame, to, bth, payload_len);
   return m;
 }
 
 void send_packet(Engine& e, rte_mbuf* m, uint8_t* payload_end, uint32_t pad) noexcept {
   for (uint32_t i = 0; i < pad; i++) payload_end[i] = 0;
-  wire::finish_frame(rte_pktmbuf_mtod(m, uint8_t*), rte_pktmbuf_data_len(m));
+  wire::finish_icrc(rte_pktmbuf_mtod(m, uint8_t*), rte_pktmbuf_data_len(m));
   e.tx(m);
 }
 

@@ -254,7 +254,7 @@ void cq_push(Cq& cq, const Wc& wc, bool solicited) noexcept;
 // the QP stays scheduled) or when out of mbufs. Context: owner engine, qp.lock held.
 rte_mbuf* build_packet(Engine& e, Qp& qp, const wire::FrameAddr& addr,
                        const wire::BthFields& bth, uint32_t payload_len, uint8_t** ext) noexcept;
-// Finishes the frame (pad, IP checksum, ICRC) and queues it for TX.
+// Finishes the frame (pad, ICRC: build_packet wrote the IPv4 checksum) and queues it for TX.
 void send_packet(Engine& e, rte_mbuf* m, uint8_t* payload_end, uint32_t pad) noexcept;
 
 }  // namespace dverbs::pmd::hca
