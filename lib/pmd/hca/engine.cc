@@ -159,7 +159,7 @@ void Engine::rx_one(rte_mbuf* m, bool verified) noexcept {
     drop_not_for_us(m);
     return;
   }
-  wire::Packet pkt;
+  wire::Packet& pkt = rx_pkt_;
   wire::ParseError err = wire::parse_frame(frame, len, &pkt, !verified);
   if (err != wire::ParseError::ok) [[unlikely]] {
     bool arp_reply = false;

@@ -112,6 +112,9 @@ class Engine {
   // first frame of a run to a frame for another QP or the end of the burst, so Qp::lock is
   // taken once per QP step, not once per frame.
   Qp* rx_qp_ = nullptr;
+  // The frame rx_one is parsing. A member, not a local: parse_frame sets every field it
+  // reports, and a local would be zeroed for every frame by its initialisers.
+  wire::Packet rx_pkt_;
   Qp* ack_list_[kBurst] = {};
   uint32_t n_ack_ = 0;
   rte_mbuf* txq_[kTxBatch] = {};
