@@ -3,9 +3,9 @@
 // A NonSleepingScope marks the dynamic extent of a method that must not sleep (post_send,
 // poll_cq, a consumer callback, the lcore loop…). Every blocking primitive dverbs uses —
 // dverbs::mid::Mutex, condition waits, sleeps, blocking syscall wrappers — first calls
-// might_sleep(), which in a checking build (-Dmight_sleep_check=true, the default) aborts
-// with one line naming the scope and the primitive when it is entered inside such a scope.
-// Release builds without the option compile both to nothing.
+// might_sleep(), which in a checking build (-Dmight_sleep_check=auto, the default, in every
+// buildtype but release; =true in all) aborts with one line naming the scope and the
+// primitive when it is entered inside such a scope. Other builds compile both to nothing.
 //
 // Thread safety: all state is thread-local.
 #pragma once

@@ -32,7 +32,11 @@ constexpr uint8_t kRnrRetryForever = 7;
 // Retires the oldest SQ slot and reports it: the slot is freed before the completion is
 // visible, so a consumer that posts again on every completion never sees ENOMEM.
 void complete_send(Qp& qp, const SendWqe& w, WcStatus status) {
-  const bool report = status != WcStatus::success || w.signaled;
+  if (status == WcStatus::success && !w.signaled) {  // most WQEs of a signaled batch
+    qp.sq.retire_one();
+    qp.req.unacked++;
+    return;
+  }
   Wc wc{};
   wc.wr_id = w.wr_id;
   wc.status = status;
@@ -41,7 +45,7 @@ void complete_send(Qp& qp, const SendWqe& w, WcStatus status) {
   wc.qp_num = qp.qp_num;
   qp.sq.retire_one();  // `w` is dead from here on
   qp.req.unacked++;
-  if (report) cq_push(*to_cq(qp.send_cq), wc, false);
+  cq_push(*to_cq(qp.send_cq), wc, false);
 }
 
 // RNR NAK timer codes (IBA Table 45), in microseconds.

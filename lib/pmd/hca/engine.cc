@@ -20,6 +20,8 @@ void Engine::drop_frames() noexcept {
   while (handoff_.pop(&m)) rte_pktmbuf_free(m);
   for (uint16_t i = 0; i < ntx_; i++) rte_pktmbuf_free(txq_[i]);
   ntx_ = 0;
+  if (n_mbuf_cache_) rte_mempool_put_bulk(pool_, (void**)mbuf_cache_, n_mbuf_cache_);
+  n_mbuf_cache_ = 0;
 }
 
 void Engine::retire() {
@@ -52,6 +54,7 @@ bool Engine::linger_step() noexcept {
 void Engine::linger_end() noexcept { run_lock_.store(false, std::memory_order_release); }
 
 bool Engine::init() {
+  pool_ = dev_->port().pool();
   tsc_hz_ = rte_get_tsc_hz();
   now_ = rte_get_tsc_cycles();
   return kicks_.init(kMaxQp) && handoff_.init(4096);
@@ -65,14 +68,56 @@ void Engine::kick(Qp* qp) noexcept {
 }
 
 rte_mbuf* Engine::alloc_frame(uint32_t len) noexcept {
-  rte_mbuf* m = dev_->port().alloc_mbuf();
-  if (!m) [[unlikely]] {
+  if (n_mbuf_cache_ == 0 && !refill_cache()) [[unlikely]] {
     dev_->counters().tx_no_mbuf.fetch_add(1, std::memory_order_relaxed);
     return nullptr;
   }
+  rte_mbuf* m = mbuf_cache_[--n_mbuf_cache_];
+  rte_pktmbuf_reset(m);
   m->data_len = uint16_t(len);
   m->pkt_len = len;
   return m;
+}
+
+bool Engine::refill_cache() noexcept {
+  // Half the cache at a time, so that receiving refills it before the next refill.
+  if (rte_pktmbuf_alloc_bulk(pool_, mbuf_cache_, kMbufCache / 2) == 0) {
+    n_mbuf_cache_ = kMbufCache / 2;
+    return true;
+  }
+  rte_mbuf* m = rte_pktmbuf_alloc(pool_);  // the pool may still hold a few
+  if (!m) return false;
+  mbuf_cache_[0] = m;
+  n_mbuf_cache_ = 1;
+  return true;
+}
+
+void Engine::recycle(rte_mbuf* m) noexcept {
+  // A plain mbuf of the port's pool that nobody else references — the one a frame we
+  // built and received comes back as — goes to the cache as it is (rte_pktmbuf_prefree_seg
+  // would change nothing in it).
+  if (m->nb_segs == 1 && m->pool == pool_ && m->next == nullptr && RTE_MBUF_DIRECT(m) &&
+      rte_mbuf_refcnt_read(m) == 1 && n_mbuf_cache_ < kMbufCache) [[likely]] {
+    mbuf_cache_[n_mbuf_cache_++] = m;
+    return;
+  }
+  recycle_slow(m);
+}
+
+void Engine::recycle_slow(rte_mbuf* m) noexcept {
+  // Chains, other pools' mbufs (a PMD's own, the fault injector's clones) go back where
+  // they came from; prefree detaches and resets the rest as rte_pktmbuf_free would.
+  if (m->nb_segs != 1 || m->pool != pool_) {
+    rte_pktmbuf_free(m);
+    return;
+  }
+  m = rte_pktmbuf_prefree_seg(m);
+  if (!m) return;  // still referenced
+  if (n_mbuf_cache_ == kMbufCache) {
+    rte_mempool_put_bulk(pool_, (void**)(mbuf_cache_ + kMbufCache / 2), kMbufCache / 2);
+    n_mbuf_cache_ = kMbufCache / 2;
+  }
+  mbuf_cache_[n_mbuf_cache_++] = m;
 }
 
 void Engine::tx(rte_mbuf* m) noexcept {
@@ -114,7 +159,7 @@ void Engine::rx_one(rte_mbuf* m, bool verified) noexcept {
     drop_not_for_us(m);
     return;
   }
-  wire::Packet pkt;
+  wire::Packet& pkt = rx_pkt_;
   wire::ParseError err = wire::parse_frame(frame, len, &pkt, !verified);
   if (err != wire::ParseError::ok) [[unlikely]] {
     bool arp_reply = false;
@@ -159,30 +204,41 @@ void Engine::rx_one(rte_mbuf* m, bool verified) noexcept {
     return;
   }
   dev.counters().rx_packets.fetch_add(1, std::memory_order_relaxed);
-  qp->lock.lock();
+  if (qp != rx_qp_) {
+    rx_release();
+    qp->lock.lock();
+    rx_qp_ = qp;
+  }
   if (pkt.info->flags & wire::opf::kRequest)
     resp_rx(*this, *qp, pkt);
   else
     comp_rx(*this, *qp, pkt);
-  bool owe_ack = qp->resp.ack_pending;
-  bool wants_service = req_needs_service(*qp);
+  recycle(m);
+}
+
+void Engine::rx_release() noexcept {
+  Qp* qp = rx_qp_;
+  if (!qp) return;
+  rx_qp_ = nullptr;
+  const bool owe = qp->resp.ack_pending;
+  const bool wants_service = req_needs_service(*qp);
   qp->lock.unlock();
-  if (owe_ack) {
-    // Coalesce: one ACK per QP per burst (IBA allows acknowledging several packets at once).
-    uint32_t i = 0;
-    while (i < n_ack_ && ack_list_[i] != qp) i++;
-    if (i == n_ack_) {
-      if (n_ack_ == kBurst) {
-        qp->lock.lock();
-        resp_send_ack(*this, *qp);
-        qp->lock.unlock();
-      } else {
-        ack_list_[n_ack_++] = qp;
-      }
-    }
-  }
+  if (owe) owe_ack(qp);
   if (wants_service) kick(qp);
-  rte_pktmbuf_free(m);
+}
+
+void Engine::owe_ack(Qp* qp) noexcept {
+  // Coalesce: one ACK per QP per burst (IBA allows acknowledging several packets at once).
+  uint32_t i = 0;
+  while (i < n_ack_ && ack_list_[i] != qp) i++;
+  if (i < n_ack_) return;
+  if (n_ack_ == kBurst) {
+    qp->lock.lock();
+    resp_send_ack(*this, *qp);
+    qp->lock.unlock();
+  } else {
+    ack_list_[n_ack_++] = qp;
+  }
 }
 
 // A UD SEND to an IPv4 multicast group (destination QPN 0xFFFFFF, IBA 10.5): a copy for
@@ -191,6 +247,7 @@ void Engine::rx_one(rte_mbuf* m, bool verified) noexcept {
 // frame arrives there `verified`, which stops it from being copied again).
 void Engine::rx_multicast(rte_mbuf* m, const wire::Packet& pkt, bool verified) noexcept {
   Device& dev = *dev_;
+  rx_release();  // the QPs below are locked one by one
   Device::McGroup* g = dev.mcast_find(pkt.dst_ip);
   if (!g || pkt.dest_qp != wire::kMulticastQpn || !pkt.deth) {
     dev.counters().rx_no_qp.fetch_add(1, std::memory_order_relaxed);
@@ -243,6 +300,7 @@ void Engine::receive(rte_mbuf** pkts, uint16_t n) noexcept {
     if (i + 1 < n) rte_prefetch0(rte_pktmbuf_mtod(pkts[i + 1], void*));
     rx_one(pkts[i], false);
   }
+  rx_release();
   flush_acks();
 }
 
@@ -253,6 +311,7 @@ int Engine::handoff_step() noexcept {
     rx_one(m, true);
     n++;
   }
+  rx_release();
   if (n) flush_acks();
   return n;
 }
@@ -376,6 +435,7 @@ bool resolve_dest(Engine& e, Qp& qp, const wire::FrameAddr& addr, uint8_t mac[6]
   if (!e.device().neigh().lookup(addr.dst_ip, mac)) return false;
   if (qp.qp_type != QpType::ud) {
     std::memcpy(qp.addr.dst_mac, mac, 6);
+    wire::make_template(qp.addr, &qp.tmpl);
     qp.addr_resolved = true;
   }
   return true;
@@ -385,18 +445,25 @@ bool resolve_dest(Engine& e, Qp& qp, const wire::FrameAddr& addr, uint8_t mac[6]
 
 rte_mbuf* build_packet(Engine& e, Qp& qp, const wire::FrameAddr& addr,
                        const wire::BthFields& bth, uint32_t payload_len, uint8_t** ext) noexcept {
-  wire::FrameAddr to = addr;
-  if (!resolve_dest(e, qp, addr, to.dst_mac)) return nullptr;
+  // A connected QP's own path: resolved once, then every frame starts from its template.
+  const bool own_path = &addr == &qp.addr && qp.qp_type != QpType::ud;
+  wire::FrameAddr to;
+  if (!own_path || !qp.addr_resolved) {
+    to = addr;
+    if (!resolve_dest(e, qp, addr, to.dst_mac)) return nullptr;
+  }
   uint32_t len = wire::headers_len(bth.opcode) + payload_len + bth.pad + wire::kIcrcLen;
   rte_mbuf* m = e.alloc_frame(len);
   if (!m) return nullptr;
-  *ext = wire::write_headers(rte_pktmbuf_mtod(m, uint8_t*), to, bth, payload_len);
+  uint8_t* frame = rte_pktmbuf_mtod(m, uint8_t*);
+  *ext = own_path ? wire::write_headers(frame, qp.tmpl, bth, payload_len)
+                  : wire::write_headers(frame, to, bth, payload_len);
   return m;
 }
 
 void send_packet(Engine& e, rte_mbuf* m, uint8_t* payload_end, uint32_t pad) noexcept {
   for (uint32_t i = 0; i < pad; i++) payload_end[i] = 0;
-  wire::finish_frame(rte_pktmbuf_mtod(m, uint8_t*), rte_pktmbuf_data_len(m));
+  wire::finish_icrc(rte_pktmbuf_mtod(m, uint8_t*), rte_pktmbuf_data_len(m));
   e.tx(m);
 }
 

@@ -87,9 +87,15 @@ class Engine {
   int handoff_step() noexcept;
   int active_step() noexcept;
   void rx_one(rte_mbuf* m, bool verified) noexcept;
+  void rx_release() noexcept;  // ends the QP run of rx_one (rx_qp_)
+  void owe_ack(Qp* qp) noexcept;
+  // Gives back a frame the engine is done with: into mbuf_cache_, or to its pool.
+  void recycle(rte_mbuf* m) noexcept;
+  [[gnu::noinline]] void recycle_slow(rte_mbuf* m) noexcept;
+  [[gnu::noinline]] bool refill_cache() noexcept;  // false: the pool is empty
   void rx_multicast(rte_mbuf* m, const wire::Packet& pkt, bool verified) noexcept;
   void drop_not_for_us(rte_mbuf* m) noexcept;
-  void drop_frames() noexcept;  // frees the frames queued for TX or handed over
+  void drop_frames() noexcept;  // frees the frames queued for TX or handed over, and the cache
   void flush_acks() noexcept;
 
   Device* dev_;
@@ -102,9 +108,23 @@ class Engine {
   // on its queue). Parsed and ICRC-checked already; re-parsed here without the ICRC.
   MpmcQueue<rte_mbuf*> handoff_;
   Qp* active_head_ = nullptr;
+  // The QP whose request or response frames rx_one is handling: its lock is held from the
+  // first frame of a run to a frame for another QP or the end of the burst, so Qp::lock is
+  // taken once per QP step, not once per frame.
+  Qp* rx_qp_ = nullptr;
+  // The frame rx_one is parsing. A member, not a local: parse_frame sets every field it
+  // reports, and a local would be zeroed for every frame by its initialisers.
+  wire::Packet rx_pkt_;
   Qp* ack_list_[kBurst] = {};
   uint32_t n_ack_ = 0;
   rte_mbuf* txq_[kTxBatch] = {};
+  // Mbufs of the port's pool the engine received and is done with, reused for the frames it
+  // builds: on a loopback or any port that returns our TX mbufs as RX mbufs, a frame then
+  // costs no mempool operation. Refilled in bulk when empty, spilled in bulk when full.
+  static constexpr uint16_t kMbufCache = 64;
+  rte_mempool* pool_ = nullptr;  // the port's (init)
+  rte_mbuf* mbuf_cache_[kMbufCache] = {};
+  uint16_t n_mbuf_cache_ = 0;
   uint16_t ntx_ = 0;
   bool tx_stalled_ = false;  // the port refused frames: hold requester output back
   uint64_t now_ = 0;
@@ -237,7 +257,7 @@ void cq_push(Cq& cq, const Wc& wc, bool solicited) noexcept;
 // the QP stays scheduled) or when out of mbufs. Context: owner engine, qp.lock held.
 rte_mbuf* build_packet(Engine& e, Qp& qp, const wire::FrameAddr& addr,
                        const wire::BthFields& bth, uint32_t payload_len, uint8_t** ext) noexcept;
-// Finishes the frame (pad, IP checksum, ICRC) and queues it for TX.
+// Finishes the frame (pad, ICRC: build_packet wrote the IPv4 checksum) and queues it for TX.
 void send_packet(Engine& e, rte_mbuf* m, uint8_t* payload_end, uint32_t pad) noexcept;
 
 }  // namespace dverbs::pmd::hca

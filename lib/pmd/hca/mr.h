@@ -8,11 +8,10 @@
 #include <cstdint>
 
 #include "dverbs/types.h"
+#include "pmd/hca/device.h"
 #include "pmd/hca/objects.h"
 
 namespace dverbs::pmd::hca {
-
-class Device;
 
 // True if [addr, addr+len) lies inside mr (overflow-safe) and mr grants `access`
 // (0 = local read, always granted). Context: any, never sleeps.
@@ -30,9 +29,16 @@ inline uint8_t* mr_host(const Mr& mr, uint64_t addr) noexcept {
   return mr.base + (addr - mr.addr);
 }
 
-// Looks up an MR by key for a local access by `qp_pd`. Context: any, never sleeps.
-Mr* mr_get_local(Device& dev, uint32_t lkey, const mid::Pd* pd, uint64_t addr, uint64_t len,
-                 uint32_t access) noexcept;
+// Looks up an MR by key for a local access by `qp_pd`. Inline: every packet's copy to or
+// from a WQE's buffers starts here. Context: any, never sleeps.
+inline Mr* mr_get_local(Device& dev, uint32_t lkey, const mid::Pd* pd, uint64_t addr,
+                        uint64_t len, uint32_t access) noexcept {
+  Mr* mr = dev.mr_lookup(lkey);
+  // Windows have no lkey: local access goes through regions only (IBA 10.6.7.1).
+  if (!mr || mr->kind != Mr::kRegion || mr->pd != pd || !mr_covers(*mr, addr, len, access))
+    return nullptr;
+  return mr;
+}
 // Same for a remote access through an rkey (access among remote_read/write/atomic) by QP
 // `qpn`: a region, or a bound window (type 2 only through the QP it is bound to).
 Mr* mr_get_remote(Device& dev, uint32_t rkey, const mid::Pd* pd, uint32_t qpn, uint64_t addr,

@@ -207,6 +207,7 @@ struct Qp : mid::Qp {
   uint64_t ack_timeout_tsc = 0;  // attr.timeout in TSC cycles (0: infinite)
   wire::FrameAddr addr{};    // connected QPs: the path to the peer
   bool addr_resolved = false;
+  wire::FrameTemplate tmpl{};  // headers of `addr`, built when addr_resolved became true
 
   WorkQueue<SendWqe> sq;
   WorkQueue<RecvWqe> rq;

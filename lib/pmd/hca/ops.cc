@@ -11,6 +11,7 @@
 #include <mutex>
 #include <new>
 
+#include "base/copy.h"
 #include "midlayer/driver.h"
 #include "pmd/hca/device.h"
 #include "pmd/hca/engine.h"
@@ -304,6 +305,12 @@ int query_qp(mid::Qp* q, QpAttr* a, uint32_t, mid::QpInitAttr* init) {
 
 // ---------------------------------------------------------------- posting
 
+// A WR's SGEs into its WQE (checked against the WQE's kMaxSge by check_*_wr): one or two
+// SGEs are the rule, a 16-byte move each, never a call to memcpy.
+void copy_sges(Sge* to, const Sge* from, uint32_t n) {
+  for (uint32_t i = 0; i < n; i++) to[i] = from[i];
+}
+
 int post_send(mid::Qp* q, SendWr* wr, SendWr** bad) {
   Qp& qp = *to_qp(q);
   if (qp.hca->retired()) {  // the port was removed: nothing would run the WR
@@ -371,14 +378,15 @@ int post_send(mid::Qp* q, SendWr* wr, SendWr** bad) {
       for (int i = 0; i < wr->num_sge; i++) {
         // An empty SGE may carry address 0; memcpy's pointers must be valid even for 0 bytes.
         if (wr->sg_list[i].length)
-          std::memcpy(w->inline_data + off, reinterpret_cast<const void*>(wr->sg_list[i].addr),
-                      wr->sg_list[i].length);
+          base::copy_bytes(w->inline_data + off,
+                           reinterpret_cast<const void*>(wr->sg_list[i].addr),
+                           wr->sg_list[i].length);
         off += wr->sg_list[i].length;
       }
       w->num_sge = 0;
     } else {
       w->num_sge = uint32_t(wr->num_sge);
-      if (wr->num_sge) std::memcpy(w->sge, wr->sg_list, sizeof(Sge) * uint32_t(wr->num_sge));
+      copy_sges(w->sge, wr->sg_list, w->num_sge);
     }
     qp.sq.publish(idx);
   }
@@ -406,7 +414,7 @@ int queue_recvs(WorkQueue<RecvWqe>& rq, uint32_t max_sge, RecvWr* wr, RecvWr** b
     w->wr_id = wr->wr_id;
     w->num_sge = uint32_t(wr->num_sge);
     w->length = len;
-    if (wr->num_sge) std::memcpy(w->sge, wr->sg_list, sizeof(Sge) * uint32_t(wr->num_sge));
+    copy_sges(w->sge, wr->sg_list, w->num_sge);
     rq.publish(idx);
   }
   return 0;

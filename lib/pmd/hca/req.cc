@@ -18,6 +18,7 @@
 
 #include <rte_byteorder.h>
 
+#include "base/copy.h"
 #include "midlayer/driver.h"
 #include "pmd/hca/device.h"
 #include "pmd/hca/engine.h"
@@ -78,24 +79,25 @@ uint8_t opcode_prefix(QpType t) {
   }
 }
 
-// Picks the opcode of packet `pkt` of `npkts` for a WQE (IBA Table 38).
+// Picks the opcode of packet `pkt` of `npkts` for a WQE (IBA Table 38): one table row per
+// operation, indexed by the packet's place in the message.
 uint8_t packet_opcode(const SendWqe& w, uint32_t pkt, uint32_t npkts) {
   using namespace wire::op;
-  bool first = pkt == 0, last = pkt + 1 == npkts;
+  enum Place { kOnlyPkt, kFirstPkt, kMiddlePkt, kLastPkt };
+  static constexpr uint8_t kSendOps[] = {kSendOnly, kSendFirst, kSendMiddle, kSendLast};
+  static constexpr uint8_t kSendImmOps[] = {kSendOnlyImm, kSendFirst, kSendMiddle, kSendLastImm};
+  static constexpr uint8_t kSendInvOps[] = {kSendOnlyInv, kSendFirst, kSendMiddle, kSendLastInv};
+  static constexpr uint8_t kWriteOps[] = {kWriteOnly, kWriteFirst, kWriteMiddle, kWriteLast};
+  static constexpr uint8_t kWriteImmOps[] = {kWriteOnlyImm, kWriteFirst, kWriteMiddle,
+                                             kWriteLastImm};
+  const bool first = pkt == 0, last = pkt + 1 == npkts;
+  const Place at = first && last ? kOnlyPkt : first ? kFirstPkt : last ? kLastPkt : kMiddlePkt;
   switch (w.opcode) {
-    case WrOpcode::send:
-      return first && last ? kSendOnly : first ? kSendFirst : last ? kSendLast : kSendMiddle;
-    case WrOpcode::send_with_imm:
-      return first && last ? kSendOnlyImm : first ? kSendFirst : last ? kSendLastImm : kSendMiddle;
-    case WrOpcode::send_with_inv:
-      return first && last ? kSendOnlyInv : first ? kSendFirst : last ? kSendLastInv : kSendMiddle;
-    case WrOpcode::rdma_write:
-      return first && last ? kWriteOnly : first ? kWriteFirst : last ? kWriteLast : kWriteMiddle;
-    case WrOpcode::rdma_write_with_imm:
-      return first && last ? kWriteOnlyImm
-             : first       ? kWriteFirst
-             : last        ? kWriteLastImm
-                           : kWriteMiddle;
+    case WrOpcode::send: return kSendOps[at];
+    case WrOpcode::send_with_imm: return kSendImmOps[at];
+    case WrOpcode::send_with_inv: return kSendInvOps[at];
+    case WrOpcode::rdma_write: return kWriteOps[at];
+    case WrOpcode::rdma_write_with_imm: return kWriteImmOps[at];
     default: return 0xff;
   }
 }
@@ -170,7 +172,7 @@ bool send_one(Engine& e, Qp& qp, SendWqe& w, uint32_t pkt) {
     p += 4;
   }
   if (w.is_inline) {
-    std::memcpy(p, w.inline_data + off, len);
+    base::copy_bytes(p, w.inline_data + off, len);
   } else if (len) {
     WcStatus st = gather(e.device(), qp.pd, w.sge, w.num_sge, off, p, len);
     if (st != WcStatus::success) [[unlikely]] {

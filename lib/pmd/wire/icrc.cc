@@ -4,7 +4,8 @@
 // pseudo-LRH of eight 0xff bytes, then the packet from the IPv4 header on with the fields
 // that routers may change masked to all ones. ISA-L's crc32_gzip_refl computes exactly this
 // CRC and continues across calls (feeding back the previous result), so the masked headers
-// are hashed from a small stack copy and the payload in place, never byte by byte.
+// are hashed from a small stack copy and the payload in place, never byte by byte. A frame
+// we build is ours to write: its variant bytes are masked in place for a single pass.
 #include "pmd/wire/roce.h"
 
 #include <isa-l/crc.h>
@@ -29,6 +30,40 @@ constexpr uint32_t kLrhCrc = crc_of_ff8();
 // Largest IPv4 header (IHL 15) + UDP + BTH + the longest extension header run.
 constexpr uint32_t kMaskBuf = 60 + kUdpHdrLen + sizeof(Bth) + 32;
 
+// The masked bytes (IBA A17.3.3), as offsets from the IPv4 header of IHL `ihl` bytes: IPv4
+// TOS, TTL and header checksum; UDP checksum; BTH FECN/BECN/resv6.
+constexpr uint32_t kMaskedCount = 7;
+struct MaskedOffsets {
+  uint32_t at[kMaskedCount];
+};
+constexpr MaskedOffsets masked_offsets(uint32_t ihl) {
+  return {{1, 8, 10, 11, ihl + 6, ihl + 7, ihl + kUdpHdrLen + 4}};
+}
+
+// The variant bytes of a packet whose headers through the BTH are all there, as straight
+// stores (the per-packet case; masked_offsets serves the short ones).
+struct Variant {
+  uint8_t tos, ttl, bth_fb;
+  uint16_t ip_csum, udp_csum;
+};
+inline Variant mask_variant(uint8_t* ip, uint32_t ihl) {
+  uint8_t* udp = ip + ihl;
+  Variant v{ip[1], ip[8], udp[kUdpHdrLen + 4], 0, 0};
+  std::memcpy(&v.ip_csum, ip + 10, 2);
+  std::memcpy(&v.udp_csum, udp + 6, 2);
+  ip[1] = ip[8] = ip[10] = ip[11] = 0xff;
+  udp[6] = udp[7] = udp[kUdpHdrLen + 4] = 0xff;
+  return v;
+}
+inline void unmask_variant(uint8_t* ip, uint32_t ihl, const Variant& v) {
+  uint8_t* udp = ip + ihl;
+  ip[1] = v.tos;
+  ip[8] = v.ttl;
+  std::memcpy(ip + 10, &v.ip_csum, 2);
+  std::memcpy(udp + 6, &v.udp_csum, 2);
+  udp[kUdpHdrLen + 4] = v.bth_fb;
+}
+
 }  // namespace
 
 uint32_t icrc_begin(const uint8_t* ip, uint32_t hdr_len) noexcept {
@@ -37,11 +72,13 @@ uint32_t icrc_begin(const uint8_t* ip, uint32_t hdr_len) noexcept {
   const uint32_t copied = std::min(hdr_len, kMaskBuf);
   uint8_t buf[kMaskBuf];
   std::memcpy(buf, ip, copied);
-  // IBA A17.3.3: IPv4 TOS, TTL and header checksum; UDP checksum; BTH FECN/BECN/resv6.
-  // `masked` guards each write so a short hdr_len never writes past what was copied.
-  const uint32_t pos[] = {1, 8, 10, 11, ihl + 6, ihl + 7, ihl + kUdpHdrLen + 4};
-  for (uint32_t p : pos)
-    if (p < masked) buf[p] = 0xff;
+  if (masked == ihl + kUdpHdrLen + sizeof(Bth)) {
+    mask_variant(buf, ihl);  // the BTH is whole: every masked byte is in the copy
+  } else {
+    // `masked` guards each write so a short hdr_len never writes past what was copied.
+    for (uint32_t p : masked_offsets(ihl).at)
+      if (p < masked) buf[p] = 0xff;
+  }
   uint32_t crc = crc32_gzip_refl(kLrhCrc, buf, copied);
   if (hdr_len > copied) crc = crc32_gzip_refl(crc, ip + copied, hdr_len - copied);
   return crc;
@@ -55,7 +92,18 @@ uint32_t icrc_compute(const uint8_t* ip, uint32_t len) noexcept {
   // Let icrc_begin take as much as its stack copy holds: small packets (ACKs, READ
   // requests, CNPs) then cost a single CRC call.
   const uint32_t hdr = std::min(len, kMaskBuf);
-  return icrc_end(icrc_update(icrc_begin(ip, hdr), ip + hdr, len - hdr));
+  uint32_t crc = icrc_begin(ip, hdr);
+  if (len > hdr) crc = icrc_update(crc, ip + hdr, len - hdr);
+  return icrc_end(crc);
+}
+
+uint32_t icrc_compute_in_place(uint8_t* ip, uint32_t len) noexcept {
+  const uint32_t ihl = (ip[0] & 0xfu) * 4;
+  if (len < ihl + kUdpHdrLen + sizeof(Bth)) return icrc_compute(ip, len);
+  const Variant saved = mask_variant(ip, ihl);
+  const uint32_t crc = crc32_gzip_refl(kLrhCrc, ip, len);
+  unmask_variant(ip, ihl, saved);
+  return icrc_end(crc);
 }
 
 }  // namespace dverbs::pmd::wire

@@ -92,16 +92,15 @@ constexpr std::array<OpcodeInfo, 256> make_table() {
   return t;
 }
 
-constexpr std::array<OpcodeInfo, 256> kTable = make_table();
-
-static_assert(kTable[op::kAtomicAck].ext_len == kAethLen + kAtomicAckEthLen);
-static_assert(kTable[op::kUd | op::kSendOnlyImm].ext_len == kDethLen + kImmDtLen);
-static_assert(kTable[op::kRc | op::kWriteOnlyImm].ext_len == kRethLen + kImmDtLen);
-static_assert(!(kTable[op::kRd | op::kSendOnly].flags & kValid));
-static_assert(!(kTable[op::kUc | op::kReadRequest].flags & kValid));
-
 }  // namespace
 
-const OpcodeInfo& opcode_info(uint8_t opcode) noexcept { return kTable[opcode]; }
+// Declared extern in roce.h, so this constant has external linkage.
+constexpr std::array<OpcodeInfo, 256> kOpcodeTable = make_table();
+
+static_assert(kOpcodeTable[op::kAtomicAck].ext_len == kAethLen + kAtomicAckEthLen);
+static_assert(kOpcodeTable[op::kUd | op::kSendOnlyImm].ext_len == kDethLen + kImmDtLen);
+static_assert(kOpcodeTable[op::kRc | op::kWriteOnlyImm].ext_len == kRethLen + kImmDtLen);
+static_assert(!(kOpcodeTable[op::kRd | op::kSendOnly].flags & opf::kValid));
+static_assert(!(kOpcodeTable[op::kUc | op::kReadRequest].flags & opf::kValid));
 
 }  // namespace dverbs::pmd::wire

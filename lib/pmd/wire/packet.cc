@@ -6,6 +6,8 @@
 // CVE-2023-2176 class, is exactly such a wrap).
 #include "pmd/wire/roce.h"
 
+#include <bit>
+
 namespace dverbs::pmd::wire {
 namespace {
 
@@ -20,10 +22,35 @@ constexpr uint32_t kBthLen = sizeof(Bth);
 }  // namespace
 
 uint16_t ipv4_checksum(const uint8_t* ip, uint32_t len) noexcept {
-  uint32_t sum = 0;
-  for (uint32_t i = 0; i + 1 < len; i += 2) sum += load_be16(ip + i);
-  while (sum >> 16) sum = (sum & 0xffff) + (sum >> 16);
-  return uint16_t(~sum);
+  // RFC 1071 sums 16-bit words with end-around carry; that sum does not depend on the
+  // byte order it is taken in (RFC 1071 2.B) and 32-bit words fold to the same 16 bits
+  // (2^16 = 1 modulo 0xffff), so the header is read a word at a time in host order and the
+  // result swapped once.
+  uint64_t sum = 0;
+  uint32_t i = 0;
+  if (len == kIpv4HdrLen) {  // no options: five words, no loop
+    uint32_t w[5];
+    std::memcpy(w, ip, sizeof w);
+    sum = uint64_t(w[0]) + w[1] + w[2] + w[3] + w[4];
+    i = len;
+  }
+  for (; i + 4 <= len; i += 4) {
+    uint32_t w;
+    std::memcpy(&w, ip + i, 4);
+    sum += w;
+  }
+  if (i + 2 <= len) {
+    uint16_t h;
+    std::memcpy(&h, ip + i, 2);
+    sum += h;
+  }
+  sum = (sum & 0xffffffffu) + (sum >> 32);
+  sum = (sum & 0xffffu) + (sum >> 16);
+  sum = (sum & 0xffffu) + (sum >> 16);
+  sum = (sum & 0xffffu) + (sum >> 16);
+  const uint16_t folded = uint16_t(~sum);
+  if constexpr (std::endian::native == std::endian::little) return __builtin_bswap16(folded);
+  return folded;
 }
 
 const char* parse_error_str(ParseError e) noexcept {
@@ -46,9 +73,24 @@ const char* parse_error_str(ParseError e) noexcept {
 
 ParseError parse_frame(const uint8_t* frame, uint32_t len, Packet* out, bool check_icrc) noexcept {
   Packet& p = *out;
-  p = Packet{};
+  // Reset field by field, not with `p = Packet{}` (a memset and a copy per frame): the
+  // pointers and the optional fields are cleared here, every other field is written before
+  // parse_frame returns ok.
   p.frame = frame;
   p.frame_len = len;
+  p.ip = nullptr;
+  p.vlan_tci = 0;
+  p.bth = nullptr;
+  p.info = nullptr;
+  p.reth = nullptr;
+  p.aeth = nullptr;
+  p.deth = nullptr;
+  p.atomic_eth = nullptr;
+  p.atomic_ack = nullptr;
+  p.imm_data = 0;
+  p.ieth_rkey = 0;
+  p.payload = nullptr;
+  p.payload_len = 0;
 
   // Ethernet, at most one 802.1Q tag.
   if (len < kEthHdrLen) return ParseError::truncated;
@@ -117,18 +159,35 @@ ParseError parse_frame(const uint8_t* frame, uint32_t len, Packet* out, bool che
   if (bth->opcode == op::kCnp && (payload_len != kCnpPayloadLen || pad != 0))
     return ParseError::bad_length;
 
+  // The extension headers in wire order (IBA 9.2, Table 39; ext_offset's order).
   const uint8_t* ext = reinterpret_cast<const uint8_t*>(bth) + kBthLen;
   const uint32_t f = info.flags;
-  if (f & opf::kDeth) p.deth = reinterpret_cast<const Deth*>(ext + ext_offset(f, opf::kDeth));
-  if (f & opf::kReth) p.reth = reinterpret_cast<const Reth*>(ext + ext_offset(f, opf::kReth));
-  if (f & opf::kAtomicEth)
-    p.atomic_eth = reinterpret_cast<const AtomicEth*>(ext + ext_offset(f, opf::kAtomicEth));
-  if (f & opf::kAeth) p.aeth = reinterpret_cast<const Aeth*>(ext + ext_offset(f, opf::kAeth));
-  if (f & opf::kAtomicAckEth)
-    p.atomic_ack =
-        reinterpret_cast<const AtomicAckEth*>(ext + ext_offset(f, opf::kAtomicAckEth));
-  if (f & opf::kImm) std::memcpy(&p.imm_data, ext + ext_offset(f, opf::kImm), 4);
-  if (f & opf::kIeth) p.ieth_rkey = load_be32(ext + ext_offset(f, opf::kIeth));
+  const uint8_t* x = ext;
+  if (f & opf::kDeth) {
+    p.deth = reinterpret_cast<const Deth*>(x);
+    x += kDethLen;
+  }
+  if (f & opf::kReth) {
+    p.reth = reinterpret_cast<const Reth*>(x);
+    x += kRethLen;
+  }
+  if (f & opf::kAtomicEth) {
+    p.atomic_eth = reinterpret_cast<const AtomicEth*>(x);
+    x += kAtomicEthLen;
+  }
+  if (f & opf::kAeth) {
+    p.aeth = reinterpret_cast<const Aeth*>(x);
+    x += kAethLen;
+  }
+  if (f & opf::kAtomicAckEth) {
+    p.atomic_ack = reinterpret_cast<const AtomicAckEth*>(x);
+    x += kAtomicAckEthLen;
+  }
+  if (f & opf::kImm) {
+    std::memcpy(&p.imm_data, x, 4);
+    x += kImmDtLen;
+  }
+  if (f & opf::kIeth) p.ieth_rkey = load_be32(x);
 
   p.payload = ext + info.ext_len;
   p.payload_len = payload_len;
@@ -138,48 +197,62 @@ ParseError parse_frame(const uint8_t* frame, uint32_t len, Packet* out, bool che
   return ParseError::ok;
 }
 
-uint32_t headers_len(uint8_t opcode) noexcept {
-  return kEthHdrLen + kIpv4HdrLen + kUdpHdrLen + kBthLen + opcode_info(opcode).ext_len;
-}
-
-uint8_t* write_headers(uint8_t* frame, const FrameAddr& addr, const BthFields& bth,
-                       uint32_t payload_len) noexcept {
-  const uint32_t ext_len = opcode_info(bth.opcode).ext_len;
-  const uint32_t ip_len =
-      kIpv4HdrLen + kUdpHdrLen + kBthLen + ext_len + payload_len + (bth.pad & 3) + kIcrcLen;
-
-  uint8_t* eth = frame;
+void make_template(const FrameAddr& addr, FrameTemplate* t) noexcept {
+  uint8_t* eth = t->bytes;
   std::memcpy(eth, addr.dst_mac, 6);
   std::memcpy(eth + 6, addr.src_mac, 6);
   store_be16(eth + 12, kEtherIpv4);
 
   uint8_t* ip = eth + kEthHdrLen;
-  ip[0] = 0x45;
-  ip[1] = addr.tos;
-  store_be16(ip + 2, uint16_t(ip_len));
-  store_be16(ip + 4, 0);      // id: DF is set, so never reassembled
-  store_be16(ip + 6, kIpDf);  // RoCEv2 packets must not be fragmented
-  ip[8] = addr.ttl;
-  ip[9] = kIpProtoUdp;
-  store_be16(ip + 10, 0);  // finish_frame
+  // Version 4, IHL 5, total length per packet; id 0 with DF set (RoCEv2 packets must not be
+  // fragmented, so they are never reassembled); checksum per packet.
+  store_be32(ip, 0x45u << 24 | uint32_t(addr.tos) << 16);
+  store_be32(ip + 4, kIpDf);
+  store_be32(ip + 8, uint32_t(addr.ttl) << 24 | uint32_t(kIpProtoUdp) << 16);
   store_be32(ip + 12, addr.src_ip);
   store_be32(ip + 16, addr.dst_ip);
+  uint32_t sum = 0;
+  for (uint32_t i = 0; i < kIpv4HdrLen; i += 2) sum += load_be16(ip + i);
+  t->ip_sum = sum;
 
   uint8_t* udp = ip + kIpv4HdrLen;
-  store_be16(udp, addr.udp_sport);
-  store_be16(udp + 2, kRoceUdpPort);
+  store_be32(udp, uint32_t(addr.udp_sport) << 16 | kRoceUdpPort);
+  // Length per packet; RoCEv2 leaves the UDP checksum zero, the ICRC covers the datagram.
+  store_be32(udp + 4, 0);
+}
+
+uint8_t* write_headers(uint8_t* frame, const FrameTemplate& flow, const BthFields& bth,
+                       uint32_t payload_len) noexcept {
+  const uint32_t ext_len = opcode_info(bth.opcode).ext_len;
+  const uint32_t ip_len =
+      kIpv4HdrLen + kUdpHdrLen + kBthLen + ext_len + payload_len + (bth.pad & 3) + kIcrcLen;
+
+  std::memcpy(frame, flow.bytes, sizeof flow.bytes);
+  uint8_t* ip = frame + kEthHdrLen;
+  store_be16(ip + 2, uint16_t(ip_len));
+  // The template's sum plus the total length, folded (at most 11 16-bit words: two folds).
+  uint32_t sum = flow.ip_sum + (ip_len & 0xffff);
+  sum = (sum & 0xffff) + (sum >> 16);
+  sum = (sum & 0xffff) + (sum >> 16);
+  store_be16(ip + 10, uint16_t(~sum));
+
+  uint8_t* udp = ip + kIpv4HdrLen;
   store_be16(udp + 4, uint16_t(ip_len - kIpv4HdrLen));
-  store_be16(udp + 6, 0);  // RoCEv2 leaves the UDP checksum zero; the ICRC covers it
 
   uint8_t* b = udp + kUdpHdrLen;
-  b[0] = bth.opcode;
-  b[1] = uint8_t((bth.se ? 0x80 : 0) | (bth.pad & 3) << 4);  // MigReq 0, TVer 0
-  store_be16(b + 2, bth.pkey);
-  b[4] = 0;
-  store_be24(b + 5, bth.dest_qp & kQpnMask);
-  b[8] = bth.ack_req ? 0x80 : 0;
-  store_be24(b + 9, bth.psn & kPsnMask);
+  // OpCode, SE | MigReq 0 | PadCnt | TVer 0, P_Key; FECN/BECN 0, DestQP; AckReq, PSN.
+  store_be32(b, uint32_t(bth.opcode) << 24 |
+                    uint32_t((bth.se ? 0x80 : 0) | (bth.pad & 3) << 4) << 16 | bth.pkey);
+  store_be32(b + 4, bth.dest_qp & kQpnMask);
+  store_be32(b + 8, (bth.ack_req ? 0x80000000u : 0) | (bth.psn & kPsnMask));
   return b + kBthLen;
+}
+
+uint8_t* write_headers(uint8_t* frame, const FrameAddr& addr, const BthFields& bth,
+                       uint32_t payload_len) noexcept {
+  FrameTemplate flow;
+  make_template(addr, &flow);
+  return write_headers(frame, flow, bth, payload_len);
 }
 
 void write_reth(uint8_t* p, uint64_t va, uint32_t rkey, uint32_t len) noexcept {
@@ -220,7 +293,13 @@ uint32_t finish_frame(uint8_t* frame, uint32_t len) noexcept {
   const uint32_t ihl = (ip[0] & 0xfu) * 4;
   store_be16(ip + 10, 0);
   store_be16(ip + 10, ipv4_checksum(ip, ihl));
-  store_le32(frame + len - kIcrcLen, icrc_compute(ip, len - off - kIcrcLen));
+  return finish_icrc(frame, len);
+}
+
+uint32_t finish_icrc(uint8_t* frame, uint32_t len) noexcept {
+  uint32_t off = kEthHdrLen;
+  if (load_be16(frame + 12) == kEtherVlan) off += kVlanTagLen;
+  store_le32(frame + len - kIcrcLen, icrc_compute_in_place(frame + off, len - off - kIcrcLen));
   return len;
 }
 

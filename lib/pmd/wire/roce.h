@@ -6,6 +6,8 @@
 // Context: any thread, never sleeps (nothing here allocates or blocks).
 #pragma once
 
+#include <array>
+#include <bit>
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
@@ -24,17 +26,34 @@ constexpr uint32_t kQpnMask = 0xffffff;
 constexpr uint32_t kMulticastQpn = 0xffffff;  // BTH DestQP of a multicast UD SEND (IBA 10.5)
 constexpr uint16_t kDefaultPkey = 0xffff;
 
-inline uint16_t load_be16(const uint8_t* p) { return uint16_t(p[0] << 8 | p[1]); }
+// Host <-> big-endian (each its own inverse). Whole-word loads and stores through memcpy
+// (alignment-free, one instruction each once inlined): every header field of every packet
+// goes through these.
+inline uint16_t to_be16(uint16_t v) {
+  if constexpr (std::endian::native == std::endian::little) return __builtin_bswap16(v);
+  return v;
+}
+inline uint32_t to_be32(uint32_t v) {
+  if constexpr (std::endian::native == std::endian::little) return __builtin_bswap32(v);
+  return v;
+}
+inline uint16_t load_be16(const uint8_t* p) {
+  uint16_t v;
+  std::memcpy(&v, p, 2);
+  return to_be16(v);
+}
 inline uint32_t load_be24(const uint8_t* p) { return uint32_t(p[0]) << 16 | p[1] << 8 | p[2]; }
 inline uint32_t load_be32(const uint8_t* p) {
-  return uint32_t(p[0]) << 24 | uint32_t(p[1]) << 16 | uint32_t(p[2]) << 8 | p[3];
+  uint32_t v;
+  std::memcpy(&v, p, 4);
+  return to_be32(v);
 }
 inline uint64_t load_be64(const uint8_t* p) {
   return uint64_t(load_be32(p)) << 32 | load_be32(p + 4);
 }
 inline void store_be16(uint8_t* p, uint16_t v) {
-  p[0] = uint8_t(v >> 8);
-  p[1] = uint8_t(v);
+  v = to_be16(v);
+  std::memcpy(p, &v, 2);
 }
 inline void store_be24(uint8_t* p, uint32_t v) {
   p[0] = uint8_t(v >> 16);
@@ -42,10 +61,8 @@ inline void store_be24(uint8_t* p, uint32_t v) {
   p[2] = uint8_t(v);
 }
 inline void store_be32(uint8_t* p, uint32_t v) {
-  p[0] = uint8_t(v >> 24);
-  p[1] = uint8_t(v >> 16);
-  p[2] = uint8_t(v >> 8);
-  p[3] = uint8_t(v);
+  v = to_be32(v);
+  std::memcpy(p, &v, 4);
 }
 inline void store_be64(uint8_t* p, uint64_t v) {
   store_be32(p, uint32_t(v >> 32));
@@ -53,13 +70,14 @@ inline void store_be64(uint8_t* p, uint64_t v) {
 }
 // The ICRC is the one little-endian field of the packet (IBA A17.3.3: CRC bit 0 first).
 inline uint32_t load_le32(const uint8_t* p) {
-  return uint32_t(p[0]) | uint32_t(p[1]) << 8 | uint32_t(p[2]) << 16 | uint32_t(p[3]) << 24;
+  uint32_t v;
+  std::memcpy(&v, p, 4);
+  if constexpr (std::endian::native == std::endian::big) return __builtin_bswap32(v);
+  return v;
 }
 inline void store_le32(uint8_t* p, uint32_t v) {
-  p[0] = uint8_t(v);
-  p[1] = uint8_t(v >> 8);
-  p[2] = uint8_t(v >> 16);
-  p[3] = uint8_t(v >> 24);
+  if constexpr (std::endian::native == std::endian::big) v = __builtin_bswap32(v);
+  std::memcpy(p, &v, 4);
 }
 
 // Base Transport Header (IBA 9.2), 12 bytes.
@@ -208,8 +226,12 @@ struct OpcodeInfo {
   uint8_t ext_len;      // bytes of extension headers after the BTH
 };
 
+// The table behind opcode_info (opcode.cc), visible so every lookup on the packet path is
+// one indexed load rather than a call.
+extern const std::array<OpcodeInfo, 256> kOpcodeTable;
+
 // Context: any. Never fails: unassigned opcodes return an entry without opf::kValid.
-const OpcodeInfo& opcode_info(uint8_t opcode) noexcept;
+inline const OpcodeInfo& opcode_info(uint8_t opcode) noexcept { return kOpcodeTable[opcode]; }
 
 // Offset from the end of the BTH of extension header `hdr` (one opf::kDeth..kIeth bit) for
 // an opcode with `flags`. Wire order (IBA 9.2, Table 39): DETH RETH AtomicETH AETH
@@ -246,6 +268,11 @@ uint32_t icrc_update(uint32_t crc, const void* data, uint32_t len) noexcept;
 inline uint32_t icrc_end(uint32_t crc) noexcept { return crc; }
 // ICRC of a contiguous packet from the IPv4 header to the end of the pad (ICRC excluded).
 uint32_t icrc_compute(const uint8_t* ip, uint32_t len) noexcept;
+// The same for a packet we own and may write: the variant fields are masked in place for
+// the one CRC pass and restored after it, so no byte is copied. `len` must cover the
+// IPv4, UDP and BTH headers; shorter input goes the copying way. Context: any, the caller
+// owns the bytes (no other thread reads them meanwhile).
+uint32_t icrc_compute_in_place(uint8_t* ip, uint32_t len) noexcept;
 
 // ---- parsing ----
 enum class ParseError : uint8_t {
@@ -295,7 +322,9 @@ struct Packet {
 };
 
 // Parses and validates one Ethernet frame (FCS excluded, ICRC included). With
-// `check_icrc`, a frame whose ICRC does not match is rejected with bad_icrc.
+// `check_icrc`, a frame whose ICRC does not match is rejected with bad_icrc. On ok every
+// field of *out is set; on an error the pointers and optional fields not reached are null
+// or 0, the other fields unspecified.
 // Context: any, never sleeps.
 ParseError parse_frame(const uint8_t* frame, uint32_t len, Packet* out, bool check_icrc) noexcept;
 
@@ -323,13 +352,29 @@ struct BthFields {
 };
 
 // Bytes of Ethernet+IPv4+UDP+BTH+extension headers for `opcode` (no VLAN tag).
-uint32_t headers_len(uint8_t opcode) noexcept;
+inline uint32_t headers_len(uint8_t opcode) noexcept {
+  return kEthHdrLen + kIpv4HdrLen + kUdpHdrLen + sizeof(Bth) + opcode_info(opcode).ext_len;
+}
 
-// Writes Ethernet, IPv4, UDP and BTH headers for a packet that will carry `payload_len`
-// payload bytes; returns a pointer to where the extension headers go (right after the
-// BTH). The caller writes the extension headers (helpers below), the payload and the pad
-// bytes (zero), then calls finish_frame().
+// The Ethernet, IPv4 and UDP headers of one flow as every packet of it carries them, but
+// for the lengths and the IPv4 checksum, and the RFC 1071 sum of that IPv4 header (total
+// length and checksum 0): a packet's headers are then a copy and a few stores, its
+// checksum one addition. A connected QP keeps one while its path is resolved.
+struct FrameTemplate {
+  uint8_t bytes[kEthHdrLen + kIpv4HdrLen + kUdpHdrLen];
+  uint32_t ip_sum;  // 16-bit words summed, not folded
+};
 // Context: any, never sleeps.
+void make_template(const FrameAddr& addr, FrameTemplate* t) noexcept;
+
+// Writes Ethernet, IPv4 (with its checksum), UDP and BTH headers for a packet that will
+// carry `payload_len` payload bytes; returns a pointer to where the extension headers go
+// (right after the BTH). The caller writes the extension headers (helpers below), the
+// payload and the pad bytes (zero), then calls finish_icrc() (or finish_frame(), which
+// also recomputes the checksum, after changing a header field).
+// Context: any, never sleeps.
+uint8_t* write_headers(uint8_t* frame, const FrameTemplate& flow, const BthFields& bth,
+                       uint32_t payload_len) noexcept;
 uint8_t* write_headers(uint8_t* frame, const FrameAddr& addr, const BthFields& bth,
                        uint32_t payload_len) noexcept;
 void write_reth(uint8_t* p, uint64_t va, uint32_t rkey, uint32_t len) noexcept;
@@ -345,6 +390,9 @@ void write_ieth(uint8_t* p, uint32_t rkey) noexcept;
 // Fills the IPv4 header checksum and the ICRC of a frame built by write_headers(); `len`
 // is the frame length including the 4 ICRC bytes. Returns `len`.
 uint32_t finish_frame(uint8_t* frame, uint32_t len) noexcept;
+// The same for a frame whose IPv4 checksum is right already (write_headers wrote it and
+// no header changed since): the ICRC only. Returns `len`.
+uint32_t finish_icrc(uint8_t* frame, uint32_t len) noexcept;
 
 // RFC 1071 Internet checksum of an IPv4 header of `len` bytes (a multiple of 2); a header
 // whose checksum field is correct yields 0.
