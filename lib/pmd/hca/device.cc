@@ -97,7 +97,8 @@ std::unique_ptr<Device> Device::create(const net::Config& cfg, const char* name,
     }
   } else if (dev->cfg_.inline_helper) {
     dev->inline_helper_ = std::make_unique<net::LcoreThread>();
-    dev->inline_helper_->start("dverbs-inline", inline_helper_round, dev.get());
+    dev->inline_helper_->start("dverbs-inline", inline_helper_round, dev.get(),
+                               net::IdlePolicy::Depth::deep);
   }
   dev->self_progress = lcores > 0 || dev->inline_helper_ != nullptr;
   dev->rmv_registered_ = rte_eth_dev_callback_register(dev->port_->port_id(),

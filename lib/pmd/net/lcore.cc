@@ -41,7 +41,8 @@ int open_slot(int i) {
 }  // namespace
 
 // ---------------------------------------------------------------- IdlePolicy
-IdlePolicy::IdlePolicy(uint64_t hz) noexcept : hz_(hz ? hz : 1'000'000'000) {}
+IdlePolicy::IdlePolicy(uint64_t hz, Depth depth) noexcept
+    : hz_(hz ? hz : 1'000'000'000), depth_(depth) {}
 
 uint64_t IdlePolicy::hot_cycles() const noexcept {
   const uint64_t h = gap_ * kHotGaps;
@@ -70,7 +71,10 @@ IdlePolicy::Step IdlePolicy::idle(uint64_t now) noexcept {
   const uint64_t hot = hot_cycles();
   if (since < hot) return {Action::spin, 0};
   if (since < hot + cycles(kYieldNs)) return {Action::yield, 0};
-  const uint64_t cap = since < cycles(kDeepIdleNs) ? kMaxSleepNs : kDeepSleepNs;
+  const uint64_t cap = depth_ == Depth::responsive   ? kMaxSleepNs
+                      : since < cycles(kIdleNs)     ? kMaxSleepNs
+                      : since < cycles(kDeepIdleNs) ? kIdleSleepNs
+                                                    : kDeepSleepNs;
   const uint64_t ns = std::min(sleep_ns_, cap);
   sleep_ns_ = std::min(ns * 2, cap);
   return {Action::sleep, ns};
@@ -133,12 +137,12 @@ LcoreThread::~LcoreThread() {
   stop();
 }
 
-int LcoreThread::start(const std::string& name, PollFn fn, void* arg) {
+int LcoreThread::start(const std::string& name, PollFn fn, void* arg, IdlePolicy::Depth depth) {
   if (thread_.joinable()) return EBUSY;
   stop_.store(false, std::memory_order_relaxed);
   started_.store(false, std::memory_order_relaxed);
   try {
-    thread_ = std::thread(&LcoreThread::run, this, name, fn, arg);
+    thread_ = std::thread(&LcoreThread::run, this, name, fn, arg, depth);
   } catch (const std::system_error& e) {
     return e.code().value() ? e.code().value() : EAGAIN;
   } catch (...) {
@@ -159,14 +163,14 @@ void LcoreThread::stop() {
   thread_.join();
 }
 
-void LcoreThread::run(std::string name, PollFn fn, void* arg) {
+void LcoreThread::run(std::string name, PollFn fn, void* arg, IdlePolicy::Depth depth) {
   pthread_setname_np(pthread_self(), name.substr(0, 15).c_str());
   prctl(PR_SET_TIMERSLACK, 1UL, 0UL, 0UL, 0UL);
   registered_.store(register_thread() == 0, std::memory_order_release);
   running_.store(true, std::memory_order_release);
   started_.store(true, std::memory_order_release);
 
-  IdlePolicy policy(rte_get_tsc_hz());
+  IdlePolicy policy(rte_get_tsc_hz(), depth);
   while (!stop_.load(std::memory_order_acquire)) {
     int work;
     {

@@ -4,8 +4,10 @@
 // Idle back-off (IdlePolicy): the loop spins while work is recent, for a window that follows
 // the gaps between recent rounds of work (traffic every 5 µs keeps it spinning; traffic
 // every 10 ms does not, since spinning would not catch it); then it yields for a while;
-// then it sleeps with nanosleep(), 1 µs doubling to 50 µs, and after a second without work
-// doubling to 1 ms, so that an idle process costs well under 1 % of a CPU. The first round
+// then it sleeps with nanosleep(), 1 µs doubling to 50 µs; the inline-progress helper goes
+// on, after 10 ms without work to 250 µs, after a second to 10 ms, so that a process idle
+// under inline progress costs under 1 % of a CPU (a dedicated lcore, which owns its CPU,
+// keeps 50 µs and its latency). The first round
 // that does work returns it to spinning. Idle back-off is the only place where the loop
 // makes syscalls; the poll function runs inside a NonSleepingScope. Timer slack is 1 ns for
 // the thread, so a 50 µs sleep is 50 µs.
@@ -36,13 +38,25 @@ class IdlePolicy {
   static constexpr uint64_t kHotGaps = 4;
   static constexpr uint64_t kHotMinNs = 50'000;
   static constexpr uint64_t kHotMaxNs = 2'000'000;
-  static constexpr uint64_t kYieldNs = 50'000;         // then sched_yield() this long
-  static constexpr uint64_t kMaxSleepNs = 50'000;      // sleeps while work is under 1 s old
+  static constexpr uint64_t kYieldNs = 50'000;  // then sched_yield() this long
+  // Then nanosleep(), 1 µs doubling up to a cap that grows with the time since the last
+  // work: kMaxSleepNs for the first kIdleNs, kIdleSleepNs until kDeepIdleNs, then
+  // kDeepSleepNs (Depth::deep). On the 2-CPU KVM guest of our measurements a bare
+  // nanosleep() wake-up costs 20–60 µs of CPU, more the longer the sleep (dverbs-perf idle
+  // measures it): 4 ms sleeps alone cost ~1 % of a CPU there, 10 ms ones ~0.5 %.
+  static constexpr uint64_t kMaxSleepNs = 50'000;
+  static constexpr uint64_t kIdleNs = 10'000'000;
+  static constexpr uint64_t kIdleSleepNs = 250'000;
   static constexpr uint64_t kDeepIdleNs = 1'000'000'000;
-  static constexpr uint64_t kDeepSleepNs = 1'000'000;  // sleeps after that
+  static constexpr uint64_t kDeepSleepNs = 10'000'000;
+
+  // Whether the sleeps grow past kMaxSleepNs. A dedicated transport lcore owns its CPU and
+  // keeps its latency: it never sleeps longer than kMaxSleepNs (responsive). The inline
+  // helper serves what the application does not drive itself and gives the CPU back (deep).
+  enum class Depth { responsive, deep };
 
   // hz: cycles per second of the counter `now` is read from (rte_get_tsc_hz()).
-  explicit IdlePolicy(uint64_t hz) noexcept;
+  explicit IdlePolicy(uint64_t hz, Depth depth = Depth::deep) noexcept;
   // A round did work at `now`.
   void work(uint64_t now) noexcept;
   // A round did no work at `now`: what to do before the next one.
@@ -54,6 +68,7 @@ class IdlePolicy {
   uint64_t cycles(uint64_t ns) const noexcept { return ns * hz_ / 1'000'000'000; }
 
   uint64_t hz_;
+  Depth depth_;
   uint64_t last_work_ = 0;  // 0: none yet (the loop starts as if work had just been done)
   uint64_t gap_ = 0;        // moving average of the gap between rounds with work, cycles
   uint64_t sleep_ns_ = 1000;
@@ -91,7 +106,8 @@ class LcoreThread {
   // tried to register with DPDK. Returns 0, EBUSY if already running, or a positive errno
   // if the thread cannot be created. Failing DPDK registration is not fatal (see registered()).
   // Context: process context, may sleep.
-  int start(const std::string& name, PollFn fn, void* arg);
+  int start(const std::string& name, PollFn fn, void* arg,
+            IdlePolicy::Depth depth = IdlePolicy::Depth::responsive);
   // Asks the loop to finish and joins it; returns after the last poll call. No-op if stopped.
   // Context: process context, may sleep; never from the lcore itself.
   void stop();
@@ -108,7 +124,7 @@ class LcoreThread {
   uint64_t idle_yields() const { return idle_yields_.load(std::memory_order_relaxed); }
 
  private:
-  void run(std::string name, PollFn fn, void* arg);
+  void run(std::string name, PollFn fn, void* arg, IdlePolicy::Depth depth);
 
   std::thread thread_;
   std::atomic<bool> stop_{false}, running_{false}, registered_{false}, started_{false};

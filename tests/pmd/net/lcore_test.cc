@@ -5,6 +5,7 @@
 #include <sched.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <cerrno>
 #include <cstdio>
@@ -125,6 +126,14 @@ TEST(IdlePolicyTest, SpinsThenYieldsThenSleepsLongerAndLonger) {
     last = s.sleep_ns;
   }
   EXPECT_EQ(last, IdlePolicy::kMaxSleepNs);
+  // 10 ms without work: longer sleeps, up to kIdleSleepNs.
+  const uint64_t idle = 1'000'000 + IdlePolicy::kIdleNs;
+  for (int i = 0; i < 20; i++) {
+    const auto st = p.idle(idle + uint64_t(i));
+    EXPECT_GE(st.sleep_ns, last);
+    last = st.sleep_ns;
+  }
+  EXPECT_EQ(last, IdlePolicy::kIdleSleepNs);
   // A second without work: deep sleeps, growing to kDeepSleepNs.
   const uint64_t deep = 1'000'000 + IdlePolicy::kDeepIdleNs;
   for (int i = 0; i < 20; i++) last = p.idle(deep + uint64_t(i)).sleep_ns;
@@ -135,6 +144,15 @@ TEST(IdlePolicyTest, SpinsThenYieldsThenSleepsLongerAndLonger) {
   const auto s = p.idle(deep + 100 + IdlePolicy::kHotMinNs + IdlePolicy::kYieldNs);
   EXPECT_EQ(s.action, Action::sleep);
   EXPECT_EQ(s.sleep_ns, 1000u);
+}
+
+TEST(IdlePolicyTest, AResponsiveLoopNeverSleepsLongerThanMaxSleep) {
+  IdlePolicy p(1'000'000'000, IdlePolicy::Depth::responsive);
+  p.work(1'000'000);
+  uint64_t t = 1'000'000 + 2 * IdlePolicy::kDeepIdleNs;
+  uint64_t most = 0;
+  for (int i = 0; i < 64; i++) most = std::max(most, p.idle(t + uint64_t(i)).sleep_ns);
+  EXPECT_EQ(most, IdlePolicy::kMaxSleepNs);
 }
 
 TEST(IdlePolicyTest, SpinWindowFollowsTheGapsBetweenWork) {
