@@ -34,10 +34,10 @@ namespace {
 int engine_poll(void* arg) noexcept { return static_cast<Engine*>(arg)->poll(); }
 // The inline-progress helper serves the transport while the application does not: the
 // passive side of READs, atomics and WRITEs, timers, and programs asleep in a completion
-// channel. It reports only the work it did while the application made no dverbs call, so
-// it spins (LcoreThread's adaptive back-off) while it alone serves traffic and backs off
-// as soon as the application polls for itself: two threads spinning for one engine on a
-// small machine would only take turns on the CPU.
+// channel. It reports the work it did only while the application makes no dverbs call,
+// so it spins (LcoreThread's adaptive back-off) while it alone serves traffic, and only
+// keeps its sleeps short while the application calls in: two threads spinning for one
+// engine on a small machine would only take turns on the CPU.
 int inline_helper_round(void* arg) noexcept {
   return static_cast<Device*>(arg)->helper_round();
 }
@@ -211,10 +211,14 @@ void Device::progress() noexcept {
 int Device::helper_round() noexcept {
   int work = 0;
   for (auto& e : engines_) work += e->try_poll();
+  const uint64_t now = rte_get_tsc_cycles();
   const uint64_t app = app_rounds_.load(std::memory_order_relaxed);
-  const bool app_active = app != helper_seen_;
-  helper_seen_ = app;
-  return app_active ? 0 : work;
+  if (app != helper_seen_) {
+    helper_seen_ = app;
+    helper_app_tsc_ = now;
+  }
+  const bool app_active = now - helper_app_tsc_ < rte_get_tsc_hz() / 1'000'000 * kAppQuietUs;
+  return app_active ? -1 : work;
 }
 
 void Device::quiesce() {

@@ -89,11 +89,13 @@ class Device : public mid::Device {
   // Inline progress: run the engines once if no other thread is running them.
   // Context: any thread, never sleeps. No-op when dedicated lcores run the engines.
   void progress() noexcept;
-  // One round of the inline-progress helper: runs the engines and returns the work done,
-  // or 0 when the application called progress() since the previous round (it is driving
-  // the transport itself, and the helper backs off rather than compete for the CPU).
+  // One round of the inline-progress helper: runs the engines and returns the work done
+  // when the application has made no dverbs call for kAppQuietUs, or -1 while it has (the
+  // application is driving the transport or about to: the helper keeps its sleeps short
+  // but does not spin, which on a small machine would only compete with it for the CPU).
   // Context: the helper thread only.
   int helper_round() noexcept;
+  static constexpr uint64_t kAppQuietUs = 200;
 
   // Waits until every engine has passed a quiescent point. Context: process context.
   void quiesce();
@@ -168,7 +170,8 @@ class Device : public mid::Device {
   // Bumped by every application call of progress(), read by helper_round(): on a line of
   // its own, since the application writes it on every poll_cq while the helper reads it.
   alignas(64) std::atomic<uint64_t> app_rounds_{0};
-  uint64_t helper_seen_ = 0;  // app_rounds_ at the helper's previous round (helper only)
+  uint64_t helper_seen_ = 0;    // app_rounds_ at the helper's last look (helper only)
+  uint64_t helper_app_tsc_ = 0;  // when the helper last saw app_rounds_ change
   // Watchdog (a control thread, not an lcore): link-state events and device removal.
   void watchdog();
   std::thread watchdog_;

@@ -71,9 +71,11 @@ IdlePolicy::Step IdlePolicy::idle(uint64_t now) noexcept {
   const uint64_t hot = hot_cycles();
   if (since < hot) return {Action::spin, 0};
   if (since < hot + cycles(kYieldNs)) return {Action::yield, 0};
+  const uint64_t act = std::max(last_work_, last_activity_);
+  const uint64_t quiet = now > act ? now - act : 0;
   const uint64_t cap = depth_ == Depth::responsive   ? kMaxSleepNs
-                      : since < cycles(kIdleNs)     ? kMaxSleepNs
-                      : since < cycles(kDeepIdleNs) ? kIdleSleepNs
+                      : quiet < cycles(kIdleNs)     ? kMaxSleepNs
+                      : quiet < cycles(kDeepIdleNs) ? kIdleSleepNs
                                                     : kDeepSleepNs;
   const uint64_t ns = std::min(sleep_ns_, cap);
   sleep_ns_ = std::min(ns * 2, cap);
@@ -183,6 +185,7 @@ void LcoreThread::run(std::string name, PollFn fn, void* arg, IdlePolicy::Depth 
       policy.work(now);
       continue;
     }
+    if (work < 0) policy.activity(now);
     const IdlePolicy::Step step = policy.idle(now);
     switch (step.action) {
       case IdlePolicy::Action::spin:

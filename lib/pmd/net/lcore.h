@@ -59,6 +59,9 @@ class IdlePolicy {
   explicit IdlePolicy(uint64_t hz, Depth depth = Depth::deep) noexcept;
   // A round did work at `now`.
   void work(uint64_t now) noexcept;
+  // A round found the port in use by someone else at `now` (the inline helper, while the
+  // application polls): no spinning, but the sleeps stay short, as after work.
+  void activity(uint64_t now) noexcept { last_activity_ = now; }
   // A round did no work at `now`: what to do before the next one.
   Step idle(uint64_t now) noexcept;
   // The current spin window in cycles (for tests and statistics).
@@ -70,6 +73,7 @@ class IdlePolicy {
   uint64_t hz_;
   Depth depth_;
   uint64_t last_work_ = 0;  // 0: none yet (the loop starts as if work had just been done)
+  uint64_t last_activity_ = 0;
   uint64_t gap_ = 0;        // moving average of the gap between rounds with work, cycles
   uint64_t sleep_ns_ = 1000;
 };
@@ -92,7 +96,8 @@ LcoreChoice choose_lcores_auto();
 
 class LcoreThread {
  public:
-  // Returns how much work it did (frames, completions…); 0 means idle.
+  // Returns how much work it did (frames, completions…); 0 means idle, a negative value
+  // that others are using the port (IdlePolicy::activity).
   using PollFn = int (*)(void* arg) noexcept;
 
   // Context: any thread; nothing runs until start().
