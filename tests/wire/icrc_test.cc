@@ -2,6 +2,7 @@
 #include "pmd/wire/roce.h"
 
 #include <gtest/gtest.h>
+#include <isa-l/crc.h>
 
 #include <algorithm>
 #include <cstdlib>
@@ -81,6 +82,27 @@ TEST(Icrc, ContinuesAcrossFragments) {
   for (uint32_t cut : {0u, 1u, 7u, 64u, 1499u, 2999u, 3000u}) {
     uint32_t c = icrc_update(0, b.data(), cut);
     EXPECT_EQ(icrc_update(c, b.data() + cut, uint32_t(b.size()) - cut), whole) << cut;
+  }
+}
+
+// Long buffers take the 256-bit folding loop where the CPU has VPCLMULQDQ and no AVX-512
+// (icrc.cc, crc32_wide; elsewhere ISA-L's own loop): every length around its block sizes,
+// every alignment, any starting CRC, against ISA-L and the bitwise definition.
+TEST(Icrc, LongBuffersMatchIsaLAndTheDefinition) {
+  std::mt19937 rng(11);
+  Bytes b(9000 + 64);
+  for (auto& x : b) x = uint8_t(rng());
+  std::vector<uint32_t> lens;
+  for (uint32_t l = 120; l <= 560; l++) lens.push_back(l);
+  for (uint32_t l : {1023u, 1024u, 1025u, 4095u, 4096u, 4097u, 4111u, 8192u, 9000u}) lens.push_back(l);
+  for (uint32_t len : lens) {
+    const uint32_t off = rng() % 64, init = uint32_t(rng());
+    ASSERT_EQ(icrc_update(init, b.data() + off, len), crc32_gzip_refl(init, b.data() + off, len))
+        << "len " << len << " offset " << off;
+  }
+  for (uint32_t len : {256u, 300u, 4096u}) {
+    ASSERT_EQ(icrc_update(0x1234567u, b.data() + 3, len), ref_crc32(b.data() + 3, len, 0x1234567u))
+        << len;
   }
 }
 

@@ -467,4 +467,12 @@ void send_packet(Engine& e, rte_mbuf* m, uint8_t* payload_end, uint32_t pad) noe
   e.tx(m);
 }
 
+void send_packet_icrc(Engine& e, rte_mbuf* m, uint8_t* payload_end, uint32_t pad,
+                      uint32_t crc) noexcept {
+  for (uint32_t i = 0; i < pad; i++) payload_end[i] = 0;
+  if (pad) crc = wire::icrc_update(crc, payload_end, pad);
+  wire::icrc_frame_end(payload_end + pad, crc);
+  e.tx(m);
+}
+
 }  // namespace dverbs::pmd::hca

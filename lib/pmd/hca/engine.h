@@ -259,5 +259,12 @@ rte_mbuf* build_packet(Engine& e, Qp& qp, const wire::FrameAddr& addr,
                        const wire::BthFields& bth, uint32_t payload_len, uint8_t** ext) noexcept;
 // Finishes the frame (pad, ICRC: build_packet wrote the IPv4 checksum) and queues it for TX.
 void send_packet(Engine& e, rte_mbuf* m, uint8_t* payload_end, uint32_t pad) noexcept;
+// Payloads of at least this many bytes are copied into the frame with the ICRC computed on
+// the way (wire::icrc_frame_begin, then gather_icrc or wire::icrc_copy): one pass over
+// their bytes instead of two. Below it, one CRC call over the whole frame costs less.
+constexpr uint32_t kFusedIcrcMin = 512;
+// Finishes such a frame: pad, the ICRC carried through the payload (`crc`), TX.
+void send_packet_icrc(Engine& e, rte_mbuf* m, uint8_t* payload_end, uint32_t pad,
+                      uint32_t crc) noexcept;
 
 }  // namespace dverbs::pmd::hca

@@ -124,4 +124,12 @@ WcStatus gather(Device& dev, const mid::Pd* pd, const Sge* sge, uint32_t nsge, u
   });
 }
 
+WcStatus gather_icrc(Device& dev, const mid::Pd* pd, const Sge* sge, uint32_t nsge,
+                     uint32_t offset, uint8_t* dst, uint32_t len, uint32_t* crc) noexcept {
+  return walk(dev, pd, sge, nsge, offset, len, 0, [&](uint8_t* p, uint32_t n) {
+    *crc = wire::icrc_copy(*crc, dst, p, n);
+    dst += n;
+  });
+}
+
 }  // namespace dverbs::pmd::hca

@@ -61,5 +61,9 @@ WcStatus scatter(Device& dev, const mid::Pd* pd, const Sge* sge, uint32_t nsge, 
 // Gathers `len` bytes starting at byte `offset` of the SGE list into `dst`.
 WcStatus gather(Device& dev, const mid::Pd* pd, const Sge* sge, uint32_t nsge, uint32_t offset,
                 uint8_t* dst, uint32_t len) noexcept;
+// The same, continuing the frame's ICRC `*crc` over the bytes as they are copied
+// (wire::icrc_copy: one pass over them).
+WcStatus gather_icrc(Device& dev, const mid::Pd* pd, const Sge* sge, uint32_t nsge,
+                     uint32_t offset, uint8_t* dst, uint32_t len, uint32_t* crc) noexcept;
 
 }  // namespace dverbs::pmd::hca

@@ -171,17 +171,28 @@ bool send_one(Engine& e, Qp& qp, SendWqe& w, uint32_t pkt) {
     wire::store_be32(p, w.imm_data);
     p += 4;
   }
+  const bool fused = !w.is_inline && len >= kFusedIcrcMin;
+  uint32_t crc = 0;
   if (w.is_inline) {
     base::copy_bytes(p, w.inline_data + off, len);
   } else if (len) {
-    WcStatus st = gather(e.device(), qp.pd, w.sge, w.num_sge, off, p, len);
+    WcStatus st;
+    if (fused) {
+      crc = wire::icrc_frame_begin(rte_pktmbuf_mtod(m, uint8_t*), p);
+      st = gather_icrc(e.device(), qp.pd, w.sge, w.num_sge, off, p, len, &crc);
+    } else {
+      st = gather(e.device(), qp.pd, w.sge, w.num_sge, off, p, len);
+    }
     if (st != WcStatus::success) [[unlikely]] {
       rte_pktmbuf_free(m);
       comp_fail_at(e, qp, qp.req.next_wqe, st);
       return false;
     }
   }
-  send_packet(e, m, p + len, bth.pad);
+  if (fused)
+    send_packet_icrc(e, m, p + len, bth.pad, crc);
+  else
+    send_packet(e, m, p + len, bth.pad);
   return true;
 }
 

@@ -296,6 +296,12 @@ uint32_t finish_frame(uint8_t* frame, uint32_t len) noexcept {
   return finish_icrc(frame, len);
 }
 
+uint32_t icrc_frame_begin(const uint8_t* frame, const uint8_t* payload) noexcept {
+  uint32_t off = kEthHdrLen;
+  if (load_be16(frame + 12) == kEtherVlan) off += kVlanTagLen;
+  return icrc_begin(frame + off, uint32_t(payload - frame) - off);
+}
+
 uint32_t finish_icrc(uint8_t* frame, uint32_t len) noexcept {
   uint32_t off = kEthHdrLen;
   if (load_be16(frame + 12) == kEtherVlan) off += kVlanTagLen;

@@ -268,6 +268,9 @@ uint32_t icrc_update(uint32_t crc, const void* data, uint32_t len) noexcept;
 inline uint32_t icrc_end(uint32_t crc) noexcept { return crc; }
 // ICRC of a contiguous packet from the IPv4 header to the end of the pad (ICRC excluded).
 uint32_t icrc_compute(const uint8_t* ip, uint32_t len) noexcept;
+// Copies `len` bytes from `src` to `dst` (not overlapping) and continues `crc` over them,
+// in one pass over the bytes where the CPU allows: a payload gathered into a frame.
+uint32_t icrc_copy(uint32_t crc, void* dst, const void* src, uint32_t len) noexcept;
 // The same for a packet we own and may write: the variant fields are masked in place for
 // the one CRC pass and restored after it, so no byte is copied. `len` must cover the
 // IPv4, UDP and BTH headers; shorter input goes the copying way. Context: any, the caller
@@ -393,6 +396,13 @@ uint32_t finish_frame(uint8_t* frame, uint32_t len) noexcept;
 // The same for a frame whose IPv4 checksum is right already (write_headers wrote it and
 // no header changed since): the ICRC only. Returns `len`.
 uint32_t finish_icrc(uint8_t* frame, uint32_t len) noexcept;
+// The ICRC of a frame built in order: icrc_frame_begin over its headers, from the IPv4
+// header to `payload` (the first payload byte), then icrc_copy/icrc_update over the payload
+// and the pad bytes, then icrc_frame_end stores the ICRC at `icrc_at` (right after the pad).
+uint32_t icrc_frame_begin(const uint8_t* frame, const uint8_t* payload) noexcept;
+inline void icrc_frame_end(uint8_t* icrc_at, uint32_t crc) noexcept {
+  store_le32(icrc_at, icrc_end(crc));
+}
 
 // RFC 1071 Internet checksum of an IPv4 header of `len` bytes (a multiple of 2); a header
 // whose checksum field is correct yields 0.
