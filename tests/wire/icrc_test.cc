@@ -94,7 +94,8 @@ TEST(Icrc, LongBuffersMatchIsaLAndTheDefinition) {
   for (auto& x : b) x = uint8_t(rng());
   std::vector<uint32_t> lens;
   for (uint32_t l = 120; l <= 560; l++) lens.push_back(l);
-  for (uint32_t l : {1023u, 1024u, 1025u, 4095u, 4096u, 4097u, 4111u, 8192u, 9000u}) lens.push_back(l);
+  for (uint32_t l : {1023u, 1024u, 1025u, 4095u, 4096u, 4097u, 4111u, 8192u, 9000u})
+    lens.push_back(l);
   for (uint32_t len : lens) {
     const uint32_t off = rng() % 64, init = uint32_t(rng());
     ASSERT_EQ(icrc_update(init, b.data() + off, len), crc32_gzip_refl(init, b.data() + off, len))

@@ -56,10 +56,22 @@ constexpr uint64_t kFoldHi = fold_constant(D + 32);  // multiplies X.lo
 constexpr uint32_t kWideMin = 256;  // below this, ISA-L's setup costs less than ours
 
 __attribute__((target("avx2,pclmul,vpclmulqdq"))) inline __m256i fold256(__m256i a, __m256i k) {
-  return _mm256_xor_si256(_mm256_clmulepi64_epi128(a, k, 0x01), _mm256_clmulepi64_epi128(a, k, 0x10));
+  return _mm256_xor_si256(_mm256_clmulepi64_epi128(a, k, 0x01),
+                          _mm256_clmulepi64_epi128(a, k, 0x10));
 }
 __attribute__((target("avx2,pclmul,vpclmulqdq"))) inline __m128i fold128(__m128i a, __m128i k) {
   return _mm_xor_si128(_mm_clmulepi64_si128(a, k, 0x01), _mm_clmulepi64_si128(a, k, 0x10));
+}
+
+// One 32-byte block of the source (also stored to dst with kCopy). A function of its own:
+// a lambda would not inherit the target attribute, and clang then refuses the AVX types.
+template <bool kCopy>
+__attribute__((target("avx2,pclmul,vpclmulqdq"))) inline __m256i load_block(const uint8_t* p,
+                                                                            uint8_t* dst,
+                                                                            uint32_t at) {
+  const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p + at));
+  if constexpr (kCopy) _mm256_storeu_si256(reinterpret_cast<__m256i*>(dst + at), v);
+  return v;
 }
 
 // crc32_gzip_refl's contract (crc in and out with the final inversion), n >= 128. With
@@ -69,23 +81,20 @@ template <bool kCopy>
 __attribute__((target("avx2,pclmul,vpclmulqdq"))) uint32_t crc32_wide(uint32_t crc, uint8_t* dst,
                                                                       const uint8_t* p,
                                                                       uint32_t n) {
-  auto load = [&](uint32_t at) {
-    const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p + at));
-    if constexpr (kCopy) _mm256_storeu_si256(reinterpret_cast<__m256i*>(dst + at), v);
-    return v;
-  };
   const __m256i k1024 = _mm256_setr_epi64x(int64_t(kFoldLo<1024>), int64_t(kFoldHi<1024>),
                                            int64_t(kFoldLo<1024>), int64_t(kFoldHi<1024>));
   const __m256i k256 = _mm256_setr_epi64x(int64_t(kFoldLo<256>), int64_t(kFoldHi<256>),
                                           int64_t(kFoldLo<256>), int64_t(kFoldHi<256>));
   const __m128i k128 = _mm_set_epi64x(int64_t(kFoldHi<128>), int64_t(kFoldLo<128>));
-  __m256i a0 = _mm256_xor_si256(load(0), _mm256_setr_epi32(int(~crc), 0, 0, 0, 0, 0, 0, 0));
-  __m256i a1 = load(32), a2 = load(64), a3 = load(96);
+  __m256i a0 = _mm256_xor_si256(load_block<kCopy>(p, dst, 0),
+                                _mm256_setr_epi32(int(~crc), 0, 0, 0, 0, 0, 0, 0));
+  __m256i a1 = load_block<kCopy>(p, dst, 32), a2 = load_block<kCopy>(p, dst, 64),
+          a3 = load_block<kCopy>(p, dst, 96);
   for (uint32_t at = 128; n - at >= 128; at += 128) {
-    a0 = _mm256_xor_si256(fold256(a0, k1024), load(at));
-    a1 = _mm256_xor_si256(fold256(a1, k1024), load(at + 32));
-    a2 = _mm256_xor_si256(fold256(a2, k1024), load(at + 64));
-    a3 = _mm256_xor_si256(fold256(a3, k1024), load(at + 96));
+    a0 = _mm256_xor_si256(fold256(a0, k1024), load_block<kCopy>(p, dst, at));
+    a1 = _mm256_xor_si256(fold256(a1, k1024), load_block<kCopy>(p, dst, at + 32));
+    a2 = _mm256_xor_si256(fold256(a2, k1024), load_block<kCopy>(p, dst, at + 64));
+    a3 = _mm256_xor_si256(fold256(a3, k1024), load_block<kCopy>(p, dst, at + 96));
   }
   const uint32_t done = n - (n % 128);
   p += done;
@@ -94,8 +103,8 @@ __attribute__((target("avx2,pclmul,vpclmulqdq"))) uint32_t crc32_wide(uint32_t c
   a1 = _mm256_xor_si256(fold256(a0, k256), a1);
   a2 = _mm256_xor_si256(fold256(a1, k256), a2);
   a3 = _mm256_xor_si256(fold256(a2, k256), a3);
-  __m128i x = _mm_xor_si128(fold128(_mm256_castsi256_si128(a3), k128),
-                            _mm256_extracti128_si256(a3, 1));
+  __m128i x =
+      _mm_xor_si128(fold128(_mm256_castsi256_si128(a3), k128), _mm256_extracti128_si256(a3, 1));
   for (; n >= 16; p += 16, n -= 16) {
     const __m128i v = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
     if constexpr (kCopy) {
