@@ -129,8 +129,8 @@ stat_val() { stat_of "$1" | sed -n "s/^$2=//p"; }
 
 pick_port() {
   for _ in $(seq 50); do
-    local p=$((20000 + RANDOM % 40000))
-    ss -Htln "sport = :$p" 2>/dev/null | grep -q . || { echo "$p"; return 0; }
+    local p=$((10000 + RANDOM % 22000))  # below the ephemeral range
+    ss -Htan "sport = :$p" 2>/dev/null | grep -q . || { echo "$p"; return 0; }
   done
   return 1
 }

@@ -84,8 +84,8 @@ fi
 pick_port() {  # a free TCP port for the side channel
   port=""
   for _ in $(seq 50); do
-    local p=$((20000 + RANDOM % 40000))
-    if ! ss -Htln "sport = :$p" 2>/dev/null | grep -q .; then port=$p; return 0; fi
+    local p=$((10000 + RANDOM % 22000))  # below the ephemeral range
+    if ! ss -Htan "sport = :$p" 2>/dev/null | grep -q .; then port=$p; return 0; fi
   done
   echo "FAIL: no free TCP port"
   return 1
