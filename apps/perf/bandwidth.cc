@@ -62,7 +62,8 @@ double memcpy_bandwidth(uint32_t size, uint32_t window, double warmup, double se
   const size_t bytes = size_t(size) * window;
   auto page_buffer = [bytes](int fill) {
     std::unique_ptr<uint8_t, decltype(&std::free)> p(
-        static_cast<uint8_t*>(std::aligned_alloc(4096, (bytes + 4095) & ~size_t(4095))), &std::free);
+        static_cast<uint8_t*>(std::aligned_alloc(4096, (bytes + 4095) & ~size_t(4095))),
+        &std::free);
     if (!p) die("memcpy baseline: out of memory");
     std::memset(p.get(), fill, bytes);
     return p;
@@ -144,7 +145,8 @@ int scenario_bandwidth(const Options& in) {
   const double bw = median(bws), mc = median(mcs), ratio = bw / mc;
   const double bwc = median(bw_cpus), mcc = median(mc_cpus);
   row("median", bw, bwc, mc, mcc);
-  std::printf("\n  path MTU %.0f; target ratio >= %.2f: %s", mtu, kTarget, verdict(ratio >= kTarget));
+  std::printf("\n  path MTU %.0f; target ratio >= %.2f: %s", mtu, kTarget,
+              verdict(ratio >= kTarget));
   if (retrans) std::printf("   (retransmissions %.0f)", retrans);
   std::printf(
       "\n  GB/CPU-s: bytes per CPU second of the transport lcore(s) (inline: the process) and\n"

@@ -107,6 +107,25 @@ TEST(Icrc, LongBuffersMatchIsaLAndTheDefinition) {
   }
 }
 
+// The requester's fused copy: exactly `len` bytes land at dst (the guard bytes around them
+// stay), and the CRC is ISA-L's over the source.
+TEST(Icrc, CopyCopiesExactlyAndContinuesTheCrc) {
+  std::mt19937 rng(13);
+  Bytes src(9000 + 64);
+  for (auto& x : src) x = uint8_t(rng());
+  for (uint32_t len :
+       {0u, 1u, 15u, 255u, 256u, 257u, 300u, 511u, 512u, 1000u, 4096u, 4111u, 9000u}) {
+    const uint32_t so = rng() % 64, d_off = 16 + rng() % 48, init = uint32_t(rng());
+    Bytes dst(len + 128, 0xa5);
+    const uint32_t crc = icrc_copy(init, dst.data() + d_off, src.data() + so, len);
+    ASSERT_EQ(crc, crc32_gzip_refl(init, src.data() + so, len)) << "len " << len;
+    ASSERT_EQ(std::memcmp(dst.data() + d_off, src.data() + so, len), 0) << "len " << len;
+    for (uint32_t i = 0; i < d_off; i++) ASSERT_EQ(dst[i], 0xa5) << "before, len " << len;
+    for (uint32_t i = d_off + len; i < dst.size(); i++)
+      ASSERT_EQ(dst[i], 0xa5) << "after, len " << len;
+  }
+}
+
 TEST(Icrc, ComputeMatchesBitwiseReferenceOnRandomPackets) {
   std::mt19937 rng(42);
   for (int i = 0; i < 400; i++) {

@@ -848,7 +848,8 @@ Reply read_reply(Engine& e, Qp& qp, const RespResource& r, uint32_t idx) {
   }
   if (len >= kFusedIcrcMin) {
     const uint32_t crc = wire::icrc_frame_begin(rte_pktmbuf_mtod(m, uint8_t*), p);
-    send_packet_icrc(e, m, p + len, bth.pad, wire::icrc_copy(crc, p, mr_host(*mr, r.va + off), len));
+    send_packet_icrc(e, m, p + len, bth.pad,
+                     wire::icrc_copy(crc, p, mr_host(*mr, r.va + off), len));
     return Reply::sent;
   }
   if (len) std::memcpy(p, mr_host(*mr, r.va + off), len);

@@ -286,10 +286,15 @@ void write_immdt(uint8_t* p, uint32_t imm_be) noexcept { std::memcpy(p, &imm_be,
 
 void write_ieth(uint8_t* p, uint32_t rkey) noexcept { store_be32(p, rkey); }
 
+namespace {
+// Where the IPv4 header of a frame we built starts: after Ethernet and its 802.1Q tag if any.
+uint32_t ip_offset(const uint8_t* frame) noexcept {
+  return load_be16(frame + 12) == kEtherVlan ? kEthHdrLen + kVlanTagLen : kEthHdrLen;
+}
+}  // namespace
+
 uint32_t finish_frame(uint8_t* frame, uint32_t len) noexcept {
-  uint32_t off = kEthHdrLen;
-  if (load_be16(frame + 12) == kEtherVlan) off += kVlanTagLen;
-  uint8_t* ip = frame + off;
+  uint8_t* ip = frame + ip_offset(frame);
   const uint32_t ihl = (ip[0] & 0xfu) * 4;
   store_be16(ip + 10, 0);
   store_be16(ip + 10, ipv4_checksum(ip, ihl));
@@ -297,14 +302,12 @@ uint32_t finish_frame(uint8_t* frame, uint32_t len) noexcept {
 }
 
 uint32_t icrc_frame_begin(const uint8_t* frame, const uint8_t* payload) noexcept {
-  uint32_t off = kEthHdrLen;
-  if (load_be16(frame + 12) == kEtherVlan) off += kVlanTagLen;
+  const uint32_t off = ip_offset(frame);
   return icrc_begin(frame + off, uint32_t(payload - frame) - off);
 }
 
 uint32_t finish_icrc(uint8_t* frame, uint32_t len) noexcept {
-  uint32_t off = kEthHdrLen;
-  if (load_be16(frame + 12) == kEtherVlan) off += kVlanTagLen;
+  const uint32_t off = ip_offset(frame);
   store_le32(frame + len - kIcrcLen, icrc_compute_in_place(frame + off, len - off - kIcrcLen));
   return len;
 }

@@ -268,14 +268,14 @@ uint32_t icrc_update(uint32_t crc, const void* data, uint32_t len) noexcept;
 inline uint32_t icrc_end(uint32_t crc) noexcept { return crc; }
 // ICRC of a contiguous packet from the IPv4 header to the end of the pad (ICRC excluded).
 uint32_t icrc_compute(const uint8_t* ip, uint32_t len) noexcept;
-// Copies `len` bytes from `src` to `dst` (not overlapping) and continues `crc` over them,
-// in one pass over the bytes where the CPU allows: a payload gathered into a frame.
-uint32_t icrc_copy(uint32_t crc, void* dst, const void* src, uint32_t len) noexcept;
 // The same for a packet we own and may write: the variant fields are masked in place for
 // the one CRC pass and restored after it, so no byte is copied. `len` must cover the
 // IPv4, UDP and BTH headers; shorter input goes the copying way. Context: any, the caller
 // owns the bytes (no other thread reads them meanwhile).
 uint32_t icrc_compute_in_place(uint8_t* ip, uint32_t len) noexcept;
+// Copies `len` bytes from `src` to `dst` (not overlapping) and continues `crc` over them,
+// in one pass over the bytes where the CPU allows: a payload gathered into a frame.
+uint32_t icrc_copy(uint32_t crc, void* dst, const void* src, uint32_t len) noexcept;
 
 // ---- parsing ----
 enum class ParseError : uint8_t {
