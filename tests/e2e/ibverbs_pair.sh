@@ -15,6 +15,8 @@
 #                               lacks CAP_IPC_LOCK (which, as in uverbs, lifts the limit)
 #              --timeout S      per-process limit (default 120)
 #              --fault SPEC     DVERBS_FAULT of both processes (receive-side faults)
+#              --daemon         each side is a client of its own dverbsd, which owns the
+#                               port (DVERBS_LCORES of the daemons from --lcores)
 #              --attempts N     run the pair up to N times until it passes (default 1); for
 #                               runs with loss only: ibv_rc_pingpong ends without a final
 #                               handshake, so when the last ACK is lost after the peer has
@@ -33,7 +35,7 @@ set -u
 
 run=$1 transport=$2
 shift 2
-lcores=0 memlock="" limit=120 fault=off attempts=1
+lcores=0 memlock="" limit=120 fault=off attempts=1 daemon=0
 expects=()
 expects_a=()
 while [ $# -gt 0 ]; do
@@ -45,6 +47,7 @@ while [ $# -gt 0 ]; do
     --timeout) limit=$2; shift 2 ;;
     --fault) fault=$2; shift 2 ;;
     --attempts) attempts=$2; shift 2 ;;
+    --daemon) daemon=1; shift ;;
     --) shift; break ;;
     *) echo "ibverbs_pair.sh: unknown option $1" >&2; exit 1 ;;
   esac
@@ -82,20 +85,41 @@ esac
 
 lc=(--lcores "$lcores")
 [ "$lcores" = default ] && lc=()
-start_b() {
-  timeout -k 5 "$limit" "$run" --port "$port_b" --ip 10.0.0.1/24 "${lc[@]}" \
-    --fault "$fault" -- \
-    "$prog" "$@" -p "$port" >"$work/b.out" 2>&1 &
+dpids=()
+# start_daemon SIDE DEVARGS IP: a dverbsd serving $work/dvd.SIDE on that port.
+start_daemon() {
+  local side=$1 dir="$work/dvd.$1"
+  rm -rf "$dir"
+  mkdir -p "$dir"
+  local env=(DVERBS_PORT="$2" DVERBS_IP="$3/24" DVERBS_FAULT="$fault")
+  [ "$lcores" = default ] || env+=(DVERBS_LCORES="$lcores")
+  env "${env[@]}" timeout -k 5 "$limit" "$(dirname "$run")/dverbsd" --dir "$dir" \
+    >"$work/dvd.$side.log" 2>&1 &
   pids+=($!)
-  pid_b=$!
+  dpids+=($!)
+  for _ in $(seq 400); do
+    grep -q '^dverbsd: ready' "$work/dvd.$side.log" && return 0
+    kill -0 "$!" 2>/dev/null || break
+    sleep 0.05
+  done
+  echo "FAIL: dverbsd $side did not start"; cat "$work/dvd.$side.log"
+  return 1
 }
-start_a() {
-  timeout -k 5 "$limit" "$run" --port "$port_a" --ip 10.0.0.2/24 "${lc[@]}" \
-    --fault "$fault" -- \
-    "$prog" "$@" -p "$port" 127.0.0.1 >"$work/a.out" 2>&1 &
+# start_side SIDE DEVARGS IP ARGS...: the program, embedded or a client of the side's daemon.
+start_side() {
+  local side=$1 dev=$2 ip=$3
+  shift 3
+  if [ "$daemon" = 1 ]; then
+    DVERBS_DAEMON="$work/dvd.$side" timeout -k 5 "$limit" "$run" -- \
+      "$prog" "$@" >"$work/$side.out" 2>&1 &
+  else
+    timeout -k 5 "$limit" "$run" --port "$dev" --ip "$ip/24" "${lc[@]}" \
+      --fault "$fault" -- "$prog" "$@" >"$work/$side.out" 2>&1 &
+  fi
   pids+=($!)
-  pid_a=$!
 }
+start_b() { start_side b "$port_b" 10.0.0.1 "$@" -p "$port"; pid_b=$!; }
+start_a() { start_side a "$port_a" 10.0.0.2 "$@" -p "$port" 127.0.0.1; pid_a=$!; }
 
 pick_port() {  # a free TCP port for the out-of-band exchange
   # Below the kernel's ephemeral range (32768 and up by default), so that no outgoing
@@ -117,11 +141,11 @@ run_pair() {
     port_b="net_memif0,role=server,socket=$sock"
   fi
   shift
-  if [ "$transport" = memif ]; then
-    start_b "$@"
-    pair_wait_memif "$pid_b" "$sock" || { cat "$work/b.out"; return 1; }
-    start_a "$@"
-  else
+  if [ "$daemon" = 1 ]; then
+    start_daemon b "$port_b" 10.0.0.1 && start_daemon a "$port_a" 10.0.0.2 || return 1
+    sleep 1  # both ports up (memif connects as soon as both daemons run)
+  fi
+  if [ "$daemon" = 1 ] || [ "$transport" != memif ]; then
     start_b "$@"
     for _ in $(seq 600); do
       ss -Htln "sport = :$port" 2>/dev/null | grep -q . && break
@@ -129,12 +153,21 @@ run_pair() {
       sleep 0.05
     done
     start_a "$@"
+  elif [ "$transport" = memif ]; then
+    start_b "$@"
+    pair_wait_memif "$pid_b" "$sock" || { cat "$work/b.out"; return 1; }
+    start_a "$@"
   fi
 
   wait "$pid_a"; rc_a=$?
   wait "$pid_b"; rc_b=$?
   echo "=== $prog $* over $transport (lcores $lcores, faults $fault)"
   pair_report "$rc_a" "$rc_b" expects expects_a
+  for d in "${dpids[@]}"; do kill -TERM "$d" 2>/dev/null; wait "$d" 2>/dev/null; done
+  dpids=()
+  if [ $status != 0 ] && [ "$daemon" = 1 ]; then
+    for side in b a; do echo "--- dverbsd $side"; tail -n 40 "$work/dvd.$side.log"; done
+  fi
   [ $status = 0 ] && echo "PASS"
   return $status
 }
