@@ -18,7 +18,13 @@ struct Mr;
 struct Mw;
 }  // namespace mid
 
-enum class QpType : uint32_t { rc = 2, uc = 3, ud = 4 };
+enum class QpType : uint32_t { rc = 2, uc = 3, ud = 4, xrc_send = 9, xrc_recv = 10 };
+
+// The reliable-connected transports: RC and the two halves of XRC (the XRC annex), which
+// share RC's PSNs, ACKs and retransmission. Context: any.
+constexpr bool is_reliable_connected(QpType t) noexcept {
+  return t == QpType::rc || t == QpType::xrc_send || t == QpType::xrc_recv;
+}
 
 enum class QpState : uint32_t { reset = 0, init = 1, rtr = 2, rts = 3, sqd = 4, sqe = 5, err = 6 };
 
@@ -291,6 +297,7 @@ struct DeviceAttr {
   uint32_t atomic_cap = 0;  // enum ibv_atomic_cap: 0 none, 1 HCA, 2 global
   uint8_t phys_port_cnt = 1;
   char fw_ver[64] = {};
+  bool xrc = false;  // XRC domains, SRQs and QPs work (IBV_DEVICE_XRC)
 };
 
 enum class PortState : uint32_t { nop = 0, down = 1, init = 2, armed = 3, active = 4 };

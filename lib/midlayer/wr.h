@@ -20,8 +20,11 @@ constexpr uint32_t kQpnMask = 0xffffff;       // QP numbers are 24 bits (IBA 9.2
 constexpr uint64_t kMaxMessage = 1ull << 31;  // the largest message (ibv max_msg_sz)
 
 // Which send opcodes a QP type accepts (IBA 9.2 / 11.4.1.1: UD only SEND; READ, atomics
-// and SEND with invalidate only RC). Context: any, never sleeps.
+// and SEND with invalidate only RC and XRC_SEND; an XRC_RECV QP has no send queue).
+// Context: any, never sleeps.
 constexpr bool opcode_allowed(QpType t, WrOpcode op) noexcept {
+  if (t == QpType::xrc_recv) return false;
+  if (t == QpType::xrc_send) t = QpType::rc;
   switch (op) {
     case WrOpcode::send:
     case WrOpcode::send_with_imm:

@@ -39,6 +39,7 @@ constexpr uint32_t kMaxQpWr = 1u << 14;
 // resources are memory, allocated for max_dest_rd_atomic entries when the QP enters RTR.
 constexpr uint32_t kMaxRdAtomic = 128;
 constexpr uint32_t kMaxAh = 4096;
+constexpr uint32_t kMaxXrcSrq = 1u << 14;  // XRC SRQ table slots (SRQN = gen << 14 | index)
 
 struct DeviceCounters {
   std::atomic<uint64_t> rx_packets{0}, tx_packets{0};
@@ -51,6 +52,8 @@ struct DeviceCounters {
   std::atomic<uint64_t> tx_no_mbuf{0};
   std::atomic<uint64_t> tx_backlog_drop{0};
   std::atomic<uint64_t> cq_overflow{0};
+  // XRC requests refused: their XRCETH names no XRC SRQ of the target QP's domain.
+  std::atomic<uint64_t> rx_xrc_bad_srq{0};
 };
 
 class Device : public mid::Device {
@@ -84,6 +87,11 @@ class Device : public mid::Device {
   Qp* qp_lookup(uint32_t qpn) noexcept {
     Qp* q = qps_[qpn & (kMaxQp - 1)].load(std::memory_order_acquire);
     return q && q->qp_num == qpn ? q : nullptr;
+  }
+  // An XRC SRQ by the number an XRCETH names (xrc.cc publishes them).
+  Srq* xrc_srq_lookup(uint32_t srqn) noexcept {
+    Srq* s = xrc_srqs_[srqn & (kMaxXrcSrq - 1)].load(std::memory_order_acquire);
+    return s && s->srq_num == srqn ? s : nullptr;
   }
 
   // Inline progress: run the engines once if no other thread is running them.
@@ -124,6 +132,11 @@ class Device : public mid::Device {
   int install_qp(Qp* qp, bool gsi = false);  // assigns qp_num (1: GSI) and owner engine
   void remove_qp(Qp* qp);  // unpublishes, detaches from its engine, quiesces
   mid::Mutex& ctl() { return ctl_; }
+  // XRC (xrc.cc), under ctl(): the SRQ table (install assigns srq_num; remove unpublishes
+  // and quiesces) and the open XRC domains.
+  int install_xrc_srq(Srq* srq);
+  void remove_xrc_srq(Srq* srq);
+  std::vector<Xrcd*>& xrcds() { return xrcds_; }
   Engine& engine(size_t i) { return *engines_[i]; }
   size_t engine_count() const { return engines_.size(); }
   uint32_t alloc_ah_id() { return next_ah_.fetch_add(1, std::memory_order_relaxed); }
@@ -194,6 +207,10 @@ class Device : public mid::Device {
   std::atomic<uint32_t> next_ah_{1};
   DeviceCounters counters_;
   McGroup mc_[kMaxMcGroups];
+  std::atomic<Srq*> xrc_srqs_[kMaxXrcSrq] = {};
+  uint8_t xrc_srq_gen_[kMaxXrcSrq] = {};
+  uint32_t xrc_srq_next_ = 1;  // SRQN 0 is never assigned
+  std::vector<Xrcd*> xrcds_;
 };
 
 }  // namespace dverbs::pmd::hca

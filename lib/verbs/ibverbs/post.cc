@@ -209,8 +209,8 @@ void wr_send_tso(ibv_qp_ex* q, void*, uint16_t, uint16_t) {
 void wr_atomic_write(ibv_qp_ex* q, uint32_t, uint64_t, const void*) {
   latch_unsupported(q);
 }
-void wr_set_xrc_srqn(ibv_qp_ex* q, uint32_t) {
-  latch_unsupported(q);
+void wr_set_xrc_srqn(ibv_qp_ex* q, uint32_t remote_srqn) {
+  if (SendWr* w = current(q)) w->qp_type.xrc.remote_srqn = remote_srqn;
 }
 
 void wr_set_ud_addr(ibv_qp_ex* q, ibv_ah* ah, uint32_t remote_qpn, uint32_t remote_qkey) {
@@ -370,6 +370,10 @@ void init_context_ops(Context* c) noexcept {
   v.create_cq_ex = create_cq_ex_op;
   v.create_qp_ex = create_qp_ex_op;
   v.create_srq_ex = create_srq_ex_op;
+  v.open_xrcd = open_xrcd_op;
+  v.close_xrcd = close_xrcd_op;
+  v.open_qp = open_qp_op;
+  v.get_srq_num = get_srq_num_op;
 }
 
 }  // namespace dverbs::ibv

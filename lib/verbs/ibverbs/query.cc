@@ -38,6 +38,7 @@ void fill_device_attr(const DeviceAttr& a, ibv_device_attr* o) {
   o->device_cap_flags = IBV_DEVICE_RC_RNR_NAK_GEN | IBV_DEVICE_CURR_QP_STATE_MOD |
                         IBV_DEVICE_SYS_IMAGE_GUID | IBV_DEVICE_PORT_ACTIVE_EVENT;
   // No IBV_DEVICE_SRQ_RESIZE: the pmd's modify_srq refuses IBV_SRQ_MAX_WR.
+  if (a.xrc) o->device_cap_flags |= IBV_DEVICE_XRC;
   o->max_sge = int(a.max_sge);
   o->max_sge_rd = a.max_qp_rd_atom ? int(a.max_sge) : 0;
   o->max_cq = int(a.max_cq);
