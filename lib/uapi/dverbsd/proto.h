@@ -62,6 +62,11 @@ enum class Cmd : uint32_t {
   stats,       // daemon-wide resource counters (tests, dverbsd --stat)
   attach_mcast,  // handle = QP, mcast.gid (ibv_attach_mcast)
   detach_mcast,
+  // XRC (ibv_open_xrcd): fd (optional, open_xrcd.has_fd): the file whose domain to open;
+  // the daemon keys the domain by that file's device and inode (fstat of the fd it got).
+  open_xrcd,
+  close_xrcd,   // handle = the domain
+  open_xrc_qp,  // open_xrc_qp: → a QP handle on the domain's XRC_RECV QP (no rings)
 };
 
 // Handles are opaque per-connection values: generation << 20 | index. 0 is never valid.
@@ -113,6 +118,7 @@ struct Request {
       QpType qp_type;
       QpCap cap;
       uint8_t sq_sig_all;
+      Handle xrcd;  // XRC_RECV: the domain (pd, send_cq, recv_cq 0); XRC_SEND: recv_cq 0
     } create_qp;
     struct {
       QpAttr attr;
@@ -124,6 +130,7 @@ struct Request {
     struct {
       Handle pd;
       uint32_t max_wr, max_sge, srq_limit;
+      Handle xrcd, cq;  // an XRC SRQ: its domain and CQ (0: a basic SRQ)
     } create_srq;
     struct {
       uint32_t max_wr, srq_limit, mask;
@@ -135,6 +142,14 @@ struct Request {
     struct {
       Gid gid;
     } mcast;
+    struct {
+      int32_t oflags;  // O_CREAT, O_EXCL
+      uint8_t has_fd;  // 1: one fd attached; 0: a private domain
+    } open_xrcd;
+    struct {
+      Handle xrcd;
+      uint32_t qp_num;
+    } open_xrc_qp;
     uint8_t raw[640];
   };
 };
@@ -194,6 +209,7 @@ struct Response {
       uint32_t max_wr, max_sge, srq_limit;
       uint32_t ring_entries;
       uint64_t ring_bytes;
+      uint32_t srq_num;  // an XRC SRQ's number
     } srq;
     struct {
       uint32_t rkey;
@@ -240,6 +256,7 @@ struct ShmSendWqe {
     Sge sge[16];
     uint8_t inline_data[256];
   };
+  uint32_t xrc_srqn;    // XRC_SEND: the remote XRC SRQ
 };
 
 struct ShmRecvWqe {
