@@ -156,6 +156,20 @@ class Session {
     int rc_;
     bool kept_ = false;
   };
+  // A new ring-owning object (CqObj, QpObj, SrqObj) in a reserved handle slot; nullptr
+  // when the table is full or memory is short (ENOMEM).
+  template <class T>
+  T* new_conn_obj(Handle* h) {
+    if (!(*h = c_.table.reserve())) return nullptr;
+    auto* o = new (std::nothrow) T();
+    if (!o) {
+      c_.table.release(*h);
+      return nullptr;
+    }
+    o->conn = &c_;
+    o->handle = *h;
+    return o;
+  }
   void created(Kind k, Reserved& r) noexcept {
     r.keep();
     srv_.stats.objects[int(k)].fetch_add(1, std::memory_order_relaxed);
@@ -452,15 +466,9 @@ int Session::xrc_recv_qp(const Request& req, Response& resp) {
   if (!x) return EINVAL;
   Reserved res(srv_, c_, Kind::qp);
   if (res.rc()) return res.rc();
-  Handle h = c_.table.reserve();
-  if (!h) return ENOMEM;
-  auto* o = new (std::nothrow) QpObj();
-  if (!o) {
-    c_.table.release(h);
-    return ENOMEM;
-  }
-  o->conn = &c_;
-  o->handle = h;
+  Handle h;
+  auto* o = new_conn_obj<QpObj>(&h);
+  if (!o) return ENOMEM;
   o->type = QpType::xrc_recv;
   int rc;
   if (open) {
