@@ -26,20 +26,11 @@
 #include <string>
 #include <vector>
 
+#include "verbs_device.h"
+
 namespace {
 
 std::string g_self;  // this executable, for the exit-without-clean-up child
-
-ibv_context* open_dverbs() {
-  int n = 0;
-  ibv_device** list = ibv_get_device_list(&n);
-  if (!list) return nullptr;
-  ibv_context* ctx = nullptr;
-  for (int i = 0; i < n; ++i)
-    if (std::strcmp(ibv_get_device_name(list[i]), "dverbs0") == 0) ctx = ibv_open_device(list[i]);
-  ibv_free_device_list(list);
-  return ctx;
-}
 
 // Two QPs of one context connected to each other through the loopback port.
 struct Pair {
@@ -136,14 +127,6 @@ struct Pair {
     connect(b, a->qp_num);
   }
 };
-
-int poll_one(ibv_cq* cq, ibv_wc* wc) {
-  for (long i = 0; i < 200000000L; ++i) {
-    int n = ibv_poll_cq(cq, 1, wc);
-    if (n) return n;
-  }
-  return 0;
-}
 
 uint64_t vm_locked_kib() {
   std::ifstream f("/proc/self/status");

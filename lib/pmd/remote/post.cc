@@ -164,7 +164,8 @@ int post_recv(mid::Qp* q, RecvWr* wr, RecvWr** bad) {
     *bad = wr;
     return EIO;
   }
-  if (qp.state.load(std::memory_order_acquire) == QpState::reset || qp.srq || !qp.rq.hdr) {
+  if (qp.state.load(std::memory_order_acquire) == QpState::reset || qp.srq || !qp.rq.hdr ||
+      qp.qp_type == QpType::xrc_send) {  // an XRC_SEND QP has no receive queue
     *bad = wr;
     return EINVAL;
   }

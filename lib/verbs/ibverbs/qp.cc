@@ -61,8 +61,9 @@ DvQp* create_qp(Context* c, ibv_qp_init_attr_ex* a, int* err) {
       a->srq = nullptr;
       a->cap.max_recv_wr = a->cap.max_recv_sge = 0;
       break;
+    case IBV_QPT_XRC_RECV:  // needs a domain: ibv_create_qp_ex with IBV_QP_INIT_ATTR_XRCD
+      return failed(EINVAL);
     case IBV_QPT_RAW_PACKET:
-    case IBV_QPT_XRC_RECV:
     case IBV_QPT_DRIVER:
       return failed(EOPNOTSUPP);
     default:
