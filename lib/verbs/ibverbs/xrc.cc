@@ -147,6 +147,10 @@ ibv_qp* create_xrc_recv_qp_op(ibv_context* context, ibv_qp_init_attr_ex* a) {
     mid::destroy_qp(m);
     return fail(err, (ibv_qp*)nullptr);
   }
+  // rdma-core reports the PD it was given in ibv_qp::pd, even for XRC_RECV (librdmacm
+  // takes the identifier's PD from there); the QP itself has none.
+  if ((a->comp_mask & IBV_QP_INIT_ATTR_PD) && registry_find(a->pd, Kind::pd) == c)
+    qp->qpx.qp_base.pd = a->pd;
   a->cap = ibv_qp_cap{};
   return &qp->qpx.qp_base;
 }
