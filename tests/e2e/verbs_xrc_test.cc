@@ -10,10 +10,12 @@
 #include <fcntl.h>
 #include <gtest/gtest.h>
 #include <infiniband/verbs.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <algorithm>
 #include <cerrno>
+#include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <string>
@@ -269,6 +271,85 @@ TEST(XrcDomain, SharedByFileAndPrivateWithoutOne) {
   EXPECT_EQ(errno, EBADF);
 }
 
+std::string g_self;  // this executable, for the child of SharedAcrossDaemonClients
+
+// The child of SharedAcrossDaemonClients (a process of its own, so a client of its own on
+// dverbsd): opens the domain of `path` WITHOUT O_CREAT (it exists only if the daemon shares
+// the parent's), creates an XRC_RECV QP in it, writes the QP number to `out` and keeps the
+// QP until `in` closes. Exit 0, or 1 with a line on stderr.
+int xrc_child(const char* path, int out, int in) {
+  ibv_context* ctx = open_dverbs();
+  int fd = open(path, O_RDONLY);
+  ibv_xrcd* x = ctx && fd >= 0 ? open_xrcd(ctx, fd, 0) : nullptr;
+  if (!x) {
+    std::fprintf(stderr, "child: no shared domain: %s\n", std::strerror(errno));
+    return 1;
+  }
+  ibv_qp_init_attr_ex a{};
+  a.qp_type = IBV_QPT_XRC_RECV;
+  a.comp_mask = IBV_QP_INIT_ATTR_XRCD;
+  a.xrcd = x;
+  ibv_qp* q = ibv_create_qp_ex(ctx, &a);
+  if (!q) return 1;
+  const uint32_t qpn = q->qp_num;
+  if (write(out, &qpn, sizeof qpn) != sizeof qpn) return 1;
+  char b;
+  while (read(in, &b, 1) > 0) {
+  }
+  ibv_destroy_qp(q);
+  ibv_close_xrcd(x);
+  ibv_close_device(ctx);
+  return 0;
+}
+
+// Daemon mode: a domain is the daemon's, keyed by the file, so two clients (processes) that
+// open the same file share it: the parent opens the QP its child created in it.
+TEST(XrcDomain, SharedAcrossDaemonClients) {
+  if (!std::getenv("DVERBS_DAEMON")) GTEST_SKIP() << "embedded: every process has its own HCA";
+  Xrc x;
+  x.init();
+  DomainFile f;
+  ASSERT_GE(f.fd, 0);
+  ibv_xrcd* d = open_xrcd(x.ctx, f.fd, O_CREAT);
+  ASSERT_NE(d, nullptr);
+  int up[2], down[2];
+  ASSERT_EQ(pipe(up), 0);
+  ASSERT_EQ(pipe(down), 0);
+  const pid_t pid = fork();
+  ASSERT_GE(pid, 0);
+  if (pid == 0) {
+    close(up[0]);
+    close(down[1]);
+    const std::string o = std::to_string(up[1]), i = std::to_string(down[0]);
+    execl(g_self.c_str(), g_self.c_str(), "--xrc-child", f.path.c_str(), o.c_str(), i.c_str(),
+          static_cast<char*>(nullptr));
+    _exit(127);
+  }
+  close(up[1]);
+  close(down[0]);
+  uint32_t qpn = 0;
+  ASSERT_EQ(read(up[0], &qpn, sizeof qpn), ssize_t(sizeof qpn)) << "the child found no domain";
+  ibv_qp_open_attr oa{};
+  oa.comp_mask = IBV_QP_OPEN_ATTR_NUM | IBV_QP_OPEN_ATTR_XRCD | IBV_QP_OPEN_ATTR_TYPE;
+  oa.qp_num = qpn;
+  oa.qp_type = IBV_QPT_XRC_RECV;
+  oa.xrcd = d;
+  ibv_qp* q = ibv_open_qp(x.ctx, &oa);
+  EXPECT_NE(q, nullptr) << "the child's QP through the parent's handle: " << std::strerror(errno);
+  if (q) {
+    EXPECT_EQ(q->qp_num, qpn);
+    EXPECT_EQ(ibv_destroy_qp(q), 0);
+  }
+  oa.xrcd = x.xrcd;  // the parent's private domain
+  EXPECT_EQ(ibv_open_qp(x.ctx, &oa), nullptr);
+  close(down[1]);
+  int st = 0;
+  ASSERT_EQ(waitpid(pid, &st, 0), pid);
+  EXPECT_TRUE(WIFEXITED(st) && WEXITSTATUS(st) == 0);
+  close(up[0]);
+  EXPECT_EQ(ibv_close_xrcd(d), 0);
+}
+
 // Two initiators, each connected to a target of the domain, send into both SRQs: every
 // message lands in the SRQ its WR names, completes on that SRQ's CQ, data intact.
 TEST(XrcData, SendsLandInTheNamedSrqOfTheDomain) {
@@ -513,6 +594,9 @@ TEST(XrcMisuse, WrongHalfWrongTypeAndObjectsInUse) {
 }  // namespace
 
 int main(int argc, char** argv) {
+  if (argc == 5 && std::strcmp(argv[1], "--xrc-child") == 0)
+    return xrc_child(argv[2], std::atoi(argv[3]), std::atoi(argv[4]));
+  g_self = argv[0];
   ::testing::InitGoogleTest(&argc, argv);
   return RUN_ALL_TESTS();
 }
