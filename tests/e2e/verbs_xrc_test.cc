@@ -437,8 +437,7 @@ TEST(XrcData, RdmaAndAtomicsOverXrc) {
   ASSERT_EQ(wc.status, IBV_WC_SUCCESS) << ibv_wc_status_str(wc.status);
   EXPECT_EQ(std::string(target, 3000), std::string(3000, 'w'));
   std::memset(target + 3000, 'r', 1000);
-  ASSERT_EQ(post_xrc(i, IBV_WR_RDMA_READ, srq_num(s), lmr, local, 1000, 2, raddr + 3000,
-                     tmr->rkey),
+  ASSERT_EQ(post_xrc(i, IBV_WR_RDMA_READ, srq_num(s), lmr, local, 1000, 2, raddr + 3000, tmr->rkey),
             0);
   ASSERT_EQ(poll_one(x.scq, &wc), 1);
   ASSERT_EQ(wc.status, IBV_WC_SUCCESS) << ibv_wc_status_str(wc.status);

@@ -18,8 +18,12 @@ namespace dverbs::pmd::hca {
 
 namespace {
 
-Device& hca(mid::Device* d) { return *static_cast<Device*>(d); }
-Xrcd* to_xrcd(mid::Xrcd* x) { return static_cast<Xrcd*>(x); }
+Device& hca(mid::Device* d) {
+  return *static_cast<Device*>(d);
+}
+Xrcd* to_xrcd(mid::Xrcd* x) {
+  return static_cast<Xrcd*>(x);
+}
 
 Xrcd* find_by_file(Device& dev, const struct stat& st) {
   for (Xrcd* x : dev.xrcds())

@@ -61,6 +61,8 @@ int xrc_recv_qp(mid::Xrcd* m, const uint32_t* qpn, mid::Qp** out) {
   return 0;
 }
 
-int open_xrc_qp(mid::Xrcd* x, uint32_t qpn, mid::Qp** out) { return xrc_recv_qp(x, &qpn, out); }
+int open_xrc_qp(mid::Xrcd* x, uint32_t qpn, mid::Qp** out) {
+  return xrc_recv_qp(x, &qpn, out);
+}
 
 }  // namespace dverbs::pmd::remote

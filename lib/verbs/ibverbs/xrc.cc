@@ -157,8 +157,7 @@ ibv_qp* create_xrc_recv_qp_op(ibv_context* context, ibv_qp_init_attr_ex* a) {
 
 // verbs_context::open_qp: one more handle on an XRC_RECV QP of the domain.
 ibv_qp* open_qp_op(ibv_context* context, ibv_qp_open_attr* a) {
-  constexpr uint32_t kNeeded =
-      IBV_QP_OPEN_ATTR_NUM | IBV_QP_OPEN_ATTR_XRCD | IBV_QP_OPEN_ATTR_TYPE;
+  constexpr uint32_t kNeeded = IBV_QP_OPEN_ATTR_NUM | IBV_QP_OPEN_ATTR_XRCD | IBV_QP_OPEN_ATTR_TYPE;
   if (!a || (a->comp_mask & kNeeded) != kNeeded ||
       (a->comp_mask & ~(kNeeded | IBV_QP_OPEN_ATTR_CONTEXT)))
     return fail(EINVAL, (ibv_qp*)nullptr);

@@ -53,8 +53,10 @@ TEST(XrcWire, BuildThenParseAWriteWithXrceth) {
   EXPECT_EQ(pk.xrceth->resv, 0);
   ASSERT_NE(pk.reth, nullptr);
   // XRCETH right after the BTH, then RETH, then ImmDt (the XRC annex's header order).
-  EXPECT_EQ(reinterpret_cast<const uint8_t*>(pk.xrceth), reinterpret_cast<const uint8_t*>(pk.bth) + 12);
-  EXPECT_EQ(reinterpret_cast<const uint8_t*>(pk.reth), reinterpret_cast<const uint8_t*>(pk.xrceth) + 4);
+  EXPECT_EQ(reinterpret_cast<const uint8_t*>(pk.xrceth),
+            reinterpret_cast<const uint8_t*>(pk.bth) + 12);
+  EXPECT_EQ(reinterpret_cast<const uint8_t*>(pk.reth),
+            reinterpret_cast<const uint8_t*>(pk.xrceth) + 4);
   EXPECT_EQ(pk.reth->vaddr(), p.va);
   EXPECT_EQ(pk.reth->r_key(), 0x99u);
   EXPECT_EQ(pk.imm_data, 0x01020304u);
