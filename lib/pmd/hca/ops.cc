@@ -509,42 +509,6 @@ int destroy_ah(mid::Ah* ah) {
   return 0;
 }
 
-// ---------------------------------------------------------------- counters
-// Names are the counters' own (DeviceCounters, PortStats, Qp). Fills what fits in `out`
-// and returns how many there are.
-int put_counters(std::initializer_list<Counter> all, Counter* out, int max) {
-  int n = 0;
-  for (const Counter& c : all) {
-    if (n < max) out[n] = c;
-    n++;
-  }
-  return n;
-}
-
-uint64_t load_relaxed(const std::atomic<uint64_t>& a) {
-  return a.load(std::memory_order_relaxed);
-}
-
-int query_counters(mid::Device* d, Counter* out, int max) {
-  Device& dev = hca(d);
-  const DeviceCounters& c = dev.counters();
-  // The port's own counters only while the device has one (it goes at retire).
-  const uint64_t tx_dropped = dev.retired() ? 0 : load_relaxed(dev.port().stats().tx_dropped);
-  return put_counters({{"tx_packets", load_relaxed(c.tx_packets)},
-                       {"rx_packets", load_relaxed(c.rx_packets)},
-                       {"rx_bad_frame", load_relaxed(c.rx_bad_frame)},
-                       {"rx_bad_icrc", load_relaxed(c.rx_bad_icrc)},
-                       {"rx_no_qp", load_relaxed(c.rx_no_qp)},
-                       {"rx_bad_state", load_relaxed(c.rx_bad_state)},
-                       {"rx_non_roce", load_relaxed(c.rx_non_roce)},
-                       {"rx_handoff_full", load_relaxed(c.rx_handoff_full)},
-                       {"tx_no_mbuf", load_relaxed(c.tx_no_mbuf)},
-                       {"tx_backlog_drop", load_relaxed(c.tx_backlog_drop)},
-                       {"cq_overflow", load_relaxed(c.cq_overflow)},
-                       {"port_tx_dropped", tx_dropped}},
-                      out, max);
-}
-
 int resolve_neigh(mid::Device* d, uint8_t port_num, uint32_t ip, uint8_t mac[6]) {
   Device& dev = hca(d);
   if (port_num != 1) return EINVAL;
@@ -578,13 +542,12 @@ int detach_mcast(mid::Qp* q, const Gid* g) {
   return qp->hca->mcast_detach(qp, ip);
 }
 
+int query_counters(mid::Device* d, Counter* out, int max) {
+  return device_counters(hca(d), out, max);
+}
+
 int query_qp_counters(mid::Qp* q, Counter* out, int max) {
-  const Qp& qp = *to_qp(q);
-  return put_counters({{"retransmits", load_relaxed(qp.retransmits)},
-                       {"rnr_naks_rcvd", load_relaxed(qp.rnr_naks_rcvd)},
-                       {"seq_naks_sent", load_relaxed(qp.seq_naks_sent)},
-                       {"dup_rcvd", load_relaxed(qp.dup_rcvd)}},
-                      out, max);
+  return qp_counters(*to_qp(q), out, max);
 }
 
 }  // namespace
