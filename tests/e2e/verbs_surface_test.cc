@@ -7,17 +7,32 @@
 // Built against the system's <infiniband/verbs.h> and -libverbs; registered twice
 // (tests/e2e/meson.build): embedded and as the client of a dverbsd (verbs_modes.sh).
 #include <gtest/gtest.h>
+#include <infiniband/sa.h>
 #include <infiniband/verbs.h>
+#include <rdma/ib_user_sa.h>
+#include <rdma/ib_user_verbs.h>
 #include <poll.h>
 #include <sys/mman.h>
 #include <unistd.h>
 
 #include <atomic>
 #include <cerrno>
+#include <cstdlib>
 #include <cstring>
 #include <vector>
 
 #include "verbs_rc.h"
+
+// Exported by libibverbs.so.1, declared in rdma-core's private headers only.
+extern "C" {
+const char* ibv_get_sysfs_path(void);
+int ibv_read_sysfs_file(const char* dir, const char* file, char* buf, size_t size);
+int ibv_dontfork_range(void* base, size_t size);
+int ibv_dofork_range(void* base, size_t size);
+void ibv_copy_qp_attr_from_kern(ibv_qp_attr* dst, ib_uverbs_qp_attr* src);
+void ibv_copy_path_rec_from_kern(ibv_sa_path_rec* dst, ib_user_path_rec* src);
+void ibv_copy_path_rec_to_kern(ib_user_path_rec* dst, ibv_sa_path_rec* src);
+}
 
 namespace {
 
@@ -38,7 +53,8 @@ ibv_qp* make_rc_qp(ibv_pd* pd, ibv_cq* cq) {
   init.send_cq = init.recv_cq = cq;
   init.qp_type = IBV_QPT_RC;
   init.cap.max_send_wr = init.cap.max_recv_wr = 16;
-  init.cap.max_send_sge = init.cap.max_recv_sge = 1;
+  init.cap.max_send_sge = init.cap.max_recv_sge = 2;
+  init.cap.max_inline_data = 64;
   return ibv_create_qp(pd, &init);
 }
 
@@ -46,7 +62,8 @@ void to_init(ibv_qp* qp) {
   ibv_qp_attr at{};
   at.qp_state = IBV_QPS_INIT;
   at.port_num = 1;
-  at.qp_access_flags = IBV_ACCESS_REMOTE_WRITE | IBV_ACCESS_LOCAL_WRITE;
+  at.qp_access_flags = IBV_ACCESS_REMOTE_WRITE | IBV_ACCESS_LOCAL_WRITE | IBV_ACCESS_REMOTE_READ |
+                       IBV_ACCESS_REMOTE_ATOMIC;
   ASSERT_EQ(
       ibv_modify_qp(qp, &at, IBV_QP_STATE | IBV_QP_PKEY_INDEX | IBV_QP_PORT | IBV_QP_ACCESS_FLAGS),
       0);
@@ -92,6 +109,7 @@ int post_send(ibv_qp* qp, ibv_wr_opcode op, ibv_mr* mr, void* buf, uint32_t len,
 struct Loop {
   ibv_context* ctx = nullptr;
   ibv_pd* pd = nullptr;
+  ibv_cq_ex* cqx = nullptr;  // the CQ of a and b, created with ibv_create_cq_ex
   ibv_cq* cq = nullptr;
   ibv_qp* a = nullptr;
   ibv_qp* b = nullptr;
@@ -103,13 +121,19 @@ struct Loop {
     ASSERT_NE(ctx, nullptr);
     pd = ibv_alloc_pd(ctx);
     ASSERT_NE(pd, nullptr);
-    cq = ibv_create_cq(ctx, 64, nullptr, nullptr, 0);
-    ASSERT_NE(cq, nullptr);
+    ibv_cq_init_attr_ex cx{};
+    cx.cqe = 64;
+    cx.wc_flags = IBV_WC_STANDARD_FLAGS;
+    cqx = ibv_create_cq_ex(ctx, &cx);
+    ASSERT_NE(cqx, nullptr);
+    cq = ibv_cq_ex_to_cq(cqx);
     a = make_rc_qp(pd, cq);
     b = make_rc_qp(pd, cq);
     ASSERT_TRUE(a && b);
     connect(ctx, a, b);
-    mr = ibv_reg_mr(pd, buf.data(), buf.size(), IBV_ACCESS_LOCAL_WRITE);
+    mr = ibv_reg_mr(pd, buf.data(), buf.size(),
+                    IBV_ACCESS_LOCAL_WRITE | IBV_ACCESS_REMOTE_WRITE | IBV_ACCESS_REMOTE_READ |
+                        IBV_ACCESS_REMOTE_ATOMIC);
     ASSERT_NE(mr, nullptr);
   }
   // A SEND from a to b arrives intact.
@@ -140,6 +164,30 @@ class Surface : public ::testing::Test, protected Loop {
   void SetUp() override { ASSERT_NO_FATAL_FAILURE(init()); }
   void TearDown() override {
     if (!HasFatalFailure()) moves_data();
+  }
+  // Two UD QPs in RTS (Q_Key 0x11111111) on the fixture's PD and CQ.
+  void make_ud_pair(ibv_qp** ua, ibv_qp** ub) {
+    ibv_qp_init_attr init{};
+    init.send_cq = init.recv_cq = cq;
+    init.qp_type = IBV_QPT_UD;
+    init.cap.max_send_wr = init.cap.max_recv_wr = 4;
+    init.cap.max_send_sge = init.cap.max_recv_sge = 1;
+    *ua = ibv_create_qp(pd, &init);
+    *ub = ibv_create_qp(pd, &init);
+    ASSERT_TRUE(*ua && *ub);
+    for (ibv_qp* q : {*ua, *ub}) {
+      ibv_qp_attr at{};
+      at.qp_state = IBV_QPS_INIT;
+      at.port_num = 1;
+      at.qkey = 0x11111111;
+      ASSERT_EQ(ibv_modify_qp(q, &at, IBV_QP_STATE | IBV_QP_PKEY_INDEX | IBV_QP_PORT | IBV_QP_QKEY),
+                0);
+      at.qp_state = IBV_QPS_RTR;
+      ASSERT_EQ(ibv_modify_qp(q, &at, IBV_QP_STATE), 0);
+      at.qp_state = IBV_QPS_RTS;
+      at.sq_psn = 1;
+      ASSERT_EQ(ibv_modify_qp(q, &at, IBV_QP_STATE | IBV_QP_SQ_PSN), 0);
+    }
   }
   ibv_device_attr_ex attr_ex() {
     ibv_device_attr_ex dx;
@@ -367,24 +415,31 @@ TEST_F(Surface, ModifyQpRateLimitIsEopnotsupp) {
 }
 
 // ---------------------------------------------------------------- memory
-TEST_F(Surface, RegMrIova2WorksWhenIovaIsTheAddress) {
-  std::vector<char> buf(8192, 'x');
-  const uint64_t va = reinterpret_cast<uint64_t>(buf.data());
-  ibv_mr* mr = ibv_reg_mr_iova2(pd, buf.data(), buf.size(), va,
-                                IBV_ACCESS_LOCAL_WRITE | IBV_ACCESS_REMOTE_WRITE);
-  ASSERT_NE(mr, nullptr) << std::strerror(errno);
-  // It works: an RDMA WRITE lands in it.
+// ibv_reg_mr_iova and ibv_reg_mr_iova2 (which ibv_reg_mr becomes when an optional access
+// flag is given) with the IOVA equal to the address: an RDMA WRITE lands in the region.
+TEST_F(Surface, RegMrIovaWorksWhenIovaIsTheAddress) {
+  std::vector<char> mem(8192, 'x');
+  const uint64_t va = reinterpret_cast<uint64_t>(mem.data());
+  const unsigned acc = IBV_ACCESS_LOCAL_WRITE | IBV_ACCESS_REMOTE_WRITE;
+  ibv_mr* m1 = ibv_reg_mr_iova2(pd, mem.data(), 4096, va, acc);
+  ibv_mr* m2 = ibv_reg_mr_iova(pd, mem.data() + 4096, 4096, va + 4096, int(acc));
+  ibv_mr* m3 = ibv_reg_mr(pd, mem.data(), 4096, int(acc | IBV_ACCESS_RELAXED_ORDERING));
+  ASSERT_TRUE(m1 && m2 && m3) << std::strerror(errno);
   std::memcpy(buf.data(), "iova", 5);
-  ASSERT_EQ(post_send(a, IBV_WR_RDMA_WRITE, mr, buf.data(), 5, va + 100, mr->rkey), 0);
-  ibv_wc wc;
-  ASSERT_EQ(poll_one(cq, &wc), 1);
-  EXPECT_EQ(wc.status, IBV_WC_SUCCESS) << ibv_wc_status_str(wc.status);
-  EXPECT_STREQ(buf.data() + 100, "iova");
-  EXPECT_EQ(ibv_dereg_mr(mr), 0);
-  errno = 0;
-  EXPECT_EQ(ibv_reg_mr_iova2(pd, buf.data(), buf.size(), 0x10000, IBV_ACCESS_LOCAL_WRITE), nullptr)
-      << "an IOVA other than the address";
-  EXPECT_EQ(errno, EOPNOTSUPP);
+  for (ibv_mr* m : {m1, m2, m3}) {
+    const uint64_t dst = reinterpret_cast<uint64_t>(m->addr) + 100;
+    ASSERT_EQ(post_send(a, IBV_WR_RDMA_WRITE, mr, buf.data(), 5, dst, m->rkey), 0);
+    ibv_wc wc;
+    ASSERT_EQ(poll_one(cq, &wc), 1);
+    EXPECT_EQ(wc.status, IBV_WC_SUCCESS) << ibv_wc_status_str(wc.status);
+    EXPECT_STREQ(reinterpret_cast<char*>(dst), "iova");
+    std::memset(reinterpret_cast<char*>(dst), 'x', 5);
+    EXPECT_EQ(ibv_dereg_mr(m), 0);
+  }
+  EXPECT_NULL_ERRNO(ibv_reg_mr_iova2(pd, mem.data(), mem.size(), 0x10000, IBV_ACCESS_LOCAL_WRITE),
+                    EOPNOTSUPP);  // an IOVA other than the address
+  EXPECT_NULL_ERRNO(ibv_reg_mr_iova(pd, mem.data(), mem.size(), 0, IBV_ACCESS_LOCAL_WRITE),
+                    EOPNOTSUPP);
 }
 
 TEST_F(Surface, RegDmabufMrIsEopnotsupp) {
@@ -527,6 +582,309 @@ TEST_F(Surface, WrSendTsoIsEopnotsupp) {
   EXPECT_EQ(dx.tso_caps.max_tso, 0u);
 }
 
+// Every ibv_wr_* opcode dverbs implements on RC (SEND with immediate and an SGE list, RDMA
+// WRITE with immediate and inline data, both atomics), ibv_wr_abort, and every
+// ibv_wc_read_* accessor of an ibv_cq_ex.
+struct Seen {
+  uint64_t wr_id;
+  ibv_wc_status status;
+  ibv_wc_opcode opcode;
+  uint32_t byte_len, qp_num, vendor_err, slid;
+  unsigned wc_flags;
+  __be32 imm;
+  uint8_t sl, path_bits;
+};
+
+Seen read_current(ibv_cq_ex* c) {
+  Seen s{};
+  s.wr_id = c->wr_id;
+  s.status = c->status;
+  s.opcode = ibv_wc_read_opcode(c);
+  s.byte_len = ibv_wc_read_byte_len(c);
+  s.qp_num = ibv_wc_read_qp_num(c);
+  s.vendor_err = ibv_wc_read_vendor_err(c);
+  s.slid = ibv_wc_read_slid(c);
+  s.wc_flags = ibv_wc_read_wc_flags(c);
+  s.imm = (s.wc_flags & IBV_WC_WITH_IMM) ? ibv_wc_read_imm_data(c) : 0;
+  s.sl = ibv_wc_read_sl(c);
+  s.path_bits = ibv_wc_read_dlid_path_bits(c);
+  return s;
+}
+
+// Polls `n` completions through ibv_start_poll / ibv_next_poll / ibv_end_poll.
+std::vector<Seen> poll_ex(ibv_cq_ex* c, size_t n) {
+  std::vector<Seen> out;
+  for (long tries = 0; out.size() < n && tries < 200000000L; ++tries) {
+    ibv_poll_cq_attr pa{};
+    if (ibv_start_poll(c, &pa) != 0) continue;
+    do out.push_back(read_current(c));
+    while (out.size() < n && ibv_next_poll(c) == 0);
+    ibv_end_poll(c);
+  }
+  return out;
+}
+
+const Seen* find_seen(const std::vector<Seen>& v, uint64_t wr_id, ibv_wc_opcode op) {
+  for (const Seen& s : v)
+    if (s.wr_id == wr_id && s.opcode == op) return &s;
+  return nullptr;
+}
+
+TEST_F(Surface, WrBuilderOpcodesAndCqExAccessors) {
+  const ibv_device_attr_ex dx = attr_ex();
+  const bool atomics = dx.orig_attr.atomic_cap != IBV_ATOMIC_NONE;
+  ibv_qp_ex* qx = ibv_qp_to_qp_ex(a);
+  ASSERT_NE(qx, nullptr);
+  char* const base = buf.data();
+  auto at = [&](size_t off) { return reinterpret_cast<uint64_t>(base + off); };
+  std::memcpy(base, "0123456789abcdef", 16);
+  uint64_t counter = 100;
+  std::memcpy(base + 512, &counter, 8);
+  post_recv(b, mr, base + 2048, 1024);
+  post_recv(b, mr, base + 3072, 1024);
+  // Built and dropped: nothing is posted.
+  ibv_wr_start(qx);
+  qx->wr_id = 99;
+  ibv_wr_send(qx);
+  ibv_wr_set_sge(qx, mr->lkey, at(0), 4);
+  ibv_wr_abort(qx);
+
+  ibv_wr_start(qx);
+  qx->wr_flags = IBV_SEND_SIGNALED;
+  qx->wr_id = 1;
+  ibv_wr_send_imm(qx, htobe32(0x1234));
+  const ibv_sge two[2] = {{at(0), 8, mr->lkey}, {at(8), 8, mr->lkey}};
+  ibv_wr_set_sge_list(qx, 2, two);
+  qx->wr_id = 2;
+  ibv_wr_rdma_write_imm(qx, mr->rkey, at(1024), htobe32(0x5678));
+  char abc[] = "abc", def[] = "def";
+  const ibv_data_buf parts[2] = {{abc, 3}, {def, 4}};
+  ibv_wr_set_inline_data_list(qx, 2, parts);
+  if (atomics) {
+    qx->wr_id = 3;
+    ibv_wr_atomic_fetch_add(qx, mr->rkey, at(512), 5);
+    ibv_wr_set_sge(qx, mr->lkey, at(520), 8);
+    qx->wr_id = 4;
+    ibv_wr_atomic_cmp_swp(qx, mr->rkey, at(512), 105, 7);
+    ibv_wr_set_sge(qx, mr->lkey, at(528), 8);
+  }
+  ASSERT_EQ(ibv_wr_complete(qx), 0);
+  const std::vector<Seen> seen = poll_ex(cqx, atomics ? 6 : 4);
+  ASSERT_EQ(seen.size(), atomics ? 6u : 4u);
+  for (const Seen& s : seen) {
+    EXPECT_EQ(s.status, IBV_WC_SUCCESS) << "wr_id " << s.wr_id;
+    EXPECT_EQ(s.vendor_err, 0u);
+    EXPECT_EQ(s.slid, 0u) << "RoCE: no LIDs";
+    EXPECT_EQ(s.sl, 0u);
+    EXPECT_EQ(s.path_bits, 0u);
+    EXPECT_NE(s.wr_id, 99u) << "an aborted WR was posted";
+  }
+  ASSERT_NE(find_seen(seen, 1, IBV_WC_SEND), nullptr);
+  ASSERT_NE(find_seen(seen, 2, IBV_WC_RDMA_WRITE), nullptr);
+  EXPECT_EQ(find_seen(seen, 1, IBV_WC_SEND)->qp_num, a->qp_num);
+  const Seen* r1 = nullptr;
+  const Seen* r2 = nullptr;
+  for (const Seen& s : seen) {
+    if (s.opcode == IBV_WC_RECV) r1 = &s;
+    if (s.opcode == IBV_WC_RECV_RDMA_WITH_IMM) r2 = &s;
+  }
+  ASSERT_TRUE(r1 && r2);
+  EXPECT_EQ(r1->qp_num, b->qp_num);
+  EXPECT_EQ(r1->byte_len, 16u);
+  EXPECT_TRUE(r1->wc_flags & IBV_WC_WITH_IMM);
+  EXPECT_EQ(be32toh(r1->imm), 0x1234u);
+  EXPECT_EQ(std::memcmp(base + 2048, "0123456789abcdef", 16), 0);
+  EXPECT_EQ(r2->byte_len, 7u);
+  EXPECT_EQ(be32toh(r2->imm), 0x5678u);
+  EXPECT_STREQ(base + 1024, "abcdef");
+  if (atomics) {
+    ASSERT_NE(find_seen(seen, 3, IBV_WC_FETCH_ADD), nullptr);
+    ASSERT_NE(find_seen(seen, 4, IBV_WC_COMP_SWAP), nullptr);
+    uint64_t old_add, old_cas, now;
+    std::memcpy(&old_add, base + 520, 8);
+    std::memcpy(&old_cas, base + 528, 8);
+    std::memcpy(&now, base + 512, 8);
+    EXPECT_EQ(old_add, 100u);
+    EXPECT_EQ(old_cas, 105u);
+    EXPECT_EQ(now, 7u);
+  }
+}
+
+// UD through the builder: ibv_wr_set_ud_addr, and ibv_wc_read_src_qp on the receiver.
+TEST_F(Surface, WrSetUdAddrAndReadSrcQp) {
+  ibv_qp* ua = nullptr;
+  ibv_qp* ub = nullptr;
+  ASSERT_NO_FATAL_FAILURE(make_ud_pair(&ua, &ub));
+  ibv_ah_attr aa{};
+  aa.is_global = 1;
+  aa.port_num = 1;
+  aa.grh.hop_limit = 1;
+  ASSERT_EQ(ibv_query_gid(ctx, 1, 0, &aa.grh.dgid), 0);
+  ibv_ah* ah = ibv_create_ah(pd, &aa);
+  ASSERT_NE(ah, nullptr);
+  post_recv(ub, mr, buf.data() + 2048, 40 + 64);
+  std::memcpy(buf.data(), "over UD", 8);
+  ibv_qp_ex* qx = ibv_qp_to_qp_ex(ua);
+  ASSERT_NE(qx, nullptr);
+  ibv_wr_start(qx);
+  qx->wr_id = 7;
+  qx->wr_flags = IBV_SEND_SIGNALED;
+  ibv_wr_send(qx);
+  ibv_wr_set_ud_addr(qx, ah, ub->qp_num, 0x11111111);
+  ibv_wr_set_sge(qx, mr->lkey, reinterpret_cast<uint64_t>(buf.data()), 8);
+  ASSERT_EQ(ibv_wr_complete(qx), 0);
+  const std::vector<Seen> seen = poll_ex(cqx, 2);
+  ASSERT_EQ(seen.size(), 2u);
+  EXPECT_NE(find_seen(seen, 7, IBV_WC_SEND), nullptr);
+  EXPECT_STREQ(buf.data() + 2048 + 40, "over UD");
+  // The receive again, for its source QP.
+  post_recv(ub, mr, buf.data() + 2048, 40 + 64);
+  ibv_wr_start(qx);
+  ibv_wr_send(qx);
+  ibv_wr_set_ud_addr(qx, ah, ub->qp_num, 0x11111111);
+  ibv_wr_set_sge(qx, mr->lkey, reinterpret_cast<uint64_t>(buf.data()), 8);
+  ASSERT_EQ(ibv_wr_complete(qx), 0);
+  uint32_t src = 0;
+  for (int got = 0; got < 2;) {
+    ibv_poll_cq_attr pa{};
+    if (ibv_start_poll(cqx, &pa) != 0) continue;
+    if (ibv_wc_read_opcode(cqx) == IBV_WC_RECV) src = ibv_wc_read_src_qp(cqx);
+    ++got;
+    ibv_end_poll(cqx);
+  }
+  EXPECT_EQ(src, ua->qp_num);
+  EXPECT_EQ(ibv_destroy_qp(ua), 0);
+  EXPECT_EQ(ibv_destroy_qp(ub), 0);
+  EXPECT_EQ(ibv_destroy_ah(ah), 0);
+}
+
+// A UD QP attached to an IPv4 multicast group (its IPv4-mapped GID) receives what is sent
+// to the group; detached, it no longer belongs to it.
+TEST_F(Surface, AttachMcastAndDetachMcast) {
+  ibv_qp* ua = nullptr;
+  ibv_qp* ub = nullptr;
+  ASSERT_NO_FATAL_FAILURE(make_ud_pair(&ua, &ub));
+  ibv_gid group{};
+  group.raw[10] = group.raw[11] = 0xff;
+  const uint8_t ip[4] = {239, 1, 2, 3};
+  std::memcpy(group.raw + 12, ip, 4);
+  ASSERT_EQ(ibv_attach_mcast(ub, &group, 0), 0);
+  ibv_ah_attr aa{};
+  aa.is_global = 1;
+  aa.port_num = 1;
+  aa.grh.hop_limit = 1;
+  aa.grh.dgid = group;
+  ibv_ah* ah = ibv_create_ah(pd, &aa);
+  ASSERT_NE(ah, nullptr);
+  post_recv(ub, mr, buf.data() + 2048, 40 + 64);
+  std::memcpy(buf.data(), "to the group", 13);
+  ibv_sge sg{reinterpret_cast<uint64_t>(buf.data()), 13, mr->lkey};
+  ibv_send_wr w{};
+  w.sg_list = &sg;
+  w.num_sge = 1;
+  w.opcode = IBV_WR_SEND;
+  w.send_flags = IBV_SEND_SIGNALED;
+  w.wr.ud.ah = ah;
+  w.wr.ud.remote_qpn = 0xffffff;
+  w.wr.ud.remote_qkey = 0x11111111;
+  ibv_send_wr* bad;
+  ASSERT_EQ(ibv_post_send(ua, &w, &bad), 0);
+  ibv_wc wc[2];
+  ASSERT_EQ(poll_one(cq, &wc[0]), 1);
+  ASSERT_EQ(poll_one(cq, &wc[1]), 1);
+  EXPECT_EQ(wc[0].status, IBV_WC_SUCCESS);
+  EXPECT_EQ(wc[1].status, IBV_WC_SUCCESS);
+  EXPECT_STREQ(buf.data() + 2048 + 40, "to the group");
+  EXPECT_EQ(ibv_detach_mcast(ub, &group, 0), 0);
+  EXPECT_NE(ibv_detach_mcast(ub, &group, 0), 0) << "no longer attached";
+  ibv_gid unicast;
+  ASSERT_EQ(ibv_query_gid(ctx, 1, 0, &unicast), 0);
+  EXPECT_EQ(ibv_attach_mcast(ub, &unicast, 0), EINVAL) << "not a multicast GID";
+  EXPECT_EQ(ibv_attach_mcast(ub, nullptr, 0), EINVAL);
+  EXPECT_EQ(ibv_destroy_qp(ua), 0);
+  EXPECT_EQ(ibv_destroy_qp(ub), 0);
+  EXPECT_EQ(ibv_destroy_ah(ah), 0);
+}
+
+// ---------------------------------------------------------------- devices, QPs, SRQs
+TEST_F(Surface, DeviceListNameGuidAndIndex) {
+  int n = 0;
+  ibv_device** list = ibv_get_device_list(&n);
+  ASSERT_NE(list, nullptr);
+  ASSERT_GE(n, 1);
+  int found = -1;
+  for (int i = 0; i < n; ++i) {
+    EXPECT_EQ(ibv_get_device_index(list[i]), i);
+    if (std::strcmp(ibv_get_device_name(list[i]), "dverbs0") == 0) found = i;
+  }
+  ASSERT_GE(found, 0);
+  EXPECT_EQ(list[n], nullptr);
+  EXPECT_EQ(ibv_get_device_guid(list[found]), attr_ex().orig_attr.node_guid);
+  ibv_device forged{};
+  EXPECT_EQ(ibv_get_device_index(&forged), -1);
+  ibv_free_device_list(list);
+}
+
+TEST_F(Surface, QueryQpReportsWhatWasSet) {
+  ibv_qp_attr at{};
+  ibv_qp_init_attr init{};
+  ASSERT_EQ(ibv_query_qp(a, &at,
+                         IBV_QP_STATE | IBV_QP_CAP | IBV_QP_DEST_QPN | IBV_QP_SQ_PSN |
+                             IBV_QP_PATH_MTU | IBV_QP_ACCESS_FLAGS,
+                         &init),
+            0);
+  EXPECT_EQ(at.qp_state, IBV_QPS_RTS);
+  EXPECT_EQ(at.dest_qp_num, b->qp_num);
+  EXPECT_EQ(at.path_mtu, IBV_MTU_1024);
+  EXPECT_TRUE(at.qp_access_flags & IBV_ACCESS_REMOTE_WRITE);
+  EXPECT_GE(at.cap.max_send_wr, 16u);
+  EXPECT_EQ(init.qp_type, IBV_QPT_RC);
+  EXPECT_EQ(init.send_cq, cq);
+  EXPECT_EQ(ibv_query_qp(a, nullptr, IBV_QP_STATE, &init), EINVAL);
+}
+
+// ibv_create_srq_ex: basic SRQs (the inline forwards a PD-only request to ibv_create_srq;
+// with IBV_SRQ_INIT_ATTR_TYPE it reaches the create_srq_ex op).
+TEST_F(Surface, CreateSrqExBasic) {
+  if (attr_ex().orig_attr.max_srq == 0) GTEST_SKIP() << "the device reports no SRQ support";
+  ibv_srq_init_attr_ex sx{};
+  sx.attr.max_wr = 8;
+  sx.attr.max_sge = 1;
+  sx.comp_mask = IBV_SRQ_INIT_ATTR_PD | IBV_SRQ_INIT_ATTR_TYPE | IBV_SRQ_INIT_ATTR_CQ;
+  sx.srq_type = IBV_SRQT_BASIC;
+  sx.pd = pd;
+  sx.cq = cq;
+  EXPECT_NULL_ERRNO(ibv_create_srq_ex(ctx, &sx), EOPNOTSUPP);  // a CQ is for XRC SRQs
+  sx.comp_mask = IBV_SRQ_INIT_ATTR_PD | IBV_SRQ_INIT_ATTR_TYPE;
+  ibv_srq* srq = ibv_create_srq_ex(ctx, &sx);
+  ASSERT_NE(srq, nullptr) << std::strerror(errno);
+  ibv_qp_init_attr init{};
+  init.send_cq = init.recv_cq = cq;
+  init.srq = srq;
+  init.qp_type = IBV_QPT_RC;
+  init.cap.max_send_wr = 4;
+  init.cap.max_send_sge = 1;
+  ibv_qp* qs = ibv_create_qp(pd, &init);
+  ibv_qp* qa = make_rc_qp(pd, cq);
+  ASSERT_TRUE(qs && qa);
+  ASSERT_NO_FATAL_FAILURE(connect(ctx, qa, qs));
+  ibv_sge s{reinterpret_cast<uint64_t>(buf.data() + 2048), 64, mr->lkey};
+  ibv_recv_wr r{};
+  r.sg_list = &s;
+  r.num_sge = 1;
+  ibv_recv_wr* bad;
+  ASSERT_EQ(ibv_post_srq_recv(srq, &r, &bad), 0);
+  std::memcpy(buf.data(), "via SRQ", 8);
+  ASSERT_EQ(post_send(qa, IBV_WR_SEND, mr, buf.data(), 8), 0);
+  ibv_wc wc[2];
+  ASSERT_EQ(poll_one(cq, &wc[0]), 1);
+  ASSERT_EQ(poll_one(cq, &wc[1]), 1);
+  EXPECT_STREQ(buf.data() + 2048, "via SRQ");
+  EXPECT_EQ(ibv_destroy_qp(qs), 0);
+  EXPECT_EQ(ibv_destroy_qp(qa), 0);
+  EXPECT_EQ(ibv_destroy_srq(srq), 0);
+}
+
 // ---------------------------------------------------------------- device queries
 TEST_F(Surface, QueryDeviceExCompMaskAndSize) {
   ibv_device_attr da;
@@ -594,6 +952,42 @@ TEST_F(Surface, ResolveEthL2FromGidIsEopnotsupp) {
   errno = 0;
   EXPECT_EQ(ibv_resolve_eth_l2_from_gid(ctx, &aa, mac, &vid), -1);
   EXPECT_EQ(errno, EOPNOTSUPP);
+}
+
+// Exported by libibverbs.so.1 but declared in no installed header (rdma-core's private
+// driver.h / marshall.h, or removed ones): librdmacm and old programs use them.
+TEST_F(Surface, ExportsOutsideVerbsH) {
+  const char* sys = ibv_get_sysfs_path();
+  ASSERT_NE(sys, nullptr);
+  EXPECT_STREQ(sys, std::getenv("SYSFS_PATH") ? std::getenv("SYSFS_PATH") : "/sys");
+  char line[64];
+  EXPECT_GT(ibv_read_sysfs_file("/proc/self", "stat", line, sizeof line), 0);
+  EXPECT_EQ(ibv_read_sysfs_file("/proc/self", "no-such-file", line, sizeof line), -1);
+  EXPECT_EQ(ibv_dontfork_range(buf.data(), buf.size()), 0);
+  EXPECT_EQ(ibv_dofork_range(buf.data(), buf.size()), 0);
+  ib_uverbs_qp_attr k{};
+  k.qp_state = IBV_QPS_RTS;
+  k.dest_qp_num = 0x1234;
+  k.max_send_wr = 17;
+  k.ah_attr.grh.hop_limit = 9;
+  k.ah_attr.is_global = 1;
+  ibv_qp_attr q{};
+  ibv_copy_qp_attr_from_kern(&q, &k);
+  EXPECT_EQ(q.dest_qp_num, 0x1234u);
+  EXPECT_EQ(q.cap.max_send_wr, 17u);
+  EXPECT_EQ(q.ah_attr.grh.hop_limit, 9);
+  EXPECT_EQ(q.ah_attr.is_global, 1);
+  ibv_sa_path_rec p{};
+  p.pkey = htobe16(0xffff);
+  p.mtu = IBV_MTU_1024;
+  p.numb_path = 1;
+  ib_user_path_rec u{};
+  ibv_copy_path_rec_to_kern(&u, &p);
+  ibv_sa_path_rec back{};
+  ibv_copy_path_rec_from_kern(&back, &u);
+  EXPECT_EQ(back.pkey, p.pkey);
+  EXPECT_EQ(back.mtu, p.mtu);
+  EXPECT_EQ(back.numb_path, 1);
 }
 
 TEST_F(Surface, ForkInitIsUnneeded) {
