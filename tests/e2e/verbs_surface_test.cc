@@ -885,6 +885,57 @@ TEST_F(Surface, CreateSrqExBasic) {
   EXPECT_EQ(ibv_destroy_srq(srq), 0);
 }
 
+// IBV_SRQ_MAX_WR with IBV_SRQ_LIMIT: a size the SRQ already holds is accepted and the limit
+// is armed (its event arrives); growing the SRQ is EOPNOTSUPP.
+TEST_F(Surface, ModifySrqLimitWithMaxWr) {
+  const ibv_device_attr_ex dx = attr_ex();
+  if (dx.orig_attr.max_srq == 0) GTEST_SKIP() << "the device reports no SRQ support";
+  ibv_srq_init_attr si{};
+  si.attr.max_wr = 8;
+  si.attr.max_sge = 1;
+  ibv_srq* srq = ibv_create_srq(pd, &si);
+  ASSERT_NE(srq, nullptr);
+  ibv_qp_init_attr init{};
+  init.send_cq = init.recv_cq = cq;
+  init.srq = srq;
+  init.qp_type = IBV_QPT_RC;
+  init.cap.max_send_wr = 4;
+  init.cap.max_send_sge = 1;
+  ibv_qp* qs = ibv_create_qp(pd, &init);
+  ibv_qp* qa = make_rc_qp(pd, cq);
+  ASSERT_TRUE(qs && qa);
+  ASSERT_NO_FATAL_FAILURE(connect(ctx, qa, qs));
+  for (int i = 0; i < 4; ++i) {
+    ibv_sge s{reinterpret_cast<uint64_t>(buf.data() + 2048), 64, mr->lkey};
+    ibv_recv_wr r{};
+    r.sg_list = &s;
+    r.num_sge = 1;
+    ibv_recv_wr* bad;
+    ASSERT_EQ(ibv_post_srq_recv(srq, &r, &bad), 0);
+  }
+  ibv_srq_attr sa{};
+  sa.max_wr = dx.orig_attr.max_srq_wr;
+  if (uint32_t(dx.orig_attr.max_srq_wr) > si.attr.max_wr) {
+    EXPECT_EQ(ibv_modify_srq(srq, &sa, IBV_SRQ_MAX_WR), EOPNOTSUPP) << "growing";
+  }
+  sa.max_wr = 8;
+  sa.srq_limit = 3;
+  ASSERT_EQ(ibv_modify_srq(srq, &sa, IBV_SRQ_MAX_WR | IBV_SRQ_LIMIT), 0);
+  for (int i = 0; i < 2; ++i) {  // 4 -> 2 posted receives: below the limit of 3
+    ASSERT_EQ(post_send(qa, IBV_WR_SEND, mr, buf.data(), 8), 0);
+    ibv_wc wc[2];
+    ASSERT_EQ(poll_one(cq, &wc[0]), 1);
+    ASSERT_EQ(poll_one(cq, &wc[1]), 1);
+  }
+  ibv_async_event ev;
+  ASSERT_TRUE(next_async(ctx, IBV_EVENT_SRQ_LIMIT_REACHED, &ev)) << "the limit was not armed";
+  EXPECT_EQ(ev.element.srq, srq);
+  ibv_ack_async_event(&ev);
+  EXPECT_EQ(ibv_destroy_qp(qs), 0);
+  EXPECT_EQ(ibv_destroy_qp(qa), 0);
+  EXPECT_EQ(ibv_destroy_srq(srq), 0);
+}
+
 // ---------------------------------------------------------------- device queries
 TEST_F(Surface, QueryDeviceExCompMaskAndSize) {
   ibv_device_attr da;
