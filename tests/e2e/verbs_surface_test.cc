@@ -189,6 +189,30 @@ class Surface : public ::testing::Test, protected Loop {
       ASSERT_EQ(ibv_modify_qp(q, &at, IBV_QP_STATE | IBV_QP_SQ_PSN), 0);
     }
   }
+  // qa (on the fixture's CQ) connected to qs, which receives from `srq`.
+  void srq_pair(ibv_srq* srq, ibv_qp** qa, ibv_qp** qs) {
+    ibv_qp_init_attr init{};
+    init.send_cq = init.recv_cq = cq;
+    init.srq = srq;
+    init.qp_type = IBV_QPT_RC;
+    init.cap.max_send_wr = 4;
+    init.cap.max_send_sge = 1;
+    *qs = ibv_create_qp(pd, &init);
+    *qa = make_rc_qp(pd, cq);
+    ASSERT_TRUE(*qs && *qa);
+    ASSERT_NO_FATAL_FAILURE(connect(ctx, *qa, *qs));
+  }
+  // `n` receives of 64 bytes into buf + 2048.
+  void post_srq_recv(ibv_srq* srq, int n) {
+    for (int i = 0; i < n; ++i) {
+      ibv_sge s{reinterpret_cast<uint64_t>(buf.data() + 2048), 64, mr->lkey};
+      ibv_recv_wr r{};
+      r.sg_list = &s;
+      r.num_sge = 1;
+      ibv_recv_wr* bad;
+      ASSERT_EQ(ibv_post_srq_recv(srq, &r, &bad), 0);
+    }
+  }
   ibv_device_attr_ex attr_ex() {
     ibv_device_attr_ex dx;
     EXPECT_EQ(ibv_query_device_ex(ctx, nullptr, &dx), 0);
@@ -858,22 +882,10 @@ TEST_F(Surface, CreateSrqExBasic) {
   sx.comp_mask = IBV_SRQ_INIT_ATTR_PD | IBV_SRQ_INIT_ATTR_TYPE;
   ibv_srq* srq = ibv_create_srq_ex(ctx, &sx);
   ASSERT_NE(srq, nullptr) << std::strerror(errno);
-  ibv_qp_init_attr init{};
-  init.send_cq = init.recv_cq = cq;
-  init.srq = srq;
-  init.qp_type = IBV_QPT_RC;
-  init.cap.max_send_wr = 4;
-  init.cap.max_send_sge = 1;
-  ibv_qp* qs = ibv_create_qp(pd, &init);
-  ibv_qp* qa = make_rc_qp(pd, cq);
-  ASSERT_TRUE(qs && qa);
-  ASSERT_NO_FATAL_FAILURE(connect(ctx, qa, qs));
-  ibv_sge s{reinterpret_cast<uint64_t>(buf.data() + 2048), 64, mr->lkey};
-  ibv_recv_wr r{};
-  r.sg_list = &s;
-  r.num_sge = 1;
-  ibv_recv_wr* bad;
-  ASSERT_EQ(ibv_post_srq_recv(srq, &r, &bad), 0);
+  ibv_qp* qa = nullptr;
+  ibv_qp* qs = nullptr;
+  ASSERT_NO_FATAL_FAILURE(srq_pair(srq, &qa, &qs));
+  ASSERT_NO_FATAL_FAILURE(post_srq_recv(srq, 1));
   std::memcpy(buf.data(), "via SRQ", 8);
   ASSERT_EQ(post_send(qa, IBV_WR_SEND, mr, buf.data(), 8), 0);
   ibv_wc wc[2];
@@ -895,24 +907,10 @@ TEST_F(Surface, ModifySrqLimitWithMaxWr) {
   si.attr.max_sge = 1;
   ibv_srq* srq = ibv_create_srq(pd, &si);
   ASSERT_NE(srq, nullptr);
-  ibv_qp_init_attr init{};
-  init.send_cq = init.recv_cq = cq;
-  init.srq = srq;
-  init.qp_type = IBV_QPT_RC;
-  init.cap.max_send_wr = 4;
-  init.cap.max_send_sge = 1;
-  ibv_qp* qs = ibv_create_qp(pd, &init);
-  ibv_qp* qa = make_rc_qp(pd, cq);
-  ASSERT_TRUE(qs && qa);
-  ASSERT_NO_FATAL_FAILURE(connect(ctx, qa, qs));
-  for (int i = 0; i < 4; ++i) {
-    ibv_sge s{reinterpret_cast<uint64_t>(buf.data() + 2048), 64, mr->lkey};
-    ibv_recv_wr r{};
-    r.sg_list = &s;
-    r.num_sge = 1;
-    ibv_recv_wr* bad;
-    ASSERT_EQ(ibv_post_srq_recv(srq, &r, &bad), 0);
-  }
+  ibv_qp* qa = nullptr;
+  ibv_qp* qs = nullptr;
+  ASSERT_NO_FATAL_FAILURE(srq_pair(srq, &qa, &qs));
+  ASSERT_NO_FATAL_FAILURE(post_srq_recv(srq, 4));
   ibv_srq_attr sa{};
   sa.max_wr = dx.orig_attr.max_srq_wr;
   if (uint32_t(dx.orig_attr.max_srq_wr) > si.attr.max_wr) {
