@@ -51,8 +51,9 @@ struct DvParentDomain {
   FreeFn free;
 };
 
-// Whether an object of `ctx` was created on the parent domain `pd`. Memory windows are
-// bound to their PD's mid::Pd and keep working without the parent domain.
+// Whether an object of `ctx` was created on the parent domain `pd`. Memory windows are not
+// counted: a window holds the protection domain's mid::Pd, which outlives the parent
+// domain (mid::dealloc_pd refuses while the window exists).
 bool domain_in_use(Context* c, DvPd* pd) {
   for (void* o : c->handles.objects(Kind::qp))
     if (static_cast<DvQp*>(o)->pd == pd) return true;
