@@ -159,6 +159,52 @@ struct Loop {
   }
 };
 
+// One completion read through the ibv_wc_read_* accessors.
+struct Seen {
+  uint64_t wr_id;
+  ibv_wc_status status;
+  ibv_wc_opcode opcode;
+  uint32_t byte_len, qp_num, vendor_err, slid;
+  unsigned wc_flags;
+  __be32 imm;
+  uint8_t sl, path_bits;
+};
+
+Seen read_current(ibv_cq_ex* c) {
+  Seen s{};
+  s.wr_id = c->wr_id;
+  s.status = c->status;
+  s.opcode = ibv_wc_read_opcode(c);
+  s.byte_len = ibv_wc_read_byte_len(c);
+  s.qp_num = ibv_wc_read_qp_num(c);
+  s.vendor_err = ibv_wc_read_vendor_err(c);
+  s.slid = ibv_wc_read_slid(c);
+  s.wc_flags = ibv_wc_read_wc_flags(c);
+  s.imm = (s.wc_flags & IBV_WC_WITH_IMM) ? ibv_wc_read_imm_data(c) : 0;
+  s.sl = ibv_wc_read_sl(c);
+  s.path_bits = ibv_wc_read_dlid_path_bits(c);
+  return s;
+}
+
+// Polls `n` completions through ibv_start_poll / ibv_next_poll / ibv_end_poll.
+std::vector<Seen> poll_ex(ibv_cq_ex* c, size_t n) {
+  std::vector<Seen> out;
+  for (long tries = 0; out.size() < n && tries < 200000000L; ++tries) {
+    ibv_poll_cq_attr pa{};
+    if (ibv_start_poll(c, &pa) != 0) continue;
+    do out.push_back(read_current(c));
+    while (out.size() < n && ibv_next_poll(c) == 0);
+    ibv_end_poll(c);
+  }
+  return out;
+}
+
+const Seen* find_seen(const std::vector<Seen>& v, uint64_t wr_id, ibv_wc_opcode op) {
+  for (const Seen& s : v)
+    if (s.wr_id == wr_id && s.opcode == op) return &s;
+  return nullptr;
+}
+
 class Surface : public ::testing::Test, protected Loop {
  protected:
   void SetUp() override { ASSERT_NO_FATAL_FAILURE(init()); }
@@ -524,6 +570,31 @@ TEST_F(Surface, ModifyCqIsEopnotsupp) {
   EXPECT_EQ(dx.cq_mod_caps.max_cq_period, 0u);
 }
 
+// IBV_CREATE_CQ_ATTR_SINGLE_THREADED is a hint (the CQ works); IGNORE_OVERRUN is refused.
+TEST_F(Surface, CreateCqExFlags) {
+  ibv_cq_init_attr_ex cx{};
+  cx.cqe = 8;
+  cx.wc_flags = IBV_WC_STANDARD_FLAGS;
+  cx.comp_mask = IBV_CQ_INIT_ATTR_MASK_FLAGS;
+  cx.flags = IBV_CREATE_CQ_ATTR_IGNORE_OVERRUN;
+  EXPECT_NULL_ERRNO(ibv_create_cq_ex(ctx, &cx), EOPNOTSUPP);
+  cx.flags = IBV_CREATE_CQ_ATTR_SINGLE_THREADED;
+  ibv_cq_ex* one = ibv_create_cq_ex(ctx, &cx);
+  ASSERT_NE(one, nullptr) << std::strerror(errno);
+  ibv_qp* qa = make_rc_qp(pd, ibv_cq_ex_to_cq(one));
+  ibv_qp* qb = make_rc_qp(pd, ibv_cq_ex_to_cq(one));
+  ASSERT_TRUE(qa && qb);
+  ASSERT_NO_FATAL_FAILURE(connect(ctx, qa, qb));
+  post_recv(qb, mr, buf.data() + 2048, 64);
+  ASSERT_EQ(post_send(qa, IBV_WR_SEND, mr, buf.data(), 8), 0);
+  const std::vector<Seen> seen = poll_ex(one, 2);
+  ASSERT_EQ(seen.size(), 2u);
+  for (const Seen& x : seen) EXPECT_EQ(x.status, IBV_WC_SUCCESS);
+  EXPECT_EQ(ibv_destroy_qp(qa), 0);
+  EXPECT_EQ(ibv_destroy_qp(qb), 0);
+  EXPECT_EQ(ibv_destroy_cq(ibv_cq_ex_to_cq(one)), 0);
+}
+
 TEST_F(Surface, CreateCqExTagMatchingInfoIsEopnotsupp) {
   ibv_cq_init_attr_ex cx{};
   cx.cqe = 8;
@@ -609,51 +680,6 @@ TEST_F(Surface, WrSendTsoIsEopnotsupp) {
 // Every ibv_wr_* opcode dverbs implements on RC (SEND with immediate and an SGE list, RDMA
 // WRITE with immediate and inline data, both atomics), ibv_wr_abort, and every
 // ibv_wc_read_* accessor of an ibv_cq_ex.
-struct Seen {
-  uint64_t wr_id;
-  ibv_wc_status status;
-  ibv_wc_opcode opcode;
-  uint32_t byte_len, qp_num, vendor_err, slid;
-  unsigned wc_flags;
-  __be32 imm;
-  uint8_t sl, path_bits;
-};
-
-Seen read_current(ibv_cq_ex* c) {
-  Seen s{};
-  s.wr_id = c->wr_id;
-  s.status = c->status;
-  s.opcode = ibv_wc_read_opcode(c);
-  s.byte_len = ibv_wc_read_byte_len(c);
-  s.qp_num = ibv_wc_read_qp_num(c);
-  s.vendor_err = ibv_wc_read_vendor_err(c);
-  s.slid = ibv_wc_read_slid(c);
-  s.wc_flags = ibv_wc_read_wc_flags(c);
-  s.imm = (s.wc_flags & IBV_WC_WITH_IMM) ? ibv_wc_read_imm_data(c) : 0;
-  s.sl = ibv_wc_read_sl(c);
-  s.path_bits = ibv_wc_read_dlid_path_bits(c);
-  return s;
-}
-
-// Polls `n` completions through ibv_start_poll / ibv_next_poll / ibv_end_poll.
-std::vector<Seen> poll_ex(ibv_cq_ex* c, size_t n) {
-  std::vector<Seen> out;
-  for (long tries = 0; out.size() < n && tries < 200000000L; ++tries) {
-    ibv_poll_cq_attr pa{};
-    if (ibv_start_poll(c, &pa) != 0) continue;
-    do out.push_back(read_current(c));
-    while (out.size() < n && ibv_next_poll(c) == 0);
-    ibv_end_poll(c);
-  }
-  return out;
-}
-
-const Seen* find_seen(const std::vector<Seen>& v, uint64_t wr_id, ibv_wc_opcode op) {
-  for (const Seen& s : v)
-    if (s.wr_id == wr_id && s.opcode == op) return &s;
-  return nullptr;
-}
-
 TEST_F(Surface, WrBuilderOpcodesAndCqExAccessors) {
   const ibv_device_attr_ex dx = attr_ex();
   const bool atomics = dx.orig_attr.atomic_cap != IBV_ATOMIC_NONE;
@@ -857,7 +883,9 @@ TEST_F(Surface, DeviceListNameGuidAndIndex) {
   EXPECT_EQ(list[n], nullptr);
   EXPECT_EQ(ibv_get_device_guid(list[found]), attr_ex().orig_attr.node_guid);
   ibv_device forged{};
+  errno = 0;
   EXPECT_EQ(ibv_get_device_index(&forged), -1);
+  EXPECT_EQ(errno, EINVAL);
   ibv_free_device_list(list);
 }
 
