@@ -472,6 +472,25 @@ TEST_F(Surface, SetEceAndQueryEceAreEopnotsupp) {
   EXPECT_EQ(ibv_query_ece(&forged, &ece), EINVAL);
 }
 
+// No alternate path (APM): IBV_QP_ALT_PATH is refused; the migration state of a QP without
+// APM, MIGRATED, is accepted; REARM is refused.
+TEST_F(Surface, ModifyQpAltPathIsEopnotsupp) {
+  ibv_qp_attr at{};
+  at.alt_port_num = 1;
+  at.alt_timeout = 14;
+  at.alt_ah_attr.is_global = 1;
+  at.alt_ah_attr.port_num = 1;
+  EXPECT_EQ(ibv_modify_qp(a, &at, IBV_QP_ALT_PATH), EOPNOTSUPP);
+  at.path_mig_state = IBV_MIG_REARM;
+  EXPECT_EQ(ibv_modify_qp(a, &at, IBV_QP_PATH_MIG_STATE), EOPNOTSUPP);
+  at.path_mig_state = IBV_MIG_MIGRATED;
+  EXPECT_EQ(ibv_modify_qp(a, &at, IBV_QP_PATH_MIG_STATE), 0);
+  ibv_qp_init_attr init{};
+  ASSERT_EQ(ibv_query_qp(a, &at, IBV_QP_PATH_MIG_STATE | IBV_QP_STATE, &init), 0);
+  EXPECT_EQ(at.path_mig_state, IBV_MIG_MIGRATED);
+  EXPECT_EQ(at.qp_state, IBV_QPS_RTS);
+}
+
 TEST_F(Surface, ModifyQpRateLimitIsEopnotsupp) {
   ibv_qp_rate_limit_attr ra{};
   ra.rate_limit = 1000;
@@ -919,6 +938,10 @@ TEST_F(Surface, CreateSrqExBasic) {
   sx.pd = pd;
   sx.cq = cq;
   EXPECT_NULL_ERRNO(ibv_create_srq_ex(ctx, &sx), EOPNOTSUPP);  // a CQ is for XRC SRQs
+  sx.comp_mask = IBV_SRQ_INIT_ATTR_PD | IBV_SRQ_INIT_ATTR_TYPE;
+  sx.srq_type = IBV_SRQT_TM;
+  EXPECT_NULL_ERRNO(ibv_create_srq_ex(ctx, &sx), EOPNOTSUPP);  // tag matching
+  sx.srq_type = IBV_SRQT_BASIC;
   sx.comp_mask = IBV_SRQ_INIT_ATTR_PD | IBV_SRQ_INIT_ATTR_TYPE;
   ibv_srq* srq = ibv_create_srq_ex(ctx, &sx);
   ASSERT_NE(srq, nullptr) << std::strerror(errno);
