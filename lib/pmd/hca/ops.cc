@@ -459,7 +459,9 @@ int create_srq(mid::Pd* pd, const mid::SrqInitAttr* init, mid::Srq** out) {
 int modify_srq(mid::Srq* s, uint32_t max_wr, uint32_t srq_limit, uint32_t mask) {
   Srq& srq = *to_srq(s);
   if (mask & ~3u) return EINVAL;
-  if (mask & 1u) return max_wr <= srq.rq.capacity() ? 0 : EOPNOTSUPP;
+  // No resizing: a size the queue already holds is accepted, a larger one is not. The
+  // limit is armed too when both are given.
+  if ((mask & 1u) && max_wr > srq.rq.capacity()) return EOPNOTSUPP;
   if (mask & 2u) {
     if (srq_limit > srq.rq.capacity()) return EINVAL;
     srq.limit.store(srq_limit, std::memory_order_release);
