@@ -632,6 +632,7 @@ const mid::DeviceOps kHcaOps = {
     .resolve_neigh = resolve_neigh,
     .attach_mcast = attach_mcast,
     .detach_mcast = detach_mcast,
+    .rereg_mr = rereg_mr,
 };
 
 }  // namespace dverbs::pmd::hca

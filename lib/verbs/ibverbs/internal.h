@@ -352,6 +352,10 @@ inline uint32_t next_window_rkey(uint32_t rkey) noexcept {
   return (rkey & ~0xffu) | ((rkey + 1) & 0xffu);
 }
 
+// The IBV_ACCESS_* of a registration, checked (EINVAL, EOPNOTSUPP) and reduced to the
+// bits the transport knows (objects.cc). Context: any.
+int mr_access(unsigned* access) noexcept;
+
 // Memory pinning (pin.cc): mlock + RLIMIT_MEMLOCK account. Context: process context.
 int pin_range(uint64_t addr, uint64_t len) noexcept;  // 0, ENOMEM, EFAULT
 void unpin_range(uint64_t addr, uint64_t len) noexcept;
