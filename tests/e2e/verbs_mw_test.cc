@@ -171,6 +171,42 @@ TEST(MwType1, BindGrantsTheWindowAndAZeroLengthBindRevokesIt) {
   EXPECT_EQ(f.write(kWinOff, 8, mw->rkey), IBV_WC_REM_ACCESS_ERR);
 }
 
+TEST(MwType1, UnsignaledBindTakesEffectWithoutACompletion) {
+  Fix f;
+  ASSERT_NO_FATAL_FAILURE(f.init());
+  ibv_mw* mw = f.alloc(IBV_MW_TYPE_1);
+  ASSERT_NE(mw, nullptr);
+  ibv_mw_bind b{};
+  b.wr_id = 0xb0;
+  b.send_flags = 0;  // the QP does not signal every WR
+  b.bind_info = f.info(kWinOff, kWinLen, kRw);
+  ASSERT_EQ(ibv_bind_mw(f.p.b, mw, &b), 0);
+  // A signalled SEND after the bind on the same send queue: its completion, and only it,
+  // says the bind has run (the send queue completes in order).
+  ibv_sge rs{addr_of(f.abuf.data()), 16, f.amr->lkey};
+  ibv_recv_wr rwr{};
+  rwr.sg_list = &rs;
+  rwr.num_sge = 1;
+  ibv_recv_wr* rbad = nullptr;
+  ASSERT_EQ(ibv_post_recv(f.p.a, &rwr, &rbad), 0);
+  ibv_sge ss{addr_of(f.bbuf.data()), 16, f.bmr->lkey};
+  ibv_send_wr wr{};
+  wr.wr_id = 0x5e0;
+  wr.sg_list = &ss;
+  wr.num_sge = 1;
+  wr.opcode = IBV_WR_SEND;
+  wr.send_flags = IBV_SEND_SIGNALED;
+  ibv_send_wr* bad = nullptr;
+  ASSERT_EQ(ibv_post_send(f.p.b, &wr, &bad), 0);
+  ibv_wc wc = wait_wc(f.p.cqb);
+  EXPECT_EQ(wc.status, IBV_WC_SUCCESS);
+  EXPECT_EQ(wc.wr_id, 0x5e0u) << "the unsignalled bind completes nothing";
+  EXPECT_TRUE(stays_empty(f.p.cqb));
+  ASSERT_EQ(wait_wc(f.p.cqa).status, IBV_WC_SUCCESS);
+  EXPECT_EQ(f.write(kWinOff, 256, mw->rkey, 'u'), IBV_WC_SUCCESS);
+  EXPECT_EQ(f.bbuf[kWinOff + 255], 'u');
+}
+
 TEST(MwType1, AccessOutsideTheWindowIsARemoteAccessError) {
   struct Case {
     const char* what;

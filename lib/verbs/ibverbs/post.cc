@@ -444,6 +444,7 @@ ibv_qp_ex* ibv_qp_to_qp_ex(ibv_qp* qp) {
         d->wrb->sge_at.reserve(64);
         d->wrb->sges.reserve(64);
         d->wrb->inl.reserve(4096);
+        d->wrb->binds.reserve(16);
       } catch (...) {
       }
     }
