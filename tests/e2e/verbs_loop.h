@@ -172,6 +172,32 @@ struct RcPair {
     connect(b, a->qp_num);
   }
 
+  // One receive of [buf, buf + len) (lkey) on `qp`; 0 or the errno of ibv_post_recv.
+  static int recv_one(ibv_qp* qp, void* buf, uint32_t len, uint32_t lkey, uint64_t wr_id = 0) {
+    ibv_sge s{reinterpret_cast<uint64_t>(buf), len, lkey};
+    ibv_recv_wr wr{};
+    wr.wr_id = wr_id;
+    wr.sg_list = &s;
+    wr.num_sge = 1;
+    ibv_recv_wr* bad = nullptr;
+    return ibv_post_recv(qp, &wr, &bad);
+  }
+  // One signalled SEND (`op`: IBV_WR_SEND or IBV_WR_SEND_WITH_INV of `inv_rkey`) of
+  // [buf, buf + len) on `qp`; 0 or the errno of ibv_post_send.
+  static int send_one(ibv_qp* qp, ibv_wr_opcode op, const void* buf, uint32_t len, uint32_t lkey,
+                      uint64_t wr_id = 0, uint32_t inv_rkey = 0) {
+    ibv_sge s{reinterpret_cast<uint64_t>(buf), len, lkey};
+    ibv_send_wr wr{};
+    wr.wr_id = wr_id;
+    wr.sg_list = &s;
+    wr.num_sge = 1;
+    wr.opcode = op;
+    wr.send_flags = IBV_SEND_SIGNALED;
+    wr.invalidate_rkey = inv_rkey;
+    ibv_send_wr* bad = nullptr;
+    return ibv_post_send(qp, &wr, &bad);
+  }
+
   // One signalled RDMA WRITE or READ from `a` of [local, local + len) (lkey) to or from
   // remote [raddr, raddr + len) under rkey; its completion status.
   ibv_wc_status rdma(ibv_wr_opcode op, void* local, uint32_t len, uint32_t lkey, uint64_t raddr,

@@ -183,21 +183,8 @@ TEST(MwType1, UnsignaledBindTakesEffectWithoutACompletion) {
   ASSERT_EQ(ibv_bind_mw(f.p.b, mw, &b), 0);
   // A signalled SEND after the bind on the same send queue: its completion, and only it,
   // says the bind has run (the send queue completes in order).
-  ibv_sge rs{addr_of(f.abuf.data()), 16, f.amr->lkey};
-  ibv_recv_wr rwr{};
-  rwr.sg_list = &rs;
-  rwr.num_sge = 1;
-  ibv_recv_wr* rbad = nullptr;
-  ASSERT_EQ(ibv_post_recv(f.p.a, &rwr, &rbad), 0);
-  ibv_sge ss{addr_of(f.bbuf.data()), 16, f.bmr->lkey};
-  ibv_send_wr wr{};
-  wr.wr_id = 0x5e0;
-  wr.sg_list = &ss;
-  wr.num_sge = 1;
-  wr.opcode = IBV_WR_SEND;
-  wr.send_flags = IBV_SEND_SIGNALED;
-  ibv_send_wr* bad = nullptr;
-  ASSERT_EQ(ibv_post_send(f.p.b, &wr, &bad), 0);
+  ASSERT_EQ(RcPair::recv_one(f.p.a, f.abuf.data(), 16, f.amr->lkey), 0);
+  ASSERT_EQ(RcPair::send_one(f.p.b, IBV_WR_SEND, f.bbuf.data(), 16, f.bmr->lkey, 0x5e0), 0);
   ibv_wc wc = wait_wc(f.p.cqb);
   EXPECT_EQ(wc.status, IBV_WC_SUCCESS);
   EXPECT_EQ(wc.wr_id, 0x5e0u) << "the unsignalled bind completes nothing";
@@ -305,23 +292,9 @@ TEST(MwType2, SendWithInvalidateRevokesTheWindow) {
   ASSERT_NE(f.bound2(&rkey), nullptr);
   ASSERT_EQ(f.read(kWinOff, 64, rkey), IBV_WC_SUCCESS);
   // B receives a SEND with Invalidate naming the window's rkey.
-  ibv_sge rs{addr_of(f.bbuf.data()), 64, f.bmr->lkey};
-  ibv_recv_wr rwr{};
-  rwr.wr_id = 0x5ec;
-  rwr.sg_list = &rs;
-  rwr.num_sge = 1;
-  ibv_recv_wr* rbad = nullptr;
-  ASSERT_EQ(ibv_post_recv(f.p.b, &rwr, &rbad), 0);
-  ibv_sge ss{addr_of(f.abuf.data()), 16, f.amr->lkey};
-  ibv_send_wr wr{};
-  wr.wr_id = 0x5e;
-  wr.sg_list = &ss;
-  wr.num_sge = 1;
-  wr.opcode = IBV_WR_SEND_WITH_INV;
-  wr.send_flags = IBV_SEND_SIGNALED;
-  wr.invalidate_rkey = rkey;
-  ibv_send_wr* bad = nullptr;
-  ASSERT_EQ(ibv_post_send(f.p.a, &wr, &bad), 0);
+  ASSERT_EQ(RcPair::recv_one(f.p.b, f.bbuf.data(), 64, f.bmr->lkey, 0x5ec), 0);
+  ASSERT_EQ(
+      RcPair::send_one(f.p.a, IBV_WR_SEND_WITH_INV, f.abuf.data(), 16, f.amr->lkey, 0x5e, rkey), 0);
   EXPECT_EQ(wait_wc(f.p.cqa).status, IBV_WC_SUCCESS);
   ibv_wc wc = wait_wc(f.p.cqb);
   ASSERT_EQ(wc.status, IBV_WC_SUCCESS);

@@ -68,20 +68,9 @@ struct Fix {
   }
   // B SENDs `len` bytes from `src` with the region's lkey to A (which posts the receive).
   ibv_wc_status send_from(const void* src, uint32_t len) {
-    ibv_sge rs{addr_of(abuf.p), len, amr->lkey};
-    ibv_recv_wr rwr{};
-    rwr.sg_list = &rs;
-    rwr.num_sge = 1;
-    ibv_recv_wr* rbad = nullptr;
-    if (ibv_post_recv(p.a, &rwr, &rbad) != 0) return IBV_WC_GENERAL_ERR;
-    ibv_sge ss{addr_of(src), len, mr->lkey};
-    ibv_send_wr wr{};
-    wr.sg_list = &ss;
-    wr.num_sge = 1;
-    wr.opcode = IBV_WR_SEND;
-    wr.send_flags = IBV_SEND_SIGNALED;
-    ibv_send_wr* bad = nullptr;
-    if (ibv_post_send(p.b, &wr, &bad) != 0) return IBV_WC_GENERAL_ERR;
+    if (RcPair::recv_one(p.a, abuf.p, len, amr->lkey) != 0 ||
+        RcPair::send_one(p.b, IBV_WR_SEND, src, len, mr->lkey) != 0)
+      return IBV_WC_GENERAL_ERR;
     const ibv_wc_status st = wait_wc(p.cqb).status;
     if (st == IBV_WC_SUCCESS) {
       EXPECT_EQ(wait_wc(p.cqa).status, IBV_WC_SUCCESS);
