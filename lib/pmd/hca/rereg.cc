@@ -7,10 +7,13 @@
 // mr_get_remote), so the fields change only while the region is unpublished: its key is
 // cleared, the engines are quiesced (none is still inside a copy through the old
 // translation, which the application may unmap as soon as this returns), the fields are
-// rewritten, and the key is published again. A work request that reaches the region in
-// that instant finds no region, exactly as if it had been deregistered: a local
-// protection error or a remote access error. Those before it used the old registration,
-// those after it use the new one. A region with bound windows is EBUSY: their bounds and
+// rewritten, and the key is published again (mlx5 likewise revokes its mkey before it
+// rewrites a translation, so that the change is atomic for every user of the region). A
+// work request that reaches the region in that instant finds no region, exactly as if it
+// had been deregistered: a local protection error or a remote access error. Those before
+// it used the old registration, those after it use the new one. (mlx5 changes only a PD
+// or access flags without that instant; here every change takes it, as the engines read
+// the fields without atomics.) A region with bound windows is EBUSY: their bounds and
 // host addresses were computed from the old translation (IBA 10.6.7.2.2 keeps such a
 // region from being deregistered too).
 //
