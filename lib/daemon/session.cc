@@ -651,7 +651,8 @@ int Session::destroy(Handle h, Kind k, bool detached) {
 
 int Session::dispatch(Request& req, InFds& in, Response& resp, OutFds& out) {
   if (!c_.hello && req.cmd != Cmd::hello) return invalid();
-  if (in.n && req.cmd != Cmd::reg_mr) return invalid();  // unexpected fds (closed by caller)
+  if (in.n && req.cmd != Cmd::reg_mr && req.cmd != Cmd::rereg_mr)
+    return invalid();  // unexpected fds (closed by caller)
   switch (req.cmd) {
     case Cmd::hello:
       return hello(req, resp, out);
@@ -693,6 +694,8 @@ int Session::dispatch(Request& req, InFds& in, Response& resp, OutFds& out) {
       return destroy(req.handle, Kind::mw, false);
     case Cmd::stats:
       return stats(resp);
+    case Cmd::rereg_mr:
+      return rereg_mr(srv_, c_, req, in.fd, in.n, resp);
     case Cmd::attach_mcast:
     case Cmd::detach_mcast: {
       auto* o = lookup<QpObj>(req.handle, Kind::qp);

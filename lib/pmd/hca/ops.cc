@@ -76,6 +76,7 @@ int query_device(mid::Device* d, DeviceAttr* a) {
   a->max_cq = 1u << 16;
   a->max_cqe = kMaxCqe;
   a->max_mr = kMaxMr - 1;
+  a->max_mw = kMaxMr - 1;  // windows take slots of the same key table
   a->max_pd = 1u << 16;
   a->max_qp_rd_atom = kMaxRdAtomic;
   a->max_qp_init_rd_atom = kMaxRdAtomic;
@@ -596,6 +597,7 @@ const mid::DeviceOps kHcaOps = {
     .resolve_neigh = resolve_neigh,
     .attach_mcast = attach_mcast,
     .detach_mcast = detach_mcast,
+    .rereg_mr = rereg_mr,
 };
 
 }  // namespace dverbs::pmd::hca

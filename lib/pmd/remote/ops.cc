@@ -609,6 +609,7 @@ const mid::DeviceOps kRemoteOps = {
     .reg_mr_iova = nullptr,  // the client registers at its own addresses only
     .attach_mcast = attach_mcast,
     .detach_mcast = detach_mcast,
+    .rereg_mr = rereg_mr,
 };
 
 }  // namespace dverbs::pmd::remote

@@ -62,6 +62,7 @@ enum class Cmd : uint32_t {
   stats,       // daemon-wide resource counters (tests, dverbsd --stat)
   attach_mcast,  // handle = QP, mcast.gid (ibv_attach_mcast)
   detach_mcast,
+  rereg_mr,      // handle = MR; fds: one memfd per piece with a new translation (RegMr)
 };
 
 // Handles are opaque per-connection values: generation << 20 | index. 0 is never valid.
@@ -135,6 +136,16 @@ struct Request {
     struct {
       Gid gid;
     } mcast;
+    // ibv_rereg_mr: `flags` (mid::rereg) says which of pd, access and the translation
+    // (laid out as in reg_mr) apply. → Response.mr (the keys, unchanged).
+    struct {
+      uint32_t flags;
+      Handle pd;
+      uint32_t access;
+      uint64_t iova, length, page_start;
+      uint32_t npieces;
+      MrPiece pieces[kMaxPieces];
+    } rereg_mr;
     uint8_t raw[640];
   };
 };

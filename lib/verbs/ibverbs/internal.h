@@ -111,7 +111,7 @@ static_assert(access::mw_bind == IBV_ACCESS_MW_BIND && access::zero_based == IBV
 static_assert(wc_flags::with_inv == IBV_WC_WITH_INV && wc_flags::grh == IBV_WC_GRH);
 static_assert(qp_attr_mask::dest_qpn == IBV_QP_DEST_QPN && qp_attr_mask::cap == IBV_QP_CAP);
 
-enum class Kind : uint8_t { context, channel, pd, mr, ah, cq, srq, qp, td };
+enum class Kind : uint8_t { context, channel, pd, mr, ah, cq, srq, qp, td, mw };
 const char* kind_name(Kind k) noexcept;
 
 struct Context;
@@ -226,6 +226,13 @@ struct DvMr {
   uint64_t pin_addr, pin_len;  // what pin.cc charged and locked
 };
 
+// A memory window (mw.cc); mw.rkey follows every bind posted through the drop-in.
+struct DvMw {
+  ibv_mw mw;
+  mid::Mw* m;
+  Context* ctx;
+};
+
 struct DvAh {
   ibv_ah ah;
   mid::Ah* m;
@@ -326,6 +333,7 @@ int destroy_srq_locked(DvSrq* srq);
 int destroy_cq_locked(DvCq* cq);
 int destroy_channel_locked(Channel* ch);
 int dereg_mr_locked(DvMr* mr);
+int dealloc_mw_locked(DvMw* mw);
 int destroy_ah_locked(DvAh* ah);
 int dealloc_pd_locked(DvPd* pd);
 // Destroys what the context still owns, in dependency order. With g_lock held.
@@ -342,6 +350,25 @@ int dealloc_parent_domain_locked(DvPd* pd);
 bool pd_in_use_by_domains(DvPd* pd);
 int dealloc_td_locked(DvTd* td);
 void init_extended_ops(Context* ctx) noexcept;
+
+// Memory windows (mw.cc): the ibv_context_ops entries (alloc_mw, dealloc_mw, bind_mw) and
+// the translation of a bind work request's ibv_mw/ibv_mr into the midlayer's objects.
+// Context of the translation: any thread, never sleeps (the fast path trusts its pointers).
+void init_mw_ops(Context* ctx) noexcept;
+inline mid::Mw* mid_mw(ibv_mw* mw) noexcept {
+  return mw ? reinterpret_cast<DvMw*>(mw)->m : nullptr;
+}
+inline mid::Mr* mid_mr(ibv_mr* mr) noexcept {
+  return mr ? reinterpret_cast<DvMr*>(mr)->m : nullptr;
+}
+// The new rkey of a bind: ibv_inc_rkey's (the index bits stay, the key byte moves on).
+inline uint32_t next_window_rkey(uint32_t rkey) noexcept {
+  return (rkey & ~0xffu) | ((rkey + 1) & 0xffu);
+}
+
+// The IBV_ACCESS_* of a registration, checked (EINVAL, EOPNOTSUPP) and reduced to the
+// bits the transport knows (objects.cc). Context: any.
+int mr_access(unsigned* access) noexcept;
 
 // Memory pinning (pin.cc): mlock + RLIMIT_MEMLOCK account. Context: process context.
 int pin_range(uint64_t addr, uint64_t len) noexcept;  // 0, ENOMEM, EFAULT

@@ -35,6 +35,7 @@ uint64_t supported_send_ops(const Context* c, ibv_qp_type t) {
   uint64_t ops = IBV_QP_EX_WITH_SEND | IBV_QP_EX_WITH_SEND_WITH_IMM;
   if (t == IBV_QPT_UD) return ops;
   ops |= IBV_QP_EX_WITH_RDMA_WRITE | IBV_QP_EX_WITH_RDMA_WRITE_WITH_IMM;
+  if (c->attr.max_mw) ops |= IBV_QP_EX_WITH_BIND_MW | IBV_QP_EX_WITH_LOCAL_INV;
   if (t == IBV_QPT_RC) {
     ops |= IBV_QP_EX_WITH_SEND_WITH_INV;
     if (c->attr.max_qp_init_rd_atom) ops |= IBV_QP_EX_WITH_RDMA_READ;

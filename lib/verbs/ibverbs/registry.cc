@@ -54,6 +54,8 @@ const char* kind_name(Kind k) noexcept {
       return "QP";
     case Kind::td:
       return "TD";
+    case Kind::mw:
+      return "MW";
   }
   return "?";
 }
