@@ -297,6 +297,9 @@ struct DeviceAttr {
   uint32_t atomic_cap = 0;  // enum ibv_atomic_cap: 0 none, 1 HCA, 2 global
   uint8_t phys_port_cnt = 1;
   char fw_ver[64] = {};
+  // Memory windows (type 1 and type 2B) the device can hold; 0: none. The soft HCA's
+  // windows share the key table with the regions (max_mr counts both).
+  uint32_t max_mw = 0;
   bool xrc = false;  // XRC domains, SRQs and QPs work (IBV_DEVICE_XRC)
 };
 

@@ -358,6 +358,12 @@ int client_span_bytes(const Request& req, uint64_t* bytes);
 int map_client_memory(const Request& req, const int* fds, uint32_t nfds, Mapping* span,
                       void** host);
 uint32_t ring_entries(uint32_t at_least) noexcept;  // power of two >= max(1, at_least)
+
+// ---- rereg.cc ----
+// Cmd::rereg_mr for connection `c` with the `nfds` memfds it sent (not closed here): 0 or
+// a positive errno; on failure the region is unchanged.
+int rereg_mr(Server& srv, Conn& c, const Request& req, const int* fds, uint32_t nfds,
+             Response& resp);
 uint64_t page_size() noexcept;
 
 }  // namespace dverbs::daemon

@@ -743,7 +743,8 @@ int Session::destroy(Handle h, Kind k, bool detached) {
 int Session::dispatch(Request& req, InFds& in, Response& resp, OutFds& out) {
   if (!c_.hello && req.cmd != Cmd::hello) return invalid();
   // Unexpected fds are closed by the caller.
-  if (in.n && req.cmd != Cmd::reg_mr && req.cmd != Cmd::open_xrcd) return invalid();
+  if (in.n && req.cmd != Cmd::reg_mr && req.cmd != Cmd::rereg_mr && req.cmd != Cmd::open_xrcd)
+    return invalid();
   switch (req.cmd) {
     case Cmd::hello:
       return hello(req, resp, out);
@@ -785,6 +786,8 @@ int Session::dispatch(Request& req, InFds& in, Response& resp, OutFds& out) {
       return destroy(req.handle, Kind::mw, false);
     case Cmd::stats:
       return stats(resp);
+    case Cmd::rereg_mr:
+      return rereg_mr(srv_, c_, req, in.fd, in.n, resp);
     case Cmd::open_xrcd:
       return open_xrcd(req, in, resp);
     case Cmd::close_xrcd:

@@ -74,6 +74,12 @@ int reg_mr(Pd* pd, void* addr, uint64_t length, uint32_t access, Mr** out);
 // Registration at an iova other than the host address (EOPNOTSUPP if the driver has none).
 int reg_mr_iova(Pd* pd, void* host, uint64_t iova, uint64_t length, uint32_t access, Mr** out);
 int dereg_mr(Mr* mr);
+// ibv_rereg_mr: the region moves to `pd` (flags & rereg::pd), to the memory at `host` named
+// [iova, iova + length) (rereg::translation; host is the address itself outside dverbsd),
+// and/or takes `access` (rereg::access); lkey and rkey stay. 0, EINVAL, EBUSY (windows
+// bound), ENOMEM, EOPNOTSUPP (the driver cannot); on failure nothing changed.
+int rereg_mr(Mr* mr, uint32_t flags, Pd* pd, void* host, uint64_t iova, uint64_t length,
+             uint32_t access);
 int create_cq(Device* dev, uint32_t cqe, CompHandler comp_handler, EventHandler event_handler,
               void* cq_context, Cq** out);
 // EBUSY while QPs use it. Fence: when it returns, the CQ's completion handler does not run

@@ -74,6 +74,13 @@ struct DeviceOps {
   // Context: process context, may sleep.
   int (*attach_mcast)(Qp* qp, const Gid* gid);
   int (*detach_mcast)(Qp* qp, const Gid* gid);
+  // Re-registration in place (ibv_rereg_mr), the keys unchanged: `flags` (rereg::*) says
+  // which of the new PD, the translation (memory mapped at `host`, named `iova`, `length`
+  // bytes) and the access flags apply; the op updates the Mr's common fields. Validated
+  // completely before anything changes: on failure the region is as it was. EBUSY while
+  // windows are bound to it. Context: process context, may sleep.
+  int (*rereg_mr)(Mr* mr, uint32_t flags, Pd* pd, void* host, uint64_t iova, uint64_t length,
+                  uint32_t access);
   // XRC (the XRC annex). open_xrcd: `fd` -1 for a private domain (oflags must hold
   // O_CREAT), else the domain of the file `fd` names (its device and inode), created when
   // none exists and oflags hold O_CREAT; EINVAL when none exists without O_CREAT, or one

@@ -45,6 +45,14 @@ struct Mr {
   uint32_t access = 0;
 };
 
+// What ibv_rereg_mr changes (the values of IBV_REREG_MR_CHANGE_*).
+namespace rereg {
+constexpr uint32_t translation = 1u << 0;  // address and length
+constexpr uint32_t pd = 1u << 1;
+constexpr uint32_t access = 1u << 2;
+constexpr uint32_t all = translation | pd | access;
+}  // namespace rereg
+
 // A memory window (IBA 10.6.7): type 1 or 2; rkey changes on every bind.
 struct Mw {
   Device* device = nullptr;

@@ -140,6 +140,23 @@ int dereg_mr(Mr* mr) {
   return 0;
 }
 
+int rereg_mr(Mr* mr, uint32_t flags, Pd* pd, void* host, uint64_t iova, uint64_t length,
+             uint32_t access) {
+  might_sleep("rereg_mr");
+  if (!mr || flags == 0 || (flags & ~rereg::all)) return EINVAL;
+  if ((flags & rereg::pd) && (!pd || pd->device != mr->device)) return EINVAL;
+  if (!mr->device->ops->rereg_mr) return EOPNOTSUPP;
+  Pd* old = mr->pd;
+  Pd* now = (flags & rereg::pd) ? pd : old;
+  get(now->usecnt);  // the new PD is held from before the region can be found in it
+  if (int rc = mr->device->ops->rereg_mr(mr, flags, now, host, iova, length, access)) {
+    put(now->usecnt);
+    return rc;
+  }
+  put(old->usecnt);
+  return 0;
+}
+
 // ---- CQ ----
 
 int create_cq(Device* dev, uint32_t cqe, CompHandler comp_handler, EventHandler event_handler,

@@ -110,6 +110,10 @@ inline int check_send_wr(const Qp& qp, const SendLimits& lim, const SendWr& wr,
     if (b.bind_info.length && (!b.bind_info.mr || b.bind_info.mr->device != qp.device))
       return EINVAL;
     if (b.bind_info.addr + b.bind_info.length < b.bind_info.addr) return EINVAL;
+    // A window grants remote access only; zero-based windows are not implemented.
+    if (b.bind_info.mw_access_flags &
+        ~(access::remote_read | access::remote_write | access::remote_atomic))
+      return EINVAL;
     *length = 0;
     return 0;
   }

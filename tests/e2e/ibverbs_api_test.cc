@@ -26,11 +26,17 @@
 #include <string>
 #include <vector>
 
-#include "verbs_device.h"
+#include "verbs_rc.h"
+#include "verbs_loop.h"
 
 namespace {
 
+using verbs_e2e::open_dverbs;
+using verbs_e2e::next_async;
+using verbs_e2e::poll_one;
+
 std::string g_self;  // this executable, for the exit-without-clean-up child
+using verbs_loop::set_ipc_lock;
 
 // Two QPs of one context connected to each other through the loopback port.
 struct Pair {
@@ -80,31 +86,8 @@ struct Pair {
 
   void connect(ibv_qp* qp, uint32_t dqpn) {
     to_init(qp, IBV_QPT_RC);
-    ibv_qp_attr at{};
-    at.qp_state = IBV_QPS_RTR;
-    at.path_mtu = IBV_MTU_1024;
-    at.dest_qp_num = dqpn;
-    at.rq_psn = 100;
-    at.max_dest_rd_atomic = 1;
-    at.min_rnr_timer = 12;
-    at.ah_attr.is_global = 1;
-    at.ah_attr.grh.dgid = gid;
-    at.ah_attr.grh.hop_limit = 1;
-    at.ah_attr.port_num = 1;
-    ASSERT_EQ(ibv_modify_qp(qp, &at,
-                            IBV_QP_STATE | IBV_QP_AV | IBV_QP_PATH_MTU | IBV_QP_DEST_QPN |
-                                IBV_QP_RQ_PSN | IBV_QP_MAX_DEST_RD_ATOMIC | IBV_QP_MIN_RNR_TIMER),
-              0);
-    at.qp_state = IBV_QPS_RTS;
-    at.sq_psn = 100;
-    at.timeout = 14;
-    at.retry_cnt = 7;
-    at.rnr_retry = 7;
-    at.max_rd_atomic = 1;
-    ASSERT_EQ(ibv_modify_qp(qp, &at,
-                            IBV_QP_STATE | IBV_QP_TIMEOUT | IBV_QP_RETRY_CNT | IBV_QP_RNR_RETRY |
-                                IBV_QP_SQ_PSN | IBV_QP_MAX_QP_RD_ATOMIC),
-              0);
+    verbs_e2e::rc_to_rtr(qp, gid, dqpn);
+    verbs_e2e::rc_to_rts(qp);
   }
 
   void init_rc(bool channel = false) {
@@ -296,7 +279,7 @@ TEST(Args, BadArgumentsAndUnsupportedFeatures) {
   EXPECT_EQ(ibv_create_qp_ex(ctx, &qx), nullptr);
   EXPECT_EQ(errno, EOPNOTSUPP);
   qx.comp_mask = IBV_QP_INIT_ATTR_PD | IBV_QP_INIT_ATTR_SEND_OPS_FLAGS;
-  qx.send_ops_flags = IBV_QP_EX_WITH_BIND_MW;
+  qx.send_ops_flags = IBV_QP_EX_WITH_TSO;  // no TSO
   EXPECT_EQ(ibv_create_qp_ex(ctx, &qx), nullptr);
   EXPECT_EQ(errno, EOPNOTSUPP);
   ibv_qp_init_attr qi{};
@@ -327,15 +310,15 @@ TEST(Args, BadArgumentsAndUnsupportedFeatures) {
     EXPECT_EQ(ibv_dereg_mr(relaxed), 0);
   }
 
-  EXPECT_EQ(ibv_alloc_mw(pd, IBV_MW_TYPE_1), nullptr);
-  EXPECT_EQ(errno, EOPNOTSUPP);
+  EXPECT_EQ(ibv_alloc_mw(pd, ibv_mw_type(3)), nullptr);
+  EXPECT_EQ(errno, EINVAL);
   ibv_ah_attr ah{};
   ah.port_num = 1;
   ah.is_global = 0;  // RoCE needs a GRH
   EXPECT_EQ(ibv_create_ah(pd, &ah), nullptr);
   EXPECT_EQ(errno, EINVAL);
-  ibv_xrcd_init_attr xa{};  // neither IBV_XRCD_INIT_ATTR_FD nor _OFLAGS (verbs_xrc_test)
-  EXPECT_EQ(ibv_open_xrcd(ctx, &xa), nullptr);
+  ibv_xrcd_init_attr xa{};
+  EXPECT_EQ(ibv_open_xrcd(ctx, &xa), nullptr);  // neither _FD nor _OFLAGS (verbs_xrc_test)
   EXPECT_EQ(errno, EINVAL);
   EXPECT_EQ(ibv_destroy_cq(cq), 0);
   EXPECT_EQ(ibv_dealloc_pd(pd), 0);
@@ -343,19 +326,6 @@ TEST(Args, BadArgumentsAndUnsupportedFeatures) {
 }
 
 // ---------------------------------------------------------------- MR pinning
-// Sets CAP_IPC_LOCK in this thread's effective set (only if it is permitted); returns false
-// when that is not possible. As uverbs, dverbs holds only processes without it to the limit.
-bool set_ipc_lock(bool on) {
-  __user_cap_header_struct hdr{_LINUX_CAPABILITY_VERSION_3, 0};
-  __user_cap_data_struct d[_LINUX_CAPABILITY_U32S_3]{};
-  if (syscall(SYS_capget, &hdr, d) != 0) return false;
-  const uint32_t bit = 1u << (CAP_IPC_LOCK % 32);
-  auto& w = d[CAP_IPC_LOCK / 32];
-  if (on && !(w.permitted & bit)) return false;
-  w.effective = on ? (w.effective | bit) : (w.effective & ~bit);
-  return syscall(SYS_capset, &hdr, d) == 0;
-}
-
 bool has_ipc_lock() {
   __user_cap_header_struct hdr{_LINUX_CAPABILITY_VERSION_3, 0};
   __user_cap_data_struct d[_LINUX_CAPABILITY_U32S_3]{};
@@ -812,16 +782,6 @@ TEST(DataPath, UdListsLongerThanOneBatchAndAhFromWc) {
 
 // Waits (bounded) for the next async event of `type` on the context's fd, acknowledging
 // the others (communication established, port changes) on the way.
-bool next_async(ibv_context* ctx, ibv_event_type type, ibv_async_event* ev) {
-  for (int i = 0; i < 64; ++i) {
-    pollfd pfd{ctx->async_fd, POLLIN, 0};
-    if (poll(&pfd, 1, 20000) != 1 || ibv_get_async_event(ctx, ev) != 0) return false;
-    if (ev->event_type == type) return true;
-    ibv_ack_async_event(ev);
-  }
-  return false;
-}
-
 TEST(Events, SrqLimitAndLastWqeReachTheAsyncFd) {
   Pair p;
   p.ctx = open_dverbs();

@@ -21,9 +21,12 @@
 #include <string>
 #include <vector>
 
-#include "verbs_device.h"
+#include "verbs_rc.h"
 
 namespace {
+
+using verbs_e2e::open_dverbs;
+using verbs_e2e::poll_one;
 
 // A file for a domain: created empty, removed at the end.
 struct DomainFile {
@@ -411,6 +414,48 @@ TEST(XrcData, SendsLandInTheNamedSrqOfTheDomain) {
   EXPECT_EQ(ibv_poll_cq(c1, 1, &wc), 0);
   EXPECT_EQ(ibv_poll_cq(c2, 1, &wc), 0);
   ibv_dereg_mr(rmr);
+  ibv_dereg_mr(smr);
+}
+
+// The ibv_wr_* builder on an XRC_SEND QP: ibv_wr_set_xrc_srqn names the SRQ.
+TEST(XrcData, WrBuilderNamesTheSrq) {
+  Xrc x;
+  x.init();
+  ibv_cq* c = x.cq();
+  ibv_srq* s1 = x.srq(x.xrcd, c);
+  ibv_srq* s2 = x.srq(x.xrcd, c);
+  ibv_qp* t = x.recv_qp(x.xrcd);
+  ibv_qp_init_attr_ex a{};
+  a.qp_type = IBV_QPT_XRC_SEND;
+  a.send_cq = x.scq;
+  a.cap.max_send_wr = 4;
+  a.cap.max_send_sge = 1;
+  a.comp_mask = IBV_QP_INIT_ATTR_PD | IBV_QP_INIT_ATTR_SEND_OPS_FLAGS;
+  a.send_ops_flags = IBV_QP_EX_WITH_SEND;
+  a.pd = x.pd;
+  ibv_qp* i = Xrc::kept(x.qps, ibv_create_qp_ex(x.ctx, &a));
+  ASSERT_TRUE(s1 && s2 && t && i);
+  x.connect(i, t);
+  static char rbuf[64], sbuf[64] = "built";
+  ibv_mr* mr = ibv_reg_mr(x.pd, rbuf, sizeof rbuf, IBV_ACCESS_LOCAL_WRITE);
+  ibv_mr* smr = ibv_reg_mr(x.pd, sbuf, sizeof sbuf, 0);
+  post_srq_recv(s2, mr, rbuf, sizeof rbuf, 2);
+  ibv_qp_ex* qx = ibv_qp_to_qp_ex(i);
+  ASSERT_NE(qx, nullptr);
+  ibv_wr_start(qx);
+  qx->wr_id = 7;
+  qx->wr_flags = IBV_SEND_SIGNALED;
+  ibv_wr_send(qx);
+  ibv_wr_set_xrc_srqn(qx, srq_num(s2));
+  ibv_wr_set_sge(qx, smr->lkey, reinterpret_cast<uintptr_t>(sbuf), 6);
+  ASSERT_EQ(ibv_wr_complete(qx), 0);
+  ibv_wc wc{};
+  ASSERT_EQ(poll_one(x.scq, &wc), 1);
+  EXPECT_EQ(wc.status, IBV_WC_SUCCESS) << ibv_wc_status_str(wc.status);
+  ASSERT_EQ(poll_one(c, &wc), 1);
+  EXPECT_EQ(wc.wr_id, 2u) << "the SRQ the builder named";
+  EXPECT_STREQ(rbuf, "built");
+  ibv_dereg_mr(mr);
   ibv_dereg_mr(smr);
 }
 

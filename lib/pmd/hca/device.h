@@ -42,7 +42,9 @@ constexpr uint32_t kMaxAh = 4096;
 constexpr uint32_t kMaxXrcSrq = 1u << 14;  // XRC SRQ table slots (SRQN = gen << 14 | index)
 
 struct DeviceCounters {
-  std::atomic<uint64_t> rx_packets{0}, tx_packets{0};
+  // The sums of every QP's counters (stats.h), destroyed QPs included.
+  DVERBS_QP_EVENTS(DVERBS_DECLARE_COUNTER)
+  std::atomic<uint64_t> tx_packets{0}, tx_bytes{0};
   std::atomic<uint64_t> rx_bad_frame{0}, rx_bad_icrc{0}, rx_no_qp{0}, rx_bad_state{0};
   std::atomic<uint64_t> rx_non_roce{0};
   // Frames a NIC would not have delivered: another station's MAC, or a RoCE packet for an
@@ -92,6 +94,13 @@ class Device : public mid::Device {
   Srq* xrc_srq_lookup(uint32_t srqn) noexcept {
     Srq* s = xrc_srqs_[srqn & (kMaxXrcSrq - 1)].load(std::memory_order_acquire);
     return s && s->srq_num == srqn ? s : nullptr;
+  }
+  // Calls f(qp) for every published QP. Context: process context, ctl() held (destroy_qp
+  // unpublishes under it, so each QP stays alive until ctl() is released).
+  template <class F>
+  void for_each_qp(F&& f) {
+    for (uint32_t i = 0; i < kMaxQp; i++)
+      if (Qp* q = qps_[i].load(std::memory_order_acquire)) f(*q);
   }
 
   // Inline progress: run the engines once if no other thread is running them.

@@ -27,11 +27,14 @@ WcStatus mw_bind(Device& dev, Mr& w, Mr* region, uint32_t new_rkey, uint64_t add
                  uint32_t acc, uint32_t qpn, const mid::Pd* qp_pd) noexcept {
   (void)dev;
   const uint32_t old = w.key.load(std::memory_order_relaxed);
-  if ((new_rkey >> 8) != (old >> 8) || (new_rkey & 0xff) == 0) return WcStatus::mw_bind_err;
+  // The consumer picks the key byte, any of the 256 (ibv_inc_rkey wraps 0xff to 0); the
+  // index stays the window's, so the whole key is never 0.
+  if ((new_rkey >> 8) != (old >> 8)) return WcStatus::mw_bind_err;
   if (w.kind == Mr::kWindow2 && w.bound_to) return WcStatus::mw_bind_err;  // invalidate first
-  if (w.kind == Mr::kWindow2 && w.pd != qp_pd) return WcStatus::mw_bind_err;
-  if (acc & ~(access::remote_read | access::remote_write | access::remote_atomic |
-              access::zero_based))
+  if (w.kind == Mr::kWindow2 && w.pd != qp_pd) return WcStatus::mw_bind_err;  // C10-72
+  // A type 2 window is unbound by invalidation, never by a zero-length bind (o10-37.2.40).
+  if (w.kind == Mr::kWindow2 && len == 0) return WcStatus::mw_bind_err;
+  if (acc & ~(access::remote_read | access::remote_write | access::remote_atomic))
     return WcStatus::mw_bind_err;
   if (len) {
     if (!region || region->kind != Mr::kRegion || region->pd != w.pd ||

@@ -18,6 +18,7 @@
 #include "dverbs/types.h"
 #include "midlayer/objects.h"
 #include "pmd/hca/queue.h"
+#include "pmd/hca/stats.h"
 #include "pmd/wire/roce.h"
 
 namespace dverbs::pmd::hca {
@@ -245,11 +246,8 @@ struct Qp : mid::Qp {
   std::atomic<bool> detached{false};  // the engine no longer references the QP
   uint32_t xrc_opens = 0;  // XRC_RECV: handles opened on it (ibv_open_qp); under ctl()
 
-  // counters
-  std::atomic<uint64_t> retransmits{0};
-  std::atomic<uint64_t> rnr_naks_rcvd{0};
-  std::atomic<uint64_t> seq_naks_sent{0};
-  std::atomic<uint64_t> dup_rcvd{0};
+  // Counters (stats.h): written by the owning engine only.
+  DVERBS_QP_EVENTS(DVERBS_DECLARE_COUNTER)
 };
 
 inline Qp* to_qp(mid::Qp* q) { return static_cast<Qp*>(q); }

@@ -57,4 +57,9 @@ class QpLock {
   std::optional<mid::NonSleepingScope> scope_;
 };
 
+// The rereg_mr verb (rereg.cc): a region's PD, translation and access changed in place,
+// keys kept. Context: process context, may sleep.
+int rereg_mr(mid::Mr* m, uint32_t flags, mid::Pd* pd, void* host, uint64_t iova, uint64_t length,
+             uint32_t access);
+
 }  // namespace dverbs::pmd::hca

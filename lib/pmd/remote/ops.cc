@@ -622,6 +622,7 @@ const mid::DeviceOps kRemoteOps = {
     .reg_mr_iova = nullptr,  // the client registers at its own addresses only
     .attach_mcast = attach_mcast,
     .detach_mcast = detach_mcast,
+    .rereg_mr = rereg_mr,
     .open_xrcd = open_xrcd,
     .close_xrcd = close_xrcd,
     .open_xrc_qp = open_xrc_qp,

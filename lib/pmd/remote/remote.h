@@ -215,6 +215,11 @@ void mem_detach(Backing* b) noexcept;
 // child handler (single-threaded).
 void mem_private_after_fork() noexcept;
 
+// ---- ibv_rereg_mr (rereg.cc): the DeviceOps rereg_mr op, one Cmd::rereg_mr with the new
+// translation's memfds. Context: process context, may sleep. ----
+int rereg_mr(mid::Mr* mr, uint32_t flags, mid::Pd* pd, void* host, uint64_t iova, uint64_t length,
+             uint32_t access);
+
 // ---- fast path (post.cc). Context: any thread, never sleeps. ----
 int post_send(mid::Qp* qp, SendWr* wr, SendWr** bad_wr);
 int post_recv(mid::Qp* qp, RecvWr* wr, RecvWr** bad_wr);

@@ -62,6 +62,7 @@ enum class Cmd : uint32_t {
   stats,       // daemon-wide resource counters (tests, dverbsd --stat)
   attach_mcast,  // handle = QP, mcast.gid (ibv_attach_mcast)
   detach_mcast,
+  rereg_mr,      // handle = MR; fds: one memfd per piece with a new translation (RegMr)
   // XRC (ibv_open_xrcd): fd (optional, open_xrcd.has_fd): the file whose domain to open;
   // the daemon keys the domain by that file's device and inode (fstat of the fd it got).
   open_xrcd,
@@ -142,6 +143,16 @@ struct Request {
     struct {
       Gid gid;
     } mcast;
+    // ibv_rereg_mr: `flags` (mid::rereg) says which of pd, access and the translation
+    // (laid out as in reg_mr) apply. → Response.mr (the keys, unchanged).
+    struct {
+      uint32_t flags;
+      Handle pd;
+      uint32_t access;
+      uint64_t iova, length, page_start;
+      uint32_t npieces;
+      MrPiece pieces[kMaxPieces];
+    } rereg_mr;
     struct {
       int32_t oflags;  // O_CREAT, O_EXCL
       uint8_t has_fd;  // 1: one fd attached; 0: a private domain

@@ -36,15 +36,7 @@ ibv_mr* reg_mr(ibv_pd* pd, void* addr, size_t length, uint64_t iova, unsigned ac
   int err = 0;
   Context* c = pd_context(pd, &err);
   if (!c) return fail(err, static_cast<ibv_mr*>(nullptr));
-  access &= ~unsigned(IBV_ACCESS_OPTIONAL_RANGE);
-  if (access & IBV_ACCESS_ON_DEMAND) return fail(EOPNOTSUPP, static_cast<ibv_mr*>(nullptr));
-  if (access & IBV_ACCESS_ZERO_BASED) return fail(EOPNOTSUPP, static_cast<ibv_mr*>(nullptr));
-  if (access & ~(kAccessKnown | kAccessHugetlb)) return fail(EINVAL, static_cast<ibv_mr*>(nullptr));
-  access &= kAccessKnown;
-  // Remote write/atomic need local write (IBA 10.6.3.1).
-  if ((access & (IBV_ACCESS_REMOTE_WRITE | IBV_ACCESS_REMOTE_ATOMIC)) &&
-      !(access & IBV_ACCESS_LOCAL_WRITE))
-    return fail(EINVAL, static_cast<ibv_mr*>(nullptr));
+  if (int rc = mr_access(&access)) return fail(rc, static_cast<ibv_mr*>(nullptr));
   const uint64_t a = reinterpret_cast<uint64_t>(addr);
   if (length == 0 || a + length < a) return fail(EINVAL, static_cast<ibv_mr*>(nullptr));
   // Remote peers address the region by virtual address: an IOVA other than the address
@@ -86,7 +78,23 @@ ibv_mr* reg_mr(ibv_pd* pd, void* addr, size_t length, uint64_t iova, unsigned ac
 
 }  // namespace
 
+int mr_access(unsigned* access) noexcept {
+  unsigned acc = *access & ~unsigned(IBV_ACCESS_OPTIONAL_RANGE);
+  if (acc & IBV_ACCESS_ON_DEMAND) return EOPNOTSUPP;
+  if (acc & IBV_ACCESS_ZERO_BASED) return EOPNOTSUPP;
+  if (acc & ~(kAccessKnown | kAccessHugetlb)) return EINVAL;
+  acc &= kAccessKnown;
+  // Remote write/atomic need local write (IBA 10.6.3.1).
+  if ((acc & (IBV_ACCESS_REMOTE_WRITE | IBV_ACCESS_REMOTE_ATOMIC)) &&
+      !(acc & IBV_ACCESS_LOCAL_WRITE))
+    return EINVAL;
+  *access = acc;
+  return 0;
+}
+
 int dealloc_pd_locked(DvPd* pd) {
+  if (pd->contained) return dealloc_parent_domain_locked(pd);  // extended.cc
+  if (pd_in_use_by_domains(pd)) return EBUSY;
   if (int rc = mid::dealloc_pd(pd->m)) return rc;  // EBUSY while MRs/QPs/AHs/SRQs use it
   untrack(pd->ctx, pd, pd->pd.handle);
   delete pd;
@@ -188,13 +196,6 @@ ibv_mr* ibv_reg_dmabuf_mr(ibv_pd* pd, uint64_t, size_t, uint64_t, int, int) {
   std::lock_guard<mid::Mutex> g(g_lock());
   if (!registry_find(pd, Kind::pd)) return fail(EINVAL, static_cast<ibv_mr*>(nullptr));
   return fail(EOPNOTSUPP, static_cast<ibv_mr*>(nullptr));  // no dma-buf importer
-}
-
-int ibv_rereg_mr(ibv_mr* mr, int, ibv_pd*, void*, size_t, int) {
-  std::lock_guard<mid::Mutex> g(g_lock());
-  if (!registry_find(mr, Kind::mr)) return fail(EINVAL, int(IBV_REREG_MR_ERR_INPUT));
-  // The old MR stays valid; re-register by deregistering and registering again.
-  return fail(EOPNOTSUPP, int(IBV_REREG_MR_ERR_INPUT));
 }
 
 int ibv_dereg_mr(ibv_mr* mr) {

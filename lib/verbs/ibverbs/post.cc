@@ -5,12 +5,14 @@
 // Context: any thread, concurrently on one object, never sleeps. No lock, no allocation,
 // no handle lookup: the application's ibv_* pointer is the dverbs wrapper (first member),
 // and work requests and completions are the dverbs structs (internal.h asserts the
-// layouts). RC and UC work-request lists go to the transport as they are; UD lists are
-// copied in bounded batches on the stack only to swap each ibv_ah for its mid::Ah.
+// layouts). RC and UC work-request lists go to the transport as they are; UD lists, and
+// lists with a memory-window bind, are copied in bounded batches on the stack only to swap
+// each ibv_ah (ibv_mw, ibv_mr) for its midlayer object.
 #include <cerrno>
 #include <cstring>
 #include <mutex>
 #include <new>
+#include <utility>
 #include <vector>
 
 #include "verbs/ibverbs/internal.h"
@@ -31,32 +33,55 @@ inline mid::Ah* mid_ah(ibv_ah* ah) {
   return ah ? wrap<DvAh>(ah)->m : nullptr;
 }
 
-constexpr int kUdBatch = 16;
+constexpr int kCopyBatch = 16;
 
-int post_send_ud(DvQp* qp, ibv_send_wr* wr, ibv_send_wr** bad) {
-  SendWr batch[kUdBatch];
-  ibv_send_wr* orig[kUdBatch];
+// Sets the ibv_mw::rkey of each bind among the first `n` WRs of `orig` (posted).
+void note_binds(ibv_send_wr* const* orig, int n) {
+  for (int i = 0; i < n; i++)
+    if (orig[i]->opcode == IBV_WR_BIND_MW && orig[i]->bind_mw.mw)
+      orig[i]->bind_mw.mw->rkey = orig[i]->bind_mw.rkey;
+}
+
+// A list whose WRs name drop-in objects (UD: the ibv_ah; a bind: the ibv_mw and ibv_mr),
+// copied in stack batches with the midlayer's objects swapped in.
+int post_send_copied(DvQp* qp, ibv_send_wr* wr, ibv_send_wr** bad) {
+  SendWr batch[kCopyBatch];
+  ibv_send_wr* orig[kCopyBatch];
+  const bool ud = qp->qpx.qp_base.qp_type == IBV_QPT_UD;
   while (wr) {
     int n = 0;
-    for (; wr && n < kUdBatch; wr = wr->next, ++n) {
+    for (; wr && n < kCopyBatch; wr = wr->next, ++n) {
       std::memcpy(&batch[n], wr, sizeof(SendWr));
-      batch[n].wr.ud.ah = mid_ah(wr->wr.ud.ah);
+      if (ud) batch[n].wr.ud.ah = mid_ah(wr->wr.ud.ah);
+      if (wr->opcode == IBV_WR_BIND_MW) {
+        batch[n].bind_mw.mw = mid_mw(wr->bind_mw.mw);
+        batch[n].bind_mw.bind_info.mr = mid_mr(wr->bind_mw.bind_info.mr);
+      }
       batch[n].next = nullptr;
       if (n) batch[n - 1].next = &batch[n];
       orig[n] = wr;
     }
     SendWr* b = nullptr;
     if (int rc = mid::post_send(qp->m, batch, &b)) {
-      *bad = (b >= batch && b < batch + n) ? orig[b - batch] : orig[0];
+      const int at = (b >= batch && b < batch + n) ? int(b - batch) : 0;
+      note_binds(orig, at);
+      *bad = orig[at];
       return rc;
     }
+    note_binds(orig, n);
   }
   return 0;
 }
 
+bool has_bind(const ibv_send_wr* wr) {
+  for (; wr; wr = wr->next)
+    if (wr->opcode == IBV_WR_BIND_MW) return true;
+  return false;
+}
+
 int op_post_send(ibv_qp* q, ibv_send_wr* wr, ibv_send_wr** bad) {
   DvQp* qp = dq(q);
-  if (q->qp_type == IBV_QPT_UD) return post_send_ud(qp, wr, bad);
+  if (q->qp_type == IBV_QPT_UD || has_bind(wr)) return post_send_copied(qp, wr, bad);
   return mid::post_send(qp->m, reinterpret_cast<SendWr*>(wr), reinterpret_cast<SendWr**>(bad));
 }
 
@@ -101,6 +126,7 @@ struct WrBuilder {
   std::vector<uint32_t> sge_at;  // per WR: index of its first SGE in `sges`
   std::vector<Sge> sges;         // inline WRs: addr is an offset into `inl`
   std::vector<uint8_t> inl;
+  std::vector<std::pair<uint32_t, ibv_mw*>> binds;  // WR index → window (wr_bind_mw)
   int err = 0;
 };
 
@@ -193,15 +219,35 @@ void wr_atomic_fetch_add(ibv_qp_ex* q, uint32_t rkey, uint64_t raddr, uint64_t a
     w->wr.atomic.compare_add = add;
   }
 }
-// Memory windows, local invalidation, TSO and atomic write are not implemented.
+// A type 2 bind (mw.cc has the rules); the window's ibv_mw::rkey is set at wr_complete.
+void wr_bind_mw(ibv_qp_ex* q, ibv_mw* mw, uint32_t rkey, const ibv_mw_bind_info* info) {
+  SendWr* w = begin(q, WrOpcode::bind_mw, IBV_QP_EX_WITH_BIND_MW);
+  if (!w) return;
+  WrBuilder* b = builder(q);
+  if (!mw || !info) {
+    b->err = EINVAL;
+    return;
+  }
+  try {
+    b->binds.emplace_back(uint32_t(b->wrs.size() - 1), mw);
+  } catch (...) {
+    b->err = ENOMEM;
+    return;
+  }
+  w->bind_mw.mw = mid_mw(mw);
+  w->bind_mw.rkey = rkey;
+  w->bind_mw.bind_info.mr = mid_mr(info->mr);
+  w->bind_mw.bind_info.addr = info->addr;
+  w->bind_mw.bind_info.length = info->length;
+  w->bind_mw.bind_info.mw_access_flags = info->mw_access_flags;
+}
+void wr_local_inv(ibv_qp_ex* q, uint32_t invalidate_rkey) {
+  if (SendWr* w = begin(q, WrOpcode::local_inv, IBV_QP_EX_WITH_LOCAL_INV))
+    w->invalidate_rkey = invalidate_rkey;
+}
+// TSO and atomic write are not implemented.
 void latch_unsupported(ibv_qp_ex* q) {
   if (!builder(q)->err) builder(q)->err = EOPNOTSUPP;
-}
-void wr_bind_mw(ibv_qp_ex* q, ibv_mw*, uint32_t, const ibv_mw_bind_info*) {
-  latch_unsupported(q);
-}
-void wr_local_inv(ibv_qp_ex* q, uint32_t) {
-  latch_unsupported(q);
 }
 void wr_send_tso(ibv_qp_ex* q, void*, uint16_t, uint16_t) {
   latch_unsupported(q);
@@ -288,6 +334,7 @@ void reset(WrBuilder* b) {
   b->sge_at.clear();
   b->sges.clear();
   b->inl.clear();
+  b->binds.clear();
   b->err = 0;
 }
 
@@ -315,6 +362,10 @@ int wr_complete(ibv_qp_ex* q) {
     }
     SendWr* bad = nullptr;
     rc = mid::post_send(qp->m, b->wrs.data(), &bad);
+    // The windows of the binds that were posted answer to their new keys.
+    const size_t posted = rc && bad ? size_t(bad - b->wrs.data()) : n;
+    for (const auto& [i, mw] : b->binds)
+      if (i < posted) mw->rkey = b->wrs[i].bind_mw.rkey;
   }
   reset(b);
   b->lock.unlock();
@@ -363,7 +414,7 @@ void init_context_ops(Context* c) noexcept {
   o.post_srq_recv = op_post_srq_recv;
   o.post_send = op_post_send;
   o.post_recv = op_post_recv;
-  // alloc_mw stays null: ibv_alloc_mw then fails with EOPNOTSUPP (no memory windows).
+  init_mw_ops(c);
   verbs_context& v = c->vctx;
   v.query_port = query_port_op;
   v.query_device_ex = query_device_ex_op;
@@ -397,6 +448,7 @@ ibv_qp_ex* ibv_qp_to_qp_ex(ibv_qp* qp) {
         d->wrb->sge_at.reserve(64);
         d->wrb->sges.reserve(64);
         d->wrb->inl.reserve(4096);
+        d->wrb->binds.reserve(16);
       } catch (...) {
       }
     }

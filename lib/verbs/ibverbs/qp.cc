@@ -35,6 +35,7 @@ uint64_t supported_send_ops(const Context* c, ibv_qp_type t) {
   uint64_t ops = IBV_QP_EX_WITH_SEND | IBV_QP_EX_WITH_SEND_WITH_IMM;
   if (t == IBV_QPT_UD) return ops;
   ops |= IBV_QP_EX_WITH_RDMA_WRITE | IBV_QP_EX_WITH_RDMA_WRITE_WITH_IMM;
+  if (c->attr.max_mw) ops |= IBV_QP_EX_WITH_BIND_MW | IBV_QP_EX_WITH_LOCAL_INV;
   if (t == IBV_QPT_RC || t == IBV_QPT_XRC_SEND) {
     ops |= IBV_QP_EX_WITH_SEND_WITH_INV;
     if (c->attr.max_qp_init_rd_atom) ops |= IBV_QP_EX_WITH_RDMA_READ;
@@ -411,11 +412,13 @@ int ibv_destroy_qp(ibv_qp* qp) {
   return 0;
 }
 
-int ibv_query_qp_data_in_order(ibv_qp* qp, ibv_wr_opcode, uint32_t flags) {
-  std::lock_guard<mid::Mutex> g(g_lock());
-  if (!registry_find(qp, Kind::qp) || flags) return 0;
-  // The responder places payload in PSN order (go-back-N, no out-of-order placement).
-  return 1;
+// 0 ("not guaranteed") for every QP and opcode. Packets are placed in PSN order, but the
+// payload of one packet is copied with memcpy, whose stores do not go in address order
+// (glibc's vector copies store the tail, or the first vector, before the middle): a reader
+// that polls the last byte of a message may still see old bytes before it, so it must poll
+// the CQ. rdma-core answers 0 as well for a provider that does not know.
+int ibv_query_qp_data_in_order(ibv_qp*, ibv_wr_opcode, uint32_t) {
+  return 0;
 }
 
 ibv_srq* ibv_create_srq(ibv_pd* pd, ibv_srq_init_attr* srq_init_attr) {

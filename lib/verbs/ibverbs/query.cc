@@ -38,6 +38,10 @@ void fill_device_attr(const DeviceAttr& a, ibv_device_attr* o) {
   o->device_cap_flags = IBV_DEVICE_RC_RNR_NAK_GEN | IBV_DEVICE_CURR_QP_STATE_MOD |
                         IBV_DEVICE_SYS_IMAGE_GUID | IBV_DEVICE_PORT_ACTIVE_EVENT;
   // No IBV_DEVICE_SRQ_RESIZE: the pmd's modify_srq refuses IBV_SRQ_MAX_WR.
+  // Memory windows: type 1 and type 2B (a type 2 window serves only the QP it is bound to,
+  // and only a QP of its PD binds it: IBA 10.6.7, C10-72), as rxe reports them.
+  if (a.max_mw) o->device_cap_flags |= IBV_DEVICE_MEM_WINDOW | IBV_DEVICE_MEM_WINDOW_TYPE_2B;
+  o->max_mw = int(a.max_mw);
   if (a.xrc) o->device_cap_flags |= IBV_DEVICE_XRC;
   o->max_sge = int(a.max_sge);
   o->max_sge_rd = a.max_qp_rd_atom ? int(a.max_sge) : 0;

@@ -52,6 +52,10 @@ const char* kind_name(Kind k) noexcept {
       return "SRQ";
     case Kind::qp:
       return "QP";
+    case Kind::td:
+      return "TD";
+    case Kind::mw:
+      return "MW";
     case Kind::xrcd:
       return "XRC domain";
   }
