@@ -71,7 +71,9 @@ mid::Ah* ah_for(Conn& c, Counters& st, const ShmSendWqe& w) noexcept {
 
 // Builds the SendWr for the local copy `w`; EINVAL when the copy is not acceptable.
 int build_send(const QpObj& q, Counters& st, ShmSendWqe& w, SendWr* wr, Sge* inl) noexcept {
-  if (uint32_t(w.opcode) > uint32_t(WrOpcode::send_with_inv)) return EINVAL;
+  if (uint32_t(w.opcode) > uint32_t(WrOpcode::send_with_inv) && w.opcode != WrOpcode::flush &&
+      w.opcode != WrOpcode::atomic_write)
+    return EINVAL;
   std::memset(static_cast<void*>(wr), 0, sizeof *wr);
   wr->wr_id = w.wr_id;
   wr->opcode = w.opcode;
@@ -104,6 +106,11 @@ int build_send(const QpObj& q, Counters& st, ShmSendWqe& w, SendWr* wr, Sge* inl
   } else {
     wr->wr.rdma.remote_addr = w.remote_addr;
     wr->wr.rdma.rkey = w.rkey;
+  }
+  if (w.opcode == WrOpcode::flush) {  // the client's encoding (pmd/remote/post.cc)
+    wr->wr.flush.length = w.compare_add;
+    wr->wr.flush.type = uint8_t(w.swap);
+    wr->wr.flush.level = uint8_t(w.swap >> 8);
   }
   if (w.opcode == WrOpcode::bind_mw) {
     auto* mw = static_cast<MwObj*>(t.get(w.mw, Kind::mw));

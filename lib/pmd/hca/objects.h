@@ -82,6 +82,8 @@ struct SendWqe {
   Mr* mw_slot;        // while mw_slot still has generation mw_gen (execute_local)
   uint32_t mw_gen;
   mid::Mr* bind_mr;   // bind_mw: the region (remote_addr/length/compare_add=access)
+  uint8_t flush_type;  // FLUSH (IBA 1.5): flush::type_* and flush::level_*
+  uint8_t flush_level;
   bool is_inline;
   bool signaled;
   bool started;       // sent (or executed) at least once

@@ -365,6 +365,9 @@ int post_send(mid::Qp* q, SendWr* wr, SendWr** bad) {
       w->swap = wr->bind_mw.bind_info.mw_access_flags;
     } else if (wr->opcode == WrOpcode::local_inv) {
       w->rkey = wr->invalidate_rkey;
+    } else if (wr->opcode == WrOpcode::flush) {
+      w->flush_type = wr->wr.flush.type;
+      w->flush_level = wr->wr.flush.level;
     }
     if (qp.qp_type == QpType::ud) {
       w->ah = to_ah(wr->wr.ud.ah);

@@ -43,6 +43,10 @@ void fill_send_wqe(const Qp& qp, const SendWr& wr, daemon::ShmSendWqe* w) {
     w->remote_addr = wr.wr.rdma.remote_addr;
     w->rkey = wr.wr.rdma.rkey;
   }
+  if (wr.opcode == WrOpcode::flush) {  // IBA 1.5 FLUSH: length, type | level << 8
+    w->compare_add = wr.wr.flush.length;
+    w->swap = uint64_t(wr.wr.flush.type) | uint64_t(wr.wr.flush.level) << 8;
+  }
   if (wr.opcode == WrOpcode::bind_mw) {
     const auto& b = wr.bind_mw;
     w->remote_addr = 0;

@@ -227,7 +227,7 @@ struct ShmSendWqe {
   uint32_t inline_len;  // IBV_SEND_INLINE: bytes in inline_data
   uint32_t rkey;
   uint64_t remote_addr;
-  uint64_t compare_add, swap;
+  uint64_t compare_add, swap;  // atomics; FLUSH: its length, type | level << 8
   uint32_t ah_id;       // UD: the client's AH (kAhSlots)
   uint32_t remote_qpn, remote_qkey;
   Handle mw, bind_mr;   // bind_mw

@@ -101,6 +101,8 @@ static_assert(uint32_t(WrOpcode::send_with_inv) == IBV_WR_SEND_WITH_INV);
 static_assert(uint32_t(WrOpcode::atomic_fetch_and_add) == IBV_WR_ATOMIC_FETCH_AND_ADD);
 static_assert(uint32_t(WcOpcode::recv_rdma_with_imm) == IBV_WC_RECV_RDMA_WITH_IMM);
 static_assert(uint32_t(WcOpcode::local_inv) == IBV_WC_LOCAL_INV);
+static_assert(uint32_t(WrOpcode::atomic_write) == IBV_WR_ATOMIC_WRITE);
+static_assert(uint32_t(WcOpcode::atomic_write) == IBV_WC_ATOMIC_WRITE);
 static_assert(uint32_t(WcStatus::general_err) == IBV_WC_GENERAL_ERR);
 static_assert(uint32_t(QpState::err) == IBV_QPS_ERR);
 static_assert(uint32_t(QpType::ud) == IBV_QPT_UD && uint32_t(QpType::rc) == IBV_QPT_RC);
@@ -261,8 +263,28 @@ struct DvSrq {
 
 struct WrBuilder;
 
+// IBA 1.5 names rdma-core 44's <infiniband/verbs.h> lacks (rdma-core 45 added FLUSH, with
+// these values: verbs.h, kernel-headers/rdma/ib_user_verbs.h).
+constexpr uint32_t kWrFlush = 14;                     // IBV_WR_FLUSH
+constexpr uint32_t kWcFlush = 8;                      // IBV_WC_FLUSH
+constexpr uint32_t kAccessFlushGlobal = 1u << 8;      // IBV_ACCESS_FLUSH_GLOBAL
+constexpr uint32_t kAccessFlushPersistent = 1u << 9;  // IBV_ACCESS_FLUSH_PERSISTENT
+constexpr uint64_t kQpExWithFlush = 1u << 11;         // IBV_QP_EX_WITH_FLUSH
+constexpr uint64_t kDeviceFlushGlobal = 1ull << 38;   // IB_UVERBS_DEVICE_FLUSH_GLOBAL
+constexpr uint64_t kDeviceFlushPersistent = 1ull << 39;
+constexpr uint64_t kDeviceAtomicWrite = 1ull << 40;   // IB_UVERBS_DEVICE_ATOMIC_WRITE
+static_assert(uint32_t(WrOpcode::flush) == kWrFlush && uint32_t(WcOpcode::flush) == kWcFlush);
+static_assert(access::flush_global == kAccessFlushGlobal &&
+              access::flush_persistent == kAccessFlushPersistent);
+// ibv_qp_ex::wr_flush, the member rdma-core 45 appended after wr_atomic_write.
+using WrFlushFn = void (*)(ibv_qp_ex*, uint32_t rkey, uint64_t remote_addr, size_t len,
+                           uint8_t type, uint8_t level);
+
 struct DvQp {
   ibv_qp_ex qpx;  // first; ibv_qp is its prefix
+  // Where a program built against rdma-core >= 45 finds ibv_qp_ex::wr_flush: right after
+  // the ibv_qp_ex of rdma-core 44 (offsetof asserted in post.cc).
+  WrFlushFn wr_flush;
   mid::Qp* m;
   Context* ctx;
   DvPd* pd;
