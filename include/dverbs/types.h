@@ -321,6 +321,9 @@ struct DeviceAttr {
   uint32_t atomic_cap = 0;  // enum ibv_atomic_cap: 0 none, 1 HCA, 2 global
   uint8_t phys_port_cnt = 1;
   char fw_ver[64] = {};
+  // The clock completion timestamps count (mid::poll_cq_ts, mid::read_clock), in kHz; 0:
+  // the device stamps no completions. Appended: dverbsd's query_device reply carries it.
+  uint64_t core_clock_khz = 0;
 };
 
 enum class PortState : uint32_t { nop = 0, down = 1, init = 2, armed = 3, active = 4 };

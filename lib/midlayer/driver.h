@@ -74,6 +74,12 @@ struct DeviceOps {
   // Context: process context, may sleep.
   int (*attach_mcast)(Qp* qp, const Gid* gid);
   int (*detach_mcast)(Qp* qp, const Gid* gid);
+  // Completion timestamps (DeviceAttr::core_clock_khz): poll_cq that also returns, in
+  // ts[i], the device clock when completion i was made (its packet handled); read_clock
+  // reads that clock now. One clock for the whole device, monotonic, shared by every
+  // engine (and by dverbsd and its clients). Context: any thread, never sleeps.
+  int (*poll_cq_ts)(Cq* cq, int num_entries, Wc* wc, uint64_t* ts);
+  int (*read_clock)(Device* dev, uint64_t* raw);
 };
 
 struct DeviceRegistration;  // midlayer-private

@@ -264,6 +264,14 @@ struct CqRingHeader {
   std::atomic<uint32_t> overflow{0};  // set by the daemon when the CQ overflowed
 };
 
+// A completion as the daemon writes it into a CQ ring: the work completion, then
+// (appended) the device clock when the HCA made it (DeviceAttr::core_clock_khz ticks; the
+// TSC, which the daemon and its clients on one host share).
+struct ShmCqe {
+  Wc wc;
+  uint64_t completion_ts;
+};
+
 // The connection's event ring: daemon produces (completion and async events), client
 // consumes after reading its eventfd.
 enum class EventKind : uint32_t { comp = 1, async = 2 };

@@ -233,6 +233,19 @@ struct DvAh {
   Context* ctx;
 };
 
+// Converts the device clock of completion timestamps (raw ticks, DeviceAttr::core_clock_khz)
+// to CLOCK_REALTIME nanoseconds (clock.cc): a (raw, realtime) reference pair renewed at most
+// once a millisecond by the CQ's poller, and ticks per nanosecond measured against the
+// pair taken at creation once that is 100 ms old. Owned by one CQ (ibv_cq_ex polling is
+// serialised by the application).
+struct WallClock {
+  mid::Device* dev = nullptr;
+  uint64_t khz = 0;
+  uint64_t base_raw = 0, ref_raw = 0;
+  int64_t base_ns = 0, ref_ns = 0;
+  double ns_per_tick = 0;
+};
+
 struct DvCq {
   ibv_cq_ex cq;  // first; ibv_cq is its prefix
   mid::Cq* m;
@@ -248,8 +261,11 @@ struct DvCq {
   // ctx->async_lock.
   uint32_t comp_reported;
   uint32_t async_reported;
-  // ibv_cq_ex polling: the completion start_poll/next_poll made current.
+  // ibv_cq_ex polling: the completion start_poll/next_poll made current, and its
+  // timestamp (IBV_WC_EX_WITH_COMPLETION_TIMESTAMP[_WALLCLOCK]).
   Wc cur;
+  uint64_t cur_ts;
+  WallClock clock;  // IBV_WC_EX_WITH_COMPLETION_TIMESTAMP_WALLCLOCK only
 };
 
 struct DvSrq {
@@ -337,6 +353,18 @@ void init_context_ops(Context* ctx) noexcept;
 void init_qp_ex_ops(DvQp* qp) noexcept;
 void init_cq_ex_ops(DvCq* cq) noexcept;
 void free_wr_builder(DvQp* qp) noexcept;
+
+// Completion timestamps (clock.cc). wallclock_init takes the first reference pair
+// (process context); wallclock_refresh renews it when a millisecond old (the CQ's poller,
+// ibv_start_poll: a vDSO clock_gettime at most once a millisecond, no system call);
+// the read_* functions are the ibv_cq_ex accessors; query_rt_values_op is
+// verbs_context::query_rt_values (IBV_VALUES_MASK_RAW_CLOCK: the raw clock in tv_nsec,
+// tv_sec 0, as mlx5 reports it).
+void wallclock_init(WallClock* w, mid::Device* dev, uint64_t khz) noexcept;
+void wallclock_refresh(WallClock* w) noexcept;
+uint64_t read_completion_ts_op(ibv_cq_ex* cq);
+uint64_t read_completion_wallclock_op(ibv_cq_ex* cq);
+int query_rt_values_op(ibv_context* context, ibv_values_ex* values);
 
 // The clean-up destroy paths (close, disassociate, exit): unlike the verbs they do not
 // wait for unacknowledged events. Return 0 or the midlayer's errno (EBUSY while in use).

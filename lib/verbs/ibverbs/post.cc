@@ -407,6 +407,7 @@ void init_context_ops(Context* c) noexcept {
   v.create_cq_ex = create_cq_ex_op;
   v.create_qp_ex = create_qp_ex_op;
   v.create_srq_ex = create_srq_ex_op;
+  v.query_rt_values = query_rt_values_op;
 }
 
 }  // namespace dverbs::ibv

@@ -530,8 +530,8 @@ void ProtoTest::post(std::vector<SendWr> wrs) {
 
 size_t ProtoTest::wc_pending() {
   auto* c = pmd::hca::to_cq(cq.raw());
-  Wc wc;
-  while (c->ring.pop(&wc)) wc_buf_.push_back(wc);
+  pmd::hca::Cqe e;
+  while (c->ring.pop(&e)) wc_buf_.push_back(e.wc);
   return wc_buf_.size();
 }
 
