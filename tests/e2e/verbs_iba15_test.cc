@@ -17,7 +17,11 @@
 #include <cstring>
 #include <vector>
 
+#include "verbs_loopback.h"
+
 namespace {
+
+using verbs_loopback::open_dverbs;
 
 // rdma-core 45's names (libibverbs/verbs.h, kernel-headers/rdma/ib_user_verbs.h).
 constexpr unsigned kAccessFlushGlobal = 1u << 8;
@@ -38,17 +42,6 @@ void wr_flush(ibv_qp_ex* qx, uint32_t rkey, uint64_t addr, size_t len, uint8_t t
   Fn fn;
   std::memcpy(&fn, reinterpret_cast<const char*>(qx) + sizeof(ibv_qp_ex), sizeof fn);
   fn(qx, rkey, addr, len, type, level);
-}
-
-ibv_context* open_dverbs() {
-  int n = 0;
-  ibv_device** list = ibv_get_device_list(&n);
-  if (!list) return nullptr;
-  ibv_context* ctx = nullptr;
-  for (int i = 0; i < n; ++i)
-    if (std::strcmp(ibv_get_device_name(list[i]), "dverbs0") == 0) ctx = ibv_open_device(list[i]);
-  ibv_free_device_list(list);
-  return ctx;
 }
 
 int poll_one(ibv_cq* cq, ibv_wc* wc) {
@@ -92,38 +85,7 @@ struct Pair {
   }
 
   void connect(ibv_qp* qp, uint32_t dqpn, unsigned access) {
-    ibv_qp_attr at{};
-    at.qp_state = IBV_QPS_INIT;
-    at.port_num = 1;
-    at.qp_access_flags = access;
-    ASSERT_EQ(ibv_modify_qp(qp, &at,
-                            IBV_QP_STATE | IBV_QP_PKEY_INDEX | IBV_QP_PORT | IBV_QP_ACCESS_FLAGS),
-              0);
-    at = {};
-    at.qp_state = IBV_QPS_RTR;
-    at.path_mtu = IBV_MTU_1024;
-    at.dest_qp_num = dqpn;
-    at.rq_psn = 7;
-    at.max_dest_rd_atomic = 4;
-    at.min_rnr_timer = 12;
-    at.ah_attr.is_global = 1;
-    at.ah_attr.grh.dgid = gid;
-    at.ah_attr.grh.hop_limit = 1;
-    at.ah_attr.port_num = 1;
-    ASSERT_EQ(ibv_modify_qp(qp, &at,
-                            IBV_QP_STATE | IBV_QP_AV | IBV_QP_PATH_MTU | IBV_QP_DEST_QPN |
-                                IBV_QP_RQ_PSN | IBV_QP_MAX_DEST_RD_ATOMIC | IBV_QP_MIN_RNR_TIMER),
-              0);
-    at.qp_state = IBV_QPS_RTS;
-    at.sq_psn = 7;
-    at.timeout = 14;
-    at.retry_cnt = 7;
-    at.rnr_retry = 7;
-    at.max_rd_atomic = 4;
-    ASSERT_EQ(ibv_modify_qp(qp, &at,
-                            IBV_QP_STATE | IBV_QP_TIMEOUT | IBV_QP_RETRY_CNT | IBV_QP_RNR_RETRY |
-                                IBV_QP_SQ_PSN | IBV_QP_MAX_QP_RD_ATOMIC),
-              0);
+    verbs_loopback::connect_rc(qp, dqpn, gid, access, 4);
   }
 
   void init(unsigned b_access = IBV_ACCESS_LOCAL_WRITE | IBV_ACCESS_REMOTE_WRITE |
