@@ -236,6 +236,53 @@ TEST_F(Iba15Test, RequesterSendsBothAndCompletesOnTheirResponses) {
   expect_wc(w[1], 2, WcStatus::success, WcOpcode::flush);
 }
 
+// IBA 9.7.6.1.3: a lost response is recovered by the retransmission timer; the request goes
+// out again identical (same PSN, same 8 bytes, gathered again), and the answer to the
+// duplicate completes it once.
+TEST_F(Iba15Test, LostResponseResendsTheSameAtomicWrite) {
+  Conn c;
+  c.timeout = 1;  // 8.192 µs
+  make_qp(c);
+  word(0) = 0xa5a5a5a55a5a5a5aull;
+  SendWr aw = wr(1, WrOpcode::atomic_write, 0, 8);
+  aw.wr.rdma.remote_addr = 0x10000;
+  aw.wr.rdma.rkey = 0x4321;
+  post({aw});
+  auto first = wait_frames(1);
+  ASSERT_EQ(first.size(), 1u) << describe(first);
+  auto again = wait_frames(1);
+  ASSERT_GE(again.size(), 1u) << describe(again);
+  EXPECT_TRUE(IsPacket(again[0], op::kRc | op::kAtomicWrite, S, 8));
+  EXPECT_EQ(again[0].payload, first[0].payload);
+  h.inject(read_resp(op::kRc | op::kReadRespOnly, S, {}, 1));
+  ASSERT_EQ(wait_wcs(1), 1u);
+  expect_wc(wcs()[0], 1, WcStatus::success, WcOpcode::atomic_write);
+  EXPECT_EQ(qp.state(), QpState::rts);
+}
+
+// IBA 9.7.5.1.3: an ACK beyond a FLUSH whose response did not come implies a NAK: the FLUSH
+// is sent again and completes only on its own response.
+TEST_F(Iba15Test, AckBeyondFlushIsAnImpliedNak) {
+  make_qp({});
+  SendWr fl = wr(2, WrOpcode::flush, 0, 0);
+  fl.num_sge = 0;
+  fl.wr.flush.remote_addr = 0x20000;
+  fl.wr.flush.rkey = 0x4322;
+  fl.wr.flush.type = flush::type_global;
+  fl.wr.flush.level = flush::level_mr;
+  post({fl, wr(3, WrOpcode::send, 0, 16)});
+  ASSERT_EQ(wait_frames(2).size(), 2u);
+  auto sent = exchange(ack(S + 1, 2));
+  ASSERT_GE(sent.size(), 1u) << describe(sent);
+  EXPECT_TRUE(IsPacket(sent[0], op::kRc | op::kFlush, S, 0));
+  EXPECT_EQ(wc_pending(), 0u);
+  h.inject({read_resp(op::kRc | op::kReadRespOnly, S, {}, 1), ack(S + 1, 2)});
+  ASSERT_EQ(wait_wcs(2), 2u);
+  auto w = wcs();
+  expect_wc(w[0], 2, WcStatus::success, WcOpcode::flush);
+  expect_wc(w[1], 3, WcStatus::success, WcOpcode::send);
+}
+
 // A READ RESPONSE with payload is no answer to an ATOMIC WRITE: bad response.
 TEST_F(Iba15Test, ResponseWithPayloadToAtomicWriteIsBadResponse) {
   make_qp({});
