@@ -112,15 +112,20 @@ RespStep check_flush(Device& dev, Qp& qp, const wire::Packet& pkt) {
   const uint32_t acc = flush_access(type);
   if ((qp.attr.qp_access_flags & acc) != acc) return RespStep::nak_remote_access;
   const wire::Reth& reth = *pkt.reth;
-  Mr* mr = dev.mr_lookup(reth.r_key());
+  uint64_t va = reth.vaddr(), len = reth.length();
   if (level == flush::level_mr) {
-    // The whole region: only the key, its PD and its rights (rxe skips the range).
-    if (!mr || mr->pd != qp.pd || (mr->access & acc) != acc) return RespStep::nak_remote_access;
-    return RespStep::check_resources;
+    // The whole region (or the window's bound range): the RETH's range is not looked at
+    // (rxe skips it); the key, its PD, its binding and its rights are.
+    const Mr* m = dev.mr_lookup(reth.r_key());
+    if (!m) return RespStep::nak_remote_access;
+    va = m->addr;
+    len = m->length;
+  } else if (len > (1u << 31)) {
+    return RespStep::nak_invalid_request;
   }
-  if (reth.length() > (1u << 31)) return RespStep::nak_invalid_request;
-  mr = mr_get_remote(dev, reth.r_key(), qp.pd, qp.qp_num, reth.vaddr(), reth.length(), acc);
-  return mr ? RespStep::check_resources : RespStep::nak_remote_access;
+  return mr_get_remote(dev, reth.r_key(), qp.pd, qp.qp_num, va, len, acc)
+             ? RespStep::check_resources
+             : RespStep::nak_remote_access;
 }
 
 }  // namespace
