@@ -15,7 +15,8 @@
 //          check_psn: older → duplicate (ACK again, or replay a READ/atomic) → done
 //                     newer → nak_psn_seq_error (once per gap) → done
 //                     expected while a fatal NAK is owed → done
-//          check_rkey for a RETH or AtomicETH (WRITE FIRST/ONLY, READ, atomic);
+//          check_rkey for a RETH or AtomicETH (WRITE FIRST/ONLY, READ, atomic; ATOMIC
+//            WRITE and FLUSH in iba15.cc, answered like a READ from a responder resource);
 //          check_placement for a WRITE packet
 //          a check or execute that fails → nak_rnr | nak_invalid_request |
 //            nak_remote_access | nak_remote_access_reported | nak_remote_op_error → done
