@@ -44,6 +44,8 @@ enum class WrOpcode : uint32_t {
   local_inv = 7,
   bind_mw = 8,
   send_with_inv = 9,
+  flush = 14,         // IBA 1.5 RDMA FLUSH (ibv_wr_flush)
+  atomic_write = 15,  // IBA 1.5 RDMA ATOMIC WRITE (ibv_wr_atomic_write)
 };
 
 enum class WcOpcode : uint32_t {
@@ -54,6 +56,8 @@ enum class WcOpcode : uint32_t {
   fetch_add = 4,
   bind_mw = 5,
   local_inv = 6,
+  flush = 8,
+  atomic_write = 9,
   recv = 128,
   recv_rdma_with_imm = 129,
 };
@@ -102,8 +106,24 @@ constexpr uint32_t remote_read = 1u << 2;
 constexpr uint32_t remote_atomic = 1u << 3;
 constexpr uint32_t mw_bind = 1u << 4;
 constexpr uint32_t zero_based = 1u << 5;
-constexpr uint32_t supported = local_write | remote_write | remote_read | remote_atomic | mw_bind;
+constexpr uint32_t flush_global = 1u << 8;      // IBV_ACCESS_FLUSH_GLOBAL (IBA 1.5 FLUSH)
+constexpr uint32_t flush_persistent = 1u << 9;  // IBV_ACCESS_FLUSH_PERSISTENT
+// What a memory region may be registered with. FLUSH_PERSISTENT is not among them: no
+// dverbs memory is persistent (Linux rxe refuses it on non-pmem pages the same way).
+constexpr uint32_t supported =
+    local_write | remote_write | remote_read | remote_atomic | mw_bind | flush_global;
+// What a QP's qp_access_flags may hold: the flush permissions are checked there too (rxe).
+constexpr uint32_t qp_supported = local_write | remote_write | remote_read | remote_atomic |
+                                  mw_bind | flush_global | flush_persistent;
 }  // namespace access
+
+// IBV_FLUSH_* placement types (a mask) and selectivity levels of an RDMA FLUSH (IBA 1.5).
+namespace flush {
+constexpr uint8_t type_global = 1u << 0;
+constexpr uint8_t type_persistent = 1u << 1;
+constexpr uint8_t level_range = 0;
+constexpr uint8_t level_mr = 1;
+}  // namespace flush
 
 // IBV_WC_* flags.
 namespace wc_flags {
@@ -172,6 +192,16 @@ struct SendWr {
       uint32_t remote_qpn;
       uint32_t remote_qkey;
     } ud;
+    // dverbs' own: ibv_send_wr has no FLUSH fields. remote_addr and rkey sit where
+    // wr.rdma has them; type and level take its padding (zero in a zeroed ibv_send_wr,
+    // which the check then refuses), length wr.atomic.swap's place. ibv_wr_flush fills it.
+    struct {
+      uint64_t remote_addr;
+      uint32_t rkey;
+      uint8_t type;   // flush::type_*
+      uint8_t level;  // flush::level_*
+      uint64_t length;
+    } flush;
   } wr;
   union {
     struct {
@@ -300,6 +330,9 @@ struct DeviceAttr {
   // Memory windows (type 1 and type 2B) the device can hold; 0: none. The soft HCA's
   // windows share the key table with the regions (max_mr counts both).
   uint32_t max_mw = 0;
+  // The clock completion timestamps count (mid::poll_cq_ts, mid::read_clock), in kHz; 0:
+  // the device stamps no completions. Appended: dverbsd's query_device reply carries it.
+  uint64_t core_clock_khz = 0;
   bool xrc = false;  // XRC domains, SRQs and QPs work (IBV_DEVICE_XRC)
 };
 

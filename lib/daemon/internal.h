@@ -84,7 +84,7 @@ struct CqObj {
   mid::Cq* cq = nullptr;
   Mapping map;
   CqRingHeader* hdr = nullptr;
-  Wc* ring = nullptr;
+  ShmCqe* ring = nullptr;
   uint32_t n = 0;  // ring entries (power of two)
   // Doorbell thread only:
   uint32_t prod = 0;

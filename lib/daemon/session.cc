@@ -328,7 +328,7 @@ int Session::create_cq(const Request& req, Response& resp, OutFds& out) {
   }
   const uint32_t granted = o->cq->cqe < (1u << 22) ? o->cq->cqe : (1u << 22);
   o->n = ring_entries(2 * granted);
-  int fd = make_ring("dverbs-cq", kRingHeaderBytes + uint64_t(o->n) * sizeof(Wc), &o->map);
+  int fd = make_ring("dverbs-cq", kRingHeaderBytes + uint64_t(o->n) * sizeof(ShmCqe), &o->map);
   if (fd < 0) {
     mid::destroy_cq(o->cq);
     delete o;
@@ -336,7 +336,7 @@ int Session::create_cq(const Request& req, Response& resp, OutFds& out) {
     return -fd;
   }
   o->hdr = new (o->map.base) CqRingHeader();
-  o->ring = at<Wc>(o->map.base, kRingHeaderBytes);
+  o->ring = at<ShmCqe>(o->map.base, kRingHeaderBytes);
   srv_.db_edit([o](DbSet& s) { s.cqs.push_back(o); });
   c_.table.publish(h, Kind::cq, o);
   created(Kind::cq, res);

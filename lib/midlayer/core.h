@@ -146,6 +146,17 @@ inline int poll_cq(Cq* cq, int num_entries, Wc* wc) noexcept {
   NonSleepingScope scope("poll_cq");
   return cq->device->ops->poll_cq(cq, num_entries, wc);
 }
+// poll_cq with each completion's timestamp (DeviceAttr::core_clock_khz ticks) in ts[i];
+// -EOPNOTSUPP where the device stamps none. The device's clock now: read_clock.
+inline int poll_cq_ts(Cq* cq, int num_entries, Wc* wc, uint64_t* ts) noexcept {
+  NonSleepingScope scope("poll_cq");
+  if (!cq->device->ops->poll_cq_ts) return -EOPNOTSUPP;
+  return cq->device->ops->poll_cq_ts(cq, num_entries, wc, ts);
+}
+inline int read_clock(Device* dev, uint64_t* raw) noexcept {
+  if (!dev->ops->read_clock) return EOPNOTSUPP;
+  return dev->ops->read_clock(dev, raw);
+}
 // Arms the CQ: the next completion (or next solicited one) raises one completion event.
 // Also callable from inside the CQ's own completion handler.
 inline int req_notify_cq(Cq* cq, bool solicited_only) noexcept {

@@ -81,6 +81,12 @@ struct DeviceOps {
   // windows are bound to it. Context: process context, may sleep.
   int (*rereg_mr)(Mr* mr, uint32_t flags, Pd* pd, void* host, uint64_t iova, uint64_t length,
                   uint32_t access);
+  // Completion timestamps (DeviceAttr::core_clock_khz): poll_cq that also returns, in
+  // ts[i], the device clock when completion i was made (its packet handled); read_clock
+  // reads that clock now. One clock for the whole device, monotonic, shared by every
+  // engine (and by dverbsd and its clients). Context: any thread, never sleeps.
+  int (*poll_cq_ts)(Cq* cq, int num_entries, Wc* wc, uint64_t* ts);
+  int (*read_clock)(Device* dev, uint64_t* raw);
   // XRC (the XRC annex). open_xrcd: `fd` -1 for a private domain (oflags must hold
   // O_CREAT), else the domain of the file `fd` names (its device and inode), created when
   // none exists and oflags hold O_CREAT; EINVAL when none exists without O_CREAT, or one

@@ -24,7 +24,10 @@ constexpr uint64_t kMaxMessage = 1ull << 31;  // the largest message (ibv max_ms
 // Context: any, never sleeps.
 constexpr bool opcode_allowed(QpType t, WrOpcode op) noexcept {
   if (t == QpType::xrc_recv) return false;
-  if (t == QpType::xrc_send) t = QpType::rc;
+  if (t == QpType::xrc_send) {
+    if (op == WrOpcode::atomic_write || op == WrOpcode::flush) return false;  // RC's only
+    t = QpType::rc;
+  }
   switch (op) {
     case WrOpcode::send:
     case WrOpcode::send_with_imm:
@@ -36,6 +39,8 @@ constexpr bool opcode_allowed(QpType t, WrOpcode op) noexcept {
     case WrOpcode::rdma_read:
     case WrOpcode::atomic_cmp_and_swp:
     case WrOpcode::atomic_fetch_and_add:
+    case WrOpcode::atomic_write:  // IBA 1.5: RC only, as rxe
+    case WrOpcode::flush:
       return t == QpType::rc;
     case WrOpcode::bind_mw:
     case WrOpcode::local_inv:
@@ -67,9 +72,25 @@ constexpr WcOpcode wc_opcode(WrOpcode op) noexcept {
       return WcOpcode::local_inv;
     case WrOpcode::bind_mw:
       return WcOpcode::bind_mw;
+    case WrOpcode::atomic_write:
+      return WcOpcode::atomic_write;
+    case WrOpcode::flush:
+      return WcOpcode::flush;
     default:
       return WcOpcode::send;
   }
+}
+
+// An RDMA FLUSH (IBA 1.5, ibv_wr_flush): a placement type mask of global and/or
+// persistent, a level of range or whole region, no local buffer, not inline; a range of at
+// most one message (a whole-region FLUSH ignores the length). Whether the remote memory
+// can be flushed so is the responder's to say (IBV_WC_REM_ACCESS_ERR). Context: any.
+constexpr bool flush_wr_ok(const SendWr& wr) noexcept {
+  const auto& f = wr.wr.flush;
+  constexpr uint8_t kTypes = flush::type_global | flush::type_persistent;
+  return f.type != 0 && !(f.type & ~kTypes) && f.level <= flush::level_mr && wr.num_sge == 0 &&
+         !(wr.send_flags & send_flags::inline_data) &&
+         (f.level == flush::level_mr || f.length <= kMaxMessage);
 }
 
 // What a QP lets a send WR carry: its granted capabilities, read once per post_send.
@@ -103,6 +124,13 @@ inline int check_send_wr(const Qp& qp, const SendLimits& lim, const SendWr& wr,
   if (inl && (wr.opcode == WrOpcode::rdma_read || is_atomic(wr.opcode))) return EINVAL;
   // An atomic returns the 8-byte original value into exactly one 8-byte SGE (IBA 10.8.3.4).
   if (is_atomic(wr.opcode) && (wr.num_sge != 1 || len != 8)) return EINVAL;
+  // An RDMA ATOMIC WRITE carries exactly 8 bytes, from SGEs or inline (IBA 1.5).
+  if (wr.opcode == WrOpcode::atomic_write && len != 8) return EINVAL;
+  if (wr.opcode == WrOpcode::flush) {
+    if (!flush_wr_ok(wr)) return EINVAL;
+    *length = wr.wr.flush.level == flush::level_mr ? 0 : uint32_t(wr.wr.flush.length);
+    return 0;
+  }
   if (wr.opcode == WrOpcode::bind_mw) {
     // Type 1 windows are bound with ibv_bind_mw, type 2 with this WR; both arrive here.
     const auto& b = wr.bind_mw;

@@ -12,6 +12,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "pmd/wire/roce.h"
@@ -123,9 +124,27 @@ void rx_structured() {
     std::snprintf(name, sizeof name, "cve-opcode-%02x", opc);
     save("rx", name, In(S).add(r, pattern(8, opc)).bytes());
   }
+  // --- IBA 1.5 ATOMIC WRITE and FLUSH (FETH type and level from swap_add's low bytes) ---
+  {
+    save("rx", "iba15-atomic-write",
+         In(S).add(reth(RC | op::kAtomicWrite, kQpB, kKeyB, kVaB, 8, 8), pattern(8, 5)).bytes());
+    save("rx", "iba15-atomic-write-unaligned",
+         In(S).add(reth(RC | op::kAtomicWrite, kQpB, kKeyB, kVaB, 4, 8), pattern(8, 6)).bytes());
+    save("rx", "iba15-atomic-write-long",
+         In(S).add(reth(RC | op::kAtomicWrite, kQpB, kKeyB, kVaB, 8, 16), pattern(16, 7)).bytes());
+    for (auto [name, type_level] : {std::pair<const char*, uint64_t>{"iba15-flush-global-range", 1},
+                                    {"iba15-flush-global-mr", 1 | 1 << 8},
+                                    {"iba15-flush-persistent", 2},
+                                    {"iba15-flush-no-type", 0},
+                                    {"iba15-flush-bad-level", 1 | 3 << 8}}) {
+      Rec r = reth(RC | op::kFlush, kQpB, kKeyB, kVaB, 0, 4096);
+      r.swap_add = type_level;
+      save("rx", name, In(S).add(r).bytes());
+    }
+  }
   // --- CVE class: zero-length atomic write / zero-length RDMA that must not touch memory ---
   {
-    // RC ATOMIC WRITE (IBA 1.5, opcode 0x1d), not supported: dropped.
+    // RC ATOMIC WRITE (IBA 1.5, opcode 0x1d) announcing 0 bytes: an invalid request.
     save("rx", "cve-atomic-write-zero-len",
          In(S).add(reth(RC | 0x1d, kQpB, kKeyRaw, kVaZero, 0x1000, 0), pattern(8, 9)).bytes());
     // Zero-length WRITE with a bogus rkey and address: no access, no check needed.

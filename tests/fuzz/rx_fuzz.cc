@@ -512,6 +512,10 @@ std::vector<uint8_t> build(World& w, const rx::Rec& r, const uint8_t* payload, s
   if (fl & kDeth)
     wire::write_deth(ext + wire::ext_offset(fl, kDeth), r.raw ? r.raw : kQkey, w.a.qp_num());
   if (fl & kXrceth) wire::write_xrceth(ext + wire::ext_offset(fl, kXrceth), w.xrc_srqn(r));
+  // FETH (IBA 1.5 FLUSH): placement type and selectivity level from swap_add's low bytes.
+  if (fl & kFeth)
+    wire::write_feth(ext + wire::ext_offset(fl, kFeth), uint8_t(r.swap_add),
+                     uint8_t(r.swap_add >> 8));
   if (fl & kReth) wire::write_reth(ext + wire::ext_offset(fl, kReth), va, key, r.dma_len);
   if (fl & kAtomicEth)
     wire::write_atomic_eth(ext + wire::ext_offset(fl, kAtomicEth), va, key, r.swap_add, r.compare);

@@ -1,5 +1,7 @@
 // Completion queues: engines push, any thread polls (MPMC ring), and an armed CQ raises
 // one completion event through the midlayer (never calling the consumer itself).
+#include <rte_cycles.h>
+
 #include "midlayer/driver.h"
 #include "pmd/hca/device.h"
 #include "pmd/hca/engine.h"
@@ -7,7 +9,9 @@
 namespace dverbs::pmd::hca {
 
 void cq_push(Cq& cq, const Wc& wc, bool solicited) noexcept {
-  if (!cq.ring.push(wc)) [[unlikely]] {
+  // The completion timestamp: the TSC, one clock every lcore shares (an instruction, no
+  // system call), read where the packet that completes the work request is handled.
+  if (!cq.ring.push(Cqe{wc, rte_rdtsc()})) [[unlikely]] {
     // CQ overrun (IBA 11.4.2.1, C11-34): an affiliated asynchronous error; the completion
     // is lost, the consumer learns it from IBV_EVENT_CQ_ERR.
     if (cq.overflows.fetch_add(1, std::memory_order_relaxed) == 0) {

@@ -209,10 +209,32 @@ void resp_send_held(Engine& e, Qp& qp) noexcept;
 // Context: owner engine, qp->lock held.
 int resp_tx_step(Engine& e, Qp& qp, int budget) noexcept;
 
+// The operations a responder answers with a response of their own, from a responder
+// resource: READ, the two atomics and the IBA 1.5 ATOMIC WRITE and FLUSH. They take
+// max_rd_atomic credits, wait behind a fence, and complete only on their response (an ACK
+// beyond one is an implied NAK).
 inline bool is_rd_atomic(WrOpcode op) {
   return op == WrOpcode::rdma_read || op == WrOpcode::atomic_cmp_and_swp ||
-         op == WrOpcode::atomic_fetch_and_add;
+         op == WrOpcode::atomic_fetch_and_add || op == WrOpcode::atomic_write ||
+         op == WrOpcode::flush;
 }
+// IBA 1.5's two (iba15.cc): answered by a zero-length READ RESPONSE ONLY.
+inline bool is_iba15(WrOpcode op) {
+  return op == WrOpcode::atomic_write || op == WrOpcode::flush;
+}
+
+// ---- RDMA ATOMIC WRITE and RDMA FLUSH (iba15.cc)
+// Sends the one request packet of ATOMIC WRITE or FLUSH WQE `w`. False when it cannot
+// leave now (neighbour, mbufs) or the WQE failed (the QP is then in ERR: a local
+// protection error gathering the 8 bytes). Context: owner engine, qp.lock held.
+bool iba15_send_request(Engine& e, Qp& qp, SendWqe& w) noexcept;
+// The responder's check of a new ATOMIC WRITE or FLUSH (access of the QP and the R_Key,
+// bounds, alignment, length, FETH): check_resources, or the NAK step. For an ATOMIC
+// WRITE *mr is the region to write. Context: owner engine, qp.lock held.
+RespStep iba15_check_rkey(Engine& e, Qp& qp, const wire::Packet& pkt, Mr** mr) noexcept;
+// Executes a checked ATOMIC WRITE or FLUSH and fills the responder resource its
+// zero-length READ RESPONSE is answered (and replayed) from. Context: owner engine.
+void iba15_execute(const wire::Packet& pkt, Mr* mr, RespResource* r) noexcept;
 
 // Completer (comp.cc): handles one response packet (ACK, NAK, READ response, atomic ACK).
 // Context: owner engine, qp->lock held.

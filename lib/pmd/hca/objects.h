@@ -56,9 +56,16 @@ struct Ah : mid::Ah {
   std::atomic<bool> live{false};  // created and not destroyed: a second destroy is EINVAL
 };
 
+// A completion and the TSC (rte_rdtsc) when it was made: the RX burst's packet handling
+// for a receive, the ACK or response that completed a send (cq_push).
+struct Cqe {
+  Wc wc;
+  uint64_t ts;
+};
+
 // One completion queue: a bounded MPMC ring of work completions.
 struct Cq : mid::Cq {
-  MpmcQueue<Wc> ring;
+  MpmcQueue<Cqe> ring;
   // Notification state (req_notify_cq): 0 = not armed, 1 = solicited only, 2 = next.
   std::atomic<uint32_t> armed{0};
   std::atomic<uint64_t> overflows{0};
@@ -84,6 +91,8 @@ struct SendWqe {
   Mr* mw_slot;        // while mw_slot still has generation mw_gen (execute_local)
   uint32_t mw_gen;
   mid::Mr* bind_mr;   // bind_mw: the region (remote_addr/length/compare_add=access)
+  uint8_t flush_type;  // FLUSH (IBA 1.5): flush::type_* and flush::level_*
+  uint8_t flush_level;
   bool is_inline;
   bool signaled;
   bool started;       // sent (or executed) at least once

@@ -11,6 +11,8 @@
 #include <mutex>
 #include <new>
 
+#include <rte_cycles.h>
+
 #include "base/copy.h"
 #include "midlayer/driver.h"
 #include "pmd/hca/device.h"
@@ -89,6 +91,7 @@ int query_device(mid::Device* d, DeviceAttr* a) {
   a->xrc = true;
   a->phys_port_cnt = 1;
   std::snprintf(a->fw_ver, sizeof a->fw_ver, "dverbs-0.1");
+  a->core_clock_khz = rte_get_tsc_hz() / 1000;  // completion timestamps count TSC ticks
   return 0;
 }
 
@@ -223,8 +226,27 @@ int poll_cq(mid::Cq* c, int n, Wc* wc) {
   if (n < 0) return -EINVAL;
   cq->hca->progress();
   int i = 0;
-  while (i < n && cq->ring.pop(&wc[i])) i++;
+  Cqe e;
+  for (; i < n && cq->ring.pop(&e); i++) wc[i] = e.wc;
   return i;
+}
+
+int poll_cq_ts(mid::Cq* c, int n, Wc* wc, uint64_t* ts) {
+  Cq* cq = to_cq(c);
+  if (n < 0) return -EINVAL;
+  cq->hca->progress();
+  int i = 0;
+  Cqe e;
+  for (; i < n && cq->ring.pop(&e); i++) {
+    wc[i] = e.wc;
+    ts[i] = e.ts;
+  }
+  return i;
+}
+
+int read_clock(mid::Device*, uint64_t* raw) {
+  *raw = rte_rdtsc();
+  return 0;
 }
 
 int req_notify_cq(mid::Cq* c, bool solicited_only) {
@@ -382,6 +404,9 @@ int post_send(mid::Qp* q, SendWr* wr, SendWr** bad) {
       w->swap = wr->bind_mw.bind_info.mw_access_flags;
     } else if (wr->opcode == WrOpcode::local_inv) {
       w->rkey = wr->invalidate_rkey;
+    } else if (wr->opcode == WrOpcode::flush) {
+      w->flush_type = wr->wr.flush.type;
+      w->flush_level = wr->wr.flush.level;
     }
     w->xrc_srqn = wr->qp_type.xrc.remote_srqn;  // read by XRC_SEND QPs only
     if (qp.qp_type == QpType::ud) {
@@ -631,6 +656,8 @@ const mid::DeviceOps kHcaOps = {
     .attach_mcast = attach_mcast,
     .detach_mcast = detach_mcast,
     .rereg_mr = rereg_mr,
+    .poll_cq_ts = poll_cq_ts,
+    .read_clock = read_clock,
     .open_xrcd = open_xrcd,
     .close_xrcd = close_xrcd,
     .open_xrc_qp = open_xrc_qp,

@@ -86,8 +86,7 @@ int check_attr(Device& dev, const Qp& qp, const QpAttr& a, uint32_t mask) {
   if ((mask & m::port) && a.port_num != 1) return EINVAL;
   if ((mask & m::pkey_index) && a.pkey_index != 0) return EINVAL;
   if ((mask & m::access_flags) &&
-      (a.qp_access_flags & ~(access::local_write | access::remote_write | access::remote_read |
-                             access::remote_atomic | access::mw_bind)))
+      (a.qp_access_flags & ~access::qp_supported))
     return EINVAL;
   if (mask & m::path_mtu) {
     uint32_t v = uint32_t(a.path_mtu);

@@ -281,9 +281,9 @@ bool start_wqe(Qp& qp, SendWqe& w) {
   if ((w.send_flags & send_flags::fence) && r.rd_inflight > 0) return false;
   if (rd && r.rd_inflight >= (qp.attr.max_rd_atomic ? qp.attr.max_rd_atomic : 1u)) return false;
   w.first_psn = r.psn;
-  // A READ consumes one PSN per response packet; an atomic one.
-  w.npkts = w.length == 0 || w.opcode == WrOpcode::atomic_cmp_and_swp ||
-                    w.opcode == WrOpcode::atomic_fetch_and_add
+  // A SEND or WRITE takes one PSN per packet, a READ one per response packet; an atomic,
+  // ATOMIC WRITE or FLUSH one (a FLUSH's length is the remote range's, not a payload's).
+  w.npkts = w.length == 0 || (rd && w.opcode != WrOpcode::rdma_read)
                 ? 1
                 : (w.length + qp.mtu - 1) / qp.mtu;
   w.done = false;
@@ -298,11 +298,14 @@ void psn_sent(Requester& r, uint32_t next) {
   if (wire::psn_diff(r.psn, r.max_psn) > 0) r.max_psn = r.psn;
 }
 
-// A READ or atomic request: one packet for all the PSNs of its responses.
+// A READ, atomic, ATOMIC WRITE or FLUSH request: one packet for all the PSNs of its
+// responses.
 Turn send_rd_atomic(Engine& e, Qp& qp, SendWqe& w) {
   Requester& r = qp.req;
   bool ok = w.opcode == WrOpcode::rdma_read ? send_read_request(e, qp, w, r.next_pkt)
+            : is_iba15(w.opcode)            ? iba15_send_request(e, qp, w)
                                             : send_atomic_request(e, qp, w);
+  if (!ok && qp.state.load(std::memory_order_relaxed) == QpState::err) return Turn::failed;
   if (r.timer_deadline == 0) req_arm_timer(e, qp);
   if (!ok) return Turn::blocked;
   psn_sent(r, wire::psn_add(w.first_psn, w.npkts));

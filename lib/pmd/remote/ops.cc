@@ -125,6 +125,18 @@ int take_one_fd(const int* fds, int n, int* fd) {
 }
 
 // ---------------------------------------------------------------- device and port
+// The daemon stamps completions with the TSC (DeviceAttr::core_clock_khz): one counter for
+// every process of the host, so the client reads the same clock itself, without a command.
+int read_clock(mid::Device*, uint64_t* raw) {
+#if defined(__x86_64__)
+  *raw = __builtin_ia32_rdtsc();
+  return 0;
+#else
+  (void)raw;
+  return EOPNOTSUPP;
+#endif
+}
+
 int query_device(mid::Device* d, DeviceAttr* a) {
   Device& dev = rdev(d);
   {
@@ -139,6 +151,9 @@ int query_device(mid::Device* d, DeviceAttr* a) {
   if (int rc = dev.command(req, &resp)) return rc;
   DeviceAttr got = resp.device;
   got.fw_ver[sizeof got.fw_ver - 1] = '\0';
+#if !defined(__x86_64__)
+  got.core_clock_khz = 0;  // read_clock reads the daemon's clock (the TSC) on x86-64 only
+#endif
   std::lock_guard<mid::Mutex> g(dev.attr_lock);
   dev.attr = got;
   dev.have_attr = true;
@@ -279,7 +294,8 @@ int create_cq(mid::Device* d, uint32_t cqe, mid::Cq** out) {
   int rc = take_one_fd(fds, nfds, &fd);
   if (rc == 0) {
     if (!pow2(r.ring_entries) || r.cqe == 0 || r.cqe > r.ring_entries ||
-        r.ring_bytes < daemon::kRingHeaderBytes + uint64_t(r.ring_entries) * sizeof(Wc)) {
+        r.ring_bytes <
+            daemon::kRingHeaderBytes + uint64_t(r.ring_entries) * sizeof(daemon::ShmCqe)) {
       ::close(fd);
       rc = EPROTO;
     } else {
@@ -294,7 +310,7 @@ int create_cq(mid::Device* d, uint32_t cqe, mid::Cq** out) {
   auto* base = static_cast<uint8_t*>(cq->map.base);
   cq->handle = resp.handle;
   cq->hdr = reinterpret_cast<daemon::CqRingHeader*>(base);
-  cq->ring = reinterpret_cast<Wc*>(base + daemon::kRingHeaderBytes);
+  cq->ring = reinterpret_cast<daemon::ShmCqe*>(base + daemon::kRingHeaderBytes);
   cq->mask = r.ring_entries - 1;
   cq->cons = cq->hdr->cons.v.load(std::memory_order_relaxed);
   cq->cqe = r.cqe;
@@ -623,6 +639,8 @@ const mid::DeviceOps kRemoteOps = {
     .attach_mcast = attach_mcast,
     .detach_mcast = detach_mcast,
     .rereg_mr = rereg_mr,
+    .poll_cq_ts = poll_cq_ts,
+    .read_clock = read_clock,
     .open_xrcd = open_xrcd,
     .close_xrcd = close_xrcd,
     .open_xrc_qp = open_xrc_qp,

@@ -20,6 +20,7 @@ constexpr uint8_t ext_len_of(uint32_t f) {
   if (f & opf::kAtomicEth) n += kAtomicEthLen;
   if (f & opf::kAtomicAckEth) n += kAtomicAckEthLen;
   if (f & opf::kXrceth) n += kXrcethLen;
+  if (f & opf::kFeth) n += kFethLen;
   return uint8_t(n);
 }
 
@@ -74,9 +75,15 @@ constexpr Entry kConnected[] = {
     {op::kFetchAdd, "RC_FETCH_ADD", nullptr, kValid | kRequest | kAtomic | kO | kAtomicEth},
     {op::kSendLastInv, "RC_SEND_LAST_WITH_INVALIDATE", nullptr, kSendReq | kL | kIeth},
     {op::kSendOnlyInv, "RC_SEND_ONLY_WITH_INVALIDATE", nullptr, kSendReq | kO | kIeth},
+    // IBA 1.5: one packet each, answered by a zero-length READ RESPONSE ONLY (rxe's
+    // layout: FLUSH is BTH FETH RETH; ATOMIC WRITE is BTH RETH and 8 bytes of payload).
+    {op::kFlush, "RC_FLUSH", nullptr, kValid | kRequest | kFlush | kO | kFeth | kReth},
+    {op::kAtomicWrite, "RC_ATOMIC_WRITE", nullptr,
+     kValid | kRequest | kAtomicWrite | kO | kReth | kPayload},
 };
 
-// XRC (the XRC annex): every RC operation under the prefix 0xA0, in kConnected's order.
+// XRC (the XRC annex): RC's operations of IBA 1.4 under the prefix 0xA0, in kConnected's
+// order (its first entries; IBA 1.5's FLUSH and ATOMIC WRITE are RC's only here, as rxe).
 // Requests carry an XRCETH; responses (ACK, READ responses, atomic ACK) do not.
 constexpr const char* kXrcNames[] = {
     "XRC_SEND_FIRST",
@@ -103,7 +110,7 @@ constexpr const char* kXrcNames[] = {
     "XRC_SEND_LAST_WITH_INVALIDATE",
     "XRC_SEND_ONLY_WITH_INVALIDATE",
 };
-static_assert(std::size(kXrcNames) == std::size(kConnected));
+static_assert(std::size(kXrcNames) + 2 == std::size(kConnected));
 
 constexpr std::array<OpcodeInfo, 256> make_table() {
   std::array<OpcodeInfo, 256> t{};
@@ -115,7 +122,7 @@ constexpr std::array<OpcodeInfo, 256> make_table() {
     set(uint8_t(op::kRc | e.code), e.rc_name, e.flags);
     if (e.uc_name) set(uint8_t(op::kUc | e.code), e.uc_name, e.flags);
   }
-  for (size_t i = 0; i < std::size(kConnected); i++) {
+  for (size_t i = 0; i < std::size(kXrcNames); i++) {
     const Entry& e = kConnected[i];
     set(uint8_t(op::kXrc | e.code), kXrcNames[i], e.flags | (e.flags & kRequest ? kXrceth : 0));
   }
@@ -137,6 +144,9 @@ static_assert(kOpcodeTable[op::kUd | op::kSendOnlyImm].ext_len == kDethLen + kIm
 static_assert(kOpcodeTable[op::kRc | op::kWriteOnlyImm].ext_len == kRethLen + kImmDtLen);
 static_assert(!(kOpcodeTable[op::kRd | op::kSendOnly].flags & opf::kValid));
 static_assert(!(kOpcodeTable[op::kUc | op::kReadRequest].flags & opf::kValid));
+static_assert(kOpcodeTable[op::kRc | op::kFlush].ext_len == kFethLen + kRethLen);
+static_assert(kOpcodeTable[op::kRc | op::kAtomicWrite].ext_len == kRethLen);
+static_assert(!(kOpcodeTable[op::kUc | op::kAtomicWrite].flags & opf::kValid));
 static_assert(kOpcodeTable[op::kXrc | op::kWriteOnlyImm].ext_len ==
               kXrcethLen + kRethLen + kImmDtLen);
 static_assert(kOpcodeTable[op::kXrc | op::kAck].ext_len == kAethLen);

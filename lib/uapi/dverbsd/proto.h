@@ -254,7 +254,7 @@ struct ShmSendWqe {
   uint32_t inline_len;  // IBV_SEND_INLINE: bytes in inline_data
   uint32_t rkey;
   uint64_t remote_addr;
-  uint64_t compare_add, swap;
+  uint64_t compare_add, swap;  // atomics; FLUSH: its length, type | level << 8
   uint32_t ah_id;       // UD: the client's AH (kAhSlots)
   uint32_t remote_qpn, remote_qkey;
   Handle mw, bind_mr;   // bind_mw
@@ -290,6 +290,14 @@ struct CqRingHeader {
   std::atomic<uint32_t> arm_flags{0};
   std::atomic<uint32_t> arm_cons{0};
   std::atomic<uint32_t> overflow{0};  // set by the daemon when the CQ overflowed
+};
+
+// A completion as the daemon writes it into a CQ ring: the work completion, then
+// (appended) the device clock when the HCA made it (DeviceAttr::core_clock_khz ticks; the
+// TSC, which the daemon and its clients on one host share).
+struct ShmCqe {
+  Wc wc;
+  uint64_t completion_ts;
 };
 
 // The connection's event ring: daemon produces (completion and async events), client

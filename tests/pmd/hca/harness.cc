@@ -316,6 +316,8 @@ std::vector<uint8_t> Harness::build(const Pkt& p) const {
   using namespace wire::opf;
   if (f & kDeth) wire::write_deth(ext + wire::ext_offset(f, kDeth), p.qkey, p.src_qp);
   if (f & kXrceth) wire::write_xrceth(ext + wire::ext_offset(f, kXrceth), p.xrc_srqn);
+  if (f & kFeth)
+    wire::write_feth(ext + wire::ext_offset(f, kFeth), p.flush_type, p.flush_level);
   if (f & kReth) wire::write_reth(ext + wire::ext_offset(f, kReth), p.va, p.rkey, p.dma_len);
   if (f & kAtomicEth)
     wire::write_atomic_eth(ext + wire::ext_offset(f, kAtomicEth), p.va, p.rkey, p.swap_add,
@@ -535,8 +537,8 @@ void ProtoTest::post(std::vector<SendWr> wrs) {
 
 size_t ProtoTest::wc_pending() {
   auto* c = pmd::hca::to_cq(cq.raw());
-  Wc wc;
-  while (c->ring.pop(&wc)) wc_buf_.push_back(wc);
+  pmd::hca::Cqe e;
+  while (c->ring.pop(&e)) wc_buf_.push_back(e.wc);
   return wc_buf_.size();
 }
 

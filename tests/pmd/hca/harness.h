@@ -96,6 +96,7 @@ struct Pkt {
   uint32_t imm_be = 0;            // ImmDt, network byte order
   uint32_t ieth_rkey = 0;         // IETH
   uint32_t xrc_srqn = 0;          // XRCETH
+  uint8_t flush_type = 0, flush_level = 0;  // FETH (IBA 1.5 FLUSH)
   uint32_t src_ip = 0;            // 0 = the fake peer
   uint32_t dst_ip = 0;            // 0 = the HCA's address
   const uint8_t* src_mac = nullptr;  // nullptr = the fake peer's MAC
