@@ -599,6 +599,8 @@ TEST(XrcMisuse, WrongHalfWrongTypeAndObjectsInUse) {
   ibv_mr* mr = ibv_reg_mr(x.pd, buf, sizeof buf, IBV_ACCESS_LOCAL_WRITE);
   // The target has no send queue, the initiator no receive queue.
   EXPECT_EQ(post_xrc(t, IBV_WR_SEND, srq_num(s), mr, buf, 8, 1), EINVAL);
+  // IBA 1.5's ATOMIC WRITE is RC's only.
+  EXPECT_EQ(post_xrc(i, IBV_WR_ATOMIC_WRITE, srq_num(s), mr, buf, 8, 1), EINVAL);
   ibv_sge sge{reinterpret_cast<uintptr_t>(buf), 8, mr->lkey};
   ibv_recv_wr rwr{};
   rwr.sg_list = &sge;
