@@ -74,6 +74,11 @@ struct DeviceOps {
   // Context: process context, may sleep.
   int (*attach_mcast)(Qp* qp, const Gid* gid);
   int (*detach_mcast)(Qp* qp, const Gid* gid);
+  // Flow steering (ibv_create_flow): frames that match `rule` go to raw packet QP `qp`;
+  // *id names the rule for destroy_flow. A QP's rules go with it when it is destroyed.
+  // Context: process context, may sleep.
+  int (*create_flow)(Qp* qp, const FlowRule* rule, uint32_t* id);
+  int (*destroy_flow)(Qp* qp, uint32_t id);
 };
 
 struct DeviceRegistration;  // midlayer-private

@@ -94,6 +94,9 @@ class Engine {
   [[gnu::noinline]] void recycle_slow(rte_mbuf* m) noexcept;
   [[gnu::noinline]] bool refill_cache() noexcept;  // false: the pool is empty
   void rx_multicast(rte_mbuf* m, const wire::Packet& pkt, bool verified) noexcept;
+  // A frame that is not RoCE: to the raw packet QP of the first flow rule it matches
+  // (raw.cc). False when no rule matches (the frame is still the caller's).
+  [[gnu::noinline]] bool rx_raw(rte_mbuf* m, bool verified) noexcept;
   void drop_not_for_us(rte_mbuf* m) noexcept;
   void drop_frames() noexcept;  // frees the frames queued for TX or handed over, and the cache
   void flush_acks() noexcept;
@@ -213,6 +216,14 @@ inline bool is_rd_atomic(WrOpcode op) {
   return op == WrOpcode::rdma_read || op == WrOpcode::atomic_cmp_and_swp ||
          op == WrOpcode::atomic_fetch_and_add;
 }
+
+// Raw packet QPs (raw.cc). raw_send: sends WQE `w` of a raw packet QP as one frame (its
+// bytes as they are; IBV_SEND_IP_CSUM fills the IPv4 and TCP/UDP checksums); false when
+// it cannot leave yet (no mbuf) or failed (the QP is then in ERR). raw_recv: puts a
+// received frame into the QP's next receive WQE and completes it; false when the frame
+// was not taken (no WQE, QP not receiving). Context: owner engine, qp.lock held.
+bool raw_send(Engine& e, Qp& qp, SendWqe& w) noexcept;
+bool raw_recv(Engine& e, Qp& qp, const uint8_t* frame, uint32_t len) noexcept;
 
 // Completer (comp.cc): handles one response packet (ACK, NAK, READ response, atomic ACK).
 // Context: owner engine, qp->lock held.

@@ -62,6 +62,8 @@ enum class Cmd : uint32_t {
   stats,       // daemon-wide resource counters (tests, dverbsd --stat)
   attach_mcast,  // handle = QP, mcast.gid (ibv_attach_mcast)
   detach_mcast,
+  create_flow,   // handle = raw packet QP, flow.rule → flow.id (ibv_create_flow)
+  destroy_flow,  // handle = the QP, flow.id
 };
 
 // Handles are opaque per-connection values: generation << 20 | index. 0 is never valid.
@@ -135,6 +137,10 @@ struct Request {
     struct {
       Gid gid;
     } mcast;
+    struct {
+      FlowRule rule;
+      uint32_t id;
+    } flow;
     uint8_t raw[640];
   };
 };
@@ -199,6 +205,9 @@ struct Response {
       uint32_t rkey;
     } mw;
     Stats stats;
+    struct {
+      uint32_t id;
+    } flow;
     uint8_t raw[640];
   };
 };

@@ -248,8 +248,9 @@ Device* device_find(const ibv_device* dev) noexcept {
 }
 
 void destroy_all_locked(Context* c) {
-  // Dependency order (uverbs' ib_uverbs_cleanup_ucontext): QPs, SRQs, CQs, MRs, AHs, PDs,
+  // Dependency order (uverbs' ib_uverbs_cleanup_ucontext): flows, QPs, SRQs, CQs, MRs, AHs, PDs,
   // then completion channels (no CQ can name them any more).
+  for (void* o : c->handles.objects(Kind::flow)) destroy_flow_locked(o);
   for (void* o : c->handles.objects(Kind::qp)) destroy_qp_locked(static_cast<DvQp*>(o));
   for (void* o : c->handles.objects(Kind::srq)) destroy_srq_locked(static_cast<DvSrq*>(o));
   for (void* o : c->handles.objects(Kind::cq)) destroy_cq_locked(static_cast<DvCq*>(o));

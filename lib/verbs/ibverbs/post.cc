@@ -370,6 +370,8 @@ void init_context_ops(Context* c) noexcept {
   v.create_cq_ex = create_cq_ex_op;
   v.create_qp_ex = create_qp_ex_op;
   v.create_srq_ex = create_srq_ex_op;
+  v.ibv_create_flow = create_flow_op;
+  v.ibv_destroy_flow = destroy_flow_op;
 }
 
 }  // namespace dverbs::ibv
