@@ -297,17 +297,17 @@ struct DeviceAttr {
   uint32_t max_raw_qp = 0;
   uint32_t max_flows = 0;
   uint32_t max_raw_frame = 0;  // the largest frame a raw packet QP sends (bytes)
-  bool raw_ip_csum = false;  // IBV_SEND_IP_CSUM honoured (IBV_RAW_PACKET_CAP_IP_CSUM)
+  bool raw_ip_csum = false;    // IBV_SEND_IP_CSUM honoured (IBV_RAW_PACKET_CAP_IP_CSUM)
 };
 
 // One flow steering rule (ibv_create_flow, IBV_FLOW_ATTR_NORMAL): a frame matches when
 // every field ANDed with its mask equals the value ANDed with the mask. Multi-byte fields
 // are in network byte order, as in ibv_flow_spec_*. The drop-in translates the specs.
 struct FlowRule {
-  uint16_t priority = 0;   // lower value = higher priority (ibv_flow_attr.priority)
-  uint8_t has_eth = 0;     // an ETH spec was given
-  uint8_t has_ipv4 = 0;    // an IPV4 spec: the frame must be IPv4
-  uint8_t l4_proto = 0;    // 6 (TCP) or 17 (UDP) when a TCP/UDP spec was given, else 0
+  uint16_t priority = 0;  // lower value = higher priority (ibv_flow_attr.priority)
+  uint8_t has_eth = 0;    // an ETH spec was given
+  uint8_t has_ipv4 = 0;   // an IPV4 spec: the frame must be IPv4
+  uint8_t l4_proto = 0;   // 6 (TCP) or 17 (UDP) when a TCP/UDP spec was given, else 0
   uint8_t dst_mac[6] = {}, dst_mac_mask[6] = {};
   uint8_t src_mac[6] = {}, src_mac_mask[6] = {};
   uint16_t ether_type = 0, ether_type_mask = 0;

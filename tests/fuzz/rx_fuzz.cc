@@ -142,9 +142,9 @@ struct World {
     eth.ether_type = htons(kRawEthertype);
     eth.ether_type_mask = 0xffff;
     uint32_t id;
-    FUZZ_CHECK(mid::create_flow(w.raw(), &udp, &id) == 0 &&
-                   mid::create_flow(w.raw(), &eth, &id) == 0,
-               "create_flow");
+    FUZZ_CHECK(
+        mid::create_flow(w.raw(), &udp, &id) == 0 && mid::create_flow(w.raw(), &eth, &id) == 0,
+        "create_flow");
   }
 
   void connect_raw() {

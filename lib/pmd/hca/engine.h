@@ -220,10 +220,10 @@ inline bool is_rd_atomic(WrOpcode op) {
 // Raw packet QPs (raw.cc). raw_send: sends WQE `w` of a raw packet QP as one frame (its
 // bytes as they are; IBV_SEND_IP_CSUM fills the IPv4 and TCP/UDP checksums); false when
 // it cannot leave yet (no mbuf) or failed (the QP is then in ERR). raw_recv: puts a
-// received frame into the QP's next receive WQE and completes it; false when the frame
-// was not taken (no WQE, QP not receiving). Context: owner engine, qp.lock held.
+// received frame (all its segments) into the QP's next receive WQE and completes it;
+// false when the frame was not taken (no WQE, QP not receiving). Context: owner engine, qp.lock held.
 bool raw_send(Engine& e, Qp& qp, SendWqe& w) noexcept;
-bool raw_recv(Engine& e, Qp& qp, const uint8_t* frame, uint32_t len) noexcept;
+bool raw_recv(Engine& e, Qp& qp, const rte_mbuf* m) noexcept;
 
 // Completer (comp.cc): handles one response packet (ACK, NAK, READ response, atomic ACK).
 // Context: owner engine, qp->lock held.

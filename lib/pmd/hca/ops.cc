@@ -241,8 +241,8 @@ int req_notify_cq(mid::Cq* c, bool solicited_only) {
 int create_qp(mid::Pd* pd, const mid::QpInitAttr* init, mid::Qp** out) {
   Device& dev = hca(pd->device);
   if (dev.retired()) return ENODEV;
-  if (init->qp_type != QpType::rc && init->qp_type != QpType::uc &&
-      init->qp_type != QpType::ud && init->qp_type != QpType::raw_packet)
+  if (init->qp_type != QpType::rc && init->qp_type != QpType::uc && init->qp_type != QpType::ud &&
+      init->qp_type != QpType::raw_packet)
     return EINVAL;
   if (init->gsi && init->qp_type != QpType::ud) return EINVAL;
   const QpCap& c = init->cap;

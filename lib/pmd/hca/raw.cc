@@ -112,7 +112,7 @@ bool raw_send(Engine& e, Qp& qp, SendWqe& w) noexcept {
   return true;
 }
 
-bool raw_recv(Engine& e, Qp& qp, const uint8_t* frame, uint32_t len) noexcept {
+bool raw_recv(Engine& e, Qp& qp, const rte_mbuf* m) noexcept {
   const QpState s = qp.state.load(std::memory_order_acquire);
   if (s != QpState::rtr && s != QpState::rts && s != QpState::sqd && s != QpState::sqe)
     return false;
@@ -120,9 +120,16 @@ bool raw_recv(Engine& e, Qp& qp, const uint8_t* frame, uint32_t len) noexcept {
   if (!w) return false;
   Wc wc{};
   wc.wr_id = w->wr_id;
-  wc.status = scatter(e.device(), qp.pd, w->sge, w->num_sge, 0, frame, len);
+  wc.status = WcStatus::success;
+  // Segment by segment (a port may chain a long frame), each at its offset in the buffers.
+  uint32_t off = 0;
+  for (const rte_mbuf* seg = m; seg && wc.status == WcStatus::success; seg = seg->next) {
+    wc.status = scatter(e.device(), qp.pd, w->sge, w->num_sge, off,
+                        rte_pktmbuf_mtod(seg, const uint8_t*), seg->data_len);
+    off += seg->data_len;
+  }
   wc.opcode = WcOpcode::recv;
-  wc.byte_len = len;
+  wc.byte_len = rte_pktmbuf_pkt_len(m);
   wc.qp_num = qp.qp_num;
   qp.rq.retire_one();  // slot first, completion second (see complete_send)
   qp.rq_consumed++;
@@ -136,14 +143,8 @@ bool raw_recv(Engine& e, Qp& qp, const uint8_t* frame, uint32_t len) noexcept {
 
 bool Engine::rx_raw(rte_mbuf* m, bool verified) noexcept {
   Device& dev = *dev_;
-  if (m->nb_segs != 1) [[unlikely]] {  // steered frames are delivered from one segment
-    dev.counters().rx_raw_dropped.fetch_add(1, std::memory_order_relaxed);
-    rte_pktmbuf_free(m);
-    return true;
-  }
-  const uint8_t* frame = rte_pktmbuf_mtod(m, const uint8_t*);
-  const uint32_t len = rte_pktmbuf_data_len(m);
-  Qp* qp = dev.flows().lookup(frame, len);
+  // The rules look at the headers, in the first segment.
+  Qp* qp = dev.flows().lookup(rte_pktmbuf_mtod(m, const uint8_t*), rte_pktmbuf_data_len(m));
   if (!qp) return false;
   if (qp->engine != this) {
     // Only the owner fills a QP's receive queue. A frame handed over already (verified)
@@ -156,7 +157,7 @@ bool Engine::rx_raw(rte_mbuf* m, bool verified) noexcept {
   }
   rx_release();  // the QP run of rx_one ends here; this QP is locked on its own
   qp->lock.lock();
-  const bool taken = raw_recv(*this, *qp, frame, len);
+  const bool taken = raw_recv(*this, *qp, m);
   qp->lock.unlock();
   (taken ? dev.counters().rx_raw : dev.counters().rx_raw_dropped)
       .fetch_add(1, std::memory_order_relaxed);

@@ -352,8 +352,8 @@ uint32_t raw_frame_limit(Device& dev) {
 
 int create_qp(mid::Pd* pd, const mid::QpInitAttr* init, mid::Qp** out) {
   Device& dev = rdev(pd->device);
-  if (init->qp_type != QpType::rc && init->qp_type != QpType::uc &&
-      init->qp_type != QpType::ud && init->qp_type != QpType::raw_packet)
+  if (init->qp_type != QpType::rc && init->qp_type != QpType::uc && init->qp_type != QpType::ud &&
+      init->qp_type != QpType::raw_packet)
     return EINVAL;
   // dverbsd owns each port's QP1 (the CM runs in the daemon), not its clients.
   if (init->gsi) return EOPNOTSUPP;

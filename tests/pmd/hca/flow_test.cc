@@ -2,11 +2,13 @@
 // rule takes, in which order rules are tried, and that RoCE frames never reach a raw QP,
 // whatever the rules ask for.
 #include <arpa/inet.h>
+#include <rte_mbuf.h>
 
 #include <cstring>
 
 #include "harness.h"
 #include "midlayer/core.h"
+#include "pmd/hca/engine.h"
 #include "pmd/hca/flow.h"
 
 namespace dverbs::proto {
@@ -317,6 +319,28 @@ TEST_F(FlowTest, NoWqeDropsAndShortBufferFails) {
   EXPECT_EQ(w[1].wr_id, 2u);
   EXPECT_EQ(w[1].status, WcStatus::success);
   EXPECT_EQ(bytes(2048 + 14 + 20 + 8, 1)[0], 3);
+}
+
+// A frame the port delivered in two segments (a chained mbuf) arrives whole.
+TEST_F(FlowTest, ChainedFrameIsDeliveredWhole) {
+  add(raw1, udp_port(7100));
+  recv(raw1, 9, 0, 2048);
+  const auto f = frame(h.our_mac(), h.peer_ip(), h.our_ip(), 999, 7100, 17, 0, 0x3c, 600);
+  rte_mempool* pool = h.dev().port().pool();
+  rte_mbuf* head = rte_pktmbuf_alloc(pool);
+  rte_mbuf* tail = rte_pktmbuf_alloc(pool);
+  ASSERT_TRUE(head && tail);
+  const uint16_t cut = 100;
+  std::memcpy(rte_pktmbuf_append(head, cut), f.data(), cut);
+  std::memcpy(rte_pktmbuf_append(tail, uint16_t(f.size() - cut)), f.data() + cut,
+              f.size() - cut);
+  ASSERT_EQ(rte_pktmbuf_chain(head, tail), 0);
+  h.dev().engine(0).receive(&head, 1);
+  auto w = raw_wcs();
+  ASSERT_EQ(w.size(), 1u) << describe(w);
+  EXPECT_EQ(w[0].status, WcStatus::success);
+  EXPECT_EQ(w[0].byte_len, f.size());
+  EXPECT_EQ(bytes(0, uint32_t(f.size())), f);
 }
 
 // Rules go with their QP: a destroyed QP's rules steer nothing (the next rule takes over).
