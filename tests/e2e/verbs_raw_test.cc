@@ -628,7 +628,7 @@ TEST_F(Fixture, RawQpMisuse) {
   EXPECT_EQ(post(64, IBV_WR_SEND_WITH_IMM, 0), EINVAL);
   EXPECT_EQ(post(64, IBV_WR_RDMA_WRITE, 0), EINVAL);
 
-  // An SRQ is not supported for raw packet QPs; a UD QP takes no IBV_SEND_IP_CSUM.
+  // An SRQ is not supported for raw packet QPs.
   ibv_srq_init_attr sa{};
   sa.attr.max_wr = 4;
   sa.attr.max_sge = 1;

@@ -321,11 +321,19 @@ TEST_F(FlowTest, NoWqeDropsAndShortBufferFails) {
   EXPECT_EQ(bytes(2048 + 14 + 20 + 8, 1)[0], 3);
 }
 
-// A frame the port delivered in two segments (a chained mbuf) arrives whole.
+// A frame the port delivered in two segments (a chained mbuf) arrives whole. (An IPv4
+// frame must fit its first segment, as RoCE frames must: the port's buffers hold the
+// largest frame.)
 TEST_F(FlowTest, ChainedFrameIsDeliveredWhole) {
-  add(raw1, udp_port(7100));
+  FlowRule r;
+  r.has_eth = 1;
+  r.ether_type = htons(0x88b5);
+  r.ether_type_mask = 0xffff;
+  add(raw1, r);
   recv(raw1, 9, 0, 2048);
-  const auto f = frame(h.our_mac(), h.peer_ip(), h.our_ip(), 999, 7100, 17, 0, 0x3c, 600);
+  auto f = frame(h.our_mac(), h.peer_ip(), h.our_ip(), 999, 7100, 17, 0, 0x3c, 600);
+  f[12] = 0x88;
+  f[13] = 0xb5;
   rte_mempool* pool = h.dev().port().pool();
   rte_mbuf* head = rte_pktmbuf_alloc(pool);
   rte_mbuf* tail = rte_pktmbuf_alloc(pool);
