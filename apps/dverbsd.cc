@@ -12,6 +12,7 @@
 #include <grp.h>
 
 #include <cerrno>
+#include <cinttypes>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
@@ -20,6 +21,7 @@
 #include <vector>
 
 #include "daemon/server.h"
+#include "stat/telemetry_client.h"
 
 namespace {
 
@@ -182,6 +184,32 @@ bool load_config(const char* path, Options& o) {
   return true;
 }
 
+// The transport counters of the daemon listening on `socket_path`, read from its
+// telemetry endpoint, as name=value lines after print_stats' object counters. A daemon
+// started with DVERBS_TELEMETRY=off has none: one line says so.
+int print_port_counters(const std::string& socket_path) {
+  pid_t pid;
+  std::string err;
+  dverbs::stat::TelemetryClient c;
+  dverbs::stat::Json port;
+  if (!dverbs::stat::listener_pid(socket_path, &pid, &err)) {
+    std::fprintf(stderr, "dverbsd: %s\n", err.c_str());
+    return 1;
+  }
+  const std::string sock = dverbs::stat::socket_of(pid);
+  if (sock.empty()) {
+    std::printf("# no transport counters: dverbsd %d runs with DVERBS_TELEMETRY=off\n", int(pid));
+    return 0;
+  }
+  if (!c.connect(sock, &err) || !c.call("/dverbs/port", &port, &err)) {
+    std::fprintf(stderr, "dverbsd: telemetry of %d: %s\n", int(pid), err.c_str());
+    return 1;
+  }
+  for (const auto& [k, v] : port.object)
+    if (v.kind == dverbs::stat::Json::Kind::number) std::printf("%s=%" PRIu64 "\n", k.c_str(), v.u64());
+  return 0;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -218,7 +246,10 @@ int main(int argc, char** argv) {
     if (k == "config") config_path = v;
     if (k == "stat") stat_path = v;
   }
-  if (!stat_path.empty()) return dverbs::daemon::print_stats(stat_path.c_str());
+  if (!stat_path.empty()) {
+    if (int rc = dverbs::daemon::print_stats(stat_path.c_str())) return rc;
+    return print_port_counters(stat_path);
+  }
 
   // The file first, the command line over it.
   if (!config_path.empty() && !load_config(config_path.c_str(), opts)) return 2;
@@ -230,5 +261,8 @@ int main(int argc, char** argv) {
     }
   }
   setenv("DVERBS_DAEMON", "dverbsd", 1);
+  // The daemon's port and QP counters are served on DPDK telemetry (dverbs-stat,
+  // dverbsd --stat) unless the environment says DVERBS_TELEMETRY=off.
+  setenv("DVERBS_TELEMETRY", "on", 0);
   return dverbs::daemon::run_daemon(opts);
 }

@@ -26,20 +26,15 @@
 #include <string>
 #include <vector>
 
+#include "verbs_rc.h"
+
 namespace {
 
-std::string g_self;  // this executable, for the exit-without-clean-up child
+using verbs_e2e::open_dverbs;
+using verbs_e2e::next_async;
+using verbs_e2e::poll_one;
 
-ibv_context* open_dverbs() {
-  int n = 0;
-  ibv_device** list = ibv_get_device_list(&n);
-  if (!list) return nullptr;
-  ibv_context* ctx = nullptr;
-  for (int i = 0; i < n; ++i)
-    if (std::strcmp(ibv_get_device_name(list[i]), "dverbs0") == 0) ctx = ibv_open_device(list[i]);
-  ibv_free_device_list(list);
-  return ctx;
-}
+std::string g_self;  // this executable, for the exit-without-clean-up child
 
 // Two QPs of one context connected to each other through the loopback port.
 struct Pair {
@@ -89,31 +84,8 @@ struct Pair {
 
   void connect(ibv_qp* qp, uint32_t dqpn) {
     to_init(qp, IBV_QPT_RC);
-    ibv_qp_attr at{};
-    at.qp_state = IBV_QPS_RTR;
-    at.path_mtu = IBV_MTU_1024;
-    at.dest_qp_num = dqpn;
-    at.rq_psn = 100;
-    at.max_dest_rd_atomic = 1;
-    at.min_rnr_timer = 12;
-    at.ah_attr.is_global = 1;
-    at.ah_attr.grh.dgid = gid;
-    at.ah_attr.grh.hop_limit = 1;
-    at.ah_attr.port_num = 1;
-    ASSERT_EQ(ibv_modify_qp(qp, &at,
-                            IBV_QP_STATE | IBV_QP_AV | IBV_QP_PATH_MTU | IBV_QP_DEST_QPN |
-                                IBV_QP_RQ_PSN | IBV_QP_MAX_DEST_RD_ATOMIC | IBV_QP_MIN_RNR_TIMER),
-              0);
-    at.qp_state = IBV_QPS_RTS;
-    at.sq_psn = 100;
-    at.timeout = 14;
-    at.retry_cnt = 7;
-    at.rnr_retry = 7;
-    at.max_rd_atomic = 1;
-    ASSERT_EQ(ibv_modify_qp(qp, &at,
-                            IBV_QP_STATE | IBV_QP_TIMEOUT | IBV_QP_RETRY_CNT | IBV_QP_RNR_RETRY |
-                                IBV_QP_SQ_PSN | IBV_QP_MAX_QP_RD_ATOMIC),
-              0);
+    verbs_e2e::rc_to_rtr(qp, gid, dqpn);
+    verbs_e2e::rc_to_rts(qp);
   }
 
   void init_rc(bool channel = false) {
@@ -136,14 +108,6 @@ struct Pair {
     connect(b, a->qp_num);
   }
 };
-
-int poll_one(ibv_cq* cq, ibv_wc* wc) {
-  for (long i = 0; i < 200000000L; ++i) {
-    int n = ibv_poll_cq(cq, 1, wc);
-    if (n) return n;
-  }
-  return 0;
-}
 
 uint64_t vm_locked_kib() {
   std::ifstream f("/proc/self/status");
@@ -829,16 +793,6 @@ TEST(DataPath, UdListsLongerThanOneBatchAndAhFromWc) {
 
 // Waits (bounded) for the next async event of `type` on the context's fd, acknowledging
 // the others (communication established, port changes) on the way.
-bool next_async(ibv_context* ctx, ibv_event_type type, ibv_async_event* ev) {
-  for (int i = 0; i < 64; ++i) {
-    pollfd pfd{ctx->async_fd, POLLIN, 0};
-    if (poll(&pfd, 1, 20000) != 1 || ibv_get_async_event(ctx, ev) != 0) return false;
-    if (ev->event_type == type) return true;
-    ibv_ack_async_event(ev);
-  }
-  return false;
-}
-
 TEST(Events, SrqLimitAndLastWqeReachTheAsyncFd) {
   Pair p;
   p.ctx = open_dverbs();

@@ -254,7 +254,7 @@ CompStep ack(Engine& e, Qp& qp, uint32_t psn) {
 CompStep rnr_nak(Engine& e, Qp& qp, uint32_t psn, uint8_t syndrome) {
   Requester& r = qp.req;
   if (wire::psn_diff(psn, r.last_ack_psn) > 0) ack_through(e, qp, wire::psn_add(psn, -1u));
-  qp.rnr_naks_rcvd.fetch_add(1, std::memory_order_relaxed);
+  DVERBS_QP_COUNT(qp, rnr_naks_rcvd, 1);
   if (qp.attr.rnr_retry != kRnrRetryForever) {
     if (r.rnr_left == 0) {
       comp_fail(e, qp, WcStatus::rnr_retry_exc_err);
@@ -274,6 +274,7 @@ CompStep rnr_nak(Engine& e, Qp& qp, uint32_t psn, uint8_t syndrome) {
 // smaller send window if the gap is a new loss.
 CompStep seq_nak(Engine& e, Qp& qp, uint32_t psn) {
   Requester& r = qp.req;
+  DVERBS_QP_COUNT(qp, seq_naks_rcvd, 1);
   if (wire::psn_diff(psn, r.seq_nak_psn) > 0) {
     // The responder sends one sequence NAK per gap, naming its expected PSN (C9-110),
     // so a NAK beyond both the acknowledged point and the previous sequence NAK shows that
@@ -297,6 +298,7 @@ CompStep seq_nak(Engine& e, Qp& qp, uint32_t psn) {
 // The other NAK codes are fatal: the WQE completes with the error the
 // code names, after the packets before the NAKed one are implicitly acknowledged.
 CompStep fatal_nak(Engine& e, Qp& qp, uint32_t psn, uint8_t syndrome) {
+  DVERBS_QP_COUNT(qp, fatal_naks_rcvd, 1);
   if (wire::psn_diff(psn, qp.req.last_ack_psn) > 0) ack_through(e, qp, wire::psn_add(psn, -1u));
   WcStatus st = WcStatus::bad_resp_err;
   switch (wire::NakCode(wire::aeth_value(syndrome))) {

@@ -105,6 +105,7 @@ std::unique_ptr<Device> Device::create(const net::Config& cfg, const char* name,
                                                        RTE_ETH_EVENT_INTR_RMV, on_dpdk_event,
                                                        dev.get()) == 0;
   dev->watchdog_ = std::thread([d = dev.get()] { d->watchdog(); });
+  telemetry_add(dev.get());
   return dev;
 }
 
@@ -149,7 +150,9 @@ void Device::fail_all() {
 }
 
 Device::~Device() {
+  telemetry_remove(this);
   stop_threads();
+  write_stat_file(*this);
   if (port_ && neigh_ && !removed_.load(std::memory_order_acquire)) linger();
   engines_.clear();
   neigh_.reset();

@@ -42,7 +42,9 @@ constexpr uint32_t kMaxRdAtomic = 128;
 constexpr uint32_t kMaxAh = 4096;
 
 struct DeviceCounters {
-  std::atomic<uint64_t> rx_packets{0}, tx_packets{0};
+  // The sums of every QP's counters (stats.h), destroyed QPs included.
+  DVERBS_QP_EVENTS(DVERBS_DECLARE_COUNTER)
+  std::atomic<uint64_t> tx_packets{0}, tx_bytes{0};
   std::atomic<uint64_t> rx_bad_frame{0}, rx_bad_icrc{0}, rx_no_qp{0}, rx_bad_state{0};
   std::atomic<uint64_t> rx_non_roce{0};
   // Frames a NIC would not have delivered: another station's MAC, or a RoCE packet for an
@@ -88,6 +90,13 @@ class Device : public mid::Device {
   Qp* qp_lookup(uint32_t qpn) noexcept {
     Qp* q = qps_[qpn & (kMaxQp - 1)].load(std::memory_order_acquire);
     return q && q->qp_num == qpn ? q : nullptr;
+  }
+  // Calls f(qp) for every published QP. Context: process context, ctl() held (destroy_qp
+  // unpublishes under it, so each QP stays alive until ctl() is released).
+  template <class F>
+  void for_each_qp(F&& f) {
+    for (uint32_t i = 0; i < kMaxQp; i++)
+      if (Qp* q = qps_[i].load(std::memory_order_acquire)) f(*q);
   }
 
   // Inline progress: run the engines once if no other thread is running them.

@@ -138,8 +138,13 @@ void Engine::tx_flush() noexcept {
     return;
   }
   // Frames the port refuses stay queued here (backpressure) instead of being dropped.
+  // Bytes are summed before the burst: a sent mbuf belongs to the PMD.
+  uint64_t bytes = 0;
+  for (uint16_t i = 0; i < ntx_; i++) bytes += txq_[i]->pkt_len;
   uint16_t sent = dev_->port().tx_burst(queue_, txq_, ntx_, true);
+  for (uint16_t i = sent; i < ntx_; i++) bytes -= txq_[i]->pkt_len;
   dev_->counters().tx_packets.fetch_add(sent, std::memory_order_relaxed);
+  dev_->counters().tx_bytes.fetch_add(bytes, std::memory_order_relaxed);
   for (uint16_t i = sent; i < ntx_; i++) txq_[i - sent] = txq_[i];
   ntx_ = uint16_t(ntx_ - sent);
   tx_stalled_ = ntx_ != 0;
@@ -208,7 +213,8 @@ void Engine::rx_one(rte_mbuf* m, bool verified) noexcept {
     }
     return;
   }
-  dev.counters().rx_packets.fetch_add(1, std::memory_order_relaxed);
+  DVERBS_QP_COUNT(*qp, rx_packets, 1);
+  DVERBS_QP_COUNT(*qp, rx_bytes, m->pkt_len);
   if (qp != rx_qp_) {
     rx_release();
     qp->lock.lock();
@@ -265,7 +271,8 @@ void Engine::rx_multicast(rte_mbuf* m, const wire::Packet& pkt, bool verified) n
     Qp* qp = slot.load(std::memory_order_acquire);
     if (!qp) continue;
     if (qp->engine == this) {
-      dev.counters().rx_packets.fetch_add(1, std::memory_order_relaxed);
+      DVERBS_QP_COUNT(*qp, rx_packets, 1);
+      DVERBS_QP_COUNT(*qp, rx_bytes, m->pkt_len);
       qp->lock.lock();
       resp_rx(*this, *qp, pkt);
       qp->lock.unlock();

@@ -18,6 +18,7 @@
 #include "dverbs/types.h"
 #include "midlayer/objects.h"
 #include "pmd/hca/queue.h"
+#include "pmd/hca/stats.h"
 #include "pmd/wire/roce.h"
 
 namespace dverbs::pmd::hca {
@@ -227,11 +228,8 @@ struct Qp : mid::Qp {
   std::atomic<bool> unhooking{false};  // destroy_qp: the engine must drop the QP
   std::atomic<bool> detached{false};  // the engine no longer references the QP
 
-  // counters
-  std::atomic<uint64_t> retransmits{0};
-  std::atomic<uint64_t> rnr_naks_rcvd{0};
-  std::atomic<uint64_t> seq_naks_sent{0};
-  std::atomic<uint64_t> dup_rcvd{0};
+  // Counters (stats.h): written by the owning engine only.
+  DVERBS_QP_EVENTS(DVERBS_DECLARE_COUNTER)
 };
 
 inline Qp* to_qp(mid::Qp* q) { return static_cast<Qp*>(q); }

@@ -471,7 +471,9 @@ int create_srq(mid::Pd* pd, const mid::SrqInitAttr* init, mid::Srq** out) {
 int modify_srq(mid::Srq* s, uint32_t max_wr, uint32_t srq_limit, uint32_t mask) {
   Srq& srq = *to_srq(s);
   if (mask & ~3u) return EINVAL;
-  if (mask & 1u) return max_wr <= srq.rq.capacity() ? 0 : EOPNOTSUPP;
+  // No resizing: a size the queue already holds is accepted, a larger one is not. The
+  // limit is armed too when both are given.
+  if ((mask & 1u) && max_wr > srq.rq.capacity()) return EOPNOTSUPP;
   if (mask & 2u) {
     if (srq_limit > srq.rq.capacity()) return EINVAL;
     srq.limit.store(srq_limit, std::memory_order_release);
@@ -521,44 +523,6 @@ int destroy_ah(mid::Ah* ah) {
   return 0;
 }
 
-// ---------------------------------------------------------------- counters
-// Names are the counters' own (DeviceCounters, PortStats, Qp). Fills what fits in `out`
-// and returns how many there are.
-int put_counters(std::initializer_list<Counter> all, Counter* out, int max) {
-  int n = 0;
-  for (const Counter& c : all) {
-    if (n < max) out[n] = c;
-    n++;
-  }
-  return n;
-}
-
-uint64_t load_relaxed(const std::atomic<uint64_t>& a) {
-  return a.load(std::memory_order_relaxed);
-}
-
-int query_counters(mid::Device* d, Counter* out, int max) {
-  Device& dev = hca(d);
-  const DeviceCounters& c = dev.counters();
-  // The port's own counters only while the device has one (it goes at retire).
-  const uint64_t tx_dropped = dev.retired() ? 0 : load_relaxed(dev.port().stats().tx_dropped);
-  return put_counters({{"tx_packets", load_relaxed(c.tx_packets)},
-                       {"rx_packets", load_relaxed(c.rx_packets)},
-                       {"rx_bad_frame", load_relaxed(c.rx_bad_frame)},
-                       {"rx_bad_icrc", load_relaxed(c.rx_bad_icrc)},
-                       {"rx_no_qp", load_relaxed(c.rx_no_qp)},
-                       {"rx_bad_state", load_relaxed(c.rx_bad_state)},
-                       {"rx_non_roce", load_relaxed(c.rx_non_roce)},
-                       {"rx_handoff_full", load_relaxed(c.rx_handoff_full)},
-                       {"tx_no_mbuf", load_relaxed(c.tx_no_mbuf)},
-                       {"tx_backlog_drop", load_relaxed(c.tx_backlog_drop)},
-                       {"cq_overflow", load_relaxed(c.cq_overflow)},
-                       {"rx_raw", load_relaxed(c.rx_raw)},
-                       {"rx_raw_dropped", load_relaxed(c.rx_raw_dropped)},
-                       {"port_tx_dropped", tx_dropped}},
-                      out, max);
-}
-
 int resolve_neigh(mid::Device* d, uint8_t port_num, uint32_t ip, uint8_t mac[6]) {
   Device& dev = hca(d);
   if (port_num != 1) return EINVAL;
@@ -592,13 +556,12 @@ int detach_mcast(mid::Qp* q, const Gid* g) {
   return qp->hca->mcast_detach(qp, ip);
 }
 
+int query_counters(mid::Device* d, Counter* out, int max) {
+  return device_counters(hca(d), out, max);
+}
+
 int query_qp_counters(mid::Qp* q, Counter* out, int max) {
-  const Qp& qp = *to_qp(q);
-  return put_counters({{"retransmits", load_relaxed(qp.retransmits)},
-                       {"rnr_naks_rcvd", load_relaxed(qp.rnr_naks_rcvd)},
-                       {"seq_naks_sent", load_relaxed(qp.seq_naks_sent)},
-                       {"dup_rcvd", load_relaxed(qp.dup_rcvd)}},
-                      out, max);
+  return qp_counters(*to_qp(q), out, max);
 }
 
 }  // namespace

@@ -413,7 +413,7 @@ void req_rewind(Engine& e, Qp& qp, uint32_t psn) noexcept {
       r.next_wqe = i;
       r.next_pkt = uint32_t(d);
       r.psn = psn;
-      qp.retransmits.fetch_add(1, std::memory_order_relaxed);
+      DVERBS_QP_COUNT(qp, retransmits, 1);
       e.kick(&qp);
       return;
     }

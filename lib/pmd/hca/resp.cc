@@ -573,7 +573,10 @@ DV_STEP RespStep shared_step(Request& rq, RespStep s) {
 DV_STEP RespStep rc_check_psn(Request& rq) {
   const int32_t d = wire::psn_diff(rq.pkt.psn, rq.rs.epsn);
   if (d < 0) return RespStep::duplicate;
-  if (d > 0) return rq.rs.nak_sent ? RespStep::done : RespStep::nak_psn_seq_error;
+  if (d > 0) {
+    DVERBS_QP_COUNT(rq.qp, out_of_sequence, 1);
+    return rq.rs.nak_sent ? RespStep::done : RespStep::nak_psn_seq_error;
+  }
   // A fatal NAK is owed: the QP takes no more requests and fails once it is sent.
   if (rq.rs.nak_owed && NakEffect(rq.rs.nak_effect) != NakEffect::none) return RespStep::done;
   return RespStep::check_sequence;
@@ -583,7 +586,7 @@ DV_STEP RespStep rc_check_psn(Request& rq) {
 // requester learns how far we got; a READ or atomic is answered again from its responder
 // resource (replay).
 RespStep duplicate(Request& rq) {
-  rq.qp.dup_rcvd.fetch_add(1, std::memory_order_relaxed);
+  DVERBS_QP_COUNT(rq.qp, dup_rcvd, 1);
   if (rq.has(opf::kRead | opf::kAtomic)) {
     replay(rq.qp, rq.pkt.psn);
     if (rq.rs.pending) rq.e.kick(&rq.qp);
@@ -620,13 +623,14 @@ DV_STEP RespStep rc_acknowledge(Request& rq) {
 }
 
 RespStep nak_with(Request& rq, NakCode code, NakEffect effect) {
+  DVERBS_QP_COUNT(rq.qp, fatal_naks_sent, 1);
   nak(rq.e, rq.qp, wire::make_syndrome(AethType::nak, uint8_t(code)), rq.pkt.psn, effect);
   return RespStep::done;
 }
 
 RespStep nak_psn_seq_error(Request& rq) {
   rq.rs.nak_sent = true;
-  rq.qp.seq_naks_sent.fetch_add(1, std::memory_order_relaxed);
+  DVERBS_QP_COUNT(rq.qp, seq_naks_sent, 1);
   nak(rq.e, rq.qp, wire::make_syndrome(AethType::nak, uint8_t(NakCode::psn_seq_error)), rq.rs.epsn,
       NakEffect::none);
   return RespStep::done;
@@ -635,6 +639,7 @@ RespStep nak_psn_seq_error(Request& rq) {
 // No receive posted (IBA 9.7.5.2.8): RNR NAK with our minimum RNR timer; the ePSN does
 // not move, the requester retries this packet.
 RespStep nak_rnr(Request& rq) {
+  DVERBS_QP_COUNT(rq.qp, rnr_naks_sent, 1);
   nak(rq.e, rq.qp, wire::make_syndrome(AethType::rnr_nak, rq.qp.attr.min_rnr_timer), rq.pkt.psn,
       NakEffect::none);
   return RespStep::done;

@@ -225,6 +225,11 @@ bool config_from_env(Config* cfg, std::string* err) {
     if (!parse_fault(v, &c.fault, &why)) return fail("DVERBS_FAULT", v, "is invalid: " + why);
   }
   if (const char* v = env("DVERBS_PCAP")) c.pcap = v;
+  if (const char* v = env("DVERBS_TELEMETRY")) {
+    if (std::strcmp(v, "on") == 0 || std::strcmp(v, "1") == 0) c.telemetry = true;
+    else if (std::strcmp(v, "off") == 0 || std::strcmp(v, "0") == 0) c.telemetry = false;
+    else return fail("DVERBS_TELEMETRY", v, "is neither on nor off");
+  }
   if (const char* v = env("DVERBS_LOG")) {
     c.log_level = parse_log_level(v);
     if (c.log_level < 0)

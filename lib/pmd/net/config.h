@@ -35,6 +35,9 @@ struct Config {
   std::string eal_args;  // DVERBS_EAL: extra EAL arguments, space separated
   FaultSpec fault;       // DVERBS_FAULT
   std::string pcap;      // DVERBS_PCAP: pcapng output path
+  // DVERBS_TELEMETRY=on: DPDK's telemetry socket with the /dverbs/... endpoints (dverbs-stat,
+  // dpdk-telemetry.py). Off by default: it is a socket and a thread per process.
+  bool telemetry = false;
   int log_level = 5;     // DVERBS_LOG: RTE_LOG_* 1 (emergency) … 8 (debug), 5 = warning;
                          // names accepted too
 };

@@ -152,10 +152,19 @@ std::vector<std::string> build_args(const Config& cfg, const cpu_set_t& affinity
     a.emplace_back("--lcores");
     a.emplace_back(cpus.empty() ? std::string("0") : "0@(" + cpus + ")");
   }
-  if (!has_option(user, {"--telemetry", "--no-telemetry"})) a.emplace_back("--no-telemetry");
+  if (!has_option(user, {"--telemetry", "--no-telemetry"}))
+    a.emplace_back(cfg.telemetry ? "--telemetry" : "--no-telemetry");
   a.emplace_back("--log-level=" + std::to_string(cfg.log_level));
   a.insert(a.end(), user.begin(), user.end());
   return a;
+}
+
+void remove_runtime_dir() {
+  const char* dir = rte_eal_get_runtime_dir();
+  if (!dir || !*dir) return;
+  for (const char* sock : {"dpdk_telemetry.v2", "telemetry"})
+    unlink((std::string(dir) + "/" + sock).c_str());
+  rmdir(dir);
 }
 
 int do_init(const Config& cfg, std::string* err) {
@@ -220,8 +229,11 @@ int do_init(const Config& cfg, std::string* err) {
     return e;
   }
   log.replay();
-  // With --no-shconf the runtime directory stays empty; do not leave it behind.
+  // With --no-shconf the runtime directory stays empty; do not leave it behind. Telemetry's
+  // sockets live there until exit: then they and the directory go (after a crash they
+  // stay, and dverbs-stat skips a socket nobody answers on).
   if (const char* dir = rte_eal_get_runtime_dir(); dir && *dir) rmdir(dir);
+  if (cfg.telemetry) std::atexit(remove_runtime_dir);
   st.ready.store(true, std::memory_order_release);
   return 0;
 }

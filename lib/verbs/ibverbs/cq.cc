@@ -188,8 +188,6 @@ ibv_cq_ex* create_cq_ex_op(ibv_context* context, ibv_cq_init_attr_ex* a) {
   if (!a) return fail(EINVAL, static_cast<ibv_cq_ex*>(nullptr));
   constexpr uint32_t kMaskKnown = IBV_CQ_INIT_ATTR_MASK_FLAGS | IBV_CQ_INIT_ATTR_MASK_PD;
   if (a->comp_mask & ~kMaskKnown) return fail(EINVAL, static_cast<ibv_cq_ex*>(nullptr));
-  if ((a->comp_mask & IBV_CQ_INIT_ATTR_MASK_PD) && a->parent_domain)
-    return fail(EOPNOTSUPP, static_cast<ibv_cq_ex*>(nullptr));  // no parent domains
   if (a->comp_mask & IBV_CQ_INIT_ATTR_MASK_FLAGS) {
     constexpr uint32_t kFlagsKnown =
         IBV_CREATE_CQ_ATTR_SINGLE_THREADED | IBV_CREATE_CQ_ATTR_IGNORE_OVERRUN;
@@ -211,9 +209,15 @@ ibv_cq_ex* create_cq_ex_op(ibv_context* context, ibv_cq_init_attr_ex* a) {
   Channel* ch;
   if (!channel_of(c, a->channel, &ch)) return fail(EINVAL, static_cast<ibv_cq_ex*>(nullptr));
   if (a->cqe > uint32_t(INT32_MAX)) return fail(EINVAL, static_cast<ibv_cq_ex*>(nullptr));
+  // As mlx5: the PD given must be a parent domain of this context (extended.cc).
+  DvPd* parent = nullptr;
+  if ((a->comp_mask & IBV_CQ_INIT_ATTR_MASK_PD) &&
+      !(parent = parent_domain_of(c, a->parent_domain)))
+    return fail(EINVAL, static_cast<ibv_cq_ex*>(nullptr));
   int err = 0;
   DvCq* cq = create_cq(c, int(a->cqe), a->cq_context, ch, a->wc_flags, &err);
   if (!cq) return fail(err, static_cast<ibv_cq_ex*>(nullptr));
+  cq->parent_domain = parent;
   return &cq->cq;
 }
 

@@ -248,15 +248,19 @@ Device* device_find(const ibv_device* dev) noexcept {
 }
 
 void destroy_all_locked(Context* c) {
-  // Dependency order (uverbs' ib_uverbs_cleanup_ucontext): flows, QPs, SRQs, CQs, MRs, AHs, PDs,
-  // then completion channels (no CQ can name them any more).
+  // Dependency order (uverbs' ib_uverbs_cleanup_ucontext): flows, QPs, SRQs, CQs, MRs, AHs,
+  // PDs, thread domains, then completion channels (no CQ can name them any more).
   for (void* o : c->handles.objects(Kind::flow)) destroy_flow_locked(o);
   for (void* o : c->handles.objects(Kind::qp)) destroy_qp_locked(static_cast<DvQp*>(o));
   for (void* o : c->handles.objects(Kind::srq)) destroy_srq_locked(static_cast<DvSrq*>(o));
   for (void* o : c->handles.objects(Kind::cq)) destroy_cq_locked(static_cast<DvCq*>(o));
   for (void* o : c->handles.objects(Kind::mr)) dereg_mr_locked(static_cast<DvMr*>(o));
   for (void* o : c->handles.objects(Kind::ah)) destroy_ah_locked(static_cast<DvAh*>(o));
+  // Parent domains before the PDs they stand for.
+  for (void* o : c->handles.objects(Kind::pd))
+    if (static_cast<DvPd*>(o)->contained) dealloc_pd_locked(static_cast<DvPd*>(o));
   for (void* o : c->handles.objects(Kind::pd)) dealloc_pd_locked(static_cast<DvPd*>(o));
+  for (void* o : c->handles.objects(Kind::td)) dealloc_td_locked(static_cast<DvTd*>(o));
   for (void* o : c->handles.objects(Kind::channel))
     destroy_channel_locked(static_cast<Channel*>(o));
 }
@@ -352,6 +356,7 @@ ibv_context* ibv_open_device(ibv_device* device) {
   ic.abi_compat = __VERBS_ABI_IS_EXTENDED;
   c->vctx.sz = sizeof(verbs_context);
   init_context_ops(c);
+  init_extended_ops(c);
   if (mid::register_event_handler(d->mdev, on_device_event, c) == 0) c->device_handler = true;
   if (!g_exit_registered) g_exit_registered = std::atexit(exit_cleanup) == 0;
   return &ic;

@@ -111,7 +111,7 @@ static_assert(access::mw_bind == IBV_ACCESS_MW_BIND && access::zero_based == IBV
 static_assert(wc_flags::with_inv == IBV_WC_WITH_INV && wc_flags::grh == IBV_WC_GRH);
 static_assert(qp_attr_mask::dest_qpn == IBV_QP_DEST_QPN && qp_attr_mask::cap == IBV_QP_CAP);
 
-enum class Kind : uint8_t { context, channel, pd, mr, ah, cq, srq, qp, flow };
+enum class Kind : uint8_t { context, channel, pd, mr, ah, cq, srq, qp, td, flow };
 const char* kind_name(Kind k) noexcept;
 
 struct Context;
@@ -214,8 +214,9 @@ struct Channel {
 
 struct DvPd {
   ibv_pd pd;
-  mid::Pd* m;
+  mid::Pd* m;  // a parent domain shares its protection domain's
   Context* ctx;
+  DvPd* contained;  // a parent domain (extended.cc): the PD it stands for; else nullptr
 };
 
 struct DvMr {
@@ -237,6 +238,7 @@ struct DvCq {
   Context* ctx;
   Channel* channel;
   uint64_t wc_flags;  // IBV_WC_EX_WITH_* requested at creation
+  DvPd* parent_domain;  // IBV_CQ_INIT_ATTR_MASK_PD at creation, else nullptr
   // Completion-channel queue state, guarded by channel->lock.
   uint32_t queued;  // events raised and not yet returned by ibv_get_cq_event
   DvCq* next_ready;
@@ -334,6 +336,18 @@ int destroy_ah_locked(DvAh* ah);
 int dealloc_pd_locked(DvPd* pd);
 // Destroys what the context still owns, in dependency order. With g_lock held.
 void destroy_all_locked(Context* ctx);
+
+// Thread and parent domains (extended.cc). Context: process context, with g_lock held.
+// parent_domain_of: the parent domain `pd` of `ctx`, or nullptr (a PD, stale, foreign).
+// dealloc_parent_domain_locked: EBUSY while a QP, SRQ, CQ, MR or AH uses it.
+// pd_in_use_by_domains: whether a parent domain stands for this PD.
+// init_extended_ops: fills the verbs_context ops of extended.cc.
+struct DvTd;
+DvPd* parent_domain_of(Context* ctx, ibv_pd* pd) noexcept;
+int dealloc_parent_domain_locked(DvPd* pd);
+bool pd_in_use_by_domains(DvPd* pd);
+int dealloc_td_locked(DvTd* td);
+void init_extended_ops(Context* ctx) noexcept;
 
 // Memory pinning (pin.cc): mlock + RLIMIT_MEMLOCK account. Context: process context.
 int pin_range(uint64_t addr, uint64_t len) noexcept;  // 0, ENOMEM, EFAULT

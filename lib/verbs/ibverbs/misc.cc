@@ -1,7 +1,7 @@
 // The rest of the public libibverbs API: strings, rate conversions, sysfs helpers, kernel
 // ABI marshalling (used by librdmacm), address handles from work completions, fork
-// support, and the verbs dverbs does not implement (multicast, import, ECE), which fail
-// with EOPNOTSUPP after validating their arguments.
+// support, multicast, and the verbs dverbs does not implement (import, ECE), which fail
+// with EOPNOTSUPP after validating their arguments (docs/VERBS.md has the whole table).
 #include <fcntl.h>
 #include <infiniband/sa.h>
 #include <rdma/ib_user_sa.h>

@@ -87,6 +87,8 @@ ibv_mr* reg_mr(ibv_pd* pd, void* addr, size_t length, uint64_t iova, unsigned ac
 }  // namespace
 
 int dealloc_pd_locked(DvPd* pd) {
+  if (pd->contained) return dealloc_parent_domain_locked(pd);  // extended.cc
+  if (pd_in_use_by_domains(pd)) return EBUSY;
   if (int rc = mid::dealloc_pd(pd->m)) return rc;  // EBUSY while MRs/QPs/AHs/SRQs use it
   untrack(pd->ctx, pd, pd->pd.handle);
   delete pd;

@@ -372,6 +372,9 @@ void init_context_ops(Context* c) noexcept {
   v.create_srq_ex = create_srq_ex_op;
   v.ibv_create_flow = create_flow_op;
   v.ibv_destroy_flow = destroy_flow_op;
+  // What libibverbs 1.1.8's inline flow wrappers call (rdma-core copies the ops there too).
+  v.ABI_placeholder1 = reinterpret_cast<void (*)()>(v.ibv_create_flow);
+  v.ABI_placeholder2 = reinterpret_cast<void (*)()>(v.ibv_destroy_flow);
 }
 
 }  // namespace dverbs::ibv

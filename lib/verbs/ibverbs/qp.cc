@@ -362,11 +362,13 @@ int ibv_destroy_qp(ibv_qp* qp) {
   return 0;
 }
 
-int ibv_query_qp_data_in_order(ibv_qp* qp, ibv_wr_opcode, uint32_t flags) {
-  std::lock_guard<mid::Mutex> g(g_lock());
-  if (!registry_find(qp, Kind::qp) || flags) return 0;
-  // The responder places payload in PSN order (go-back-N, no out-of-order placement).
-  return 1;
+// 0 ("not guaranteed") for every QP and opcode. Packets are placed in PSN order, but the
+// payload of one packet is copied with memcpy, whose stores do not go in address order
+// (glibc's vector copies store the tail, or the first vector, before the middle): a reader
+// that polls the last byte of a message may still see old bytes before it, so it must poll
+// the CQ. rdma-core answers 0 as well for a provider that does not know.
+int ibv_query_qp_data_in_order(ibv_qp*, ibv_wr_opcode, uint32_t) {
+  return 0;
 }
 
 ibv_srq* ibv_create_srq(ibv_pd* pd, ibv_srq_init_attr* srq_init_attr) {

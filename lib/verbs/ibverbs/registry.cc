@@ -52,6 +52,8 @@ const char* kind_name(Kind k) noexcept {
       return "SRQ";
     case Kind::qp:
       return "QP";
+    case Kind::td:
+      return "TD";
     case Kind::flow:
       return "flow";
   }

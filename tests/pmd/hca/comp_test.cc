@@ -192,6 +192,8 @@ TEST_F(CompTest, RnrNakResendsFromTheNakedPsnAfterTheTimer) {
   Conn c;
   c.rnr_retry = 3;
   connect(c);
+  const uint64_t rnr0 = h.dev().counters().rnr_naks_rcvd.load();
+  const uint64_t resent0 = h.dev().counters().retransmits.load();
   fill(0, 40, 6);
   post({wr(1, WrOpcode::send, 0, 40)});
   ASSERT_EQ(h.take_sent().size(), 1u);
@@ -202,6 +204,9 @@ TEST_F(CompTest, RnrNakResendsFromTheNakedPsnAfterTheTimer) {
   EXPECT_EQ(sent[0].payload, pattern(40, 6));
   EXPECT_TRUE(wcs().empty());
   EXPECT_EQ(hq().rnr_naks_rcvd.load(), 1u);
+  EXPECT_EQ(h.dev().counters().rnr_naks_rcvd.load() - rnr0, 1u);
+  EXPECT_EQ(hq().retransmits.load(), 1u);  // the one packet, sent again
+  EXPECT_EQ(h.dev().counters().retransmits.load() - resent0, 1u);
   EXPECT_TRUE(exchange(ack(S, 1)).empty());
   auto w = wcs();
   ASSERT_EQ(w.size(), 1u) << describe(w);

@@ -199,6 +199,8 @@ TEST_F(RespTest, DuplicateWriteIsReAckedAndNotReExecuted) {
 // out-of-sequence packets, and a new NAK only for a new gap after the ePSN arrived.
 TEST_F(RespTest, OutOfSequencePsnGetsOneNakPerGapWithEpsn) {
   connect();
+  auto& totals = h.dev().counters();
+  const uint64_t oos0 = totals.out_of_sequence.load(), naks0 = totals.seq_naks_sent.load();
   post_recv(1, 0, 256);
   post_recv(2, 256, 256);
   auto sent = exchange(send(op::kSendOnly, E + 2, pattern(8, 1)));
@@ -222,6 +224,10 @@ TEST_F(RespTest, OutOfSequencePsnGetsOneNakPerGapWithEpsn) {
   EXPECT_TRUE(IsNak(sent[0], NakCode::psn_seq_error, E + 1));
   EXPECT_EQ(sent[0].msn, 1u);
   EXPECT_EQ(hq().seq_naks_sent.load(), 2u);
+  // Counted per QP and in the device's totals (stats.h): five packets came beyond the ePSN.
+  EXPECT_EQ(hq().out_of_sequence.load(), 5u);
+  EXPECT_EQ(totals.out_of_sequence.load() - oos0, 5u);
+  EXPECT_EQ(totals.seq_naks_sent.load() - naks0, 2u);
   auto c = wcs();
   ASSERT_EQ(c.size(), 1u) << describe(c);
   expect_recv(c[0], 1, 8);

@@ -1,0 +1,486 @@
+// dverbs-alltoall: one host's part of an all-to-all RC exchange (issue 19, scripts/fabric).
+//
+//   dverbs-alltoall --rank R --hosts IP0,IP1,... [--port P] [--size BYTES] [--iters K]
+//                   [--timeout S]
+//
+// A program against the system's <infiniband/verbs.h> and <rdma/rdma_cma.h>, run through
+// dverbs-run (embedded) or as a client of a dverbsd: nothing in it is dverbs-specific.
+// Host R listens on IP_R:P and connects, through rdma_cm, to every host of higher rank;
+// the hosts of lower rank connect to it. Over each connection, in both directions:
+//   - K RDMA WRITEs of BYTES each into a region the peer announced in the CM private data,
+//   - K SENDs of BYTES each into receives posted before the connection was made,
+//   - one FIN SEND, after every WRITE and SEND of this direction has completed.
+// Every byte carries a pattern of (source rank, destination rank, iteration, offset). The
+// receiver checks each SEND's bytes as it completes, and the whole WRITE region when the
+// FIN arrives (RC delivers in order: the FIN follows the WRITEs). The host that connected
+// disconnects once its FIN completed and the peer's arrived; the other waits for that.
+//
+// Output: one line per peer (bytes written and sent to it, bytes received from it and
+// verified, the receive rate), then "RESULT rank R: PASS ..." or "FAIL ..." naming what was
+// wrong (a completion status, a byte that differed, a CM event). Exit status 0 only on
+// PASS. An alarm ends the process after --timeout seconds (default 120): never a hang.
+#include <arpa/inet.h>
+#include <fcntl.h>
+#include <infiniband/verbs.h>
+#include <rdma/rdma_cma.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <chrono>
+#include <csignal>
+#include <cstdint>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <memory>
+#include <string>
+#include <vector>
+
+namespace {
+
+struct Options {
+  int rank = -1;
+  std::vector<std::string> hosts;
+  int port = 18515;
+  uint32_t size = 65536;
+  uint32_t iters = 100;
+  int timeout = 120;
+};
+
+// What the CM private data carries, both ways: who I am and where to WRITE.
+struct Announce {
+  uint32_t rank;
+  uint32_t rkey;
+  uint64_t addr;
+};
+
+constexpr int kWindow = 32;  // WRs in flight per connection (data WRs, both kinds)
+enum : uint64_t { kTagWrite = 1, kTagSend = 2, kTagFin = 3, kTagRecv = 4 };
+
+uint8_t pattern(uint32_t src, uint32_t dst, uint32_t iter, uint64_t off) {
+  return static_cast<uint8_t>(src * 131 + dst * 31 + iter * 7 + off * 13 + (off >> 8));
+}
+
+struct Peer {
+  int rank = -1;
+  rdma_cm_id* id = nullptr;
+  bool connector = false;  // this host connected (and disconnects)
+  bool established = false, disconnected = false;
+  int attempts = 0;                                  // connects tried (connector)
+  std::chrono::steady_clock::time_point retry_at{};  // next connect (connector, not yet up)
+  std::vector<uint8_t> src;      // what this host WRITEs and SENDs to the peer (K x size)
+  std::vector<uint8_t> wregion;  // where the peer WRITEs (K x size)
+  std::vector<uint8_t> rbufs;    // K + 1 receive buffers (size bytes each)
+  ibv_mr *src_mr = nullptr, *w_mr = nullptr, *r_mr = nullptr;
+  Announce remote{};
+  uint32_t next_write = 0, next_send = 0, inflight = 0, done_write = 0, done_send = 0;
+  bool fin_posted = false, fin_done = false, fin_received = false, verified = false;
+  uint32_t sends_received = 0;
+  uint64_t bytes_verified = 0;
+  std::chrono::steady_clock::time_point first_rx{}, last_rx{};
+};
+
+Options g_opt;
+ibv_pd* g_pd = nullptr;
+ibv_cq* g_cq = nullptr;
+std::vector<std::unique_ptr<Peer>> g_peers;  // indexed by rank (nullptr for this host)
+
+[[noreturn]] void die(const std::string& what) {
+  std::printf("RESULT rank %d: FAIL %s\n", g_opt.rank, what.c_str());
+  std::fflush(stdout);
+  std::_Exit(1);
+}
+
+void usage() {
+  std::fprintf(stderr,
+               "usage: dverbs-alltoall --rank R --hosts IP0,IP1,... [--port P] [--size BYTES] "
+               "[--iters K] [--timeout S]\n");
+  std::exit(2);
+}
+
+Options parse(int argc, char** argv) {
+  Options o;
+  for (int i = 1; i < argc; ++i) {
+    std::string a = argv[i];
+    auto value = [&]() -> std::string {
+      if (i + 1 >= argc) usage();
+      return argv[++i];
+    };
+    if (a == "--rank") o.rank = std::atoi(value().c_str());
+    else if (a == "--hosts") {
+      std::string v = value();
+      for (size_t at = 0; at <= v.size();) {
+        size_t comma = v.find(',', at);
+        if (comma == std::string::npos) comma = v.size();
+        if (comma > at) o.hosts.push_back(v.substr(at, comma - at));
+        at = comma + 1;
+      }
+    } else if (a == "--port") o.port = std::atoi(value().c_str());
+    else if (a == "--size") o.size = static_cast<uint32_t>(std::strtoul(value().c_str(), nullptr, 0));
+    else if (a == "--iters") o.iters = static_cast<uint32_t>(std::strtoul(value().c_str(), nullptr, 0));
+    else if (a == "--timeout") o.timeout = std::atoi(value().c_str());
+    else usage();
+  }
+  if (o.rank < 0 || o.rank >= static_cast<int>(o.hosts.size()) || o.hosts.size() < 2 ||
+      o.size == 0 || o.iters == 0 || o.port <= 0 || o.port > 65535)
+    usage();
+  return o;
+}
+
+sockaddr_in addr_of(const std::string& ip) {
+  sockaddr_in a{};
+  a.sin_family = AF_INET;
+  a.sin_port = htons(static_cast<uint16_t>(g_opt.port));
+  if (inet_pton(AF_INET, ip.c_str(), &a.sin_addr) != 1) die("not an IPv4 address: " + ip);
+  return a;
+}
+
+// PD and CQ on the device the first bound id landed on (every id of this host uses it).
+void open_device(ibv_context* verbs) {
+  if (g_pd) return;
+  if (!verbs) die("rdma_cm id has no device (is the address this host's dverbs IP?)");
+  g_pd = ibv_alloc_pd(verbs);
+  int cqe = static_cast<int>(g_opt.hosts.size()) * (2 * kWindow + 2 * (g_opt.iters + 2));
+  g_cq = g_pd ? ibv_create_cq(verbs, cqe, nullptr, nullptr, 0) : nullptr;
+  if (!g_cq) die(std::string("ibv_alloc_pd/ibv_create_cq: ") + std::strerror(errno));
+}
+
+ibv_mr* reg(std::vector<uint8_t>& v, int access) {
+  ibv_mr* mr = ibv_reg_mr(g_pd, v.data(), v.size(), access);
+  if (!mr) die(std::string("ibv_reg_mr: ") + std::strerror(errno));
+  return mr;
+}
+
+void post_recv(Peer& p, uint32_t slot) {
+  ibv_sge sge{reinterpret_cast<uintptr_t>(&p.rbufs[size_t{slot} * g_opt.size]), g_opt.size,
+              p.r_mr->lkey};
+  ibv_recv_wr wr{}, *bad = nullptr;
+  wr.wr_id = (uint64_t{kTagRecv} << 56) | (uint64_t(p.rank) << 32) | slot;
+  wr.sg_list = &sge;
+  wr.num_sge = 1;
+  if (int rc = ibv_post_recv(p.id->qp, &wr, &bad)) die("ibv_post_recv: " + std::string(std::strerror(rc)));
+}
+
+// QP, buffers and receives for a connection to `rank` on `id`; returns what to announce.
+Announce setup(Peer& p) {
+  open_device(p.id->verbs);
+  const size_t k = g_opt.iters, n = g_opt.size;
+  if (!p.src_mr) {
+  p.src.resize(k * n);
+  for (uint32_t it = 0; it < k; ++it)
+    for (size_t off = 0; off < n; ++off)
+      p.src[it * n + off] = pattern(g_opt.rank, p.rank, it, off);
+  p.wregion.assign(k * n, 0);
+  p.rbufs.assign((k + 1) * n, 0);
+  p.src_mr = reg(p.src, 0);
+  p.w_mr = reg(p.wregion, IBV_ACCESS_LOCAL_WRITE | IBV_ACCESS_REMOTE_WRITE);
+  p.r_mr = reg(p.rbufs, IBV_ACCESS_LOCAL_WRITE);
+  }
+  ibv_qp_init_attr qa{};
+  qa.send_cq = qa.recv_cq = g_cq;
+  qa.qp_type = IBV_QPT_RC;
+  qa.cap.max_send_wr = kWindow + 2;
+  qa.cap.max_recv_wr = static_cast<uint32_t>(k + 1);
+  qa.cap.max_send_sge = qa.cap.max_recv_sge = 1;
+  if (rdma_create_qp(p.id, g_pd, &qa)) die(std::string("rdma_create_qp: ") + std::strerror(errno));
+  for (uint32_t s = 0; s <= k; ++s) post_recv(p, s);
+  return Announce{static_cast<uint32_t>(g_opt.rank), p.w_mr->rkey,
+                  reinterpret_cast<uintptr_t>(p.wregion.data())};
+}
+
+void post_send(Peer& p, ibv_wr_opcode op, uint64_t tag, uint32_t iter, uint32_t len) {
+  ibv_sge sge{reinterpret_cast<uintptr_t>(&p.src[size_t{iter} * g_opt.size]), len, p.src_mr->lkey};
+  ibv_send_wr wr{}, *bad = nullptr;
+  wr.wr_id = (tag << 56) | (uint64_t(p.rank) << 32) | iter;
+  wr.sg_list = &sge;
+  wr.num_sge = 1;
+  wr.opcode = op;
+  wr.send_flags = IBV_SEND_SIGNALED;
+  if (op == IBV_WR_RDMA_WRITE) {
+    wr.wr.rdma.remote_addr = p.remote.addr + uint64_t{iter} * g_opt.size;
+    wr.wr.rdma.rkey = p.remote.rkey;
+  }
+  if (int rc = ibv_post_send(p.id->qp, &wr, &bad))
+    die("ibv_post_send to rank " + std::to_string(p.rank) + ": " + std::strerror(rc));
+  ++p.inflight;
+}
+
+// Keeps the connection's window full: WRITE k and SEND k alternate; the FIN goes last.
+void pump(Peer& p) {
+  if (!p.established || p.disconnected) return;
+  while (p.inflight < kWindow && (p.next_write < g_opt.iters || p.next_send < g_opt.iters)) {
+    if (p.next_write <= p.next_send && p.next_write < g_opt.iters)
+      post_send(p, IBV_WR_RDMA_WRITE, kTagWrite, p.next_write++, g_opt.size);
+    else
+      post_send(p, IBV_WR_SEND, kTagSend, p.next_send++, g_opt.size);
+  }
+  if (!p.fin_posted && p.done_write == g_opt.iters && p.done_send == g_opt.iters) {
+    p.fin_posted = true;
+    post_send(p, IBV_WR_SEND, kTagFin, 0, 4);  // 4 bytes of iteration 0's pattern
+  }
+}
+
+void check_bytes(const Peer& p, const uint8_t* got, uint32_t iter, uint32_t len, const char* what) {
+  for (uint32_t off = 0; off < len; ++off) {
+    uint8_t want = pattern(p.rank, g_opt.rank, iter, off);
+    if (got[off] != want) {
+      char b[200];
+      std::snprintf(b, sizeof b, "%s from rank %d, iteration %u, byte %u: 0x%02x, expected 0x%02x",
+                    what, p.rank, iter, off, got[off], want);
+      die(b);
+    }
+  }
+}
+
+void on_completion(const ibv_wc& wc) {
+  const uint64_t tag = wc.wr_id >> 56;
+  const int rank = static_cast<int>((wc.wr_id >> 32) & 0xffffff);
+  if (rank < 0 || rank >= static_cast<int>(g_peers.size()) || !g_peers[rank])
+    die("completion with a foreign wr_id");
+  Peer& p = *g_peers[rank];
+  // Receives posted on a QP of an attempt that failed (a REJ, a late REQ turned away) are
+  // flushed when rdma_cm moves it to the error state: not this connection's.
+  if (!p.id || !p.id->qp || wc.qp_num != p.id->qp->qp_num) return;
+  if (wc.status != IBV_WC_SUCCESS) {
+    // A FIN the peer acknowledged by disconnecting may be flushed after its DREQ: the
+    // peer has everything (it disconnects only after our FIN... or it saw its own).
+    if (tag == kTagFin && p.fin_received && wc.status == IBV_WC_WR_FLUSH_ERR) {
+      p.fin_done = true;
+      return;
+    }
+    die("completion of " + std::string(tag == kTagRecv ? "a receive" : "a send") + " with rank " +
+        std::to_string(rank) + ": " + ibv_wc_status_str(wc.status));
+  }
+  auto now = std::chrono::steady_clock::now();
+  switch (tag) {
+    case kTagWrite: --p.inflight; ++p.done_write; break;
+    case kTagSend: --p.inflight; ++p.done_send; break;
+    case kTagFin: --p.inflight; p.fin_done = true; break;
+    case kTagRecv: {
+      if (p.first_rx == std::chrono::steady_clock::time_point{}) p.first_rx = now;
+      p.last_rx = now;
+      uint32_t slot = static_cast<uint32_t>(wc.wr_id & 0xffffffff);
+      const uint8_t* got = &p.rbufs[size_t{slot} * g_opt.size];
+      if (p.sends_received < g_opt.iters) {
+        if (wc.byte_len != g_opt.size) die("SEND of wrong length from rank " + std::to_string(rank));
+        check_bytes(p, got, p.sends_received, g_opt.size, "SEND");
+        p.bytes_verified += g_opt.size;
+        ++p.sends_received;
+      } else {
+        if (wc.byte_len != 4) die("FIN of wrong length from rank " + std::to_string(rank));
+        check_bytes(p, got, 0, 4, "FIN");
+        for (uint32_t it = 0; it < g_opt.iters; ++it)
+          check_bytes(p, &p.wregion[size_t{it} * g_opt.size], it, g_opt.size, "RDMA WRITE");
+        p.bytes_verified += uint64_t{g_opt.iters} * g_opt.size;
+        p.fin_received = p.verified = true;
+      }
+      break;
+    }
+    default: die("completion with an unknown tag");
+  }
+}
+
+// Handles one CM event; returns an id to destroy once the event is acknowledged (a
+// connection attempt that failed, or a request turned away), else nullptr.
+rdma_cm_id* on_cm_event(rdma_cm_event* ev, rdma_cm_id* listener) {
+  rdma_cm_id* id = ev->id;
+  switch (ev->event) {
+    case RDMA_CM_EVENT_ADDR_RESOLVED:
+      if (rdma_resolve_route(id, 5000)) die("rdma_resolve_route: " + std::string(std::strerror(errno)));
+      break;
+    case RDMA_CM_EVENT_ROUTE_RESOLVED: {
+      Peer& p = *static_cast<Peer*>(id->context);
+      Announce a = setup(p);
+      rdma_conn_param cp{};
+      cp.private_data = &a;
+      cp.private_data_len = sizeof a;
+      cp.responder_resources = cp.initiator_depth = 1;
+      cp.retry_count = 7;
+      cp.rnr_retry_count = 7;
+      if (rdma_connect(id, &cp)) die("rdma_connect: " + std::string(std::strerror(errno)));
+      break;
+    }
+    case RDMA_CM_EVENT_CONNECT_REQUEST: {
+      if (ev->param.conn.private_data_len < sizeof(Announce)) die("CONNECT_REQUEST without announce");
+      Announce remote;
+      std::memcpy(&remote, ev->param.conn.private_data, sizeof remote);
+      int r = static_cast<int>(remote.rank);
+      if (r < 0 || r >= g_opt.rank || !g_peers[r] || g_peers[r]->established)
+        die("unexpected CONNECT_REQUEST from rank " + std::to_string(r));
+      Peer& p = *g_peers[r];
+      if (p.id) {
+        // An earlier attempt of this peer is still pending here (its REQ came late, after
+        // the peer gave up on it): turn this one away, the peer tries again.
+        rdma_reject(id, nullptr, 0);
+        return id;
+      }
+      p.id = id;
+      id->context = &p;
+      p.remote = remote;
+      Announce a = setup(p);
+      rdma_conn_param cp{};
+      cp.private_data = &a;
+      cp.private_data_len = sizeof a;
+      cp.responder_resources = cp.initiator_depth = 1;
+      cp.rnr_retry_count = 7;
+      if (rdma_accept(id, &cp)) die("rdma_accept: " + std::string(std::strerror(errno)));
+      break;
+    }
+    case RDMA_CM_EVENT_ESTABLISHED: {
+      Peer& p = *static_cast<Peer*>(id->context);
+      if (id != p.id) die("ESTABLISHED on a connection attempt given up");
+      if (p.connector) {
+        if (ev->param.conn.private_data_len < sizeof(Announce)) die("ESTABLISHED without announce");
+        std::memcpy(&p.remote, ev->param.conn.private_data, sizeof p.remote);
+      }
+      p.established = true;
+      break;
+    }
+    case RDMA_CM_EVENT_DISCONNECTED: {
+      // Checked against the FIN once the CQ is drained (main loop).
+      Peer& p = *static_cast<Peer*>(id->context);
+      if (id == p.id) p.disconnected = true;
+      break;
+    }
+    case RDMA_CM_EVENT_REJECTED:
+    case RDMA_CM_EVENT_UNREACHABLE:
+    case RDMA_CM_EVENT_ADDR_ERROR:
+    case RDMA_CM_EVENT_ROUTE_ERROR:
+    case RDMA_CM_EVENT_CONNECT_ERROR: {
+      // The peer's listener may not be up yet, or this was a stale attempt: the connector
+      // tries again (for 30 s), the acceptor waits for that.
+      Peer* p = id == listener ? nullptr : static_cast<Peer*>(id->context);
+      if (!p || p->established || ++p->attempts > 150)
+        die(std::string(p ? "rank " + std::to_string(p->rank) : "listener") + ": " +
+            rdma_event_str(ev->event) + " (status " + std::to_string(ev->status) + ")");
+      if (p->connector) p->retry_at = std::chrono::steady_clock::now() + std::chrono::milliseconds(200);
+      p->id = nullptr;
+      return id;
+    }
+    case RDMA_CM_EVENT_TIMEWAIT_EXIT:
+      break;
+    default: {
+      const Peer* p = id == listener ? nullptr : static_cast<Peer*>(id->context);
+      die(std::string(p ? "rank " + std::to_string(p->rank) : "listener") + ": " +
+          rdma_event_str(ev->event) + " (status " + std::to_string(ev->status) + ")");
+    }
+  }
+  return nullptr;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  g_opt = parse(argc, argv);
+  std::setvbuf(stdout, nullptr, _IOLBF, 0);
+  std::signal(SIGALRM, [](int) {
+    static const char m[] = "RESULT: FAIL timed out (--timeout)\n";
+    (void)!write(1, m, sizeof m - 1);
+    _exit(1);
+  });
+  alarm(static_cast<unsigned>(g_opt.timeout));
+  const int n = static_cast<int>(g_opt.hosts.size());
+  g_peers.resize(n);
+  for (int r = 0; r < n; ++r)
+    if (r != g_opt.rank) {
+      g_peers[r] = std::make_unique<Peer>();
+      g_peers[r]->rank = r;
+    }
+
+  rdma_event_channel* ch = rdma_create_event_channel();
+  if (!ch) die("rdma_create_event_channel: " + std::string(std::strerror(errno)));
+  fcntl(ch->fd, F_SETFL, fcntl(ch->fd, F_GETFL) | O_NONBLOCK);
+  rdma_cm_id* listener = nullptr;
+  sockaddr_in self = addr_of(g_opt.hosts[g_opt.rank]);
+  if (rdma_create_id(ch, &listener, nullptr, RDMA_PS_TCP) ||
+      rdma_bind_addr(listener, reinterpret_cast<sockaddr*>(&self)) || rdma_listen(listener, n))
+    die("listen on " + g_opt.hosts[g_opt.rank] + ": " + std::strerror(errno));
+  open_device(listener->verbs);
+  std::printf("dverbs-alltoall rank %d of %d (%s): %u x %u B RDMA WRITE and SEND to each of %d peers\n",
+              g_opt.rank, n, g_opt.hosts[g_opt.rank].c_str(), g_opt.iters, g_opt.size, n - 1);
+
+  // Higher ranks are connected to, with retries while their listener is not up yet
+  // (REJECTED / UNREACHABLE from a host that has not started): the outer loop re-arms them.
+  const auto start = std::chrono::steady_clock::now();
+  for (int r = g_opt.rank + 1; r < n; ++r) g_peers[r]->connector = true;
+  auto connect = [&](Peer& p) {
+    p.retry_at = {};
+    sockaddr_in src = self, dst = addr_of(g_opt.hosts[p.rank]);
+    src.sin_port = 0;
+    if (rdma_create_id(ch, &p.id, &p, RDMA_PS_TCP)) die("rdma_create_id");
+    if (rdma_resolve_addr(p.id, reinterpret_cast<sockaddr*>(&src), reinterpret_cast<sockaddr*>(&dst), 5000))
+      die("rdma_resolve_addr " + g_opt.hosts[p.rank] + ": " + std::strerror(errno));
+  };
+
+  ibv_wc wcs[32];
+  std::chrono::steady_clock::time_point data_start{};  // every connection established
+  for (;;) {
+    bool work = false;
+    rdma_cm_event* ev = nullptr;
+    while (rdma_get_cm_event(ch, &ev) == 0) {
+      work = true;
+      rdma_cm_id* gone = on_cm_event(ev, listener);  // reads private data before the ack
+      rdma_ack_cm_event(ev);
+      if (gone) {
+        if (gone->qp) rdma_destroy_qp(gone);
+        rdma_destroy_id(gone);
+      }
+    }
+    if (errno != EAGAIN && errno != EWOULDBLOCK) die("rdma_get_cm_event: " + std::string(std::strerror(errno)));
+    int got = ibv_poll_cq(g_cq, 32, wcs);
+    if (got < 0) die("ibv_poll_cq failed");
+    for (int i = 0; i < got; ++i) on_completion(wcs[i]);
+    work |= got > 0;
+    bool all = true, up = true;
+    const auto now = std::chrono::steady_clock::now();
+    for (auto& pp : g_peers) {
+      if (!pp) continue;
+      Peer& p = *pp;
+      if (p.connector && !p.id && now >= p.retry_at) connect(p);
+      // A peer disconnects only after our FIN reached it and its FIN reached us; its FIN's
+      // completion is in the CQ before its DREQ's event: judge once the CQ is drained.
+      if (p.disconnected && !p.fin_received && got == 0)
+        die("rank " + std::to_string(p.rank) + " disconnected before its FIN");
+      pump(p);
+      up &= p.established;
+      if (p.connector && p.fin_done && p.fin_received && !p.disconnected) {
+        rdma_disconnect(p.id);
+        p.disconnected = true;
+      }
+      all &= p.disconnected && p.fin_done && p.verified;
+    }
+    if (up && data_start == std::chrono::steady_clock::time_point{}) data_start = now;
+    if (all) break;
+    if (!work) usleep(20);
+  }
+  const auto end = std::chrono::steady_clock::now();
+  const double setup = std::chrono::duration<double>(data_start - start).count();
+  const double secs = std::chrono::duration<double>(end - data_start).count();
+
+  uint64_t total = 0;
+  std::printf(" peer  written_B  sent_B  received_and_verified_B  rx_MB/s\n");
+  for (auto& pp : g_peers) {
+    if (!pp) continue;
+    Peer& p = *pp;
+    double rx = std::chrono::duration<double>(p.last_rx - p.first_rx).count();
+    uint64_t out = uint64_t{g_opt.iters} * g_opt.size;
+    std::printf(" %4d  %9llu  %6llu  %23llu  %7.1f\n", p.rank, static_cast<unsigned long long>(out),
+                static_cast<unsigned long long>(out), static_cast<unsigned long long>(p.bytes_verified),
+                rx > 0 ? p.bytes_verified / rx / 1e6 : 0.0);
+    total += p.bytes_verified;
+  }
+  // The same instants on the common clock, for the fabric-wide goodput (scripts/fabric).
+  auto wall_us = [](std::chrono::steady_clock::time_point t) {
+    auto ago = std::chrono::steady_clock::now() - t;
+    return std::chrono::duration_cast<std::chrono::microseconds>(
+               std::chrono::system_clock::now().time_since_epoch() - ago)
+        .count();
+  };
+  std::printf("TIMES rank %d: data_start_us %lld end_us %lld\n", g_opt.rank,
+              static_cast<long long>(wall_us(data_start)), static_cast<long long>(wall_us(end)));
+  std::printf("RESULT rank %d: PASS verified %llu bytes from %d peers in %.3f s (%.1f MB/s received; "
+              "connections took %.2f s)\n",
+              g_opt.rank, static_cast<unsigned long long>(total), n - 1, secs, total / secs / 1e6, setup);
+  // Ids and QPs go with the process: every connection has been disconnected.
+  return 0;
+}
