@@ -19,18 +19,11 @@
 #include <cstring>
 #include <vector>
 
+#include "verbs_rc.h"
+
 namespace {
 
-ibv_context* open_dverbs() {
-  int n = 0;
-  ibv_device** list = ibv_get_device_list(&n);
-  if (!list) return nullptr;
-  ibv_context* ctx = nullptr;
-  for (int i = 0; i < n; ++i)
-    if (std::strcmp(ibv_get_device_name(list[i]), "dverbs0") == 0) ctx = ibv_open_device(list[i]);
-  ibv_free_device_list(list);
-  return ctx;
-}
+using verbs_e2e::open_dverbs;
 
 bool poll_one(ibv_cq* cq, ibv_wc* wc) {
   for (long i = 0; i < 400000000L; ++i) {
@@ -193,6 +186,18 @@ struct Fixture : ::testing::Test {
     if (ibv_modify_qp(q, &at, IBV_QP_STATE)) return nullptr;
     return q;
   }
+  // A raw packet QP in RTS with its own CQ and `slots` 2048-byte registered slots.
+  struct End {
+    ibv_cq* cq = nullptr;
+    ibv_qp* qp = nullptr;
+    ibv_mr* mr = nullptr;
+  };
+  bool raw_end(End* e, size_t slots) {
+    e->cq = cq();
+    e->qp = e->cq ? raw_qp(e->cq) : nullptr;
+    e->mr = e->qp ? mr(slots * 2048) : nullptr;
+    return e->mr != nullptr;
+  }
   // Two RC QPs on CQs ca and cb, connected to each other over the port.
   void rc_pair(ibv_cq* ca, ibv_cq* cb, ibv_qp** qa, ibv_qp** qb) {
     ibv_qp_init_attr init{};
@@ -214,34 +219,55 @@ struct Fixture : ::testing::Test {
       ASSERT_EQ(ibv_modify_qp(q, &at,
                               IBV_QP_STATE | IBV_QP_PKEY_INDEX | IBV_QP_PORT | IBV_QP_ACCESS_FLAGS),
                 0);
-      at = {};
-      at.qp_state = IBV_QPS_RTR;
-      at.path_mtu = IBV_MTU_1024;
-      at.dest_qp_num = peer->qp_num;
-      at.rq_psn = 1;
-      at.max_dest_rd_atomic = 1;
-      at.min_rnr_timer = 12;
-      at.ah_attr.is_global = 1;
-      at.ah_attr.grh.dgid = gid;
-      at.ah_attr.grh.hop_limit = 1;
-      at.ah_attr.port_num = 1;
-      ASSERT_EQ(ibv_modify_qp(q, &at,
-                              IBV_QP_STATE | IBV_QP_AV | IBV_QP_PATH_MTU | IBV_QP_DEST_QPN |
-                                  IBV_QP_RQ_PSN | IBV_QP_MAX_DEST_RD_ATOMIC | IBV_QP_MIN_RNR_TIMER),
-                0);
-      at.qp_state = IBV_QPS_RTS;
-      at.sq_psn = 1;
-      at.timeout = 14;
-      at.retry_cnt = 7;
-      at.rnr_retry = 7;
-      at.max_rd_atomic = 1;
-      ASSERT_EQ(ibv_modify_qp(q, &at,
-                              IBV_QP_STATE | IBV_QP_TIMEOUT | IBV_QP_RETRY_CNT | IBV_QP_RNR_RETRY |
-                                  IBV_QP_SQ_PSN | IBV_QP_MAX_QP_RD_ATOMIC),
-                0);
+      ASSERT_NO_FATAL_FAILURE(verbs_e2e::rc_to_rtr(q, gid, peer->qp_num));
+      ASSERT_NO_FATAL_FAILURE(verbs_e2e::rc_to_rts(q));
     }
     *qa = a;
     *qb = b;
+  }
+  // RoCE traffic beside the raw QPs: an RC pair, `n` SENDs of `len` bytes (byte pattern
+  // 0x40 + i) posted by rc_start, their completions and bytes checked by rc_finish.
+  struct Rc {
+    ibv_cq *ca = nullptr, *cb = nullptr;
+    ibv_qp *a = nullptr, *b = nullptr;
+    uint8_t* buf = nullptr;
+  };
+  void rc_start(Rc* rc, int n, uint32_t len) {
+    rc->ca = cq();
+    rc->cb = cq();
+    ASSERT_TRUE(rc->ca && rc->cb);
+    ASSERT_NO_FATAL_FAILURE(rc_pair(rc->ca, rc->cb, &rc->a, &rc->b));
+    ibv_mr* m = mr(size_t(n) * len * 2);
+    ASSERT_NE(m, nullptr);
+    rc->buf = static_cast<uint8_t*>(m->addr);
+    for (int i = 0; i < n; i++) {
+      ibv_sge s{uint64_t(uintptr_t(rc->buf + (n + i) * len)), len, m->lkey};
+      ibv_recv_wr wr{}, *bad = nullptr;
+      wr.sg_list = &s;
+      wr.num_sge = 1;
+      ASSERT_EQ(ibv_post_recv(rc->b, &wr, &bad), 0);
+    }
+    for (int i = 0; i < n; i++) {
+      std::memset(rc->buf + i * len, 0x40 + i, len);
+      ibv_sge s{uint64_t(uintptr_t(rc->buf + i * len)), len, m->lkey};
+      ibv_send_wr wr{}, *bad = nullptr;
+      wr.sg_list = &s;
+      wr.num_sge = 1;
+      wr.opcode = IBV_WR_SEND;
+      wr.send_flags = IBV_SEND_SIGNALED;
+      ASSERT_EQ(ibv_post_send(rc->a, &wr, &bad), 0);
+    }
+  }
+  void rc_finish(const Rc& rc, int n, uint32_t len) {
+    for (int i = 0; i < n; i++) {
+      ibv_wc wc{};
+      ASSERT_TRUE(poll_one(rc.ca, &wc));
+      ASSERT_EQ(wc.status, IBV_WC_SUCCESS) << ibv_wc_status_str(wc.status);
+      ASSERT_TRUE(poll_one(rc.cb, &wc));
+      ASSERT_EQ(wc.status, IBV_WC_SUCCESS) << ibv_wc_status_str(wc.status);
+      ASSERT_EQ(wc.byte_len, len);
+    }
+    for (int i = 0; i < n; i++) ASSERT_EQ(rc.buf[(n + i) * len + len - 1], 0x40 + i);
   }
   ibv_flow* flow(ibv_qp* q, FlowReq r) {
     ibv_flow* f = ibv_create_flow(q, &r.attr);
@@ -263,9 +289,12 @@ struct Fixture : ::testing::Test {
       ASSERT_EQ(ibv_post_recv(q, &wr, &bad), 0);
     }
   }
-  // Sends `f` from `q` (copied into slot `slot` of `m`) and waits for its completion.
-  void send_frame(ibv_qp* q, ibv_cq* c, ibv_mr* m, int slot, const std::vector<uint8_t>& f,
+  // Sends `f` from `e` (copied into its slot `slot`) and waits for its completion.
+  void send_frame(const End& e, int slot, const std::vector<uint8_t>& f,
                   unsigned flags = IBV_SEND_IP_CSUM) {
+    ibv_qp* q = e.qp;
+    ibv_cq* c = e.cq;
+    ibv_mr* m = e.mr;
     uint8_t* at = static_cast<uint8_t*>(m->addr) + slot * 2048;
     std::memcpy(at, f.data(), f.size());
     ibv_sge s{uint64_t(uintptr_t(at)), uint32_t(f.size()), m->lkey};
@@ -325,55 +354,24 @@ TEST_F(Fixture, DeviceReportsRawPacketQpsAndFlowSteering) {
 // second raw QP, whole, with the checksums IBV_SEND_IP_CSUM filled; a frame to another
 // port is not delivered there. An RC pair moves data meanwhile and completes.
 TEST_F(Fixture, RuleOnUdpPortDeliversTheFrameAndRcTrafficFlowsBeside) {
-  ibv_cq* tx_cq = cq();
-  ibv_cq* rx_cq = cq();
-  ASSERT_TRUE(tx_cq && rx_cq);
-  ibv_qp* tx = raw_qp(tx_cq);
-  ibv_qp* rx = raw_qp(rx_cq);
-  ASSERT_TRUE(tx && rx) << std::strerror(errno);
-  ibv_mr* txm = mr(64 * 2048);
-  ibv_mr* rxm = mr(64 * 2048);
-  ASSERT_TRUE(txm && rxm);
-  ASSERT_NE(flow(rx, udp_rule(5000, 0)), nullptr) << std::strerror(errno);
-  post_recvs(rx, rxm, 8);
+  End tx, rx;
+  ASSERT_TRUE(raw_end(&tx, 64) && raw_end(&rx, 64)) << std::strerror(errno);
+  ASSERT_NE(flow(rx.qp, udp_rule(5000, 0)), nullptr) << std::strerror(errno);
+  post_recvs(rx.qp, rx.mr, 8);
 
   // The RC pair: a and b connected over the same port, 32 SENDs of 4 KiB in flight.
-  ibv_cq* rca = cq();
-  ibv_cq* rcb = cq();
-  ASSERT_TRUE(rca && rcb);
-  ibv_qp* a = nullptr;
-  ibv_qp* b = nullptr;
-  ASSERT_NO_FATAL_FAILURE(rc_pair(rca, rcb, &a, &b));
-  ibv_mr* rcm = mr(32 * 4096 * 2);
-  ASSERT_NE(rcm, nullptr);
-  auto* rcbuf = static_cast<uint8_t*>(rcm->addr);
-  for (int i = 0; i < 32; i++) {
-    ibv_sge s{uint64_t(uintptr_t(rcbuf + 32 * 4096 + i * 4096)), 4096, rcm->lkey};
-    ibv_recv_wr wr{}, *bad = nullptr;
-    wr.sg_list = &s;
-    wr.num_sge = 1;
-    ASSERT_EQ(ibv_post_recv(b, &wr, &bad), 0);
-  }
-  for (int i = 0; i < 32; i++) {
-    std::memset(rcbuf + i * 4096, 0x40 + i, 4096);
-    ibv_sge s{uint64_t(uintptr_t(rcbuf + i * 4096)), 4096, rcm->lkey};
-    ibv_send_wr wr{}, *bad = nullptr;
-    wr.sg_list = &s;
-    wr.num_sge = 1;
-    wr.opcode = IBV_WR_SEND;
-    wr.send_flags = IBV_SEND_SIGNALED;
-    ASSERT_EQ(ibv_post_send(a, &wr, &bad), 0);
-  }
+  Rc rc;
+  ASSERT_NO_FATAL_FAILURE(rc_start(&rc, 32, 4096));
 
   // A frame to port 5001 first (no rule), then the one to port 5000.
-  send_frame(tx, tx_cq, txm, 0, udp_frame(mac, ip_be, 5001, 0xb1));
+  send_frame(tx, 0, udp_frame(mac, ip_be, 5001, 0xb1));
   const auto want = udp_frame(mac, ip_be, 5000, 0xa1, 200);
-  send_frame(tx, tx_cq, txm, 1, want);
+  send_frame(tx, 1, want);
   ibv_wc wc{};
-  ASSERT_EQ(recv_tag(rx_cq, rxm, &wc), 0xa1) << "the frame to port 5001 was delivered";
+  ASSERT_EQ(recv_tag(rx.cq, rx.mr, &wc), 0xa1) << "the frame to port 5001 was delivered";
   EXPECT_EQ(wc.byte_len, want.size());
-  EXPECT_EQ(wc.qp_num, rx->qp_num);
-  const uint8_t* got = static_cast<const uint8_t*>(rxm->addr) + wc.wr_id * 2048;
+  EXPECT_EQ(wc.qp_num, rx.qp->qp_num);
+  const uint8_t* got = static_cast<const uint8_t*>(rx.mr->addr) + wc.wr_id * 2048;
   // Byte for byte what was sent, but for the two checksums the HCA filled.
   std::vector<uint8_t> g(got, got + want.size());
   EXPECT_EQ(csum_fold(csum_add(g.data() + kEth, kIp)), 0xffff) << "IPv4 header checksum";
@@ -389,36 +387,21 @@ TEST_F(Fixture, RuleOnUdpPortDeliversTheFrameAndRcTrafficFlowsBeside) {
   g[kEth + 10] = g[kEth + 11] = 0;
   g[kEth + kIp + 6] = g[kEth + kIp + 7] = 0;
   EXPECT_EQ(g, want);
-  EXPECT_EQ(pending(rx_cq), 0);
+  EXPECT_EQ(pending(rx.cq), 0);
 
   // The RC transfer completes, data intact, next to the raw traffic.
-  for (int i = 0; i < 32; i++) {
-    ASSERT_TRUE(poll_one(rca, &wc));
-    ASSERT_EQ(wc.status, IBV_WC_SUCCESS) << ibv_wc_status_str(wc.status);
-    ASSERT_TRUE(poll_one(rcb, &wc));
-    ASSERT_EQ(wc.status, IBV_WC_SUCCESS) << ibv_wc_status_str(wc.status);
-    ASSERT_EQ(wc.byte_len, 4096u);
-  }
-  for (int i = 0; i < 32; i++) ASSERT_EQ(rcbuf[32 * 4096 + i * 4096 + 100], 0x40 + i);
+  rc_finish(rc, 32, 4096);
 }
 
 // Rules are tried in priority order (a lower value first); destroying a rule stops its
 // deliveries; an equal-priority later rule never overrides an earlier one.
 TEST_F(Fixture, PrioritiesAndDestroyFlow) {
-  ibv_cq* tx_cq = cq();
-  ibv_cq* c1 = cq();
-  ibv_cq* c2 = cq();
-  ASSERT_TRUE(tx_cq && c1 && c2);
-  ibv_qp* tx = raw_qp(tx_cq);
-  ibv_qp* q1 = raw_qp(c1);
-  ibv_qp* q2 = raw_qp(c2);
-  ASSERT_TRUE(tx && q1 && q2);
-  ibv_mr* txm = mr(16 * 2048);
-  ibv_mr* m1 = mr(64 * 2048);
-  ibv_mr* m2 = mr(64 * 2048);
-  ASSERT_TRUE(txm && m1 && m2);
-  post_recvs(q1, m1, 16);
-  post_recvs(q2, m2, 16);
+  End tx, e1, e2;
+  ASSERT_TRUE(raw_end(&tx, 16) && raw_end(&e1, 64) && raw_end(&e2, 64)) << std::strerror(errno);
+  ibv_qp* q1 = e1.qp;
+  ibv_qp* q2 = e2.qp;
+  post_recvs(q1, e1.mr, 16);
+  post_recvs(q2, e2.mr, 16);
   // q2: every frame to this MAC (an ETH spec only), at priority 5.
   FlowReq mac_rule{};
   mac_rule.attr.type = IBV_FLOW_ATTR_NORMAL;
@@ -438,81 +421,46 @@ TEST_F(Fixture, PrioritiesAndDestroyFlow) {
   // And a second rule for port 6000 on q2 at the same priority 1: the older one wins.
   ASSERT_NE(flow(q2, udp_rule(6000, 1)), nullptr);
 
-  send_frame(tx, tx_cq, txm, 0, udp_frame(mac, ip_be, 6000, 0x11));
-  EXPECT_EQ(recv_tag(c1, m1), 0x11);
-  send_frame(tx, tx_cq, txm, 1, udp_frame(mac, ip_be, 6001, 0x12));  // q2's rule first
-  EXPECT_EQ(recv_tag(c2, m2), 0x12);
-  send_frame(tx, tx_cq, txm, 2, udp_frame(mac, ip_be, 7000, 0x13));  // q2's MAC rule only
-  EXPECT_EQ(recv_tag(c2, m2), 0x13);
-  EXPECT_EQ(pending(c1), 0);
+  send_frame(tx, 0, udp_frame(mac, ip_be, 6000, 0x11));
+  EXPECT_EQ(recv_tag(e1.cq, e1.mr), 0x11);
+  send_frame(tx, 1, udp_frame(mac, ip_be, 6001, 0x12));  // q2's rule first
+  EXPECT_EQ(recv_tag(e2.cq, e2.mr), 0x12);
+  send_frame(tx, 2, udp_frame(mac, ip_be, 7000, 0x13));  // q2's MAC rule only
+  EXPECT_EQ(recv_tag(e2.cq, e2.mr), 0x13);
+  EXPECT_EQ(pending(e1.cq), 0);
 
   // Without q1's port-6000 rule the frame goes to q2's (same priority, then the MAC rule).
   unflow(f6000);
-  send_frame(tx, tx_cq, txm, 3, udp_frame(mac, ip_be, 6000, 0x14));
-  EXPECT_EQ(recv_tag(c2, m2), 0x14);
-  EXPECT_EQ(pending(c1), 0);
+  send_frame(tx, 3, udp_frame(mac, ip_be, 6000, 0x14));
+  EXPECT_EQ(recv_tag(e2.cq, e2.mr), 0x14);
+  EXPECT_EQ(pending(e1.cq), 0);
 }
 
 // No rule, whatever it asks for, and no raw QP ever receives RoCE frames: a rule on UDP
 // port 4791 and a catch-all rule (no specs) on the same QP see none of an RC pair's
 // traffic (SENDs and ACKs); the catch-all still takes the non-RoCE frame sent after it.
 TEST_F(Fixture, RoceIsNeverStolen) {
-  ibv_cq* tx_cq = cq();
-  ibv_cq* rx_cq = cq();
-  ASSERT_TRUE(tx_cq && rx_cq);
-  ibv_qp* tx = raw_qp(tx_cq);
-  ibv_qp* rx = raw_qp(rx_cq);
-  ASSERT_TRUE(tx && rx);
-  ibv_mr* txm = mr(4 * 2048);
-  ibv_mr* rxm = mr(64 * 2048);
-  ASSERT_TRUE(txm && rxm);
-  post_recvs(rx, rxm, 64);
-  ASSERT_NE(flow(rx, udp_rule(4791, 0)), nullptr);
+  End tx, rx;
+  ASSERT_TRUE(raw_end(&tx, 4) && raw_end(&rx, 64)) << std::strerror(errno);
+  post_recvs(rx.qp, rx.mr, 64);
+  ASSERT_NE(flow(rx.qp, udp_rule(4791, 0)), nullptr);
   ibv_flow_attr all{};
   all.type = IBV_FLOW_ATTR_NORMAL;
   all.size = sizeof all;
   all.priority = 1;
   all.port = 1;
-  ibv_flow* f = ibv_create_flow(rx, &all);
+  ibv_flow* f = ibv_create_flow(rx.qp, &all);
   ASSERT_NE(f, nullptr) << std::strerror(errno);
   flows.push_back(f);
 
   // RoCE: an RC pair moves 16 SENDs (and their ACKs) over the port.
-  ibv_cq* rca = cq();
-  ibv_cq* rcb = cq();
-  ASSERT_TRUE(rca && rcb);
-  ibv_qp* a = nullptr;
-  ibv_qp* b = nullptr;
-  ASSERT_NO_FATAL_FAILURE(rc_pair(rca, rcb, &a, &b));
-  ibv_mr* um = mr(16 * 2048);
-  ASSERT_NE(um, nullptr);
-  for (int i = 0; i < 16; i++) {
-    ibv_sge s{uint64_t(uintptr_t(um->addr)) + 8 * 2048, 2048, um->lkey};
-    ibv_recv_wr wr{}, *bad = nullptr;
-    wr.sg_list = &s;
-    wr.num_sge = 1;
-    ASSERT_EQ(ibv_post_recv(b, &wr, &bad), 0);
-  }
-  for (int i = 0; i < 16; i++) {
-    ibv_sge s{uint64_t(uintptr_t(um->addr)), 256, um->lkey};
-    ibv_send_wr wr{}, *bad = nullptr;
-    wr.sg_list = &s;
-    wr.num_sge = 1;
-    wr.opcode = IBV_WR_SEND;
-    wr.send_flags = IBV_SEND_SIGNALED;
-    ASSERT_EQ(ibv_post_send(a, &wr, &bad), 0);
-  }
-  for (int i = 0; i < 16; i++) {
-    ibv_wc wc{};
-    ASSERT_TRUE(poll_one(rca, &wc));
-    ASSERT_EQ(wc.status, IBV_WC_SUCCESS) << ibv_wc_status_str(wc.status);
-    ASSERT_TRUE(poll_one(rcb, &wc));
-    ASSERT_EQ(wc.status, IBV_WC_SUCCESS) << ibv_wc_status_str(wc.status);
-  }
+  Rc rc;
+  ASSERT_NO_FATAL_FAILURE(rc_start(&rc, 16, 256));
+  ASSERT_NO_FATAL_FAILURE(rc_finish(rc, 16, 256));
   // Then one non-RoCE frame: the first and only thing the raw QP receives.
-  send_frame(tx, tx_cq, txm, 0, udp_frame(mac, ip_be, 9999, 0x77));
-  EXPECT_EQ(recv_tag(rx_cq, rxm), 0x77);
-  EXPECT_EQ(pending(rx_cq), 0);
+  send_frame(tx, 0, udp_frame(mac, ip_be, 9999, 0x77));
+  EXPECT_EQ(recv_tag(rx.cq, rx.mr), 0x77);
+  EXPECT_EQ(pending(rx.cq), 0);
 }
 
 // ---------------------------------------------------------------- misuse
