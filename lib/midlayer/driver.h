@@ -87,6 +87,11 @@ struct DeviceOps {
   // engine (and by dverbsd and its clients). Context: any thread, never sleeps.
   int (*poll_cq_ts)(Cq* cq, int num_entries, Wc* wc, uint64_t* ts);
   int (*read_clock)(Device* dev, uint64_t* raw);
+  // Flow steering (ibv_create_flow): frames that match `rule` go to raw packet QP `qp`;
+  // *id names the rule for destroy_flow. A QP's rules go with it when it is destroyed.
+  // Context: process context, may sleep.
+  int (*create_flow)(Qp* qp, const FlowRule* rule, uint32_t* id);
+  int (*destroy_flow)(Qp* qp, uint32_t id);
 };
 
 struct DeviceRegistration;  // midlayer-private

@@ -173,6 +173,11 @@ void Engine::rx_one(rte_mbuf* m, bool verified) noexcept {
       arp_replies_ += arp_reply;
       return;  // ARP consumed the frame
     }
+    // Not RoCE (RoCE frames never get here): a flow rule may steer it to a raw packet QP.
+    if ((err == wire::ParseError::not_ipv4 || err == wire::ParseError::not_udp ||
+         err == wire::ParseError::not_roce) &&
+        !dev.flows().empty() && rx_raw(m, verified))
+      return;
     if (err == wire::ParseError::bad_icrc)
       dev.counters().rx_bad_icrc.fetch_add(1, std::memory_order_relaxed);
     else if (err == wire::ParseError::not_ipv4 || err == wire::ParseError::not_udp ||

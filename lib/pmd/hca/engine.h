@@ -94,6 +94,9 @@ class Engine {
   [[gnu::noinline]] void recycle_slow(rte_mbuf* m) noexcept;
   [[gnu::noinline]] bool refill_cache() noexcept;  // false: the pool is empty
   void rx_multicast(rte_mbuf* m, const wire::Packet& pkt, bool verified) noexcept;
+  // A frame that is not RoCE: to the raw packet QP of the first flow rule it matches
+  // (raw.cc). False when no rule matches (the frame is still the caller's).
+  [[gnu::noinline]] bool rx_raw(rte_mbuf* m, bool verified) noexcept;
   void drop_not_for_us(rte_mbuf* m) noexcept;
   void drop_frames() noexcept;  // frees the frames queued for TX or handed over, and the cache
   void flush_acks() noexcept;
@@ -235,6 +238,14 @@ RespStep iba15_check_rkey(Engine& e, Qp& qp, const wire::Packet& pkt, Mr** mr) n
 // Executes a checked ATOMIC WRITE or FLUSH and fills the responder resource its
 // zero-length READ RESPONSE is answered (and replayed) from. Context: owner engine.
 void iba15_execute(const wire::Packet& pkt, Mr* mr, RespResource* r) noexcept;
+
+// Raw packet QPs (raw.cc). raw_send: sends WQE `w` of a raw packet QP as one frame (its
+// bytes as they are; IBV_SEND_IP_CSUM fills the IPv4 and TCP/UDP checksums); false when
+// it cannot leave yet (no mbuf) or failed (the QP is then in ERR). raw_recv: puts a
+// received frame (all its segments) into the QP's next receive WQE and completes it;
+// false when the frame was not taken (no WQE, QP not receiving). Context: owner engine, qp.lock held.
+bool raw_send(Engine& e, Qp& qp, SendWqe& w) noexcept;
+bool raw_recv(Engine& e, Qp& qp, const rte_mbuf* m) noexcept;
 
 // Completer (comp.cc): handles one response packet (ACK, NAK, READ response, atomic ACK).
 // Context: owner engine, qp->lock held.

@@ -90,6 +90,10 @@ int query_device(mid::Device* d, DeviceAttr* a) {
   a->phys_port_cnt = 1;
   std::snprintf(a->fw_ver, sizeof a->fw_ver, "dverbs-0.1");
   a->core_clock_khz = rte_get_tsc_hz() / 1000;  // completion timestamps count TSC ticks
+  a->max_raw_qp = a->max_qp;  // raw packet QPs and flow steering (raw.cc)
+  a->max_flows = FlowTable::kMaxFlows;
+  a->max_raw_frame = raw_max_frame(dev);
+  a->raw_ip_csum = true;
   return 0;
 }
 
@@ -260,7 +264,8 @@ int req_notify_cq(mid::Cq* c, bool solicited_only) {
 int create_qp(mid::Pd* pd, const mid::QpInitAttr* init, mid::Qp** out) {
   Device& dev = hca(pd->device);
   if (dev.retired()) return ENODEV;
-  if (init->qp_type != QpType::rc && init->qp_type != QpType::uc && init->qp_type != QpType::ud)
+  if (init->qp_type != QpType::rc && init->qp_type != QpType::uc && init->qp_type != QpType::ud &&
+      init->qp_type != QpType::raw_packet)
     return EINVAL;
   if (init->gsi && init->qp_type != QpType::ud) return EINVAL;
   const QpCap& c = init->cap;
@@ -280,6 +285,12 @@ int create_qp(mid::Pd* pd, const mid::QpInitAttr* init, mid::Qp** out) {
   qp->sq_sig_all = init->sq_sig_all;
   qp->srq = init->srq;  // the midlayer fills it too; the engine needs it from the start
   qp->mtu = mtu_bytes(active_mtu(dev.port_info().mtu));  // UD uses it; RTR sets connected QPs'
+  if (init->qp_type == QpType::raw_packet) {
+    if (int rc = raw_qp_init(dev, *init, *qp)) {
+      delete qp;
+      return rc;
+    }
+  }
   if (!qp->sq.init(qp->cap.max_send_wr) || !qp->rq.init(qp->cap.max_recv_wr ? qp->cap.max_recv_wr : 1)) {
     delete qp;
     return ENOMEM;
@@ -298,6 +309,7 @@ int destroy_qp(mid::Qp* q) {
   Device& dev = *qp->hca;
   {
     std::lock_guard<mid::Mutex> g(dev.ctl());
+    dev.flows().remove_qp(dev, qp);  // its flow rules first: no engine steers to it then
     dev.remove_qp(qp);
   }
   delete qp;
@@ -625,6 +637,8 @@ const mid::DeviceOps kHcaOps = {
     .rereg_mr = rereg_mr,
     .poll_cq_ts = poll_cq_ts,
     .read_clock = read_clock,
+    .create_flow = create_flow,
+    .destroy_flow = destroy_flow,
 };
 
 }  // namespace dverbs::pmd::hca

@@ -316,7 +316,8 @@ Turn send_rd_atomic(Engine& e, Qp& qp, SendWqe& w) {
 Turn send_segment(Engine& e, Qp& qp, SendWqe& w) {
   Requester& r = qp.req;
   const bool rc = qp.qp_type == QpType::rc;
-  const bool ok = send_one(e, qp, w, r.next_pkt);
+  const bool ok =
+      qp.qp_type == QpType::raw_packet ? raw_send(e, qp, w) : send_one(e, qp, w, r.next_pkt);
   if (rc && r.timer_deadline == 0) req_arm_timer(e, qp);
   if (!ok) return qp.state.load(std::memory_order_relaxed) == QpState::err ? Turn::failed
                                                                            : Turn::blocked;

@@ -63,6 +63,8 @@ enum class Cmd : uint32_t {
   attach_mcast,  // handle = QP, mcast.gid (ibv_attach_mcast)
   detach_mcast,
   rereg_mr,      // handle = MR; fds: one memfd per piece with a new translation (RegMr)
+  create_flow,   // handle = raw packet QP, flow.rule → flow.id (ibv_create_flow)
+  destroy_flow,  // handle = the QP, flow.id
 };
 
 // Handles are opaque per-connection values: generation << 20 | index. 0 is never valid.
@@ -146,6 +148,10 @@ struct Request {
       uint32_t npieces;
       MrPiece pieces[kMaxPieces];
     } rereg_mr;
+    struct {
+      FlowRule rule;
+      uint32_t id;
+    } flow;
     uint8_t raw[640];
   };
 };
@@ -210,6 +216,9 @@ struct Response {
       uint32_t rkey;
     } mw;
     Stats stats;
+    struct {
+      uint32_t id;
+    } flow;
     uint8_t raw[640];
   };
 };

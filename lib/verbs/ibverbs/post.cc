@@ -459,6 +459,11 @@ void init_context_ops(Context* c) noexcept {
   v.create_qp_ex = create_qp_ex_op;
   v.create_srq_ex = create_srq_ex_op;
   v.query_rt_values = query_rt_values_op;
+  v.ibv_create_flow = create_flow_op;
+  v.ibv_destroy_flow = destroy_flow_op;
+  // What libibverbs 1.1.8's inline flow wrappers call (rdma-core copies the ops there too).
+  v.ABI_placeholder1 = reinterpret_cast<void (*)()>(v.ibv_create_flow);
+  v.ABI_placeholder2 = reinterpret_cast<void (*)()>(v.ibv_destroy_flow);
 }
 
 }  // namespace dverbs::ibv
