@@ -56,7 +56,10 @@ void Engine::linger_end() noexcept { run_lock_.store(false, std::memory_order_re
 bool Engine::init() {
   pool_ = dev_->port().pool();
   tsc_hz_ = rte_get_tsc_hz();
+  ns_per_tsc_ = 1e9 / double(tsc_hz_);
   now_ = rte_get_tsc_cycles();
+  cc_on_ = dev_->config().cc.enabled;
+  rng_ ^= uint64_t(queue_ + 1) * 0xbf58476d1ce4e5b9ull;
   return kicks_.init(kMaxQp) && handoff_.init(4096);
 }
 
@@ -220,6 +223,12 @@ void Engine::rx_one(rte_mbuf* m, bool verified) noexcept {
     qp->lock.lock();
     rx_qp_ = qp;
   }
+  // Congestion control (cc.cc): a CNP is consumed there; a request may be marked and
+  // answered with one. Off (the default), only a stray CNP takes this branch.
+  if ((cc_on_ || pkt.opcode == wire::op::kCnp) && cc_rx(*this, *qp, pkt)) [[unlikely]] {
+    recycle(m);
+    return;
+  }
   if (pkt.info->flags & wire::opf::kRequest)
     resp_rx(*this, *qp, pkt);
   else
@@ -300,6 +309,8 @@ int Engine::rx_step() noexcept {
   int total = 0;
   for (int round = 0; round < 4; round++) {
     uint16_t n = dev_->port().rx_burst(queue_, pkts, kBurst);
+    // The ring held at least what the earlier bursts of this drain and this one returned.
+    rx_backlog_ = uint32_t(round) * kBurst + n;
     if (n) receive(pkts, n);
     total += n;
     if (n < kBurst) break;
@@ -317,6 +328,7 @@ void Engine::receive(rte_mbuf** pkts, uint16_t n) noexcept {
 }
 
 int Engine::handoff_step() noexcept {
+  rx_backlog_ = 0;  // frames handed over were counted where they were received
   rte_mbuf* m;
   int n = 0;
   while (n < kBurst && handoff_.pop(&m)) {

@@ -53,6 +53,9 @@ bool make_frame_addr(Device& dev, const AhAttr& ah, uint32_t src_qpn, uint32_t d
   uint32_t h = (src_qpn * 0x9e3779b1u) ^ (dst_qpn * 0x85ebca6bu) ^ ah.flow_label;
   out->udp_sport = uint16_t(0xc000 | ((h ^ (h >> 16)) & 0x3fff));
   out->tos = ah.traffic_class;
+  // With congestion control on, frames say they are ECN-capable (ECT(0)) unless the
+  // traffic class already chose an ECN codepoint, so a switch may mark them CE.
+  if (dev.config().cc.enabled && (out->tos & 3) == 0) out->tos |= 2;
   out->ttl = ah.hop_limit ? ah.hop_limit : 64;
   return true;
 }
