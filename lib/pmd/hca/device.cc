@@ -68,6 +68,7 @@ std::unique_ptr<Device> Device::create(const net::Config& cfg, const char* name,
   std::memcpy(dev->port_info_.mac, dev->port_->mac(), 6);
   dev->port_info_.ip = dev->port_->ip();
   dev->port_info_.mtu = dev->port_->mtu();
+  dev->port_info_.ifindex = dev->port_->host_ifindex();
   dev->mrs_.reset(new Mr[kMaxMr]);
   dev->qps_.reset(new std::atomic<Qp*>[kMaxQp]);
   for (uint32_t i = 0; i < kMaxQp; i++) dev->qps_[i].store(nullptr, std::memory_order_relaxed);

@@ -447,6 +447,10 @@ void Port::setup_faults(const Config& cfg) {
         std::make_unique<FaultInjector>(cfg.fault, uint64_t(port_id_) << 16 | q, pool_));
 }
 
+uint32_t Port::host_ifindex() const {
+  return impl_->kernel.name.empty() ? 0 : if_nametoindex(impl_->kernel.name.c_str());
+}
+
 bool Port::may_retry_connect() const {
   return impl_->memif_client && impl_->started && !link_up();
 }

@@ -95,6 +95,9 @@ class Port {
   uint8_t prefix_len() const { return prefix_len_; }
   uint32_t mtu() const { return mtu_; }  // Ethernet MTU (payload bytes of a frame)
   bool link_up() const;                  // rte_eth_link_get_nowait
+  // The interface index of the host interface the port is on (net_af_xdp, net_af_packet),
+  // 0 for any other port. Context: process context (a system call).
+  uint32_t host_ifindex() const;
   // A memif client connects once, when its port starts, and a server refuses it while the
   // server's own port is probed but not started yet: two processes that open their ports
   // at the same moment (UCX and MPI ranks open their devices together) leave the client's
