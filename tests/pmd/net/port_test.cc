@@ -88,6 +88,44 @@ class PortTest : public ::testing::Test {
     return v;
   }
 
+  // Echoes frames until the client has had `want` back and hung up (closing earlier could
+  // drop the last echo from the shared ring before the client reads it); ~10 s at most if
+  // nothing happens. Returns how many were echoed.
+  static uint32_t echo_until_hangup(Port& port, uint32_t want) {
+    uint32_t echoed = 0;
+    bool was_up = false;
+    for (int i = 0; i < 100'000; ++i) {
+      rte_mbuf* r[8];
+      const uint16_t n = port.rx_burst(0, r, 8);
+      if (n) echoed += port.tx_burst(0, r, n);
+      const bool up = port.link_up();
+      if (was_up && !up && echoed >= want) break;
+      was_up |= up;
+      if (!n) usleep(100);
+    }
+    return echoed;
+  }
+
+  // Sends a frame of `len` bytes and expects it back unchanged from the echoing peer.
+  static void expect_echo(Port& port, uint16_t len) {
+    rte_mbuf* m = udp_frame(port, len, uint8_t(len));
+    const std::vector<uint8_t> sent = bytes(m);
+    ASSERT_EQ(port.tx_burst(0, &m, 1), 1);
+    rte_mbuf* r = nullptr;
+    for (int i = 0; i < 200000 && !port.rx_burst(0, &r, 1); ++i) usleep(50);
+    ASSERT_NE(r, nullptr) << "no echo of " << len;
+    EXPECT_EQ(bytes(r), sent);
+    rte_pktmbuf_free(r);
+  }
+
+  // Reaps the helper process and expects it to have passed; clears `child`.
+  static void expect_exit_0(pid_t& child) {
+    int status = 0;
+    ASSERT_EQ(waitpid(child, &status, 0), child);
+    child = -1;
+    EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0) << status;
+  }
+
   static std::string tmp_path(const char* name) {
     return "/tmp/dverbs-port-test-" + std::to_string(getpid()) + "-" + name;
   }
@@ -316,20 +354,7 @@ TEST_F(PortTest, MemifEchoServerHelper) {
   // Tell the client only now: a 22.11 memif server rejects ("ID not found") a client that
   // connects between probe and configure, and that client never retries.
   std::ofstream(std::string(sock) + ".ready") << "up\n";
-  // Echo until the client has had its 3 frames back and hung up (closing earlier could
-  // drop the last echo from the shared ring before the client reads it).
-  uint32_t echoed = 0;
-  bool was_up = false;
-  for (int i = 0; i < 100'000; ++i) {  // ~10 s if nothing happens
-    rte_mbuf* r[8];
-    const uint16_t n = port->rx_burst(0, r, 8);
-    if (n) echoed += port->tx_burst(0, r, n);
-    const bool up = port->link_up();
-    if (was_up && !up && echoed >= 3) break;
-    was_up |= up;
-    if (!n) usleep(100);
-  }
-  EXPECT_EQ(echoed, 3u);
+  EXPECT_EQ(echo_until_hangup(*port, 3), 3u);
 }
 
 TEST_F(PortTest, MemifClientWithoutServerIsOneLine) {
@@ -396,20 +421,11 @@ TEST_F(PortTest, MemifBetweenTwoProcesses) {
 
   // Jumbo frames cross in one piece, whatever memif's 2 KiB buffers.
   for (uint16_t len : {uint16_t(64), uint16_t(1514), uint16_t(Port::kWantMtu + 14)}) {
-    rte_mbuf* m = udp_frame(*port, len, uint8_t(len));
-    const std::vector<uint8_t> sent = bytes(m);
-    ASSERT_EQ(port->tx_burst(0, &m, 1), 1);
-    rte_mbuf* r = nullptr;
-    for (int i = 0; i < 200000 && !port->rx_burst(0, &r, 1); ++i) usleep(50);
-    ASSERT_NE(r, nullptr) << "no echo of " << len;
-    EXPECT_EQ(bytes(r), sent);
-    rte_pktmbuf_free(r);
+    expect_echo(*port, len);
+    if (HasFatalFailure()) return;
   }
   port.reset();
-  int status = 0;
-  ASSERT_EQ(waitpid(child, &status, 0), child);
-  child = -1;
-  EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0) << status;
+  expect_exit_0(child);
 }
 
 // A memif server probed but not started yet (the listening socket exists from the probe)
@@ -431,18 +447,7 @@ TEST_F(PortTest, MemifLateServerHelper) {
     usleep(500);
   auto port = open(cfg);
   ASSERT_TRUE(port);
-  uint32_t echoed = 0;
-  bool was_up = false;
-  for (int i = 0; i < 100'000; ++i) {
-    rte_mbuf* r[8];
-    const uint16_t n = port->rx_burst(0, r, 8);
-    if (n) echoed += port->tx_burst(0, r, n);
-    const bool up = port->link_up();
-    if (was_up && !up && echoed >= 1) break;
-    was_up |= up;
-    if (!n) usleep(100);
-  }
-  EXPECT_EQ(echoed, 1u);
+  EXPECT_EQ(echo_until_hangup(*port, 1), 1u);
 }
 
 TEST_F(PortTest, MemifClientRefusedByAServerNotStartedConnectsAgain) {
@@ -491,19 +496,10 @@ TEST_F(PortTest, MemifClientRefusedByAServerNotStartedConnectsAgain) {
   }
   ASSERT_TRUE(port->link_up());
   EXPECT_FALSE(port->may_retry_connect());
-  rte_mbuf* m = udp_frame(*port, 64, 7);
-  const std::vector<uint8_t> sent = bytes(m);
-  ASSERT_EQ(port->tx_burst(0, &m, 1), 1);
-  rte_mbuf* r = nullptr;
-  for (int i = 0; i < 200000 && !port->rx_burst(0, &r, 1); ++i) usleep(50);
-  ASSERT_NE(r, nullptr) << "no echo";
-  EXPECT_EQ(bytes(r), sent);
-  rte_pktmbuf_free(r);
+  expect_echo(*port, 64);
+  if (HasFatalFailure()) return;
   port.reset();
-  int status = 0;
-  ASSERT_EQ(waitpid(child, &status, 0), child);
-  child = -1;
-  EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0) << status;
+  expect_exit_0(child);
 }
 
 TEST_F(PortTest, OpenCloseManyTimes) {
