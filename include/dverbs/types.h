@@ -363,6 +363,10 @@ struct PortAttr {
   uint8_t active_speed = 0;
   uint8_t active_width = 0;
   uint8_t link_layer_ethernet = 1;
+  // The host interface the port is on (net_af_xdp, net_af_packet), as a RoCE NIC's GIDs
+  // name their netdev (ibv_gid_entry::ndev_ifindex); 0 for a port with none (memif, the
+  // loopback, a NIC driven by its DPDK PMD). Its index in the driver's network namespace.
+  uint32_t ndev_ifindex = 0;
 };
 
 // One hardware counter (the analogue of the kernel's rdma_hw_stats entries): a name the

@@ -74,6 +74,7 @@ class Device : public mid::Device {
     uint8_t mac[6];
     uint32_t ip;   // host byte order
     uint32_t mtu;  // Ethernet MTU
+    uint32_t ifindex;  // the host interface's (net::Port::host_ifindex), else 0
   };
   const PortInfo& port_info() const { return port_info_; }
   bool link_up() const { return !retired() && port_->link_up(); }

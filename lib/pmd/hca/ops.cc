@@ -114,6 +114,7 @@ int query_port(mid::Device* d, uint8_t port_num, PortAttr* a) {
   a->gid_tbl_len = 1;
   a->max_msg_sz = 1u << 31;
   a->link_layer_ethernet = 1;
+  a->ndev_ifindex = dev.port_info().ifindex;
   return 0;
 }
 

@@ -116,7 +116,7 @@ int query_gid_entry(Context* c, uint32_t port, uint32_t index, ibv_gid_entry* e)
   e->gid_index = index;
   e->port_num = port;
   e->gid_type = IBV_GID_TYPE_ROCE_V2;  // IPv4-mapped GIDs of a RoCEv2 port
-  e->ndev_ifindex = 0;                 // the port is a DPDK device, not a netdev
+  e->ndev_ifindex = p.ndev_ifindex;    // the host interface's; 0 without one
   return 0;
 }
 
