@@ -18,7 +18,8 @@ struct Mr;
 struct Mw;
 }  // namespace mid
 
-enum class QpType : uint32_t { rc = 2, uc = 3, ud = 4, xrc_send = 9, xrc_recv = 10 };
+// raw_packet: IBV_QPT_RAW_PACKET, whole Ethernet frames (pmd/hca/raw.cc).
+enum class QpType : uint32_t { rc = 2, uc = 3, ud = 4, raw_packet = 8, xrc_send = 9, xrc_recv = 10 };
 
 // The reliable-connected transports: RC and the two halves of XRC (the XRC annex), which
 // share RC's PSNs, ACKs and retransmission. Context: any.
@@ -96,6 +97,7 @@ constexpr uint32_t fence = 1u << 0;
 constexpr uint32_t signaled = 1u << 1;
 constexpr uint32_t solicited = 1u << 2;
 constexpr uint32_t inline_data = 1u << 3;
+constexpr uint32_t ip_csum = 1u << 4;  // raw packet QPs: fill the IPv4 and TCP/UDP checksums
 }  // namespace send_flags
 
 // IBV_ACCESS_* flags.
@@ -334,6 +336,27 @@ struct DeviceAttr {
   // the device stamps no completions. Appended: dverbsd's query_device reply carries it.
   uint64_t core_clock_khz = 0;
   bool xrc = false;  // XRC domains, SRQs and QPs work (IBV_DEVICE_XRC)
+  // Raw packet QPs (max_raw_ethy_qp) and flow steering rules a device can hold; 0: none.
+  uint32_t max_raw_qp = 0;
+  uint32_t max_flows = 0;
+  uint32_t max_raw_frame = 0;  // the largest frame a raw packet QP sends (bytes)
+  bool raw_ip_csum = false;    // IBV_SEND_IP_CSUM honoured (IBV_RAW_PACKET_CAP_IP_CSUM)
+};
+
+// One flow steering rule (ibv_create_flow, IBV_FLOW_ATTR_NORMAL): a frame matches when
+// every field ANDed with its mask equals the value ANDed with the mask. Multi-byte fields
+// are in network byte order, as in ibv_flow_spec_*. The drop-in translates the specs.
+struct FlowRule {
+  uint16_t priority = 0;  // lower value = higher priority (ibv_flow_attr.priority)
+  uint8_t has_eth = 0;    // an ETH spec was given
+  uint8_t has_ipv4 = 0;   // an IPV4 spec: the frame must be IPv4
+  uint8_t l4_proto = 0;   // 6 (TCP) or 17 (UDP) when a TCP/UDP spec was given, else 0
+  uint8_t dst_mac[6] = {}, dst_mac_mask[6] = {};
+  uint8_t src_mac[6] = {}, src_mac_mask[6] = {};
+  uint16_t ether_type = 0, ether_type_mask = 0;
+  uint16_t vlan_tag = 0, vlan_tag_mask = 0;  // a nonzero mask: the frame must be tagged
+  uint32_t src_ip = 0, src_ip_mask = 0, dst_ip = 0, dst_ip_mask = 0;
+  uint16_t src_port = 0, src_port_mask = 0, dst_port = 0, dst_port_mask = 0;
 };
 
 enum class PortState : uint32_t { nop = 0, down = 1, init = 2, armed = 3, active = 4 };
@@ -347,6 +370,10 @@ struct PortAttr {
   uint8_t active_speed = 0;
   uint8_t active_width = 0;
   uint8_t link_layer_ethernet = 1;
+  // The host interface the port is on (net_af_xdp, net_af_packet), as a RoCE NIC's GIDs
+  // name their netdev (ibv_gid_entry::ndev_ifindex); 0 for a port with none (memif, the
+  // loopback, a NIC driven by its DPDK PMD). Its index in the driver's network namespace.
+  uint32_t ndev_ifindex = 0;
 };
 
 // One hardware counter (the analogue of the kernel's rdma_hw_stats entries): a name the

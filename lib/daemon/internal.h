@@ -357,6 +357,9 @@ int client_span_bytes(const Request& req, uint64_t* bytes);
 // Validates a reg_mr request and its memfds and maps them; see memory.cc.
 int map_client_memory(const Request& req, const int* fds, uint32_t nfds, Mapping* span,
                       void** host);
+// Capability `cap` (CAP_*) in the effective set of client process `pid` (/proc/PID/status
+// now; the pid comes from SO_PEERCRED, which the client cannot forge); false when unknown.
+bool client_has_cap(pid_t pid, int cap);
 uint32_t ring_entries(uint32_t at_least) noexcept;  // power of two >= max(1, at_least)
 
 // ---- rereg.cc ----

@@ -16,6 +16,7 @@
 // may name: MR, MW, AH) goes unpublish → Server::synchronize() → midlayer destroy → unmap;
 // a destroy the midlayer refuses (EBUSY) publishes the object again.
 #include <fcntl.h>
+#include <linux/capability.h>
 #include <poll.h>
 #include <signal.h>
 #include <sys/eventfd.h>
@@ -357,6 +358,9 @@ int Session::create_qp(const Request& req, Response& resp, OutFds& out) {
   auto* rcq = xrc_send ? nullptr : lookup<CqObj>(r.recv_cq, Kind::cq);
   SrqObj* srq = r.srq && !xrc_send ? lookup<SrqObj>(r.srq, Kind::srq) : nullptr;
   if (!pd || !scq || (!rcq && !xrc_send) || (r.srq && !srq && !xrc_send)) return EINVAL;
+  // A raw packet QP needs the CLIENT's CAP_NET_RAW (its pid from SO_PEERCRED), as Linux
+  // asks of the process that creates one.
+  if (r.qp_type == QpType::raw_packet && !client_has_cap(c_.pid, CAP_NET_RAW)) return EPERM;
   Reserved res(srv_, c_, Kind::qp);
   if (res.rc()) return res.rc();
   Handle h = c_.table.reserve();
@@ -800,6 +804,14 @@ int Session::dispatch(Request& req, InFds& in, Response& resp, OutFds& out) {
       if (!o) return EINVAL;
       return req.cmd == Cmd::attach_mcast ? mid::attach_mcast(o->qp, &req.mcast.gid)
                                           : mid::detach_mcast(o->qp, &req.mcast.gid);
+    }
+    case Cmd::create_flow:
+    case Cmd::destroy_flow: {
+      // Rules steer only to this client's own QPs (its handle table names them).
+      auto* o = lookup<QpObj>(req.handle, Kind::qp);
+      if (!o) return EINVAL;
+      return req.cmd == Cmd::create_flow ? mid::create_flow(o->qp, &req.flow.rule, &resp.flow.id)
+                                         : mid::destroy_flow(o->qp, req.flow.id);
     }
   }
   return invalid();

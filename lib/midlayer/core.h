@@ -121,6 +121,10 @@ int resolve_neigh(Device* dev, uint8_t port_num, uint32_t ip, uint8_t mac[6]) no
 // ibv_attach_mcast / ibv_detach_mcast; EOPNOTSUPP when the driver has no multicast.
 int attach_mcast(Qp* qp, const Gid* gid);
 int detach_mcast(Qp* qp, const Gid* gid);
+// ibv_create_flow / ibv_destroy_flow on a raw packet QP; EOPNOTSUPP when the driver has no
+// flow steering.
+int create_flow(Qp* qp, const FlowRule* rule, uint32_t* id);
+int destroy_flow(Qp* qp, uint32_t id);
 
 // ---- Context: any thread, never sleeps. ----
 int create_ah(Pd* pd, const AhAttr* attr, Ah** out) noexcept;

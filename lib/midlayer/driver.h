@@ -99,6 +99,11 @@ struct DeviceOps {
   int (*open_xrcd)(Device* dev, int fd, int oflags, Xrcd** out);
   int (*close_xrcd)(Xrcd* xrcd);
   int (*open_xrc_qp)(Xrcd* xrcd, uint32_t qpn, Qp** out);
+  // Flow steering (ibv_create_flow): frames that match `rule` go to raw packet QP `qp`;
+  // *id names the rule for destroy_flow. A QP's rules go with it when it is destroyed.
+  // Context: process context, may sleep.
+  int (*create_flow)(Qp* qp, const FlowRule* rule, uint32_t* id);
+  int (*destroy_flow)(Qp* qp, uint32_t id);
 };
 
 struct DeviceRegistration;  // midlayer-private

@@ -20,10 +20,12 @@ constexpr uint32_t kQpnMask = 0xffffff;       // QP numbers are 24 bits (IBA 9.2
 constexpr uint64_t kMaxMessage = 1ull << 31;  // the largest message (ibv max_msg_sz)
 
 // Which send opcodes a QP type accepts (IBA 9.2 / 11.4.1.1: UD only SEND; READ, atomics
-// and SEND with invalidate only RC and XRC_SEND; an XRC_RECV QP has no send queue).
+// and SEND with invalidate only RC and XRC_SEND; an XRC_RECV QP has no send queue; a raw
+// packet QP only a plain SEND, the frame).
 // Context: any, never sleeps.
 constexpr bool opcode_allowed(QpType t, WrOpcode op) noexcept {
   if (t == QpType::xrc_recv) return false;
+  if (t == QpType::raw_packet) return op == WrOpcode::send;
   if (t == QpType::xrc_send) {
     if (op == WrOpcode::atomic_write || op == WrOpcode::flush) return false;  // RC's only
     t = QpType::rc;
@@ -97,8 +99,12 @@ constexpr bool flush_wr_ok(const SendWr& wr) noexcept {
 struct SendLimits {
   uint32_t max_sge;         // the QP's max_send_sge
   uint32_t max_inline;      // the QP's max_inline_data, as granted at create_qp
-  uint32_t max_ud_message;  // UD: the path MTU in bytes (a UD message is one packet)
+  uint32_t max_ud_message;  // UD: the path MTU in bytes (a UD message is one packet);
+                            // raw packet QP: the largest frame
 };
+
+// The smallest frame a raw packet QP sends: an Ethernet header.
+constexpr uint32_t kMinRawFrame = 14;
 
 // Validates one send WR completely (IBA 10.8.2) and stores its length in *length (0 for a
 // bind). Returns 0 or EINVAL. As rxe and mlx5 do, inline data is limited by the QP's own
@@ -106,8 +112,9 @@ struct SendLimits {
 inline int check_send_wr(const Qp& qp, const SendLimits& lim, const SendWr& wr,
                          uint32_t* length) noexcept {
   if (!opcode_allowed(qp.qp_type, wr.opcode)) return EINVAL;
-  if (wr.send_flags &
-      ~(send_flags::fence | send_flags::signaled | send_flags::solicited | send_flags::inline_data))
+  const uint32_t raw_flags = qp.qp_type == QpType::raw_packet ? send_flags::ip_csum : 0;
+  if (wr.send_flags & ~(send_flags::fence | send_flags::signaled | send_flags::solicited |
+                        send_flags::inline_data | raw_flags))
     return EINVAL;
   if (wr.num_sge < 0 || uint32_t(wr.num_sge) > lim.max_sge) return EINVAL;
   if (wr.num_sge > 0 && !wr.sg_list) return EINVAL;
@@ -151,6 +158,9 @@ inline int check_send_wr(const Qp& qp, const SendLimits& lim, const SendWr& wr,
       return EINVAL;
     if (len > lim.max_ud_message) return EINVAL;
   }
+  // A raw frame is one Ethernet frame, headers included (ibv_create_qp(3), RAW_PACKET).
+  if (qp.qp_type == QpType::raw_packet && (len < kMinRawFrame || len > lim.max_ud_message))
+    return EINVAL;
   *length = uint32_t(len);
   return 0;
 }

@@ -18,6 +18,7 @@
 
 #include "midlayer/driver.h"
 #include "midlayer/might_sleep.h"
+#include "pmd/hca/flow.h"
 #include "pmd/hca/objects.h"
 #include "pmd/net/config.h"
 #include "pmd/net/port.h"
@@ -56,6 +57,9 @@ struct DeviceCounters {
   std::atomic<uint64_t> cq_overflow{0};
   // XRC requests refused: their XRCETH names no XRC SRQ of the target QP's domain.
   std::atomic<uint64_t> rx_xrc_bad_srq{0};
+  // Raw packet QPs: frames a flow rule delivered, and matched frames dropped (no receive
+  // WQE posted, QP not ready to receive, or a bad receive buffer).
+  std::atomic<uint64_t> rx_raw{0}, rx_raw_dropped{0};
 };
 
 class Device : public mid::Device {
@@ -73,6 +77,7 @@ class Device : public mid::Device {
     uint8_t mac[6];
     uint32_t ip;   // host byte order
     uint32_t mtu;  // Ethernet MTU
+    uint32_t ifindex;  // the host interface's (net::Port::host_ifindex), else 0
   };
   const PortInfo& port_info() const { return port_info_; }
   bool link_up() const { return !retired() && port_->link_up(); }
@@ -157,6 +162,10 @@ class Device : public mid::Device {
   }
   void put_ah(Ah* a) noexcept { ah_free_.push(uint32_t(a - ahs_.get())); }
 
+  // Flow steering rules of raw packet QPs (flow.h). Context: engines read, the control
+  // path (under ctl()) updates.
+  FlowTable& flows() noexcept { return flows_; }
+
   // Multicast groups (ibv_attach_mcast, IBA 10.5): an IPv4 group address and the UD QPs
   // attached to it. Engines read the table lock-free; attach/detach run under ctl() and
   // a detach quiesces the engines before it returns, so no engine still delivers to the
@@ -220,6 +229,7 @@ class Device : public mid::Device {
   uint8_t xrc_srq_gen_[kMaxXrcSrq] = {};
   uint32_t xrc_srq_next_ = 1;  // SRQN 0 is never assigned
   std::vector<Xrcd*> xrcds_;
+  FlowTable flows_;
 };
 
 }  // namespace dverbs::pmd::hca

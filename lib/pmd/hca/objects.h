@@ -18,6 +18,7 @@
 #include "dverbs/types.h"
 #include "midlayer/objects.h"
 #include "pmd/hca/queue.h"
+#include "pmd/hca/dcqcn.h"
 #include "pmd/hca/stats.h"
 #include "pmd/wire/roce.h"
 
@@ -255,6 +256,11 @@ struct Qp : mid::Qp {
   std::atomic<bool> detached{false};  // the engine no longer references the QP
   uint32_t xrc_opens = 0;  // XRC_RECV: handles opened on it (ibv_open_qp); under ctl()
 
+  // Congestion control (cc.cc): the reaction point's rate and the notification point's
+  // CNP pacing; owner engine only. cc_ready: the rate has been set up (first use).
+  DcqcnRate cc_rate;
+  CnpPacer cc_cnp;
+  bool cc_ready = false;
   // Counters (stats.h): written by the owning engine only.
   DVERBS_QP_EVENTS(DVERBS_DECLARE_COUNTER)
 };

@@ -54,6 +54,9 @@ bool make_frame_addr(Device& dev, const AhAttr& ah, uint32_t src_qpn, uint32_t d
   uint32_t h = (src_qpn * 0x9e3779b1u) ^ (dst_qpn * 0x85ebca6bu) ^ ah.flow_label;
   out->udp_sport = uint16_t(0xc000 | ((h ^ (h >> 16)) & 0x3fff));
   out->tos = ah.traffic_class;
+  // With congestion control on, frames say they are ECN-capable (ECT(0)) unless the
+  // traffic class already chose an ECN codepoint, so a switch may mark them CE.
+  if (dev.config().cc.enabled && (out->tos & 3) == 0) out->tos |= 2;
   out->ttl = ah.hop_limit ? ah.hop_limit : 64;
   return true;
 }
@@ -92,6 +95,10 @@ int query_device(mid::Device* d, DeviceAttr* a) {
   a->phys_port_cnt = 1;
   std::snprintf(a->fw_ver, sizeof a->fw_ver, "dverbs-0.1");
   a->core_clock_khz = rte_get_tsc_hz() / 1000;  // completion timestamps count TSC ticks
+  a->max_raw_qp = a->max_qp;  // raw packet QPs and flow steering (raw.cc)
+  a->max_flows = FlowTable::kMaxFlows;
+  a->max_raw_frame = raw_max_frame(dev);
+  a->raw_ip_csum = true;
   return 0;
 }
 
@@ -109,6 +116,7 @@ int query_port(mid::Device* d, uint8_t port_num, PortAttr* a) {
   a->gid_tbl_len = 1;
   a->max_msg_sz = 1u << 31;
   a->link_layer_ethernet = 1;
+  a->ndev_ifindex = dev.port_info().ifindex;
   return 0;
 }
 
@@ -266,7 +274,8 @@ int create_qp(mid::Pd* pd, const mid::QpInitAttr* init, mid::Qp** out) {
   Device& dev = hca(xrc_recv ? init->xrcd->device : pd->device);
   if (dev.retired()) return ENODEV;
   if (init->qp_type != QpType::rc && init->qp_type != QpType::uc &&
-      init->qp_type != QpType::ud && init->qp_type != QpType::xrc_send && !xrc_recv)
+      init->qp_type != QpType::ud && init->qp_type != QpType::xrc_send && !xrc_recv &&
+      init->qp_type != QpType::raw_packet)
     return EINVAL;
   if (init->gsi && init->qp_type != QpType::ud) return EINVAL;
   const QpCap& c = init->cap;
@@ -291,6 +300,12 @@ int create_qp(mid::Pd* pd, const mid::QpInitAttr* init, mid::Qp** out) {
   qp->sq_sig_all = init->sq_sig_all;
   qp->srq = init->srq;  // the midlayer fills it too; the engine needs it from the start
   qp->mtu = mtu_bytes(active_mtu(dev.port_info().mtu));  // UD uses it; RTR sets connected QPs'
+  if (init->qp_type == QpType::raw_packet) {
+    if (int rc = raw_qp_init(dev, *init, *qp)) {
+      delete qp;
+      return rc;
+    }
+  }
   if (!qp->sq.init(qp->cap.max_send_wr) || !qp->rq.init(qp->cap.max_recv_wr ? qp->cap.max_recv_wr : 1)) {
     delete qp;
     return ENOMEM;
@@ -314,6 +329,7 @@ int destroy_qp(mid::Qp* q) {
       qp->xrc_opens--;
       return 0;
     }
+    dev.flows().remove_qp(dev, qp);  // its flow rules first: no engine steers to it then
     dev.remove_qp(qp);
   }
   delete qp;
@@ -661,6 +677,8 @@ const mid::DeviceOps kHcaOps = {
     .open_xrcd = open_xrcd,
     .close_xrcd = close_xrcd,
     .open_xrc_qp = open_xrc_qp,
+    .create_flow = create_flow,
+    .destroy_flow = destroy_flow,
 };
 
 }  // namespace dverbs::pmd::hca

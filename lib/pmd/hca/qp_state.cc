@@ -19,13 +19,15 @@ namespace {
 // Required and optional attributes of each transition (IBA 10.3.1, Table 91; the same
 // table Linux keeps in ib_modify_qp_is_ok).
 struct Transition {
-  uint32_t req[3];  // RC, UC, UD
-  uint32_t opt[3];
+  uint32_t req[4];  // RC, UC, UD, raw packet
+  uint32_t opt[4];
   bool valid;
 };
 
-// XRC QPs use RC's column, adjusted by xrc_transition.
-int type_index(QpType t) { return is_reliable_connected(t) ? 0 : t == QpType::uc ? 1 : 2; }
+// XRC QPs use RC's column, adjusted by xrc_transition; raw packet QPs the fourth.
+int type_index(QpType t) {
+  return is_reliable_connected(t) ? 0 : t == QpType::uc ? 1 : t == QpType::ud ? 2 : 3;
+}
 
 Transition transition(QpState from, QpState to) {
   namespace m = qp_attr_mask;
@@ -36,7 +38,7 @@ Transition transition(QpState from, QpState to) {
   }
   auto set = [&](uint32_t rc_r, uint32_t uc_r, uint32_t ud_r, uint32_t rc_o, uint32_t uc_o,
                  uint32_t ud_o) {
-    t = Transition{{rc_r, uc_r, ud_r}, {rc_o, uc_o, ud_o}, true};
+    t = Transition{{rc_r, uc_r, ud_r, 0}, {rc_o, uc_o, ud_o, 0}, true};
   };
   const uint32_t cur = m::cur_state;
   if (from == QpState::reset && to == QpState::init) {
@@ -62,6 +64,15 @@ Transition transition(QpState from, QpState to) {
   } else if ((from == QpState::rts || from == QpState::sqd) && to == QpState::sqd) {
     set(0, 0, 0, m::en_sqd_async_notify, m::en_sqd_async_notify, m::en_sqd_async_notify);
   }
+  // Raw packet QPs (Linux's qp_state_table for IB_QPT_RAW_PACKET): the port at RESET→INIT
+  // (optional at INIT→INIT), otherwise only what every type may give (cur_state, SQD
+  // notification); no path, PSNs, Q_Key or P_Key.
+  if (from == QpState::reset && to == QpState::init)
+    t.req[3] = m::port;
+  else if (from == QpState::init && to == QpState::init)
+    t.opt[3] = m::port;
+  else
+    t.opt[3] = t.opt[2] & (cur | m::en_sqd_async_notify);
   return t;
 }
 

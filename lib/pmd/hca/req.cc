@@ -196,6 +196,7 @@ bool send_one(Engine& e, Qp& qp, SendWqe& w, uint32_t pkt) {
     send_packet_icrc(e, m, p + len, bth.pad, crc);
   else
     send_packet(e, m, p + len, bth.pad);
+  if (e.cc_on()) cc_sent(e, qp, wire::headers_len(bth.opcode) + len + wire::kIcrcLen);
   return true;
 }
 
@@ -319,7 +320,8 @@ Turn send_rd_atomic(Engine& e, Qp& qp, SendWqe& w) {
 Turn send_segment(Engine& e, Qp& qp, SendWqe& w) {
   Requester& r = qp.req;
   const bool rc = is_reliable_connected(qp.qp_type);
-  const bool ok = send_one(e, qp, w, r.next_pkt);
+  const bool ok =
+      qp.qp_type == QpType::raw_packet ? raw_send(e, qp, w) : send_one(e, qp, w, r.next_pkt);
   if (rc && r.timer_deadline == 0) req_arm_timer(e, qp);
   if (!ok) return qp.state.load(std::memory_order_relaxed) == QpState::err ? Turn::failed
                                                                            : Turn::blocked;
@@ -351,6 +353,8 @@ int send_wqes(Engine& e, Qp& qp, int budget) {
     } else if (is_reliable_connected(qp.qp_type) &&
                uint32_t(wire::psn_diff(r.psn, r.last_ack_psn)) >= r.cwnd) {
       break;
+    } else if (e.cc_on() && !cc_may_send(e, qp)) {
+      break;  // paced to the QP's congestion-control rate (cc.cc); it stays active
     } else {
       t = is_rd_atomic(w->opcode) ? send_rd_atomic(e, qp, *w) : send_segment(e, qp, *w);
     }
@@ -427,6 +431,7 @@ void req_rewind(Engine& e, Qp& qp, uint32_t psn) noexcept {
 
 int req_step(Engine& e, Qp& qp, int budget) noexcept {
   Requester& r = qp.req;
+  if (e.cc_on()) cc_time(e, qp);
   if (qp.resp.held_since) resp_send_held(e, qp);
   if (qp.resp.pending) {
     // READ/atomic responses and this QP's own requests share the QP's turn: responses

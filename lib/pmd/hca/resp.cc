@@ -178,6 +178,8 @@ void nak(Engine& e, Qp& qp, uint8_t syndrome, uint32_t psn, NakEffect effect) {
 
 void finish_recv(Qp& qp);
 
+constexpr uint8_t kSlRoceV2Ipv4 = 0x8 | 0x2;  // a UD completion's sl: UDP, IPv4 (below)
+
 // Completes the receive being filled: the slot is freed before the completion becomes
 // visible, so a consumer that reposts on every completion never finds the ring full.
 void complete_recv(Qp& qp, const RecvWqe& w, WcStatus st, WcOpcode op, uint32_t len,
@@ -196,7 +198,14 @@ void complete_recv(Qp& qp, const RecvWqe& w, WcStatus st, WcOpcode op, uint32_t 
     wc.invalidated_rkey = pkt.ieth_rkey;
     wc.wc_flags |= wc_flags::with_inv;
   }
-  if (qp.qp_type == QpType::ud) wc.wc_flags |= wc_flags::grh;
+  if (qp.qp_type == QpType::ud) {
+    wc.wc_flags |= wc_flags::grh;
+    // A RoCEv2 frame carries no SL. IBA A17.4.5.1 has a RoCEv2 UD completion say whether
+    // the frame was IPv4 or IPv6 (the layout of the 40-byte GRH area) and ibv_wc has no
+    // field for it; RoCE NICs put it in sl as mlx5 does (bit 3: UDP, bits 2:0: 2 = IPv4),
+    // and UCX (1.13 to 1.17) reads it there, dropping every UD packet otherwise.
+    wc.sl = kSlRoceV2Ipv4;
+  }
   // An XRC receive completes on the CQ of the XRC SRQ it came from.
   mid::Cq* cq = qp.qp_type == QpType::xrc_recv ? qp.resp.xrc_srq->cq : qp.recv_cq;
   finish_recv(qp);  // `w` is dead from here on

@@ -359,12 +359,19 @@ uint32_t ud_message_limit(Device& dev) {
   return mtu_bytes(pa.active_mtu);
 }
 
+// A raw packet QP's largest frame, as the daemon's HCA reports it (0 if it cannot say:
+// every frame is then refused here, as the daemon would refuse it).
+uint32_t raw_frame_limit(Device& dev) {
+  DeviceAttr da;
+  return remote::query_device(&dev, &da) == 0 ? da.max_raw_frame : 0;
+}
+
 int create_qp(mid::Pd* pd, const mid::QpInitAttr* init, mid::Qp** out) {
   if (init->qp_type == QpType::xrc_recv) return xrc_recv_qp(init->xrcd, nullptr, out);  // xrc.cc
   Device& dev = rdev(pd->device);
   const bool xrc_send = init->qp_type == QpType::xrc_send;  // a send queue only
   if (init->qp_type != QpType::rc && init->qp_type != QpType::uc &&
-      init->qp_type != QpType::ud && !xrc_send)
+      init->qp_type != QpType::ud && !xrc_send && init->qp_type != QpType::raw_packet)
     return EINVAL;
   // dverbsd owns each port's QP1 (the CM runs in the daemon), not its clients.
   if (init->gsi) return EOPNOTSUPP;
@@ -372,6 +379,7 @@ int create_qp(mid::Pd* pd, const mid::QpInitAttr* init, mid::Qp** out) {
   Qp* qp = new (std::nothrow) Qp();
   if (!qp) return ENOMEM;
   if (init->qp_type == QpType::ud) qp->ud_mtu = ud_message_limit(dev);
+  if (init->qp_type == QpType::raw_packet) qp->ud_mtu = raw_frame_limit(dev);
   Request req = make(Cmd::create_qp);
   auto& c = req.create_qp;
   c.pd = to_pd(pd)->handle;
@@ -437,6 +445,23 @@ int mcast(mid::Qp* q, const Gid* g, Cmd cmd) {
 }
 int attach_mcast(mid::Qp* q, const Gid* g) { return mcast(q, g, Cmd::attach_mcast); }
 int detach_mcast(mid::Qp* q, const Gid* g) { return mcast(q, g, Cmd::detach_mcast); }
+
+// Flow steering rules live in the daemon's HCA too; it checks that the QP is this
+// client's and a raw packet QP.
+int create_flow(mid::Qp* q, const FlowRule* rule, uint32_t* id) {
+  Request req = make(Cmd::create_flow, to_qp(q)->handle);
+  req.flow.rule = *rule;
+  Response resp;
+  int rc = rdev(q->device).command(req, &resp);
+  if (rc == 0) *id = resp.flow.id;
+  return rc;
+}
+int destroy_flow(mid::Qp* q, uint32_t id) {
+  Request req = make(Cmd::destroy_flow, to_qp(q)->handle);
+  req.flow.id = id;
+  Response resp;
+  return rdev(q->device).command(req, &resp);
+}
 
 int modify_qp(mid::Qp* q, const QpAttr* a, uint32_t mask) {
   Qp* qp = to_qp(q);
@@ -644,6 +669,8 @@ const mid::DeviceOps kRemoteOps = {
     .open_xrcd = open_xrcd,
     .close_xrcd = close_xrcd,
     .open_xrc_qp = open_xrc_qp,
+    .create_flow = create_flow,
+    .destroy_flow = destroy_flow,
 };
 
 }  // namespace dverbs::pmd::remote

@@ -63,6 +63,8 @@ enum class Cmd : uint32_t {
   attach_mcast,  // handle = QP, mcast.gid (ibv_attach_mcast)
   detach_mcast,
   rereg_mr,      // handle = MR; fds: one memfd per piece with a new translation (RegMr)
+  create_flow,   // handle = raw packet QP, flow.rule → flow.id (ibv_create_flow)
+  destroy_flow,  // handle = the QP, flow.id
   // XRC (ibv_open_xrcd): fd (optional, open_xrcd.has_fd): the file whose domain to open;
   // the daemon keys the domain by that file's device and inode (fstat of the fd it got).
   open_xrcd,
@@ -161,6 +163,10 @@ struct Request {
       Handle xrcd;
       uint32_t qp_num;
     } open_xrc_qp;
+    struct {
+      FlowRule rule;
+      uint32_t id;
+    } flow;
     uint8_t raw[640];
   };
 };
@@ -226,6 +232,9 @@ struct Response {
       uint32_t rkey;
     } mw;
     Stats stats;
+    struct {
+      uint32_t id;
+    } flow;
     uint8_t raw[640];
   };
 };

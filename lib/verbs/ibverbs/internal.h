@@ -113,7 +113,7 @@ static_assert(access::mw_bind == IBV_ACCESS_MW_BIND && access::zero_based == IBV
 static_assert(wc_flags::with_inv == IBV_WC_WITH_INV && wc_flags::grh == IBV_WC_GRH);
 static_assert(qp_attr_mask::dest_qpn == IBV_QP_DEST_QPN && qp_attr_mask::cap == IBV_QP_CAP);
 
-enum class Kind : uint8_t { context, channel, pd, mr, ah, cq, srq, qp, td, mw, xrcd };
+enum class Kind : uint8_t { context, channel, pd, mr, ah, cq, srq, qp, td, mw, xrcd, flow };
 const char* kind_name(Kind k) noexcept;
 
 struct Context;
@@ -330,6 +330,7 @@ struct DvQp {
   uint64_t send_ops;        // IBV_QP_EX_WITH_* allowed through ibv_qp_ex
   WrBuilder* wrb;           // ibv_wr_* state (post.cc)
   uint32_t async_reported;  // events handed out; under ctx->async_lock
+  uint32_t flows;           // flow rules steering to it (flow.cc); under g_lock
 };
 
 template <class W, class T>
@@ -360,6 +361,11 @@ int query_port_op(ibv_context* context, uint8_t port_num, ibv_port_attr* port_at
                   size_t port_attr_len);
 int query_device_ex_op(ibv_context* context, const ibv_query_device_ex_input* input,
                        ibv_device_attr_ex* attr, size_t attr_size);
+// Flow steering (flow.cc): the verbs_context ops ibv_create_flow / ibv_destroy_flow, and
+// the clean-up destroy (g_lock held). Context: process context.
+ibv_flow* create_flow_op(ibv_qp* qp, ibv_flow_attr* attr);
+int destroy_flow_op(ibv_flow* flow);
+int destroy_flow_locked(void* flow);
 
 // Completion channels (events.cc). on_cq_comp is the midlayer completion handler of every
 // CQ (handler thread, never sleeps); channel_forget drops a destroyed CQ's queued events.

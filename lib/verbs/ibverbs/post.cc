@@ -463,6 +463,11 @@ void init_context_ops(Context* c) noexcept {
   v.close_xrcd = close_xrcd_op;
   v.open_qp = open_qp_op;
   v.get_srq_num = get_srq_num_op;
+  v.ibv_create_flow = create_flow_op;
+  v.ibv_destroy_flow = destroy_flow_op;
+  // What libibverbs 1.1.8's inline flow wrappers call (rdma-core copies the ops there too).
+  v.ABI_placeholder1 = reinterpret_cast<void (*)()>(v.ibv_create_flow);
+  v.ABI_placeholder2 = reinterpret_cast<void (*)()>(v.ibv_destroy_flow);
 }
 
 }  // namespace dverbs::ibv

@@ -61,6 +61,10 @@ void fill_device_attr(const DeviceAttr& a, ibv_device_attr* o) {
   o->max_pkeys = 1;
   o->local_ca_ack_delay = 15;
   o->phys_port_cnt = a.phys_port_cnt;
+  // Raw packet QPs with flow steering (ibv_create_flow) and IBV_SEND_IP_CSUM.
+  o->max_raw_ethy_qp = int(a.max_raw_qp);
+  if (a.max_raw_qp && a.max_flows) o->device_cap_flags |= IBV_DEVICE_MANAGED_FLOW_STEERING;
+  if (a.max_raw_qp && a.raw_ip_csum) o->device_cap_flags |= IBV_DEVICE_RAW_IP_CSUM;
 }
 
 int fill_port_attr(Context* c, uint8_t port, ibv_port_attr* o) {
@@ -113,7 +117,7 @@ int query_gid_entry(Context* c, uint32_t port, uint32_t index, ibv_gid_entry* e)
   e->gid_index = index;
   e->port_num = port;
   e->gid_type = IBV_GID_TYPE_ROCE_V2;  // IPv4-mapped GIDs of a RoCEv2 port
-  e->ndev_ifindex = 0;                 // the port is a DPDK device, not a netdev
+  e->ndev_ifindex = p.ndev_ifindex;    // the host interface's; 0 without one
   return 0;
 }
 
@@ -155,6 +159,7 @@ int query_device_ex_op(ibv_context* context, const ibv_query_device_ex_input* in
   // Completion timestamps: a 64-bit clock of hca_core_clock kHz (the TSC; clock.cc).
   a.hca_core_clock = da.core_clock_khz;
   a.completion_timestamp_mask = da.core_clock_khz ? ~uint64_t(0) : 0;
+  if (da.max_raw_qp && da.raw_ip_csum) a.raw_packet_caps = IBV_RAW_PACKET_CAP_IP_CSUM;
   // No ODP, TSO, RSS, packet pacing, tag matching, CQ moderation or device
   // memory: all zero.
   std::memset(attr, 0, attr_size);

@@ -58,6 +58,8 @@ const char* kind_name(Kind k) noexcept {
       return "MW";
     case Kind::xrcd:
       return "XRC domain";
+    case Kind::flow:
+      return "flow";
   }
   return "?";
 }

@@ -304,6 +304,7 @@ std::vector<uint8_t> Harness::build(const Pkt& p) const {
   a.dst_ip = p.dst_ip ? p.dst_ip : our_ip_;
   a.udp_sport = 0xc123;
   a.ttl = 64;
+  a.tos = p.tos;
   wire::BthFields b{};
   b.opcode = p.opcode;
   b.se = p.se;

@@ -101,6 +101,7 @@ struct Pkt {
   uint32_t dst_ip = 0;            // 0 = the HCA's address
   const uint8_t* src_mac = nullptr;  // nullptr = the fake peer's MAC
   const uint8_t* dst_mac = nullptr;  // nullptr = the HCA's MAC
+  uint8_t tos = 0;                   // IPv4 DSCP/ECN (3 in the low bits: ECN CE)
 };
 
 // Device counters read at one moment (DeviceCounters holds atomics).
