@@ -4,7 +4,8 @@
 DVERBS_PKGS=(build-essential g++ pkg-config meson ninja-build python3
   libdpdk-dev dpdk libibverbs-dev librdmacm-dev rdmacm-utils ibverbs-utils perftest
   libtbb-dev libisal-dev libgtest-dev libbenchmark-dev
-  tshark iproute2 procps passwd util-linux ucx-utils libfabric-bin openmpi-bin libopenmpi-dev)
+  tshark iproute2 procps passwd util-linux ucx-utils libfabric-bin openmpi-bin libopenmpi-dev
+  dpdk-dev)
 
 dverbs_install_deps() {
   local missing=()

@@ -6,7 +6,8 @@
 #
 #   1. ibv_rc_pingpong between two embedded processes over memif, DVERBS_TELEMETRY=on:
 #      while it runs, dverbs-stat (every process, --json) sees both, each with an RC QP
-#      that has received packets, and dverbs-stat PID prints the table of one of them.
+#      that has received packets, dverbs-stat PID prints the table of one of them, and
+#      DPDK's dpdk-telemetry.py reads its /dverbs/port endpoint.
 #   2. A dverbsd (telemetry on by itself) serving a client's ibv_rc_pingpong to a second
 #      client: dverbsd --stat prints the object and transport counters, dverbs-stat
 #      --daemon DIR the table.
@@ -56,6 +57,14 @@ if [ -n "$pid" ]; then
   echo "=== dverbs-stat $pid"; cat "$work/one.out"
   grep -Eq "^pid $pid +dverbs0 " "$work/one.out" || fail "no device line for pid $pid"
   grep -Eq '^ +[0-9]+ +RC ' "$work/one.out" || fail "no RC QP row for pid $pid"
+fi
+# DPDK's own client reads the same endpoint (dpdk-dev ships dpdk-telemetry.py).
+if [ -n "$pid" ] && command -v dpdk-telemetry.py >/dev/null; then
+  echo "/dverbs/port,dverbs0" | timeout 20 dpdk-telemetry.py -f "dverbs-$pid" >"$work/tel.out" 2>&1
+  echo "=== dpdk-telemetry.py -f dverbs-$pid: /dverbs/port,dverbs0"; head -c 600 "$work/tel.out"; echo
+  grep -Eq '"rx_packets": [1-9]' "$work/tel.out" || fail "dpdk-telemetry.py did not read rx_packets > 0"
+else
+  echo "=== dpdk-telemetry.py is not installed (package dpdk-dev): not checked"
 fi
 for p in "${pids[@]}"; do kill -TERM "$p" 2>/dev/null; done
 wait 2>/dev/null
