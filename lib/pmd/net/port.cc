@@ -33,6 +33,7 @@
 #include "pmd/net/eal.h"
 #include "pmd/net/fault.h"
 #include "pmd/net/pcap.h"
+#include "pmd/net/umem_pool.h"
 
 namespace dverbs::pmd::net {
 namespace {
@@ -358,18 +359,18 @@ bool Port::setup_queues(OpenError* e) {
 
   // The mbuf pool: the largest frame in one segment, and no bigger than that; never below
   // DPDK's default. net_af_xdp maps the pool as its UMEM, one object per frame, and its
-  // max_mtu assumes page-sized objects: give it exactly that.
+  // max_mtu assumes page-sized objects: give it exactly that, laid out as the PMD registers
+  // it (umem_pool.h: with rte_pktmbuf_pool_create() the top 257 mbufs fell outside the UMEM
+  // and every frame sent from one was refused by the kernel, stalling the TX ring).
   const uint32_t frame_max = mtu_ + RTE_ETHER_HDR_LEN + RTE_VLAN_HLEN + RTE_ETHER_CRC_LEN;
   uint16_t data_room = uint16_t(std::clamp<uint32_t>(
       RTE_PKTMBUF_HEADROOM + ((frame_max + 63) & ~63u), RTE_MBUF_DEFAULT_BUF_SIZE, kMbufDataRoom));
-  if (im.driver == "net_af_xdp") {
-    data_room = uint16_t(4096 - sizeof(rte_mbuf));
-    while (rte_mempool_calc_obj_size(uint32_t(sizeof(rte_mbuf)) + data_room, 0, nullptr) > 4096)
-      data_room = uint16_t(data_room - 64);
-  }
   const std::string pool_name = "dvpool" + std::to_string(im.seq);
-  pool_ = rte_pktmbuf_pool_create(pool_name.c_str(), kPoolSize, kPoolCache, 0, data_room,
-                                  int(rte_socket_id()));
+  if (im.driver == "net_af_xdp")
+    pool_ = create_umem_pool(pool_name, kPoolSize, kPoolCache, int(rte_socket_id()), &data_room);
+  else
+    pool_ = rte_pktmbuf_pool_create(pool_name.c_str(), kPoolSize, kPoolCache, 0, data_room,
+                                    int(rte_socket_id()));
   if (!pool_)
     return *e = {"cannot create a pool of " + std::to_string(kPoolSize) + " mbufs of " +
                      std::to_string(data_room) + " B (raise -m in DVERBS_EAL)",
