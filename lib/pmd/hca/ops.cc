@@ -195,34 +195,10 @@ int dealloc_mw(mid::Mw* m) {
 }
 
 // ---------------------------------------------------------------- CQ
-int create_cq(mid::Device* d, uint32_t cqe, mid::Cq** out) {
-  if (hca(d).retired()) return ENODEV;
-  if (cqe == 0 || cqe > kMaxCqe) return EINVAL;
-  Cq* cq = new (std::nothrow) Cq();
-  if (!cq) return ENOMEM;
-  if (!cq->ring.init(cqe + 1)) {
-    delete cq;
-    return ENOMEM;
-  }
-  cq->hca = &hca(d);
-  cq->cqe = cq->ring.capacity() - 1;
-  *out = cq;
-  return 0;
-}
-
 int destroy_cq(mid::Cq* c) {
   hca(c->device).quiesce();
   delete to_cq(c);
   return 0;
-}
-
-int poll_cq(mid::Cq* c, int n, Wc* wc) {
-  Cq* cq = to_cq(c);
-  if (n < 0) return -EINVAL;
-  cq->hca->progress();
-  int i = 0;
-  while (i < n && cq->ring.pop(&wc[i])) i++;
-  return i;
 }
 
 int req_notify_cq(mid::Cq* c, bool solicited_only) {
@@ -262,6 +238,11 @@ int create_qp(mid::Pd* pd, const mid::QpInitAttr* init, mid::Qp** out) {
     delete qp;
     return ENOMEM;
   }
+  // The rings are powers of two and a full ring refuses the next WR (queue.h), so the
+  // rounded sizes are what fits: granted and reported as rdma-core's providers do, and
+  // enforced exactly (an application sizing its posting by the cap never sees ENOMEM).
+  qp->cap.max_send_wr = qp->sq.capacity();
+  if (!qp->srq) qp->cap.max_recv_wr = qp->rq.capacity();
   std::lock_guard<mid::Mutex> g(dev.ctl());
   if (int rc = dev.install_qp(qp, init->gsi)) {
     delete qp;
@@ -445,13 +426,13 @@ int create_srq(mid::Pd* pd, const mid::SrqInitAttr* init, mid::Srq** out) {
   Srq* srq = new (std::nothrow) Srq();
   if (!srq) return ENOMEM;
   srq->hca = &hca(pd->device);
-  srq->max_wr = init->max_wr;
   srq->max_sge = init->max_sge;
   srq->limit.store(init->srq_limit, std::memory_order_relaxed);
   if (!srq->rq.init(init->max_wr)) {
     delete srq;
     return ENOMEM;
   }
+  srq->max_wr = srq->rq.capacity();  // rounded up, and exactly what fits (as create_qp)
   *out = srq;
   return 0;
 }
@@ -484,6 +465,25 @@ int post_srq_recv(mid::Srq* s, RecvWr* wr, RecvWr** bad) {
     return EIO;
   }
   return queue_recvs(srq.rq, srq.max_sge, wr, bad);
+}
+
+// Claimed and not yet retired: the occupancy a full ring refuses at (queue.h). Claimed is
+// read first, so a retirement in between cannot make the difference negative.
+template <class T>
+uint32_t backlog_of(const WorkQueue<T>& q) {
+  const uint64_t claimed = q.claimed();
+  const uint64_t retired = q.retired();
+  return retired < claimed ? uint32_t(claimed - retired) : 0;
+}
+
+void qp_backlog(mid::Qp* q, uint32_t* send, uint32_t* recv) {
+  Qp& qp = *to_qp(q);
+  *send = backlog_of(qp.sq);
+  *recv = qp.srq ? 0 : backlog_of(qp.rq);
+}
+
+uint32_t srq_backlog(mid::Srq* s) {
+  return backlog_of(to_srq(s)->rq);
 }
 
 // ---------------------------------------------------------------- AH
@@ -598,6 +598,9 @@ const mid::DeviceOps kHcaOps = {
     .attach_mcast = attach_mcast,
     .detach_mcast = detach_mcast,
     .rereg_mr = rereg_mr,
+    .resize_cq = resize_cq,
+    .qp_backlog = qp_backlog,
+    .srq_backlog = srq_backlog,
 };
 
 }  // namespace dverbs::pmd::hca

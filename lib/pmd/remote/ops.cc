@@ -503,6 +503,7 @@ int create_srq(mid::Pd* pd, const mid::SrqInitAttr* init, mid::Srq** out) {
   }
   constexpr uint32_t kWqeSges = sizeof(daemon::ShmRecvWqe::sge) / sizeof(Sge);
   srq->max_sge = r.max_sge < kWqeSges ? r.max_sge : kWqeSges;
+  srq->max_wr = r.max_wr;  // granted: what fits (the ring's limit)
   srq->handle = resp.handle;
   *out = srq;
   return 0;
@@ -610,6 +611,7 @@ const mid::DeviceOps kRemoteOps = {
     .attach_mcast = attach_mcast,
     .detach_mcast = detach_mcast,
     .rereg_mr = rereg_mr,
+    .resize_cq = resize_cq,
 };
 
 }  // namespace dverbs::pmd::remote

@@ -63,6 +63,7 @@ enum class Cmd : uint32_t {
   attach_mcast,  // handle = QP, mcast.gid (ibv_attach_mcast)
   detach_mcast,
   rereg_mr,      // handle = MR; fds: one memfd per piece with a new translation (RegMr)
+  resize_cq,     // handle = CQ → fd: the new CQ ring memfd (CqRingHeader: resizing)
 };
 
 // Handles are opaque per-connection values: generation << 20 | index. 0 is never valid.
@@ -146,6 +147,9 @@ struct Request {
       uint32_t npieces;
       MrPiece pieces[kMaxPieces];
     } rereg_mr;
+    struct {
+      uint32_t cqe;
+    } resize_cq;
     uint8_t raw[640];
   };
 };
@@ -210,6 +214,12 @@ struct Response {
       uint32_t rkey;
     } mw;
     Stats stats;
+    struct {
+      uint32_t cqe;           // granted
+      uint32_t ring_entries;  // power of two
+      uint64_t ring_bytes;
+      uint32_t old_prod;      // the old ring's final `prod`
+    } resize_cq;
     uint8_t raw[640];
   };
 };
@@ -221,8 +231,10 @@ struct alignas(64) RingIndex {
   std::atomic<uint32_t> v{0};
 };
 
-// A work ring (SQ, RQ, SRQ): client produces, daemon consumes. `cons` is what the daemon
-// has taken (the client may reuse those slots). Header first, entries after it.
+// A work ring (SQ, RQ, SRQ): client produces, daemon consumes. `cons` counts the WQEs
+// that no longer occupy the queue: read by the daemon and retired by its HCA (completed,
+// or taken from an SRQ), so that the granted cap is exact: the client posts while
+// prod - cons < cap, and its slots up to `cons` are free. Header first, entries after it.
 struct WorkRingHeader {
   RingIndex prod;  // written by the client
   RingIndex cons;  // written by the daemon
@@ -260,12 +272,20 @@ struct ShmRecvWqe {
   Sge sge[16];
 };
 
-// A completion ring: daemon produces, client consumes. Notification: the client writes
+// A completion ring: daemon produces, client consumes. It holds exactly the granted cqe
+// completions: one that finds it full is an overrun (CQ_ERR), never held back. Notification: the client writes
 // `arm_flags` (1 = solicited only, 2 = next completion) and `arm_cons` (its `cons` when
 // it armed), then increments `arm_seq` (release). The daemon applies each new arm_seq; an
 // arm applied while completions the client had not polled at arm time are in the ring, or
 // arrive before it applied it, raises the event at once (an extra event is allowed by the
 // verbs; a lost one is not).
+//
+// Resizing (Cmd::resize_cq): the daemon stops writing the old ring (its `prod` is final,
+// returned as old_prod), moves the completions its HCA holds into a new ring from old_prod
+// on, and answers with it, `attached` 0: it writes nothing more until the client attached.
+// The client, under its CQ lock, copies its unpolled [cons, old_prod) of the old ring to
+// the same indices of the new one, carries its arm fields over, sets `cons`, then
+// `attached` = 1 (release). Nothing is lost, duplicated or reordered.
 struct CqRingHeader {
   RingIndex prod;  // daemon
   RingIndex cons;  // client
@@ -273,6 +293,7 @@ struct CqRingHeader {
   std::atomic<uint32_t> arm_flags{0};
   std::atomic<uint32_t> arm_cons{0};
   std::atomic<uint32_t> overflow{0};  // set by the daemon when the CQ overflowed
+  std::atomic<uint32_t> attached{1};  // 0 in a ring of resize_cq until the client took it
 };
 
 // The connection's event ring: daemon produces (completion and async events), client

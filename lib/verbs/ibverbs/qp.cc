@@ -394,6 +394,8 @@ ibv_srq* ibv_create_srq(ibv_pd* pd, ibv_srq_init_attr* srq_init_attr) {
   srq->ctx = c;
   srq->pd = wrap<DvPd>(pd);
   srq->attr = a;
+  // As rdma-core: the granted size written back, what ibv_query_srq reports and what fits.
+  if (srq->m->max_wr) srq->attr.max_wr = srq_init_attr->attr.max_wr = srq->m->max_wr;
   srq->srq.context = ibctx(c);
   srq->srq.srq_context = srq_init_attr->srq_context;
   srq->srq.pd = pd;
@@ -416,7 +418,9 @@ int ibv_modify_srq(ibv_srq* srq, ibv_srq_attr* srq_attr, int srq_attr_mask) {
   if (int rc =
           mid::modify_srq(d->m, srq_attr->max_wr, srq_attr->srq_limit, uint32_t(srq_attr_mask)))
     return rc;
-  if (srq_attr_mask & IBV_SRQ_MAX_WR) d->attr.max_wr = srq_attr->max_wr;
+  // A size the queue already holds is accepted without a resize: the capacity reported
+  // stays what fits.
+  if ((srq_attr_mask & IBV_SRQ_MAX_WR) && !d->m->max_wr) d->attr.max_wr = srq_attr->max_wr;
   if (srq_attr_mask & IBV_SRQ_LIMIT) d->attr.srq_limit = srq_attr->srq_limit;
   return 0;
 }

@@ -529,7 +529,7 @@ void ProtoTest::post(std::vector<SendWr> wrs) {
 size_t ProtoTest::wc_pending() {
   auto* c = pmd::hca::to_cq(cq.raw());
   Wc wc;
-  while (c->ring.pop(&wc)) wc_buf_.push_back(wc);
+  while (c->ring->pop(&wc)) wc_buf_.push_back(wc);
   return wc_buf_.size();
 }
 
