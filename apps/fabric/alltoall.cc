@@ -1,7 +1,7 @@
 // dverbs-alltoall: one host's part of an all-to-all RC exchange (issue 19, scripts/fabric).
 //
 //   dverbs-alltoall --rank R --hosts IP0,IP1,... [--port P] [--size BYTES] [--iters K]
-//                   [--timeout S]
+//                   [--timeout S] [--incast SINK [--latency]]
 //
 // A program against the system's <infiniband/verbs.h> and <rdma/rdma_cma.h>, run through
 // dverbs-run (embedded) or as a client of a dverbsd: nothing in it is dverbs-specific.
@@ -15,6 +15,11 @@
 // FIN arrives (RC delivers in order: the FIN follows the WRITEs). The host that connected
 // disconnects once its FIN completed and the peer's arrived; the other waits for that.
 //
+// --incast SINK: the other hosts only RDMA WRITE (K x BYTES each) to host SINK, which sends
+// nothing but its FIN. --latency adds, beside the incast, a ping-pong of 64-byte SENDs on a
+// connection of its own between the host after SINK and SINK, for as long as that host's
+// WRITEs run (200 round trips at least); it prints "LATENCY ... p50_us X p99_us Y".
+//
 // Output: one line per peer (bytes written and sent to it, bytes received from it and
 // verified, the receive rate), then "RESULT rank R: PASS ..." or "FAIL ..." naming what was
 // wrong (a completion status, a byte that differed, a CM event). Exit status 0 only on
@@ -25,6 +30,7 @@
 #include <rdma/rdma_cma.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <chrono>
 #include <csignal>
@@ -40,6 +46,8 @@ namespace {
 
 struct Options {
   int rank = -1;
+  int incast = -1;       // the sink of --incast, or -1: all-to-all
+  bool latency = false;  // --latency
   std::vector<std::string> hosts;
   int port = 18515;
   uint32_t size = 65536;
@@ -52,10 +60,12 @@ struct Announce {
   uint32_t rank;
   uint32_t rkey;
   uint64_t addr;
+  uint32_t latency;  // 1: the --latency connection
 };
 
 constexpr int kWindow = 32;  // WRs in flight per connection (data WRs, both kinds)
-enum : uint64_t { kTagWrite = 1, kTagSend = 2, kTagFin = 3, kTagRecv = 4 };
+enum : uint64_t { kTagWrite = 1, kTagSend = 2, kTagFin = 3, kTagRecv = 4, kTagPing = 5 };
+constexpr uint32_t kPingBytes = 64, kStopBytes = 1, kMinPings = 200;
 
 uint8_t pattern(uint32_t src, uint32_t dst, uint32_t iter, uint64_t off) {
   return static_cast<uint8_t>(src * 131 + dst * 31 + iter * 7 + off * 13 + (off >> 8));
@@ -63,6 +73,7 @@ uint8_t pattern(uint32_t src, uint32_t dst, uint32_t iter, uint64_t off) {
 
 struct Peer {
   int rank = -1;
+  int slot = -1;  // index in g_peers (the rank, or the slot after them: --latency)
   rdma_cm_id* id = nullptr;
   bool connector = false;  // this host connected (and disconnects)
   bool established = false, disconnected = false;
@@ -77,6 +88,13 @@ struct Peer {
   bool fin_posted = false, fin_done = false, fin_received = false, verified = false;
   uint32_t sends_received = 0;
   uint64_t bytes_verified = 0;
+  // What goes each way: all-to-all K WRITEs and K SENDs both ways; --incast K WRITEs to
+  // the sink only.
+  uint32_t out_writes = 0, out_sends = 0, in_writes = 0, in_sends = 0;
+  // The --latency connection (the slot after the ranks): pings, their round trips.
+  bool latency = false, stop_sent = false, stopped = false, awaiting_pong = false;
+  std::chrono::steady_clock::time_point ping_at{};
+  std::vector<double> rtts_us;
   std::chrono::steady_clock::time_point first_rx{}, last_rx{};
 };
 
@@ -94,7 +112,7 @@ std::vector<std::unique_ptr<Peer>> g_peers;  // indexed by rank (nullptr for thi
 void usage() {
   std::fprintf(stderr,
                "usage: dverbs-alltoall --rank R --hosts IP0,IP1,... [--port P] [--size BYTES] "
-               "[--iters K] [--timeout S]\n");
+               "[--iters K] [--timeout S] [--incast SINK [--latency]]\n");
   std::exit(2);
 }
 
@@ -119,10 +137,14 @@ Options parse(int argc, char** argv) {
     else if (a == "--size") o.size = static_cast<uint32_t>(std::strtoul(value().c_str(), nullptr, 0));
     else if (a == "--iters") o.iters = static_cast<uint32_t>(std::strtoul(value().c_str(), nullptr, 0));
     else if (a == "--timeout") o.timeout = std::atoi(value().c_str());
+    else if (a == "--incast") o.incast = std::atoi(value().c_str());
+    else if (a == "--latency") o.latency = true;
     else usage();
   }
   if (o.rank < 0 || o.rank >= static_cast<int>(o.hosts.size()) || o.hosts.size() < 2 ||
-      o.size == 0 || o.iters == 0 || o.port <= 0 || o.port > 65535)
+      o.size == 0 || o.iters == 0 || o.port <= 0 || o.port > 65535 ||
+      o.incast >= static_cast<int>(o.hosts.size()) || (o.latency && o.incast < 0) ||
+      (o.latency && o.size < kPingBytes))
     usage();
   return o;
 }
@@ -155,7 +177,7 @@ void post_recv(Peer& p, uint32_t slot) {
   ibv_sge sge{reinterpret_cast<uintptr_t>(&p.rbufs[size_t{slot} * g_opt.size]), g_opt.size,
               p.r_mr->lkey};
   ibv_recv_wr wr{}, *bad = nullptr;
-  wr.wr_id = (uint64_t{kTagRecv} << 56) | (uint64_t(p.rank) << 32) | slot;
+  wr.wr_id = (uint64_t{kTagRecv} << 56) | (uint64_t(p.slot) << 32) | slot;
   wr.sg_list = &sge;
   wr.num_sge = 1;
   if (int rc = ibv_post_recv(p.id->qp, &wr, &bad)) die("ibv_post_recv: " + std::string(std::strerror(rc)));
@@ -164,14 +186,15 @@ void post_recv(Peer& p, uint32_t slot) {
 // QP, buffers and receives for a connection to `rank` on `id`; returns what to announce.
 Announce setup(Peer& p) {
   open_device(p.id->verbs);
-  const size_t k = g_opt.iters, n = g_opt.size;
+  const size_t n = g_opt.size;
+  const size_t k_out = std::max(p.out_writes, p.out_sends), k_in = p.in_sends + 1;
   if (!p.src_mr) {
-  p.src.resize(k * n);
-  for (uint32_t it = 0; it < k; ++it)
+  p.src.resize(std::max<size_t>(k_out, 1) * n);
+  for (uint32_t it = 0; it < std::max<size_t>(k_out, 1); ++it)
     for (size_t off = 0; off < n; ++off)
       p.src[it * n + off] = pattern(g_opt.rank, p.rank, it, off);
-  p.wregion.assign(k * n, 0);
-  p.rbufs.assign((k + 1) * n, 0);
+  p.wregion.assign(std::max<size_t>(p.in_writes, 1) * n, 0);
+  p.rbufs.assign((p.latency ? 2 : k_in) * n, 0);
   p.src_mr = reg(p.src, 0);
   p.w_mr = reg(p.wregion, IBV_ACCESS_LOCAL_WRITE | IBV_ACCESS_REMOTE_WRITE);
   p.r_mr = reg(p.rbufs, IBV_ACCESS_LOCAL_WRITE);
@@ -180,18 +203,18 @@ Announce setup(Peer& p) {
   qa.send_cq = qa.recv_cq = g_cq;
   qa.qp_type = IBV_QPT_RC;
   qa.cap.max_send_wr = kWindow + 2;
-  qa.cap.max_recv_wr = static_cast<uint32_t>(k + 1);
+  qa.cap.max_recv_wr = static_cast<uint32_t>(p.latency ? 2 : k_in);
   qa.cap.max_send_sge = qa.cap.max_recv_sge = 1;
   if (rdma_create_qp(p.id, g_pd, &qa)) die(std::string("rdma_create_qp: ") + std::strerror(errno));
-  for (uint32_t s = 0; s <= k; ++s) post_recv(p, s);
+  for (uint32_t s = 0; s < qa.cap.max_recv_wr; ++s) post_recv(p, s);
   return Announce{static_cast<uint32_t>(g_opt.rank), p.w_mr->rkey,
-                  reinterpret_cast<uintptr_t>(p.wregion.data())};
+                  reinterpret_cast<uintptr_t>(p.wregion.data()), p.latency ? 1u : 0u};
 }
 
 void post_send(Peer& p, ibv_wr_opcode op, uint64_t tag, uint32_t iter, uint32_t len) {
   ibv_sge sge{reinterpret_cast<uintptr_t>(&p.src[size_t{iter} * g_opt.size]), len, p.src_mr->lkey};
   ibv_send_wr wr{}, *bad = nullptr;
-  wr.wr_id = (tag << 56) | (uint64_t(p.rank) << 32) | iter;
+  wr.wr_id = (tag << 56) | (uint64_t(p.slot) << 32) | iter;
   wr.sg_list = &sge;
   wr.num_sge = 1;
   wr.opcode = op;
@@ -206,15 +229,39 @@ void post_send(Peer& p, ibv_wr_opcode op, uint64_t tag, uint32_t iter, uint32_t 
 }
 
 // Keeps the connection's window full: WRITE k and SEND k alternate; the FIN goes last.
+// Are this host's own transfers (not the latency flow) still going?
+bool bulk_running() {
+  for (const auto& p : g_peers)
+    if (p && !p->latency &&
+        (!p->established || p->done_write < p->out_writes || p->done_send < p->out_sends))
+      return true;
+  return false;
+}
+
+// The --latency connection's client: one ping in flight; once the bulk transfers of this
+// host are done (and kMinPings round trips were timed), a STOP instead.
+void pump_latency(Peer& p) {
+  if (!p.connector || p.inflight || p.awaiting_pong || p.stop_sent) return;
+  if (bulk_running() || p.rtts_us.size() < kMinPings) {
+    p.awaiting_pong = true;
+    p.ping_at = std::chrono::steady_clock::now();
+    post_send(p, IBV_WR_SEND, kTagPing, 0, kPingBytes);
+  } else {
+    p.stop_sent = true;
+    post_send(p, IBV_WR_SEND, kTagFin, 0, kStopBytes);
+  }
+}
+
 void pump(Peer& p) {
   if (!p.established || p.disconnected) return;
-  while (p.inflight < kWindow && (p.next_write < g_opt.iters || p.next_send < g_opt.iters)) {
-    if (p.next_write <= p.next_send && p.next_write < g_opt.iters)
+  if (p.latency) return pump_latency(p);
+  while (p.inflight < kWindow && (p.next_write < p.out_writes || p.next_send < p.out_sends)) {
+    if (p.next_write < p.out_writes && (p.next_write <= p.next_send || p.next_send >= p.out_sends))
       post_send(p, IBV_WR_RDMA_WRITE, kTagWrite, p.next_write++, g_opt.size);
     else
       post_send(p, IBV_WR_SEND, kTagSend, p.next_send++, g_opt.size);
   }
-  if (!p.fin_posted && p.done_write == g_opt.iters && p.done_send == g_opt.iters) {
+  if (!p.fin_posted && p.done_write == p.out_writes && p.done_send == p.out_sends) {
     p.fin_posted = true;
     post_send(p, IBV_WR_SEND, kTagFin, 0, 4);  // 4 bytes of iteration 0's pattern
   }
@@ -232,12 +279,46 @@ void check_bytes(const Peer& p, const uint8_t* got, uint32_t iter, uint32_t len,
   }
 }
 
+// The --latency connection: the client times each ping's round trip and sends the next;
+// the sink answers each ping and ends at the STOP.
+void on_latency_completion(Peer& p, const ibv_wc& wc) {
+  if (!p.id || !p.id->qp || wc.qp_num != p.id->qp->qp_num) return;
+  const uint64_t tag = wc.wr_id >> 56;
+  if (wc.status != IBV_WC_SUCCESS) {
+    // After the STOP, the client disconnects: what is still queued is flushed.
+    if ((p.stopped || p.stop_sent) && wc.status == IBV_WC_WR_FLUSH_ERR) {
+      if (tag != kTagRecv) --p.inflight;
+      return;
+    }
+    die(std::string("latency connection: ") + ibv_wc_status_str(wc.status));
+  }
+  if (tag != kTagRecv) {  // a ping, a pong or the STOP left
+    --p.inflight;
+    if (tag == kTagFin) p.fin_done = p.fin_received = p.verified = true;  // the client is done
+    return;
+  }
+  post_recv(p, static_cast<uint32_t>(wc.wr_id & 0xffffffff));
+  if (p.connector) {
+    p.awaiting_pong = false;
+    p.rtts_us.push_back(
+        std::chrono::duration<double, std::micro>(std::chrono::steady_clock::now() - p.ping_at).count());
+    return;  // pump_latency sends the next once the ping's own completion came
+  }
+  if (wc.byte_len == kStopBytes) {
+    p.stopped = p.fin_received = p.verified = p.fin_done = true;
+    return;
+  }
+  if (wc.byte_len != kPingBytes) die("latency connection: a ping of " + std::to_string(wc.byte_len) + " bytes");
+  post_send(p, IBV_WR_SEND, kTagPing, 0, kPingBytes);  // the pong
+}
+
 void on_completion(const ibv_wc& wc) {
   const uint64_t tag = wc.wr_id >> 56;
   const int rank = static_cast<int>((wc.wr_id >> 32) & 0xffffff);
   if (rank < 0 || rank >= static_cast<int>(g_peers.size()) || !g_peers[rank])
     die("completion with a foreign wr_id");
   Peer& p = *g_peers[rank];
+  if (p.latency) return on_latency_completion(p, wc);
   // Receives posted on a QP of an attempt that failed (a REJ, a late REQ turned away) are
   // flushed when rdma_cm moves it to the error state: not this connection's.
   if (!p.id || !p.id->qp || wc.qp_num != p.id->qp->qp_num) return;
@@ -261,7 +342,7 @@ void on_completion(const ibv_wc& wc) {
       p.last_rx = now;
       uint32_t slot = static_cast<uint32_t>(wc.wr_id & 0xffffffff);
       const uint8_t* got = &p.rbufs[size_t{slot} * g_opt.size];
-      if (p.sends_received < g_opt.iters) {
+      if (p.sends_received < p.in_sends) {
         if (wc.byte_len != g_opt.size) die("SEND of wrong length from rank " + std::to_string(rank));
         check_bytes(p, got, p.sends_received, g_opt.size, "SEND");
         p.bytes_verified += g_opt.size;
@@ -269,9 +350,9 @@ void on_completion(const ibv_wc& wc) {
       } else {
         if (wc.byte_len != 4) die("FIN of wrong length from rank " + std::to_string(rank));
         check_bytes(p, got, 0, 4, "FIN");
-        for (uint32_t it = 0; it < g_opt.iters; ++it)
+        for (uint32_t it = 0; it < p.in_writes; ++it)
           check_bytes(p, &p.wregion[size_t{it} * g_opt.size], it, g_opt.size, "RDMA WRITE");
-        p.bytes_verified += uint64_t{g_opt.iters} * g_opt.size;
+        p.bytes_verified += uint64_t{p.in_writes} * g_opt.size;
         p.fin_received = p.verified = true;
       }
       break;
@@ -305,8 +386,10 @@ rdma_cm_id* on_cm_event(rdma_cm_event* ev, rdma_cm_id* listener) {
       Announce remote;
       std::memcpy(&remote, ev->param.conn.private_data, sizeof remote);
       int r = static_cast<int>(remote.rank);
-      if (r < 0 || r >= g_opt.rank || !g_peers[r] || g_peers[r]->established)
-        die("unexpected CONNECT_REQUEST from rank " + std::to_string(r));
+      if (remote.latency) r = static_cast<int>(g_opt.hosts.size());  // the latency slot
+      if (r < 0 || r >= static_cast<int>(g_peers.size()) || !g_peers[r] ||
+          g_peers[r]->connector || g_peers[r]->established)
+        die("unexpected CONNECT_REQUEST from rank " + std::to_string(remote.rank));
       Peer& p = *g_peers[r];
       if (p.id) {
         // An earlier attempt of this peer is still pending here (its REQ came late, after
@@ -380,12 +463,30 @@ int main(int argc, char** argv) {
   });
   alarm(static_cast<unsigned>(g_opt.timeout));
   const int n = static_cast<int>(g_opt.hosts.size());
-  g_peers.resize(n);
-  for (int r = 0; r < n; ++r)
-    if (r != g_opt.rank) {
-      g_peers[r] = std::make_unique<Peer>();
-      g_peers[r]->rank = r;
+  // Who talks to whom, and what goes each way.
+  const int me = g_opt.rank, sink = g_opt.incast, lat_client = sink >= 0 ? (sink + 1) % n : -1;
+  g_peers.resize(n + 1);
+  for (int r = 0; r < n; ++r) {
+    if (r == me || (sink >= 0 && me != sink && r != sink)) continue;
+    auto p = std::make_unique<Peer>();
+    p->rank = p->slot = r;
+    if (sink < 0) {
+      p->connector = r > me;
+      p->out_writes = p->out_sends = p->in_writes = p->in_sends = g_opt.iters;
+    } else {
+      p->connector = me != sink;
+      (me == sink ? p->in_writes : p->out_writes) = g_opt.iters;
     }
+    g_peers[r] = std::move(p);
+  }
+  if (g_opt.latency && (me == sink || me == lat_client)) {
+    auto p = std::make_unique<Peer>();
+    p->rank = me == sink ? lat_client : sink;
+    p->slot = n;
+    p->latency = true;
+    p->connector = me == lat_client;
+    g_peers[n] = std::move(p);
+  }
 
   rdma_event_channel* ch = rdma_create_event_channel();
   if (!ch) die("rdma_create_event_channel: " + std::string(std::strerror(errno)));
@@ -396,13 +497,17 @@ int main(int argc, char** argv) {
       rdma_bind_addr(listener, reinterpret_cast<sockaddr*>(&self)) || rdma_listen(listener, n))
     die("listen on " + g_opt.hosts[g_opt.rank] + ": " + std::strerror(errno));
   open_device(listener->verbs);
-  std::printf("dverbs-alltoall rank %d of %d (%s): %u x %u B RDMA WRITE and SEND to each of %d peers\n",
-              g_opt.rank, n, g_opt.hosts[g_opt.rank].c_str(), g_opt.iters, g_opt.size, n - 1);
+  if (sink < 0)
+    std::printf("dverbs-alltoall rank %d of %d (%s): %u x %u B RDMA WRITE and SEND to each of %d peers\n",
+                me, n, g_opt.hosts[me].c_str(), g_opt.iters, g_opt.size, n - 1);
+  else
+    std::printf("dverbs-alltoall rank %d of %d (%s): incast into rank %d, %u x %u B RDMA WRITE%s\n",
+                me, n, g_opt.hosts[me].c_str(), sink, g_opt.iters, g_opt.size,
+                g_opt.latency && (me == sink || me == lat_client) ? ", latency flow" : "");
 
   // Higher ranks are connected to, with retries while their listener is not up yet
   // (REJECTED / UNREACHABLE from a host that has not started): the outer loop re-arms them.
   const auto start = std::chrono::steady_clock::now();
-  for (int r = g_opt.rank + 1; r < n; ++r) g_peers[r]->connector = true;
   auto connect = [&](Peer& p) {
     p.retry_at = {};
     sockaddr_in src = self, dst = addr_of(g_opt.hosts[p.rank]);
@@ -458,16 +563,27 @@ int main(int argc, char** argv) {
   const double secs = std::chrono::duration<double>(end - data_start).count();
 
   uint64_t total = 0;
+  int peers = 0;
   std::printf(" peer  written_B  sent_B  received_and_verified_B  rx_MB/s\n");
   for (auto& pp : g_peers) {
     if (!pp) continue;
     Peer& p = *pp;
+    if (p.latency) {
+      if (!p.connector) continue;
+      std::vector<double> v = p.rtts_us;
+      std::sort(v.begin(), v.end());
+      auto pct = [&](double q) { return v.empty() ? 0.0 : v[std::min(v.size() - 1, size_t(q * v.size()))]; };
+      std::printf("LATENCY rank %d to %d: %zu round trips of %u B, p50_us %.1f p99_us %.1f max_us %.1f\n",
+                  g_opt.rank, p.rank, v.size(), kPingBytes, pct(0.50), pct(0.99), v.empty() ? 0 : v.back());
+      continue;
+    }
     double rx = std::chrono::duration<double>(p.last_rx - p.first_rx).count();
-    uint64_t out = uint64_t{g_opt.iters} * g_opt.size;
-    std::printf(" %4d  %9llu  %6llu  %23llu  %7.1f\n", p.rank, static_cast<unsigned long long>(out),
-                static_cast<unsigned long long>(out), static_cast<unsigned long long>(p.bytes_verified),
+    const uint64_t written = uint64_t{p.out_writes} * g_opt.size, sent = uint64_t{p.out_sends} * g_opt.size;
+    std::printf(" %4d  %9llu  %6llu  %23llu  %7.1f\n", p.rank, static_cast<unsigned long long>(written),
+                static_cast<unsigned long long>(sent), static_cast<unsigned long long>(p.bytes_verified),
                 rx > 0 ? p.bytes_verified / rx / 1e6 : 0.0);
     total += p.bytes_verified;
+    peers++;
   }
   // The same instants on the common clock, for the fabric-wide goodput (scripts/fabric).
   auto wall_us = [](std::chrono::steady_clock::time_point t) {
@@ -480,7 +596,7 @@ int main(int argc, char** argv) {
               static_cast<long long>(wall_us(data_start)), static_cast<long long>(wall_us(end)));
   std::printf("RESULT rank %d: PASS verified %llu bytes from %d peers in %.3f s (%.1f MB/s received; "
               "connections took %.2f s)\n",
-              g_opt.rank, static_cast<unsigned long long>(total), n - 1, secs, total / secs / 1e6, setup);
+              g_opt.rank, static_cast<unsigned long long>(total), peers, secs, total / secs / 1e6, setup);
   // Ids and QPs go with the process: every connection has been disconnected.
   return 0;
 }

@@ -18,7 +18,8 @@ struct Mr;
 struct Mw;
 }  // namespace mid
 
-enum class QpType : uint32_t { rc = 2, uc = 3, ud = 4 };
+// raw_packet: IBV_QPT_RAW_PACKET, whole Ethernet frames (pmd/hca/raw.cc).
+enum class QpType : uint32_t { rc = 2, uc = 3, ud = 4, raw_packet = 8 };
 
 enum class QpState : uint32_t { reset = 0, init = 1, rtr = 2, rts = 3, sqd = 4, sqe = 5, err = 6 };
 
@@ -38,6 +39,8 @@ enum class WrOpcode : uint32_t {
   local_inv = 7,
   bind_mw = 8,
   send_with_inv = 9,
+  flush = 14,         // IBA 1.5 RDMA FLUSH (ibv_wr_flush)
+  atomic_write = 15,  // IBA 1.5 RDMA ATOMIC WRITE (ibv_wr_atomic_write)
 };
 
 enum class WcOpcode : uint32_t {
@@ -48,6 +51,8 @@ enum class WcOpcode : uint32_t {
   fetch_add = 4,
   bind_mw = 5,
   local_inv = 6,
+  flush = 8,
+  atomic_write = 9,
   recv = 128,
   recv_rdma_with_imm = 129,
 };
@@ -86,6 +91,7 @@ constexpr uint32_t fence = 1u << 0;
 constexpr uint32_t signaled = 1u << 1;
 constexpr uint32_t solicited = 1u << 2;
 constexpr uint32_t inline_data = 1u << 3;
+constexpr uint32_t ip_csum = 1u << 4;  // raw packet QPs: fill the IPv4 and TCP/UDP checksums
 }  // namespace send_flags
 
 // IBV_ACCESS_* flags.
@@ -96,8 +102,24 @@ constexpr uint32_t remote_read = 1u << 2;
 constexpr uint32_t remote_atomic = 1u << 3;
 constexpr uint32_t mw_bind = 1u << 4;
 constexpr uint32_t zero_based = 1u << 5;
-constexpr uint32_t supported = local_write | remote_write | remote_read | remote_atomic | mw_bind;
+constexpr uint32_t flush_global = 1u << 8;      // IBV_ACCESS_FLUSH_GLOBAL (IBA 1.5 FLUSH)
+constexpr uint32_t flush_persistent = 1u << 9;  // IBV_ACCESS_FLUSH_PERSISTENT
+// What a memory region may be registered with. FLUSH_PERSISTENT is not among them: no
+// dverbs memory is persistent (Linux rxe refuses it on non-pmem pages the same way).
+constexpr uint32_t supported =
+    local_write | remote_write | remote_read | remote_atomic | mw_bind | flush_global;
+// What a QP's qp_access_flags may hold: the flush permissions are checked there too (rxe).
+constexpr uint32_t qp_supported = local_write | remote_write | remote_read | remote_atomic |
+                                  mw_bind | flush_global | flush_persistent;
 }  // namespace access
+
+// IBV_FLUSH_* placement types (a mask) and selectivity levels of an RDMA FLUSH (IBA 1.5).
+namespace flush {
+constexpr uint8_t type_global = 1u << 0;
+constexpr uint8_t type_persistent = 1u << 1;
+constexpr uint8_t level_range = 0;
+constexpr uint8_t level_mr = 1;
+}  // namespace flush
 
 // IBV_WC_* flags.
 namespace wc_flags {
@@ -166,6 +188,16 @@ struct SendWr {
       uint32_t remote_qpn;
       uint32_t remote_qkey;
     } ud;
+    // dverbs' own: ibv_send_wr has no FLUSH fields. remote_addr and rkey sit where
+    // wr.rdma has them; type and level take its padding (zero in a zeroed ibv_send_wr,
+    // which the check then refuses), length wr.atomic.swap's place. ibv_wr_flush fills it.
+    struct {
+      uint64_t remote_addr;
+      uint32_t rkey;
+      uint8_t type;   // flush::type_*
+      uint8_t level;  // flush::level_*
+      uint64_t length;
+    } flush;
   } wr;
   union {
     struct {
@@ -294,6 +326,30 @@ struct DeviceAttr {
   // Memory windows (type 1 and type 2B) the device can hold; 0: none. The soft HCA's
   // windows share the key table with the regions (max_mr counts both).
   uint32_t max_mw = 0;
+  // The clock completion timestamps count (mid::poll_cq_ts, mid::read_clock), in kHz; 0:
+  // the device stamps no completions. Appended: dverbsd's query_device reply carries it.
+  uint64_t core_clock_khz = 0;
+  // Raw packet QPs (max_raw_ethy_qp) and flow steering rules a device can hold; 0: none.
+  uint32_t max_raw_qp = 0;
+  uint32_t max_flows = 0;
+  uint32_t max_raw_frame = 0;  // the largest frame a raw packet QP sends (bytes)
+  bool raw_ip_csum = false;    // IBV_SEND_IP_CSUM honoured (IBV_RAW_PACKET_CAP_IP_CSUM)
+};
+
+// One flow steering rule (ibv_create_flow, IBV_FLOW_ATTR_NORMAL): a frame matches when
+// every field ANDed with its mask equals the value ANDed with the mask. Multi-byte fields
+// are in network byte order, as in ibv_flow_spec_*. The drop-in translates the specs.
+struct FlowRule {
+  uint16_t priority = 0;  // lower value = higher priority (ibv_flow_attr.priority)
+  uint8_t has_eth = 0;    // an ETH spec was given
+  uint8_t has_ipv4 = 0;   // an IPV4 spec: the frame must be IPv4
+  uint8_t l4_proto = 0;   // 6 (TCP) or 17 (UDP) when a TCP/UDP spec was given, else 0
+  uint8_t dst_mac[6] = {}, dst_mac_mask[6] = {};
+  uint8_t src_mac[6] = {}, src_mac_mask[6] = {};
+  uint16_t ether_type = 0, ether_type_mask = 0;
+  uint16_t vlan_tag = 0, vlan_tag_mask = 0;  // a nonzero mask: the frame must be tagged
+  uint32_t src_ip = 0, src_ip_mask = 0, dst_ip = 0, dst_ip_mask = 0;
+  uint16_t src_port = 0, src_port_mask = 0, dst_port = 0, dst_port_mask = 0;
 };
 
 enum class PortState : uint32_t { nop = 0, down = 1, init = 2, armed = 3, active = 4 };

@@ -71,7 +71,9 @@ mid::Ah* ah_for(Conn& c, Counters& st, const ShmSendWqe& w) noexcept {
 
 // Builds the SendWr for the local copy `w`; EINVAL when the copy is not acceptable.
 int build_send(const QpObj& q, Counters& st, ShmSendWqe& w, SendWr* wr, Sge* inl) noexcept {
-  if (uint32_t(w.opcode) > uint32_t(WrOpcode::send_with_inv)) return EINVAL;
+  if (uint32_t(w.opcode) > uint32_t(WrOpcode::send_with_inv) && w.opcode != WrOpcode::flush &&
+      w.opcode != WrOpcode::atomic_write)
+    return EINVAL;
   std::memset(static_cast<void*>(wr), 0, sizeof *wr);
   wr->wr_id = w.wr_id;
   wr->opcode = w.opcode;
@@ -104,6 +106,11 @@ int build_send(const QpObj& q, Counters& st, ShmSendWqe& w, SendWr* wr, Sge* inl
   } else {
     wr->wr.rdma.remote_addr = w.remote_addr;
     wr->wr.rdma.rkey = w.rkey;
+  }
+  if (w.opcode == WrOpcode::flush) {  // the client's encoding (pmd/remote/post.cc)
+    wr->wr.flush.length = w.compare_add;
+    wr->wr.flush.type = uint8_t(w.swap);
+    wr->wr.flush.level = uint8_t(w.swap >> 8);
   }
   if (w.opcode == WrOpcode::bind_mw) {
     auto* mw = static_cast<MwObj*>(t.get(w.mw, Kind::mw));
@@ -229,13 +236,14 @@ bool Server::complete_error(CqObj& c, uint64_t wr_id, WcOpcode op, uint32_t qp_n
     if (used > c.n) stats.corrupt_rings.fetch_add(1, std::memory_order_relaxed);
     return false;  // no room: the WQE stays in its ring until there is
   }
-  Wc wc;
-  std::memset(&wc, 0, sizeof wc);
-  wc.wr_id = wr_id;
-  wc.status = WcStatus::loc_qp_op_err;
-  wc.opcode = op;
-  wc.qp_num = qp_num;
-  std::memcpy(&c.ring[c.prod & (c.n - 1)], &wc, sizeof wc);
+  ShmCqe e;
+  std::memset(&e, 0, sizeof e);
+  e.wc.wr_id = wr_id;
+  e.wc.status = WcStatus::loc_qp_op_err;
+  e.wc.opcode = op;
+  e.wc.qp_num = qp_num;
+  mid::read_clock(c.cq->device, &e.completion_ts);  // made here, now
+  std::memcpy(&c.ring[c.prod & (c.n - 1)], &e, sizeof e);
   c.prod++;  // published by publish_cq
   stats.cqes_delivered.fetch_add(1, std::memory_order_relaxed);
   c.error_staged = true;
@@ -393,6 +401,7 @@ bool Server::pass_cq(CqObj& c) noexcept {
     work = true;
   }
   Wc wcs[kPollBatch];
+  uint64_t ts[kPollBatch] = {};
   for (;;) {
     const uint32_t cons = c.hdr->cons.v.load(std::memory_order_acquire);
     const uint32_t used = c.prod - cons;
@@ -411,10 +420,15 @@ bool Server::pass_cq(CqObj& c) noexcept {
       break;
     }
     const int want = int(min_u32(space, kPollBatch));
-    const int got = mid::poll_cq(c.cq, want, wcs);
+    // With each completion its timestamp (a device without them: 0).
+    int got = mid::poll_cq_ts(c.cq, want, wcs, ts);
+    if (got == -EOPNOTSUPP) got = mid::poll_cq(c.cq, want, wcs);
     if (got <= 0) break;
-    for (int i = 0; i < got; i++)
-      std::memcpy(&c.ring[(c.prod + uint32_t(i)) & (c.n - 1)], &wcs[i], sizeof(Wc));
+    for (int i = 0; i < got; i++) {
+      ShmCqe& e = c.ring[(c.prod + uint32_t(i)) & (c.n - 1)];
+      std::memcpy(&e.wc, &wcs[i], sizeof(Wc));
+      e.completion_ts = ts[i];
+    }
     c.prod += uint32_t(got);  // published by publish_cq
     stats.cqes_delivered.fetch_add(uint64_t(got), std::memory_order_relaxed);
     work = true;

@@ -80,7 +80,7 @@ struct CqObj {
   mid::Cq* cq = nullptr;
   Mapping map;
   CqRingHeader* hdr = nullptr;
-  Wc* ring = nullptr;
+  ShmCqe* ring = nullptr;
   uint32_t n = 0;  // ring entries (power of two)
   // Doorbell thread only: `prod` counts what is written into the ring, `published` what
   // hdr->prod says (publish_cq, after the work rings' freed indices: a client that polls a
@@ -371,6 +371,9 @@ int client_span_bytes(const Request& req, uint64_t* bytes);
 // Validates a reg_mr request and its memfds and maps them; see memory.cc.
 int map_client_memory(const Request& req, const int* fds, uint32_t nfds, Mapping* span,
                       void** host);
+// Capability `cap` (CAP_*) in the effective set of client process `pid` (/proc/PID/status
+// now; the pid comes from SO_PEERCRED, which the client cannot forge); false when unknown.
+bool client_has_cap(pid_t pid, int cap);
 uint32_t ring_entries(uint32_t at_least) noexcept;  // power of two >= max(1, at_least)
 
 // ---- resize_cq.cc ----

@@ -143,27 +143,28 @@ int map_client_memory(const Request& req, const int* fds, uint32_t nfds, Mapping
   return 0;
 }
 
-namespace {
-
-// CAP_IPC_LOCK (bit 14) in the effective set of `pid`, read now (uverbs reads it at each
-// registration too).
-bool has_cap_ipc_lock(pid_t pid) {
+// Capability `cap` in the effective set of `pid`, read now (uverbs reads CAP_IPC_LOCK at
+// each registration too). False for an unknown pid (0: not in our pid namespace).
+bool client_has_cap(pid_t pid, int cap) {
+  if (pid <= 0) return false;
   char path[64];
   std::snprintf(path, sizeof path, "/proc/%d/status", int(pid));
   FILE* f = std::fopen(path, "re");
   if (!f) return false;
   char line[256];
-  bool cap = false;
+  bool has = false;
   while (std::fgets(line, sizeof line, f)) {
     unsigned long long v;
     if (std::sscanf(line, "CapEff: %llx", &v) == 1) {
-      cap = (v >> 14) & 1;
+      has = (v >> cap) & 1;
       break;
     }
   }
   std::fclose(f);
-  return cap;
+  return has;
 }
+
+namespace {
 
 // RLIMIT_MEMLOCK of `pid` (soft limit). prlimit(2) on another user's process needs
 // CAP_SYS_RESOURCE, which a confined daemon may lack; /proc/PID/limits says the same.
@@ -217,7 +218,7 @@ int Server::charge_pinned(Conn& c, uint64_t bytes) {
     std::fprintf(stderr, "dverbsd: client with unknown pid: cannot check RLIMIT_MEMLOCK\n");
     return ENOMEM;
   }
-  bool limited = !has_cap_ipc_lock(c.pid);
+  bool limited = !client_has_cap(c.pid, 14);  // CAP_IPC_LOCK
   uint64_t lim = UINT64_MAX;
   if (limited && !memlock_limit(c.pid, &lim)) {
     std::fprintf(stderr, "dverbsd: client pid %d: cannot read RLIMIT_MEMLOCK: %s\n", int(c.pid),

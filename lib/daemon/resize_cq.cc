@@ -39,7 +39,7 @@ int resize_cq(Server& srv, Conn& c, const Request& req, Response& resp, int* fd_
   const uint32_t granted = o->cq->cqe < (1u << 22) ? o->cq->cqe : (1u << 22);
   const uint32_t n = ring_entries(granted);
   Mapping map;
-  const int fd = make_ring("dverbs-cq", kRingHeaderBytes + uint64_t(n) * sizeof(Wc), &map);
+  const int fd = make_ring("dverbs-cq", kRingHeaderBytes + uint64_t(n) * sizeof(ShmCqe), &map);
   if (fd < 0) {
     mid::resize_cq(o->cq, old_cqe, unpolled);  // best effort: the staging CQ as it was
     return resume(-fd);
@@ -54,7 +54,7 @@ int resize_cq(Server& srv, Conn& c, const Request& req, Response& resp, int* fd_
   const Mapping old = o->map;
   o->map = map;
   o->hdr = hdr;
-  o->ring = reinterpret_cast<Wc*>(static_cast<char*>(map.base) + kRingHeaderBytes);
+  o->ring = reinterpret_cast<ShmCqe*>(static_cast<char*>(map.base) + kRingHeaderBytes);
   o->n = n;
   resp.resize_cq.cqe = granted;
   resp.resize_cq.ring_entries = n;

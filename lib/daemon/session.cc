@@ -16,6 +16,7 @@
 // may name: MR, MW, AH) goes unpublish → Server::synchronize() → midlayer destroy → unmap;
 // a destroy the midlayer refuses (EBUSY) publishes the object again.
 #include <fcntl.h>
+#include <linux/capability.h>
 #include <poll.h>
 #include <signal.h>
 #include <sys/eventfd.h>
@@ -314,7 +315,7 @@ int Session::create_cq(const Request& req, Response& resp, OutFds& out) {
   // that finds it full is an overrun (pass_cq), so the cqe reported is what fits.
   const uint32_t granted = o->cq->cqe < (1u << 22) ? o->cq->cqe : (1u << 22);
   o->n = ring_entries(granted);
-  int fd = make_ring("dverbs-cq", kRingHeaderBytes + uint64_t(o->n) * sizeof(Wc), &o->map);
+  int fd = make_ring("dverbs-cq", kRingHeaderBytes + uint64_t(o->n) * sizeof(ShmCqe), &o->map);
   if (fd < 0) {
     mid::destroy_cq(o->cq);
     delete o;
@@ -322,7 +323,7 @@ int Session::create_cq(const Request& req, Response& resp, OutFds& out) {
     return -fd;
   }
   o->hdr = new (o->map.base) CqRingHeader();
-  o->ring = at<Wc>(o->map.base, kRingHeaderBytes);
+  o->ring = at<ShmCqe>(o->map.base, kRingHeaderBytes);
   srv_.db_edit([o](DbSet& s) { s.cqs.push_back(o); });
   c_.table.publish(h, Kind::cq, o);
   created(Kind::cq, res);
@@ -341,6 +342,9 @@ int Session::create_qp(const Request& req, Response& resp, OutFds& out) {
   auto* rcq = lookup<CqObj>(r.recv_cq, Kind::cq);
   SrqObj* srq = r.srq ? lookup<SrqObj>(r.srq, Kind::srq) : nullptr;
   if (!pd || !scq || !rcq || (r.srq && !srq)) return EINVAL;
+  // A raw packet QP needs the CLIENT's CAP_NET_RAW (its pid from SO_PEERCRED), as Linux
+  // asks of the process that creates one.
+  if (r.qp_type == QpType::raw_packet && !client_has_cap(c_.pid, CAP_NET_RAW)) return EPERM;
   Reserved res(srv_, c_, Kind::qp);
   if (res.rc()) return res.rc();
   Handle h = c_.table.reserve();
@@ -712,6 +716,14 @@ int Session::dispatch(Request& req, InFds& in, Response& resp, OutFds& out) {
       if (!o) return EINVAL;
       return req.cmd == Cmd::attach_mcast ? mid::attach_mcast(o->qp, &req.mcast.gid)
                                           : mid::detach_mcast(o->qp, &req.mcast.gid);
+    }
+    case Cmd::create_flow:
+    case Cmd::destroy_flow: {
+      // Rules steer only to this client's own QPs (its handle table names them).
+      auto* o = lookup<QpObj>(req.handle, Kind::qp);
+      if (!o) return EINVAL;
+      return req.cmd == Cmd::create_flow ? mid::create_flow(o->qp, &req.flow.rule, &resp.flow.id)
+                                         : mid::destroy_flow(o->qp, req.flow.id);
     }
   }
   return invalid();

@@ -120,6 +120,10 @@ int resolve_neigh(Device* dev, uint8_t port_num, uint32_t ip, uint8_t mac[6]) no
 // ibv_attach_mcast / ibv_detach_mcast; EOPNOTSUPP when the driver has no multicast.
 int attach_mcast(Qp* qp, const Gid* gid);
 int detach_mcast(Qp* qp, const Gid* gid);
+// ibv_create_flow / ibv_destroy_flow on a raw packet QP; EOPNOTSUPP when the driver has no
+// flow steering.
+int create_flow(Qp* qp, const FlowRule* rule, uint32_t* id);
+int destroy_flow(Qp* qp, uint32_t id);
 
 // ---- Context: any thread, never sleeps. ----
 int create_ah(Pd* pd, const AhAttr* attr, Ah** out) noexcept;
@@ -144,6 +148,17 @@ inline int post_srq_recv(Srq* srq, RecvWr* wr, RecvWr** bad_wr) noexcept {
 inline int poll_cq(Cq* cq, int num_entries, Wc* wc) noexcept {
   NonSleepingScope scope("poll_cq");
   return cq->device->ops->poll_cq(cq, num_entries, wc);
+}
+// poll_cq with each completion's timestamp (DeviceAttr::core_clock_khz ticks) in ts[i];
+// -EOPNOTSUPP where the device stamps none. The device's clock now: read_clock.
+inline int poll_cq_ts(Cq* cq, int num_entries, Wc* wc, uint64_t* ts) noexcept {
+  NonSleepingScope scope("poll_cq");
+  if (!cq->device->ops->poll_cq_ts) return -EOPNOTSUPP;
+  return cq->device->ops->poll_cq_ts(cq, num_entries, wc, ts);
+}
+inline int read_clock(Device* dev, uint64_t* raw) noexcept {
+  if (!dev->ops->read_clock) return EOPNOTSUPP;
+  return dev->ops->read_clock(dev, raw);
 }
 // Arms the CQ: the next completion (or next solicited one) raises one completion event.
 // Also callable from inside the CQ's own completion handler.

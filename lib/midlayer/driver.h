@@ -81,6 +81,17 @@ struct DeviceOps {
   // windows are bound to it. Context: process context, may sleep.
   int (*rereg_mr)(Mr* mr, uint32_t flags, Pd* pd, void* host, uint64_t iova, uint64_t length,
                   uint32_t access);
+  // Completion timestamps (DeviceAttr::core_clock_khz): poll_cq that also returns, in
+  // ts[i], the device clock when completion i was made (its packet handled); read_clock
+  // reads that clock now. One clock for the whole device, monotonic, shared by every
+  // engine (and by dverbsd and its clients). Context: any thread, never sleeps.
+  int (*poll_cq_ts)(Cq* cq, int num_entries, Wc* wc, uint64_t* ts);
+  int (*read_clock)(Device* dev, uint64_t* raw);
+  // Flow steering (ibv_create_flow): frames that match `rule` go to raw packet QP `qp`;
+  // *id names the rule for destroy_flow. A QP's rules go with it when it is destroyed.
+  // Context: process context, may sleep.
+  int (*create_flow)(Qp* qp, const FlowRule* rule, uint32_t* id);
+  int (*destroy_flow)(Qp* qp, uint32_t id);
   // ibv_resize_cq: the CQ holds at least `cqe` completions (cqe >= 1, checked against
   // max_cqe by the driver) and the op sets Cq::cqe to what fits. The completions present
   // stay, in order; none is lost or duplicated while the device keeps completing and other

@@ -65,6 +65,18 @@ int detach_mcast(Qp* qp, const Gid* gid) {
   return qp->device->ops->detach_mcast(qp, gid);
 }
 
+int create_flow(Qp* qp, const FlowRule* rule, uint32_t* id) {
+  might_sleep("create_flow");
+  if (!qp->device->ops->create_flow) return EOPNOTSUPP;
+  return qp->device->ops->create_flow(qp, rule, id);
+}
+
+int destroy_flow(Qp* qp, uint32_t id) {
+  might_sleep("destroy_flow");
+  if (!qp->device->ops->destroy_flow) return EOPNOTSUPP;
+  return qp->device->ops->destroy_flow(qp, id);
+}
+
 int query_qp_counters(Qp* qp, Counter* out, int max) {
   might_sleep("query_qp_counters");
   if (!qp || max < 0 || (max > 0 && !out)) return -EINVAL;

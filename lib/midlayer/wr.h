@@ -20,8 +20,10 @@ constexpr uint32_t kQpnMask = 0xffffff;       // QP numbers are 24 bits (IBA 9.2
 constexpr uint64_t kMaxMessage = 1ull << 31;  // the largest message (ibv max_msg_sz)
 
 // Which send opcodes a QP type accepts (IBA 9.2 / 11.4.1.1: UD only SEND; READ, atomics
-// and SEND with invalidate only RC). Context: any, never sleeps.
+// and SEND with invalidate only RC; a raw packet QP only a plain SEND, the frame).
+// Context: any, never sleeps.
 constexpr bool opcode_allowed(QpType t, WrOpcode op) noexcept {
+  if (t == QpType::raw_packet) return op == WrOpcode::send;
   switch (op) {
     case WrOpcode::send:
     case WrOpcode::send_with_imm:
@@ -33,6 +35,8 @@ constexpr bool opcode_allowed(QpType t, WrOpcode op) noexcept {
     case WrOpcode::rdma_read:
     case WrOpcode::atomic_cmp_and_swp:
     case WrOpcode::atomic_fetch_and_add:
+    case WrOpcode::atomic_write:  // IBA 1.5: RC only, as rxe
+    case WrOpcode::flush:
       return t == QpType::rc;
     case WrOpcode::bind_mw:
     case WrOpcode::local_inv:
@@ -64,17 +68,37 @@ constexpr WcOpcode wc_opcode(WrOpcode op) noexcept {
       return WcOpcode::local_inv;
     case WrOpcode::bind_mw:
       return WcOpcode::bind_mw;
+    case WrOpcode::atomic_write:
+      return WcOpcode::atomic_write;
+    case WrOpcode::flush:
+      return WcOpcode::flush;
     default:
       return WcOpcode::send;
   }
+}
+
+// An RDMA FLUSH (IBA 1.5, ibv_wr_flush): a placement type mask of global and/or
+// persistent, a level of range or whole region, no local buffer, not inline; a range of at
+// most one message (a whole-region FLUSH ignores the length). Whether the remote memory
+// can be flushed so is the responder's to say (IBV_WC_REM_ACCESS_ERR). Context: any.
+constexpr bool flush_wr_ok(const SendWr& wr) noexcept {
+  const auto& f = wr.wr.flush;
+  constexpr uint8_t kTypes = flush::type_global | flush::type_persistent;
+  return f.type != 0 && !(f.type & ~kTypes) && f.level <= flush::level_mr && wr.num_sge == 0 &&
+         !(wr.send_flags & send_flags::inline_data) &&
+         (f.level == flush::level_mr || f.length <= kMaxMessage);
 }
 
 // What a QP lets a send WR carry: its granted capabilities, read once per post_send.
 struct SendLimits {
   uint32_t max_sge;         // the QP's max_send_sge
   uint32_t max_inline;      // the QP's max_inline_data, as granted at create_qp
-  uint32_t max_ud_message;  // UD: the path MTU in bytes (a UD message is one packet)
+  uint32_t max_ud_message;  // UD: the path MTU in bytes (a UD message is one packet);
+                            // raw packet QP: the largest frame
 };
+
+// The smallest frame a raw packet QP sends: an Ethernet header.
+constexpr uint32_t kMinRawFrame = 14;
 
 // Validates one send WR completely (IBA 10.8.2) and stores its length in *length (0 for a
 // bind). Returns 0 or EINVAL. As rxe and mlx5 do, inline data is limited by the QP's own
@@ -82,8 +106,9 @@ struct SendLimits {
 inline int check_send_wr(const Qp& qp, const SendLimits& lim, const SendWr& wr,
                          uint32_t* length) noexcept {
   if (!opcode_allowed(qp.qp_type, wr.opcode)) return EINVAL;
-  if (wr.send_flags &
-      ~(send_flags::fence | send_flags::signaled | send_flags::solicited | send_flags::inline_data))
+  const uint32_t raw_flags = qp.qp_type == QpType::raw_packet ? send_flags::ip_csum : 0;
+  if (wr.send_flags & ~(send_flags::fence | send_flags::signaled | send_flags::solicited |
+                        send_flags::inline_data | raw_flags))
     return EINVAL;
   if (wr.num_sge < 0 || uint32_t(wr.num_sge) > lim.max_sge) return EINVAL;
   if (wr.num_sge > 0 && !wr.sg_list) return EINVAL;
@@ -100,6 +125,13 @@ inline int check_send_wr(const Qp& qp, const SendLimits& lim, const SendWr& wr,
   if (inl && (wr.opcode == WrOpcode::rdma_read || is_atomic(wr.opcode))) return EINVAL;
   // An atomic returns the 8-byte original value into exactly one 8-byte SGE (IBA 10.8.3.4).
   if (is_atomic(wr.opcode) && (wr.num_sge != 1 || len != 8)) return EINVAL;
+  // An RDMA ATOMIC WRITE carries exactly 8 bytes, from SGEs or inline (IBA 1.5).
+  if (wr.opcode == WrOpcode::atomic_write && len != 8) return EINVAL;
+  if (wr.opcode == WrOpcode::flush) {
+    if (!flush_wr_ok(wr)) return EINVAL;
+    *length = wr.wr.flush.level == flush::level_mr ? 0 : uint32_t(wr.wr.flush.length);
+    return 0;
+  }
   if (wr.opcode == WrOpcode::bind_mw) {
     // Type 1 windows are bound with ibv_bind_mw, type 2 with this WR; both arrive here.
     const auto& b = wr.bind_mw;
@@ -120,6 +152,9 @@ inline int check_send_wr(const Qp& qp, const SendLimits& lim, const SendWr& wr,
       return EINVAL;
     if (len > lim.max_ud_message) return EINVAL;
   }
+  // A raw frame is one Ethernet frame, headers included (ibv_create_qp(3), RAW_PACKET).
+  if (qp.qp_type == QpType::raw_packet && (len < kMinRawFrame || len > lim.max_ud_message))
+    return EINVAL;
   *length = uint32_t(len);
   return 0;
 }

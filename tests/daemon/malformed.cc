@@ -328,7 +328,7 @@ void test_rings(int fd) {
   // A memfd the daemon created must be sealed against shrinking.
   CHECK(::ftruncate(cqfd, 0) != 0, "CQ ring memfd can be truncated");
   auto* ch = static_cast<CqRingHeader*>(cqmem);
-  Wc* cqe = at<Wc>(cqmem, kRingHeaderBytes);
+  ShmCqe* cqe = at<ShmCqe>(cqmem, kRingHeaderBytes);
 
   Request q;
   Response qr;
@@ -393,7 +393,8 @@ void test_rings(int fd) {
   CHECK(prod == 5, "error completions: %u of 5", prod);
   int seen_send = 0, seen_recv = 0;
   for (uint32_t i = 0; i < prod && i < cq.cq.ring_entries; i++) {
-    const Wc& w = cqe[i];
+    const Wc& w = cqe[i].wc;
+    CHECK(cqe[i].completion_ts != 0, "CQE %u without a timestamp", i);
     CHECK(w.status == WcStatus::loc_qp_op_err, "CQE %u status %u", i, unsigned(w.status));
     CHECK(w.qp_num == qr.qp.qp_num, "CQE %u qp_num %u", i, w.qp_num);
     if (w.wr_id >= 1001 && w.wr_id <= 1004) seen_send++;

@@ -40,6 +40,8 @@ inline bool valid_wc_opcode(WcOpcode o) {
     case WcOpcode::fetch_add:
     case WcOpcode::bind_mw:
     case WcOpcode::local_inv:
+    case WcOpcode::flush:
+    case WcOpcode::atomic_write:
     case WcOpcode::recv:
     case WcOpcode::recv_rdma_with_imm: return true;
   }

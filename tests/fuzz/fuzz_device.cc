@@ -255,32 +255,34 @@ RxCounters FuzzDevice::counters() const {
   r.rx_no_qp = c.rx_no_qp.load();
   r.rx_bad_state = c.rx_bad_state.load();
   r.rx_not_for_us = c.rx_not_for_us.load();
+  r.rx_raw = c.rx_raw.load();
+  r.rx_raw_dropped = c.rx_raw_dropped.load();
   return r;
 }
 
 bool FuzzDevice::counters_consistent(std::string* why) {
   const RxCounters now = counters();
   auto d = [&](uint64_t RxCounters::*f) { return now.*f - base_.*f; };
-  const uint64_t accounted = d(&RxCounters::rx_packets) + d(&RxCounters::rx_bad_frame) +
-                             d(&RxCounters::rx_bad_icrc) + d(&RxCounters::rx_non_roce) +
-                             d(&RxCounters::rx_not_for_us) +
-                             (no_qp_in_packets_ ? 0 : d(&RxCounters::rx_no_qp));
+  const uint64_t accounted =
+      d(&RxCounters::rx_packets) + d(&RxCounters::rx_bad_frame) + d(&RxCounters::rx_bad_icrc) +
+      d(&RxCounters::rx_non_roce) + d(&RxCounters::rx_not_for_us) + d(&RxCounters::rx_raw) +
+      d(&RxCounters::rx_raw_dropped) + (no_qp_in_packets_ ? 0 : d(&RxCounters::rx_no_qp));
   const uint64_t expect = fed_ - fed_arp_;
   bool ok = accounted == expect;
   // Frames that reached a QP are a subset of the received RoCE frames.
   if (no_qp_in_packets_ && d(&RxCounters::rx_no_qp) > d(&RxCounters::rx_packets)) ok = false;
   if (!ok && why) {
-    char b[256];
-    std::snprintf(b, sizeof b,
-                  "fed %lu frames (%lu ARP) but counted packets %lu + bad_frame %lu + "
-                  "bad_icrc %lu + non_roce %lu + not_for_us %lu (no_qp %lu)",
-                  (unsigned long)fed_, (unsigned long)fed_arp_,
-                  (unsigned long)d(&RxCounters::rx_packets),
-                  (unsigned long)d(&RxCounters::rx_bad_frame),
-                  (unsigned long)d(&RxCounters::rx_bad_icrc),
-                  (unsigned long)d(&RxCounters::rx_non_roce),
-                  (unsigned long)d(&RxCounters::rx_not_for_us),
-                  (unsigned long)d(&RxCounters::rx_no_qp));
+    char b[320];
+    std::snprintf(
+        b, sizeof b,
+        "fed %lu frames (%lu ARP) but counted packets %lu + bad_frame %lu + "
+        "bad_icrc %lu + non_roce %lu + not_for_us %lu + raw %lu + raw_dropped %lu "
+        "(no_qp %lu)",
+        (unsigned long)fed_, (unsigned long)fed_arp_, (unsigned long)d(&RxCounters::rx_packets),
+        (unsigned long)d(&RxCounters::rx_bad_frame), (unsigned long)d(&RxCounters::rx_bad_icrc),
+        (unsigned long)d(&RxCounters::rx_non_roce), (unsigned long)d(&RxCounters::rx_not_for_us),
+        (unsigned long)d(&RxCounters::rx_raw), (unsigned long)d(&RxCounters::rx_raw_dropped),
+        (unsigned long)d(&RxCounters::rx_no_qp));
     *why = b;
   }
   base_ = now;

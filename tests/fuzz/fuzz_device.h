@@ -65,6 +65,7 @@ class Region {
 struct RxCounters {
   uint64_t rx_packets = 0, rx_bad_frame = 0, rx_bad_icrc = 0, rx_non_roce = 0, rx_no_qp = 0;
   uint64_t rx_bad_state = 0, rx_not_for_us = 0;
+  uint64_t rx_raw = 0, rx_raw_dropped = 0;  // frames a flow rule steered (raw packet QPs)
 };
 
 class FuzzDevice {

@@ -12,6 +12,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "pmd/wire/roce.h"
@@ -123,9 +124,27 @@ void rx_structured() {
     std::snprintf(name, sizeof name, "cve-opcode-%02x", opc);
     save("rx", name, In(S).add(r, pattern(8, opc)).bytes());
   }
+  // --- IBA 1.5 ATOMIC WRITE and FLUSH (FETH type and level from swap_add's low bytes) ---
+  {
+    save("rx", "iba15-atomic-write",
+         In(S).add(reth(RC | op::kAtomicWrite, kQpB, kKeyB, kVaB, 8, 8), pattern(8, 5)).bytes());
+    save("rx", "iba15-atomic-write-unaligned",
+         In(S).add(reth(RC | op::kAtomicWrite, kQpB, kKeyB, kVaB, 4, 8), pattern(8, 6)).bytes());
+    save("rx", "iba15-atomic-write-long",
+         In(S).add(reth(RC | op::kAtomicWrite, kQpB, kKeyB, kVaB, 8, 16), pattern(16, 7)).bytes());
+    for (auto [name, type_level] : {std::pair<const char*, uint64_t>{"iba15-flush-global-range", 1},
+                                    {"iba15-flush-global-mr", 1 | 1 << 8},
+                                    {"iba15-flush-persistent", 2},
+                                    {"iba15-flush-no-type", 0},
+                                    {"iba15-flush-bad-level", 1 | 3 << 8}}) {
+      Rec r = reth(RC | op::kFlush, kQpB, kKeyB, kVaB, 0, 4096);
+      r.swap_add = type_level;
+      save("rx", name, In(S).add(r).bytes());
+    }
+  }
   // --- CVE class: zero-length atomic write / zero-length RDMA that must not touch memory ---
   {
-    // RC ATOMIC WRITE (IBA 1.5, opcode 0x1d), not supported: dropped.
+    // RC ATOMIC WRITE (IBA 1.5, opcode 0x1d) announcing 0 bytes: an invalid request.
     save("rx", "cve-atomic-write-zero-len",
          In(S).add(reth(RC | 0x1d, kQpB, kKeyRaw, kVaZero, 0x1000, 0), pattern(8, 9)).bytes());
     // Zero-length WRITE with a bogus rkey and address: no access, no check needed.
@@ -311,6 +330,8 @@ void rx_structured() {
 
 // ---------------------------------------------------------------- rx: raw frames
 
+void rx_steered();
+
 std::vector<uint8_t> raw_frame(uint8_t opcode, uint32_t dqpn, uint32_t psn, uint32_t plen) {
   const wire::OpcodeInfo& info = wire::opcode_info(opcode);
   const uint8_t pad = (info.flags & wire::opf::kPayload) ? wire::pad_for(plen) : 0;
@@ -404,6 +425,46 @@ void rx_raw() {
   save("rx", "raw-multi", multi);
   // A frame as a two-segment mbuf chain.
   save("rx", "raw-chained", raw_input(mode::kRawOne | mode::kChain, raw_frame(op::kRc | op::kSendOnly, kB, 0x100, 1000)));
+  rx_steered();
+}
+
+// A UDP (not RoCE) frame to `dport` with `plen` payload bytes, optionally 802.1Q-tagged;
+// the IPv4 checksum is left to kFixup.
+std::vector<uint8_t> udp_frame(uint16_t dport, uint32_t plen, uint16_t vlan = 0) {
+  const uint8_t mac[6] = {0x02, 0x00, 0x0a, 0x00, 0x00, 0x01};
+  std::vector<uint8_t> f(mac, mac + 6);
+  f.insert(f.end(), {0x02, 0x00, 0x0a, 0x00, 0x00, 0x02});
+  if (vlan) f.insert(f.end(), {0x81, 0x00, uint8_t(vlan >> 8), uint8_t(vlan)});
+  f.insert(f.end(), {0x08, 0x00});
+  const uint16_t total = uint16_t(20 + 8 + plen);
+  f.insert(f.end(), {0x45, 0, uint8_t(total >> 8), uint8_t(total), 0, 0, 0, 0, 64, 17, 0, 0,
+                     10, 0, 0, 2, 10, 0, 0, 1, 0x30, 0x39, uint8_t(dport >> 8), uint8_t(dport),
+                     uint8_t((8 + plen) >> 8), uint8_t(8 + plen), 0, 0});
+  std::vector<uint8_t> p = pattern(plen, 0x5e);
+  f.insert(f.end(), p.begin(), p.end());
+  return f;
+}
+
+// Frames rx_fuzz's flow rules steer to its raw packet QP W (UDP port 5000, ethertype
+// 0x88b5): one each, tagged, more than W has receives for (drops), one longer than its
+// receive buffers (LOC_LEN_ERR), and a UDP frame to 4791 that is not valid RoCE (never
+// steered).
+void rx_steered() {
+  save("rx", "steer-udp", raw_input(mode::kRawOne | mode::kFixup, udp_frame(5000, 64)));
+  save("rx", "steer-udp-vlan", raw_input(mode::kRawOne | mode::kFixup, udp_frame(5000, 64, 7)));
+  std::vector<uint8_t> eth = udp_frame(0, 46);
+  eth[12] = 0x88;
+  eth[13] = 0xb5;
+  save("rx", "steer-ethertype", raw_input(mode::kRawOne | mode::kFixup, eth));
+  std::vector<uint8_t> multi{mode::kRawMulti | mode::kOneBurst | mode::kFixup};
+  for (uint32_t plen : {16u, 100u, 3000u, 40u, 40u, 40u, 0u}) {
+    std::vector<uint8_t> f = udp_frame(plen ? 5000 : 5001, plen);
+    multi.push_back(uint8_t(f.size() >> 8));
+    multi.push_back(uint8_t(f.size()));
+    multi.insert(multi.end(), f.begin(), f.end());
+  }
+  save("rx", "steer-burst", multi);
+  save("rx", "steer-never-roce", raw_input(mode::kRawOne | mode::kFixup, udp_frame(4791, 8)));
 }
 
 // ---------------------------------------------------------------- wr programs

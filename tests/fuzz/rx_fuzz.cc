@@ -5,6 +5,8 @@
 //   C  UC requester, D its UC responder (remote write);
 //   U  UD QP (Q_Key 0x11111111);
 //   S  RC QP whose receives come from an SRQ, connected to a peer that does not exist;
+//   W  raw packet QP (when the process has CAP_NET_RAW) with two flow rules: UDP
+//      destination port 5000, and ethertype 0x88b5 (non-RoCE frames the input steers);
 //   RB B's region (every access, MW bind) with a type 2 window (bound to B) and a type 1
 //      window over parts of it; RL A's local region (local write, remote read);
 //   RR a region with remote READ only (nothing may ever change it); RP2 a region of the
@@ -20,6 +22,8 @@
 //   - every completion is well formed (status, opcode, QP, receive length);
 //   - the process keeps working: a SEND between a freshly reconnected A and B completes,
 //     with the right bytes, within a bounded number of engine rounds.
+#include <arpa/inet.h>
+
 #include <algorithm>
 #include <cstdint>
 #include <cstring>
@@ -29,6 +33,7 @@
 
 #include "checks.h"
 #include "fuzz_device.h"
+#include "midlayer/core.h"
 #include "pmd/wire/roce.h"
 #include "rx_input.h"
 
@@ -48,6 +53,9 @@ constexpr uint32_t kUdRecvLen = 4096 + wire::kGrhLen + 64;
 // Layout of RB.
 constexpr size_t kRbSize = 256 * 1024;
 constexpr size_t kRbRecvB = 0x10000, kRbRecvD = 0x14000, kRbRecvU = 0x18000, kRbRecvS = 0x30000;
+constexpr size_t kRbRecvW = 0x24000;
+// W's flow rules: UDP destination port and ethertype (local experimental) it steers.
+constexpr uint16_t kRawUdpPort = 5000, kRawEthertype = 0x88b5;
 constexpr size_t kMw2Off = 0x1000, kMw2Len = 0x2000, kMw1Off = 0x4000, kMw1Len = 0x1000;
 constexpr size_t kRlSize = 64 * 1024, kRrSize = 16 * 1024, kRp2Size = 16 * 1024;
 constexpr uint64_t kKeepaliveId = 0x4b454550;  // "KEEP"
@@ -61,6 +69,7 @@ struct World {
   Mw mw1, mw2;
   Srq srq;
   Qp a, b, c, d, u, s;
+  Qp w;  // raw packet QP; empty without CAP_NET_RAW
   std::vector<uint8_t> rr_pattern, rp2_pattern;
   std::vector<uint32_t> qpns;
 
@@ -92,6 +101,7 @@ struct World {
     u = make(QpType::ud, nullptr);
     s = make(QpType::rc, &srq);
     qpns = {a.qp_num(), b.qp_num(), c.qp_num(), d.qp_num(), u.qp_num(), s.qp_num()};
+    make_raw();
     mw1 = Mw::alloc(pd, 1).take();
     mw2 = Mw::alloc(pd, 2).take();
   }
@@ -110,6 +120,41 @@ struct World {
     auto q = Qp::create(pd, cq, cq, init);
     FUZZ_CHECK(bool(q), "create_qp");
     return q.take();
+  }
+
+  // W and its rules (flow steering): skipped without CAP_NET_RAW (EPERM).
+  void make_raw() {
+    QpInit init;
+    init.type = QpType::raw_packet;
+    init.cap = {16, 16, 1, 1, 0};
+    auto q = Qp::create(pd, cq, cq, init);
+    if (!q && q.error() == EPERM) return;
+    FUZZ_CHECK(bool(q), "create raw packet QP");
+    w = q.take();
+    qpns.push_back(w.qp_num());
+    FlowRule udp;
+    udp.l4_proto = 17;
+    udp.dst_port = htons(kRawUdpPort);
+    udp.dst_port_mask = 0xffff;
+    FlowRule eth;
+    eth.priority = 1;
+    eth.has_eth = 1;
+    eth.ether_type = htons(kRawEthertype);
+    eth.ether_type_mask = 0xffff;
+    uint32_t id;
+    FUZZ_CHECK(
+        mid::create_flow(w.raw(), &udp, &id) == 0 && mid::create_flow(w.raw(), &eth, &id) == 0,
+        "create_flow");
+  }
+
+  void connect_raw() {
+    namespace m = qp_attr_mask;
+    QpAttr at;
+    at.port_num = 1;
+    for (QpState st : {QpState::init, QpState::rtr, QpState::rts}) {
+      at.qp_state = st;
+      FUZZ_CHECK(w.modify(at, m::state | (st == QpState::init ? m::port : 0)) == 0, "W");
+    }
   }
 
   Qp* qp(uint8_t target) {
@@ -187,12 +232,17 @@ struct World {
                "D");
     FUZZ_CHECK(connect_ud(u, kQkey, 0x500) == 0, "U");
     FUZZ_CHECK(connect_qp(s, QpType::rc, kFakePeerQpn, 0x600, 0x700, kAll, Mtu::mtu256) == 0, "S");
+    if (w.raw()) {
+      FUZZ_CHECK(reset_qp(w) == 0, "reset W");
+      connect_raw();
+    }
     fd.pump(1, false);
     drain();
     for (uint32_t i = 0; i < 4; i++) {
       post_recv(b, 0xb0 + i, rb.addr(kRbRecvB + i * kRecvLen), kRecvLen, mrb.lkey());
       post_recv(d, 0xd0 + i, rb.addr(kRbRecvD + i * kRecvLen), kRecvLen, mrb.lkey());
       post_recv(u, 0x50 + i, rb.addr(kRbRecvU + i * kUdRecvLen), kUdRecvLen, mrb.lkey());
+      if (w.raw()) post_recv(w, 0x70 + i, rb.addr(kRbRecvW + i * kRecvLen), kRecvLen, mrb.lkey());
     }
     for (uint32_t i = 0; i < 2; i++)
       post_recv(a, 0xa0 + i, rl.addr(0x8000 + i * kRecvLen), kRecvLen, mrl.lkey());
@@ -281,7 +331,8 @@ struct World {
                "a remote-read-only region was modified");
     FUZZ_CHECK(std::memcmp(rp2.data(), rp2_pattern.data(), kRp2Size) == 0,
                "a region of a PD no QP uses was modified");
-    for (Qp* q : {&a, &b, &c, &d, &u, &s}) {
+    for (Qp* q : {&a, &b, &c, &d, &u, &s, &w}) {
+      if (!q->raw()) continue;
       hca::Qp* h = hca::to_qp(q->raw());
       FUZZ_CHECK(valid_qp_state(h->state.load()), "QP state %u", unsigned(h->state.load()));
     }
@@ -446,6 +497,10 @@ std::vector<uint8_t> build(World& w, const rx::Rec& r, const uint8_t* payload, s
   const uint32_t key = key_of(w, r);
   if (fl & kDeth)
     wire::write_deth(ext + wire::ext_offset(fl, kDeth), r.raw ? r.raw : kQkey, w.a.qp_num());
+  // FETH (IBA 1.5 FLUSH): placement type and selectivity level from swap_add's low bytes.
+  if (fl & kFeth)
+    wire::write_feth(ext + wire::ext_offset(fl, kFeth), uint8_t(r.swap_add),
+                     uint8_t(r.swap_add >> 8));
   if (fl & kReth) wire::write_reth(ext + wire::ext_offset(fl, kReth), va, key, r.dma_len);
   if (fl & kAtomicEth)
     wire::write_atomic_eth(ext + wire::ext_offset(fl, kAtomicEth), va, key, r.swap_add, r.compare);

@@ -361,7 +361,8 @@ struct World {
     for (int i = 0; i < nwr; i++) {
       SendWr& w = wrs[size_t(i)];
       const uint8_t opc = in.u8();
-      w.opcode = WrOpcode(opc < 0xf0 ? opc % 12 : opc);  // 10, 11 and ≥ 0xf0 are unknown
+      // 10 to 13 and ≥ 0xf0 are unknown; 14 FLUSH, 15 ATOMIC WRITE (IBA 1.5).
+      w.opcode = WrOpcode(opc < 0xf0 ? opc % 16 : opc);
       w.send_flags = in.u8();
       if (!(w.send_flags & 0x80)) w.send_flags &= 0xf;   // mostly known flags
       const int num_sge = int8_t(in.u8());
@@ -394,6 +395,11 @@ struct World {
       } else {
         w.wr.rdma.remote_addr = raddr;
         w.wr.rdma.rkey = rkey;
+      }
+      if (w.opcode == WrOpcode::flush) {  // placement type and level from the swap bytes
+        w.wr.flush.type = uint8_t(sw);
+        w.wr.flush.level = uint8_t(sw >> 8);
+        w.wr.flush.length = ca;
       }
       const uint8_t mws = in.u8(), bmr = in.u8(), bas = in.u8();
       const uint32_t boff = in.u32(), blen = in.u32();

@@ -9,6 +9,8 @@
 //   SGE addr + len overflowing 2^64 (send and receive)       EINVAL
 //   inline data > 256 B, inline READ                         EINVAL
 //   atomic with an SGE other than one of 8 bytes             EINVAL
+//   ATOMIC WRITE of other than 8 bytes; FLUSH with type 0,
+//   type 4, level 2, SGEs or inline; either on UC            EINVAL
 //   UD: no AH, remote QPN > 24 bits, payload > path MTU      EINVAL
 //   post_send in RESET, INIT or RTR; post_recv in RESET      EINVAL
 //   post_recv on a QP that takes receives from an SRQ        EINVAL
@@ -222,6 +224,44 @@ TEST_F(Wr, InlineAndAtomicShapeRulesAreEinval) {
   w.sg_list = a2;
   w.num_sge = 2;
   expect_refused(p, w);
+}
+
+// IBA 1.5 ATOMIC WRITE (exactly 8 bytes) and FLUSH (a known placement type and level, no
+// local buffer); both RC only.
+TEST_F(Wr, AtomicWriteAndFlushShapeRulesAreEinval) {
+  Sge a4{p.ba.addr(), 4, p.ba.mr.lkey()};
+  SendWr w = send_wr(WrOpcode::atomic_write, &a4);
+  w.wr.rdma.remote_addr = p.bb.addr();
+  w.wr.rdma.rkey = p.bb.mr.rkey();
+  expect_refused(p, w);  // 4 bytes
+  Sge a16{p.ba.addr(), 16, p.ba.mr.lkey()};
+  w.sg_list = &a16;
+  expect_refused(p, w);  // 16 bytes
+  auto flush_wr = [&](uint8_t type, uint8_t level) {
+    SendWr f = send_wr(WrOpcode::flush, nullptr);
+    f.num_sge = 0;
+    f.sg_list = nullptr;
+    f.wr.flush.remote_addr = p.bb.addr();
+    f.wr.flush.rkey = p.bb.mr.rkey();
+    f.wr.flush.type = type;
+    f.wr.flush.level = level;
+    f.wr.flush.length = 64;
+    return f;
+  };
+  expect_refused(p, flush_wr(0, flush::level_range));
+  expect_refused(p, flush_wr(4, flush::level_range));
+  expect_refused(p, flush_wr(flush::type_global, 2));
+  SendWr f = flush_wr(flush::type_global, flush::level_range);
+  Sge s8{p.ba.addr(), 8, p.ba.mr.lkey()};
+  f.sg_list = &s8;
+  f.num_sge = 1;
+  expect_refused(p, f);  // a FLUSH has no local buffer
+  Pair uc;
+  ASSERT_NO_FATAL_FAILURE(uc.init(QpType::uc));
+  Sge u8{uc.ba.addr(), 8, uc.ba.mr.lkey()};
+  SendWr uw = send_wr(WrOpcode::atomic_write, &u8);
+  EXPECT_EQ(post(uc.a, uw), EINVAL);
+  EXPECT_EQ(uc.a.state(), QpState::rts);
 }
 
 TEST_F(Wr, UdWithoutAhOrWithABadQpnOrTooLongIsEinval) {

@@ -11,7 +11,8 @@ namespace {
 
 using namespace opf;
 
-constexpr uint32_t kHdrMask = kReth | kAeth | kDeth | kImm | kIeth | kAtomicEth | kAtomicAckEth;
+constexpr uint32_t kHdrMask =
+    kReth | kAeth | kDeth | kImm | kIeth | kAtomicEth | kAtomicAckEth | kFeth;
 
 uint32_t hdrs(uint8_t opcode) { return opcode_info(opcode).flags & kHdrMask; }
 bool has(uint8_t opcode, uint32_t f) { return (opcode_info(opcode).flags & f) == f; }
@@ -24,17 +25,19 @@ TEST(Opcode, ValidSet) {
   for (unsigned c = 0x00; c <= 0x14; c++) want.insert(c);  // RC
   want.insert(0x16);
   want.insert(0x17);
+  want.insert(0x1c);  // RC FLUSH (IBA 1.5)
+  want.insert(0x1d);  // RC ATOMIC WRITE (IBA 1.5)
   for (unsigned c = 0x20; c <= 0x2b; c++) want.insert(c);  // UC
   want.insert(0x64);  // UD
   want.insert(0x65);
   want.insert(0x81);  // CNP
   EXPECT_EQ(valid, want);
-  EXPECT_EQ(valid.size(), 38u);
+  EXPECT_EQ(valid.size(), 40u);
 }
 
 TEST(Opcode, RdAndReservedAreInvalid) {
   for (unsigned c = 0x40; c < 0x60; c++) EXPECT_FALSE(has(uint8_t(c), kValid)) << c;
-  for (uint8_t c : {0x15, 0x18, 0x1c, 0x1d, 0x2c, 0x60, 0x63, 0x66, 0x80, 0x82, 0xff}) {
+  for (uint8_t c : {0x15, 0x18, 0x1e, 0x3c, 0x3d, 0x2c, 0x60, 0x63, 0x66, 0x80, 0x82, 0xff}) {
     EXPECT_FALSE(has(c, kValid)) << int(c);
     EXPECT_STREQ(opcode_info(c).name, "INVALID");
     EXPECT_EQ(opcode_info(c).ext_len, 0);
@@ -85,6 +88,11 @@ TEST(Opcode, ExtensionHeadersPerTable39) {
   EXPECT_EQ(hdrs(op::kFetchAdd), kAtomicEth);
   EXPECT_EQ(hdrs(op::kSendLastInv), kIeth);
   EXPECT_EQ(hdrs(op::kSendOnlyInv), kIeth);
+  EXPECT_EQ(hdrs(op::kFlush), kFeth | kReth);  // IBA 1.5, rxe's layout
+  EXPECT_EQ(hdrs(op::kAtomicWrite), kReth);
+  EXPECT_TRUE(has(op::kAtomicWrite, kPayload | kRequest | kAtomicWrite | kOnly));
+  EXPECT_TRUE(has(op::kFlush, kRequest | kFlush | kOnly));
+  EXPECT_FALSE(has(op::kFlush, kPayload));
   EXPECT_EQ(hdrs(op::kUd | op::kSendOnly), kDeth);
   EXPECT_EQ(hdrs(op::kUd | op::kSendOnlyImm), kDeth | kImm);
   EXPECT_EQ(hdrs(op::kCnp), 0u);
@@ -101,12 +109,14 @@ TEST(Opcode, ExtLenIsTheSumOfHeaderSizes) {
   EXPECT_EQ(opcode_info(op::kAck).ext_len, 4);
   EXPECT_EQ(opcode_info(op::kAtomicAck).ext_len, 12);
   EXPECT_EQ(opcode_info(op::kCmpSwap).ext_len, 28);
+  EXPECT_EQ(opcode_info(op::kFlush).ext_len, 20);
+  EXPECT_EQ(opcode_info(op::kAtomicWrite).ext_len, 16);
   EXPECT_EQ(opcode_info(op::kUd | op::kSendOnly).ext_len, 8);
   EXPECT_EQ(opcode_info(op::kUd | op::kSendOnlyImm).ext_len, 12);
   EXPECT_EQ(opcode_info(op::kCnp).ext_len, 0);
 }
 
-// Wire order after the BTH: DETH RETH AtomicETH AETH AtomicAckETH ImmDt IETH.
+// Wire order after the BTH: DETH FETH RETH AtomicETH AETH AtomicAckETH ImmDt IETH.
 TEST(Opcode, ExtOffsets) {
   auto f = [](uint8_t c) { return opcode_info(c).flags; };
   EXPECT_EQ(ext_offset(f(op::kWriteOnlyImm), kReth), 0u);
@@ -118,6 +128,8 @@ TEST(Opcode, ExtOffsets) {
   EXPECT_EQ(ext_offset(f(op::kAtomicAck), kAtomicAckEth), 4u);
   EXPECT_EQ(ext_offset(f(op::kSendOnlyInv), kIeth), 0u);
   EXPECT_EQ(ext_offset(f(op::kCmpSwap), kAtomicEth), 0u);
+  EXPECT_EQ(ext_offset(f(op::kFlush), kFeth), 0u);
+  EXPECT_EQ(ext_offset(f(op::kFlush), kReth), 4u);
 }
 
 TEST(Opcode, OperationAndDirection) {
@@ -125,7 +137,8 @@ TEST(Opcode, OperationAndDirection) {
     const uint32_t fl = opcode_info(uint8_t(c)).flags;
     if (!(fl & kValid) || c == op::kCnp) continue;
     EXPECT_NE(bool(fl & kRequest), bool(fl & kResponse)) << c;
-    const int kinds = bool(fl & kSend) + bool(fl & kWrite) + bool(fl & kRead) + bool(fl & kAtomic);
+    const int kinds = bool(fl & kSend) + bool(fl & kWrite) + bool(fl & kRead) + bool(fl & kAtomic) +
+                      bool(fl & kAtomicWrite) + bool(fl & kFlush);
     EXPECT_EQ(kinds, c == op::kAck ? 0 : 1) << c;
     // kStartMsg/kEndMsg mirror kFirst/kLast.
     EXPECT_EQ(bool(fl & kStartMsg), bool(fl & kFirst)) << c;

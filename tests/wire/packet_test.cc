@@ -98,6 +98,8 @@ Built build(std::mt19937& rng, uint8_t opcode, uint32_t payload_len) {
   uint8_t* ext = write_headers(r.frame.data(), r.addr, r.bth, payload_len);
   EXPECT_EQ(ext, r.frame.data() + headers_len(opcode) - opcode_info(opcode).ext_len);
   if (fl & opf::kDeth) write_deth(ext + ext_offset(fl, opf::kDeth), r.qkey, r.sqpn);
+  if (fl & opf::kFeth)
+    write_feth(ext + ext_offset(fl, opf::kFeth), uint8_t(r.a & 0xf), uint8_t(r.a >> 4 & 3));
   if (fl & opf::kReth) write_reth(ext + ext_offset(fl, opf::kReth), r.va, r.rkey, r.qkey);
   if (fl & opf::kAtomicEth)
     write_atomic_eth(ext + ext_offset(fl, opf::kAtomicEth), r.va, r.rkey, r.a, r.b);
@@ -245,6 +247,12 @@ TEST(RoundTrip, EveryValidOpcode) {
       }
       if (p.atomic_ack) {
         EXPECT_EQ(p.atomic_ack->orig_value(), b.a);
+      }
+      EXPECT_EQ(p.feth != nullptr, bool(fl & opf::kFeth));
+      if (p.feth) {
+        EXPECT_EQ(p.feth->placement_type(), b.a & 0xf);
+        EXPECT_EQ(p.feth->selectivity_level(), b.a >> 4 & 3);
+        EXPECT_EQ(p.feth->value() >> 6, 0u);  // reserved bits stay zero
       }
       if (fl & opf::kImm) {
         EXPECT_EQ(p.imm_data, b.imm_be);

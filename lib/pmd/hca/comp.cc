@@ -145,11 +145,22 @@ SendWqe* responder_target(Engine& e, Qp& qp, uint32_t psn) {
   return &w;
 }
 
+// The answer to an ATOMIC WRITE or FLUSH (IBA 1.5, as rxe sends it): a READ RESPONSE
+// ONLY without payload. Anything else for it is a bad response.
+CompStep iba15_response(Engine& e, Qp& qp, SendWqe& w, const wire::Packet& pkt) {
+  if (pkt.opcode != (wire::op::kRc | wire::op::kReadRespOnly) || pkt.payload_len != 0)
+    return CompStep::bad_response;
+  w.done = true;
+  ack_through(e, qp, pkt.psn);
+  return CompStep::done;
+}
+
 // A READ response (IBA 9.7.5.1.6): its payload lands at its offset of the READ's buffer.
 CompStep read_response(Engine& e, Qp& qp, const wire::Packet& pkt) {
   Requester& r = qp.req;
   if (wire::psn_diff(pkt.psn, r.last_ack_psn) < 0) return CompStep::done;  // already consumed
   SendWqe* w = responder_target(e, qp, pkt.psn);
+  if (w && is_iba15(w->opcode)) return iba15_response(e, qp, *w, pkt);
   if (!w || w->opcode != WrOpcode::rdma_read) {
     // Responses before this one are missing: ask again from the first we lack.
     if (wire::psn_diff(pkt.psn, r.last_ack_psn) > 0) rewind_gap(e, qp);
@@ -188,7 +199,7 @@ CompStep atomic_ack(Engine& e, Qp& qp, const wire::Packet& pkt) {
     rewind_gap(e, qp);
     return CompStep::done;
   }
-  if (w->opcode == WrOpcode::rdma_read || !pkt.atomic_ack) return CompStep::bad_response;
+  if (!mid::is_atomic(w->opcode) || !pkt.atomic_ack) return CompStep::bad_response;
   uint64_t orig = pkt.atomic_ack->orig_value();
   WcStatus st = scatter(e.device(), qp.pd, w->sge, w->num_sge, 0,
                         reinterpret_cast<const uint8_t*>(&orig), sizeof orig);

@@ -10,8 +10,10 @@
 // The gate of objects.h (Cq::users, Cq::resizing) stops pushers and pollers, on their side
 // with a spin of a few stores, never a sleep; the entries present move to the new ring in
 // order, so none is lost, duplicated or reordered.
-#include <cerrno>
+#include <rte_cycles.h>
 #include <sched.h>
+
+#include <cerrno>
 
 #include "midlayer/driver.h"
 #include "pmd/hca/device.h"
@@ -36,8 +38,8 @@ void gate_leave(Cq& cq) noexcept {
 }
 
 // A ring of at least `cqe` entries (at least 2: MpmcRing's minimum), or nullptr.
-std::unique_ptr<MpmcQueue<Wc>> make_ring(uint32_t cqe) {
-  std::unique_ptr<MpmcQueue<Wc>> r(new (std::nothrow) MpmcQueue<Wc>());
+std::unique_ptr<MpmcQueue<Cqe>> make_ring(uint32_t cqe) {
+  std::unique_ptr<MpmcQueue<Cqe>> r(new (std::nothrow) MpmcQueue<Cqe>());
   if (!r || !r->init(cqe)) return nullptr;
   return r;
 }
@@ -45,8 +47,11 @@ std::unique_ptr<MpmcQueue<Wc>> make_ring(uint32_t cqe) {
 }  // namespace
 
 void cq_push(Cq& cq, const Wc& wc, bool solicited) noexcept {
+  // The completion timestamp: the TSC, one clock every lcore shares (an instruction, no
+  // system call), read where the packet that completes the work request is handled.
+  const Cqe e{wc, rte_rdtsc()};
   gate_enter(cq);
-  const bool pushed = cq.ring->push(wc);
+  const bool pushed = cq.ring->push(e);
   gate_leave(cq);
   if (!pushed) [[unlikely]] {
     // CQ overrun (IBA 11.4.2.1, C11-34): an affiliated asynchronous error; the completion
@@ -88,7 +93,23 @@ int poll_cq(mid::Cq* c, int n, Wc* wc) {
   cq->hca->progress();
   gate_enter(*cq);
   int i = 0;
-  while (i < n && cq->ring->pop(&wc[i])) i++;
+  Cqe e;
+  for (; i < n && cq->ring->pop(&e); i++) wc[i] = e.wc;
+  gate_leave(*cq);
+  return i;
+}
+
+int poll_cq_ts(mid::Cq* c, int n, Wc* wc, uint64_t* ts) {
+  Cq* cq = to_cq(c);
+  if (n < 0) return -EINVAL;
+  cq->hca->progress();
+  gate_enter(*cq);
+  int i = 0;
+  Cqe e;
+  for (; i < n && cq->ring->pop(&e); i++) {
+    wc[i] = e.wc;
+    ts[i] = e.ts;
+  }
   gate_leave(*cq);
   return i;
 }
@@ -97,7 +118,7 @@ int poll_cq(mid::Cq* c, int n, Wc* wc) {
 int resize_cq(mid::Cq* c, uint32_t cqe, uint32_t held) {
   Cq& cq = *to_cq(c);
   if (cqe == 0 || cqe > kMaxCqe) return EINVAL;
-  std::unique_ptr<MpmcQueue<Wc>> next = make_ring(cqe);  // allocated before the gate closes
+  std::unique_ptr<MpmcQueue<Cqe>> next = make_ring(cqe);  // allocated before the gate closes
   if (!next) return ENOMEM;
   cq.resizing.store(1, std::memory_order_seq_cst);
   while (cq.users.load(std::memory_order_seq_cst) != 0) sched_yield();
@@ -107,8 +128,8 @@ int resize_cq(mid::Cq* c, uint32_t cqe, uint32_t held) {
   if (cq.ring->size_approx() + held > cqe) {
     rc = EINVAL;
   } else {
-    Wc wc;
-    while (cq.ring->pop(&wc)) next->push(wc);  // fits: size >= cqe >= backlog
+    Cqe e;
+    while (cq.ring->pop(&e)) next->push(e);  // fits: size >= cqe >= backlog, stamps kept
     cq.ring.swap(next);
     cq.cqe = cq.ring->capacity();
   }

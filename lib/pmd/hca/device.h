@@ -18,6 +18,7 @@
 
 #include "midlayer/driver.h"
 #include "midlayer/might_sleep.h"
+#include "pmd/hca/flow.h"
 #include "pmd/hca/objects.h"
 #include "pmd/net/config.h"
 #include "pmd/net/port.h"
@@ -53,6 +54,9 @@ struct DeviceCounters {
   std::atomic<uint64_t> tx_no_mbuf{0};
   std::atomic<uint64_t> tx_backlog_drop{0};
   std::atomic<uint64_t> cq_overflow{0};
+  // Raw packet QPs: frames a flow rule delivered, and matched frames dropped (no receive
+  // WQE posted, QP not ready to receive, or a bad receive buffer).
+  std::atomic<uint64_t> rx_raw{0}, rx_raw_dropped{0};
 };
 
 class Device : public mid::Device {
@@ -144,6 +148,10 @@ class Device : public mid::Device {
   }
   void put_ah(Ah* a) noexcept { ah_free_.push(uint32_t(a - ahs_.get())); }
 
+  // Flow steering rules of raw packet QPs (flow.h). Context: engines read, the control
+  // path (under ctl()) updates.
+  FlowTable& flows() noexcept { return flows_; }
+
   // Multicast groups (ibv_attach_mcast, IBA 10.5): an IPv4 group address and the UD QPs
   // attached to it. Engines read the table lock-free; attach/detach run under ctl() and
   // a detach quiesces the engines before it returns, so no engine still delivers to the
@@ -203,6 +211,7 @@ class Device : public mid::Device {
   std::atomic<uint32_t> next_ah_{1};
   DeviceCounters counters_;
   McGroup mc_[kMaxMcGroups];
+  FlowTable flows_;
 };
 
 }  // namespace dverbs::pmd::hca

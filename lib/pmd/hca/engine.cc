@@ -56,7 +56,10 @@ void Engine::linger_end() noexcept { run_lock_.store(false, std::memory_order_re
 bool Engine::init() {
   pool_ = dev_->port().pool();
   tsc_hz_ = rte_get_tsc_hz();
+  ns_per_tsc_ = 1e9 / double(tsc_hz_);
   now_ = rte_get_tsc_cycles();
+  cc_on_ = dev_->config().cc.enabled;
+  rng_ ^= uint64_t(queue_ + 1) * 0xbf58476d1ce4e5b9ull;
   return kicks_.init(kMaxQp) && handoff_.init(4096);
 }
 
@@ -173,6 +176,11 @@ void Engine::rx_one(rte_mbuf* m, bool verified) noexcept {
       arp_replies_ += arp_reply;
       return;  // ARP consumed the frame
     }
+    // Not RoCE (RoCE frames never get here): a flow rule may steer it to a raw packet QP.
+    if ((err == wire::ParseError::not_ipv4 || err == wire::ParseError::not_udp ||
+         err == wire::ParseError::not_roce) &&
+        !dev.flows().empty() && rx_raw(m, verified))
+      return;
     if (err == wire::ParseError::bad_icrc)
       dev.counters().rx_bad_icrc.fetch_add(1, std::memory_order_relaxed);
     else if (err == wire::ParseError::not_ipv4 || err == wire::ParseError::not_udp ||
@@ -214,6 +222,12 @@ void Engine::rx_one(rte_mbuf* m, bool verified) noexcept {
     rx_release();
     qp->lock.lock();
     rx_qp_ = qp;
+  }
+  // Congestion control (cc.cc): a CNP is consumed there; a request may be marked and
+  // answered with one. Off (the default), only a stray CNP takes this branch.
+  if ((cc_on_ || pkt.opcode == wire::op::kCnp) && cc_rx(*this, *qp, pkt)) [[unlikely]] {
+    recycle(m);
+    return;
   }
   if (pkt.info->flags & wire::opf::kRequest)
     resp_rx(*this, *qp, pkt);
@@ -295,6 +309,8 @@ int Engine::rx_step() noexcept {
   int total = 0;
   for (int round = 0; round < 4; round++) {
     uint16_t n = dev_->port().rx_burst(queue_, pkts, kBurst);
+    // The ring held at least what the earlier bursts of this drain and this one returned.
+    rx_backlog_ = uint32_t(round) * kBurst + n;
     if (n) receive(pkts, n);
     total += n;
     if (n < kBurst) break;
@@ -312,6 +328,7 @@ void Engine::receive(rte_mbuf** pkts, uint16_t n) noexcept {
 }
 
 int Engine::handoff_step() noexcept {
+  rx_backlog_ = 0;  // frames handed over were counted where they were received
   rte_mbuf* m;
   int n = 0;
   while (n < kBurst && handoff_.pop(&m)) {

@@ -74,6 +74,18 @@ class Engine {
   bool tx_stalled() const noexcept { return tx_stalled_; }
   uint64_t now() const noexcept { return now_; }
   uint64_t tsc_hz() const noexcept { return tsc_hz_; }
+  // The poll's time in nanoseconds (congestion control's clock, cc.cc).
+  uint64_t now_ns() const noexcept { return uint64_t(double(now_) * ns_per_tsc_); }
+  // Congestion control (DVERBS_CC): on, and the receive backlog the frame being handled
+  // was drained from (frames; rx_step), a uniform random number (the CP's marking).
+  bool cc_on() const noexcept { return cc_on_; }
+  uint32_t rx_backlog() const noexcept { return rx_backlog_; }
+  uint32_t random32() noexcept {
+    rng_ ^= rng_ << 13;
+    rng_ ^= rng_ >> 7;
+    rng_ ^= rng_ << 17;
+    return uint32_t(rng_ >> 32);
+  }
   Device& device() noexcept { return *dev_; }
   uint16_t queue() const noexcept { return queue_; }
 
@@ -94,6 +106,9 @@ class Engine {
   [[gnu::noinline]] void recycle_slow(rte_mbuf* m) noexcept;
   [[gnu::noinline]] bool refill_cache() noexcept;  // false: the pool is empty
   void rx_multicast(rte_mbuf* m, const wire::Packet& pkt, bool verified) noexcept;
+  // A frame that is not RoCE: to the raw packet QP of the first flow rule it matches
+  // (raw.cc). False when no rule matches (the frame is still the caller's).
+  [[gnu::noinline]] bool rx_raw(rte_mbuf* m, bool verified) noexcept;
   void drop_not_for_us(rte_mbuf* m) noexcept;
   void drop_frames() noexcept;  // frees the frames queued for TX or handed over, and the cache
   void flush_acks() noexcept;
@@ -129,6 +144,10 @@ class Engine {
   bool tx_stalled_ = false;  // the port refused frames: hold requester output back
   uint64_t now_ = 0;
   uint64_t tsc_hz_ = 1;
+  double ns_per_tsc_ = 1;
+  bool cc_on_ = false;
+  uint32_t rx_backlog_ = 0;
+  uint64_t rng_ = 0x9e3779b97f4a7c15ull;  // xorshift64 state (cc marking)
   uint64_t arp_replies_ = 0;  // ARP replies addressed to us received on this queue
   // Close barrier: requests sent (-1: not yet) and arp_replies_ when they went out.
   int linger_asked_ = -1;
@@ -209,10 +228,51 @@ void resp_send_held(Engine& e, Qp& qp) noexcept;
 // Context: owner engine, qp->lock held.
 int resp_tx_step(Engine& e, Qp& qp, int budget) noexcept;
 
+// The operations a responder answers with a response of their own, from a responder
+// resource: READ, the two atomics and the IBA 1.5 ATOMIC WRITE and FLUSH. They take
+// max_rd_atomic credits, wait behind a fence, and complete only on their response (an ACK
+// beyond one is an implied NAK).
 inline bool is_rd_atomic(WrOpcode op) {
   return op == WrOpcode::rdma_read || op == WrOpcode::atomic_cmp_and_swp ||
-         op == WrOpcode::atomic_fetch_and_add;
+         op == WrOpcode::atomic_fetch_and_add || op == WrOpcode::atomic_write ||
+         op == WrOpcode::flush;
 }
+// IBA 1.5's two (iba15.cc): answered by a zero-length READ RESPONSE ONLY.
+inline bool is_iba15(WrOpcode op) {
+  return op == WrOpcode::atomic_write || op == WrOpcode::flush;
+}
+
+// ---- RDMA ATOMIC WRITE and RDMA FLUSH (iba15.cc)
+// Sends the one request packet of ATOMIC WRITE or FLUSH WQE `w`. False when it cannot
+// leave now (neighbour, mbufs) or the WQE failed (the QP is then in ERR: a local
+// protection error gathering the 8 bytes). Context: owner engine, qp.lock held.
+bool iba15_send_request(Engine& e, Qp& qp, SendWqe& w) noexcept;
+// The responder's check of a new ATOMIC WRITE or FLUSH (access of the QP and the R_Key,
+// bounds, alignment, length, FETH): check_resources, or the NAK step. For an ATOMIC
+// WRITE *mr is the region to write. Context: owner engine, qp.lock held.
+RespStep iba15_check_rkey(Engine& e, Qp& qp, const wire::Packet& pkt, Mr** mr) noexcept;
+// Executes a checked ATOMIC WRITE or FLUSH and fills the responder resource its
+// zero-length READ RESPONSE is answered (and replayed) from. Context: owner engine.
+void iba15_execute(const wire::Packet& pkt, Mr* mr, RespResource* r) noexcept;
+
+// Raw packet QPs (raw.cc). raw_send: sends WQE `w` of a raw packet QP as one frame (its
+// bytes as they are; IBV_SEND_IP_CSUM fills the IPv4 and TCP/UDP checksums); false when
+// it cannot leave yet (no mbuf) or failed (the QP is then in ERR). raw_recv: puts a
+// received frame (all its segments) into the QP's next receive WQE and completes it;
+// false when the frame was not taken (no WQE, QP not receiving). Context: owner engine, qp.lock held.
+bool raw_send(Engine& e, Qp& qp, SendWqe& w) noexcept;
+bool raw_recv(Engine& e, Qp& qp, const rte_mbuf* m) noexcept;
+
+// Congestion control (cc.cc, DCQCN: dcqcn.h). cc_rx: a CNP for `qp` cuts its rate (the
+// reaction point) and is consumed (true); a request, with DVERBS_CC on, is checked for
+// congestion (a CE mark from the network, or the port's own RED marking of its receive
+// backlog) and answered with a CNP at most once per interval (false: handle it as usual).
+// cc_may_send/cc_sent: the requester's pacing to the QP's rate, and its timers (cc_time).
+// Context: owner engine, qp.lock held.
+bool cc_rx(Engine& e, Qp& qp, const wire::Packet& pkt) noexcept;
+bool cc_may_send(Engine& e, Qp& qp) noexcept;
+void cc_sent(Engine& e, Qp& qp, uint32_t bytes) noexcept;
+void cc_time(Engine& e, Qp& qp) noexcept;
 
 // Completer (comp.cc): handles one response packet (ACK, NAK, READ response, atomic ACK).
 // Context: owner engine, qp->lock held.

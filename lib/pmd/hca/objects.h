@@ -18,6 +18,7 @@
 #include "dverbs/types.h"
 #include "midlayer/objects.h"
 #include "pmd/hca/queue.h"
+#include "pmd/hca/dcqcn.h"
 #include "pmd/hca/stats.h"
 #include "pmd/wire/roce.h"
 
@@ -56,6 +57,13 @@ struct Ah : mid::Ah {
   std::atomic<bool> live{false};  // created and not destroyed: a second destroy is EINVAL
 };
 
+// A completion and the TSC (rte_rdtsc) when it was made: the RX burst's packet handling
+// for a receive, the ACK or response that completed a send (cq_push).
+struct Cqe {
+  Wc wc;
+  uint64_t ts;
+};
+
 // One completion queue: a bounded MPMC ring of work completions. Its capacity is the cqe
 // reported (cq.cc): the ring's power of two, every cell usable.
 //
@@ -64,7 +72,7 @@ struct Ah : mid::Ah {
 // resizer sets `resizing`, waits until `users` is 0, moves the entries and swaps the ring.
 // Neither side sleeps (a Dekker handshake on two seq_cst atomics).
 struct Cq : mid::Cq {
-  std::unique_ptr<MpmcQueue<Wc>> ring;
+  std::unique_ptr<MpmcQueue<Cqe>> ring;
   std::atomic<uint32_t> users{0};
   std::atomic<uint32_t> resizing{0};
   // Notification state (req_notify_cq): 0 = not armed, 1 = solicited only, 2 = next.
@@ -91,6 +99,8 @@ struct SendWqe {
   Mr* mw_slot;        // while mw_slot still has generation mw_gen (execute_local)
   uint32_t mw_gen;
   mid::Mr* bind_mr;   // bind_mw: the region (remote_addr/length/compare_add=access)
+  uint8_t flush_type;  // FLUSH (IBA 1.5): flush::type_* and flush::level_*
+  uint8_t flush_level;
   bool is_inline;
   bool signaled;
   bool started;       // sent (or executed) at least once
@@ -236,6 +246,11 @@ struct Qp : mid::Qp {
   std::atomic<bool> unhooking{false};  // destroy_qp: the engine must drop the QP
   std::atomic<bool> detached{false};  // the engine no longer references the QP
 
+  // Congestion control (cc.cc): the reaction point's rate and the notification point's
+  // CNP pacing; owner engine only. cc_ready: the rate has been set up (first use).
+  DcqcnRate cc_rate;
+  CnpPacer cc_cnp;
+  bool cc_ready = false;
   // Counters (stats.h): written by the owning engine only.
   DVERBS_QP_EVENTS(DVERBS_DECLARE_COUNTER)
 };

@@ -11,6 +11,8 @@
 #include <mutex>
 #include <new>
 
+#include <rte_cycles.h>
+
 #include "base/copy.h"
 #include "midlayer/driver.h"
 #include "pmd/hca/device.h"
@@ -51,6 +53,9 @@ bool make_frame_addr(Device& dev, const AhAttr& ah, uint32_t src_qpn, uint32_t d
   uint32_t h = (src_qpn * 0x9e3779b1u) ^ (dst_qpn * 0x85ebca6bu) ^ ah.flow_label;
   out->udp_sport = uint16_t(0xc000 | ((h ^ (h >> 16)) & 0x3fff));
   out->tos = ah.traffic_class;
+  // With congestion control on, frames say they are ECN-capable (ECT(0)) unless the
+  // traffic class already chose an ECN codepoint, so a switch may mark them CE.
+  if (dev.config().cc.enabled && (out->tos & 3) == 0) out->tos |= 2;
   out->ttl = ah.hop_limit ? ah.hop_limit : 64;
   return true;
 }
@@ -87,6 +92,11 @@ int query_device(mid::Device* d, DeviceAttr* a) {
   a->max_srq_wr = kMaxQpWr;
   a->phys_port_cnt = 1;
   std::snprintf(a->fw_ver, sizeof a->fw_ver, "dverbs-0.1");
+  a->core_clock_khz = rte_get_tsc_hz() / 1000;  // completion timestamps count TSC ticks
+  a->max_raw_qp = a->max_qp;  // raw packet QPs and flow steering (raw.cc)
+  a->max_flows = FlowTable::kMaxFlows;
+  a->max_raw_frame = raw_max_frame(dev);
+  a->raw_ip_csum = true;
   return 0;
 }
 
@@ -201,6 +211,11 @@ int destroy_cq(mid::Cq* c) {
   return 0;
 }
 
+int read_clock(mid::Device*, uint64_t* raw) {
+  *raw = rte_rdtsc();
+  return 0;
+}
+
 int req_notify_cq(mid::Cq* c, bool solicited_only) {
   Cq* cq = to_cq(c);
   uint32_t want = solicited_only ? 1 : 2;
@@ -214,7 +229,8 @@ int req_notify_cq(mid::Cq* c, bool solicited_only) {
 int create_qp(mid::Pd* pd, const mid::QpInitAttr* init, mid::Qp** out) {
   Device& dev = hca(pd->device);
   if (dev.retired()) return ENODEV;
-  if (init->qp_type != QpType::rc && init->qp_type != QpType::uc && init->qp_type != QpType::ud)
+  if (init->qp_type != QpType::rc && init->qp_type != QpType::uc && init->qp_type != QpType::ud &&
+      init->qp_type != QpType::raw_packet)
     return EINVAL;
   if (init->gsi && init->qp_type != QpType::ud) return EINVAL;
   const QpCap& c = init->cap;
@@ -234,6 +250,12 @@ int create_qp(mid::Pd* pd, const mid::QpInitAttr* init, mid::Qp** out) {
   qp->sq_sig_all = init->sq_sig_all;
   qp->srq = init->srq;  // the midlayer fills it too; the engine needs it from the start
   qp->mtu = mtu_bytes(active_mtu(dev.port_info().mtu));  // UD uses it; RTR sets connected QPs'
+  if (init->qp_type == QpType::raw_packet) {
+    if (int rc = raw_qp_init(dev, *init, *qp)) {
+      delete qp;
+      return rc;
+    }
+  }
   if (!qp->sq.init(qp->cap.max_send_wr) || !qp->rq.init(qp->cap.max_recv_wr ? qp->cap.max_recv_wr : 1)) {
     delete qp;
     return ENOMEM;
@@ -257,6 +279,7 @@ int destroy_qp(mid::Qp* q) {
   Device& dev = *qp->hca;
   {
     std::lock_guard<mid::Mutex> g(dev.ctl());
+    dev.flows().remove_qp(dev, qp);  // its flow rules first: no engine steers to it then
     dev.remove_qp(qp);
   }
   delete qp;
@@ -347,6 +370,9 @@ int post_send(mid::Qp* q, SendWr* wr, SendWr** bad) {
       w->swap = wr->bind_mw.bind_info.mw_access_flags;
     } else if (wr->opcode == WrOpcode::local_inv) {
       w->rkey = wr->invalidate_rkey;
+    } else if (wr->opcode == WrOpcode::flush) {
+      w->flush_type = wr->wr.flush.type;
+      w->flush_level = wr->wr.flush.level;
     }
     if (qp.qp_type == QpType::ud) {
       w->ah = to_ah(wr->wr.ud.ah);
@@ -598,6 +624,10 @@ const mid::DeviceOps kHcaOps = {
     .attach_mcast = attach_mcast,
     .detach_mcast = detach_mcast,
     .rereg_mr = rereg_mr,
+    .poll_cq_ts = poll_cq_ts,
+    .read_clock = read_clock,
+    .create_flow = create_flow,
+    .destroy_flow = destroy_flow,
     .resize_cq = resize_cq,
     .qp_backlog = qp_backlog,
     .srq_backlog = srq_backlog,

@@ -31,6 +31,14 @@ bool make_frame_addr(Device& dev, const AhAttr& ah, uint32_t src_qpn, uint32_t d
 // control mutex).
 int modify_qp(mid::Qp* q, const QpAttr* a, uint32_t mask);
 
+// Raw packet QPs and flow steering (raw.cc). raw_qp_init: the checks and setup of a new
+// raw packet QP: EPERM without CAP_NET_RAW, EOPNOTSUPP with an SRQ. create_flow and
+// destroy_flow are the device ops. Context: process context.
+int raw_qp_init(Device& dev, const mid::QpInitAttr& init, Qp& qp);
+uint32_t raw_max_frame(Device& dev);  // the largest frame: the port's MTU plus L2 headers
+int create_flow(mid::Qp* q, const FlowRule* rule, uint32_t* id);
+int destroy_flow(mid::Qp* q, uint32_t id);
+
 // Holds Qp::lock, the spinlock the owner engine takes for every step of the QP. The
 // control path holds it only for plain stores: nothing under it may sleep or make a
 // system call (the engine, maybe an lcore, spins meanwhile). A checking build marks the
@@ -67,5 +75,6 @@ int rereg_mr(mid::Mr* m, uint32_t flags, mid::Pd* pd, void* host, uint64_t iova,
 int create_cq(mid::Device* d, uint32_t cqe, mid::Cq** out);
 int resize_cq(mid::Cq* c, uint32_t cqe, uint32_t held);
 int poll_cq(mid::Cq* c, int n, Wc* wc);
+int poll_cq_ts(mid::Cq* c, int n, Wc* wc, uint64_t* ts);
 
 }  // namespace dverbs::pmd::hca

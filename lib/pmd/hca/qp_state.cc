@@ -19,12 +19,14 @@ namespace {
 // Required and optional attributes of each transition (IBA 10.3.1, Table 91; the same
 // table Linux keeps in ib_modify_qp_is_ok).
 struct Transition {
-  uint32_t req[3];  // RC, UC, UD
-  uint32_t opt[3];
+  uint32_t req[4];  // RC, UC, UD, raw packet
+  uint32_t opt[4];
   bool valid;
 };
 
-int type_index(QpType t) { return t == QpType::rc ? 0 : t == QpType::uc ? 1 : 2; }
+int type_index(QpType t) {
+  return t == QpType::rc ? 0 : t == QpType::uc ? 1 : t == QpType::ud ? 2 : 3;
+}
 
 Transition transition(QpState from, QpState to) {
   namespace m = qp_attr_mask;
@@ -35,7 +37,7 @@ Transition transition(QpState from, QpState to) {
   }
   auto set = [&](uint32_t rc_r, uint32_t uc_r, uint32_t ud_r, uint32_t rc_o, uint32_t uc_o,
                  uint32_t ud_o) {
-    t = Transition{{rc_r, uc_r, ud_r}, {rc_o, uc_o, ud_o}, true};
+    t = Transition{{rc_r, uc_r, ud_r, 0}, {rc_o, uc_o, ud_o, 0}, true};
   };
   const uint32_t cur = m::cur_state;
   if (from == QpState::reset && to == QpState::init) {
@@ -61,6 +63,15 @@ Transition transition(QpState from, QpState to) {
   } else if ((from == QpState::rts || from == QpState::sqd) && to == QpState::sqd) {
     set(0, 0, 0, m::en_sqd_async_notify, m::en_sqd_async_notify, m::en_sqd_async_notify);
   }
+  // Raw packet QPs (Linux's qp_state_table for IB_QPT_RAW_PACKET): the port at RESET→INIT
+  // (optional at INIT→INIT), otherwise only what every type may give (cur_state, SQD
+  // notification); no path, PSNs, Q_Key or P_Key.
+  if (from == QpState::reset && to == QpState::init)
+    t.req[3] = m::port;
+  else if (from == QpState::init && to == QpState::init)
+    t.opt[3] = m::port;
+  else
+    t.opt[3] = t.opt[2] & (cur | m::en_sqd_async_notify);
   return t;
 }
 
@@ -70,8 +81,7 @@ int check_attr(Device& dev, const Qp& qp, const QpAttr& a, uint32_t mask) {
   if ((mask & m::port) && a.port_num != 1) return EINVAL;
   if ((mask & m::pkey_index) && a.pkey_index != 0) return EINVAL;
   if ((mask & m::access_flags) &&
-      (a.qp_access_flags & ~(access::local_write | access::remote_write | access::remote_read |
-                             access::remote_atomic | access::mw_bind)))
+      (a.qp_access_flags & ~access::qp_supported))
     return EINVAL;
   if (mask & m::path_mtu) {
     uint32_t v = uint32_t(a.path_mtu);

@@ -193,6 +193,7 @@ bool send_one(Engine& e, Qp& qp, SendWqe& w, uint32_t pkt) {
     send_packet_icrc(e, m, p + len, bth.pad, crc);
   else
     send_packet(e, m, p + len, bth.pad);
+  if (e.cc_on()) cc_sent(e, qp, wire::headers_len(bth.opcode) + len + wire::kIcrcLen);
   return true;
 }
 
@@ -278,9 +279,9 @@ bool start_wqe(Qp& qp, SendWqe& w) {
   if ((w.send_flags & send_flags::fence) && r.rd_inflight > 0) return false;
   if (rd && r.rd_inflight >= (qp.attr.max_rd_atomic ? qp.attr.max_rd_atomic : 1u)) return false;
   w.first_psn = r.psn;
-  // A READ consumes one PSN per response packet; an atomic one.
-  w.npkts = w.length == 0 || w.opcode == WrOpcode::atomic_cmp_and_swp ||
-                    w.opcode == WrOpcode::atomic_fetch_and_add
+  // A SEND or WRITE takes one PSN per packet, a READ one per response packet; an atomic,
+  // ATOMIC WRITE or FLUSH one (a FLUSH's length is the remote range's, not a payload's).
+  w.npkts = w.length == 0 || (rd && w.opcode != WrOpcode::rdma_read)
                 ? 1
                 : (w.length + qp.mtu - 1) / qp.mtu;
   w.done = false;
@@ -295,11 +296,14 @@ void psn_sent(Requester& r, uint32_t next) {
   if (wire::psn_diff(r.psn, r.max_psn) > 0) r.max_psn = r.psn;
 }
 
-// A READ or atomic request: one packet for all the PSNs of its responses.
+// A READ, atomic, ATOMIC WRITE or FLUSH request: one packet for all the PSNs of its
+// responses.
 Turn send_rd_atomic(Engine& e, Qp& qp, SendWqe& w) {
   Requester& r = qp.req;
   bool ok = w.opcode == WrOpcode::rdma_read ? send_read_request(e, qp, w, r.next_pkt)
+            : is_iba15(w.opcode)            ? iba15_send_request(e, qp, w)
                                             : send_atomic_request(e, qp, w);
+  if (!ok && qp.state.load(std::memory_order_relaxed) == QpState::err) return Turn::failed;
   if (r.timer_deadline == 0) req_arm_timer(e, qp);
   if (!ok) return Turn::blocked;
   psn_sent(r, wire::psn_add(w.first_psn, w.npkts));
@@ -313,7 +317,8 @@ Turn send_rd_atomic(Engine& e, Qp& qp, SendWqe& w) {
 Turn send_segment(Engine& e, Qp& qp, SendWqe& w) {
   Requester& r = qp.req;
   const bool rc = qp.qp_type == QpType::rc;
-  const bool ok = send_one(e, qp, w, r.next_pkt);
+  const bool ok =
+      qp.qp_type == QpType::raw_packet ? raw_send(e, qp, w) : send_one(e, qp, w, r.next_pkt);
   if (rc && r.timer_deadline == 0) req_arm_timer(e, qp);
   if (!ok) return qp.state.load(std::memory_order_relaxed) == QpState::err ? Turn::failed
                                                                            : Turn::blocked;
@@ -345,6 +350,8 @@ int send_wqes(Engine& e, Qp& qp, int budget) {
     } else if (qp.qp_type == QpType::rc &&
                uint32_t(wire::psn_diff(r.psn, r.last_ack_psn)) >= r.cwnd) {
       break;
+    } else if (e.cc_on() && !cc_may_send(e, qp)) {
+      break;  // paced to the QP's congestion-control rate (cc.cc); it stays active
     } else {
       t = is_rd_atomic(w->opcode) ? send_rd_atomic(e, qp, *w) : send_segment(e, qp, *w);
     }
@@ -421,6 +428,7 @@ void req_rewind(Engine& e, Qp& qp, uint32_t psn) noexcept {
 
 int req_step(Engine& e, Qp& qp, int budget) noexcept {
   Requester& r = qp.req;
+  if (e.cc_on()) cc_time(e, qp);
   if (qp.resp.held_since) resp_send_held(e, qp);
   if (qp.resp.pending) {
     // READ/atomic responses and this QP's own requests share the QP's turn: responses

@@ -15,7 +15,8 @@
 //          check_psn: older → duplicate (ACK again, or replay a READ/atomic) → done
 //                     newer → nak_psn_seq_error (once per gap) → done
 //                     expected while a fatal NAK is owed → done
-//          check_rkey for a RETH or AtomicETH (WRITE FIRST/ONLY, READ, atomic);
+//          check_rkey for a RETH or AtomicETH (WRITE FIRST/ONLY, READ, atomic; ATOMIC
+//            WRITE and FLUSH in iba15.cc, answered like a READ from a responder resource);
 //          check_placement for a WRITE packet
 //          a check or execute that fails → nak_rnr | nak_invalid_request |
 //            nak_remote_access | nak_remote_access_reported | nak_remote_op_error → done
@@ -50,6 +51,10 @@ namespace {
 using wire::AethType;
 using wire::NakCode;
 namespace opf = wire::opf;
+
+// The requests answered from a responder resource: READ, atomics, and IBA 1.5's ATOMIC
+// WRITE and FLUSH (iba15.cc).
+constexpr uint32_t kResourceOps = opf::kRead | opf::kAtomic | opf::kAtomicWrite | opf::kFlush;
 
 constexpr std::array<const char*, size_t(RespStep::done) + 1> kStepNames = {
     "check_state",       "check_op_type",       "check_source",
@@ -333,7 +338,7 @@ DV_STEP bool sequence_ok(const Request& rq) {
 DV_STEP bool length_ok(const Request& rq) {
   const uint32_t len = rq.pkt.payload_len;
   const uint32_t mtu = rq.qp.mtu;
-  if (rq.has(opf::kRead | opf::kAtomic)) return true;
+  if (rq.has(kResourceOps)) return true;
   if (!rq.has(opf::kLast)) return len == mtu;
   if (!rq.has(opf::kFirst)) return len >= 1 && len <= mtu;
   return len <= mtu;
@@ -356,7 +361,7 @@ uint8_t transport_of(QpType t) {
 DV_STEP RespStep check_op_type(Request& rq) {
   const QpType t = rq.qp.qp_type;
   if (wire::op::transport(rq.pkt.opcode) != transport_of(t)) return RespStep::drop;
-  if (rq.has(opf::kRead | opf::kAtomic) && t != QpType::rc) return RespStep::drop;
+  if (rq.has(kResourceOps) && t != QpType::rc) return RespStep::drop;
   return t == QpType::ud ? RespStep::check_qkey : RespStep::check_source;
 }
 
@@ -434,6 +439,8 @@ RespStep check_atomic_rkey(Request& rq) {
 }
 
 RespStep check_rkey(Request& rq) {
+  if (rq.has(opf::kAtomicWrite | opf::kFlush))
+    return iba15_check_rkey(rq.e, rq.qp, rq.pkt, &rq.mr);
   if (rq.has(opf::kRead)) return check_read_rkey(rq);
   if (rq.has(opf::kAtomic)) return check_atomic_rkey(rq);
   return check_write_rkey(rq);
@@ -444,7 +451,7 @@ RespStep check_rkey(Request& rq) {
 // atomic needs a free responder resource: beyond max_dest_rd_atomic outstanding it is an
 // invalid request (IBA 9.7.4.1.5).
 DV_STEP RespStep check_resources(Request& rq) {
-  if (rq.has(opf::kRead | opf::kAtomic)) {
+  if (rq.has(kResourceOps)) {
     if (rq.rs.pending >= res_cap(rq.qp)) return RespStep::nak_invalid_request;  // (or no ring)
   } else if (rq.has(opf::kRecvWqe)) {
     const RecvWqe* w = rq.has(opf::kFirst | opf::kWrite) ? take_recv(rq.qp) : rq.rs.recv;
@@ -543,10 +550,19 @@ RespStep execute_atomic(Request& rq) {
   return RespStep::acknowledge;
 }
 
+// ATOMIC WRITE and FLUSH execute in iba15.cc and are answered from their resource.
+RespStep execute_iba15(Request& rq) {
+  RespResource r;
+  iba15_execute(rq.pkt, rq.mr, &r);
+  add_resource(rq.qp, r);
+  return RespStep::acknowledge;
+}
+
 DV_STEP RespStep execute(Request& rq) {
   if (rq.has(opf::kSend)) return execute_send(rq);
   if (rq.has(opf::kWrite)) return execute_write(rq);
   if (rq.has(opf::kRead)) return execute_read(rq);
+  if (rq.has(opf::kAtomicWrite | opf::kFlush)) return execute_iba15(rq);
   return execute_atomic(rq);
 }
 
@@ -587,7 +603,7 @@ DV_STEP RespStep rc_check_psn(Request& rq) {
 // resource (replay).
 RespStep duplicate(Request& rq) {
   DVERBS_QP_COUNT(rq.qp, dup_rcvd, 1);
-  if (rq.has(opf::kRead | opf::kAtomic)) {
+  if (rq.has(kResourceOps)) {
     replay(rq.qp, rq.pkt.psn);
     if (rq.rs.pending) rq.e.kick(&rq.qp);
   } else {
@@ -612,7 +628,7 @@ DV_STEP RespStep rc_acknowledge(Request& rq) {
   rs.nak_sent = false;
   note_progress(rq);
   if (rq.has(opf::kLast)) rs.msn = (rs.msn + 1) & wire::kPsnMask;
-  if (rq.has(opf::kRead | opf::kAtomic)) {
+  if (rq.has(kResourceOps)) {
     rs.epsn = wire::psn_add(rq.pkt.psn, newest_resource(rq.qp).npkts);
     rq.e.kick(&rq.qp);
     return RespStep::done;

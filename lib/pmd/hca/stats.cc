@@ -64,6 +64,8 @@ int device_counters(Device& dev, Counter* out, int max) {
                        {"tx_no_mbuf", load_relaxed(c.tx_no_mbuf)},
                        {"tx_backlog_drop", load_relaxed(c.tx_backlog_drop)},
                        {"cq_overflow", load_relaxed(c.cq_overflow)},
+                       {"rx_raw", load_relaxed(c.rx_raw)},
+                       {"rx_raw_dropped", load_relaxed(c.rx_raw_dropped)},
                        {"port_tx_dropped", tx_dropped}},
                       out, max);
 }

@@ -25,7 +25,10 @@
   X(rnr_naks_sent, "receiver-not-ready NAKs sent (no receive posted)")                          \
   X(rnr_naks_rcvd, "receiver-not-ready NAKs received")                                          \
   X(fatal_naks_sent, "invalid request, remote access and remote operation NAKs sent")           \
-  X(fatal_naks_rcvd, "invalid request, remote access and remote operation NAKs received")
+  X(fatal_naks_rcvd, "invalid request, remote access and remote operation NAKs received")  \
+  X(ecn_marked, "requests received congestion-marked (ECN CE, or the port's RED marking)") \
+  X(cnp_sent, "congestion notification packets sent (DCQCN notification point)")         \
+  X(cnp_rcvd, "congestion notification packets received (DCQCN rate cuts)")
 
 namespace dverbs::pmd::hca {
 

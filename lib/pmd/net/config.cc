@@ -225,6 +225,10 @@ bool config_from_env(Config* cfg, std::string* err) {
     if (!parse_fault(v, &c.fault, &why)) return fail("DVERBS_FAULT", v, "is invalid: " + why);
   }
   if (const char* v = env("DVERBS_PCAP")) c.pcap = v;
+  if (const char* v = env("DVERBS_CC")) {
+    std::string why;
+    if (!parse_dcqcn(v, &c.cc, &why)) return fail("DVERBS_CC", v, "is invalid: " + why);
+  }
   if (const char* v = env("DVERBS_TELEMETRY")) {
     if (std::strcmp(v, "on") == 0 || std::strcmp(v, "1") == 0) c.telemetry = true;
     else if (std::strcmp(v, "off") == 0 || std::strcmp(v, "0") == 0) c.telemetry = false;

@@ -5,6 +5,8 @@
 #include <cstdint>
 #include <string>
 
+#include "pmd/net/cc_config.h"
+
 namespace dverbs::pmd::net {
 
 constexpr int kMaxLcores = 64;   // upper bound of DVERBS_LCORES
@@ -38,6 +40,7 @@ struct Config {
   // DVERBS_TELEMETRY=on: DPDK's telemetry socket with the /dverbs/... endpoints (dverbs-stat,
   // dpdk-telemetry.py). Off by default: it is a socket and a thread per process.
   bool telemetry = false;
+  DcqcnParams cc;  // DVERBS_CC: congestion control (DCQCN), off by default
   int log_level = 5;     // DVERBS_LOG: RTE_LOG_* 1 (emergency) … 8 (debug), 5 = warning;
                          // names accepted too
 };

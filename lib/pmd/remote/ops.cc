@@ -125,6 +125,18 @@ int take_one_fd(const int* fds, int n, int* fd) {
 }
 
 // ---------------------------------------------------------------- device and port
+// The daemon stamps completions with the TSC (DeviceAttr::core_clock_khz): one counter for
+// every process of the host, so the client reads the same clock itself, without a command.
+int read_clock(mid::Device*, uint64_t* raw) {
+#if defined(__x86_64__)
+  *raw = __builtin_ia32_rdtsc();
+  return 0;
+#else
+  (void)raw;
+  return EOPNOTSUPP;
+#endif
+}
+
 int query_device(mid::Device* d, DeviceAttr* a) {
   Device& dev = rdev(d);
   {
@@ -139,6 +151,9 @@ int query_device(mid::Device* d, DeviceAttr* a) {
   if (int rc = dev.command(req, &resp)) return rc;
   DeviceAttr got = resp.device;
   got.fw_ver[sizeof got.fw_ver - 1] = '\0';
+#if !defined(__x86_64__)
+  got.core_clock_khz = 0;  // read_clock reads the daemon's clock (the TSC) on x86-64 only
+#endif
   std::lock_guard<mid::Mutex> g(dev.attr_lock);
   dev.attr = got;
   dev.have_attr = true;
@@ -279,7 +294,8 @@ int create_cq(mid::Device* d, uint32_t cqe, mid::Cq** out) {
   int rc = take_one_fd(fds, nfds, &fd);
   if (rc == 0) {
     if (!pow2(r.ring_entries) || r.cqe == 0 || r.cqe > r.ring_entries ||
-        r.ring_bytes < daemon::kRingHeaderBytes + uint64_t(r.ring_entries) * sizeof(Wc)) {
+        r.ring_bytes <
+            daemon::kRingHeaderBytes + uint64_t(r.ring_entries) * sizeof(daemon::ShmCqe)) {
       ::close(fd);
       rc = EPROTO;
     } else {
@@ -294,7 +310,7 @@ int create_cq(mid::Device* d, uint32_t cqe, mid::Cq** out) {
   auto* base = static_cast<uint8_t*>(cq->map.base);
   cq->handle = resp.handle;
   cq->hdr = reinterpret_cast<daemon::CqRingHeader*>(base);
-  cq->ring = reinterpret_cast<Wc*>(base + daemon::kRingHeaderBytes);
+  cq->ring = reinterpret_cast<daemon::ShmCqe*>(base + daemon::kRingHeaderBytes);
   cq->mask = r.ring_entries - 1;
   cq->cons = cq->hdr->cons.v.load(std::memory_order_relaxed);
   cq->cqe = r.cqe;
@@ -343,9 +359,17 @@ uint32_t ud_message_limit(Device& dev) {
   return mtu_bytes(pa.active_mtu);
 }
 
+// A raw packet QP's largest frame, as the daemon's HCA reports it (0 if it cannot say:
+// every frame is then refused here, as the daemon would refuse it).
+uint32_t raw_frame_limit(Device& dev) {
+  DeviceAttr da;
+  return remote::query_device(&dev, &da) == 0 ? da.max_raw_frame : 0;
+}
+
 int create_qp(mid::Pd* pd, const mid::QpInitAttr* init, mid::Qp** out) {
   Device& dev = rdev(pd->device);
-  if (init->qp_type != QpType::rc && init->qp_type != QpType::uc && init->qp_type != QpType::ud)
+  if (init->qp_type != QpType::rc && init->qp_type != QpType::uc && init->qp_type != QpType::ud &&
+      init->qp_type != QpType::raw_packet)
     return EINVAL;
   // dverbsd owns each port's QP1 (the CM runs in the daemon), not its clients.
   if (init->gsi) return EOPNOTSUPP;
@@ -353,6 +377,7 @@ int create_qp(mid::Pd* pd, const mid::QpInitAttr* init, mid::Qp** out) {
   Qp* qp = new (std::nothrow) Qp();
   if (!qp) return ENOMEM;
   if (init->qp_type == QpType::ud) qp->ud_mtu = ud_message_limit(dev);
+  if (init->qp_type == QpType::raw_packet) qp->ud_mtu = raw_frame_limit(dev);
   Request req = make(Cmd::create_qp);
   auto& c = req.create_qp;
   c.pd = to_pd(pd)->handle;
@@ -417,6 +442,23 @@ int mcast(mid::Qp* q, const Gid* g, Cmd cmd) {
 }
 int attach_mcast(mid::Qp* q, const Gid* g) { return mcast(q, g, Cmd::attach_mcast); }
 int detach_mcast(mid::Qp* q, const Gid* g) { return mcast(q, g, Cmd::detach_mcast); }
+
+// Flow steering rules live in the daemon's HCA too; it checks that the QP is this
+// client's and a raw packet QP.
+int create_flow(mid::Qp* q, const FlowRule* rule, uint32_t* id) {
+  Request req = make(Cmd::create_flow, to_qp(q)->handle);
+  req.flow.rule = *rule;
+  Response resp;
+  int rc = rdev(q->device).command(req, &resp);
+  if (rc == 0) *id = resp.flow.id;
+  return rc;
+}
+int destroy_flow(mid::Qp* q, uint32_t id) {
+  Request req = make(Cmd::destroy_flow, to_qp(q)->handle);
+  req.flow.id = id;
+  Response resp;
+  return rdev(q->device).command(req, &resp);
+}
 
 int modify_qp(mid::Qp* q, const QpAttr* a, uint32_t mask) {
   Qp* qp = to_qp(q);
@@ -611,6 +653,10 @@ const mid::DeviceOps kRemoteOps = {
     .attach_mcast = attach_mcast,
     .detach_mcast = detach_mcast,
     .rereg_mr = rereg_mr,
+    .poll_cq_ts = poll_cq_ts,
+    .read_clock = read_clock,
+    .create_flow = create_flow,
+    .destroy_flow = destroy_flow,
     .resize_cq = resize_cq,
 };
 

@@ -43,6 +43,10 @@ void fill_send_wqe(const Qp& qp, const SendWr& wr, daemon::ShmSendWqe* w) {
     w->remote_addr = wr.wr.rdma.remote_addr;
     w->rkey = wr.wr.rdma.rkey;
   }
+  if (wr.opcode == WrOpcode::flush) {  // IBA 1.5 FLUSH: length, type | level << 8
+    w->compare_add = wr.wr.flush.length;
+    w->swap = uint64_t(wr.wr.flush.type) | uint64_t(wr.wr.flush.level) << 8;
+  }
   if (wr.opcode == WrOpcode::bind_mw) {
     const auto& b = wr.bind_mw;
     w->remote_addr = 0;
@@ -177,7 +181,9 @@ int post_srq_recv(mid::Srq* s, RecvWr* wr, RecvWr** bad) {
   return queue_recvs(srq.rq, srq.max_sge, wr, bad);
 }
 
-int poll_cq(mid::Cq* c, int n, Wc* wc) {
+// Copies up to `n` completions (and their timestamps, when `ts` is not null) out of the
+// daemon's ring.
+static int poll_ring(mid::Cq* c, int n, Wc* wc, uint64_t* ts) {
   Cq& cq = *to_cq(c);
   if (n < 0) return -EINVAL;
   cq.lock.lock();
@@ -185,7 +191,11 @@ int poll_cq(mid::Cq* c, int n, Wc* wc) {
   uint32_t avail = prod - cq.cons;
   if (avail > cq.mask + 1) avail = 0;  // impossible indices: a corrupt ring shows nothing
   const uint32_t take = avail < uint32_t(n) ? avail : uint32_t(n);
-  for (uint32_t i = 0; i < take; i++) wc[i] = cq.ring[(cq.cons + i) & cq.mask];
+  for (uint32_t i = 0; i < take; i++) {
+    const daemon::ShmCqe& e = cq.ring[(cq.cons + i) & cq.mask];
+    wc[i] = e.wc;
+    if (ts) ts[i] = e.completion_ts;
+  }
   if (take) {
     cq.cons += take;
     cq.hdr->cons.v.store(cq.cons, std::memory_order_release);
@@ -196,6 +206,10 @@ int poll_cq(mid::Cq* c, int n, Wc* wc) {
   if (take == 0 && n > 0 && rdev(c->device).dead()) return -EIO;
   return int(take);
 }
+
+int poll_cq(mid::Cq* c, int n, Wc* wc) { return poll_ring(c, n, wc, nullptr); }
+
+int poll_cq_ts(mid::Cq* c, int n, Wc* wc, uint64_t* ts) { return poll_ring(c, n, wc, ts); }
 
 // Notification (IBA 11.4.2.2): the daemon applies each new arm_seq; an arm that finds
 // completions unpolled at arm time raises the event at once (proto.h).

@@ -149,7 +149,7 @@ struct Cq : mid::Cq {
   Handle handle = 0;
   Mapping map;
   daemon::CqRingHeader* hdr = nullptr;
-  Wc* ring = nullptr;
+  daemon::ShmCqe* ring = nullptr;
   uint32_t mask = 0;
   uint32_t cons = 0;  // local copy of hdr->cons, under `lock`
   SpinLock lock;
@@ -204,6 +204,7 @@ int post_send(mid::Qp* qp, SendWr* wr, SendWr** bad_wr);
 int post_recv(mid::Qp* qp, RecvWr* wr, RecvWr** bad_wr);
 int post_srq_recv(mid::Srq* srq, RecvWr* wr, RecvWr** bad_wr);
 int poll_cq(mid::Cq* cq, int n, Wc* wc);
+int poll_cq_ts(mid::Cq* cq, int n, Wc* wc, uint64_t* ts);
 int req_notify_cq(mid::Cq* cq, bool solicited_only);
 
 // The ops table (ops.cc).

@@ -22,7 +22,7 @@ bool sane(const daemon::Response& resp, uint32_t unpolled) {
   const auto& r = resp.resize_cq;
   const bool pow2 = r.ring_entries && !(r.ring_entries & (r.ring_entries - 1));
   return pow2 && r.cqe != 0 && r.cqe <= r.ring_entries && unpolled <= r.ring_entries &&
-         r.ring_bytes >= daemon::kRingHeaderBytes + uint64_t(r.ring_entries) * sizeof(Wc);
+         r.ring_bytes >= daemon::kRingHeaderBytes + uint64_t(r.ring_entries) * sizeof(daemon::ShmCqe);
 }
 
 }  // namespace
@@ -56,7 +56,7 @@ int resize_cq(mid::Cq* c, uint32_t cqe, uint32_t held) {
   if (map.map(fds[0], resp.resize_cq.ring_bytes) != 0) return EIO;
   auto* base = static_cast<uint8_t*>(map.base);
   auto* hdr = reinterpret_cast<daemon::CqRingHeader*>(base);
-  auto* ring = reinterpret_cast<Wc*>(base + daemon::kRingHeaderBytes);
+  auto* ring = reinterpret_cast<daemon::ShmCqe*>(base + daemon::kRingHeaderBytes);
   const uint32_t mask = resp.resize_cq.ring_entries - 1;
   cq.lock.lock();
   for (uint32_t i = cq.cons; i != old_prod; i++) ring[i & mask] = cq.ring[i & cq.mask];

@@ -18,6 +18,7 @@ constexpr uint8_t ext_len_of(uint32_t f) {
   if (f & opf::kIeth) n += kIethLen;
   if (f & opf::kAtomicEth) n += kAtomicEthLen;
   if (f & opf::kAtomicAckEth) n += kAtomicAckEthLen;
+  if (f & opf::kFeth) n += kFethLen;
   return uint8_t(n);
 }
 
@@ -72,6 +73,11 @@ constexpr Entry kConnected[] = {
     {op::kFetchAdd, "RC_FETCH_ADD", nullptr, kValid | kRequest | kAtomic | kO | kAtomicEth},
     {op::kSendLastInv, "RC_SEND_LAST_WITH_INVALIDATE", nullptr, kSendReq | kL | kIeth},
     {op::kSendOnlyInv, "RC_SEND_ONLY_WITH_INVALIDATE", nullptr, kSendReq | kO | kIeth},
+    // IBA 1.5: one packet each, answered by a zero-length READ RESPONSE ONLY (rxe's
+    // layout: FLUSH is BTH FETH RETH; ATOMIC WRITE is BTH RETH and 8 bytes of payload).
+    {op::kFlush, "RC_FLUSH", nullptr, kValid | kRequest | kFlush | kO | kFeth | kReth},
+    {op::kAtomicWrite, "RC_ATOMIC_WRITE", nullptr,
+     kValid | kRequest | kAtomicWrite | kO | kReth | kPayload},
 };
 
 constexpr std::array<OpcodeInfo, 256> make_table() {
@@ -102,5 +108,8 @@ static_assert(kOpcodeTable[op::kUd | op::kSendOnlyImm].ext_len == kDethLen + kIm
 static_assert(kOpcodeTable[op::kRc | op::kWriteOnlyImm].ext_len == kRethLen + kImmDtLen);
 static_assert(!(kOpcodeTable[op::kRd | op::kSendOnly].flags & opf::kValid));
 static_assert(!(kOpcodeTable[op::kUc | op::kReadRequest].flags & opf::kValid));
+static_assert(kOpcodeTable[op::kRc | op::kFlush].ext_len == kFethLen + kRethLen);
+static_assert(kOpcodeTable[op::kRc | op::kAtomicWrite].ext_len == kRethLen);
+static_assert(!(kOpcodeTable[op::kUc | op::kAtomicWrite].flags & opf::kValid));
 
 }  // namespace dverbs::pmd::wire

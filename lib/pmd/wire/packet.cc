@@ -87,6 +87,7 @@ ParseError parse_frame(const uint8_t* frame, uint32_t len, Packet* out, bool che
   p.deth = nullptr;
   p.atomic_eth = nullptr;
   p.atomic_ack = nullptr;
+  p.feth = nullptr;
   p.imm_data = 0;
   p.ieth_rkey = 0;
   p.payload = nullptr;
@@ -166,6 +167,10 @@ ParseError parse_frame(const uint8_t* frame, uint32_t len, Packet* out, bool che
   if (f & opf::kDeth) {
     p.deth = reinterpret_cast<const Deth*>(x);
     x += kDethLen;
+  }
+  if (f & opf::kFeth) {
+    p.feth = reinterpret_cast<const Feth*>(x);
+    x += kFethLen;
   }
   if (f & opf::kReth) {
     p.reth = reinterpret_cast<const Reth*>(x);
@@ -281,6 +286,10 @@ void write_atomic_eth(uint8_t* p, uint64_t va, uint32_t rkey, uint64_t swap_add,
 }
 
 void write_atomic_ack_eth(uint8_t* p, uint64_t orig) noexcept { store_be64(p, orig); }
+
+void write_feth(uint8_t* p, uint8_t placement_type, uint8_t selectivity_level) noexcept {
+  store_be32(p, uint32_t(placement_type & 0xf) | uint32_t(selectivity_level & 3) << 4);
+}
 
 void write_immdt(uint8_t* p, uint32_t imm_be) noexcept { std::memcpy(p, &imm_be, 4); }
 

@@ -169,6 +169,17 @@ struct AtomicAckEth {
 };
 static_assert(sizeof(AtomicAckEth) == 8);
 
+// Flush Extended Transport Header (IBA 1.5, 9.3.3.6 as Linux rxe lays it out), 4 bytes:
+// the placement type in bits 3:0 (flush::type_* of dverbs/types.h), the selectivity
+// level in bits 5:4 (flush::level_*), the rest reserved.
+struct Feth {
+  uint8_t bits[4];
+  uint32_t value() const { return load_be32(bits); }
+  uint8_t placement_type() const { return uint8_t(value() & 0xf); }
+  uint8_t selectivity_level() const { return uint8_t((value() >> 4) & 3); }
+};
+static_assert(sizeof(Feth) == 4);
+
 // Base transport opcodes (IBA Table 38): the transport in bits 7:5, the operation within
 // it in bits 4:0.
 namespace op {
@@ -180,7 +191,8 @@ constexpr uint8_t kSendFirst = 0x00, kSendMiddle = 0x01, kSendLast = 0x02,
                   kWriteLastImm = 0x09, kWriteOnly = 0x0a, kWriteOnlyImm = 0x0b,
                   kReadRequest = 0x0c, kReadRespFirst = 0x0d, kReadRespMiddle = 0x0e,
                   kReadRespLast = 0x0f, kReadRespOnly = 0x10, kAck = 0x11, kAtomicAck = 0x12,
-                  kCmpSwap = 0x13, kFetchAdd = 0x14, kSendLastInv = 0x16, kSendOnlyInv = 0x17;
+                  kCmpSwap = 0x13, kFetchAdd = 0x14, kSendLastInv = 0x16, kSendOnlyInv = 0x17,
+                  kFlush = 0x1c, kAtomicWrite = 0x1d;  // IBA 1.5, RC only
 constexpr uint8_t kCnp = 0x81;
 // The transport of an opcode (kRc, kUc, kRd, kUd) and its operation (kSendFirst...).
 constexpr uint8_t transport(uint8_t opcode) { return opcode & kTransportMask; }
@@ -189,7 +201,9 @@ constexpr uint8_t operation(uint8_t opcode) { return opcode & kOperationMask; }
 
 // Extension header sizes (IBA 9.3); ImmDt and IETH are one 32-bit word each.
 constexpr uint32_t kRethLen = 16, kAethLen = 4, kDethLen = 8, kImmDtLen = 4, kIethLen = 4,
-                   kAtomicEthLen = 28, kAtomicAckEthLen = 8;
+                   kAtomicEthLen = 28, kAtomicAckEthLen = 8, kFethLen = 4;
+// An RDMA ATOMIC WRITE carries exactly this much payload (IBA 1.5).
+constexpr uint32_t kAtomicWriteLen = 8;
 // A CNP carries 16 reserved bytes between the BTH and the ICRC (IBA A17.9.3); parse_frame
 // reports them as its payload.
 constexpr uint32_t kCnpPayloadLen = 16;
@@ -218,6 +232,9 @@ constexpr uint32_t kOnly = kFirst | kLast;
 constexpr uint32_t kRecvWqe = 1u << 18;   // consumes a receive WQE at the responder
 constexpr uint32_t kStartMsg = 1u << 19;  // first or only packet of a message
 constexpr uint32_t kEndMsg = 1u << 20;    // last or only packet of a message
+constexpr uint32_t kFeth = 1u << 21;         // carries a FETH (IBA 1.5 FLUSH)
+constexpr uint32_t kAtomicWrite = 1u << 22;  // RDMA ATOMIC WRITE request (IBA 1.5)
+constexpr uint32_t kFlush = 1u << 23;        // RDMA FLUSH request (IBA 1.5)
 }  // namespace opf
 
 struct OpcodeInfo {
@@ -234,13 +251,16 @@ extern const std::array<OpcodeInfo, 256> kOpcodeTable;
 inline const OpcodeInfo& opcode_info(uint8_t opcode) noexcept { return kOpcodeTable[opcode]; }
 
 // Offset from the end of the BTH of extension header `hdr` (one opf::kDeth..kIeth bit) for
-// an opcode with `flags`. Wire order (IBA 9.2, Table 39): DETH RETH AtomicETH AETH
-// AtomicAckETH ImmDt IETH. Meaningful only when `flags` has `hdr`.
+// an opcode with `flags`. Wire order (IBA 9.2, Table 39): DETH FETH RETH AtomicETH AETH
+// AtomicAckETH ImmDt IETH (the FETH precedes the RETH of a FLUSH, as rxe sends it).
+// Meaningful only when `flags` has `hdr`.
 // Context: any.
 constexpr uint32_t ext_offset(uint32_t flags, uint32_t hdr) {
   uint32_t off = 0;
   if (hdr == opf::kDeth) return off;
   if (flags & opf::kDeth) off += kDethLen;
+  if (hdr == opf::kFeth) return off;
+  if (flags & opf::kFeth) off += kFethLen;
   if (hdr == opf::kReth) return off;
   if (flags & opf::kReth) off += kRethLen;
   if (hdr == opf::kAtomicEth) return off;
@@ -317,6 +337,7 @@ struct Packet {
   const Deth* deth = nullptr;
   const AtomicEth* atomic_eth = nullptr;
   const AtomicAckEth* atomic_ack = nullptr;
+  const Feth* feth = nullptr;
   uint32_t imm_data = 0;        // network byte order, as verbs reports it
   uint32_t ieth_rkey = 0;       // host byte order
   const uint8_t* payload = nullptr;
@@ -386,6 +407,7 @@ void write_deth(uint8_t* p, uint32_t qkey, uint32_t src_qp) noexcept;
 void write_atomic_eth(uint8_t* p, uint64_t va, uint32_t rkey, uint64_t swap_add,
                       uint64_t compare) noexcept;
 void write_atomic_ack_eth(uint8_t* p, uint64_t orig) noexcept;
+void write_feth(uint8_t* p, uint8_t placement_type, uint8_t selectivity_level) noexcept;
 // `imm_be` in network byte order, as verbs hands it over (the inverse of Packet::imm_data).
 void write_immdt(uint8_t* p, uint32_t imm_be) noexcept;
 void write_ieth(uint8_t* p, uint32_t rkey) noexcept;

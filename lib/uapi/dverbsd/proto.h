@@ -63,6 +63,8 @@ enum class Cmd : uint32_t {
   attach_mcast,  // handle = QP, mcast.gid (ibv_attach_mcast)
   detach_mcast,
   rereg_mr,      // handle = MR; fds: one memfd per piece with a new translation (RegMr)
+  create_flow,   // handle = raw packet QP, flow.rule → flow.id (ibv_create_flow)
+  destroy_flow,  // handle = the QP, flow.id
   resize_cq,     // handle = CQ → fd: the new CQ ring memfd (CqRingHeader: resizing)
 };
 
@@ -148,6 +150,10 @@ struct Request {
       MrPiece pieces[kMaxPieces];
     } rereg_mr;
     struct {
+      FlowRule rule;
+      uint32_t id;
+    } flow;
+    struct {
       uint32_t cqe;
     } resize_cq;
     uint8_t raw[640];
@@ -215,6 +221,9 @@ struct Response {
     } mw;
     Stats stats;
     struct {
+      uint32_t id;
+    } flow;
+    struct {
       uint32_t cqe;           // granted
       uint32_t ring_entries;  // power of two
       uint64_t ring_bytes;
@@ -250,7 +259,7 @@ struct ShmSendWqe {
   uint32_t inline_len;  // IBV_SEND_INLINE: bytes in inline_data
   uint32_t rkey;
   uint64_t remote_addr;
-  uint64_t compare_add, swap;
+  uint64_t compare_add, swap;  // atomics; FLUSH: its length, type | level << 8
   uint32_t ah_id;       // UD: the client's AH (kAhSlots)
   uint32_t remote_qpn, remote_qkey;
   Handle mw, bind_mr;   // bind_mw
@@ -294,6 +303,14 @@ struct CqRingHeader {
   std::atomic<uint32_t> arm_cons{0};
   std::atomic<uint32_t> overflow{0};  // set by the daemon when the CQ overflowed
   std::atomic<uint32_t> attached{1};  // 0 in a ring of resize_cq until the client took it
+};
+
+// A completion as the daemon writes it into a CQ ring: the work completion, then
+// (appended) the device clock when the HCA made it (DeviceAttr::core_clock_khz ticks; the
+// TSC, which the daemon and its clients on one host share).
+struct ShmCqe {
+  Wc wc;
+  uint64_t completion_ts;
 };
 
 // The connection's event ring: daemon produces (completion and async events), client

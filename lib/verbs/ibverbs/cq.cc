@@ -38,6 +38,8 @@ DvCq* create_cq(Context* c, int cqe, void* cq_context, Channel* ch, uint64_t wc_
   cq->ctx = c;
   cq->channel = ch;
   cq->wc_flags = wc_flags;
+  if (wc_flags & IBV_WC_EX_WITH_COMPLETION_TIMESTAMP_WALLCLOCK)
+    wallclock_init(&cq->clock, c->mdev, c->attr.core_clock_khz);
   if (int rc = mid::create_cq(c->mdev, uint32_t(cqe), on_cq_comp, on_cq_event, cq, &cq->m)) {
     delete cq;
     *err = rc;
@@ -89,9 +91,13 @@ inline DvCq* dv(ibv_cq_ex* c) {
   return wrap<DvCq>(c);
 }
 
+constexpr uint64_t kWithTs =
+    IBV_WC_EX_WITH_COMPLETION_TIMESTAMP | IBV_WC_EX_WITH_COMPLETION_TIMESTAMP_WALLCLOCK;
+
 int poll_one(ibv_cq_ex* c) {
   DvCq* cq = dv(c);
-  const int n = mid::poll_cq(cq->m, 1, &cq->cur);
+  const int n = (cq->wc_flags & kWithTs) ? mid::poll_cq_ts(cq->m, 1, &cq->cur, &cq->cur_ts)
+                                         : mid::poll_cq(cq->m, 1, &cq->cur);
   if (n < 0) return -n;
   if (n == 0) return ENOENT;
   c->wr_id = cq->cur.wr_id;
@@ -100,6 +106,8 @@ int poll_one(ibv_cq_ex* c) {
 }
 int start_poll(ibv_cq_ex* c, ibv_poll_cq_attr* attr) {
   if (attr && attr->comp_mask) return EINVAL;
+  if (dv(c)->wc_flags & IBV_WC_EX_WITH_COMPLETION_TIMESTAMP_WALLCLOCK)
+    wallclock_refresh(&dv(c)->clock);
   return poll_one(c);
 }
 int next_poll(ibv_cq_ex* c) {
@@ -137,9 +145,6 @@ uint8_t read_dlid_path_bits(ibv_cq_ex* c) {
   return dv(c)->cur.dlid_path_bits;
 }
 // Never requested (create_cq_ex refuses the flags): defined so that no pointer is null.
-uint64_t read_zero64(ibv_cq_ex*) {
-  return 0;
-}
 uint16_t read_cvlan(ibv_cq_ex*) {
   return 0;
 }
@@ -168,11 +173,11 @@ void init_cq_ex_ops(DvCq* cq) noexcept {
   x.read_slid = read_slid;
   x.read_sl = read_sl;
   x.read_dlid_path_bits = read_dlid_path_bits;
-  x.read_completion_ts = read_zero64;
+  x.read_completion_ts = read_completion_ts_op;
   x.read_cvlan = read_cvlan;
   x.read_flow_tag = read_flow_tag;
   x.read_tm_info = read_tm_info;
-  x.read_completion_wallclock_ns = read_zero64;
+  x.read_completion_wallclock_ns = read_completion_wallclock_op;
 }
 
 int destroy_cq_locked(DvCq* cq) {
@@ -197,12 +202,15 @@ ibv_cq_ex* create_cq_ex_op(ibv_context* context, ibv_cq_init_attr_ex* a) {
   }
   if (a->wc_flags & ~uint64_t(IBV_CREATE_CQ_SUP_WC_FLAGS))
     return fail(EINVAL, static_cast<ibv_cq_ex*>(nullptr));
-  // Timestamps, VLAN, flow tags and tag matching are not produced by the transport.
-  if (a->wc_flags & ~uint64_t(IBV_WC_STANDARD_FLAGS))
+  // VLAN, flow tags and tag matching are not produced by the transport; timestamps are
+  // where the device has a clock for them (DeviceAttr::core_clock_khz).
+  if (a->wc_flags & ~uint64_t(IBV_WC_STANDARD_FLAGS | kWithTs))
     return fail(EOPNOTSUPP, static_cast<ibv_cq_ex*>(nullptr));
   std::lock_guard<mid::Mutex> g(g_lock());
   Context* c = registry_find(context, Kind::context);
   if (!c) return fail(EINVAL, static_cast<ibv_cq_ex*>(nullptr));
+  if ((a->wc_flags & kWithTs) && !c->attr.core_clock_khz)
+    return fail(EOPNOTSUPP, static_cast<ibv_cq_ex*>(nullptr));
   if (c->dev->removed) return fail(EIO, static_cast<ibv_cq_ex*>(nullptr));
   if (a->comp_vector >= uint32_t(context->num_comp_vectors))
     return fail(EINVAL, static_cast<ibv_cq_ex*>(nullptr));

@@ -101,6 +101,8 @@ static_assert(uint32_t(WrOpcode::send_with_inv) == IBV_WR_SEND_WITH_INV);
 static_assert(uint32_t(WrOpcode::atomic_fetch_and_add) == IBV_WR_ATOMIC_FETCH_AND_ADD);
 static_assert(uint32_t(WcOpcode::recv_rdma_with_imm) == IBV_WC_RECV_RDMA_WITH_IMM);
 static_assert(uint32_t(WcOpcode::local_inv) == IBV_WC_LOCAL_INV);
+static_assert(uint32_t(WrOpcode::atomic_write) == IBV_WR_ATOMIC_WRITE);
+static_assert(uint32_t(WcOpcode::atomic_write) == IBV_WC_ATOMIC_WRITE);
 static_assert(uint32_t(WcStatus::general_err) == IBV_WC_GENERAL_ERR);
 static_assert(uint32_t(QpState::err) == IBV_QPS_ERR);
 static_assert(uint32_t(QpType::ud) == IBV_QPT_UD && uint32_t(QpType::rc) == IBV_QPT_RC);
@@ -111,7 +113,7 @@ static_assert(access::mw_bind == IBV_ACCESS_MW_BIND && access::zero_based == IBV
 static_assert(wc_flags::with_inv == IBV_WC_WITH_INV && wc_flags::grh == IBV_WC_GRH);
 static_assert(qp_attr_mask::dest_qpn == IBV_QP_DEST_QPN && qp_attr_mask::cap == IBV_QP_CAP);
 
-enum class Kind : uint8_t { context, channel, pd, mr, ah, cq, srq, qp, td, mw };
+enum class Kind : uint8_t { context, channel, pd, mr, ah, cq, srq, qp, td, mw, flow };
 const char* kind_name(Kind k) noexcept;
 
 struct Context;
@@ -239,6 +241,19 @@ struct DvAh {
   Context* ctx;
 };
 
+// Converts the device clock of completion timestamps (raw ticks, DeviceAttr::core_clock_khz)
+// to CLOCK_REALTIME nanoseconds (clock.cc): a (raw, realtime) reference pair renewed at most
+// once a millisecond by the CQ's poller, and ticks per nanosecond measured against the
+// pair taken at creation once that is 100 ms old. Owned by one CQ (ibv_cq_ex polling is
+// serialised by the application).
+struct WallClock {
+  mid::Device* dev = nullptr;
+  uint64_t khz = 0;
+  uint64_t base_raw = 0, ref_raw = 0;
+  int64_t base_ns = 0, ref_ns = 0;
+  double ns_per_tick = 0;
+};
+
 struct DvCq {
   ibv_cq_ex cq;  // first; ibv_cq is its prefix
   mid::Cq* m;
@@ -255,8 +270,11 @@ struct DvCq {
   // ctx->async_lock.
   uint32_t comp_reported;
   uint32_t async_reported;
-  // ibv_cq_ex polling: the completion start_poll/next_poll made current.
+  // ibv_cq_ex polling: the completion start_poll/next_poll made current, and its
+  // timestamp (IBV_WC_EX_WITH_COMPLETION_TIMESTAMP[_WALLCLOCK]).
   Wc cur;
+  uint64_t cur_ts;
+  WallClock clock;  // IBV_WC_EX_WITH_COMPLETION_TIMESTAMP_WALLCLOCK only
 };
 
 struct DvSrq {
@@ -270,8 +288,28 @@ struct DvSrq {
 
 struct WrBuilder;
 
+// IBA 1.5 names rdma-core 44's <infiniband/verbs.h> lacks (rdma-core 45 added FLUSH, with
+// these values: verbs.h, kernel-headers/rdma/ib_user_verbs.h).
+constexpr uint32_t kWrFlush = 14;                     // IBV_WR_FLUSH
+constexpr uint32_t kWcFlush = 8;                      // IBV_WC_FLUSH
+constexpr uint32_t kAccessFlushGlobal = 1u << 8;      // IBV_ACCESS_FLUSH_GLOBAL
+constexpr uint32_t kAccessFlushPersistent = 1u << 9;  // IBV_ACCESS_FLUSH_PERSISTENT
+constexpr uint64_t kQpExWithFlush = 1u << 11;         // IBV_QP_EX_WITH_FLUSH
+constexpr uint64_t kDeviceFlushGlobal = 1ull << 38;   // IB_UVERBS_DEVICE_FLUSH_GLOBAL
+constexpr uint64_t kDeviceFlushPersistent = 1ull << 39;
+constexpr uint64_t kDeviceAtomicWrite = 1ull << 40;   // IB_UVERBS_DEVICE_ATOMIC_WRITE
+static_assert(uint32_t(WrOpcode::flush) == kWrFlush && uint32_t(WcOpcode::flush) == kWcFlush);
+static_assert(access::flush_global == kAccessFlushGlobal &&
+              access::flush_persistent == kAccessFlushPersistent);
+// ibv_qp_ex::wr_flush, the member rdma-core 45 appended after wr_atomic_write.
+using WrFlushFn = void (*)(ibv_qp_ex*, uint32_t rkey, uint64_t remote_addr, size_t len,
+                           uint8_t type, uint8_t level);
+
 struct DvQp {
   ibv_qp_ex qpx;  // first; ibv_qp is its prefix
+  // Where a program built against rdma-core >= 45 finds ibv_qp_ex::wr_flush: right after
+  // the ibv_qp_ex of rdma-core 44 (offsetof asserted in post.cc).
+  WrFlushFn wr_flush;
   mid::Qp* m;
   Context* ctx;
   DvPd* pd;
@@ -282,6 +320,7 @@ struct DvQp {
   uint64_t send_ops;        // IBV_QP_EX_WITH_* allowed through ibv_qp_ex
   WrBuilder* wrb;           // ibv_wr_* state (post.cc)
   uint32_t async_reported;  // events handed out; under ctx->async_lock
+  uint32_t flows;           // flow rules steering to it (flow.cc); under g_lock
 };
 
 template <class W, class T>
@@ -312,6 +351,11 @@ int query_port_op(ibv_context* context, uint8_t port_num, ibv_port_attr* port_at
                   size_t port_attr_len);
 int query_device_ex_op(ibv_context* context, const ibv_query_device_ex_input* input,
                        ibv_device_attr_ex* attr, size_t attr_size);
+// Flow steering (flow.cc): the verbs_context ops ibv_create_flow / ibv_destroy_flow, and
+// the clean-up destroy (g_lock held). Context: process context.
+ibv_flow* create_flow_op(ibv_qp* qp, ibv_flow_attr* attr);
+int destroy_flow_op(ibv_flow* flow);
+int destroy_flow_locked(void* flow);
 
 // Completion channels (events.cc). on_cq_comp is the midlayer completion handler of every
 // CQ (handler thread, never sleeps); channel_forget drops a destroyed CQ's queued events.
@@ -324,6 +368,18 @@ void init_context_ops(Context* ctx) noexcept;
 void init_qp_ex_ops(DvQp* qp) noexcept;
 void init_cq_ex_ops(DvCq* cq) noexcept;
 void free_wr_builder(DvQp* qp) noexcept;
+
+// Completion timestamps (clock.cc). wallclock_init takes the first reference pair
+// (process context); wallclock_refresh renews it when a millisecond old (the CQ's poller,
+// ibv_start_poll: a vDSO clock_gettime at most once a millisecond, no system call);
+// the read_* functions are the ibv_cq_ex accessors; query_rt_values_op is
+// verbs_context::query_rt_values (IBV_VALUES_MASK_RAW_CLOCK: the raw clock in tv_nsec,
+// tv_sec 0, as mlx5 reports it).
+void wallclock_init(WallClock* w, mid::Device* dev, uint64_t khz) noexcept;
+void wallclock_refresh(WallClock* w) noexcept;
+uint64_t read_completion_ts_op(ibv_cq_ex* cq);
+uint64_t read_completion_wallclock_op(ibv_cq_ex* cq);
+int query_rt_values_op(ibv_context* context, ibv_values_ex* values);
 
 // The clean-up destroy paths (close, disassociate, exit): unlike the verbs they do not
 // wait for unacknowledged events. Return 0 or the midlayer's errno (EBUSY while in use).

@@ -14,7 +14,9 @@ namespace {
 // that rdma-core lets providers ignore.
 constexpr unsigned kAccessKnown = IBV_ACCESS_LOCAL_WRITE | IBV_ACCESS_REMOTE_WRITE |
                                   IBV_ACCESS_REMOTE_READ | IBV_ACCESS_REMOTE_ATOMIC |
-                                  IBV_ACCESS_MW_BIND;
+                                  IBV_ACCESS_MW_BIND | kAccessFlushGlobal;
+// IBV_ACCESS_FLUSH_PERSISTENT is not among them (EINVAL, as Linux rxe on memory that is
+// not pmem): nothing here is persistent.
 constexpr unsigned kAccessHugetlb = IBV_ACCESS_HUGETLB;  // a hint: pages are pages
 
 // Validates the PD and returns its context (or nullptr with *err).

@@ -245,14 +245,11 @@ void wr_local_inv(ibv_qp_ex* q, uint32_t invalidate_rkey) {
   if (SendWr* w = begin(q, WrOpcode::local_inv, IBV_QP_EX_WITH_LOCAL_INV))
     w->invalidate_rkey = invalidate_rkey;
 }
-// TSO and atomic write are not implemented.
+// TSO is not implemented.
 void latch_unsupported(ibv_qp_ex* q) {
   if (!builder(q)->err) builder(q)->err = EOPNOTSUPP;
 }
 void wr_send_tso(ibv_qp_ex* q, void*, uint16_t, uint16_t) {
-  latch_unsupported(q);
-}
-void wr_atomic_write(ibv_qp_ex* q, uint32_t, uint64_t, const void*) {
   latch_unsupported(q);
 }
 void wr_set_xrc_srqn(ibv_qp_ex* q, uint32_t) {
@@ -338,6 +335,45 @@ void reset(WrBuilder* b) {
   b->err = 0;
 }
 
+// RDMA ATOMIC WRITE (IBA 1.5): its 8 bytes are copied now, as inline data of the WR
+// (rdma-core's providers copy them into the WQE too); no SGE is set after it.
+void wr_atomic_write(ibv_qp_ex* q, uint32_t rkey, uint64_t raddr, const void* atomic_wr) {
+  SendWr* w = begin(q, WrOpcode::atomic_write, IBV_QP_EX_WITH_ATOMIC_WRITE);
+  if (!w) return;
+  WrBuilder* b = builder(q);
+  if (!atomic_wr) {
+    b->err = EINVAL;
+    return;
+  }
+  w->wr.rdma.remote_addr = raddr;
+  w->wr.rdma.rkey = rkey;
+  try {
+    const size_t off = b->inl.size();
+    b->inl.resize(off + 8);
+    std::memcpy(b->inl.data() + off, atomic_wr, 8);
+    b->sges.push_back(Sge{uint64_t(off), 8, 0});
+  } catch (...) {
+    b->err = ENOMEM;
+    return;
+  }
+  w->num_sge = 1;
+  w->send_flags |= IBV_SEND_INLINE;
+}
+
+// RDMA FLUSH (IBA 1.5): type and level are checked when the list is posted (wr.h).
+void wr_flush(ibv_qp_ex* q, uint32_t rkey, uint64_t raddr, size_t len, uint8_t type,
+              uint8_t level) {
+  SendWr* w = begin(q, WrOpcode::flush, kQpExWithFlush);
+  if (!w) return;
+  w->wr.flush.remote_addr = raddr;
+  w->wr.flush.rkey = rkey;
+  w->wr.flush.type = type;
+  w->wr.flush.level = level;
+  w->wr.flush.length = len;
+}
+static_assert(offsetof(DvQp, wr_flush) == sizeof(ibv_qp_ex),
+              "ibv_qp_ex::wr_flush follows wr_atomic_write (rdma-core 45)");
+
 void wr_start(ibv_qp_ex* q) {
   builder(q)->lock.lock();
   reset(builder(q));
@@ -398,6 +434,7 @@ void init_qp_ex_ops(DvQp* qp) noexcept {
   x.wr_complete = wr_complete;
   x.wr_abort = wr_abort;
   x.wr_atomic_write = wr_atomic_write;
+  qp->wr_flush = wr_flush;
 }
 
 void free_wr_builder(DvQp* qp) noexcept {
@@ -421,6 +458,12 @@ void init_context_ops(Context* c) noexcept {
   v.create_cq_ex = create_cq_ex_op;
   v.create_qp_ex = create_qp_ex_op;
   v.create_srq_ex = create_srq_ex_op;
+  v.query_rt_values = query_rt_values_op;
+  v.ibv_create_flow = create_flow_op;
+  v.ibv_destroy_flow = destroy_flow_op;
+  // What libibverbs 1.1.8's inline flow wrappers call (rdma-core copies the ops there too).
+  v.ABI_placeholder1 = reinterpret_cast<void (*)()>(v.ibv_create_flow);
+  v.ABI_placeholder2 = reinterpret_cast<void (*)()>(v.ibv_destroy_flow);
 }
 
 }  // namespace dverbs::ibv

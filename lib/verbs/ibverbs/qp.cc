@@ -32,6 +32,7 @@ void on_srq_event(const mid::Event& e, void* p) {
 // The work-request opcodes a QP of this type may post through ibv_qp_ex, given what the
 // device reports. READ and atomics need responder resources (max_qp_rd_atom).
 uint64_t supported_send_ops(const Context* c, ibv_qp_type t) {
+  if (t == IBV_QPT_RAW_PACKET) return IBV_QP_EX_WITH_SEND;  // a SEND is one whole frame
   uint64_t ops = IBV_QP_EX_WITH_SEND | IBV_QP_EX_WITH_SEND_WITH_IMM;
   if (t == IBV_QPT_UD) return ops;
   ops |= IBV_QP_EX_WITH_RDMA_WRITE | IBV_QP_EX_WITH_RDMA_WRITE_WITH_IMM;
@@ -41,6 +42,8 @@ uint64_t supported_send_ops(const Context* c, ibv_qp_type t) {
     if (c->attr.max_qp_init_rd_atom) ops |= IBV_QP_EX_WITH_RDMA_READ;
     if (c->attr.max_qp_init_rd_atom && c->attr.atomic_cap)
       ops |= IBV_QP_EX_WITH_ATOMIC_CMP_AND_SWP | IBV_QP_EX_WITH_ATOMIC_FETCH_AND_ADD;
+    // IBA 1.5 ATOMIC WRITE and FLUSH take responder resources like a READ.
+    if (c->attr.max_qp_init_rd_atom) ops |= IBV_QP_EX_WITH_ATOMIC_WRITE | kQpExWithFlush;
   }
   return ops;
 }
@@ -56,8 +59,8 @@ DvQp* create_qp(Context* c, ibv_qp_init_attr_ex* a, int* err) {
     case IBV_QPT_RC:
     case IBV_QPT_UC:
     case IBV_QPT_UD:
+    case IBV_QPT_RAW_PACKET:  // EPERM without CAP_NET_RAW (the HCA, or dverbsd, checks)
       break;
-    case IBV_QPT_RAW_PACKET:
     case IBV_QPT_XRC_SEND:
     case IBV_QPT_XRC_RECV:
     case IBV_QPT_DRIVER:
@@ -353,6 +356,7 @@ int ibv_destroy_qp(ibv_qp* qp) {
     std::lock_guard<mid::Mutex> g(g_lock());
     if (!registry_find(qp, Kind::qp)) return EINVAL;
     d = wrap<DvQp>(qp);
+    if (d->flows) return EBUSY;  // flow rules still steer to it (uverbs: the QP's usecnt)
     if (int rc = mid::destroy_qp(d->m)) return rc;
     unlink_qp(d);
   }

@@ -60,6 +60,10 @@ void fill_device_attr(const DeviceAttr& a, ibv_device_attr* o) {
   o->max_pkeys = 1;
   o->local_ca_ack_delay = 15;
   o->phys_port_cnt = a.phys_port_cnt;
+  // Raw packet QPs with flow steering (ibv_create_flow) and IBV_SEND_IP_CSUM.
+  o->max_raw_ethy_qp = int(a.max_raw_qp);
+  if (a.max_raw_qp && a.max_flows) o->device_cap_flags |= IBV_DEVICE_MANAGED_FLOW_STEERING;
+  if (a.max_raw_qp && a.raw_ip_csum) o->device_cap_flags |= IBV_DEVICE_RAW_IP_CSUM;
 }
 
 int fill_port_attr(Context* c, uint8_t port, ibv_port_attr* o) {
@@ -147,8 +151,15 @@ int query_device_ex_op(ibv_context* context, const ibv_query_device_ex_input* in
   if (int rc = mid::query_device(c->mdev, &da)) return rc;
   fill_device_attr(da, &a.orig_attr);
   a.device_cap_flags_ex = a.orig_attr.device_cap_flags;
+  // IBA 1.5 ATOMIC WRITE and global FLUSH (they need responder resources). Never
+  // FLUSH_PERSISTENT: no dverbs memory is persistent (pmd/hca/iba15.cc).
+  if (da.max_qp_init_rd_atom) a.device_cap_flags_ex |= kDeviceAtomicWrite | kDeviceFlushGlobal;
   a.phys_port_cnt_ex = da.phys_port_cnt;
-  // No ODP, timestamps, TSO, RSS, packet pacing, tag matching, CQ moderation or device
+  // Completion timestamps: a 64-bit clock of hca_core_clock kHz (the TSC; clock.cc).
+  a.hca_core_clock = da.core_clock_khz;
+  a.completion_timestamp_mask = da.core_clock_khz ? ~uint64_t(0) : 0;
+  if (da.max_raw_qp && da.raw_ip_csum) a.raw_packet_caps = IBV_RAW_PACKET_CAP_IP_CSUM;
+  // No ODP, TSO, RSS, packet pacing, tag matching, CQ moderation or device
   // memory: all zero.
   std::memset(attr, 0, attr_size);
   std::memcpy(attr, &a, std::min(attr_size, sizeof a));

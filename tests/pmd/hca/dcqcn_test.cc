@@ -146,18 +146,18 @@ TEST(Dcqcn, MarkingFollowsTheRedCurve) {
 TEST(Dcqcn, ParsesItsEnvironmentSpec) {
   DcqcnParams p;
   std::string why;
-  ASSERT_TRUE(parse_dcqcn("off", &p, &why));
+  ASSERT_TRUE(net::parse_dcqcn("off", &p, &why));
   EXPECT_FALSE(p.enabled);
-  ASSERT_TRUE(parse_dcqcn("on,g=0.5,kmin=4,kmax=8,line_mbps=1000,cnp_us=20", &p, &why)) << why;
+  ASSERT_TRUE(net::parse_dcqcn("on,g=0.5,kmin=4,kmax=8,line_mbps=1000,cnp_us=20", &p, &why)) << why;
   EXPECT_TRUE(p.enabled);
   EXPECT_DOUBLE_EQ(p.g, 0.5);
   EXPECT_EQ(p.kmin, 4u);
   EXPECT_EQ(p.cnp_interval_ns, 20'000u);
-  EXPECT_FALSE(parse_dcqcn("yes", &p, &why));
-  EXPECT_FALSE(parse_dcqcn("on,g=2", &p, &why));
-  EXPECT_FALSE(parse_dcqcn("on,kmin=9,kmax=8", &p, &why));
-  EXPECT_FALSE(parse_dcqcn("on,bogus=1", &p, &why));
-  EXPECT_FALSE(parse_dcqcn("on,g", &p, &why));
+  EXPECT_FALSE(net::parse_dcqcn("yes", &p, &why));
+  EXPECT_FALSE(net::parse_dcqcn("on,g=2", &p, &why));
+  EXPECT_FALSE(net::parse_dcqcn("on,kmin=9,kmax=8", &p, &why));
+  EXPECT_FALSE(net::parse_dcqcn("on,bogus=1", &p, &why));
+  EXPECT_FALSE(net::parse_dcqcn("on,g", &p, &why));
   EXPECT_NE(why, "");
 }
 

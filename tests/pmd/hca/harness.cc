@@ -298,6 +298,7 @@ std::vector<uint8_t> Harness::build(const Pkt& p) const {
   a.dst_ip = p.dst_ip ? p.dst_ip : our_ip_;
   a.udp_sport = 0xc123;
   a.ttl = 64;
+  a.tos = p.tos;
   wire::BthFields b{};
   b.opcode = p.opcode;
   b.se = p.se;
@@ -309,6 +310,8 @@ std::vector<uint8_t> Harness::build(const Pkt& p) const {
   uint8_t* ext = wire::write_headers(frame.data(), a, b, plen);
   using namespace wire::opf;
   if (f & kDeth) wire::write_deth(ext + wire::ext_offset(f, kDeth), p.qkey, p.src_qp);
+  if (f & kFeth)
+    wire::write_feth(ext + wire::ext_offset(f, kFeth), p.flush_type, p.flush_level);
   if (f & kReth) wire::write_reth(ext + wire::ext_offset(f, kReth), p.va, p.rkey, p.dma_len);
   if (f & kAtomicEth)
     wire::write_atomic_eth(ext + wire::ext_offset(f, kAtomicEth), p.va, p.rkey, p.swap_add,
@@ -528,8 +531,8 @@ void ProtoTest::post(std::vector<SendWr> wrs) {
 
 size_t ProtoTest::wc_pending() {
   auto* c = pmd::hca::to_cq(cq.raw());
-  Wc wc;
-  while (c->ring->pop(&wc)) wc_buf_.push_back(wc);
+  pmd::hca::Cqe e;
+  while (c->ring->pop(&e)) wc_buf_.push_back(e.wc);
   return wc_buf_.size();
 }
 

@@ -93,10 +93,12 @@ struct Pkt {
   uint32_t qkey = 0, src_qp = 0;  // DETH
   uint32_t imm_be = 0;            // ImmDt, network byte order
   uint32_t ieth_rkey = 0;         // IETH
+  uint8_t flush_type = 0, flush_level = 0;  // FETH (IBA 1.5 FLUSH)
   uint32_t src_ip = 0;            // 0 = the fake peer
   uint32_t dst_ip = 0;            // 0 = the HCA's address
   const uint8_t* src_mac = nullptr;  // nullptr = the fake peer's MAC
   const uint8_t* dst_mac = nullptr;  // nullptr = the HCA's MAC
+  uint8_t tos = 0;                   // IPv4 DSCP/ECN (3 in the low bits: ECN CE)
 };
 
 // Device counters read at one moment (DeviceCounters holds atomics).
