@@ -255,7 +255,8 @@ bool Server::complete_error(CqObj& c, uint64_t wr_id, WcOpcode op, uint32_t qp_n
 // (the HCA's queue is granted as large as the client's ring: counting only the read ones
 // would let a client queue twice its cap). Published: read - still queued on the HCA.
 // True when the published index moved. Context: the doorbell thread.
-static bool publish_freed(RingIndex& cons, uint32_t read, uint32_t backlog, uint32_t* freed) noexcept {
+static bool publish_freed(RingIndex& cons, uint32_t read, uint32_t backlog,
+                          uint32_t* freed) noexcept {
   const uint32_t now = read - backlog;
   if (now == *freed) return false;
   *freed = now;

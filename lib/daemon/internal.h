@@ -110,7 +110,7 @@ struct SrqObj {
   ShmRecvWqe* ring = nullptr;
   uint32_t n = 0;
   uint32_t max_wr = 0, max_sge = 0, srq_limit = 0;
-  uint32_t cons = 0;  // doorbell only: read so far
+  uint32_t cons = 0;   // doorbell only: read so far
   uint32_t freed = 0;  // doorbell only: published as hdr->cons (see pass_srq)
 };
 

@@ -47,8 +47,9 @@ int resize_cq(Server& srv, Conn& c, const Request& req, Response& resp, int* fd_
   auto* hdr = new (map.base) CqRingHeader();
   hdr->prod.v.store(o->prod, std::memory_order_relaxed);
   o->published = o->prod;  // publish_cq ran in the pass synchronize() waited for
-  hdr->cons.v.store(o->prod - unpolled, std::memory_order_relaxed);  // the client sets it
-  hdr->arm_seq.store(o->arm_seen, std::memory_order_relaxed);  // the client carries its own
+  hdr->cons.v.store(o->prod - unpolled, std::memory_order_relaxed);  // the client sets it too
+  // The client copies its arm fields over when it attaches.
+  hdr->arm_seq.store(o->arm_seen, std::memory_order_relaxed);
   hdr->overflow.store(o->overrun.load(std::memory_order_relaxed), std::memory_order_relaxed);
   hdr->attached.store(0, std::memory_order_relaxed);
   const Mapping old = o->map;

@@ -127,7 +127,7 @@ struct Srq : mid::Srq {
   Device* hca = nullptr;
   WorkQueue<RecvWqe> rq;
   SpinLock take_lock;
-  uint32_t max_sge = 1;  // max_wr (mid::Srq) is the ring's capacity: what fits
+  uint32_t max_sge = 1;            // max_wr (mid::Srq) is the ring's capacity: what fits
   std::atomic<uint32_t> limit{0};  // armed SRQ limit (IBA 11.5.2.4); 0 = not armed
 };
 

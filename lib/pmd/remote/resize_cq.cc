@@ -22,7 +22,8 @@ bool sane(const daemon::Response& resp, uint32_t unpolled) {
   const auto& r = resp.resize_cq;
   const bool pow2 = r.ring_entries && !(r.ring_entries & (r.ring_entries - 1));
   return pow2 && r.cqe != 0 && r.cqe <= r.ring_entries && unpolled <= r.ring_entries &&
-         r.ring_bytes >= daemon::kRingHeaderBytes + uint64_t(r.ring_entries) * sizeof(daemon::ShmCqe);
+         r.ring_bytes >=
+             daemon::kRingHeaderBytes + uint64_t(r.ring_entries) * sizeof(daemon::ShmCqe);
 }
 
 }  // namespace
@@ -60,7 +61,8 @@ int resize_cq(mid::Cq* c, uint32_t cqe, uint32_t held) {
   const uint32_t mask = resp.resize_cq.ring_entries - 1;
   cq.lock.lock();
   for (uint32_t i = cq.cons; i != old_prod; i++) ring[i & mask] = cq.ring[i & cq.mask];
-  hdr->arm_flags.store(cq.hdr->arm_flags.load(std::memory_order_relaxed), std::memory_order_relaxed);
+  hdr->arm_flags.store(cq.hdr->arm_flags.load(std::memory_order_relaxed),
+                       std::memory_order_relaxed);
   hdr->arm_cons.store(cq.hdr->arm_cons.load(std::memory_order_relaxed), std::memory_order_relaxed);
   hdr->arm_seq.store(cq.hdr->arm_seq.load(std::memory_order_relaxed), std::memory_order_relaxed);
   hdr->cons.v.store(cq.cons, std::memory_order_relaxed);

@@ -282,12 +282,12 @@ struct ShmRecvWqe {
 };
 
 // A completion ring: daemon produces, client consumes. It holds exactly the granted cqe
-// completions: one that finds it full is an overrun (CQ_ERR), never held back. Notification: the client writes
-// `arm_flags` (1 = solicited only, 2 = next completion) and `arm_cons` (its `cons` when
-// it armed), then increments `arm_seq` (release). The daemon applies each new arm_seq; an
-// arm applied while completions the client had not polled at arm time are in the ring, or
-// arrive before it applied it, raises the event at once (an extra event is allowed by the
-// verbs; a lost one is not).
+// completions: one that finds it full is an overrun (CQ_ERR), never held back.
+// Notification: the client writes `arm_flags` (1 = solicited only, 2 = next completion)
+// and `arm_cons` (its `cons` when it armed), then increments `arm_seq` (release). The
+// daemon applies each new arm_seq; an arm applied while completions the client had not
+// polled at arm time are in the ring, or arrive before it applied it, raises the event at
+// once (an extra event is allowed by the verbs; a lost one is not).
 //
 // Resizing (Cmd::resize_cq): the daemon stops writing the old ring (its `prod` is final,
 // returned as old_prod), moves the completions its HCA holds into a new ring from old_prod
