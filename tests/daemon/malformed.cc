@@ -451,17 +451,22 @@ void test_rings(int fd) {
   }
 }
 
+// A create_cq of `cqe` entries: its status, the ring's fd in *cqfd (*nr fds received).
+int create_cq(int fd, uint32_t cqe, Response* resp, int* cqfd, int* nr) {
+  Request req;
+  req.cmd = Cmd::create_cq;
+  req.create_cq.cqe = cqe;
+  return call(fd, req, resp, nullptr, 0, cqfd, nr);
+}
+
 // Cmd::resize_cq: bad handles and sizes are EINVAL; a client that never attaches the
 // resized ring (proto.h CqRingHeader) stalls only that CQ: a second resize is EBUSY and
 // the CQ can still be destroyed.
 void test_resize_cq(int fd) {
   Handle pd = alloc_pd(fd);
-  Request req;
   Response cq;
-  req.cmd = Cmd::create_cq;
-  req.create_cq.cqe = 16;
   int cqfd = -1, nr = 0;
-  int st = call(fd, req, &cq, nullptr, 0, &cqfd, &nr);
+  int st = create_cq(fd, 16, &cq, &cqfd, &nr);
   CHECK(st == 0 && nr == 1, "create_cq for resize: status %d nfds %d", st, nr);
   if (st || nr != 1) return;
   ::close(cqfd);
