@@ -256,15 +256,15 @@ int create_qp(mid::Pd* pd, const mid::QpInitAttr* init, mid::Qp** out) {
       return rc;
     }
   }
-  if (!qp->sq.init(qp->cap.max_send_wr) || !qp->rq.init(qp->cap.max_recv_wr ? qp->cap.max_recv_wr : 1)) {
+  // Exactly the WRs asked for fit (queue.h): the cap written back is the request, not the
+  // rings' power of two. rdma-core's providers report a rounded-up cap instead, but
+  // applications commonly post cap.max_recv_wr receives into buffers sized by what they
+  // asked for (the fabric's dverbs-alltoall does); granting the request keeps them right,
+  // and the WR beyond it gets ENOMEM either way.
+  if (!qp->sq.init(qp->cap.max_send_wr) || !qp->rq.init(qp->srq ? 1 : qp->cap.max_recv_wr)) {
     delete qp;
     return ENOMEM;
   }
-  // The rings are powers of two and a full ring refuses the next WR (queue.h), so the
-  // rounded sizes are what fits: granted and reported as rdma-core's providers do, and
-  // enforced exactly (an application sizing its posting by the cap never sees ENOMEM).
-  qp->cap.max_send_wr = qp->sq.capacity();
-  if (!qp->srq) qp->cap.max_recv_wr = qp->rq.capacity();
   std::lock_guard<mid::Mutex> g(dev.ctl());
   if (int rc = dev.install_qp(qp, init->gsi)) {
     delete qp;
@@ -458,7 +458,7 @@ int create_srq(mid::Pd* pd, const mid::SrqInitAttr* init, mid::Srq** out) {
     delete srq;
     return ENOMEM;
   }
-  srq->max_wr = srq->rq.capacity();  // rounded up, and exactly what fits (as create_qp)
+  srq->max_wr = srq->rq.capacity();  // the request, exactly what fits (as create_qp)
   *out = srq;
   return 0;
 }
