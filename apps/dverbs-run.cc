@@ -5,6 +5,9 @@
 //
 //   --link-wait S: how long ibv_open_device waits for a port whose link is down (memif peer
 //   not started yet), DVERBS_LINK_WAIT, default 10 s (lib/verbs/ibverbs/device.cc).
+//   --dev-nodes on|off|auto: /dev/infiniband/uverbsN for the program, in a mount namespace
+//   of its own (UCX lists a device only if its uverbs node exists), DVERBS_DEV_NODES,
+//   default auto: when run as root and the host has none (apps/dev_nodes.cc).
 //
 // Options are checked before anything runs: a bad value prints one line naming it. Then
 // the libibverbs.so.1 and librdmacm.so.1 drop-ins are put first on LD_LIBRARY_PATH, so
@@ -22,6 +25,7 @@
 #include <string>
 #include <vector>
 
+#include "dev_nodes.h"
 #include "pmd/net/config.h"
 
 namespace {
@@ -30,7 +34,7 @@ void usage(FILE* f) {
   std::fprintf(f,
                "usage: dverbs-run [--port DEVARGS] [--ip ADDR/PREFIX] [--mac MAC] [--lcores N|auto]\n"
                "                  [--eal ARGS] [--fault SPEC] [--pcap FILE] [--log LEVEL]\n"
-               "                  [--link-wait SECONDS]\n"
+               "                  [--link-wait SECONDS] [--dev-nodes on|off|auto]\n"
                "                  -- CMD [ARGS...]\n"
                "Runs CMD with the matching DVERBS_* variables set (see README.md) and dverbs'\n"
                "libibverbs.so.1 and librdmacm.so.1 first on LD_LIBRARY_PATH, so unmodified\n"
@@ -46,6 +50,7 @@ constexpr Opt kOpts[] = {
     {"--lcores", "DVERBS_LCORES"}, {"--eal", "DVERBS_EAL"},   {"--fault", "DVERBS_FAULT"},
     {"--pcap", "DVERBS_PCAP"},   {"--log", "DVERBS_LOG"},
     {"--link-wait", "DVERBS_LINK_WAIT"},  // read by the libibverbs drop-in
+    {"--dev-nodes", "DVERBS_DEV_NODES"},  // read here (dev_nodes.cc)
 };
 
 #ifndef DVERBS_RUN_BUILD_DIR
@@ -159,6 +164,12 @@ int main(int argc, char** argv) {
       return 2;
     }
   }
+  dverbs::run::DevNodes nodes;
+  if (!dverbs::run::parse_dev_nodes(std::getenv("DVERBS_DEV_NODES"), &nodes)) {
+    std::fprintf(stderr, "dverbs-run: DVERBS_DEV_NODES: '%s' is not on, off or auto\n",
+                 std::getenv("DVERBS_DEV_NODES"));
+    return 2;
+  }
   const std::string lib = dropin_dir();
   struct stat st;
   if (stat((lib + "/libibverbs.so.1").c_str(), &st) != 0) {
@@ -177,6 +188,10 @@ int main(int argc, char** argv) {
     setenv("LD_PRELOAD", (pre && *pre ? rt + ":" + pre : rt).c_str(), 1);
     // Uninstrumented programs do not free everything at exit; that is not dverbs' leak.
     setenv("ASAN_OPTIONS", "detect_leaks=0", 0);
+  }
+  if (!dverbs::run::publish_dev_nodes(nodes, &err)) {
+    std::fprintf(stderr, "dverbs-run: %s\n", err.c_str());
+    return 2;
   }
   execvp(argv[i], argv + i);
   std::fprintf(stderr, "dverbs-run: cannot run '%s': %s\n", argv[i], std::strerror(errno));

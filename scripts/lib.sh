@@ -4,7 +4,7 @@
 DVERBS_PKGS=(build-essential g++ pkg-config meson ninja-build python3
   libdpdk-dev dpdk libibverbs-dev librdmacm-dev rdmacm-utils ibverbs-utils perftest
   libtbb-dev libisal-dev libgtest-dev libbenchmark-dev
-  tshark iproute2 procps passwd util-linux)
+  tshark iproute2 procps passwd util-linux ucx-utils libfabric-bin)
 
 dverbs_install_deps() {
   local missing=()

@@ -554,7 +554,10 @@ int main(int argc, char** argv) {
       }
       all &= p.disconnected && p.fin_done && p.verified;
     }
-    if (up && data_start == std::chrono::steady_clock::time_point{}) data_start = now;
+    if (up && data_start == std::chrono::steady_clock::time_point{}) {
+      data_start = now;
+      std::printf("DATA rank %d: every connection is established\n", g_opt.rank);
+    }
     if (all) break;
     if (!work) usleep(20);
   }

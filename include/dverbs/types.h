@@ -19,7 +19,13 @@ struct Mw;
 }  // namespace mid
 
 // raw_packet: IBV_QPT_RAW_PACKET, whole Ethernet frames (pmd/hca/raw.cc).
-enum class QpType : uint32_t { rc = 2, uc = 3, ud = 4, raw_packet = 8 };
+enum class QpType : uint32_t { rc = 2, uc = 3, ud = 4, raw_packet = 8, xrc_send = 9, xrc_recv = 10 };
+
+// The reliable-connected transports: RC and the two halves of XRC (the XRC annex), which
+// share RC's PSNs, ACKs and retransmission. Context: any.
+constexpr bool is_reliable_connected(QpType t) noexcept {
+  return t == QpType::rc || t == QpType::xrc_send || t == QpType::xrc_recv;
+}
 
 enum class QpState : uint32_t { reset = 0, init = 1, rtr = 2, rts = 3, sqd = 4, sqe = 5, err = 6 };
 
@@ -329,6 +335,7 @@ struct DeviceAttr {
   // The clock completion timestamps count (mid::poll_cq_ts, mid::read_clock), in kHz; 0:
   // the device stamps no completions. Appended: dverbsd's query_device reply carries it.
   uint64_t core_clock_khz = 0;
+  bool xrc = false;  // XRC domains, SRQs and QPs work (IBV_DEVICE_XRC)
   // Raw packet QPs (max_raw_ethy_qp) and flow steering rules a device can hold; 0: none.
   uint32_t max_raw_qp = 0;
   uint32_t max_flows = 0;
@@ -363,6 +370,10 @@ struct PortAttr {
   uint8_t active_speed = 0;
   uint8_t active_width = 0;
   uint8_t link_layer_ethernet = 1;
+  // The host interface the port is on (net_af_xdp, net_af_packet), as a RoCE NIC's GIDs
+  // name their netdev (ibv_gid_entry::ndev_ifindex); 0 for a port with none (memif, the
+  // loopback, a NIC driven by its DPDK PMD). Its index in the driver's network namespace.
+  uint32_t ndev_ifindex = 0;
 };
 
 // One hardware counter (the analogue of the kernel's rdma_hw_stats entries): a name the

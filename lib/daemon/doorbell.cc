@@ -112,6 +112,7 @@ int build_send(const QpObj& q, Counters& st, ShmSendWqe& w, SendWr* wr, Sge* inl
     wr->wr.flush.type = uint8_t(w.swap);
     wr->wr.flush.level = uint8_t(w.swap >> 8);
   }
+  wr->qp_type.xrc.remote_srqn = w.xrc_srqn;  // read by XRC_SEND QPs only
   if (w.opcode == WrOpcode::bind_mw) {
     auto* mw = static_cast<MwObj*>(t.get(w.mw, Kind::mw));
     if (!mw) return EINVAL;

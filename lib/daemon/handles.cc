@@ -12,7 +12,8 @@
 namespace dverbs::daemon {
 
 const char* kind_name(Kind k) noexcept {
-  static const char* const names[kKinds] = {"-", "PD", "MR", "CQ", "QP", "SRQ", "AH", "MW"};
+  static const char* const names[kKinds] = {"-",  "PD", "MR", "CQ", "QP", "SRQ",
+                                            "AH", "MW", "XRC domain"};
   return names[int(k) & (kKinds - 1)];
 }
 

@@ -49,8 +49,8 @@ namespace dverbs::daemon {
 using base::cpu_relax;
 using base::SpinLock;
 
-enum class Kind : uint8_t { none = 0, pd, mr, cq, qp, srq, ah, mw };
-constexpr int kKinds = 8;
+enum class Kind : uint8_t { none = 0, pd, mr, cq, qp, srq, ah, mw, xrcd };
+constexpr int kKinds = 16;  // a power of two above the largest Kind
 const char* kind_name(Kind k) noexcept;  // "PD", "MR", ...
 
 // A MAP_SHARED mapping of a memfd (rings) or a reserved span (client memory).
@@ -72,6 +72,10 @@ struct MrObj {
 };
 struct MwObj {
   mid::Mw* mw = nullptr;
+};
+// An XRC domain handle (xrc.cc): every open_xrcd is one reference on the HCA's domain.
+struct XrcdObj {
+  mid::Xrcd* xrcd = nullptr;
 };
 
 struct CqObj {

@@ -287,6 +287,9 @@ int Server::reserve_object(Conn& c, Kind k) {
     case Kind::mw:
       max = l.max_mw;
       break;
+    case Kind::xrcd:  // XRC domains count against the PD limit
+      max = l.max_pd;
+      break;
     default:
       return EINVAL;
   }

@@ -159,6 +159,20 @@ class Session {
     int rc_;
     bool kept_ = false;
   };
+  // A new ring-owning object (CqObj, QpObj, SrqObj) in a reserved handle slot; nullptr
+  // when the table is full or memory is short (ENOMEM).
+  template <class T>
+  T* new_conn_obj(Handle* h) {
+    if (!(*h = c_.table.reserve())) return nullptr;
+    auto* o = new (std::nothrow) T();
+    if (!o) {
+      c_.table.release(*h);
+      return nullptr;
+    }
+    o->conn = &c_;
+    o->handle = *h;
+    return o;
+  }
   void created(Kind k, Reserved& r) noexcept {
     r.keep();
     srv_.stats.objects[int(k)].fetch_add(1, std::memory_order_relaxed);
@@ -175,6 +189,10 @@ class Session {
   int modify_srq(const Request& req);
   int alloc_mw(const Request& req, Response& resp);
   int stats(Response& resp);
+  // XRC (xrc.cc in spirit, here for the Session's helpers): domains by file, the target QP
+  // of a domain created or opened by number (no rings: it has no queues).
+  int open_xrcd(const Request& req, InFds& in, Response& resp);
+  int xrc_recv_qp(const Request& req, Response& resp);
   // Destroys an object of kind `k`. `detached`: cleanup has already hidden every handle and
   // taken every ring out of the doorbell's set.
   int destroy(Handle h, Kind k, bool detached);
@@ -337,11 +355,13 @@ int Session::create_cq(const Request& req, Response& resp, OutFds& out) {
 
 int Session::create_qp(const Request& req, Response& resp, OutFds& out) {
   const auto& r = req.create_qp;
+  if (r.qp_type == QpType::xrc_recv) return xrc_recv_qp(req, resp);
+  const bool xrc_send = r.qp_type == QpType::xrc_send;  // no receive side
   auto* pd = lookup<PdObj>(r.pd, Kind::pd);
   auto* scq = lookup<CqObj>(r.send_cq, Kind::cq);
-  auto* rcq = lookup<CqObj>(r.recv_cq, Kind::cq);
-  SrqObj* srq = r.srq ? lookup<SrqObj>(r.srq, Kind::srq) : nullptr;
-  if (!pd || !scq || !rcq || (r.srq && !srq)) return EINVAL;
+  auto* rcq = xrc_send ? nullptr : lookup<CqObj>(r.recv_cq, Kind::cq);
+  SrqObj* srq = r.srq && !xrc_send ? lookup<SrqObj>(r.srq, Kind::srq) : nullptr;
+  if (!pd || !scq || (!rcq && !xrc_send) || (r.srq && !srq && !xrc_send)) return EINVAL;
   // A raw packet QP needs the CLIENT's CAP_NET_RAW (its pid from SO_PEERCRED), as Linux
   // asks of the process that creates one.
   if (r.qp_type == QpType::raw_packet && !client_has_cap(c_.pid, CAP_NET_RAW)) return EPERM;
@@ -362,7 +382,7 @@ int Session::create_qp(const Request& req, Response& resp, OutFds& out) {
   mid::QpInitAttr init;
   init.qp_type = r.qp_type;
   init.send_cq = scq->cq;
-  init.recv_cq = rcq->cq;
+  init.recv_cq = rcq ? rcq->cq : nullptr;
   init.srq = srq ? srq->srq : nullptr;
   init.cap = r.cap;
   init.sq_sig_all = r.sq_sig_all != 0;
@@ -421,6 +441,64 @@ int Session::create_qp(const Request& req, Response& resp, OutFds& out) {
   return 0;
 }
 
+// An XRC domain by the file the client sent (its own fd: it could open the file) or a
+// private one. The daemon's HCA shares one domain among every open of the same file, by
+// any client.
+int Session::open_xrcd(const Request& req, InFds& in, Response& resp) {
+  const auto& r = req.open_xrcd;
+  if (in.n != (r.has_fd ? 1u : 0u)) return invalid();
+  Reserved res(srv_, c_, Kind::xrcd);
+  if (res.rc()) return res.rc();
+  Handle h = c_.table.reserve();
+  if (!h) return ENOMEM;
+  auto* o = new (std::nothrow) XrcdObj();
+  int rc = o ? mid::open_xrcd(c_.dev->dev, r.has_fd ? in.fd[0] : -1, r.oflags, &o->xrcd)
+             : ENOMEM;
+  in.close_all();  // the HCA keys the domain by the file, not by this descriptor
+  if (rc) {
+    delete o;
+    c_.table.release(h);
+    return rc;
+  }
+  c_.table.publish(h, Kind::xrcd, o);
+  created(Kind::xrcd, res);
+  resp.handle = h;
+  return 0;
+}
+
+// create_qp of an XRC_RECV QP, or open_xrc_qp: a QP handle without rings (the QP has no
+// queues), which the doorbell never sees.
+int Session::xrc_recv_qp(const Request& req, Response& resp) {
+  const bool open = req.cmd == Cmd::open_xrc_qp;
+  auto* x = lookup<XrcdObj>(open ? req.open_xrc_qp.xrcd : req.create_qp.xrcd, Kind::xrcd);
+  if (!x) return EINVAL;
+  Reserved res(srv_, c_, Kind::qp);
+  if (res.rc()) return res.rc();
+  Handle h;
+  auto* o = new_conn_obj<QpObj>(&h);
+  if (!o) return ENOMEM;
+  o->type = QpType::xrc_recv;
+  int rc;
+  if (open) {
+    rc = mid::open_xrc_qp(x->xrcd, req.open_xrc_qp.qp_num, &o->qp);
+  } else {
+    mid::QpInitAttr init;
+    init.qp_type = QpType::xrc_recv;
+    rc = mid::create_xrc_recv_qp(x->xrcd, &init, &o->qp);
+  }
+  if (rc) {
+    delete o;
+    c_.table.release(h);
+    return rc;
+  }
+  o->qp_num = o->qp->qp_num;
+  c_.table.publish(h, Kind::qp, o);
+  created(Kind::qp, res);
+  resp.handle = h;
+  resp.qp.qp_num = o->qp_num;
+  return 0;
+}
+
 int Session::modify_qp(Request& req) {
   auto* o = lookup<QpObj>(req.handle, Kind::qp);
   if (!o) return EINVAL;
@@ -452,6 +530,10 @@ int Session::create_srq(const Request& req, Response& resp, OutFds& out) {
   auto* pd = lookup<PdObj>(r.pd, Kind::pd);
   if (!pd) return EINVAL;
   if (r.max_wr == 0 || r.max_wr > (1u << 20) || r.max_sge == 0 || r.max_sge > 16) return invalid();
+  // An XRC SRQ: its domain and CQ, both handles of this connection.
+  XrcdObj* xrcd = r.xrcd ? lookup<XrcdObj>(r.xrcd, Kind::xrcd) : nullptr;
+  CqObj* xcq = r.xrcd ? lookup<CqObj>(r.cq, Kind::cq) : nullptr;
+  if (r.xrcd && (!xrcd || !xcq)) return EINVAL;
   Reserved res(srv_, c_, Kind::srq);
   if (res.rc()) return res.rc();
   Handle h = c_.table.reserve();
@@ -467,6 +549,8 @@ int Session::create_srq(const Request& req, Response& resp, OutFds& out) {
   init.max_wr = r.max_wr;
   init.max_sge = r.max_sge;
   init.srq_limit = r.srq_limit;
+  init.xrcd = xrcd ? xrcd->xrcd : nullptr;
+  init.cq = xcq ? xcq->cq : nullptr;
   int rc = mid::create_srq(pd->pd, &init, srq_async, o, &o->srq);
   if (rc) {
     delete o;
@@ -495,6 +579,7 @@ int Session::create_srq(const Request& req, Response& resp, OutFds& out) {
   resp.srq.srq_limit = o->srq_limit;
   resp.srq.ring_entries = o->n;
   resp.srq.ring_bytes = o->map.bytes;
+  resp.srq.srq_num = o->srq->srq_num;
   out.add(fd, true);
   return 0;
 }
@@ -632,6 +717,12 @@ int Session::destroy(Handle h, Kind k, bool detached) {
       delete o;
       break;
     }
+    case Kind::xrcd: {
+      auto* o = static_cast<XrcdObj*>(p);
+      if ((rc = mid::close_xrcd(o->xrcd)) != 0) return rc;  // EBUSY: SRQs or QPs in it
+      delete o;
+      break;
+    }
     case Kind::srq: {
       auto* o = static_cast<SrqObj*>(p);
       if (o->srq->usecnt.load(std::memory_order_acquire) != 0) return EBUSY;
@@ -659,8 +750,9 @@ int Session::destroy(Handle h, Kind k, bool detached) {
 
 int Session::dispatch(Request& req, InFds& in, Response& resp, OutFds& out) {
   if (!c_.hello && req.cmd != Cmd::hello) return invalid();
-  if (in.n && req.cmd != Cmd::reg_mr && req.cmd != Cmd::rereg_mr)
-    return invalid();  // unexpected fds (closed by caller)
+  // Unexpected fds are closed by the caller.
+  if (in.n && req.cmd != Cmd::reg_mr && req.cmd != Cmd::rereg_mr && req.cmd != Cmd::open_xrcd)
+    return invalid();
   switch (req.cmd) {
     case Cmd::hello:
       return hello(req, resp, out);
@@ -710,6 +802,12 @@ int Session::dispatch(Request& req, InFds& in, Response& resp, OutFds& out) {
     }
     case Cmd::rereg_mr:
       return rereg_mr(srv_, c_, req, in.fd, in.n, resp);
+    case Cmd::open_xrcd:
+      return open_xrcd(req, in, resp);
+    case Cmd::close_xrcd:
+      return destroy(req.handle, Kind::xrcd, false);
+    case Cmd::open_xrc_qp:
+      return xrc_recv_qp(req, resp);
     case Cmd::attach_mcast:
     case Cmd::detach_mcast: {
       auto* o = lookup<QpObj>(req.handle, Kind::qp);
@@ -840,7 +938,7 @@ void Session::cleanup() {
   // mid::Mw pointer (pmd/hca execute_local dereferences it) and dealloc_mw deletes it, so
   // freeing MWs while the QPs still exist was a use-after-free on kill -9 during a bind;
   // destroy_qp drops the queued WQEs (and does not care about bound windows).
-  static const Kind order[] = {Kind::qp, Kind::mw, Kind::ah, Kind::srq,
+  static const Kind order[] = {Kind::qp, Kind::mw, Kind::ah, Kind::srq, Kind::xrcd,
                                Kind::cq, Kind::mr, Kind::pd};
   std::vector<Handle> hs[kKinds];
   bool any = false;

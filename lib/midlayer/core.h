@@ -107,6 +107,16 @@ int destroy_srq(Srq* srq);
 // type). dealloc_mw of a bound window invalidates it.
 int alloc_mw(Pd* pd, uint32_t type, Mw** out);
 int dealloc_mw(Mw* mw);
+// XRC (the XRC annex; EOPNOTSUPP when the driver has none). open_xrcd/close_xrcd as
+// DeviceOps (driver.h): fd -1 a private domain, else the one of that file; close fails with
+// EBUSY while the last opener's domain has SRQs or QPs. An XRC SRQ is create_srq with
+// SrqInitAttr::xrcd and ::cq. create_xrc_recv_qp makes the target QP of a domain (no PD,
+// CQs or queues; init->qp_type xrc_recv); open_xrc_qp returns a handle on an existing one
+// by number (destroy_qp drops a handle; the driver destroys the QP with its last handle).
+int open_xrcd(Device* dev, int fd, int oflags, Xrcd** out);
+int close_xrcd(Xrcd* xrcd);
+int create_xrc_recv_qp(Xrcd* xrcd, const QpInitAttr* init, Qp** out);
+int open_xrc_qp(Xrcd* xrcd, uint32_t qpn, Qp** out);
 int query_device(Device* dev, DeviceAttr* attr);
 int query_port(Device* dev, uint8_t port_num, PortAttr* attr);
 int query_gid(Device* dev, uint8_t port_num, int index, Gid* gid);

@@ -87,6 +87,18 @@ struct DeviceOps {
   // engine (and by dverbsd and its clients). Context: any thread, never sleeps.
   int (*poll_cq_ts)(Cq* cq, int num_entries, Wc* wc, uint64_t* ts);
   int (*read_clock)(Device* dev, uint64_t* raw);
+  // XRC (the XRC annex). open_xrcd: `fd` -1 for a private domain (oflags must hold
+  // O_CREAT), else the domain of the file `fd` names (its device and inode), created when
+  // none exists and oflags hold O_CREAT; EINVAL when none exists without O_CREAT, or one
+  // exists with O_EXCL. Each successful open is one reference; close_xrcd drops it and
+  // frees the domain with the last one, or fails with EBUSY when that last one still has
+  // SRQs or QPs. open_xrc_qp returns a handle on the XRC_RECV QP `qpn` of the domain
+  // (ENOENT, EINVAL): destroy_qp of any handle drops it, and the QP goes with the last.
+  // An XRC SRQ is create_srq with SrqInitAttr::xrcd, an XRC_RECV QP create_qp with
+  // QpInitAttr::xrcd and a null PD. Context: process context, may sleep.
+  int (*open_xrcd)(Device* dev, int fd, int oflags, Xrcd** out);
+  int (*close_xrcd)(Xrcd* xrcd);
+  int (*open_xrc_qp)(Xrcd* xrcd, uint32_t qpn, Qp** out);
   // Flow steering (ibv_create_flow): frames that match `rule` go to raw packet QP `qp`;
   // *id names the rule for destroy_flow. A QP's rules go with it when it is destroyed.
   // Context: process context, may sleep.

@@ -86,10 +86,21 @@ struct Cq {
   CqEventState events;
 };
 
+// An XRC domain (the XRC annex; ibv_open_xrcd): groups XRC SRQs and XRC_RECV QPs. Shared
+// by everyone who opens it by the same file (the driver counts the opens,
+// DeviceOps::open_xrcd); `usecnt` counts the SRQs and QPs in it.
+struct Xrcd {
+  Device* device = nullptr;
+  std::atomic<uint32_t> usecnt{0};
+};
+
 struct SrqInitAttr {
   uint32_t max_wr = 0;
   uint32_t max_sge = 1;
   uint32_t srq_limit = 0;
+  // An XRC SRQ (IBV_SRQT_XRC): its domain and the CQ its receive completions go to.
+  Xrcd* xrcd = nullptr;
+  Cq* cq = nullptr;
 };
 
 struct Srq {
@@ -100,6 +111,9 @@ struct Srq {
   uint32_t max_wr = 0;              // work requests that fit, set by the driver (0: as asked)
   std::atomic<uint32_t> usecnt{0};  // QPs that reference this SRQ
   std::atomic<uint32_t> dying{0};   // set by destroy_srq: queued async events are forgotten
+  Xrcd* xrcd = nullptr;             // XRC SRQ: its domain,
+  Cq* cq = nullptr;                 // the CQ of its receive completions,
+  uint32_t srq_num = 0;             // and the number XRC senders name (the driver's)
 };
 
 struct QpInitAttr {
@@ -114,6 +128,8 @@ struct QpInitAttr {
   // The port's General Services QP (IB_QPT_GSI): a UD QP numbered 1, one per port, which
   // the connection manager (lib/cm) owns. Drivers without one return EOPNOTSUPP.
   bool gsi = false;
+  // XRC_RECV: the domain whose SRQs the QP delivers into (no PD, CQs, SRQ or queues).
+  Xrcd* xrcd = nullptr;
 };
 
 struct Qp {
@@ -127,6 +143,7 @@ struct Qp {
   uint32_t qp_num = 0;
   QpType qp_type = QpType::rc;
   std::atomic<uint32_t> dying{0};  // set by destroy_qp: queued async events are forgotten
+  Xrcd* xrcd = nullptr;            // XRC_RECV: its domain
 };
 
 // An asynchronous event (struct ib_event): the element names which object it concerns.

@@ -237,10 +237,14 @@ int destroy_cq(Cq* cq) {
 
 int create_qp(Pd* pd, const QpInitAttr* init, Qp** out) {
   might_sleep("create_qp");
-  if (!pd || !init || !out || !init->send_cq || !init->recv_cq) return EINVAL;
+  // An XRC_SEND QP has no receive side; an XRC_RECV QP is created by create_xrc_recv_qp.
+  const bool xrc_send = init && init->qp_type == QpType::xrc_send;
+  if (!pd || !init || !out || !init->send_cq || (!init->recv_cq && !xrc_send) ||
+      init->qp_type == QpType::xrc_recv)
+    return EINVAL;
   Device* dev = pd->device;
-  if (init->send_cq->device != dev || init->recv_cq->device != dev ||
-      (init->srq && init->srq->device != dev))
+  if (init->send_cq->device != dev || (init->recv_cq && init->recv_cq->device != dev) ||
+      (init->srq && (init->srq->device != dev || xrc_send || init->srq->xrcd)))
     return EINVAL;
   Qp* qp = nullptr;
   if (int rc = dev->ops->create_qp(pd, init, &qp)) return rc;
@@ -255,7 +259,7 @@ int create_qp(Pd* pd, const QpInitAttr* init, Qp** out) {
   qp->dying.store(0, std::memory_order_relaxed);
   get(pd->usecnt);
   get(qp->send_cq->usecnt);
-  get(qp->recv_cq->usecnt);
+  if (qp->recv_cq) get(qp->recv_cq->usecnt);
   if (qp->srq) get(qp->srq->usecnt);
   *out = qp;
   return 0;
@@ -281,16 +285,18 @@ int destroy_qp(Qp* qp) {
   Cq* send_cq = qp->send_cq;
   Cq* recv_cq = qp->recv_cq;
   Srq* srq = qp->srq;
+  Xrcd* xrcd = qp->xrcd;
   qp->dying.store(1, std::memory_order_seq_cst);
   detail::flush_async_events();
   if (int rc = qp->device->ops->destroy_qp(qp)) {
     qp->dying.store(0, std::memory_order_seq_cst);
     return rc;
   }
-  put(pd->usecnt);
-  put(send_cq->usecnt);
-  put(recv_cq->usecnt);
+  if (pd) put(pd->usecnt);
+  if (send_cq) put(send_cq->usecnt);
+  if (recv_cq) put(recv_cq->usecnt);
   if (srq) put(srq->usecnt);
+  if (xrcd) put(xrcd->usecnt);
   return 0;
 }
 
@@ -301,6 +307,9 @@ int create_srq(Pd* pd, const SrqInitAttr* init, EventHandler handler, void* cont
   if (!pd || !init || !out) return EINVAL;
   Device* dev = pd->device;
   if (!dev->ops->create_srq || !dev->ops->destroy_srq) return EOPNOTSUPP;
+  // An XRC SRQ names its domain and its CQ, both of this device.
+  if (init->xrcd && (!init->cq || init->xrcd->device != dev || init->cq->device != dev))
+    return EINVAL;
   Srq* srq = nullptr;
   if (int rc = dev->ops->create_srq(pd, init, &srq)) return rc;
   srq->device = dev;
@@ -309,7 +318,13 @@ int create_srq(Pd* pd, const SrqInitAttr* init, EventHandler handler, void* cont
   srq->srq_context = context;
   srq->usecnt.store(0, std::memory_order_relaxed);
   srq->dying.store(0, std::memory_order_relaxed);
+  srq->xrcd = init->xrcd;
+  srq->cq = init->xrcd ? init->cq : nullptr;
   get(pd->usecnt);
+  if (srq->xrcd) {
+    get(srq->xrcd->usecnt);
+    get(srq->cq->usecnt);
+  }
   *out = srq;
   return 0;
 }
@@ -328,6 +343,8 @@ int destroy_srq(Srq* srq) {
   if (!srq->device->ops->destroy_srq) return EOPNOTSUPP;
   if (srq->usecnt.load(std::memory_order_acquire) != 0) return EBUSY;
   Pd* pd = srq->pd;
+  Xrcd* xrcd = srq->xrcd;
+  Cq* cq = srq->cq;
   srq->dying.store(1, std::memory_order_seq_cst);
   detail::flush_async_events();
   if (int rc = srq->device->ops->destroy_srq(srq)) {
@@ -335,6 +352,10 @@ int destroy_srq(Srq* srq) {
     return rc;
   }
   put(pd->usecnt);
+  if (xrcd) {
+    put(xrcd->usecnt);
+    put(cq->usecnt);
+  }
   return 0;
 }
 

@@ -20,10 +20,16 @@ constexpr uint32_t kQpnMask = 0xffffff;       // QP numbers are 24 bits (IBA 9.2
 constexpr uint64_t kMaxMessage = 1ull << 31;  // the largest message (ibv max_msg_sz)
 
 // Which send opcodes a QP type accepts (IBA 9.2 / 11.4.1.1: UD only SEND; READ, atomics
-// and SEND with invalidate only RC; a raw packet QP only a plain SEND, the frame).
+// and SEND with invalidate only RC and XRC_SEND; an XRC_RECV QP has no send queue; a raw
+// packet QP only a plain SEND, the frame).
 // Context: any, never sleeps.
 constexpr bool opcode_allowed(QpType t, WrOpcode op) noexcept {
+  if (t == QpType::xrc_recv) return false;
   if (t == QpType::raw_packet) return op == WrOpcode::send;
+  if (t == QpType::xrc_send) {
+    if (op == WrOpcode::atomic_write || op == WrOpcode::flush) return false;  // RC's only
+    t = QpType::rc;
+  }
   switch (op) {
     case WrOpcode::send:
     case WrOpcode::send_with_imm:

@@ -295,14 +295,22 @@ bool FuzzDevice::counters_consistent(std::string* why) {
 int connect_qp(Qp& qp, QpType type, uint32_t remote_qpn, uint32_t sq_psn, uint32_t rq_psn,
                uint32_t access, Mtu mtu, uint8_t timeout, uint8_t rnr_retry,
                uint8_t max_rd_atomic) {
+  return connect_qp(qp.raw(), type, remote_qpn, sq_psn, rq_psn, access, mtu, timeout, rnr_retry,
+                    max_rd_atomic);
+}
+
+int connect_qp(mid::Qp* qp, QpType type, uint32_t remote_qpn, uint32_t sq_psn, uint32_t rq_psn,
+               uint32_t access, Mtu mtu, uint8_t timeout, uint8_t rnr_retry,
+               uint8_t max_rd_atomic) {
   namespace m = qp_attr_mask;
-  const bool rc = type == QpType::rc;
+  const bool rc = type == QpType::rc, xrc_recv = type == QpType::xrc_recv;
   QpAttr a;
   a.qp_state = QpState::init;
   a.port_num = 1;
   a.pkey_index = 0;
   a.qp_access_flags = access;
-  if (int e = qp.modify(a, m::state | m::pkey_index | m::port | m::access_flags)) return e;
+  if (int e = mid::modify_qp(qp, &a, m::state | m::pkey_index | m::port | m::access_flags))
+    return e;
   a = QpAttr{};
   a.qp_state = QpState::rtr;
   a.path_mtu = mtu;
@@ -314,8 +322,8 @@ int connect_qp(Qp& qp, QpType type, uint32_t remote_qpn, uint32_t sq_psn, uint32
   a.ah_attr.is_global = true;
   a.ah_attr.port_num = 1;
   uint32_t mask = m::state | m::av | m::path_mtu | m::dest_qpn | m::rq_psn;
-  if (rc) mask |= m::max_dest_rd_atomic | m::min_rnr_timer;
-  if (int e = qp.modify(a, mask)) return e;
+  if (rc || xrc_recv) mask |= m::max_dest_rd_atomic | m::min_rnr_timer;
+  if (int e = mid::modify_qp(qp, &a, mask)) return e;
   a = QpAttr{};
   a.qp_state = QpState::rts;
   a.sq_psn = sq_psn;
@@ -325,7 +333,8 @@ int connect_qp(Qp& qp, QpType type, uint32_t remote_qpn, uint32_t sq_psn, uint32
   a.max_rd_atomic = max_rd_atomic;
   mask = m::state | m::sq_psn;
   if (rc) mask |= m::timeout | m::retry_cnt | m::rnr_retry | m::max_qp_rd_atomic;
-  return qp.modify(a, mask);
+  if (xrc_recv) mask |= m::timeout;
+  return mid::modify_qp(qp, &a, mask);
 }
 
 int connect_ud(Qp& qp, uint32_t qkey, uint32_t sq_psn) {
@@ -342,10 +351,12 @@ int connect_ud(Qp& qp, uint32_t qkey, uint32_t sq_psn) {
   return qp.modify(a, m::state | m::sq_psn);
 }
 
-int reset_qp(Qp& qp) {
+int reset_qp(Qp& qp) { return reset_qp(qp.raw()); }
+
+int reset_qp(mid::Qp* qp) {
   QpAttr a;
   a.qp_state = QpState::reset;
-  return qp.modify(a, qp_attr_mask::state);
+  return mid::modify_qp(qp, &a, qp_attr_mask::state);
 }
 
 }  // namespace dverbs::fuzz

@@ -24,6 +24,7 @@
 #include <vector>
 
 #include "dverbs/dverbs.h"
+#include "midlayer/core.h"
 #include "pmd/hca/device.h"
 #include "pmd/hca/engine.h"
 #include "pmd/hca/objects.h"
@@ -126,9 +127,15 @@ class FuzzDevice {
 int connect_qp(Qp& qp, QpType type, uint32_t remote_qpn, uint32_t sq_psn, uint32_t rq_psn,
                uint32_t access, Mtu mtu, uint8_t timeout = 0, uint8_t rnr_retry = 7,
                uint8_t max_rd_atomic = 4);
+// The same for a midlayer QP (an XRC_RECV QP, which the C++ API does not make): RC's
+// sequence with XRC's attributes (no requester attributes at RTS).
+int connect_qp(mid::Qp* qp, QpType type, uint32_t remote_qpn, uint32_t sq_psn, uint32_t rq_psn,
+               uint32_t access, Mtu mtu, uint8_t timeout = 0, uint8_t rnr_retry = 7,
+               uint8_t max_rd_atomic = 4);
 // RESET → INIT → RTR → RTS of a UD QP with `qkey`.
 int connect_ud(Qp& qp, uint32_t qkey, uint32_t sq_psn);
 // Moves a QP to RESET (it may be anywhere).
 int reset_qp(Qp& qp);
+int reset_qp(mid::Qp* qp);
 
 }  // namespace dverbs::fuzz

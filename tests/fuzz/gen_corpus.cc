@@ -295,6 +295,34 @@ void rx_structured() {
     save("rx", "ud-send", In(S).add(rec(UD | op::kSendOnly, kQpU), pattern(300, 1)).bytes());
     save("rx", "srq-send", In(S).add(rec(RC | op::kSendOnly, kQpS), pattern(300, 1)).bytes());
     save("rx", "srq-send-too-long", In(S).add(rec(RC | op::kSendOnly, kQpS), pattern(2100, 1)).bytes());
+    // XRC (issue 18) at the XRC_RECV QP (kQpS with XRC opcodes): the XRCETH names the
+    // domain's SRQ (key 0), another domain's (key 1: refused, never delivered) or a raw
+    // number (key 2); WRITE, READ and FETCH_ADD check memory against the named SRQ's PD.
+    const uint8_t XRC = op::kXrc;
+    save("rx", "xrc-send", In(S).add(rec(XRC | op::kSendOnly, kQpS), pattern(300, 1)).bytes());
+    Rec xf = rec(XRC | op::kSendOnly, kQpS);
+    xf.key = 1;
+    save("rx", "xrc-send-foreign-srq", In(S).add(xf, pattern(64, 2)).bytes());
+    xf.key = 2;
+    xf.raw = 0x00c0ff;
+    save("rx", "xrc-send-raw-srqn", In(S).add(xf, pattern(64, 3)).bytes());
+    In xm(S | mode::kOneBurst);
+    xm.add(rec(XRC | op::kSendFirst, kQpS, 0), pattern(256, 1)).add([] {
+      Rec r2 = rec(op::kXrc | op::kSendLast, kQpS, 1);
+      r2.key = 1;  // the message's later packet names another domain's SRQ
+      return r2;
+    }(), pattern(8, 2));
+    save("rx", "xrc-send-srq-changes-mid-message", xm.bytes());
+    save("rx", "xrc-write",
+         In(S).add(reth(XRC | op::kWriteOnlyImm, kQpS, kKeyB, kVaB, 0xd000, 40), pattern(40, 4)).bytes());
+    save("rx", "xrc-read",
+         In(S | mode::kLoopBack).add(reth(XRC | op::kReadRequest, kQpS, kKeyB, kVaB, 0x100, 300)).bytes());
+    Rec xa = reth(XRC | op::kFetchAdd, kQpS, kKeyB, kVaB, 0xa008, 0);
+    xa.swap_add = 3;
+    save("rx", "xrc-fetch-add", In(S | mode::kLoopBack).add(xa).bytes());
+    save("rx", "xrc-opcode-at-rc-qp", In(S).add(rec(XRC | op::kSendOnly, kQpB), pattern(8, 1)).bytes());
+    save("rx", "xrc-ack-at-rc-requester",
+         In(S | mode::kQueueRequests).add(aeth(XRC | op::kAck, 2, ack, 1)).bytes());
   }
 
   // --- responses to A's queued requests: WRITE (3 PSNs), READ (3), FETCH_ADD (1), SEND (1) ---

@@ -22,6 +22,7 @@
 //   - every completion is well formed (status, opcode, QP, receive length);
 //   - the process keeps working: a SEND between a freshly reconnected A and B completes,
 //     with the right bytes, within a bounded number of engine rounds.
+#include <fcntl.h>
 #include <arpa/inet.h>
 
 #include <algorithm>
@@ -69,6 +70,14 @@ struct World {
   Mw mw1, mw2;
   Srq srq;
   Qp a, b, c, d, u, s;
+  // XRC: the target QP of domain `xrcd`, whose SRQ `xsrq` completes on `cq`, and an SRQ of
+  // another domain on a CQ of its own that must never complete anything.
+  mid::Xrcd* xrcd = nullptr;
+  mid::Xrcd* xrcd2 = nullptr;
+  mid::Srq* xsrq = nullptr;
+  mid::Srq* fsrq = nullptr;
+  mid::Cq* fcq = nullptr;
+  mid::Qp* xtgt = nullptr;
   Qp w;  // raw packet QP; empty without CAP_NET_RAW
   std::vector<uint8_t> rr_pattern, rp2_pattern;
   std::vector<uint32_t> qpns;
@@ -104,6 +113,47 @@ struct World {
     make_raw();
     mw1 = Mw::alloc(pd, 1).take();
     mw2 = Mw::alloc(pd, 2).take();
+    make_xrc();
+  }
+
+  void make_xrc() {
+    mid::Device* dev = fd.ctx().raw();
+    FUZZ_CHECK(mid::open_xrcd(dev, -1, O_CREAT, &xrcd) == 0 &&
+                   mid::open_xrcd(dev, -1, O_CREAT, &xrcd2) == 0,
+               "open_xrcd");
+    FUZZ_CHECK(mid::create_cq(dev, 64, nullptr, nullptr, nullptr, &fcq) == 0, "create_cq");
+    mid::SrqInitAttr sa;
+    sa.max_wr = 16;
+    sa.xrcd = xrcd;
+    sa.cq = cq.raw();
+    FUZZ_CHECK(mid::create_srq(pd.raw(), &sa, nullptr, nullptr, &xsrq) == 0, "XRC SRQ");
+    sa.xrcd = xrcd2;
+    sa.cq = fcq;
+    FUZZ_CHECK(mid::create_srq(pd.raw(), &sa, nullptr, nullptr, &fsrq) == 0, "foreign SRQ");
+    mid::QpInitAttr qi;
+    qi.qp_type = QpType::xrc_recv;
+    FUZZ_CHECK(mid::create_xrc_recv_qp(xrcd, &qi, &xtgt) == 0, "XRC_RECV QP");
+    qpns.push_back(xtgt->qp_num);
+    for (uint32_t i = 0; i < 4; i++) post_xrc_recv(fsrq, kRbRecvS);
+  }
+
+  void post_xrc_recv(mid::Srq* sq, uint32_t off) {
+    Sge sg{rb.addr(off), kRecvLen, mrb.lkey()};
+    RecvWr wr{};
+    wr.wr_id = 0x7c;
+    wr.sg_list = &sg;
+    wr.num_sge = 1;
+    RecvWr* bad = nullptr;
+    FUZZ_CHECK(mid::post_srq_recv(sq, &wr, &bad) == 0, "post_srq_recv (XRC)");
+  }
+
+  // The XRCETH of a record: the target's domain's SRQ, another domain's, or raw.
+  uint32_t xrc_srqn(const rx::Rec& r) const {
+    switch (r.key % 3) {
+      case 0: return xsrq->srq_num;
+      case 1: return fsrq->srq_num;
+      default: return r.raw & wire::kQpnMask;
+    }
   }
 
   static Mr reg(Pd& p, Region& r, uint32_t acc) {
@@ -232,6 +282,10 @@ struct World {
                "D");
     FUZZ_CHECK(connect_ud(u, kQkey, 0x500) == 0, "U");
     FUZZ_CHECK(connect_qp(s, QpType::rc, kFakePeerQpn, 0x600, 0x700, kAll, Mtu::mtu256) == 0, "S");
+    FUZZ_CHECK(reset_qp(xtgt) == 0 &&
+                   connect_qp(xtgt, QpType::xrc_recv, kFakePeerQpn, 0x900, 0xa00, kAll,
+                              Mtu::mtu256) == 0,
+               "XRC target");
     if (w.raw()) {
       FUZZ_CHECK(reset_qp(w) == 0, "reset W");
       connect_raw();
@@ -256,6 +310,8 @@ struct World {
       RecvWr* bad = nullptr;
       FUZZ_CHECK(srq.post_recv(&wr, &bad) == 0, "post_srq_recv");
     }
+    for (hca::Srq* xs = hca::to_srq(xsrq); xs->rq.claimed() - xs->rq.retired() < 4;)
+      post_xrc_recv(xsrq, kRbRecvS + kRecvLen * uint32_t(xs->rq.claimed() % 4));
     ensure_bound(mw2, kMw2Off, kMw2Len, access::remote_read | access::remote_write);
     ensure_bound(mw1, kMw1Off, kMw1Len, access::remote_read);
     fd.drop_tx();
@@ -336,6 +392,11 @@ struct World {
       hca::Qp* h = hca::to_qp(q->raw());
       FUZZ_CHECK(valid_qp_state(h->state.load()), "QP state %u", unsigned(h->state.load()));
     }
+    // An XRCETH never delivers into another domain: its SRQ keeps every WQE, its CQ empty.
+    Wc wc;
+    FUZZ_CHECK(mid::poll_cq(fcq, 1, &wc) == 0, "a completion in another domain's XRC SRQ");
+    const hca::Srq* fs = hca::to_srq(fsrq);
+    FUZZ_CHECK(fs->rq.claimed() - fs->rq.retired() == 4, "another domain's XRC SRQ was taken from");
   }
 
   // A SEND from a freshly connected A to B completes on both sides with the right bytes.
@@ -480,13 +541,16 @@ std::vector<uint8_t> build(World& w, const rx::Rec& r, const uint8_t* payload, s
   b.ack_req = r.target & rx::tflag::kAckReq;
   b.pad = pad;
   b.pkey = wire::kDefaultPkey;
-  Qp* q = w.qp(r.target);
-  b.dest_qp = q                                    ? q->qp_num()
+  // XRC opcodes at kQpS go to the XRC_RECV QP.
+  const bool xrc = wire::op::transport(r.opcode) == wire::op::kXrc;
+  Qp* q = xrc && (r.target & 7) == rx::kQpS ? nullptr : w.qp(r.target);
+  mid::Qp* mq = q ? q->raw() : xrc && (r.target & 7) == rx::kQpS ? w.xtgt : nullptr;
+  b.dest_qp = mq                                   ? mq->qp_num
               : (r.target & 7) == rx::kRawQpn      ? r.raw & wire::kQpnMask
                                                    : 0xfffffe;
   uint32_t psn = uint32_t(int32_t(r.psn));
-  if (q && !absolute_psn) {
-    hca::Qp* h = hca::to_qp(q->raw());
+  if (mq && !absolute_psn) {
+    hca::Qp* h = hca::to_qp(mq);
     psn += (fl & wire::opf::kRequest) ? h->resp.epsn : h->req.last_ack_psn;
   }
   b.psn = psn & wire::kPsnMask;
@@ -497,6 +561,7 @@ std::vector<uint8_t> build(World& w, const rx::Rec& r, const uint8_t* payload, s
   const uint32_t key = key_of(w, r);
   if (fl & kDeth)
     wire::write_deth(ext + wire::ext_offset(fl, kDeth), r.raw ? r.raw : kQkey, w.a.qp_num());
+  if (fl & kXrceth) wire::write_xrceth(ext + wire::ext_offset(fl, kXrceth), w.xrc_srqn(r));
   // FETH (IBA 1.5 FLUSH): placement type and selectivity level from swap_add's low bytes.
   if (fl & kFeth)
     wire::write_feth(ext + wire::ext_offset(fl, kFeth), uint8_t(r.swap_add),

@@ -42,7 +42,8 @@ enum Target : uint8_t {
   kQpC = 2,       // UC requester
   kQpD = 3,       // UC responder (remote write)
   kQpU = 4,       // UD
-  kQpS = 5,       // RC with a shared receive queue
+  kQpS = 5,       // RC with a shared receive queue; XRC opcodes: the XRC_RECV QP, whose
+                  // XRCETH names (key mod 3) its domain's SRQ, another domain's, or `raw`
   kNoQp = 6,      // a QPN that does not exist
   kRawQpn = 7,    // the QPN in `raw`
 };

@@ -31,8 +31,11 @@ TEST(Opcode, ValidSet) {
   want.insert(0x64);  // UD
   want.insert(0x65);
   want.insert(0x81);  // CNP
+  for (unsigned c = 0xa0; c <= 0xb4; c++) want.insert(c);  // XRC: RC's operations
+  want.insert(0xb6);
+  want.insert(0xb7);
   EXPECT_EQ(valid, want);
-  EXPECT_EQ(valid.size(), 40u);
+  EXPECT_EQ(valid.size(), 63u);
 }
 
 TEST(Opcode, RdAndReservedAreInvalid) {
@@ -51,7 +54,11 @@ TEST(Opcode, NamesAreUniqueAndCarryTheTransport) {
     if (!(i.flags & kValid)) continue;
     EXPECT_TRUE(names.insert(i.name).second) << i.name;
     const std::string n = i.name;
-    const std::string prefix = c == 0x81 ? "CNP" : c < 0x20 ? "RC_" : c < 0x40 ? "UC_" : "UD_";
+    const std::string prefix = c == 0x81 ? "CNP"
+                               : c >= 0xa0 ? "XRC_"
+                               : c < 0x20  ? "RC_"
+                               : c < 0x40  ? "UC_"
+                                           : "UD_";
     EXPECT_EQ(n.rfind(prefix, 0), 0u) << n;
   }
   EXPECT_STREQ(opcode_info(0x04).name, "RC_SEND_ONLY");
@@ -132,6 +139,24 @@ TEST(Opcode, ExtOffsets) {
   EXPECT_EQ(ext_offset(f(op::kFlush), kReth), 4u);
 }
 
+// The XRC annex: RC's operations under the prefix 0xA0, requests with an XRCETH first;
+// IBA 1.5's FLUSH and ATOMIC WRITE are RC's only.
+TEST(Opcode, XrcIsRcWithAnXrcethOnRequests) {
+  EXPECT_FALSE(has(op::kXrc | op::kFlush, kValid));
+  EXPECT_FALSE(has(op::kXrc | op::kAtomicWrite, kValid));
+  for (unsigned c = 0; c < 0x20; c++) {
+    if (c == op::kFlush || c == op::kAtomicWrite) continue;
+    const OpcodeInfo& rc = opcode_info(uint8_t(c));
+    const OpcodeInfo& x = opcode_info(uint8_t(op::kXrc | c));
+    EXPECT_EQ(x.flags & ~kXrceth, rc.flags) << c;
+    EXPECT_EQ(bool(x.flags & kXrceth), bool(rc.flags & kRequest)) << c;
+    EXPECT_EQ(x.ext_len, rc.ext_len + ((rc.flags & kRequest) ? kXrcethLen : 0)) << c;
+    if (x.flags & kXrceth) {
+      EXPECT_EQ(ext_offset(x.flags, kXrceth), 0u) << c;
+    }
+  }
+}
+
 TEST(Opcode, OperationAndDirection) {
   for (unsigned c = 0; c < 256; c++) {
     const uint32_t fl = opcode_info(uint8_t(c)).flags;
@@ -139,7 +164,7 @@ TEST(Opcode, OperationAndDirection) {
     EXPECT_NE(bool(fl & kRequest), bool(fl & kResponse)) << c;
     const int kinds = bool(fl & kSend) + bool(fl & kWrite) + bool(fl & kRead) + bool(fl & kAtomic) +
                       bool(fl & kAtomicWrite) + bool(fl & kFlush);
-    EXPECT_EQ(kinds, c == op::kAck ? 0 : 1) << c;
+    EXPECT_EQ(kinds, c == op::kAck || c == (op::kXrc | op::kAck) ? 0 : 1) << c;
     // kStartMsg/kEndMsg mirror kFirst/kLast.
     EXPECT_EQ(bool(fl & kStartMsg), bool(fl & kFirst)) << c;
     EXPECT_EQ(bool(fl & kEndMsg), bool(fl & kLast)) << c;

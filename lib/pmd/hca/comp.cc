@@ -9,6 +9,7 @@
 #include "pmd/hca/device.h"
 #include "pmd/hca/engine.h"
 #include "pmd/hca/mr.h"
+#include "pmd/hca/xrc.h"
 
 namespace dverbs::pmd::hca {
 
@@ -212,11 +213,13 @@ CompStep atomic_ack(Engine& e, Qp& qp, const wire::Packet& pkt) {
   return CompStep::done;
 }
 
-// Only an RC QP that sends requests (RTS, SQD) takes responses, and only RC opcodes.
+// Only an RC or XRC_SEND QP that sends requests (RTS, SQD) takes responses, and only the
+// opcodes of its own transport.
 CompStep check_state(Qp& qp, const wire::Packet& pkt) {
   QpState s = qp.state.load(std::memory_order_acquire);
-  if (qp.qp_type != QpType::rc || (s != QpState::rts && s != QpState::sqd) ||
-      wire::op::transport(pkt.opcode) != wire::op::kRc)
+  const uint8_t transport = qp.qp_type == QpType::xrc_send ? wire::op::kXrc : wire::op::kRc;
+  if ((qp.qp_type != QpType::rc && qp.qp_type != QpType::xrc_send) ||
+      (s != QpState::rts && s != QpState::sqd) || wire::op::transport(pkt.opcode) != transport)
     return CompStep::drop;
   return CompStep::check_opcode;
 }
@@ -229,8 +232,9 @@ CompStep check_opcode(const wire::Packet& pkt) {
       return CompStep::bad_response;
     return CompStep::read_response;
   }
-  if (pkt.opcode == (wire::op::kRc | wire::op::kAtomicAck)) return CompStep::atomic_ack;
-  if (pkt.opcode != (wire::op::kRc | wire::op::kAck) || !pkt.aeth) return CompStep::drop;
+  const uint8_t op = wire::op::operation(pkt.opcode);  // RC or XRC (check_state)
+  if (op == wire::op::kAtomicAck) return CompStep::atomic_ack;
+  if (op != wire::op::kAck || !pkt.aeth) return CompStep::drop;
   return CompStep::check_ack_psn;
 }
 
@@ -403,6 +407,7 @@ void flush_queues(Engine&, Qp& qp) noexcept {
   r.rd_inflight = 0;
   qp.resp.pending = 0;
   Responder& rs = qp.resp;
+  if (qp.qp_type == QpType::xrc_recv) return xrc_flush_recv(qp);
   if (qp.srq) {
     // A WQE already taken from the SRQ is flushed; the SRQ keeps the rest. The consumer
     // learns the QP will take no more from it (IBA 11.6.3.1: Last WQE Reached).

@@ -68,6 +68,7 @@ std::unique_ptr<Device> Device::create(const net::Config& cfg, const char* name,
   std::memcpy(dev->port_info_.mac, dev->port_->mac(), 6);
   dev->port_info_.ip = dev->port_->ip();
   dev->port_info_.mtu = dev->port_->mtu();
+  dev->port_info_.ifindex = dev->port_->host_ifindex();
   dev->mrs_.reset(new Mr[kMaxMr]);
   dev->qps_.reset(new std::atomic<Qp*>[kMaxQp]);
   for (uint32_t i = 0; i < kMaxQp; i++) dev->qps_[i].store(nullptr, std::memory_order_relaxed);
@@ -112,7 +113,13 @@ std::unique_ptr<Device> Device::create(const net::Config& cfg, const char* name,
 void Device::watchdog() {
   // Link state is polled here rather than in the lcore loop: some PMDs make a syscall to
   // read it, and the lcore loop makes none.
+  // A memif client refused by a server that was not started yet is restarted once a
+  // second until its link first comes up (net::Port::retry_connect); a link that was up
+  // and went down is a peer that left, which a restart would not bring back.
+  constexpr int kRetryTicks = 10;
   bool up = port_->link_up();
+  bool ever_up = up;
+  int down_ticks = 0;
   std::unique_lock<mid::Mutex> lk(watch_lock_);
   for (;;) {
     watch_cv_.wait_for(lk, std::chrono::milliseconds(100), [&] { return watch_stop_; });
@@ -122,6 +129,15 @@ void Device::watchdog() {
       return;
     }
     bool now = port_->link_up();
+    ever_up = ever_up || now;
+    down_ticks = now ? 0 : down_ticks + 1;
+    if (!ever_up && down_ticks >= kRetryTicks && port_->may_retry_connect()) {
+      port_->set_restarting(true);
+      quiesce();  // no engine inside a burst: DPDK's bursts must not run on a stopped port
+      port_->retry_connect();
+      port_->set_restarting(false);
+      down_ticks = 0;
+    }
     if (now != up) {  // dispatch_event drops it unless registered
       up = now;
       mid::Event ev;

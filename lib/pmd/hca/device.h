@@ -40,6 +40,7 @@ constexpr uint32_t kMaxQpWr = 1u << 14;
 // resources are memory, allocated for max_dest_rd_atomic entries when the QP enters RTR.
 constexpr uint32_t kMaxRdAtomic = 128;
 constexpr uint32_t kMaxAh = 4096;
+constexpr uint32_t kMaxXrcSrq = 1u << 14;  // XRC SRQ table slots (SRQN = gen << 14 | index)
 
 struct DeviceCounters {
   // The sums of every QP's counters (stats.h), destroyed QPs included.
@@ -54,6 +55,8 @@ struct DeviceCounters {
   std::atomic<uint64_t> tx_no_mbuf{0};
   std::atomic<uint64_t> tx_backlog_drop{0};
   std::atomic<uint64_t> cq_overflow{0};
+  // XRC requests refused: their XRCETH names no XRC SRQ of the target QP's domain.
+  std::atomic<uint64_t> rx_xrc_bad_srq{0};
   // Raw packet QPs: frames a flow rule delivered, and matched frames dropped (no receive
   // WQE posted, QP not ready to receive, or a bad receive buffer).
   std::atomic<uint64_t> rx_raw{0}, rx_raw_dropped{0};
@@ -74,6 +77,7 @@ class Device : public mid::Device {
     uint8_t mac[6];
     uint32_t ip;   // host byte order
     uint32_t mtu;  // Ethernet MTU
+    uint32_t ifindex;  // the host interface's (net::Port::host_ifindex), else 0
   };
   const PortInfo& port_info() const { return port_info_; }
   bool link_up() const { return !retired() && port_->link_up(); }
@@ -90,6 +94,11 @@ class Device : public mid::Device {
   Qp* qp_lookup(uint32_t qpn) noexcept {
     Qp* q = qps_[qpn & (kMaxQp - 1)].load(std::memory_order_acquire);
     return q && q->qp_num == qpn ? q : nullptr;
+  }
+  // An XRC SRQ by the number an XRCETH names (xrc.cc publishes them).
+  Srq* xrc_srq_lookup(uint32_t srqn) noexcept {
+    Srq* s = xrc_srqs_[srqn & (kMaxXrcSrq - 1)].load(std::memory_order_acquire);
+    return s && s->srq_num == srqn ? s : nullptr;
   }
   // Calls f(qp) for every published QP. Context: process context, ctl() held (destroy_qp
   // unpublishes under it, so each QP stays alive until ctl() is released).
@@ -137,6 +146,11 @@ class Device : public mid::Device {
   int install_qp(Qp* qp, bool gsi = false);  // assigns qp_num (1: GSI) and owner engine
   void remove_qp(Qp* qp);  // unpublishes, detaches from its engine, quiesces
   mid::Mutex& ctl() { return ctl_; }
+  // XRC (xrc.cc), under ctl(): the SRQ table (install assigns srq_num; remove unpublishes
+  // and quiesces) and the open XRC domains.
+  int install_xrc_srq(Srq* srq);
+  void remove_xrc_srq(Srq* srq);
+  std::vector<Xrcd*>& xrcds() { return xrcds_; }
   Engine& engine(size_t i) { return *engines_[i]; }
   size_t engine_count() const { return engines_.size(); }
   uint32_t alloc_ah_id() { return next_ah_.fetch_add(1, std::memory_order_relaxed); }
@@ -211,6 +225,10 @@ class Device : public mid::Device {
   std::atomic<uint32_t> next_ah_{1};
   DeviceCounters counters_;
   McGroup mc_[kMaxMcGroups];
+  std::atomic<Srq*> xrc_srqs_[kMaxXrcSrq] = {};
+  uint8_t xrc_srq_gen_[kMaxXrcSrq] = {};
+  uint32_t xrc_srq_next_ = 1;  // SRQN 0 is never assigned
+  std::vector<Xrcd*> xrcds_;
   FlowTable flows_;
 };
 

@@ -468,7 +468,13 @@ bool resolve_dest(Engine& e, Qp& qp, const wire::FrameAddr& addr, uint8_t mac[6]
 }  // namespace
 
 rte_mbuf* build_packet(Engine& e, Qp& qp, const wire::FrameAddr& addr,
-                       const wire::BthFields& bth, uint32_t payload_len, uint8_t** ext) noexcept {
+                       const wire::BthFields& rc_bth, uint32_t payload_len,
+                       uint8_t** ext) noexcept {
+  // XRC is RC on the wire but for the transport prefix and, on requests, the XRCETH right
+  // after the BTH: callers build RC packets, and the extension headers they write follow.
+  wire::BthFields bth = rc_bth;
+  const bool xrc = qp.qp_type == QpType::xrc_send || qp.qp_type == QpType::xrc_recv;
+  if (xrc) bth.opcode = uint8_t(wire::op::kXrc | wire::op::operation(bth.opcode));
   // A connected QP's own path: resolved once, then every frame starts from its template.
   const bool own_path = &addr == &qp.addr && qp.qp_type != QpType::ud;
   wire::FrameAddr to;
@@ -482,6 +488,10 @@ rte_mbuf* build_packet(Engine& e, Qp& qp, const wire::FrameAddr& addr,
   uint8_t* frame = rte_pktmbuf_mtod(m, uint8_t*);
   *ext = own_path ? wire::write_headers(frame, qp.tmpl, bth, payload_len)
                   : wire::write_headers(frame, to, bth, payload_len);
+  if (xrc && (wire::opcode_info(bth.opcode).flags & wire::opf::kXrceth)) {
+    wire::write_xrceth(*ext, qp.req.xrc_srqn);
+    *ext += wire::kXrcethLen;
+  }
   return m;
 }
 

@@ -314,7 +314,9 @@ void cq_push(Cq& cq, const Wc& wc, bool solicited) noexcept;
 // ACK/NAK, READ and atomic responses) is built here, so every frame is addressed the same
 // way: the destination MAC comes from the neighbour table (resolve_dest). nullptr while
 // the neighbour is unresolved (ARP runs in the background; the caller keeps the packet and
-// the QP stays scheduled) or when out of mbufs. Context: owner engine, qp.lock held.
+// the QP stays scheduled) or when out of mbufs. Callers build RC packets for XRC QPs: the
+// opcode gets the XRC prefix here, and a request the XRCETH of qp.req.xrc_srqn, before
+// *ext. Context: owner engine, qp.lock held.
 rte_mbuf* build_packet(Engine& e, Qp& qp, const wire::FrameAddr& addr,
                        const wire::BthFields& bth, uint32_t payload_len, uint8_t** ext) noexcept;
 // Finishes the frame (pad, ICRC: build_packet wrote the IPv4 checksum) and queues it for TX.

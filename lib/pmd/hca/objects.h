@@ -95,6 +95,7 @@ struct SendWqe {
   uint64_t compare_add, swap;
   Ah* ah;
   uint32_t remote_qpn, remote_qkey;
+  uint32_t xrc_srqn;  // XRC_SEND: the remote XRC SRQ (XRCETH)
   mid::Mw* mw;        // bind_mw: the window, its new rkey in `rkey`; dereferenced only
   Mr* mw_slot;        // while mw_slot still has generation mw_gen (execute_local)
   uint32_t mw_gen;
@@ -121,6 +122,14 @@ struct RecvWqe {
   Sge sge[kMaxSge];
 };
 
+// An XRC domain: shared by the opens of one file (its device and inode) or private.
+// Control path only (Device::ctl()).
+struct Xrcd : mid::Xrcd {
+  bool by_file = false;
+  uint64_t st_dev = 0, st_ino = 0;
+  uint32_t opens = 0;  // open_xrcd calls not yet closed
+};
+
 // A shared receive queue: any thread posts; responders of any engine take WQEs under a
 // short spinlock (several consumers), copying each out before the slot is freed.
 struct Srq : mid::Srq {
@@ -129,6 +138,7 @@ struct Srq : mid::Srq {
   SpinLock take_lock;
   uint32_t max_sge = 1;            // max_wr (mid::Srq) is the ring's capacity: what fits
   std::atomic<uint32_t> limit{0};  // armed SRQ limit (IBA 11.5.2.4); 0 = not armed
+  bool xrc = false;  // an XRC SRQ, published in the device's SRQ table (xrc.cc)
 };
 
 // The requester's send window (req.cc, req_window_*): an RC QP keeps at most this many
@@ -153,6 +163,7 @@ struct Requester {
   uint32_t seq_nak_psn = 0; // newest PSN-sequence NAK PSN seen, at least last_ack_psn - 1
   bool sq_drained_sent = false;  // SQD: the SQ-drained event went out
   uint64_t sent_end = 0;    // one past the highest SQ index that has PSNs assigned
+  uint32_t xrc_srqn = 0;    // XRC_SEND: the XRCETH of the request being built
   // Congestion response (RC): packets allowed unacknowledged. A retransmission timeout
   // drops it to kMinSendWindow, a new PSN-sequence gap halves it; acknowledged packets
   // grow it again, by one each below `ssthresh` (doubling per round trip), by one per
@@ -168,6 +179,7 @@ struct Requester {
 // requests are answered from it): max_dest_rd_atomic entries, oldest overwritten.
 struct RespResource {
   bool valid = false;
+  const mid::Pd* pd = nullptr;  // XRC: the PD of the request's XRC SRQ (compared only)
   bool atomic = false;
   uint32_t first_psn = 0;
   uint32_t npkts = 0;
@@ -187,6 +199,11 @@ struct Responder {
   uint32_t recv_offset = 0;
   RecvWqe* recv = nullptr;
   RecvWqe srq_wqe;           // the WQE taken from the SRQ (recv points here then)
+  // XRC_RECV: the XRC SRQ of the packet being handled (looked up by its XRCETH for every
+  // packet, never kept across packets) and the number of the one the message in progress
+  // fills (a later packet of the message must name the same).
+  Srq* xrc_srq = nullptr;
+  uint32_t xrc_srqn = 0;
   bool last_wqe_event = false;
   bool comm_est_sent = false;  // first packet in RTR raised Communication Established
   uint32_t write_rkey = 0;
@@ -245,6 +262,7 @@ struct Qp : mid::Qp {
   Qp* next_active = nullptr;
   std::atomic<bool> unhooking{false};  // destroy_qp: the engine must drop the QP
   std::atomic<bool> detached{false};  // the engine no longer references the QP
+  uint32_t xrc_opens = 0;  // XRC_RECV: handles opened on it (ibv_open_qp); under ctl()
 
   // Congestion control (cc.cc): the reaction point's rate and the notification point's
   // CNP pacing; owner engine only. cc_ready: the rate has been set up (first use).

@@ -20,6 +20,7 @@
 #include "pmd/hca/hca.h"
 #include "pmd/hca/mr.h"
 #include "pmd/hca/ops.h"
+#include "pmd/hca/xrc.h"
 #include "pmd/net/neigh.h"
 
 namespace dverbs::pmd::hca {
@@ -90,6 +91,7 @@ int query_device(mid::Device* d, DeviceAttr* a) {
   a->max_ah = 1u << 16;
   a->max_srq = 1u << 14;
   a->max_srq_wr = kMaxQpWr;
+  a->xrc = true;
   a->phys_port_cnt = 1;
   std::snprintf(a->fw_ver, sizeof a->fw_ver, "dverbs-0.1");
   a->core_clock_khz = rte_get_tsc_hz() / 1000;  // completion timestamps count TSC ticks
@@ -114,6 +116,7 @@ int query_port(mid::Device* d, uint8_t port_num, PortAttr* a) {
   a->gid_tbl_len = 1;
   a->max_msg_sz = 1u << 31;
   a->link_layer_ethernet = 1;
+  a->ndev_ifindex = dev.port_info().ifindex;
   return 0;
 }
 
@@ -227,14 +230,20 @@ int req_notify_cq(mid::Cq* c, bool solicited_only) {
 
 // ---------------------------------------------------------------- QP
 int create_qp(mid::Pd* pd, const mid::QpInitAttr* init, mid::Qp** out) {
-  Device& dev = hca(pd->device);
+  // An XRC_RECV QP belongs to a domain, not a PD (mid::create_xrc_recv_qp).
+  const bool xrc_recv = init->qp_type == QpType::xrc_recv;
+  if (xrc_recv ? !init->xrcd : !pd) return EINVAL;
+  Device& dev = hca(xrc_recv ? init->xrcd->device : pd->device);
   if (dev.retired()) return ENODEV;
-  if (init->qp_type != QpType::rc && init->qp_type != QpType::uc && init->qp_type != QpType::ud &&
+  if (init->qp_type != QpType::rc && init->qp_type != QpType::uc &&
+      init->qp_type != QpType::ud && init->qp_type != QpType::xrc_send && !xrc_recv &&
       init->qp_type != QpType::raw_packet)
     return EINVAL;
   if (init->gsi && init->qp_type != QpType::ud) return EINVAL;
   const QpCap& c = init->cap;
-  if (!init->send_cq || !init->recv_cq) return EINVAL;
+  // XRC_SEND has a send queue only, XRC_RECV no queue at all.
+  if (!xrc_recv && (!init->send_cq || (!init->recv_cq && init->qp_type != QpType::xrc_send)))
+    return EINVAL;
   if (c.max_send_wr > kMaxQpWr || c.max_recv_wr > kMaxQpWr || c.max_send_sge > kMaxSge ||
       c.max_recv_sge > kMaxSge || c.max_inline_data > kMaxInline)
     return EINVAL;
@@ -243,6 +252,9 @@ int create_qp(mid::Pd* pd, const mid::QpInitAttr* init, mid::Qp** out) {
   qp->hca = &dev;
   qp->qp_type = init->qp_type;
   qp->cap = c;
+  if (init->qp_type == QpType::xrc_send || xrc_recv) qp->cap.max_recv_wr = qp->cap.max_recv_sge = 0;
+  if (xrc_recv) qp->cap = QpCap{};
+  qp->xrcd = init->xrcd;  // the midlayer fills it too; the responder needs it from the start
   if (qp->cap.max_send_wr == 0) qp->cap.max_send_wr = 1;
   if (qp->cap.max_send_sge == 0) qp->cap.max_send_sge = 1;
   if (qp->cap.max_recv_sge == 0) qp->cap.max_recv_sge = 1;
@@ -279,6 +291,11 @@ int destroy_qp(mid::Qp* q) {
   Device& dev = *qp->hca;
   {
     std::lock_guard<mid::Mutex> g(dev.ctl());
+    // An XRC_RECV QP lives until the last of its handles (open_xrc_qp) is destroyed.
+    if (qp->xrc_opens) {
+      qp->xrc_opens--;
+      return 0;
+    }
     dev.flows().remove_qp(dev, qp);  // its flow rules first: no engine steers to it then
     dev.remove_qp(qp);
   }
@@ -374,6 +391,7 @@ int post_send(mid::Qp* q, SendWr* wr, SendWr** bad) {
       w->flush_type = wr->wr.flush.type;
       w->flush_level = wr->wr.flush.level;
     }
+    w->xrc_srqn = wr->qp_type.xrc.remote_srqn;  // read by XRC_SEND QPs only
     if (qp.qp_type == QpType::ud) {
       w->ah = to_ah(wr->wr.ud.ah);
       w->remote_qpn = wr->wr.ud.remote_qpn;
@@ -434,7 +452,9 @@ int post_recv(mid::Qp* q, RecvWr* wr, RecvWr** bad) {
     *bad = wr;
     return EIO;
   }
-  if (qp.state.load(std::memory_order_acquire) == QpState::reset || qp.srq) {
+  // An SRQ's QP, and either half of XRC, has no receive queue of its own.
+  if (qp.state.load(std::memory_order_acquire) == QpState::reset || qp.srq ||
+      qp.qp_type == QpType::xrc_send || qp.qp_type == QpType::xrc_recv) {
     *bad = wr;
     return EINVAL;
   }
@@ -459,6 +479,15 @@ int create_srq(mid::Pd* pd, const mid::SrqInitAttr* init, mid::Srq** out) {
     return ENOMEM;
   }
   srq->max_wr = srq->rq.capacity();  // the request, exactly what fits (as create_qp)
+  if (init->xrcd) {  // an XRC SRQ gets its number: XRC senders name it
+    srq->xrcd = init->xrcd;
+    srq->cq = init->cq;
+    std::lock_guard<mid::Mutex> g(srq->hca->ctl());
+    if (int rc = srq->hca->install_xrc_srq(srq)) {
+      delete srq;
+      return rc;
+    }
+  }
   *out = srq;
   return 0;
 }
@@ -479,7 +508,12 @@ int modify_srq(mid::Srq* s, uint32_t max_wr, uint32_t srq_limit, uint32_t mask) 
 
 int destroy_srq(mid::Srq* s) {
   Srq* srq = to_srq(s);
-  srq->hca->quiesce();
+  if (srq->xrc) {
+    std::lock_guard<mid::Mutex> g(srq->hca->ctl());
+    srq->hca->remove_xrc_srq(srq);
+  } else {
+    srq->hca->quiesce();
+  }
   delete srq;
   return 0;
 }
@@ -626,6 +660,9 @@ const mid::DeviceOps kHcaOps = {
     .rereg_mr = rereg_mr,
     .poll_cq_ts = poll_cq_ts,
     .read_clock = read_clock,
+    .open_xrcd = open_xrcd,
+    .close_xrcd = close_xrcd,
+    .open_xrc_qp = open_xrc_qp,
     .create_flow = create_flow,
     .destroy_flow = destroy_flow,
     .resize_cq = resize_cq,

@@ -24,8 +24,9 @@ struct Transition {
   bool valid;
 };
 
+// XRC QPs use RC's column, adjusted by xrc_transition; raw packet QPs the fourth.
 int type_index(QpType t) {
-  return t == QpType::rc ? 0 : t == QpType::uc ? 1 : t == QpType::ud ? 2 : 3;
+  return is_reliable_connected(t) ? 0 : t == QpType::uc ? 1 : t == QpType::ud ? 2 : 3;
 }
 
 Transition transition(QpState from, QpState to) {
@@ -73,6 +74,21 @@ Transition transition(QpState from, QpState to) {
   else
     t.opt[3] = t.opt[2] & (cur | m::en_sqd_async_notify);
   return t;
+}
+
+// XRC's columns of the table (the XRC annex; Linux's XRC_INI and XRC_TGT columns): RC's,
+// but an XRC_SEND QP has no responder (no max_dest_rd_atomic or min_rnr_timer) and an
+// XRC_RECV QP no requester (RTS needs only sq_psn and timeout). Only RC's column (0) is
+// changed; the caller reads that one for XRC QPs.
+void xrc_transition(QpType type, QpState from, QpState to, Transition* t) {
+  namespace m = qp_attr_mask;
+  if (type == QpType::xrc_send && from == QpState::init && to == QpState::rtr) {
+    t->req[0] &= ~(m::max_dest_rd_atomic | m::min_rnr_timer);
+  } else if (type == QpType::xrc_send && from == QpState::rtr && to == QpState::rts) {
+    t->opt[0] &= ~m::min_rnr_timer;
+  } else if (type == QpType::xrc_recv && from == QpState::rtr && to == QpState::rts) {
+    t->req[0] &= ~(m::retry_cnt | m::rnr_retry | m::max_qp_rd_atomic);
+  }
 }
 
 // Value checks of the attributes present in `mask` (qp_chk_attr).
@@ -133,6 +149,7 @@ int modify_qp(mid::Qp* q, const QpAttr* a, uint32_t mask) {
   if (uint32_t(to) > uint32_t(QpState::err)) return EINVAL;
   Transition t = transition(cur, to);
   if (!t.valid) return EINVAL;
+  xrc_transition(qp.qp_type, cur, to, &t);
   const int ti = type_index(qp.qp_type);
   const uint32_t attrs = mask & ~m::state;
   if ((attrs & t.req[ti]) != t.req[ti]) return EINVAL;               // missing required
@@ -151,7 +168,8 @@ int modify_qp(mid::Qp* q, const QpAttr* a, uint32_t mask) {
   // and swapped in under the QP lock; the old ring is freed after it.
   std::unique_ptr<RespResource[]> ring;
   uint32_t ring_size = 0;
-  if ((attrs & m::max_dest_rd_atomic) && qp.qp_type == QpType::rc) {
+  if ((attrs & m::max_dest_rd_atomic) &&
+      (qp.qp_type == QpType::rc || qp.qp_type == QpType::xrc_recv)) {
     ring_size = a->max_dest_rd_atomic ? a->max_dest_rd_atomic : 1;
     if (ring_size != qp.rd_res_size) {
       ring.reset(new (std::nothrow) RespResource[ring_size]());

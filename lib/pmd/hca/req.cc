@@ -44,6 +44,7 @@ bool send_read_request(Engine& e, Qp& qp, SendWqe& w, uint32_t pkt) {
   bth.psn = wire::psn_add(w.first_psn, pkt);
   bth.ack_req = true;
   bth.dest_qp = qp.attr.dest_qp_num;
+  qp.req.xrc_srqn = w.xrc_srqn;
   uint8_t* p;
   rte_mbuf* m = build_packet(e, qp, qp.addr, bth, 0, &p);
   if (!m) return false;
@@ -60,6 +61,7 @@ bool send_atomic_request(Engine& e, Qp& qp, SendWqe& w) {
   bth.psn = w.first_psn;
   bth.ack_req = true;
   bth.dest_qp = qp.attr.dest_qp_num;
+  qp.req.xrc_srqn = w.xrc_srqn;
   uint8_t* p;
   rte_mbuf* m = build_packet(e, qp, qp.addr, bth, 0, &p);
   if (!m) return false;
@@ -144,11 +146,12 @@ bool send_one(Engine& e, Qp& qp, SendWqe& w, uint32_t pkt) {
   bth.psn = wire::psn_add(w.first_psn, pkt);
   // The packet that fills the send window asks for an ACK too: nothing more leaves
   // until one comes, and a peer acknowledges only when asked (or at a message's end).
-  bth.ack_req = qp.qp_type == QpType::rc &&
+  bth.ack_req = is_reliable_connected(qp.qp_type) &&
                 (last || (pkt + 1) % kAckReqEvery == 0 || window_full_after(qp.req, bth.psn));
 
   const bool ud = qp.qp_type == QpType::ud;
   bth.dest_qp = ud ? w.remote_qpn : qp.attr.dest_qp_num;
+  qp.req.xrc_srqn = w.xrc_srqn;
   uint8_t* p;
   rte_mbuf* m = build_packet(e, qp, ud ? w.ah->addr : qp.addr, bth, len, &p);
   if (!m) return false;
@@ -316,7 +319,7 @@ Turn send_rd_atomic(Engine& e, Qp& qp, SendWqe& w) {
 // last packet is handed to the port (IBA 9.8, 9.7.8); they have nothing to acknowledge.
 Turn send_segment(Engine& e, Qp& qp, SendWqe& w) {
   Requester& r = qp.req;
-  const bool rc = qp.qp_type == QpType::rc;
+  const bool rc = is_reliable_connected(qp.qp_type);
   const bool ok =
       qp.qp_type == QpType::raw_packet ? raw_send(e, qp, w) : send_one(e, qp, w, r.next_pkt);
   if (rc && r.timer_deadline == 0) req_arm_timer(e, qp);
@@ -347,7 +350,7 @@ int send_wqes(Engine& e, Qp& qp, int budget) {
       t = run_local(e, qp, *w);
     } else if (!w->started && !start_wqe(qp, *w)) {
       break;
-    } else if (qp.qp_type == QpType::rc &&
+    } else if (is_reliable_connected(qp.qp_type) &&
                uint32_t(wire::psn_diff(r.psn, r.last_ack_psn)) >= r.cwnd) {
       break;
     } else if (e.cc_on() && !cc_may_send(e, qp)) {

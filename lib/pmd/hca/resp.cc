@@ -37,6 +37,7 @@
 #include "pmd/hca/device.h"
 #include "pmd/hca/engine.h"
 #include "pmd/hca/mr.h"
+#include "pmd/hca/xrc.h"
 
 namespace dverbs::pmd::hca {
 
@@ -122,7 +123,7 @@ static_assert(credit_codes_match_table_44());
 // The credits an ACK carries: the receive WQEs posted, but the one being filled. An SRQ
 // has no per-QP credits (code 31, "invalid").
 uint8_t credit_code(Qp& qp) {
-  if (qp.srq) return wire::kCreditsInvalid;
+  if (qp.srq || qp.qp_type == QpType::xrc_recv) return wire::kCreditsInvalid;
   uint64_t posted = qp.rq.claimed() - qp.rq_consumed;
   if (qp.resp.recv && posted) posted--;
   return credits_to_code(posted);
@@ -177,6 +178,8 @@ void nak(Engine& e, Qp& qp, uint8_t syndrome, uint32_t psn, NakEffect effect) {
 
 void finish_recv(Qp& qp);
 
+constexpr uint8_t kSlRoceV2Ipv4 = 0x8 | 0x2;  // a UD completion's sl: UDP, IPv4 (below)
+
 // Completes the receive being filled: the slot is freed before the completion becomes
 // visible, so a consumer that reposts on every completion never finds the ring full.
 void complete_recv(Qp& qp, const RecvWqe& w, WcStatus st, WcOpcode op, uint32_t len,
@@ -195,15 +198,23 @@ void complete_recv(Qp& qp, const RecvWqe& w, WcStatus st, WcOpcode op, uint32_t 
     wc.invalidated_rkey = pkt.ieth_rkey;
     wc.wc_flags |= wc_flags::with_inv;
   }
-  if (qp.qp_type == QpType::ud) wc.wc_flags |= wc_flags::grh;
+  if (qp.qp_type == QpType::ud) {
+    wc.wc_flags |= wc_flags::grh;
+    // A RoCEv2 frame carries no SL. IBA A17.4.5.1 has a RoCEv2 UD completion say whether
+    // the frame was IPv4 or IPv6 (the layout of the 40-byte GRH area) and ibv_wc has no
+    // field for it; RoCE NICs put it in sl as mlx5 does (bit 3: UDP, bits 2:0: 2 = IPv4),
+    // and UCX (1.13 to 1.17) reads it there, dropping every UD packet otherwise.
+    wc.sl = kSlRoceV2Ipv4;
+  }
+  // An XRC receive completes on the CQ of the XRC SRQ it came from.
+  mid::Cq* cq = qp.qp_type == QpType::xrc_recv ? qp.resp.xrc_srq->cq : qp.recv_cq;
   finish_recv(qp);  // `w` is dead from here on
-  cq_push(*to_cq(qp.recv_cq), wc, solicited);
+  cq_push(*to_cq(cq), wc, solicited);
 }
 
 // Takes one WQE out of a shared receive queue (copied: the slot is freed at once) and
 // raises the SRQ limit event when the queue drops below the armed limit (IBA 11.5.2.4).
-RecvWqe* take_srq(Qp& qp) {
-  Srq& srq = *to_srq(qp.srq);
+RecvWqe* take_srq(Qp& qp, Srq& srq) {
   srq.take_lock.lock();
   RecvWqe* w = srq.rq.peek(srq.rq.retired());
   if (w) {
@@ -224,14 +235,16 @@ RecvWqe* take_srq(Qp& qp) {
 RecvWqe* take_recv(Qp& qp) {
   Responder& rs = qp.resp;
   if (!rs.recv) {
-    rs.recv = qp.srq ? take_srq(qp) : qp.rq.peek(qp.rq_consumed);
+    // XRC_RECV: the XRC SRQ this packet's XRCETH names (xrc_bind).
+    Srq* srq = qp.qp_type == QpType::xrc_recv ? rs.xrc_srq : to_srq(qp.srq);
+    rs.recv = srq ? take_srq(qp, *srq) : qp.rq.peek(qp.rq_consumed);
     rs.recv_offset = 0;
   }
   return rs.recv;
 }
 
 void finish_recv(Qp& qp) {
-  if (!qp.srq) {
+  if (!qp.srq && qp.qp_type != QpType::xrc_recv) {
     qp.rq.retire_one();
     qp.rq_consumed++;
   }
@@ -304,6 +317,8 @@ struct Request {
   Responder& rs;
   const wire::Packet& pkt;
   const uint32_t flags;  // opf::* of its opcode
+  // The PD memory is checked against: the QP's, or for XRC_RECV its XRC SRQ's (xrc_bind).
+  const mid::Pd* pd = qp.pd;
   Mr* mr = nullptr;      // check_rkey (atomic), check_placement (WRITE) → execute
 
   bool has(uint32_t f) const { return flags & f; }
@@ -354,14 +369,17 @@ DV_STEP RespStep check_state(Request& rq) {
 }
 
 uint8_t transport_of(QpType t) {
+  if (t == QpType::xrc_recv) return wire::op::kXrc;
   return t == QpType::rc ? wire::op::kRc : t == QpType::uc ? wire::op::kUc : wire::op::kUd;
 }
 
-// The opcode belongs to the QP's transport, and READ and atomics to RC alone (IBA 9.8.1).
+// The opcode belongs to the QP's transport, and READ and atomics to RC and XRC alone
+// (IBA 9.8.1). An XRC_SEND QP takes no requests.
 DV_STEP RespStep check_op_type(Request& rq) {
   const QpType t = rq.qp.qp_type;
-  if (wire::op::transport(rq.pkt.opcode) != transport_of(t)) return RespStep::drop;
-  if (rq.has(kResourceOps) && t != QpType::rc) return RespStep::drop;
+  if (wire::op::transport(rq.pkt.opcode) != transport_of(t) || t == QpType::xrc_send)
+    return RespStep::drop;
+  if (rq.has(kResourceOps) && t != QpType::rc && t != QpType::xrc_recv) return RespStep::drop;
   return t == QpType::ud ? RespStep::check_qkey : RespStep::check_source;
 }
 
@@ -386,8 +404,19 @@ RespStep drop(Request& rq) {
   return RespStep::done;
 }
 
+// XRC_RECV: the request's XRC SRQ, named by its XRCETH, must be of the QP's domain; its
+// PD is then the one memory is checked against (the XRC annex). False: refused (NAK).
+bool xrc_bind(Request& rq) {
+  const wire::Xrceth* x = rq.pkt.xrceth;
+  Srq* s = x ? xrc_request_srq(rq.dev(), rq.qp, x->srq_num(), rq.has(opf::kFirst)) : nullptr;
+  rq.rs.xrc_srq = s;
+  if (s) rq.pd = s->pd;
+  return s != nullptr;
+}
+
 // After check_length: a new RDMA request (RETH or AtomicETH) has its target checked.
-DV_STEP RespStep after_length(const Request& rq) {
+DV_STEP RespStep after_length(Request& rq) {
+  if (rq.qp.qp_type == QpType::xrc_recv && !xrc_bind(rq)) return RespStep::nak_invalid_request;
   return rq.has(opf::kReth | opf::kAtomicEth) ? RespStep::check_rkey : RespStep::check_resources;
 }
 
@@ -399,7 +428,7 @@ DV_STEP RespStep after_length(const Request& rq) {
 RespStep check_write_rkey(Request& rq) {
   const wire::Reth& reth = *rq.pkt.reth;
   const uint32_t len = reth.length();
-  if (len && (!mr_get_remote(rq.dev(), reth.r_key(), rq.qp.pd, rq.qp.qp_num, reth.vaddr(), len,
+  if (len && (!mr_get_remote(rq.dev(), reth.r_key(), rq.pd, rq.qp.qp_num, reth.vaddr(), len,
                              access::remote_write) ||
               !(rq.qp.attr.qp_access_flags & access::remote_write))) {
     // A WRITE with immediate names the receive WQE it consumes: the violation is
@@ -423,7 +452,7 @@ RespStep check_read_rkey(Request& rq) {
   const uint32_t len = reth.length();
   if (len > (1u << 31)) return RespStep::nak_invalid_request;  // beyond any message
   if (!(rq.qp.attr.qp_access_flags & access::remote_read)) return RespStep::nak_remote_access;
-  if (len && !mr_get_remote(rq.dev(), reth.r_key(), rq.qp.pd, rq.qp.qp_num, reth.vaddr(), len,
+  if (len && !mr_get_remote(rq.dev(), reth.r_key(), rq.pd, rq.qp.qp_num, reth.vaddr(), len,
                             access::remote_read))
     return RespStep::nak_remote_access;
   return RespStep::check_resources;
@@ -433,7 +462,7 @@ RespStep check_atomic_rkey(Request& rq) {
   const wire::AtomicEth& a = *rq.pkt.atomic_eth;
   if (!(rq.qp.attr.qp_access_flags & access::remote_atomic)) return RespStep::nak_remote_access;
   if (a.vaddr() & 7) return RespStep::nak_invalid_request;  // an aligned 8-byte word only
-  rq.mr = mr_get_remote(rq.dev(), a.r_key(), rq.qp.pd, rq.qp.qp_num, a.vaddr(), 8,
+  rq.mr = mr_get_remote(rq.dev(), a.r_key(), rq.pd, rq.qp.qp_num, a.vaddr(), 8,
                         access::remote_atomic);
   return rq.mr ? RespStep::check_resources : RespStep::nak_remote_access;
 }
@@ -468,7 +497,7 @@ RespStep check_placement(Request& rq) {
   if (len > rq.rs.write_left) return RespStep::nak_invalid_request;
   if (rq.has(opf::kLast) && len != rq.rs.write_left) return RespStep::nak_invalid_request;
   if (len == 0) return RespStep::execute;
-  rq.mr = mr_get_remote(rq.dev(), rq.rs.write_rkey, rq.qp.pd, rq.qp.qp_num, rq.rs.write_va, len,
+  rq.mr = mr_get_remote(rq.dev(), rq.rs.write_rkey, rq.pd, rq.qp.qp_num, rq.rs.write_va, len,
                         access::remote_write);
   return rq.mr ? RespStep::execute : RespStep::nak_remote_access;
 }
@@ -481,14 +510,14 @@ RespStep execute_send(Request& rq) {
   const wire::Packet& pkt = rq.pkt;
   RecvWqe& w = *rs.recv;
   WcStatus st =
-      scatter(rq.dev(), rq.qp.pd, w.sge, w.num_sge, rs.recv_offset, pkt.payload, pkt.payload_len);
+      scatter(rq.dev(), rq.pd, w.sge, w.num_sge, rs.recv_offset, pkt.payload, pkt.payload_len);
   if (st != WcStatus::success) [[unlikely]] {
     fail_recv(rq.e, rq.qp, st, pkt);
     return st == WcStatus::loc_len_err ? RespStep::nak_invalid_request
                                        : RespStep::nak_remote_op_error;
   }
   rs.recv_offset += pkt.payload_len;
-  if (rq.has(opf::kIeth) && !mw_invalidate(rq.dev(), pkt.ieth_rkey, rq.qp.pd)) {
+  if (rq.has(opf::kIeth) && !mw_invalidate(rq.dev(), pkt.ieth_rkey, rq.pd)) {
     // SEND with Invalidate of an rkey that is no bound type 2 window of this PD
     // (IBA 10.6.7.2.4): the receive fails and the requester gets a NAK.
     fail_recv(rq.e, rq.qp, WcStatus::loc_prot_err, pkt);
@@ -524,6 +553,7 @@ RespStep execute_read(Request& rq) {
   r.va = reth.vaddr();
   r.rkey = reth.r_key();
   r.length = len;
+  r.pd = rq.pd;
   add_resource(rq.qp, r);
   return RespStep::acknowledge;
 }
@@ -851,7 +881,7 @@ Reply read_reply(Engine& e, Qp& qp, const RespResource& r, uint32_t idx) {
   bth.pad = wire::pad_for(len);
   // Memory is re-validated for every packet: a region deregistered meanwhile ends the
   // stream with a remote access NAK instead of a read of freed memory.
-  Mr* mr = len ? mr_get_remote(e.device(), r.rkey, qp.pd, qp.qp_num, r.va + off, len,
+  Mr* mr = len ? mr_get_remote(e.device(), r.rkey, r.pd, qp.qp_num, r.va + off, len,
                                access::remote_read)
                : nullptr;
   if (len && !mr) {
@@ -905,7 +935,9 @@ const char* name(RespStep step) noexcept {
 void resp_rx(Engine& e, Qp& qp, const wire::Packet& pkt) noexcept {
   Request rq{e, qp, qp.resp, pkt, pkt.info->flags};
   switch (qp.qp_type) {
-    case QpType::rc: return rc_rx(rq);
+    case QpType::rc:
+    case QpType::xrc_recv:
+      return rc_rx(rq);
     case QpType::uc: return uc_rx(rq);
     default: return ud_rx(rq);
   }

@@ -77,17 +77,25 @@ int qp_counters(const Qp& c, Counter* out, int max) {
 // ---------------------------------------------------------------- telemetry
 namespace {
 
-mid::Mutex g_tel_lock;
-std::vector<Device*> g_tel_devices;  // guarded by g_tel_lock
-bool g_tel_registered = false;       // guarded by g_tel_lock
+// Never destroyed: devices go at exit, after static destructors may have run (a device
+// outlives this file's globals), and their destructors call telemetry_remove.
+struct TelRegistry {
+  mid::Mutex lock;
+  std::vector<Device*> devices;  // guarded by lock
+  bool registered = false;       // guarded by lock
+};
+TelRegistry& tel() {
+  static TelRegistry* r = new TelRegistry;
+  return *r;
+}
 
 // The device a parameter string names ("dverbs0", or empty for the first); `rest` gets
-// what follows the name's comma. Call with g_tel_lock held.
+// what follows the name's comma. Call with tel().lock held.
 Device* find_device(const char* params, std::string* rest) {
   std::string p = params ? params : "";
   std::string name = p.substr(0, p.find(','));
   if (rest) *rest = p.find(',') == std::string::npos ? "" : p.substr(p.find(',') + 1);
-  for (Device* d : g_tel_devices)
+  for (Device* d : tel().devices)
     if (name.empty() || name == d->name) return d;
   return nullptr;
 }
@@ -97,14 +105,14 @@ void add_counters(rte_tel_data* t, const Counter* c, int n) {
 }
 
 int tel_devices(const char*, const char*, rte_tel_data* t) {
-  std::lock_guard<mid::Mutex> g(g_tel_lock);
+  std::lock_guard<mid::Mutex> g(tel().lock);
   rte_tel_data_start_array(t, RTE_TEL_STRING_VAL);
-  for (Device* d : g_tel_devices) rte_tel_data_add_array_string(t, d->name);
+  for (Device* d : tel().devices) rte_tel_data_add_array_string(t, d->name);
   return 0;
 }
 
 int tel_port(const char*, const char* params, rte_tel_data* t) {
-  std::lock_guard<mid::Mutex> g(g_tel_lock);
+  std::lock_guard<mid::Mutex> g(tel().lock);
   Device* d = find_device(params, nullptr);
   if (!d) return -EINVAL;
   Counter c[kMaxDeviceCounters];
@@ -126,7 +134,7 @@ int tel_port(const char*, const char* params, rte_tel_data* t) {
 }
 
 int tel_qps(const char*, const char* params, rte_tel_data* t) {
-  std::lock_guard<mid::Mutex> g(g_tel_lock);
+  std::lock_guard<mid::Mutex> g(tel().lock);
   Device* d = find_device(params, nullptr);
   if (!d) return -EINVAL;
   std::lock_guard<mid::Mutex> c(d->ctl());
@@ -136,7 +144,7 @@ int tel_qps(const char*, const char* params, rte_tel_data* t) {
 }
 
 int tel_qp(const char*, const char* params, rte_tel_data* t) {
-  std::lock_guard<mid::Mutex> g(g_tel_lock);
+  std::lock_guard<mid::Mutex> g(tel().lock);
   std::string rest;
   Device* d = find_device(params, &rest);
   char* end = nullptr;
@@ -160,10 +168,10 @@ int tel_qp(const char*, const char* params, rte_tel_data* t) {
 }  // namespace
 
 void telemetry_add(Device* dev) {
-  std::lock_guard<mid::Mutex> g(g_tel_lock);
-  g_tel_devices.push_back(dev);
-  if (g_tel_registered) return;
-  g_tel_registered = true;
+  std::lock_guard<mid::Mutex> g(tel().lock);
+  tel().devices.push_back(dev);
+  if (tel().registered) return;
+  tel().registered = true;
   // Registration only lists the commands: harmless while telemetry is off.
   rte_telemetry_register_cmd("/dverbs/devices", tel_devices, "dverbs devices. No parameters");
   rte_telemetry_register_cmd("/dverbs/port", tel_port,
@@ -175,8 +183,8 @@ void telemetry_add(Device* dev) {
 }
 
 void telemetry_remove(Device* dev) {
-  std::lock_guard<mid::Mutex> g(g_tel_lock);
-  std::erase(g_tel_devices, dev);
+  std::lock_guard<mid::Mutex> g(tel().lock);
+  std::erase(tel().devices, dev);
 }
 
 void write_stat_file(Device& dev) {

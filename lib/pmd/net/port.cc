@@ -173,6 +173,7 @@ struct Port::Impl {
   std::string remove_bus, remove_dev;
   bool have_port = false, started = false;
   bool restore_promisc = false;  // a DPDK-owned device we made promiscuous
+  bool memif_client = false;     // net_memif with role=client (Port::retry_connect)
   KernelIface kernel;            // the host interface behind the port, if any
   int promisc_fd = -1;           // hold_promiscuous() on `kernel`
   uint64_t tx_offloads = 0;
@@ -272,6 +273,8 @@ bool Port::probe(const Config& cfg, uint16_t nb_queues, OpenError* e, DpdkLogCap
     // crashes on such chains: give every RoCE frame (up to 4096 B of payload) one buffer.
     if (im.name.rfind("net_memif", 0) == 0 && devargs.find("bsize=") == std::string::npos)
       devargs += ",bsize=8192";
+    im.memif_client =
+        im.name.rfind("net_memif", 0) == 0 && devargs.find("role=client") != std::string::npos;
     int r = rte_dev_probe(devargs.c_str());
     if (r < 0 && r != -EEXIST) return *e = {"cannot probe '" + cfg.port + "'", r}, false;
     if (r == -EEXIST) {
@@ -444,6 +447,21 @@ void Port::setup_faults(const Config& cfg) {
         std::make_unique<FaultInjector>(cfg.fault, uint64_t(port_id_) << 16 | q, pool_));
 }
 
+uint32_t Port::host_ifindex() const {
+  return impl_->kernel.name.empty() ? 0 : if_nametoindex(impl_->kernel.name.c_str());
+}
+
+bool Port::may_retry_connect() const {
+  return impl_->memif_client && impl_->started && !link_up();
+}
+
+void Port::retry_connect() {
+  DpdkLogCapture quiet;  // "Failed to connect socket" if the server is gone: retried later
+  rte_eth_dev_stop(port_id_);
+  rte_eth_dev_start(port_id_);  // a failure leaves the port stopped until the next retry
+  quiet.discard();
+}
+
 Port::~Port() {
   if (!impl_) return;
   Impl& im = *impl_;
@@ -472,6 +490,8 @@ Port::~Port() {
 
 uint16_t Port::rx_burst(uint16_t q, rte_mbuf** pkts, uint16_t n) noexcept {
   Impl& im = *impl_;
+  if (restarting_.load(std::memory_order_acquire)) [[unlikely]]
+    return 0;
   uint16_t nb;
   if (im.faults.empty()) [[likely]] {
     nb = rte_eth_rx_burst(port_id_, q, pkts, n);
@@ -497,6 +517,13 @@ uint16_t Port::rx_burst(uint16_t q, rte_mbuf** pkts, uint16_t n) noexcept {
 
 uint16_t Port::tx_burst(uint16_t q, rte_mbuf** pkts, uint16_t n, bool keep_unsent) noexcept {
   Impl& im = *impl_;
+  if (restarting_.load(std::memory_order_acquire)) [[unlikely]] {  // as a full queue
+    if (!keep_unsent) {
+      rte_pktmbuf_free_bulk(pkts, n);
+      add(stats_.tx_dropped, n);
+    }
+    return 0;
+  }
   if (!im.capture) [[likely]] {
     const uint16_t sent = rte_eth_tx_burst(port_id_, q, pkts, n);
     add(stats_.tx_frames, sent);

@@ -95,6 +95,21 @@ class Port {
   uint8_t prefix_len() const { return prefix_len_; }
   uint32_t mtu() const { return mtu_; }  // Ethernet MTU (payload bytes of a frame)
   bool link_up() const;                  // rte_eth_link_get_nowait
+  // The interface index of the host interface the port is on (net_af_xdp, net_af_packet),
+  // 0 for any other port. Context: process context (a system call).
+  uint32_t host_ifindex() const;
+  // A memif client connects once, when its port starts, and a server refuses it while the
+  // server's own port is probed but not started yet: two processes that open their ports
+  // at the same moment (UCX and MPI ranks open their devices together) leave the client's
+  // link down for good. True for a memif client port whose link is down.
+  // Context: any thread, may make a syscall (link state).
+  bool may_retry_connect() const;
+  // Restarts such a port so that it connects again. While `restarting` is set the bursts
+  // below neither receive nor send (TX frames count as refused): the caller sets it, waits
+  // until no engine is inside a burst (hca::Device::quiesce), calls this, then clears it.
+  // Context: the device watchdog (process context).
+  void retry_connect();
+  void set_restarting(bool on) noexcept { restarting_.store(on, std::memory_order_seq_cst); }
   bool is_loopback() const { return loopback_; }
   // Frames sent but not yet read by the peer are lost when the port closes (net_memif),
   // so a graceful close waits for the peer to read them (hca::Device::linger).
@@ -125,6 +140,7 @@ class Port {
   bool unread_tx_lost_on_close_ = false;
   rte_mempool* pool_ = nullptr;
   PortStats stats_;
+  std::atomic<bool> restarting_{false};  // retry_connect in progress: bursts do nothing
 };
 
 }  // namespace dverbs::pmd::net

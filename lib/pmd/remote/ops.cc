@@ -94,11 +94,7 @@ int Device::command(Request& req, Response* resp, const int* fds, int nfds, int*
   return resp->status;
 }
 
-namespace {
-
-bool pow2(uint64_t v) { return v && !(v & (v - 1)); }
-
-Request make(Cmd cmd, Handle handle = 0) {
+Request make(Cmd cmd, Handle handle) {
   Request r;
   std::memset(static_cast<void*>(&r), 0, sizeof r);
   r.cmd = cmd;
@@ -115,6 +111,10 @@ int destroy_cmd(Device& dev, Cmd cmd, Handle h) {
   int rc = dev.command(req, &resp);
   return rc == EIO && dev.dead() ? 0 : rc;
 }
+
+namespace {
+
+bool pow2(uint64_t v) { return v && !(v & (v - 1)); }
 
 // Takes the single descriptor a create command returns (closing any extra).
 int take_one_fd(const int* fds, int n, int* fd) {
@@ -367,13 +367,15 @@ uint32_t raw_frame_limit(Device& dev) {
 }
 
 int create_qp(mid::Pd* pd, const mid::QpInitAttr* init, mid::Qp** out) {
+  if (init->qp_type == QpType::xrc_recv) return xrc_recv_qp(init->xrcd, nullptr, out);  // xrc.cc
   Device& dev = rdev(pd->device);
-  if (init->qp_type != QpType::rc && init->qp_type != QpType::uc && init->qp_type != QpType::ud &&
-      init->qp_type != QpType::raw_packet)
+  const bool xrc_send = init->qp_type == QpType::xrc_send;  // a send queue only
+  if (init->qp_type != QpType::rc && init->qp_type != QpType::uc &&
+      init->qp_type != QpType::ud && !xrc_send && init->qp_type != QpType::raw_packet)
     return EINVAL;
   // dverbsd owns each port's QP1 (the CM runs in the daemon), not its clients.
   if (init->gsi) return EOPNOTSUPP;
-  if (!init->send_cq || !init->recv_cq) return EINVAL;
+  if (!init->send_cq || (!init->recv_cq && !xrc_send)) return EINVAL;
   Qp* qp = new (std::nothrow) Qp();
   if (!qp) return ENOMEM;
   if (init->qp_type == QpType::ud) qp->ud_mtu = ud_message_limit(dev);
@@ -382,7 +384,7 @@ int create_qp(mid::Pd* pd, const mid::QpInitAttr* init, mid::Qp** out) {
   auto& c = req.create_qp;
   c.pd = to_pd(pd)->handle;
   c.send_cq = to_cq(init->send_cq)->handle;
-  c.recv_cq = to_cq(init->recv_cq)->handle;
+  c.recv_cq = init->recv_cq ? to_cq(init->recv_cq)->handle : 0;
   c.srq = init->srq ? to_srq(init->srq)->handle : 0;
   c.qp_type = init->qp_type;
   c.cap = init->cap;
@@ -426,7 +428,8 @@ int create_qp(mid::Pd* pd, const mid::QpInitAttr* init, mid::Qp** out) {
   // when their own create calls returned, before this one.
   {
     std::lock_guard<mid::Mutex> g(dev.obj_lock);
-    for (mid::Cq* c : {init->send_cq, init->recv_cq}) dev.cqs.try_emplace(to_cq(c)->handle, c);
+    for (mid::Cq* c : {init->send_cq, init->recv_cq})
+      if (c) dev.cqs.try_emplace(to_cq(c)->handle, c);
     if (init->srq) dev.srqs.try_emplace(to_srq(init->srq)->handle, init->srq);
   }
   *out = qp;
@@ -507,7 +510,7 @@ int destroy_qp(mid::Qp* q) {
     dev.qps[qp->handle] = qp;
     return rc;
   }
-  qp->map.unmap();
+  qp->map.unmap();  // (an XRC_RECV handle has no rings)
   delete qp;
   return 0;
 }
@@ -523,6 +526,10 @@ int create_srq(mid::Pd* pd, const mid::SrqInitAttr* init, mid::Srq** out) {
   req.create_srq.max_wr = init->max_wr;
   req.create_srq.max_sge = init->max_sge;
   req.create_srq.srq_limit = init->srq_limit;
+  if (init->xrcd) {  // an XRC SRQ
+    req.create_srq.xrcd = to_xrcd(init->xrcd)->handle;
+    req.create_srq.cq = to_cq(init->cq)->handle;
+  }
   Response resp;
   int fds[kMaxRecvFds];
   int nfds = 0;
@@ -547,6 +554,11 @@ int create_srq(mid::Pd* pd, const mid::SrqInitAttr* init, mid::Srq** out) {
   srq->max_sge = r.max_sge < kWqeSges ? r.max_sge : kWqeSges;
   srq->max_wr = r.max_wr;  // granted: what fits (the ring's limit)
   srq->handle = resp.handle;
+  srq->srq_num = r.srq_num;
+  if (init->cq) {  // an XRC SRQ's CQ can raise events from now on
+    std::lock_guard<mid::Mutex> g(dev.obj_lock);
+    dev.cqs.try_emplace(to_cq(init->cq)->handle, init->cq);
+  }
   *out = srq;
   return 0;
 }
@@ -655,6 +667,9 @@ const mid::DeviceOps kRemoteOps = {
     .rereg_mr = rereg_mr,
     .poll_cq_ts = poll_cq_ts,
     .read_clock = read_clock,
+    .open_xrcd = open_xrcd,
+    .close_xrcd = close_xrcd,
+    .open_xrc_qp = open_xrc_qp,
     .create_flow = create_flow,
     .destroy_flow = destroy_flow,
     .resize_cq = resize_cq,

@@ -58,6 +58,7 @@ void fill_send_wqe(const Qp& qp, const SendWr& wr, daemon::ShmSendWqe* w) {
     w->bind_length = b.bind_info.length;
     w->bind_access = b.bind_info.mw_access_flags;
   }
+  w->xrc_srqn = wr.qp_type.xrc.remote_srqn;  // read by XRC_SEND QPs only
   if (qp.qp_type == QpType::ud) {
     const Ah* ah = to_ah(wr.wr.ud.ah);
     w->ah_id = ah->id;
@@ -129,8 +130,10 @@ int post_send(mid::Qp* q, SendWr* wr, SendWr** bad) {
     return EIO;
   }
   const QpState s = qp.state.load(std::memory_order_acquire);
-  // Posting to the SQ needs RTS (or SQD/SQE/ERR, where WRs are held or flushed) (IBA 10.8.2).
-  if (s != QpState::rts && s != QpState::sqd && s != QpState::err && s != QpState::sqe) {
+  // Posting to the SQ needs RTS (or SQD/SQE/ERR, where WRs are held or flushed) (IBA 10.8.2);
+  // an XRC_RECV QP has no SQ (and no ring).
+  if ((s != QpState::rts && s != QpState::sqd && s != QpState::err && s != QpState::sqe) ||
+      !qp.sq.hdr) {
     *bad = wr;
     return EINVAL;
   }
@@ -165,7 +168,8 @@ int post_recv(mid::Qp* q, RecvWr* wr, RecvWr** bad) {
     *bad = wr;
     return EIO;
   }
-  if (qp.state.load(std::memory_order_acquire) == QpState::reset || qp.srq || !qp.rq.hdr) {
+  if (qp.state.load(std::memory_order_acquire) == QpState::reset || qp.srq || !qp.rq.hdr ||
+      qp.qp_type == QpType::xrc_send) {  // an XRC_SEND QP has no receive queue
     *bad = wr;
     return EINVAL;
   }

@@ -120,6 +120,11 @@ struct Mw : mid::Mw {
   Handle handle = 0;
 };
 
+// An XRC domain handle (xrc.cc); the daemon's HCA shares the domain by file.
+struct Xrcd : mid::Xrcd {
+  Handle handle = 0;
+};
+
 // A client-side address handle (daemon::kAhSlots): created and destroyed here, with no
 // command, so neither sleeps. Slots live as long as the device.
 struct Ah : mid::Ah {
@@ -179,6 +184,22 @@ inline Ah* to_ah(mid::Ah* p) noexcept { return static_cast<Ah*>(p); }
 inline Cq* to_cq(mid::Cq* p) noexcept { return static_cast<Cq*>(p); }
 inline Srq* to_srq(mid::Srq* p) noexcept { return static_cast<Srq*>(p); }
 inline Qp* to_qp(mid::Qp* p) noexcept { return static_cast<Qp*>(p); }
+inline Xrcd* to_xrcd(mid::Xrcd* p) noexcept { return static_cast<Xrcd*>(p); }
+
+// ---- commands shared by ops.cc and xrc.cc. Context: process context, may sleep. ----
+// A zeroed request for `cmd` on `handle`.
+daemon::Request make(daemon::Cmd cmd, Handle handle = 0);
+// Sends a destroy/dealloc. 0 also when the daemon is gone (it freed everything when the
+// socket closed); otherwise the daemon's status (EBUSY…).
+int destroy_cmd(Device& dev, daemon::Cmd cmd, Handle h);
+
+// ---- XRC (xrc.cc): DeviceOps, and the XRC_RECV QP handles create_qp makes. An XRC_RECV
+// handle has no rings: the QP has no queues. `qpn` nullptr creates the domain's QP,
+// else opens QP *qpn. Context: process context, may sleep. ----
+int open_xrcd(mid::Device* d, int fd, int oflags, mid::Xrcd** out);
+int close_xrcd(mid::Xrcd* x);
+int open_xrc_qp(mid::Xrcd* x, uint32_t qpn, mid::Qp** out);
+int xrc_recv_qp(mid::Xrcd* x, const uint32_t* qpn, mid::Qp** out);
 
 // ---- registered memory (mem.cc). Context: process context, may sleep. ----
 // Re-backs the pages of [addr, addr + length) with memfds shared with the daemon and

@@ -1,10 +1,11 @@
 // Base transport opcode table (IBA 9.2 Table 38, extension headers per Table 39).
 //
 // One constexpr table of 256 entries, indexed by the raw BTH opcode. RD opcodes (0x40..0x5f)
-// stay invalid: dverbs implements RC, UC and UD only.
+// stay invalid: dverbs implements RC, UC, UD and XRC.
 #include "pmd/wire/roce.h"
 
 #include <array>
+#include <iterator>
 
 namespace dverbs::pmd::wire {
 namespace {
@@ -18,6 +19,7 @@ constexpr uint8_t ext_len_of(uint32_t f) {
   if (f & opf::kIeth) n += kIethLen;
   if (f & opf::kAtomicEth) n += kAtomicEthLen;
   if (f & opf::kAtomicAckEth) n += kAtomicAckEthLen;
+  if (f & opf::kXrceth) n += kXrcethLen;
   if (f & opf::kFeth) n += kFethLen;
   return uint8_t(n);
 }
@@ -80,6 +82,36 @@ constexpr Entry kConnected[] = {
      kValid | kRequest | kAtomicWrite | kO | kReth | kPayload},
 };
 
+// XRC (the XRC annex): RC's operations of IBA 1.4 under the prefix 0xA0, in kConnected's
+// order (its first entries; IBA 1.5's FLUSH and ATOMIC WRITE are RC's only here, as rxe).
+// Requests carry an XRCETH; responses (ACK, READ responses, atomic ACK) do not.
+constexpr const char* kXrcNames[] = {
+    "XRC_SEND_FIRST",
+    "XRC_SEND_MIDDLE",
+    "XRC_SEND_LAST",
+    "XRC_SEND_LAST_WITH_IMMEDIATE",
+    "XRC_SEND_ONLY",
+    "XRC_SEND_ONLY_WITH_IMMEDIATE",
+    "XRC_RDMA_WRITE_FIRST",
+    "XRC_RDMA_WRITE_MIDDLE",
+    "XRC_RDMA_WRITE_LAST",
+    "XRC_RDMA_WRITE_LAST_WITH_IMMEDIATE",
+    "XRC_RDMA_WRITE_ONLY",
+    "XRC_RDMA_WRITE_ONLY_WITH_IMMEDIATE",
+    "XRC_RDMA_READ_REQUEST",
+    "XRC_RDMA_READ_RESPONSE_FIRST",
+    "XRC_RDMA_READ_RESPONSE_MIDDLE",
+    "XRC_RDMA_READ_RESPONSE_LAST",
+    "XRC_RDMA_READ_RESPONSE_ONLY",
+    "XRC_ACKNOWLEDGE",
+    "XRC_ATOMIC_ACKNOWLEDGE",
+    "XRC_COMPARE_SWAP",
+    "XRC_FETCH_ADD",
+    "XRC_SEND_LAST_WITH_INVALIDATE",
+    "XRC_SEND_ONLY_WITH_INVALIDATE",
+};
+static_assert(std::size(kXrcNames) + 2 == std::size(kConnected));
+
 constexpr std::array<OpcodeInfo, 256> make_table() {
   std::array<OpcodeInfo, 256> t{};
   for (auto& e : t) e = {"INVALID", 0, 0};
@@ -89,6 +121,10 @@ constexpr std::array<OpcodeInfo, 256> make_table() {
   for (const Entry& e : kConnected) {
     set(uint8_t(op::kRc | e.code), e.rc_name, e.flags);
     if (e.uc_name) set(uint8_t(op::kUc | e.code), e.uc_name, e.flags);
+  }
+  for (size_t i = 0; i < std::size(kXrcNames); i++) {
+    const Entry& e = kConnected[i];
+    set(uint8_t(op::kXrc | e.code), kXrcNames[i], e.flags | (e.flags & kRequest ? kXrceth : 0));
   }
   // UD: SEND only, one packet per message, DETH first (IBA 9.8.4).
   set(op::kUd | op::kSendOnly, "UD_SEND_ONLY", kSendReq | kO | kDeth);
@@ -111,5 +147,10 @@ static_assert(!(kOpcodeTable[op::kUc | op::kReadRequest].flags & opf::kValid));
 static_assert(kOpcodeTable[op::kRc | op::kFlush].ext_len == kFethLen + kRethLen);
 static_assert(kOpcodeTable[op::kRc | op::kAtomicWrite].ext_len == kRethLen);
 static_assert(!(kOpcodeTable[op::kUc | op::kAtomicWrite].flags & opf::kValid));
+static_assert(kOpcodeTable[op::kXrc | op::kWriteOnlyImm].ext_len ==
+              kXrcethLen + kRethLen + kImmDtLen);
+static_assert(kOpcodeTable[op::kXrc | op::kAck].ext_len == kAethLen);
+static_assert(ext_offset(kOpcodeTable[op::kXrc | op::kWriteFirst].flags, opf::kReth) ==
+              kXrcethLen);
 
 }  // namespace dverbs::pmd::wire

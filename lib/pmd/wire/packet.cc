@@ -87,6 +87,7 @@ ParseError parse_frame(const uint8_t* frame, uint32_t len, Packet* out, bool che
   p.deth = nullptr;
   p.atomic_eth = nullptr;
   p.atomic_ack = nullptr;
+  p.xrceth = nullptr;
   p.feth = nullptr;
   p.imm_data = 0;
   p.ieth_rkey = 0;
@@ -167,6 +168,10 @@ ParseError parse_frame(const uint8_t* frame, uint32_t len, Packet* out, bool che
   if (f & opf::kDeth) {
     p.deth = reinterpret_cast<const Deth*>(x);
     x += kDethLen;
+  }
+  if (f & opf::kXrceth) {
+    p.xrceth = reinterpret_cast<const Xrceth*>(x);
+    x += kXrcethLen;
   }
   if (f & opf::kFeth) {
     p.feth = reinterpret_cast<const Feth*>(x);
@@ -294,6 +299,8 @@ void write_feth(uint8_t* p, uint8_t placement_type, uint8_t selectivity_level) n
 void write_immdt(uint8_t* p, uint32_t imm_be) noexcept { std::memcpy(p, &imm_be, 4); }
 
 void write_ieth(uint8_t* p, uint32_t rkey) noexcept { store_be32(p, rkey); }
+
+void write_xrceth(uint8_t* p, uint32_t xrc_srqn) noexcept { store_be32(p, xrc_srqn & kQpnMask); }
 
 namespace {
 // Where the IPv4 header of a frame we built starts: after Ethernet and its 802.1Q tag if any.

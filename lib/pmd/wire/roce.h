@@ -169,6 +169,15 @@ struct AtomicAckEth {
 };
 static_assert(sizeof(AtomicAckEth) == 8);
 
+// XRC Extended Transport Header (the XRC annex, A14.6.3), 4 bytes: the XRC SRQ of the
+// target's XRC domain a request is for. Every XRC request carries one; responses do not.
+struct Xrceth {
+  uint8_t resv;
+  uint8_t srqn[3];
+  uint32_t srq_num() const { return load_be24(srqn); }
+};
+static_assert(sizeof(Xrceth) == 4);
+
 // Flush Extended Transport Header (IBA 1.5, 9.3.3.6 as Linux rxe lays it out), 4 bytes:
 // the placement type in bits 3:0 (flush::type_* of dverbs/types.h), the selectivity
 // level in bits 5:4 (flush::level_*), the rest reserved.
@@ -185,6 +194,8 @@ static_assert(sizeof(Feth) == 4);
 namespace op {
 constexpr uint8_t kTransportMask = 0xe0, kOperationMask = 0x1f;
 constexpr uint8_t kRc = 0x00, kUc = 0x20, kRd = 0x40, kUd = 0x60;
+// XRC (the XRC annex): RC's operations under the transport prefix 101b.
+constexpr uint8_t kXrc = 0xa0;
 constexpr uint8_t kSendFirst = 0x00, kSendMiddle = 0x01, kSendLast = 0x02,
                   kSendLastImm = 0x03, kSendOnly = 0x04, kSendOnlyImm = 0x05,
                   kWriteFirst = 0x06, kWriteMiddle = 0x07, kWriteLast = 0x08,
@@ -201,7 +212,8 @@ constexpr uint8_t operation(uint8_t opcode) { return opcode & kOperationMask; }
 
 // Extension header sizes (IBA 9.3); ImmDt and IETH are one 32-bit word each.
 constexpr uint32_t kRethLen = 16, kAethLen = 4, kDethLen = 8, kImmDtLen = 4, kIethLen = 4,
-                   kAtomicEthLen = 28, kAtomicAckEthLen = 8, kFethLen = 4;
+                   kAtomicEthLen = 28, kAtomicAckEthLen = 8, kFethLen = 4,
+                   kXrcethLen = 4;
 // An RDMA ATOMIC WRITE carries exactly this much payload (IBA 1.5).
 constexpr uint32_t kAtomicWriteLen = 8;
 // A CNP carries 16 reserved bytes between the BTH and the ICRC (IBA A17.9.3); parse_frame
@@ -235,6 +247,7 @@ constexpr uint32_t kEndMsg = 1u << 20;    // last or only packet of a message
 constexpr uint32_t kFeth = 1u << 21;         // carries a FETH (IBA 1.5 FLUSH)
 constexpr uint32_t kAtomicWrite = 1u << 22;  // RDMA ATOMIC WRITE request (IBA 1.5)
 constexpr uint32_t kFlush = 1u << 23;        // RDMA FLUSH request (IBA 1.5)
+constexpr uint32_t kXrceth = 1u << 24;       // XRC request: XRCETH after the BTH
 }  // namespace opf
 
 struct OpcodeInfo {
@@ -251,14 +264,16 @@ extern const std::array<OpcodeInfo, 256> kOpcodeTable;
 inline const OpcodeInfo& opcode_info(uint8_t opcode) noexcept { return kOpcodeTable[opcode]; }
 
 // Offset from the end of the BTH of extension header `hdr` (one opf::kDeth..kIeth bit) for
-// an opcode with `flags`. Wire order (IBA 9.2, Table 39): DETH FETH RETH AtomicETH AETH
-// AtomicAckETH ImmDt IETH (the FETH precedes the RETH of a FLUSH, as rxe sends it).
-// Meaningful only when `flags` has `hdr`.
+// an opcode with `flags`. Wire order (IBA 9.2, Table 39, and the XRC annex): DETH XRCETH
+// FETH RETH AtomicETH AETH AtomicAckETH ImmDt IETH (the FETH precedes the RETH of a FLUSH,
+// as rxe sends it). Meaningful only when `flags` has `hdr`.
 // Context: any.
 constexpr uint32_t ext_offset(uint32_t flags, uint32_t hdr) {
   uint32_t off = 0;
   if (hdr == opf::kDeth) return off;
   if (flags & opf::kDeth) off += kDethLen;
+  if (hdr == opf::kXrceth) return off;
+  if (flags & opf::kXrceth) off += kXrcethLen;
   if (hdr == opf::kFeth) return off;
   if (flags & opf::kFeth) off += kFethLen;
   if (hdr == opf::kReth) return off;
@@ -337,6 +352,7 @@ struct Packet {
   const Deth* deth = nullptr;
   const AtomicEth* atomic_eth = nullptr;
   const AtomicAckEth* atomic_ack = nullptr;
+  const Xrceth* xrceth = nullptr;  // XRC requests
   const Feth* feth = nullptr;
   uint32_t imm_data = 0;        // network byte order, as verbs reports it
   uint32_t ieth_rkey = 0;       // host byte order
@@ -411,6 +427,7 @@ void write_feth(uint8_t* p, uint8_t placement_type, uint8_t selectivity_level) n
 // `imm_be` in network byte order, as verbs hands it over (the inverse of Packet::imm_data).
 void write_immdt(uint8_t* p, uint32_t imm_be) noexcept;
 void write_ieth(uint8_t* p, uint32_t rkey) noexcept;
+void write_xrceth(uint8_t* p, uint32_t xrc_srqn) noexcept;
 
 // Fills the IPv4 header checksum and the ICRC of a frame built by write_headers(); `len`
 // is the frame length including the 4 ICRC bytes. Returns `len`.

@@ -65,7 +65,12 @@ enum class Cmd : uint32_t {
   rereg_mr,      // handle = MR; fds: one memfd per piece with a new translation (RegMr)
   create_flow,   // handle = raw packet QP, flow.rule → flow.id (ibv_create_flow)
   destroy_flow,  // handle = the QP, flow.id
-  resize_cq,     // handle = CQ → fd: the new CQ ring memfd (CqRingHeader: resizing)
+  // XRC (ibv_open_xrcd): fd (optional, open_xrcd.has_fd): the file whose domain to open;
+  // the daemon keys the domain by that file's device and inode (fstat of the fd it got).
+  open_xrcd,
+  close_xrcd,   // handle = the domain
+  open_xrc_qp,  // open_xrc_qp: → a QP handle on the domain's XRC_RECV QP (no rings)
+  resize_cq,    // handle = CQ → fd: the new CQ ring memfd (CqRingHeader: resizing)
 };
 
 // Handles are opaque per-connection values: generation << 20 | index. 0 is never valid.
@@ -117,6 +122,7 @@ struct Request {
       QpType qp_type;
       QpCap cap;
       uint8_t sq_sig_all;
+      Handle xrcd;  // XRC_RECV: the domain (pd, send_cq, recv_cq 0); XRC_SEND: recv_cq 0
     } create_qp;
     struct {
       QpAttr attr;
@@ -128,6 +134,7 @@ struct Request {
     struct {
       Handle pd;
       uint32_t max_wr, max_sge, srq_limit;
+      Handle xrcd, cq;  // an XRC SRQ: its domain and CQ (0: a basic SRQ)
     } create_srq;
     struct {
       uint32_t max_wr, srq_limit, mask;
@@ -149,6 +156,14 @@ struct Request {
       uint32_t npieces;
       MrPiece pieces[kMaxPieces];
     } rereg_mr;
+    struct {
+      int32_t oflags;  // O_CREAT, O_EXCL
+      uint8_t has_fd;  // 1: one fd attached; 0: a private domain
+    } open_xrcd;
+    struct {
+      Handle xrcd;
+      uint32_t qp_num;
+    } open_xrc_qp;
     struct {
       FlowRule rule;
       uint32_t id;
@@ -215,6 +230,7 @@ struct Response {
       uint32_t max_wr, max_sge, srq_limit;
       uint32_t ring_entries;
       uint64_t ring_bytes;
+      uint32_t srq_num;  // an XRC SRQ's number
     } srq;
     struct {
       uint32_t rkey;
@@ -272,6 +288,7 @@ struct ShmSendWqe {
     Sge sge[16];
     uint8_t inline_data[256];
   };
+  uint32_t xrc_srqn;    // XRC_SEND: the remote XRC SRQ
 };
 
 struct ShmRecvWqe {

@@ -249,12 +249,13 @@ Device* device_find(const ibv_device* dev) noexcept {
 
 void destroy_all_locked(Context* c) {
   // Dependency order (uverbs' ib_uverbs_cleanup_ucontext): flows, QPs, MWs (a queued bind
-  // names its window; a bound window keeps its MR), SRQs, CQs, MRs, AHs, PDs, thread
-  // domains, then completion channels (no CQ can name them any more).
+  // names its window; a bound window keeps its MR), SRQs, XRC domains, CQs, MRs, AHs, PDs,
+  // thread domains, then completion channels (no CQ can name them any more).
   for (void* o : c->handles.objects(Kind::flow)) destroy_flow_locked(o);
   for (void* o : c->handles.objects(Kind::qp)) destroy_qp_locked(static_cast<DvQp*>(o));
   for (void* o : c->handles.objects(Kind::mw)) dealloc_mw_locked(static_cast<DvMw*>(o));
   for (void* o : c->handles.objects(Kind::srq)) destroy_srq_locked(static_cast<DvSrq*>(o));
+  for (void* o : c->handles.objects(Kind::xrcd)) close_xrcd_locked(static_cast<DvXrcd*>(o));
   for (void* o : c->handles.objects(Kind::cq)) destroy_cq_locked(static_cast<DvCq*>(o));
   for (void* o : c->handles.objects(Kind::mr)) dereg_mr_locked(static_cast<DvMr*>(o));
   for (void* o : c->handles.objects(Kind::ah)) destroy_ah_locked(static_cast<DvAh*>(o));

@@ -113,7 +113,7 @@ static_assert(access::mw_bind == IBV_ACCESS_MW_BIND && access::zero_based == IBV
 static_assert(wc_flags::with_inv == IBV_WC_WITH_INV && wc_flags::grh == IBV_WC_GRH);
 static_assert(qp_attr_mask::dest_qpn == IBV_QP_DEST_QPN && qp_attr_mask::cap == IBV_QP_CAP);
 
-enum class Kind : uint8_t { context, channel, pd, mr, ah, cq, srq, qp, td, mw, flow };
+enum class Kind : uint8_t { context, channel, pd, mr, ah, cq, srq, qp, td, mw, xrcd, flow };
 const char* kind_name(Kind k) noexcept;
 
 struct Context;
@@ -277,11 +277,21 @@ struct DvCq {
   WallClock clock;  // IBV_WC_EX_WITH_COMPLETION_TIMESTAMP_WALLCLOCK only
 };
 
+// An XRC domain handle (xrc.cc): every ibv_open_xrcd returns one; the midlayer object is
+// shared by the handles of one file.
+struct DvXrcd {
+  ibv_xrcd xrcd;  // first; applications hold &xrcd
+  uint32_t handle;
+  mid::Xrcd* m;
+  Context* ctx;
+};
+
 struct DvSrq {
   ibv_srq srq;
   mid::Srq* m;
   Context* ctx;
   DvPd* pd;
+  DvXrcd* xrcd;  // an XRC SRQ's domain, else nullptr
   ibv_srq_attr attr;        // as created / last modified
   uint32_t async_reported;  // events handed out; under ctx->async_lock
 };
@@ -362,6 +372,20 @@ int destroy_flow_locked(void* flow);
 void on_cq_comp(mid::Cq* cq, void* cq_context);
 void channel_forget(DvCq* cq) noexcept;
 
+// SRQ creation shared by ibv_create_srq and XRC SRQs (qp.cc): `xrcd` and `cq` null for a
+// basic SRQ. nullptr with *err set on failure. Context: process context, g_lock held.
+DvSrq* create_srq_locked(Context* c, ibv_pd* pd, const ibv_srq_init_attr* ia, DvXrcd* xrcd,
+                         DvCq* cq, int* err);
+
+// XRC (xrc.cc): verbs_context ops and the XRC halves of create_qp_ex / create_srq_ex.
+// Context: process context.
+ibv_xrcd* open_xrcd_op(ibv_context* context, ibv_xrcd_init_attr* attr);
+int close_xrcd_op(ibv_xrcd* xrcd);
+ibv_qp* open_qp_op(ibv_context* context, ibv_qp_open_attr* attr);
+int get_srq_num_op(ibv_srq* srq, uint32_t* srq_num);
+ibv_qp* create_xrc_recv_qp_op(ibv_context* context, ibv_qp_init_attr_ex* attr);
+ibv_srq* create_xrc_srq_op(ibv_context* context, ibv_srq_init_attr_ex* attr);
+
 // Fills the ibv_context ops table and the verbs_context extension ops, the ibv_qp_ex and
 // ibv_cq_ex function pointers (post.cc, cq.cc). Context: process context.
 void init_context_ops(Context* ctx) noexcept;
@@ -386,6 +410,7 @@ int query_rt_values_op(ibv_context* context, ibv_values_ex* values);
 // Context: process context, with g_lock held.
 int destroy_qp_locked(DvQp* qp);
 int destroy_srq_locked(DvSrq* srq);
+int close_xrcd_locked(DvXrcd* xrcd);
 int destroy_cq_locked(DvCq* cq);
 int destroy_channel_locked(Channel* ch);
 int dereg_mr_locked(DvMr* mr);

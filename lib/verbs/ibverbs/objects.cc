@@ -122,10 +122,13 @@ int ah_from_ibv(const ibv_ah_attr& in, AhAttr* out) noexcept {
   // RoCE addresses are GIDs: an address vector without a GRH cannot be routed.
   if (!in.is_global) return EINVAL;
   if (in.port_num != 0 && in.port_num != 1) return EINVAL;
-  if (in.grh.flow_label > 0xfffff) return EINVAL;
   *out = AhAttr{};
   std::memcpy(out->dgid.raw, in.grh.dgid.raw, 16);
-  out->flow_label = in.grh.flow_label;
+  // The flow label is a 20-bit field (IBA 8.3.1; the GRH, and the HCA's address vector):
+  // uverbs passes all 32 bits through and the kernel and NICs use the low 20
+  // (rdma_flow_label_to_udp_sport masks them). UCX relies on it: it sets
+  // ~(path factor * path index), 0xffffffff for the first path.
+  out->flow_label = in.grh.flow_label & 0xfffff;
   out->sgid_index = in.grh.sgid_index;
   out->hop_limit = in.grh.hop_limit;
   out->traffic_class = in.grh.traffic_class;

@@ -252,8 +252,8 @@ void latch_unsupported(ibv_qp_ex* q) {
 void wr_send_tso(ibv_qp_ex* q, void*, uint16_t, uint16_t) {
   latch_unsupported(q);
 }
-void wr_set_xrc_srqn(ibv_qp_ex* q, uint32_t) {
-  latch_unsupported(q);
+void wr_set_xrc_srqn(ibv_qp_ex* q, uint32_t remote_srqn) {
+  if (SendWr* w = current(q)) w->qp_type.xrc.remote_srqn = remote_srqn;
 }
 
 void wr_set_ud_addr(ibv_qp_ex* q, ibv_ah* ah, uint32_t remote_qpn, uint32_t remote_qkey) {
@@ -459,6 +459,10 @@ void init_context_ops(Context* c) noexcept {
   v.create_qp_ex = create_qp_ex_op;
   v.create_srq_ex = create_srq_ex_op;
   v.query_rt_values = query_rt_values_op;
+  v.open_xrcd = open_xrcd_op;
+  v.close_xrcd = close_xrcd_op;
+  v.open_qp = open_qp_op;
+  v.get_srq_num = get_srq_num_op;
   v.ibv_create_flow = create_flow_op;
   v.ibv_destroy_flow = destroy_flow_op;
   // What libibverbs 1.1.8's inline flow wrappers call (rdma-core copies the ops there too).

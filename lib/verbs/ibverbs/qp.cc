@@ -37,7 +37,7 @@ uint64_t supported_send_ops(const Context* c, ibv_qp_type t) {
   if (t == IBV_QPT_UD) return ops;
   ops |= IBV_QP_EX_WITH_RDMA_WRITE | IBV_QP_EX_WITH_RDMA_WRITE_WITH_IMM;
   if (c->attr.max_mw) ops |= IBV_QP_EX_WITH_BIND_MW | IBV_QP_EX_WITH_LOCAL_INV;
-  if (t == IBV_QPT_RC) {
+  if (t == IBV_QPT_RC || t == IBV_QPT_XRC_SEND) {
     ops |= IBV_QP_EX_WITH_SEND_WITH_INV;
     if (c->attr.max_qp_init_rd_atom) ops |= IBV_QP_EX_WITH_RDMA_READ;
     if (c->attr.max_qp_init_rd_atom && c->attr.atomic_cap)
@@ -61,14 +61,20 @@ DvQp* create_qp(Context* c, ibv_qp_init_attr_ex* a, int* err) {
     case IBV_QPT_UD:
     case IBV_QPT_RAW_PACKET:  // EPERM without CAP_NET_RAW (the HCA, or dverbsd, checks)
       break;
-    case IBV_QPT_XRC_SEND:
-    case IBV_QPT_XRC_RECV:
+    case IBV_QPT_XRC_SEND:  // a send queue only: no receive CQ, RQ or SRQ
+      a->recv_cq = nullptr;
+      a->srq = nullptr;
+      a->cap.max_recv_wr = a->cap.max_recv_sge = 0;
+      break;
+    case IBV_QPT_XRC_RECV:  // needs a domain: ibv_create_qp_ex with IBV_QP_INIT_ATTR_XRCD
+      return failed(EINVAL);
     case IBV_QPT_DRIVER:
       return failed(EOPNOTSUPP);
     default:
       return failed(EINVAL);
   }
-  if (registry_find(a->send_cq, Kind::cq) != c || registry_find(a->recv_cq, Kind::cq) != c)
+  if (registry_find(a->send_cq, Kind::cq) != c ||
+      (a->qp_type != IBV_QPT_XRC_SEND && registry_find(a->recv_cq, Kind::cq) != c))
     return failed(EINVAL);
   if (a->srq && registry_find(a->srq, Kind::srq) != c) return failed(EINVAL);
   const ibv_qp_cap& cap = a->cap;
@@ -86,7 +92,7 @@ DvQp* create_qp(Context* c, ibv_qp_init_attr_ex* a, int* err) {
   mid::QpInitAttr init;
   init.qp_type = QpType(a->qp_type);
   init.send_cq = wrap<DvCq>(a->send_cq)->m;
-  init.recv_cq = wrap<DvCq>(a->recv_cq)->m;
+  init.recv_cq = a->recv_cq ? wrap<DvCq>(a->recv_cq)->m : nullptr;
   init.srq = a->srq ? wrap<DvSrq>(a->srq)->m : nullptr;
   init.cap = QpCap{cap.max_send_wr, cap.max_recv_wr, cap.max_send_sge, cap.max_recv_sge,
                    cap.max_inline_data};
@@ -213,6 +219,48 @@ int destroy_qp_locked(DvQp* qp) {
   return 0;
 }
 
+DvSrq* create_srq_locked(Context* c, ibv_pd* pd, const ibv_srq_init_attr* ia, DvXrcd* xrcd,
+                         DvCq* cq, int* err) {
+  auto failed = [&](int e) -> DvSrq* {
+    *err = e;
+    return nullptr;
+  };
+  if (c->dev->removed) return failed(EIO);
+  const ibv_srq_attr& a = ia->attr;
+  if (!c->attr.max_srq) return failed(EOPNOTSUPP);
+  if (a.max_wr == 0 || a.max_wr > c->attr.max_srq_wr || a.max_sge > c->attr.max_sge ||
+      a.srq_limit > a.max_wr)
+    return failed(EINVAL);
+  auto* srq = new (std::nothrow) DvSrq();
+  if (!srq) return failed(ENOMEM);
+  mid::SrqInitAttr init;
+  init.max_wr = a.max_wr;
+  init.max_sge = a.max_sge ? a.max_sge : 1;
+  init.srq_limit = a.srq_limit;
+  init.xrcd = xrcd ? xrcd->m : nullptr;
+  init.cq = cq ? cq->m : nullptr;
+  if (int rc = mid::create_srq(wrap<DvPd>(pd)->m, &init, on_srq_event, srq, &srq->m)) {
+    delete srq;
+    return failed(rc);
+  }
+  srq->ctx = c;
+  srq->pd = wrap<DvPd>(pd);
+  srq->attr = a;
+  if (srq->m->max_wr) srq->attr.max_wr = srq->m->max_wr;  // granted: what fits
+  srq->xrcd = xrcd;
+  srq->srq.context = ibctx(c);
+  srq->srq.srq_context = ia->srq_context;
+  srq->srq.pd = pd;
+  pthread_mutex_init(&srq->srq.mutex, nullptr);
+  pthread_cond_init(&srq->srq.cond, nullptr);
+  if (int rc = track(c, srq, Kind::srq, &srq->srq.handle)) {
+    mid::destroy_srq(srq->m);
+    free_srq(srq);
+    return failed(rc);
+  }
+  return srq;
+}
+
 int destroy_srq_locked(DvSrq* srq) {
   if (int rc = mid::destroy_srq(srq->m)) return rc;
   unlink_srq(srq);
@@ -228,6 +276,8 @@ ibv_qp* create_qp_ex_op(ibv_context* context, ibv_qp_init_attr_ex* a) {
                               IBV_QP_INIT_ATTR_IND_TABLE | IBV_QP_INIT_ATTR_RX_HASH |
                               IBV_QP_INIT_ATTR_SEND_OPS_FLAGS;
   if (a->comp_mask & ~kKnown) return fail(EINVAL, static_cast<ibv_qp*>(nullptr));
+  // An XRC_RECV QP names its domain instead of a PD (xrc.cc).
+  if (a->qp_type == IBV_QPT_XRC_RECV) return create_xrc_recv_qp_op(context, a);
   if (!(a->comp_mask & IBV_QP_INIT_ATTR_PD)) return fail(EINVAL, static_cast<ibv_qp*>(nullptr));
   if (a->comp_mask &
       (IBV_QP_INIT_ATTR_XRCD | IBV_QP_INIT_ATTR_IND_TABLE | IBV_QP_INIT_ATTR_RX_HASH))
@@ -246,12 +296,14 @@ ibv_qp* create_qp_ex_op(ibv_context* context, ibv_qp_init_attr_ex* a) {
   return &qp->qpx.qp_base;
 }
 
-// verbs_context::create_srq_ex: basic SRQs only.
+// verbs_context::create_srq_ex: basic SRQs here, XRC SRQs in xrc.cc.
 ibv_srq* create_srq_ex_op(ibv_context* context, ibv_srq_init_attr_ex* a) {
   if (!a) return fail(EINVAL, static_cast<ibv_srq*>(nullptr));
   constexpr uint32_t kKnown = IBV_SRQ_INIT_ATTR_TYPE | IBV_SRQ_INIT_ATTR_PD |
                               IBV_SRQ_INIT_ATTR_XRCD | IBV_SRQ_INIT_ATTR_CQ | IBV_SRQ_INIT_ATTR_TM;
   if (a->comp_mask & ~kKnown) return fail(EINVAL, static_cast<ibv_srq*>(nullptr));
+  if ((a->comp_mask & IBV_SRQ_INIT_ATTR_TYPE) && a->srq_type == IBV_SRQT_XRC)
+    return create_xrc_srq_op(context, a);  // xrc.cc
   if ((a->comp_mask & IBV_SRQ_INIT_ATTR_TYPE) && a->srq_type != IBV_SRQT_BASIC)
     return fail(EOPNOTSUPP, static_cast<ibv_srq*>(nullptr));
   if (!(a->comp_mask & IBV_SRQ_INIT_ATTR_PD) ||
@@ -379,38 +431,9 @@ ibv_srq* ibv_create_srq(ibv_pd* pd, ibv_srq_init_attr* srq_init_attr) {
   std::lock_guard<mid::Mutex> g(g_lock());
   Context* c = registry_find(pd, Kind::pd);
   if (!c) return fail(EINVAL, static_cast<ibv_srq*>(nullptr));
-  if (c->dev->removed) return fail(EIO, static_cast<ibv_srq*>(nullptr));
-  const ibv_srq_attr& a = srq_init_attr->attr;
-  if (!c->attr.max_srq) return fail(EOPNOTSUPP, static_cast<ibv_srq*>(nullptr));
-  if (a.max_wr == 0 || a.max_wr > c->attr.max_srq_wr || a.max_sge > c->attr.max_sge ||
-      a.srq_limit > a.max_wr)
-    return fail(EINVAL, static_cast<ibv_srq*>(nullptr));
-  auto* srq = new (std::nothrow) DvSrq();
-  if (!srq) return fail(ENOMEM, static_cast<ibv_srq*>(nullptr));
-  mid::SrqInitAttr init;
-  init.max_wr = a.max_wr;
-  init.max_sge = a.max_sge ? a.max_sge : 1;
-  init.srq_limit = a.srq_limit;
-  if (int rc = mid::create_srq(wrap<DvPd>(pd)->m, &init, on_srq_event, srq, &srq->m)) {
-    delete srq;
-    return fail(rc, static_cast<ibv_srq*>(nullptr));
-  }
-  srq->ctx = c;
-  srq->pd = wrap<DvPd>(pd);
-  srq->attr = a;
-  // As rdma-core: the granted size written back, what ibv_query_srq reports and what fits.
-  if (srq->m->max_wr) srq->attr.max_wr = srq_init_attr->attr.max_wr = srq->m->max_wr;
-  srq->srq.context = ibctx(c);
-  srq->srq.srq_context = srq_init_attr->srq_context;
-  srq->srq.pd = pd;
-  pthread_mutex_init(&srq->srq.mutex, nullptr);
-  pthread_cond_init(&srq->srq.cond, nullptr);
-  if (int rc = track(c, srq, Kind::srq, &srq->srq.handle)) {
-    mid::destroy_srq(srq->m);
-    free_srq(srq);
-    return fail(rc, static_cast<ibv_srq*>(nullptr));
-  }
-  return &srq->srq;
+  int err = 0;
+  DvSrq* srq = create_srq_locked(c, pd, srq_init_attr, nullptr, nullptr, &err);
+  return srq ? &srq->srq : fail(err, static_cast<ibv_srq*>(nullptr));
 }
 
 int ibv_modify_srq(ibv_srq* srq, ibv_srq_attr* srq_attr, int srq_attr_mask) {

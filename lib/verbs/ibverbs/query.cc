@@ -42,6 +42,7 @@ void fill_device_attr(const DeviceAttr& a, ibv_device_attr* o) {
   // and only a QP of its PD binds it: IBA 10.6.7, C10-72), as rxe reports them.
   if (a.max_mw) o->device_cap_flags |= IBV_DEVICE_MEM_WINDOW | IBV_DEVICE_MEM_WINDOW_TYPE_2B;
   o->max_mw = int(a.max_mw);
+  if (a.xrc) o->device_cap_flags |= IBV_DEVICE_XRC;
   o->max_sge = int(a.max_sge);
   o->max_sge_rd = a.max_qp_rd_atom ? int(a.max_sge) : 0;
   o->max_cq = int(a.max_cq);
@@ -116,7 +117,7 @@ int query_gid_entry(Context* c, uint32_t port, uint32_t index, ibv_gid_entry* e)
   e->gid_index = index;
   e->port_num = port;
   e->gid_type = IBV_GID_TYPE_ROCE_V2;  // IPv4-mapped GIDs of a RoCEv2 port
-  e->ndev_ifindex = 0;                 // the port is a DPDK device, not a netdev
+  e->ndev_ifindex = p.ndev_ifindex;    // the host interface's; 0 without one
   return 0;
 }
 

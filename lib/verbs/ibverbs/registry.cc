@@ -56,6 +56,8 @@ const char* kind_name(Kind k) noexcept {
       return "TD";
     case Kind::mw:
       return "MW";
+    case Kind::xrcd:
+      return "XRC domain";
     case Kind::flow:
       return "flow";
   }

@@ -160,7 +160,10 @@ int create_id(rdma_event_channel* channel, rdma_cm_id** out, void* context, int 
   p->id.channel = &ch->ch;
   // The QP type dvcm serves is the kernel's (ucma_get_qp_type): the port space decides
   // except for PS_IB; id.qp_type stays what the caller gave, as in rdma-core.
-  const int cm_qp_type = ps == RDMA_PS_TCP                          ? IBV_QPT_RC
+  // XRC connections are RC connections to the CM (the XRC QPs' own attributes are the
+  // drop-in's, rdmacm/qp.cc).
+  const bool xrc = qp_type == IBV_QPT_XRC_SEND || qp_type == IBV_QPT_XRC_RECV;
+  const int cm_qp_type = ps == RDMA_PS_TCP || xrc                   ? IBV_QPT_RC
                          : ps == RDMA_PS_UDP || ps == RDMA_PS_IPOIB ? IBV_QPT_UD
                                                                     : qp_type;
   if (int rc = dvcm_create_id(ch->dv, ps, cm_qp_type, p, &p->dv)) {

@@ -152,7 +152,8 @@ int init_qp_attr(IdPriv* p, ibv_qp_attr* a, int* mask) noexcept {
       // before the REP is built, so it is ours, not dvcm's, that is known here).
       a->rq_psn = p->psn & 0xffffff;
       *mask = IBV_QP_STATE | IBV_QP_AV | IBV_QP_PATH_MTU | IBV_QP_DEST_QPN | IBV_QP_RQ_PSN;
-      if (reliable(p)) {
+      // The responder attributes: RC and the XRC target (the kernel's cm_init_qp_rtr_attr).
+      if (reliable(p) && p->id.qp_type != IBV_QPT_XRC_SEND) {
         a->max_dest_rd_atomic = clamp(q.max_dest_rd_atomic, p->dev->max_responder_resources);
         a->min_rnr_timer = q.min_rnr_timer;
         *mask |= IBV_QP_MAX_DEST_RD_ATOMIC | IBV_QP_MIN_RNR_TIMER;
@@ -163,10 +164,14 @@ int init_qp_attr(IdPriv* p, ibv_qp_attr* a, int* mask) noexcept {
       *mask = IBV_QP_STATE | IBV_QP_SQ_PSN;
       if (reliable(p)) {
         a->timeout = q.timeout;
+        *mask |= IBV_QP_TIMEOUT;
+      }
+      // The requester attributes: RC and the XRC initiator (cm_init_qp_rts_attr).
+      if (reliable(p) && p->id.qp_type != IBV_QPT_XRC_RECV) {
         a->retry_cnt = q.retry_cnt;
         a->rnr_retry = q.rnr_retry;
         a->max_rd_atomic = clamp(q.max_rd_atomic, p->dev->max_initiator_depth);
-        *mask |= IBV_QP_TIMEOUT | IBV_QP_RETRY_CNT | IBV_QP_RNR_RETRY | IBV_QP_MAX_QP_RD_ATOMIC;
+        *mask |= IBV_QP_RETRY_CNT | IBV_QP_RNR_RETRY | IBV_QP_MAX_QP_RD_ATOMIC;
       }
       return 0;
     default:

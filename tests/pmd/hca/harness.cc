@@ -89,6 +89,10 @@ Frame decode(const std::vector<uint8_t>& raw) {
     f.has_imm = true;
     f.imm_be = p.imm_data;
   }
+  if (p.xrceth) {
+    f.has_xrceth = true;
+    f.xrc_srqn = p.xrceth->srq_num();
+  }
   f.payload.assign(p.payload, p.payload + p.payload_len);
   return f;
 }
@@ -148,7 +152,9 @@ std::string describe(const std::vector<Wc>& wcs) {
 
 namespace {
 ::testing::AssertionResult check_aeth_frame(const Frame& f, uint32_t psn) {
-  if (f.err != wire::ParseError::ok || f.opcode != (op::kRc | op::kAck) || !f.has_aeth ||
+  // RC's ACK, or XRC's (xrc_test checks which).
+  const bool ack_op = f.opcode == (op::kRc | op::kAck) || f.opcode == (op::kXrc | op::kAck);
+  if (f.err != wire::ParseError::ok || !ack_op || !f.has_aeth ||
       f.dest_qp != kPeerQpn || f.psn != psn)
     return ::testing::AssertionFailure() << "expected RC_ACKNOWLEDGE dqp=" << hex(kPeerQpn)
                                          << " psn=" << hex(psn) << ", got " << f.describe();
@@ -310,6 +316,7 @@ std::vector<uint8_t> Harness::build(const Pkt& p) const {
   uint8_t* ext = wire::write_headers(frame.data(), a, b, plen);
   using namespace wire::opf;
   if (f & kDeth) wire::write_deth(ext + wire::ext_offset(f, kDeth), p.qkey, p.src_qp);
+  if (f & kXrceth) wire::write_xrceth(ext + wire::ext_offset(f, kXrceth), p.xrc_srqn);
   if (f & kFeth)
     wire::write_feth(ext + wire::ext_offset(f, kFeth), p.flush_type, p.flush_level);
   if (f & kReth) wire::write_reth(ext + wire::ext_offset(f, kReth), p.va, p.rkey, p.dma_len);

@@ -66,6 +66,8 @@ struct Frame {
   uint32_t qkey = 0, src_qp = 0;
   bool has_imm = false;
   uint32_t imm_be = 0;
+  bool has_xrceth = false;
+  uint32_t xrc_srqn = 0;
   std::vector<uint8_t> payload;
 
   AethType aeth_type() const { return pmd::wire::aeth_type(syndrome); }
@@ -93,6 +95,7 @@ struct Pkt {
   uint32_t qkey = 0, src_qp = 0;  // DETH
   uint32_t imm_be = 0;            // ImmDt, network byte order
   uint32_t ieth_rkey = 0;         // IETH
+  uint32_t xrc_srqn = 0;          // XRCETH
   uint8_t flush_type = 0, flush_level = 0;  // FETH (IBA 1.5 FLUSH)
   uint32_t src_ip = 0;            // 0 = the fake peer
   uint32_t dst_ip = 0;            // 0 = the HCA's address

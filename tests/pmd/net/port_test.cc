@@ -88,6 +88,44 @@ class PortTest : public ::testing::Test {
     return v;
   }
 
+  // Echoes frames until the client has had `want` back and hung up (closing earlier could
+  // drop the last echo from the shared ring before the client reads it); ~10 s at most if
+  // nothing happens. Returns how many were echoed.
+  static uint32_t echo_until_hangup(Port& port, uint32_t want) {
+    uint32_t echoed = 0;
+    bool was_up = false;
+    for (int i = 0; i < 100'000; ++i) {
+      rte_mbuf* r[8];
+      const uint16_t n = port.rx_burst(0, r, 8);
+      if (n) echoed += port.tx_burst(0, r, n);
+      const bool up = port.link_up();
+      if (was_up && !up && echoed >= want) break;
+      was_up |= up;
+      if (!n) usleep(100);
+    }
+    return echoed;
+  }
+
+  // Sends a frame of `len` bytes and expects it back unchanged from the echoing peer.
+  static void expect_echo(Port& port, uint16_t len) {
+    rte_mbuf* m = udp_frame(port, len, uint8_t(len));
+    const std::vector<uint8_t> sent = bytes(m);
+    ASSERT_EQ(port.tx_burst(0, &m, 1), 1);
+    rte_mbuf* r = nullptr;
+    for (int i = 0; i < 200000 && !port.rx_burst(0, &r, 1); ++i) usleep(50);
+    ASSERT_NE(r, nullptr) << "no echo of " << len;
+    EXPECT_EQ(bytes(r), sent);
+    rte_pktmbuf_free(r);
+  }
+
+  // Reaps the helper process and expects it to have passed; clears `child`.
+  static void expect_exit_0(pid_t& child) {
+    int status = 0;
+    ASSERT_EQ(waitpid(child, &status, 0), child);
+    child = -1;
+    EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0) << status;
+  }
+
   static std::string tmp_path(const char* name) {
     return "/tmp/dverbs-port-test-" + std::to_string(getpid()) + "-" + name;
   }
@@ -316,20 +354,7 @@ TEST_F(PortTest, MemifEchoServerHelper) {
   // Tell the client only now: a 22.11 memif server rejects ("ID not found") a client that
   // connects between probe and configure, and that client never retries.
   std::ofstream(std::string(sock) + ".ready") << "up\n";
-  // Echo until the client has had its 3 frames back and hung up (closing earlier could
-  // drop the last echo from the shared ring before the client reads it).
-  uint32_t echoed = 0;
-  bool was_up = false;
-  for (int i = 0; i < 100'000; ++i) {  // ~10 s if nothing happens
-    rte_mbuf* r[8];
-    const uint16_t n = port->rx_burst(0, r, 8);
-    if (n) echoed += port->tx_burst(0, r, n);
-    const bool up = port->link_up();
-    if (was_up && !up && echoed >= 3) break;
-    was_up |= up;
-    if (!n) usleep(100);
-  }
-  EXPECT_EQ(echoed, 3u);
+  EXPECT_EQ(echo_until_hangup(*port, 3), 3u);
 }
 
 TEST_F(PortTest, MemifClientWithoutServerIsOneLine) {
@@ -396,20 +421,85 @@ TEST_F(PortTest, MemifBetweenTwoProcesses) {
 
   // Jumbo frames cross in one piece, whatever memif's 2 KiB buffers.
   for (uint16_t len : {uint16_t(64), uint16_t(1514), uint16_t(Port::kWantMtu + 14)}) {
-    rte_mbuf* m = udp_frame(*port, len, uint8_t(len));
-    const std::vector<uint8_t> sent = bytes(m);
-    ASSERT_EQ(port->tx_burst(0, &m, 1), 1);
-    rte_mbuf* r = nullptr;
-    for (int i = 0; i < 200000 && !port->rx_burst(0, &r, 1); ++i) usleep(50);
-    ASSERT_NE(r, nullptr) << "no echo of " << len;
-    EXPECT_EQ(bytes(r), sent);
-    rte_pktmbuf_free(r);
+    expect_echo(*port, len);
+    if (HasFatalFailure()) return;
   }
   port.reset();
-  int status = 0;
-  ASSERT_EQ(waitpid(child, &status, 0), child);
-  child = -1;
-  EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0) << status;
+  expect_exit_0(child);
+}
+
+// A memif server probed but not started yet (the listening socket exists from the probe)
+// refuses a client, and DPDK's client connects only when its port starts. The helper is
+// such a server: it probes, says so, starts its port once told to, then echoes a frame.
+TEST_F(PortTest, MemifLateServerHelper) {
+  const char* sock = std::getenv("DVERBS_TEST_MEMIF_LATE");
+  if (!sock) GTEST_SKIP() << "helper for MemifClientRefusedByAServerNotStartedConnectsAgain";
+  Config cfg;
+  cfg.port = memif_devargs(sock, "server");
+  // Port::open probes the same devargs (with the bsize it adds) and finds it probed.
+  {
+    DpdkLogCapture quiet;  // memif's "Failed to register mp action callback" (no mp)
+    ASSERT_GE(rte_dev_probe((cfg.port + ",bsize=8192").c_str()), 0);
+    quiet.discard();
+  }
+  std::ofstream(std::string(sock) + ".probed") << "probed\n";
+  for (int i = 0; i < 40000 && access((std::string(sock) + ".go").c_str(), F_OK) != 0; ++i)
+    usleep(500);
+  auto port = open(cfg);
+  ASSERT_TRUE(port);
+  EXPECT_EQ(echo_until_hangup(*port, 1), 1u);
+}
+
+TEST_F(PortTest, MemifClientRefusedByAServerNotStartedConnectsAgain) {
+  const std::string sock = tmp_path("late.sock");
+  const std::string probed = sock + ".probed", go = sock + ".go";
+  pid_t child = -1;
+  struct Cleanup {
+    std::vector<std::string> files;
+    pid_t& child;
+    ~Cleanup() {
+      if (child > 0) {
+        kill(child, SIGKILL);
+        waitpid(child, nullptr, 0);
+      }
+      for (const std::string& f : files) std::remove(f.c_str());
+    }
+  } cleanup{{sock, probed, go}, child};
+  for (const std::string& f : cleanup.files) std::remove(f.c_str());
+  child = fork();
+  ASSERT_GE(child, 0);
+  if (child == 0) {
+    setenv("DVERBS_TEST_MEMIF_LATE", sock.c_str(), 1);
+    execl("/proc/self/exe", "net_port_test", "--gtest_filter=PortTest.MemifLateServerHelper",
+          static_cast<char*>(nullptr));
+    _exit(127);
+  }
+  for (int i = 0; i < 20000 && access(probed.c_str(), F_OK) != 0; ++i) usleep(500);
+  ASSERT_EQ(access(probed.c_str(), F_OK), 0) << "the server never probed";
+  Config cfg;
+  cfg.port = memif_devargs(sock, "client");
+  std::string err;
+  auto port = Port::open(cfg, 1, &err);
+  ASSERT_TRUE(port) << err;  // connected, then refused: the server's port is not started
+  EXPECT_FALSE(port->link_up());
+  EXPECT_TRUE(port->may_retry_connect());
+  std::ofstream(go) << "go\n";
+  // What the device watchdog does once a second while the link has never been up.
+  for (int i = 0; i < 100 && !port->link_up(); ++i) {
+    for (int k = 0; k < 100 && !port->link_up(); ++k) usleep(1000);
+    if (port->link_up() || !port->may_retry_connect()) break;
+    port->set_restarting(true);
+    rte_mbuf* r[1];
+    EXPECT_EQ(port->rx_burst(0, r, 1), 0);  // paused: no burst reaches the stopped port
+    port->retry_connect();
+    port->set_restarting(false);
+  }
+  ASSERT_TRUE(port->link_up());
+  EXPECT_FALSE(port->may_retry_connect());
+  expect_echo(*port, 64);
+  if (HasFatalFailure()) return;
+  port.reset();
+  expect_exit_0(child);
 }
 
 TEST_F(PortTest, OpenCloseManyTimes) {
