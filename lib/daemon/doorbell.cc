@@ -222,7 +222,15 @@ void Server::db_edit(const std::function<void(DbSet&)>& edit) {
 
 // ---------------------------------------------------------------- rings
 
+// The ring may be written: no resize under way, and a resized ring taken by its client
+// (proto.h CqRingHeader). Context: the doorbell thread.
+static bool cq_writable(const CqObj& c) noexcept {
+  return !c.resizing.load(std::memory_order_acquire) &&
+         c.hdr->attached.load(std::memory_order_acquire) != 0;
+}
+
 bool Server::complete_error(CqObj& c, uint64_t wr_id, WcOpcode op, uint32_t qp_num) noexcept {
+  if (!cq_writable(c)) return false;  // being resized: the WQE waits
   const uint32_t cons = c.hdr->cons.v.load(std::memory_order_acquire);
   const uint32_t used = c.prod - cons;
   if (used >= c.n) {
@@ -237,12 +245,23 @@ bool Server::complete_error(CqObj& c, uint64_t wr_id, WcOpcode op, uint32_t qp_n
   e.wc.qp_num = qp_num;
   mid::read_clock(c.cq->device, &e.completion_ts);  // made here, now
   std::memcpy(&c.ring[c.prod & (c.n - 1)], &e, sizeof e);
-  c.prod++;
-  c.hdr->prod.v.store(c.prod, std::memory_order_release);
+  c.prod++;  // published by publish_cq
   stats.cqes_delivered.fetch_add(1, std::memory_order_relaxed);
-  // Error completions always raise an armed CQ's event (solicited-only or not).
-  if (c.armed.exchange(false, std::memory_order_acq_rel))
-    raise_event(*c.conn, EventKind::comp, EventType::cq_err, c.handle, 0);
+  c.error_staged = true;
+  return true;
+}
+
+// Exact capacities (proto.h WorkRingHeader): a work ring's `cons` is what the client may
+// reuse, and a WQE occupies a place until the HCA retired it, not only until it was read
+// (the HCA's queue is granted as large as the client's ring: counting only the read ones
+// would let a client queue twice its cap). Published: read - still queued on the HCA.
+// True when the published index moved. Context: the doorbell thread.
+static bool publish_freed(RingIndex& cons, uint32_t read, uint32_t backlog,
+                          uint32_t* freed) noexcept {
+  const uint32_t now = read - backlog;
+  if (now == *freed) return false;
+  *freed = now;
+  cons.v.store(now, std::memory_order_release);
   return true;
 }
 
@@ -274,10 +293,7 @@ bool Server::pass_sq(QpObj& q) noexcept {
     cons++;
     work = true;
   }
-  if (work) {
-    q.sq_cons = cons;
-    q.sq->cons.v.store(cons, std::memory_order_release);
-  }
+  if (work) q.sq_cons = cons;
   return work;
 }
 
@@ -309,11 +325,21 @@ bool Server::pass_rq(QpObj& q) noexcept {
     cons++;
     work = true;
   }
-  if (work) {
-    q.rq_cons = cons;
-    q.rq->cons.v.store(cons, std::memory_order_release);
-  }
+  if (work) q.rq_cons = cons;
   return work;
+}
+
+// Publishes what the HCA retired since the last pass (publish_freed).
+bool Server::pass_freed(QpObj& q) noexcept {
+  uint32_t send, recv;
+  mid::qp_backlog(q.qp, &send, &recv);
+  bool moved = publish_freed(q.sq->cons, q.sq_cons, send, &q.sq_freed);
+  if (q.rq_n) moved |= publish_freed(q.rq->cons, q.rq_cons, recv, &q.rq_freed);
+  return moved;
+}
+
+bool Server::pass_freed(SrqObj& s) noexcept {
+  return publish_freed(s.hdr->cons, s.cons, mid::srq_backlog(s.srq), &s.freed);
 }
 
 // An SRQ has no CQ of its own: a refused WQE is consumed and counted (bad_wqes).
@@ -343,17 +369,26 @@ bool Server::pass_srq(SrqObj& s) noexcept {
     cons++;
     work = true;
   }
-  if (work) {
-    s.cons = cons;
-    s.hdr->cons.v.store(cons, std::memory_order_release);
-  }
+  if (work) s.cons = cons;
   return work;
+}
+
+// CQ overrun (IBA 11.4.2.1): the completions are lost and the client learns it from one
+// IBV_EVENT_CQ_ERR (shared with an overrun the HCA itself reports, session.cc cq_async).
+// Holding them back in the HCA's CQ instead would let a client exceed its cqe unnoticed.
+void Server::cq_overrun(CqObj& c) noexcept {
+  if (c.overrun.exchange(true, std::memory_order_acq_rel)) return;
+  c.hdr->overflow.store(1, std::memory_order_release);
+  raise_event(*c.conn, EventKind::async, EventType::cq_err, c.handle, 0);
 }
 
 // proto.h CqRingHeader: apply a new arm (req_notify on the internal CQ first), then move
 // everything pending into the ring, then raise at once if the client has anything unpolled
 // since it armed.
 bool Server::pass_cq(CqObj& c) noexcept {
+  if (!cq_writable(c)) return false;
+  if (c.overrun.load(std::memory_order_relaxed) && !c.hdr->overflow.load(std::memory_order_relaxed))
+    c.hdr->overflow.store(1, std::memory_order_release);
   bool work = false;
   bool applied = false;
   uint32_t arm_cons = 0;
@@ -377,8 +412,16 @@ bool Server::pass_cq(CqObj& c) noexcept {
       stats.corrupt_rings.fetch_add(1, std::memory_order_relaxed);
     else
       space = c.n - used;
+    if (space == 0) {
+      // The client holds cqe completions unpolled: what the HCA has beyond them does not
+      // fit (polled anyway: in inline-progress mode this call drives the transport).
+      if (mid::poll_cq(c.cq, int(kPollBatch), wcs) > 0) {
+        cq_overrun(c);
+        work = true;
+      }
+      break;
+    }
     const int want = int(min_u32(space, kPollBatch));
-    // Polled even with no room: in inline-progress mode this call drives the transport.
     // With each completion its timestamp (a device without them: 0).
     int got = mid::poll_cq_ts(c.cq, want, wcs, ts);
     if (got == -EOPNOTSUPP) got = mid::poll_cq(c.cq, want, wcs);
@@ -388,15 +431,39 @@ bool Server::pass_cq(CqObj& c) noexcept {
       std::memcpy(&e.wc, &wcs[i], sizeof(Wc));
       e.completion_ts = ts[i];
     }
-    c.prod += uint32_t(got);
-    c.hdr->prod.v.store(c.prod, std::memory_order_release);
+    c.prod += uint32_t(got);  // published by publish_cq
     stats.cqes_delivered.fetch_add(uint64_t(got), std::memory_order_relaxed);
     work = true;
     if (!applied || got < want) break;  // drain completely only when an arm was applied
   }
-  if (applied && c.prod != arm_cons && c.armed.exchange(false, std::memory_order_acq_rel))
-    raise_event(*c.conn, EventKind::comp, EventType::cq_err, c.handle, 0);
+  if (applied) {
+    c.arm_applied = true;
+    c.arm_cons = arm_cons;
+  }
   return work;
+}
+
+// The second half of a pass over a CQ, after the work rings published what the HCA retired
+// (pass_freed): the completions written into the ring become visible, then the events due.
+// Error completions always raise an armed CQ's event (solicited-only or not); an arm
+// applied with completions unpolled since it was made raises at once. The session thread
+// may be waiting in synchronize() to resize this CQ: hdr is still the ring written.
+void Server::publish_cq(CqObj& c) noexcept {
+  if (c.prod != c.published) {
+    c.published = c.prod;
+    c.hdr->prod.v.store(c.prod, std::memory_order_release);
+  }
+  bool raise = false;
+  if (c.error_staged) {
+    c.error_staged = false;
+    raise = true;
+  }
+  if (c.arm_applied) {
+    c.arm_applied = false;
+    raise |= c.prod != c.arm_cons;
+  }
+  if (raise && c.armed.exchange(false, std::memory_order_acq_rel))
+    raise_event(*c.conn, EventKind::comp, EventType::cq_err, c.handle, 0);
 }
 
 // ---------------------------------------------------------------- the thread
@@ -422,6 +489,11 @@ void Server::doorbell_main() {
       }
       for (SrqObj* q : s->srqs) work |= pass_srq(*q);
       for (CqObj* c : s->cqs) work |= pass_cq(*c);
+      // Slots freed before the completions that free them are seen (pass_freed reads what
+      // the HCA retired after pass_cq polled it: the HCA retires a WQE before it completes).
+      for (QpObj* q : s->qps) work |= pass_freed(*q);
+      for (SrqObj* q : s->srqs) work |= pass_freed(*q);
+      for (CqObj* c : s->cqs) publish_cq(*c);
     }
     db_epoch_.fetch_add(1, std::memory_order_seq_cst);  // even: quiescent
     if (work) {

@@ -86,11 +86,23 @@ struct CqObj {
   CqRingHeader* hdr = nullptr;
   ShmCqe* ring = nullptr;
   uint32_t n = 0;  // ring entries (power of two)
-  // Doorbell thread only:
+  // Doorbell thread only: `prod` counts what is written into the ring, `published` what
+  // hdr->prod says (publish_cq, after the work rings' freed indices: a client that polls a
+  // completion finds its WQE's slot free).
   uint32_t prod = 0;
+  uint32_t published = 0;
   uint32_t arm_seen = 0;
+  bool arm_applied = false;  // pass_cq applied an arm: publish_cq raises if due
+  uint32_t arm_cons = 0;
+  bool error_staged = false;  // complete_error wrote an error completion
   // Set when the doorbell applies an arm, cleared by whoever raises the event.
   std::atomic<bool> armed{false};
+  // Set by the first overrun, the HCA's or the doorbell's: one IBV_EVENT_CQ_ERR per CQ.
+  // The doorbell copies it into hdr->overflow (hdr changes under a resize).
+  std::atomic<bool> overrun{false};
+  // Set by resize_cq (session thread) before it synchronize()s with the doorbell: the
+  // doorbell then leaves map/hdr/ring/n/prod alone until it is cleared (release).
+  std::atomic<bool> resizing{false};
 };
 
 struct SrqObj {
@@ -102,7 +114,8 @@ struct SrqObj {
   ShmRecvWqe* ring = nullptr;
   uint32_t n = 0;
   uint32_t max_wr = 0, max_sge = 0, srq_limit = 0;
-  uint32_t cons = 0;  // doorbell only
+  uint32_t cons = 0;   // doorbell only: read so far
+  uint32_t freed = 0;  // doorbell only: published as hdr->cons (see pass_srq)
 };
 
 struct QpObj {
@@ -122,7 +135,8 @@ struct QpObj {
   WorkRingHeader* rq = nullptr;
   ShmRecvWqe* rqe = nullptr;
   uint32_t rq_n = 0;                  // 0 with an SRQ
-  uint32_t sq_cons = 0, rq_cons = 0;  // doorbell only
+  uint32_t sq_cons = 0, rq_cons = 0;  // doorbell only: read so far
+  uint32_t sq_freed = 0, rq_freed = 0;  // doorbell only: published as cons (publish_freed)
 };
 
 // Per-connection handle table: generation << 20 | index, never 0, never a pointer.
@@ -299,7 +313,11 @@ class Server {
   bool pass_sq(QpObj& q) noexcept;
   bool pass_rq(QpObj& q) noexcept;
   bool pass_srq(SrqObj& s) noexcept;
+  bool pass_freed(QpObj& q) noexcept;
+  bool pass_freed(SrqObj& s) noexcept;
   bool pass_cq(CqObj& c) noexcept;
+  void cq_overrun(CqObj& c) noexcept;
+  void publish_cq(CqObj& c) noexcept;
   bool complete_error(CqObj& c, uint64_t wr_id, WcOpcode op, uint32_t qp_num) noexcept;
 
   static void client_add(mid::Device* dev, mid::Client* client);
@@ -361,6 +379,11 @@ int map_client_memory(const Request& req, const int* fds, uint32_t nfds, Mapping
 // now; the pid comes from SO_PEERCRED, which the client cannot forge); false when unknown.
 bool client_has_cap(pid_t pid, int cap);
 uint32_t ring_entries(uint32_t at_least) noexcept;  // power of two >= max(1, at_least)
+
+// ---- resize_cq.cc ----
+// Cmd::resize_cq for connection `c`: 0 and the new ring's memfd in *fd_out (the caller
+// sends and closes it), or a positive errno with nothing changed.
+int resize_cq(Server& srv, Conn& c, const Request& req, Response& resp, int* fd_out);
 
 // ---- rereg.cc ----
 // Cmd::rereg_mr for connection `c` with the `nfds` memfds it sent (not closed here): 0 or

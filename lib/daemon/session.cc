@@ -98,7 +98,9 @@ void cq_comp(mid::Cq*, void* ctx) {
 
 void cq_async(const mid::Event& ev, void* ctx) {
   auto* o = static_cast<CqObj*>(ctx);
-  if (ev.type == EventType::cq_err) o->hdr->overflow.store(1, std::memory_order_release);
+  // The doorbell copies `overrun` into the ring's header (which a resize may be replacing).
+  if (ev.type == EventType::cq_err && o->overrun.exchange(true, std::memory_order_acq_rel))
+    return;  // the doorbell's overrun raised it already
   o->conn->srv->raise_event(*o->conn, EventKind::async, ev.type, o->handle, 0);
 }
 
@@ -309,7 +311,7 @@ int Session::reg_mr(const Request& req, InFds& in, Response& resp) {
 
 int Session::create_cq(const Request& req, Response& resp, OutFds& out) {
   const uint32_t cqe = req.create_cq.cqe;
-  if (cqe == 0 || cqe > (1u << 22)) return EINVAL;  // the ring is 2 * cqe entries
+  if (cqe == 0 || cqe > (1u << 22)) return EINVAL;
   Reserved res(srv_, c_, Kind::cq);
   if (res.rc()) return res.rc();
   Handle h = c_.table.reserve();
@@ -327,8 +329,10 @@ int Session::create_cq(const Request& req, Response& resp, OutFds& out) {
     c_.table.release(h);
     return rc;
   }
+  // The client's ring holds exactly what the HCA granted (a power of two): a completion
+  // that finds it full is an overrun (pass_cq), so the cqe reported is what fits.
   const uint32_t granted = o->cq->cqe < (1u << 22) ? o->cq->cqe : (1u << 22);
-  o->n = ring_entries(2 * granted);
+  o->n = ring_entries(granted);
   int fd = make_ring("dverbs-cq", kRingHeaderBytes + uint64_t(o->n) * sizeof(ShmCqe), &o->map);
   if (fd < 0) {
     mid::destroy_cq(o->cq);
@@ -553,10 +557,10 @@ int Session::create_srq(const Request& req, Response& resp, OutFds& out) {
     c_.table.release(h);
     return rc;
   }
-  o->max_wr = r.max_wr;
+  o->max_wr = o->srq->max_wr ? o->srq->max_wr : r.max_wr;  // granted: what fits
   o->max_sge = r.max_sge;
   o->srq_limit = r.srq_limit;
-  o->n = ring_entries(r.max_wr);
+  o->n = ring_entries(o->max_wr);
   int fd = make_ring("dverbs-srq", kRingHeaderBytes + uint64_t(o->n) * sizeof(ShmRecvWqe), &o->map);
   if (fd < 0) {
     mid::destroy_srq(o->srq);
@@ -790,6 +794,12 @@ int Session::dispatch(Request& req, InFds& in, Response& resp, OutFds& out) {
       return destroy(req.handle, Kind::mw, false);
     case Cmd::stats:
       return stats(resp);
+    case Cmd::resize_cq: {
+      int fd = -1;
+      const int rc = daemon::resize_cq(srv_, c_, req, resp, &fd);
+      if (rc == 0) out.add(fd, true);
+      return rc;
+    }
     case Cmd::rereg_mr:
       return rereg_mr(srv_, c_, req, in.fd, in.n, resp);
     case Cmd::open_xrcd:

@@ -85,6 +85,15 @@ int create_cq(Device* dev, uint32_t cqe, CompHandler comp_handler, EventHandler 
 // EBUSY while QPs use it. Fence: when it returns, the CQ's completion handler does not run
 // and will not run.
 int destroy_cq(Cq* cq);
+// ibv_resize_cq: at least `cqe` entries, the entries present kept; cq->cqe becomes what fits.
+// 0, EINVAL (cqe 0, beyond the device's max_cqe, or fewer than the completions present plus
+// `held`, completions polled out of it that the caller still counts: DeviceOps::resize_cq),
+// ENOMEM, EOPNOTSUPP (the driver cannot). Callers serialise control verbs on one CQ.
+int resize_cq(Cq* cq, uint32_t cqe, uint32_t held = 0);
+// The driver's qp_backlog/srq_backlog ops (0 when it has none). Context: any thread, never
+// sleeps.
+void qp_backlog(Qp* qp, uint32_t* send, uint32_t* recv) noexcept;
+uint32_t srq_backlog(Srq* srq) noexcept;
 int create_qp(Pd* pd, const QpInitAttr* init, Qp** out);
 int modify_qp(Qp* qp, const QpAttr* attr, uint32_t attr_mask);
 int query_qp(Qp* qp, QpAttr* attr, uint32_t attr_mask, QpInitAttr* init);

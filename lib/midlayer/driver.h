@@ -104,6 +104,19 @@ struct DeviceOps {
   // Context: process context, may sleep.
   int (*create_flow)(Qp* qp, const FlowRule* rule, uint32_t* id);
   int (*destroy_flow)(Qp* qp, uint32_t id);
+  // ibv_resize_cq: the CQ holds at least `cqe` completions (cqe >= 1, checked against
+  // max_cqe by the driver) and the op sets Cq::cqe to what fits. The completions present
+  // stay, in order; none is lost or duplicated while the device keeps completing and other
+  // threads poll. EINVAL when `cqe` is below the completions present plus `held` (those a
+  // caller took out of the CQ and still holds: dverbsd's client rings); on failure the CQ
+  // is as it was. Context: process context, may sleep; one call per CQ at a time.
+  int (*resize_cq)(Cq* cq, uint32_t cqe, uint32_t held);
+  // Work requests queued and not yet retired (a send until it completes, a receive until it
+  // completes or, on an SRQ, until a QP took it): what occupies the queues. dverbsd counts
+  // them against the capacity its clients see, so that the capacity is exact through its
+  // two-stage queues. Context: any thread, never sleeps; a snapshot.
+  void (*qp_backlog)(Qp* qp, uint32_t* send, uint32_t* recv);
+  uint32_t (*srq_backlog)(Srq* srq);
 };
 
 struct DeviceRegistration;  // midlayer-private

@@ -108,6 +108,7 @@ struct Srq {
   Pd* pd = nullptr;
   EventHandler event_handler = nullptr;
   void* srq_context = nullptr;
+  uint32_t max_wr = 0;              // work requests that fit, set by the driver (0: as asked)
   std::atomic<uint32_t> usecnt{0};  // QPs that reference this SRQ
   std::atomic<uint32_t> dying{0};   // set by destroy_srq: queued async events are forgotten
   Xrcd* xrcd = nullptr;             // XRC SRQ: its domain,

@@ -198,6 +198,22 @@ int create_cq(Device* dev, uint32_t cqe, CompHandler comp_handler, EventHandler 
   return 0;
 }
 
+int resize_cq(Cq* cq, uint32_t cqe, uint32_t held) {
+  might_sleep("resize_cq");
+  if (!cq || cqe == 0) return EINVAL;
+  if (!cq->device->ops->resize_cq) return EOPNOTSUPP;
+  return cq->device->ops->resize_cq(cq, cqe, held);
+}
+
+void qp_backlog(Qp* qp, uint32_t* send, uint32_t* recv) noexcept {
+  *send = *recv = 0;
+  if (qp->device->ops->qp_backlog) qp->device->ops->qp_backlog(qp, send, recv);
+}
+
+uint32_t srq_backlog(Srq* srq) noexcept {
+  return srq->device->ops->srq_backlog ? srq->device->ops->srq_backlog(srq) : 0;
+}
+
 // Fence: when it returns, the CQ's completion and event handlers do not run and will not.
 int destroy_cq(Cq* cq) {
   might_sleep("destroy_cq");

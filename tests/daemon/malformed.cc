@@ -451,6 +451,55 @@ void test_rings(int fd) {
   }
 }
 
+// A create_cq of `cqe` entries: its status, the ring's fd in *cqfd (*nr fds received).
+int create_cq(int fd, uint32_t cqe, Response* resp, int* cqfd, int* nr) {
+  Request req;
+  req.cmd = Cmd::create_cq;
+  req.create_cq.cqe = cqe;
+  return call(fd, req, resp, nullptr, 0, cqfd, nr);
+}
+
+// Cmd::resize_cq: bad handles and sizes are EINVAL; a client that never attaches the
+// resized ring (proto.h CqRingHeader) stalls only that CQ: a second resize is EBUSY and
+// the CQ can still be destroyed.
+void test_resize_cq(int fd) {
+  Handle pd = alloc_pd(fd);
+  Response cq;
+  int cqfd = -1, nr = 0;
+  int st = create_cq(fd, 16, &cq, &cqfd, &nr);
+  CHECK(st == 0 && nr == 1, "create_cq for resize: status %d nfds %d", st, nr);
+  if (st || nr != 1) return;
+  ::close(cqfd);
+  Request r;
+  Response rr;
+  r.cmd = Cmd::resize_cq;
+  r.handle = pd;
+  r.resize_cq.cqe = 32;
+  CHECK(call(fd, r, &rr) == EINVAL, "resize_cq of a PD handle");
+  r.handle = cq.handle;
+  r.resize_cq.cqe = 0;
+  CHECK(call(fd, r, &rr) == EINVAL, "resize_cq to 0");
+  r.resize_cq.cqe = (1u << 22) + 1;
+  CHECK(call(fd, r, &rr) == EINVAL, "resize_cq beyond the daemon's bound");
+  r.resize_cq.cqe = 32;
+  int rfd = -1;
+  st = call(fd, r, &rr, nullptr, 0, &rfd, &nr);
+  CHECK(st == 0 && nr == 1, "resize_cq: status %d nfds %d", st, nr);
+  if (st || nr != 1) return;
+  CHECK(rr.resize_cq.cqe >= 32 && rr.resize_cq.cqe <= rr.resize_cq.ring_entries,
+        "resize_cq granted %u in %u entries", rr.resize_cq.cqe, rr.resize_cq.ring_entries);
+  void* mem = ::mmap(nullptr, rr.resize_cq.ring_bytes, PROT_READ, MAP_SHARED, rfd, 0);
+  CHECK(mem != MAP_FAILED, "mmap the resized ring");
+  if (mem != MAP_FAILED) {
+    CHECK(static_cast<CqRingHeader*>(mem)->attached.load() == 0, "resized ring attached");
+    ::munmap(mem, rr.resize_cq.ring_bytes);
+  }
+  ::close(rfd);
+  CHECK(call(fd, r, &rr) == EBUSY, "a second resize_cq before the client attached");
+  CHECK(simple(fd, Cmd::destroy_cq, cq.handle) == 0, "destroy_cq of an unattached CQ");
+  CHECK(simple(fd, Cmd::dealloc_pd, pd) == 0, "dealloc_pd after resize_cq");
+}
+
 }  // namespace
 
 Handle alloc_mw(int fd, Handle pd) {
@@ -555,6 +604,7 @@ int main(int argc, char** argv) {
   test_handles(fd, other);
   test_reg_mr(fd);
   test_rings(fd);
+  test_resize_cq(fd);
 
   Stats mid = stats(other, &ok);
   CHECK(ok, "stats from the second connection");

@@ -64,9 +64,17 @@ struct Cqe {
   uint64_t ts;
 };
 
-// One completion queue: a bounded MPMC ring of work completions.
+// One completion queue: a bounded MPMC ring of work completions. Its capacity is the cqe
+// reported (cq.cc): the ring's power of two, every cell usable.
+//
+// The ring is replaced by resize_cq (cq.cc) while engines push and any thread polls: every
+// pusher and poller counts itself in `users` and backs off while `resizing` is set; the
+// resizer sets `resizing`, waits until `users` is 0, moves the entries and swaps the ring.
+// Neither side sleeps (a Dekker handshake on two seq_cst atomics).
 struct Cq : mid::Cq {
-  MpmcQueue<Cqe> ring;
+  std::unique_ptr<MpmcQueue<Cqe>> ring;
+  std::atomic<uint32_t> users{0};
+  std::atomic<uint32_t> resizing{0};
   // Notification state (req_notify_cq): 0 = not armed, 1 = solicited only, 2 = next.
   std::atomic<uint32_t> armed{0};
   std::atomic<uint64_t> overflows{0};
@@ -128,7 +136,7 @@ struct Srq : mid::Srq {
   Device* hca = nullptr;
   WorkQueue<RecvWqe> rq;
   SpinLock take_lock;
-  uint32_t max_wr = 0, max_sge = 1;
+  uint32_t max_sge = 1;            // max_wr (mid::Srq) is the ring's capacity: what fits
   std::atomic<uint32_t> limit{0};  // armed SRQ limit (IBA 11.5.2.4); 0 = not armed
   bool xrc = false;  // an XRC SRQ, published in the device's SRQ table (xrc.cc)
 };

@@ -208,48 +208,10 @@ int dealloc_mw(mid::Mw* m) {
 }
 
 // ---------------------------------------------------------------- CQ
-int create_cq(mid::Device* d, uint32_t cqe, mid::Cq** out) {
-  if (hca(d).retired()) return ENODEV;
-  if (cqe == 0 || cqe > kMaxCqe) return EINVAL;
-  Cq* cq = new (std::nothrow) Cq();
-  if (!cq) return ENOMEM;
-  if (!cq->ring.init(cqe + 1)) {
-    delete cq;
-    return ENOMEM;
-  }
-  cq->hca = &hca(d);
-  cq->cqe = cq->ring.capacity() - 1;
-  *out = cq;
-  return 0;
-}
-
 int destroy_cq(mid::Cq* c) {
   hca(c->device).quiesce();
   delete to_cq(c);
   return 0;
-}
-
-int poll_cq(mid::Cq* c, int n, Wc* wc) {
-  Cq* cq = to_cq(c);
-  if (n < 0) return -EINVAL;
-  cq->hca->progress();
-  int i = 0;
-  Cqe e;
-  for (; i < n && cq->ring.pop(&e); i++) wc[i] = e.wc;
-  return i;
-}
-
-int poll_cq_ts(mid::Cq* c, int n, Wc* wc, uint64_t* ts) {
-  Cq* cq = to_cq(c);
-  if (n < 0) return -EINVAL;
-  cq->hca->progress();
-  int i = 0;
-  Cqe e;
-  for (; i < n && cq->ring.pop(&e); i++) {
-    wc[i] = e.wc;
-    ts[i] = e.ts;
-  }
-  return i;
 }
 
 int read_clock(mid::Device*, uint64_t* raw) {
@@ -306,7 +268,12 @@ int create_qp(mid::Pd* pd, const mid::QpInitAttr* init, mid::Qp** out) {
       return rc;
     }
   }
-  if (!qp->sq.init(qp->cap.max_send_wr) || !qp->rq.init(qp->cap.max_recv_wr ? qp->cap.max_recv_wr : 1)) {
+  // Exactly the WRs asked for fit (queue.h): the cap written back is the request, not the
+  // rings' power of two. rdma-core's providers report a rounded-up cap instead, but
+  // applications commonly post cap.max_recv_wr receives into buffers sized by what they
+  // asked for (the fabric's dverbs-alltoall does); granting the request keeps them right,
+  // and the WR beyond it gets ENOMEM either way.
+  if (!qp->sq.init(qp->cap.max_send_wr) || !qp->rq.init(qp->srq ? 1 : qp->cap.max_recv_wr)) {
     delete qp;
     return ENOMEM;
   }
@@ -505,13 +472,13 @@ int create_srq(mid::Pd* pd, const mid::SrqInitAttr* init, mid::Srq** out) {
   Srq* srq = new (std::nothrow) Srq();
   if (!srq) return ENOMEM;
   srq->hca = &hca(pd->device);
-  srq->max_wr = init->max_wr;
   srq->max_sge = init->max_sge;
   srq->limit.store(init->srq_limit, std::memory_order_relaxed);
   if (!srq->rq.init(init->max_wr)) {
     delete srq;
     return ENOMEM;
   }
+  srq->max_wr = srq->rq.capacity();  // the request, exactly what fits (as create_qp)
   if (init->xrcd) {  // an XRC SRQ gets its number: XRC senders name it
     srq->xrcd = init->xrcd;
     srq->cq = init->cq;
@@ -558,6 +525,25 @@ int post_srq_recv(mid::Srq* s, RecvWr* wr, RecvWr** bad) {
     return EIO;
   }
   return queue_recvs(srq.rq, srq.max_sge, wr, bad);
+}
+
+// Claimed and not yet retired: the occupancy a full ring refuses at (queue.h). Claimed is
+// read first, so a retirement in between cannot make the difference negative.
+template <class T>
+uint32_t backlog_of(const WorkQueue<T>& q) {
+  const uint64_t claimed = q.claimed();
+  const uint64_t retired = q.retired();
+  return retired < claimed ? uint32_t(claimed - retired) : 0;
+}
+
+void qp_backlog(mid::Qp* q, uint32_t* send, uint32_t* recv) {
+  Qp& qp = *to_qp(q);
+  *send = backlog_of(qp.sq);
+  *recv = qp.srq ? 0 : backlog_of(qp.rq);
+}
+
+uint32_t srq_backlog(mid::Srq* s) {
+  return backlog_of(to_srq(s)->rq);
 }
 
 // ---------------------------------------------------------------- AH
@@ -679,6 +665,9 @@ const mid::DeviceOps kHcaOps = {
     .open_xrc_qp = open_xrc_qp,
     .create_flow = create_flow,
     .destroy_flow = destroy_flow,
+    .resize_cq = resize_cq,
+    .qp_backlog = qp_backlog,
+    .srq_backlog = srq_backlog,
 };
 
 }  // namespace dverbs::pmd::hca

@@ -70,4 +70,11 @@ class QpLock {
 int rereg_mr(mid::Mr* m, uint32_t flags, mid::Pd* pd, void* host, uint64_t iova, uint64_t length,
              uint32_t access);
 
+// Completion queues (cq.cc). create_cq and resize_cq: process context, may sleep;
+// poll_cq: any thread, never sleeps.
+int create_cq(mid::Device* d, uint32_t cqe, mid::Cq** out);
+int resize_cq(mid::Cq* c, uint32_t cqe, uint32_t held);
+int poll_cq(mid::Cq* c, int n, Wc* wc);
+int poll_cq_ts(mid::Cq* c, int n, Wc* wc, uint64_t* ts);
+
 }  // namespace dverbs::pmd::hca

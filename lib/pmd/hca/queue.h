@@ -3,7 +3,8 @@
 // WorkQueue — a send or receive queue: any number of posting threads claim and publish
 // slots (multi-producer), one engine consumes them in order, and slots are retired in order
 // by the engine when their work request completes. The ring is full while
-// (claimed - retired) == capacity: posting then fails with ENOMEM, never waits.
+// (claimed - retired) == capacity, the count asked for (the slots are a power of two, the
+// spare ones unused): posting then fails with ENOMEM, never waits.
 //
 // MpmcQueue — the bounded MPMC ring of lib/base (base/mpmc_ring.h): CQs (engines push,
 // any thread polls) and engine kick rings (posting threads push QPs). SpinLock is
@@ -37,21 +38,24 @@ class WorkQueue {
     T wqe;
   };
 
-  // Context: process context. capacity is rounded up to a power of two.
+  // Context: process context. Holds exactly `capacity` entries (0: none) in a power of two
+  // of slots.
   bool init(uint32_t capacity) {
+    limit_ = capacity;
     size_ = next_pow2(capacity < 1 ? 1 : capacity);
     mask_ = size_ - 1;
     slots_.reset(new (std::nothrow) Slot[size_]);
     return slots_ != nullptr;
   }
-  uint32_t capacity() const { return size_; }
+  // What fits. Context: any.
+  uint32_t capacity() const { return limit_; }
 
   // Claims the next slot, or returns nullptr when the queue is full.
   // Context: any thread, concurrently; lock-free.
   T* claim(uint64_t* index) noexcept {
     uint64_t pos = head_.load(std::memory_order_relaxed);
     for (;;) {
-      if (pos - retired_.load(std::memory_order_acquire) >= size_) return nullptr;
+      if (pos - retired_.load(std::memory_order_acquire) >= limit_) return nullptr;
       if (head_.compare_exchange_weak(pos, pos + 1, std::memory_order_acq_rel,
                                       std::memory_order_relaxed))
         break;
@@ -82,7 +86,7 @@ class WorkQueue {
   alignas(kCacheLine) std::atomic<uint64_t> head_{0};
   alignas(kCacheLine) std::atomic<uint64_t> retired_{0};
   alignas(kCacheLine) std::unique_ptr<Slot[]> slots_;
-  uint32_t size_ = 0, mask_ = 0;
+  uint32_t size_ = 0, mask_ = 0, limit_ = 0;
 };
 
 // A lock-free LIFO of the indices [0, n): a free list for a pool of preallocated objects.

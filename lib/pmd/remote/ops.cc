@@ -552,6 +552,7 @@ int create_srq(mid::Pd* pd, const mid::SrqInitAttr* init, mid::Srq** out) {
   }
   constexpr uint32_t kWqeSges = sizeof(daemon::ShmRecvWqe::sge) / sizeof(Sge);
   srq->max_sge = r.max_sge < kWqeSges ? r.max_sge : kWqeSges;
+  srq->max_wr = r.max_wr;  // granted: what fits (the ring's limit)
   srq->handle = resp.handle;
   srq->srq_num = r.srq_num;
   if (init->cq) {  // an XRC SRQ's CQ can raise events from now on
@@ -671,6 +672,7 @@ const mid::DeviceOps kRemoteOps = {
     .open_xrc_qp = open_xrc_qp,
     .create_flow = create_flow,
     .destroy_flow = destroy_flow,
+    .resize_cq = resize_cq,
 };
 
 }  // namespace dverbs::pmd::remote

@@ -235,4 +235,8 @@ extern const mid::DeviceOps kRemoteOps;
 int start_events(Device* dev);
 void stop_events(Device* dev) noexcept;
 
+// ---- ibv_resize_cq (resize_cq.cc): the DeviceOps resize_cq op, one Cmd::resize_cq and the
+// switch to the new ring. Context: process context, may sleep. ----
+int resize_cq(mid::Cq* c, uint32_t cqe, uint32_t held);
+
 }  // namespace dverbs::pmd::remote

@@ -70,6 +70,7 @@ enum class Cmd : uint32_t {
   open_xrcd,
   close_xrcd,   // handle = the domain
   open_xrc_qp,  // open_xrc_qp: → a QP handle on the domain's XRC_RECV QP (no rings)
+  resize_cq,    // handle = CQ → fd: the new CQ ring memfd (CqRingHeader: resizing)
 };
 
 // Handles are opaque per-connection values: generation << 20 | index. 0 is never valid.
@@ -167,6 +168,9 @@ struct Request {
       FlowRule rule;
       uint32_t id;
     } flow;
+    struct {
+      uint32_t cqe;
+    } resize_cq;
     uint8_t raw[640];
   };
 };
@@ -235,6 +239,12 @@ struct Response {
     struct {
       uint32_t id;
     } flow;
+    struct {
+      uint32_t cqe;           // granted
+      uint32_t ring_entries;  // power of two
+      uint64_t ring_bytes;
+      uint32_t old_prod;      // the old ring's final `prod`
+    } resize_cq;
     uint8_t raw[640];
   };
 };
@@ -246,8 +256,10 @@ struct alignas(64) RingIndex {
   std::atomic<uint32_t> v{0};
 };
 
-// A work ring (SQ, RQ, SRQ): client produces, daemon consumes. `cons` is what the daemon
-// has taken (the client may reuse those slots). Header first, entries after it.
+// A work ring (SQ, RQ, SRQ): client produces, daemon consumes. `cons` counts the WQEs
+// that no longer occupy the queue: read by the daemon and retired by its HCA (completed,
+// or taken from an SRQ), so that the granted cap is exact: the client posts while
+// prod - cons < cap, and its slots up to `cons` are free. Header first, entries after it.
 struct WorkRingHeader {
   RingIndex prod;  // written by the client
   RingIndex cons;  // written by the daemon
@@ -286,12 +298,20 @@ struct ShmRecvWqe {
   Sge sge[16];
 };
 
-// A completion ring: daemon produces, client consumes. Notification: the client writes
-// `arm_flags` (1 = solicited only, 2 = next completion) and `arm_cons` (its `cons` when
-// it armed), then increments `arm_seq` (release). The daemon applies each new arm_seq; an
-// arm applied while completions the client had not polled at arm time are in the ring, or
-// arrive before it applied it, raises the event at once (an extra event is allowed by the
-// verbs; a lost one is not).
+// A completion ring: daemon produces, client consumes. It holds exactly the granted cqe
+// completions: one that finds it full is an overrun (CQ_ERR), never held back.
+// Notification: the client writes `arm_flags` (1 = solicited only, 2 = next completion)
+// and `arm_cons` (its `cons` when it armed), then increments `arm_seq` (release). The
+// daemon applies each new arm_seq; an arm applied while completions the client had not
+// polled at arm time are in the ring, or arrive before it applied it, raises the event at
+// once (an extra event is allowed by the verbs; a lost one is not).
+//
+// Resizing (Cmd::resize_cq): the daemon stops writing the old ring (its `prod` is final,
+// returned as old_prod), moves the completions its HCA holds into a new ring from old_prod
+// on, and answers with it, `attached` 0: it writes nothing more until the client attached.
+// The client, under its CQ lock, copies its unpolled [cons, old_prod) of the old ring to
+// the same indices of the new one, carries its arm fields over, sets `cons`, then
+// `attached` = 1 (release). Nothing is lost, duplicated or reordered.
 struct CqRingHeader {
   RingIndex prod;  // daemon
   RingIndex cons;  // client
@@ -299,6 +319,7 @@ struct CqRingHeader {
   std::atomic<uint32_t> arm_flags{0};
   std::atomic<uint32_t> arm_cons{0};
   std::atomic<uint32_t> overflow{0};  // set by the daemon when the CQ overflowed
+  std::atomic<uint32_t> attached{1};  // 0 in a ring of resize_cq until the client took it
 };
 
 // A completion as the daemon writes it into a CQ ring: the work completion, then

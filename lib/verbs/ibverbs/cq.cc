@@ -252,12 +252,18 @@ ibv_cq* ibv_create_cq(ibv_context* context, int cqe, void* cq_context, ibv_comp_
   return ibv_cq_ex_to_cq(&cq->cq);
 }
 
+// The entries present are kept (the driver moves them while completions keep arriving);
+// cq->cqe becomes what fits. EINVAL below the completions present or beyond max_cqe.
 int ibv_resize_cq(ibv_cq* cq, int cqe) {
   std::lock_guard<mid::Mutex> g(g_lock());
   Context* c = registry_find(cq, Kind::cq);
   if (!c) return EINVAL;
+  if (c->dev->removed) return EIO;
   if (cqe <= 0 || uint32_t(cqe) > c->attr.max_cqe) return EINVAL;
-  return EOPNOTSUPP;  // the midlayer has no resize verb
+  DvCq* d = wrap<DvCq>(cq);
+  if (int rc = mid::resize_cq(d->m, uint32_t(cqe))) return rc;
+  cq->cqe = int(d->m->cqe);
+  return 0;
 }
 
 int ibv_destroy_cq(ibv_cq* cq) {

@@ -246,6 +246,7 @@ DvSrq* create_srq_locked(Context* c, ibv_pd* pd, const ibv_srq_init_attr* ia, Dv
   srq->ctx = c;
   srq->pd = wrap<DvPd>(pd);
   srq->attr = a;
+  if (srq->m->max_wr) srq->attr.max_wr = srq->m->max_wr;  // granted: what fits
   srq->xrcd = xrcd;
   srq->srq.context = ibctx(c);
   srq->srq.srq_context = ia->srq_context;
@@ -444,7 +445,9 @@ int ibv_modify_srq(ibv_srq* srq, ibv_srq_attr* srq_attr, int srq_attr_mask) {
   if (int rc =
           mid::modify_srq(d->m, srq_attr->max_wr, srq_attr->srq_limit, uint32_t(srq_attr_mask)))
     return rc;
-  if (srq_attr_mask & IBV_SRQ_MAX_WR) d->attr.max_wr = srq_attr->max_wr;
+  // A size the queue already holds is accepted without a resize: the capacity reported
+  // stays what fits.
+  if ((srq_attr_mask & IBV_SRQ_MAX_WR) && !d->m->max_wr) d->attr.max_wr = srq_attr->max_wr;
   if (srq_attr_mask & IBV_SRQ_LIMIT) d->attr.srq_limit = srq_attr->srq_limit;
   return 0;
 }

@@ -539,7 +539,7 @@ void ProtoTest::post(std::vector<SendWr> wrs) {
 size_t ProtoTest::wc_pending() {
   auto* c = pmd::hca::to_cq(cq.raw());
   pmd::hca::Cqe e;
-  while (c->ring.pop(&e)) wc_buf_.push_back(e.wc);
+  while (c->ring->pop(&e)) wc_buf_.push_back(e.wc);
   return wc_buf_.size();
 }
 
