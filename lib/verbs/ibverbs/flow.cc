@@ -98,12 +98,17 @@ int translate(const ibv_flow_attr* a, FlowRule* r) {
   r->priority = a->priority;
   // The specs follow the attribute, each as long as its size says. attr.size is not
   // checked: rdma-core computes the command's size from the specs and ignores it.
+  // Each is copied before it is read: the first starts right after the 20-byte attribute,
+  // and the next wherever the sizes put it, not where ibv_flow_spec's alignment wants.
   const auto* p = reinterpret_cast<const uint8_t*>(a + 1);
   for (int i = 0; i < a->num_of_specs; i++) {
-    const auto* s = reinterpret_cast<const ibv_flow_spec*>(p);
-    if (s->hdr.size < sizeof s->hdr) return EINVAL;
-    if (int rc = add_spec(s, r)) return rc;
-    p += s->hdr.size;
+    ibv_flow_spec s;
+    std::memset(&s, 0, sizeof s);
+    std::memcpy(&s.hdr, p, sizeof s.hdr);
+    if (s.hdr.size < sizeof s.hdr) return EINVAL;
+    std::memcpy(&s, p, s.hdr.size < sizeof s ? s.hdr.size : sizeof s);
+    if (int rc = add_spec(&s, r)) return rc;
+    p += s.hdr.size;
   }
   return 0;
 }
