@@ -479,6 +479,7 @@ void Server::doorbell_main() {
     // be performed before the epoch became odd.
     std::atomic_thread_fence(std::memory_order_seq_cst);
     const DbSet* s = db_snap_.load(std::memory_order_seq_cst);
+    cmd_done_.load(std::memory_order_acquire);  // after the commands clients saw replies to
     bool work = false;
     bool empty = true;
     if (s) {

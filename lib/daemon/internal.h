@@ -285,6 +285,14 @@ class Server {
   void synchronize() noexcept;
   // Context: process context. Edits the doorbell's set, publishes it and waits out readers.
   void db_edit(const std::function<void(DbSet&)>& edit);
+  // A session ran a command (before its reply is sent). The client acts on the reply by
+  // posting to its rings, which the doorbell thread reads: that order passes through the
+  // client process and shared memory, where neither the C++ memory model nor
+  // ThreadSanitizer sees it. This release, and the acquire at the start of every doorbell
+  // pass, make it an edge inside dverbsd (what a command wrote, e.g. a region's or a
+  // window's fields, happens before the engines that a posted WR runs read it).
+  // Context: session threads, never sleeps.
+  void command_done() noexcept { cmd_done_.fetch_add(1, std::memory_order_release); }
 
   // ---- memory.cc: the client's account (per pid, all its connections together) ----
   // Charges `bytes` of a new registration to the client (memlock rules, --max-mr-bytes).
@@ -345,6 +353,7 @@ class Server {
   std::thread db_thread_;
   std::atomic<bool> db_stop_{false};
   std::atomic<uint64_t> db_epoch_{0};
+  std::atomic<uint64_t> cmd_done_{0};  // command_done(); acquired by each doorbell pass
   std::atomic<const DbSet*> db_snap_{nullptr};
   std::mutex db_mu_;
   DbSet db_master_;

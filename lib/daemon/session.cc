@@ -870,6 +870,7 @@ bool Session::receive() {
     std::memcpy(static_cast<void*>(&req), buf, sizeof req);  // copy first, then validate
     status = req.magic != kMagic ? invalid() : dispatch(req, in, resp, out);
   }
+  srv_.command_done();  // before the reply: see Server::command_done
   in.close_all();
   if (status != 0) out.done();
   resp.seq = seq;

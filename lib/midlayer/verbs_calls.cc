@@ -112,16 +112,32 @@ int dealloc_pd(Pd* pd) {
 
 // ---- MR ----
 
+// Fills the common fields of a region the driver just registered, each only where the
+// driver left it different. The soft HCA fills them itself and publishes the region to its
+// engines inside reg_mr (the key's release store): rewriting them here, even with the same
+// values, would be plain stores racing with an engine that already looks the key up (in
+// dverbsd, a client may post on the key before this thread returns; ThreadSanitizer
+// reports it). Drivers that fill nothing (pmd/remote) get every field written.
+namespace {
+template <class T>
+void set_if_changed(T& field, T value) {
+  if (field != value) field = value;
+}
+void fill_mr(Mr* mr, Pd* pd, uint64_t addr, uint64_t length, uint32_t access) {
+  set_if_changed(mr->device, pd->device);
+  set_if_changed(mr->pd, pd);
+  set_if_changed(mr->addr, addr);
+  set_if_changed(mr->length, length);
+  set_if_changed(mr->access, access);
+}
+}  // namespace
+
 int reg_mr(Pd* pd, void* addr, uint64_t length, uint32_t access, Mr** out) {
   might_sleep("reg_mr");
   if (!pd || !out) return EINVAL;
   Mr* mr = nullptr;
   if (int rc = pd->device->ops->reg_mr(pd, addr, length, access, &mr)) return rc;
-  mr->device = pd->device;
-  mr->pd = pd;
-  mr->addr = reinterpret_cast<uint64_t>(addr);
-  mr->length = length;
-  mr->access = access;
+  fill_mr(mr, pd, reinterpret_cast<uint64_t>(addr), length, access);
   get(pd->usecnt);
   *out = mr;
   return 0;
@@ -133,11 +149,7 @@ int reg_mr_iova(Pd* pd, void* host, uint64_t iova, uint64_t length, uint32_t acc
   if (!pd->device->ops->reg_mr_iova) return EOPNOTSUPP;
   Mr* mr = nullptr;
   if (int rc = pd->device->ops->reg_mr_iova(pd, host, iova, length, access, &mr)) return rc;
-  mr->device = pd->device;
-  mr->pd = pd;
-  mr->addr = iova;
-  mr->length = length;
-  mr->access = access;
+  fill_mr(mr, pd, iova, length, access);
   get(pd->usecnt);
   *out = mr;
   return 0;

@@ -40,6 +40,14 @@ if [ ! -c /dev/infiniband/uverbs0 ] && [ "$(id -u)" != 0 ]; then
   exit 77
 fi
 
+# A sanitizer build's dverbs-run preloads the runtime; UCX's memory-event hooks (UCM patches
+# mmap/munmap/brk) then crash in it: `LD_PRELOAD=libtsan.so.2 ucx_info -d` segfaults
+# without dverbs at all. Those hooks only invalidate UCX's registration cache.
+drop_in="$(dirname "$run")/../lib/verbs/ibverbs/libibverbs.so.1"
+if ldd "$drop_in" 2>/dev/null | grep -qE 'lib(a|t|ub)san'; then
+  export UCX_MEM_EVENTS=no
+fi
+
 . "$(dirname "$0")/pair_env.sh"
 pair_begin dverbs-ucx
 dvd="$(dirname "$run")/dverbsd"
