@@ -601,6 +601,27 @@ TEST(XrcMisuse, WrongHalfWrongTypeAndObjectsInUse) {
   EXPECT_EQ(post_xrc(t, IBV_WR_SEND, srq_num(s), mr, buf, 8, 1), EINVAL);
   // IBA 1.5's ATOMIC WRITE is RC's only.
   EXPECT_EQ(post_xrc(i, IBV_WR_ATOMIC_WRITE, srq_num(s), mr, buf, 8, 1), EINVAL);
+  // ... so an XRC_SEND QP does not offer it (nor FLUSH) among its send ops: EOPNOTSUPP at
+  // create, as on UC, rather than a QP whose every such request fails.
+  {
+    ibv_qp_init_attr_ex a{};
+    a.qp_type = IBV_QPT_XRC_SEND;
+    a.send_cq = x.scq;
+    a.cap.max_send_wr = 4;
+    a.cap.max_send_sge = 1;
+    a.comp_mask = IBV_QP_INIT_ATTR_PD | IBV_QP_INIT_ATTR_SEND_OPS_FLAGS;
+    a.pd = x.pd;
+    a.send_ops_flags = IBV_QP_EX_WITH_SEND | IBV_QP_EX_WITH_ATOMIC_WRITE;
+    errno = 0;
+    ibv_qp* q = ibv_create_qp_ex(x.ctx, &a);
+    EXPECT_EQ(q, nullptr);
+    EXPECT_EQ(errno, EOPNOTSUPP);
+    if (q) ibv_destroy_qp(q);
+    a.send_ops_flags = IBV_QP_EX_WITH_SEND | IBV_QP_EX_WITH_RDMA_WRITE;
+    q = ibv_create_qp_ex(x.ctx, &a);
+    EXPECT_NE(q, nullptr) << std::strerror(errno);
+    if (q) ibv_destroy_qp(q);
+  }
   ibv_sge sge{reinterpret_cast<uintptr_t>(buf), 8, mr->lkey};
   ibv_recv_wr rwr{};
   rwr.sg_list = &sge;

@@ -42,8 +42,10 @@ uint64_t supported_send_ops(const Context* c, ibv_qp_type t) {
     if (c->attr.max_qp_init_rd_atom) ops |= IBV_QP_EX_WITH_RDMA_READ;
     if (c->attr.max_qp_init_rd_atom && c->attr.atomic_cap)
       ops |= IBV_QP_EX_WITH_ATOMIC_CMP_AND_SWP | IBV_QP_EX_WITH_ATOMIC_FETCH_AND_ADD;
-    // IBA 1.5 ATOMIC WRITE and FLUSH take responder resources like a READ.
-    if (c->attr.max_qp_init_rd_atom) ops |= IBV_QP_EX_WITH_ATOMIC_WRITE | kQpExWithFlush;
+    // IBA 1.5 ATOMIC WRITE and FLUSH take responder resources like a READ. They have no
+    // XRC opcodes (midlayer/wr.h refuses them on XRC_SEND): RC only, refused at create.
+    if (t == IBV_QPT_RC && c->attr.max_qp_init_rd_atom)
+      ops |= IBV_QP_EX_WITH_ATOMIC_WRITE | kQpExWithFlush;
   }
   return ops;
 }
