@@ -26,14 +26,13 @@
 #include <string>
 #include <vector>
 
-#include "verbs_rc.h"
 #include "verbs_loop.h"
 
 namespace {
 
-using verbs_e2e::open_dverbs;
-using verbs_e2e::next_async;
-using verbs_e2e::poll_one;
+using verbs_loop::open_dverbs;
+using verbs_loop::next_async;
+using verbs_loop::poll_one;
 
 std::string g_self;  // this executable, for the exit-without-clean-up child
 using verbs_loop::set_ipc_lock;
@@ -86,8 +85,8 @@ struct Pair {
 
   void connect(ibv_qp* qp, uint32_t dqpn) {
     to_init(qp, IBV_QPT_RC);
-    verbs_e2e::rc_to_rtr(qp, gid, dqpn);
-    verbs_e2e::rc_to_rts(qp);
+    verbs_loop::rc_to_rtr(qp, gid, dqpn);
+    verbs_loop::rc_to_rts(qp);
   }
 
   void init_rc(bool channel = false) {

@@ -17,11 +17,11 @@
 #include <cstring>
 #include <vector>
 
-#include "verbs_loopback.h"
+#include "verbs_loop.h"
 
 namespace {
 
-using verbs_loopback::open_dverbs;
+using verbs_loop::open_dverbs;
 
 // rdma-core 45's names (libibverbs/verbs.h, kernel-headers/rdma/ib_user_verbs.h).
 constexpr unsigned kAccessFlushGlobal = 1u << 8;
@@ -85,7 +85,7 @@ struct Pair {
   }
 
   void connect(ibv_qp* qp, uint32_t dqpn, unsigned access) {
-    verbs_loopback::connect_rc(qp, dqpn, gid, access, 4);
+    verbs_loop::connect_rc(qp, dqpn, gid, access, 4);
   }
 
   void init(unsigned b_access = IBV_ACCESS_LOCAL_WRITE | IBV_ACCESS_REMOTE_WRITE |

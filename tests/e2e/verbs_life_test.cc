@@ -9,7 +9,6 @@
 #include <thread>
 
 #include "verbs_loop.h"
-#include "verbs_rc.h"
 
 namespace {
 
@@ -208,7 +207,7 @@ TEST_F(Life, CqOverrunAtCqePlusOne) {
   const uint32_t n = uint32_t(small->cqe) + 1;
   ASSERT_NE(writes_into(small, n), nullptr);
   ibv_async_event ev;
-  ASSERT_TRUE(verbs_e2e::next_async(ctx, IBV_EVENT_CQ_ERR, &ev)) << "no CQ_ERR after " << n;
+  ASSERT_TRUE(verbs_loop::next_async(ctx, IBV_EVENT_CQ_ERR, &ev)) << "no CQ_ERR after " << n;
   EXPECT_EQ(ev.element.cq, small);
   ibv_ack_async_event(&ev);
 }
@@ -234,7 +233,7 @@ TEST_F(Life, CqHoldsCqe) {
   at.en_sqd_async_notify = 1;
   ASSERT_EQ(ibv_modify_qp(a, &at, IBV_QP_STATE | IBV_QP_EN_SQD_ASYNC_NOTIFY), 0);
   ibv_async_event ev;
-  ASSERT_TRUE(verbs_e2e::next_async(ctx, IBV_EVENT_SQ_DRAINED, &ev)) << "no SQ_DRAINED";
+  ASSERT_TRUE(verbs_loop::next_async(ctx, IBV_EVENT_SQ_DRAINED, &ev)) << "no SQ_DRAINED";
   ibv_ack_async_event(&ev);
   for (uint32_t i = 0; i < n; ++i) {
     const ibv_wc wc = verbs_loop::wait_wc(small);

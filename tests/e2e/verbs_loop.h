@@ -1,7 +1,7 @@
-// Helpers of the drop-in programs (verbs_mw_test and verbs_rereg_test, which verbs_modes.sh
-// runs, and ibverbs_api_test):
-// two RC QPs of one context connected to each other through the loopback port, waits that
-// end (a hang fails the test instead of stopping the suite), CAP_IPC_LOCK on and off.
+// Helpers of the drop-in's e2e programs (the verbs_*_test programs verbs_modes.sh runs,
+// and ibverbs_api_test): open dverbs0, RC QPs of one context connected to each other
+// through the loopback port, waits that end (a hang fails the test instead of stopping
+// the suite), asynchronous events, CAP_IPC_LOCK on and off.
 //
 // Built against the system's <infiniband/verbs.h>; run through dverbs-run, embedded or as
 // a dverbsd client.
@@ -10,6 +10,7 @@
 #include <gtest/gtest.h>
 #include <infiniband/verbs.h>
 #include <linux/capability.h>
+#include <poll.h>
 #include <sys/syscall.h>
 #include <unistd.h>
 
@@ -31,18 +32,10 @@ inline ibv_context* open_dverbs() {
   return ctx;
 }
 
-// An RC QP in RESET taken to INIT (QP access flags `access`), RTR toward `dqpn` at `gid`
-// (the loopback port's own GID) and RTS, with `rd_atomic` READs/atomics each way.
-inline void connect_rc(ibv_qp* qp, uint32_t dqpn, const ibv_gid& gid, int access,
-                       uint8_t rd_atomic) {
+// INIT -> RTR towards QP `dqpn` at `gid` (the loopback port's own GID; PSN 100, MTU 1024,
+// `rd_atomic` responder resources).
+inline void rc_to_rtr(ibv_qp* qp, const ibv_gid& gid, uint32_t dqpn, uint8_t rd_atomic = 1) {
   ibv_qp_attr at{};
-  at.qp_state = IBV_QPS_INIT;
-  at.port_num = 1;
-  at.qp_access_flags = unsigned(access);
-  ASSERT_EQ(
-      ibv_modify_qp(qp, &at, IBV_QP_STATE | IBV_QP_PKEY_INDEX | IBV_QP_PORT | IBV_QP_ACCESS_FLAGS),
-      0);
-  at = ibv_qp_attr{};
   at.qp_state = IBV_QPS_RTR;
   at.path_mtu = IBV_MTU_1024;
   at.dest_qp_num = dqpn;
@@ -57,6 +50,11 @@ inline void connect_rc(ibv_qp* qp, uint32_t dqpn, const ibv_gid& gid, int access
                           IBV_QP_STATE | IBV_QP_AV | IBV_QP_PATH_MTU | IBV_QP_DEST_QPN |
                               IBV_QP_RQ_PSN | IBV_QP_MAX_DEST_RD_ATOMIC | IBV_QP_MIN_RNR_TIMER),
             0);
+}
+
+// RTR -> RTS (PSN 100, retries 7, `rd_atomic` outstanding READs/atomics).
+inline void rc_to_rts(ibv_qp* qp, uint8_t rd_atomic = 1) {
+  ibv_qp_attr at{};
   at.qp_state = IBV_QPS_RTS;
   at.sq_psn = 100;
   at.timeout = 14;
@@ -67,6 +65,42 @@ inline void connect_rc(ibv_qp* qp, uint32_t dqpn, const ibv_gid& gid, int access
                           IBV_QP_STATE | IBV_QP_TIMEOUT | IBV_QP_RETRY_CNT | IBV_QP_RNR_RETRY |
                               IBV_QP_SQ_PSN | IBV_QP_MAX_QP_RD_ATOMIC),
             0);
+}
+
+// An RC QP in RESET taken to INIT (QP access flags `access`), RTR toward `dqpn` at `gid`
+// and RTS, with `rd_atomic` READs/atomics each way.
+inline void connect_rc(ibv_qp* qp, uint32_t dqpn, const ibv_gid& gid, int access,
+                       uint8_t rd_atomic) {
+  ibv_qp_attr at{};
+  at.qp_state = IBV_QPS_INIT;
+  at.port_num = 1;
+  at.qp_access_flags = unsigned(access);
+  ASSERT_EQ(
+      ibv_modify_qp(qp, &at, IBV_QP_STATE | IBV_QP_PKEY_INDEX | IBV_QP_PORT | IBV_QP_ACCESS_FLAGS),
+      0);
+  ASSERT_NO_FATAL_FAILURE(rc_to_rtr(qp, gid, dqpn, rd_atomic));
+  ASSERT_NO_FATAL_FAILURE(rc_to_rts(qp, rd_atomic));
+}
+
+// Polls until one completion arrives (returns 1) or a bounded number of tries (returns 0).
+inline int poll_one(ibv_cq* cq, ibv_wc* wc) {
+  for (long i = 0; i < 200000000L; ++i) {
+    int n = ibv_poll_cq(cq, 1, wc);
+    if (n) return n;
+  }
+  return 0;
+}
+
+// Reads asynchronous events until one of `type` (true, *ev to be acknowledged) or none
+// comes within 20 s or 64 events (false). Others are acknowledged and skipped.
+inline bool next_async(ibv_context* ctx, ibv_event_type type, ibv_async_event* ev) {
+  for (int i = 0; i < 64; ++i) {
+    pollfd pfd{ctx->async_fd, POLLIN, 0};
+    if (poll(&pfd, 1, 20000) != 1 || ibv_get_async_event(ctx, ev) != 0) return false;
+    if (ev->event_type == type) return true;
+    ibv_ack_async_event(ev);
+  }
+  return false;
 }
 
 // Sets or clears CAP_IPC_LOCK in this thread's effective set (setting needs it permitted);

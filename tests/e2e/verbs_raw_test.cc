@@ -19,11 +19,11 @@
 #include <cstring>
 #include <vector>
 
-#include "verbs_rc.h"
+#include "verbs_loop.h"
 
 namespace {
 
-using verbs_e2e::open_dverbs;
+using verbs_loop::open_dverbs;
 
 bool poll_one(ibv_cq* cq, ibv_wc* wc) {
   for (long i = 0; i < 400000000L; ++i) {
@@ -219,8 +219,8 @@ struct Fixture : ::testing::Test {
       ASSERT_EQ(ibv_modify_qp(q, &at,
                               IBV_QP_STATE | IBV_QP_PKEY_INDEX | IBV_QP_PORT | IBV_QP_ACCESS_FLAGS),
                 0);
-      ASSERT_NO_FATAL_FAILURE(verbs_e2e::rc_to_rtr(q, gid, peer->qp_num));
-      ASSERT_NO_FATAL_FAILURE(verbs_e2e::rc_to_rts(q));
+      ASSERT_NO_FATAL_FAILURE(verbs_loop::rc_to_rtr(q, gid, peer->qp_num));
+      ASSERT_NO_FATAL_FAILURE(verbs_loop::rc_to_rts(q));
     }
     *qa = a;
     *qb = b;

@@ -4,14 +4,19 @@
 // every refused call leaving the region working as it was. QP `b` owns the region; QP
 // `a`, its peer over the loopback port, reads and writes it through the rkey.
 //
+// Also: stores beside a buffer kept while it is registered (the daemon's write fence).
+//
 // Run by verbs_modes.sh, embedded and as a dverbsd client (meson does both).
 #include <gtest/gtest.h>
 #include <infiniband/verbs.h>
 #include <sys/mman.h>
 #include <sys/resource.h>
 
+#include <atomic>
 #include <cerrno>
 #include <cstring>
+#include <new>
+#include <thread>
 
 #include "verbs_loop.h"
 
@@ -346,6 +351,48 @@ TEST(ReregPinning, NewTranslationIsChargedAndTheOldUncharged) {
   if (more) ibv_dereg_mr(more);
   ASSERT_EQ(f.write(b.p + b.len - 64, 64, 'c'), IBV_WC_SUCCESS);
   EXPECT_EQ(b.p[b.len - 1], 'c');
+}
+
+// ---------------------------------------------------------------- stores beside a registration
+// A thread keeps incrementing two counters that share the first and the last page of a
+// buffer registered and deregistered again and again: in daemon mode every registration
+// moves those pages onto a new memfd (lib/pmd/remote/mem.cc), and the pages under the
+// write fence (fence.h) keep every store. Every increment is there at the end, and the
+// buffer's contents too. (Embedded, nothing moves; the test holds as well.)
+TEST(RegNeighbours, StoresOnTheBuffersPagesDuringRegistrationAreKept) {
+  RcPair p;
+  ASSERT_NO_FATAL_FAILURE(p.init());
+  Pages pages(4 * kPage);
+  ASSERT_NE(pages.p, nullptr);
+  auto* head = new (pages.p) std::atomic<uint64_t>(0);              // first page
+  auto* tail = new (pages.p + 3 * kPage + 2048) std::atomic<uint64_t>(0);  // last page
+  char* buf = pages.p + 256;
+  const size_t len = 3 * kPage + 1024;  // ends 768 bytes before `tail`
+  for (size_t i = 0; i < len; ++i) buf[i] = char(i * 13);
+  std::atomic<bool> stop{false};
+  uint64_t stores = 0;
+  std::thread writer([&] {
+    while (!stop.load(std::memory_order_relaxed)) {
+      head->fetch_add(1, std::memory_order_relaxed);
+      tail->fetch_add(1, std::memory_order_relaxed);
+      ++stores;
+    }
+  });
+  int registered = 0;
+  for (int i = 0; i < 100; ++i) {
+    ibv_mr* mr = ibv_reg_mr(p.pd, buf, len, IBV_ACCESS_LOCAL_WRITE);
+    if (!mr) break;
+    ++registered;
+    ibv_dereg_mr(mr);
+  }
+  stop = true;
+  writer.join();
+  EXPECT_EQ(registered, 100) << std::strerror(errno);
+  EXPECT_EQ(head->load(), stores);
+  EXPECT_EQ(tail->load(), stores);
+  size_t wrong = 0;
+  for (size_t i = 0; i < len; ++i) wrong += buf[i] != char(i * 13);
+  EXPECT_EQ(wrong, 0u);
 }
 
 }  // namespace

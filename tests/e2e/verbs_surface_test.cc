@@ -21,7 +21,7 @@
 #include <cstring>
 #include <vector>
 
-#include "verbs_rc.h"
+#include "verbs_loop.h"
 
 // Exported by libibverbs.so.1, declared in rdma-core's private headers only.
 extern "C" {
@@ -36,9 +36,9 @@ void ibv_copy_path_rec_to_kern(ib_user_path_rec* dst, ibv_sa_path_rec* src);
 
 namespace {
 
-using verbs_e2e::next_async;
-using verbs_e2e::open_dverbs;
-using verbs_e2e::poll_one;
+using verbs_loop::next_async;
+using verbs_loop::open_dverbs;
+using verbs_loop::poll_one;
 
 // `call` returns NULL and sets errno to `err`.
 #define EXPECT_NULL_ERRNO(call, err)     \
@@ -75,10 +75,10 @@ void connect(ibv_context* ctx, ibv_qp* a, ibv_qp* b, bool b_to_rts = true) {
   ASSERT_EQ(ibv_query_gid(ctx, 1, 0, &gid), 0);
   to_init(a);
   to_init(b);
-  verbs_e2e::rc_to_rtr(a, gid, b->qp_num);
-  verbs_e2e::rc_to_rtr(b, gid, a->qp_num);
-  verbs_e2e::rc_to_rts(a);
-  if (b_to_rts) verbs_e2e::rc_to_rts(b);
+  verbs_loop::rc_to_rtr(a, gid, b->qp_num);
+  verbs_loop::rc_to_rtr(b, gid, a->qp_num);
+  verbs_loop::rc_to_rts(a);
+  if (b_to_rts) verbs_loop::rc_to_rts(b);
 }
 
 void post_recv(ibv_qp* qp, ibv_mr* mr, void* buf, uint32_t len) {
@@ -1039,7 +1039,7 @@ TEST_F(Surface, GetAsyncEventQpTypes) {
   ASSERT_TRUE(next_async(ctx, IBV_EVENT_COMM_EST, &ev)) << "no COMM_EST";
   EXPECT_EQ(ev.element.qp, qb);
   ibv_ack_async_event(&ev);
-  ASSERT_NO_FATAL_FAILURE(verbs_e2e::rc_to_rts(qb));
+  ASSERT_NO_FATAL_FAILURE(verbs_loop::rc_to_rts(qb));
   ASSERT_EQ(post_send(qa, IBV_WR_RDMA_WRITE, mr, buf.data(), 16, reinterpret_cast<uint64_t>(data),
                       mr->rkey ^ 0x5a5a00),
             0);

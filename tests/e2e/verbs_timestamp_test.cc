@@ -16,11 +16,11 @@
 #include <thread>
 #include <vector>
 
-#include "verbs_loopback.h"
+#include "verbs_loop.h"
 
 namespace {
 
-using verbs_loopback::open_dverbs;
+using verbs_loop::open_dverbs;
 
 constexpr uint64_t kTsFlags =
     IBV_WC_EX_WITH_COMPLETION_TIMESTAMP | IBV_WC_EX_WITH_COMPLETION_TIMESTAMP_WALLCLOCK;
@@ -103,7 +103,7 @@ struct Pair {
   }
 
   void connect(ibv_qp* qp, uint32_t dqpn) {
-    verbs_loopback::connect_rc(qp, dqpn, gid, IBV_ACCESS_LOCAL_WRITE | IBV_ACCESS_REMOTE_WRITE, 1);
+    verbs_loop::connect_rc(qp, dqpn, gid, IBV_ACCESS_LOCAL_WRITE | IBV_ACCESS_REMOTE_WRITE, 1);
   }
 
   void init() {

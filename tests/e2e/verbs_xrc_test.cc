@@ -21,12 +21,12 @@
 #include <string>
 #include <vector>
 
-#include "verbs_rc.h"
+#include "verbs_loop.h"
 
 namespace {
 
-using verbs_e2e::open_dverbs;
-using verbs_e2e::poll_one;
+using verbs_loop::open_dverbs;
+using verbs_loop::poll_one;
 
 // A file for a domain: created empty, removed at the end.
 struct DomainFile {

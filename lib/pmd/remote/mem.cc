@@ -29,14 +29,18 @@
 // build; deregistering or registering larger aligned buffers avoids it).
 //
 // Caveats (the kernel has neither: it pins the pages where they are):
-//  - Stale writes: a thread that writes those pages between the copy (pwrite) and the
-//    remap (mmap) loses its write. Registration of memory under concurrent writes is not
-//    atomic here; register buffers before other threads use them (the usual practice).
+//  - Stale writes: a thread that writes the registered buffer itself between its copy
+//    (pwrite) and the remap (mmap) loses its write: register buffers before other threads
+//    use them (the usual practice). The run's first and last pages, which it may share
+//    with anything else (malloc headers, the drop-in's own objects), are copied and
+//    remapped under a write fence instead (fence.h): a store to them waits, none is lost.
 //  - fork(): re-backed pages are MAP_SHARED, so the atfork child handler
 //    (mem_private_after_fork) copies them into private memory in the child; that copy is
 //    paid at fork, in proportion to the registered memory (the kernel copies on write).
 //  - Neighbours: the span is page-rounded, so bytes sharing a page with the buffer (malloc
-//    headers, other objects) are re-backed too; their contents are preserved.
+//    headers, other objects) are re-backed too; their contents are preserved, and stores
+//    to them during the registration wait for it (the fence) or, made by the kernel
+//    (read(2) into them), fail with EFAULT for those microseconds.
 //
 // Locking: g_mem.lock (checked mutex) guards both tables; everything here is slow path.
 #include <sys/mman.h>
@@ -57,6 +61,7 @@
 #include <string>
 #include <vector>
 
+#include "pmd/remote/fence.h"
 #include "pmd/remote/remote.h"
 
 namespace dverbs::pmd::remote {
@@ -193,39 +198,83 @@ void put_segment(std::map<uint64_t, Extent>& m, Segment* seg) {
 
 // Creates a memfd holding the current contents of [lo, hi) and maps it over them with the
 // protection each mapping has now. With the table lock held.
-int rebacks(uint64_t lo, uint64_t hi, const std::vector<Vma>& vmas, Segment** out) {
-  const uint64_t len = hi - lo;
-  int fd = ::memfd_create(kMemfdName, MFD_CLOEXEC | MFD_ALLOW_SEALING);
-  if (fd < 0) return errno == EMFILE || errno == ENFILE ? ENOMEM : errno;
-  int rc = 0;
-  if (::ftruncate(fd, off_t(len)) != 0) rc = ENOMEM;
-  // Copy the pages as they are now (see "Stale writes" above).
-  for (uint64_t done = 0; rc == 0 && done < len;) {
+// Copies [lo, hi) of the address space into `fd` at offset lo - base. 0 or errno.
+int copy_out(int fd, uint64_t base, uint64_t lo, uint64_t hi) {
+  for (uint64_t done = lo; done < hi;) {
     // The raw system call, not libc's pwrite: the copy covers whole pages, and bytes next
     // to the application's buffer (malloc headers, other objects) are read on purpose. A
     // sanitizer's pwrite interceptor would report those as overflows; the kernel checks
     // that every page is readable (EFAULT otherwise).
-    ssize_t n = ::syscall(SYS_pwrite64, fd, reinterpret_cast<const void*>(lo + done),
-                          len - done, off_t(done));
+    ssize_t n = ::syscall(SYS_pwrite64, fd, reinterpret_cast<const void*>(done), hi - done,
+                          off_t(done - base));
     if (n < 0 && errno == EINTR) continue;
-    if (n <= 0) rc = (n < 0 && errno == EFAULT) || n == 0 ? EFAULT : ENOMEM;
-    else done += uint64_t(n);
+    if (n <= 0) return (n < 0 && errno == EFAULT) || n == 0 ? EFAULT : ENOMEM;
+    done += uint64_t(n);
   }
+  return 0;
+}
+
+// Makes the writable parts of `vmas` inside [lo, hi) read-only (`fence`), or gives them
+// their protection back. Raw system calls, as the remap's. 0 or errno.
+int protect(const std::vector<Vma>& vmas, uint64_t lo, uint64_t hi, bool fence) {
+  for (const Vma& v : vmas) {
+    const uint64_t a = v.lo > lo ? v.lo : lo;
+    const uint64_t b = v.hi < hi ? v.hi : hi;
+    if (a >= b || !(v.prot() & PROT_WRITE)) continue;
+    const int prot = fence ? v.prot() & ~PROT_WRITE : v.prot();
+    if (::syscall(SYS_mprotect, a, b - a, prot) != 0) return errno;
+  }
+  return 0;
+}
+
+// Re-backs the run [lo, hi): a new memfd holds its current contents and is mapped over it.
+//
+// The run's first and last pages may hold other objects than the registered buffer
+// (malloc headers, the drop-in's own objects, other buffers), which any thread may write
+// at any time: they are copied and remapped under the write fence (fence.h), so no store
+// to them is lost. The pages between belong to the buffer and are copied first, unfenced
+// (a store to the buffer itself during its registration may be lost: see "Stale writes").
+int rebacks(uint64_t lo, uint64_t hi, const std::vector<Vma>& vmas, Segment** out) {
+  const uint64_t len = hi - lo, ps = page_size();
+  const uint64_t head_hi = lo + ps < hi ? lo + ps : hi;     // [lo, head_hi): first page
+  const uint64_t tail_lo = hi - ps > head_hi ? hi - ps : head_hi;  // [tail_lo, hi): last
+  int fd = ::memfd_create(kMemfdName, MFD_CLOEXEC | MFD_ALLOW_SEALING);
+  if (fd < 0) return errno == EMFILE || errno == ENFILE ? ENOMEM : errno;
+  int rc = 0;
+  if (::ftruncate(fd, off_t(len)) != 0) rc = ENOMEM;
+  if (rc == 0) rc = copy_out(fd, lo, head_hi, tail_lo);
   if (rc == 0 && ::fcntl(fd, F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW) != 0) rc = errno;
   struct stat st;
   if (rc == 0 && ::fstat(fd, &st) != 0) rc = errno;
+  if (rc == 0) rc = fence_arm();
+  if (rc) {
+    ::close(fd);
+    return rc;
+  }
+  // From here to fence_lower: system calls only (fence.h).
+  fence_raise(lo, head_hi, tail_lo, hi);
+  rc = protect(vmas, lo, head_hi, true);
+  if (rc == 0) rc = protect(vmas, tail_lo, hi, true);
+  if (rc == 0) rc = copy_out(fd, lo, lo, head_hi);
+  if (rc == 0) rc = copy_out(fd, lo, tail_lo, hi);
   // Map it over the run, one piece per existing mapping so each keeps its protection. A
   // failure part way leaves some pages memfd-backed with unchanged contents: harmless, a
-  // later registration re-backs them again.
+  // later registration re-backs them again. The raw system call: libc's mmap is a
+  // sanitizer's interceptor, which would take the pages for new memory (TSan: written by
+  // this thread; ASan: addressable), though their contents are the same.
   for (const Vma& v : vmas) {
     if (rc) break;
     const uint64_t a = v.lo > lo ? v.lo : lo;
     const uint64_t b = v.hi < hi ? v.hi : hi;
     if (a >= b) continue;
-    void* p = ::mmap(reinterpret_cast<void*>(a), b - a, v.prot(), MAP_SHARED | MAP_FIXED, fd,
-                     off_t(a - lo));
-    if (p == MAP_FAILED) rc = errno == EINVAL ? EINVAL : ENOMEM;
+    long p = ::syscall(SYS_mmap, a, b - a, v.prot(), MAP_SHARED | MAP_FIXED, fd, off_t(a - lo));
+    if (p == -1) rc = errno == EINVAL ? EINVAL : ENOMEM;
   }
+  if (rc) {  // the fenced pages that were not remapped get their protection back
+    protect(vmas, lo, head_hi, false);
+    protect(vmas, tail_lo, hi, false);
+  }
+  fence_lower();
   if (rc) {
     ::close(fd);
     return rc;

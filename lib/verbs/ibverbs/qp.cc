@@ -173,6 +173,17 @@ constexpr uint32_t kModifyKnown =
     IBV_QP_ALT_PATH | IBV_QP_MIN_RNR_TIMER | IBV_QP_SQ_PSN | IBV_QP_MAX_DEST_RD_ATOMIC |
     IBV_QP_PATH_MIG_STATE | IBV_QP_CAP | IBV_QP_DEST_QPN | IBV_QP_RATE_LIMIT;
 
+// The enum fields of ibv_qp_attr are read as the integers they are stored as: a caller
+// need not initialise the fields its mask leaves out (ibv_xsrq_pingpong does not), and a
+// garbage value there must be neither loaded as an enum nor looked at.
+template <class E>
+uint32_t raw_enum(const E& field) {
+  static_assert(sizeof(E) == sizeof(uint32_t));
+  uint32_t v;
+  std::memcpy(&v, &field, sizeof v);
+  return v;
+}
+
 int modify_qp(DvQp* qp, ibv_qp_attr* a, int mask_in) {
   uint32_t mask = uint32_t(mask_in);
   if (mask & ~kModifyKnown) return EINVAL;
@@ -180,13 +191,15 @@ int modify_qp(DvQp* qp, ibv_qp_attr* a, int mask_in) {
   // what a QP without APM is in, so it is accepted and dropped.
   if (mask & (IBV_QP_ALT_PATH | IBV_QP_RATE_LIMIT)) return EOPNOTSUPP;
   if (mask & IBV_QP_PATH_MIG_STATE) {
-    if (a->path_mig_state != IBV_MIG_MIGRATED) return EOPNOTSUPP;
+    if (raw_enum(a->path_mig_state) != IBV_MIG_MIGRATED) return EOPNOTSUPP;
     mask &= ~uint32_t(IBV_QP_PATH_MIG_STATE);
   }
+  if ((mask & IBV_QP_STATE) && raw_enum(a->qp_state) > IBV_QPS_ERR) return EINVAL;
+  if ((mask & IBV_QP_CUR_STATE) && raw_enum(a->cur_qp_state) > IBV_QPS_ERR) return EINVAL;
   QpAttr d;
-  d.qp_state = QpState(a->qp_state);
-  d.cur_qp_state = QpState(a->cur_qp_state);
-  d.path_mtu = Mtu(a->path_mtu);
+  if (mask & IBV_QP_STATE) d.qp_state = QpState(raw_enum(a->qp_state));
+  if (mask & IBV_QP_CUR_STATE) d.cur_qp_state = QpState(raw_enum(a->cur_qp_state));
+  if (mask & IBV_QP_PATH_MTU) d.path_mtu = Mtu(raw_enum(a->path_mtu));
   d.qkey = a->qkey;
   d.rq_psn = a->rq_psn;
   d.sq_psn = a->sq_psn;
@@ -204,10 +217,8 @@ int modify_qp(DvQp* qp, ibv_qp_attr* a, int mask_in) {
   d.timeout = a->timeout;
   d.retry_cnt = a->retry_cnt;
   d.rnr_retry = a->rnr_retry;
-  if ((mask & IBV_QP_STATE) && uint32_t(a->qp_state) > IBV_QPS_ERR) return EINVAL;
-  if ((mask & IBV_QP_CUR_STATE) && uint32_t(a->cur_qp_state) > IBV_QPS_ERR) return EINVAL;
   if (int rc = mid::modify_qp(qp->m, &d, mask)) return rc;
-  if (mask & IBV_QP_STATE) qp->qpx.qp_base.state = a->qp_state;
+  if (mask & IBV_QP_STATE) qp->qpx.qp_base.state = ibv_qp_state(raw_enum(a->qp_state));
   return 0;
 }
 
