@@ -21,6 +21,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <thread>
 #include <vector>
 
 #include "dverbs/dverbs.h"
@@ -106,7 +107,7 @@ struct Bench {
   Mr mr;
   Gid gid{};
   Pair send_pair, write_pair, post_pair;
-  Cq poll_cq, event_cq;
+  Cq poll_cq, event_cq, cross_cq;
   std::atomic<uint64_t> handled{0};
 
   void make_pair(Pair& p, uint32_t depth) {
@@ -148,6 +149,7 @@ struct Bench {
     make_pair(write_pair, 4096);
     make_pair(post_pair, 4096);
     poll_cq = Cq::create(ctx, 1u << 16).take();
+    cross_cq = Cq::create(ctx, 1u << 16).take();
     event_cq = Cq::create(ctx, 1u << 16, [this](Cq&) {
                  handled.fetch_add(1, std::memory_order_release);
                }).take();
@@ -296,6 +298,45 @@ void BM_PollCqEmpty(benchmark::State& s) {
   for (auto _ : s) benchmark::DoNotOptimize(b.poll_cq.poll(wc, 16));
 }
 BENCHMARK(BM_PollCqEmpty);
+
+// Completions crossing cores: a second thread pushes (the role of the engine's lcore)
+// while this one polls in batches of up to 16 (the application's), with at most half the
+// ring in flight. Per item: what a completion costs when producer and consumer run on two
+// cores and the ring's and the resize gate's cache lines travel between them.
+void BM_CqCrossThread(benchmark::State& s) {
+  Bench& b = bench();
+  hca::Cq& cq = *hca::to_cq(b.cross_cq.raw());
+  constexpr uint64_t kInFlight = 1u << 15, kCheck = 1024;
+  std::atomic<uint64_t> polled{0};
+  std::atomic<bool> stop{false};
+  std::thread pusher([&] {
+    Wc wc{};
+    wc.opcode = WcOpcode::recv;
+    uint64_t pushed = 0;
+    while (!stop.load(std::memory_order_relaxed)) {
+      if (pushed % kCheck == 0)
+        while (pushed - polled.load(std::memory_order_acquire) > kInFlight - kCheck &&
+               !stop.load(std::memory_order_relaxed))
+          __builtin_ia32_pause();
+      hca::cq_push(cq, wc, false);
+      ++pushed;
+    }
+  });
+  Wc out[16];
+  uint64_t got = 0;
+  for (auto _ : s) {
+    int n;
+    while ((n = b.cross_cq.poll(out, 16)) == 0) __builtin_ia32_pause();
+    got += uint64_t(n);
+    polled.store(got, std::memory_order_release);
+  }
+  stop = true;
+  pusher.join();
+  while (b.cross_cq.poll(out, 16) > 0) {
+  }
+  s.SetItemsProcessed(int64_t(got));
+}
+BENCHMARK(BM_CqCrossThread)->UseRealTime();
 
 // ---------------------------------------------------------------- CQ event path
 

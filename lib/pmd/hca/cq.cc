@@ -7,9 +7,9 @@
 // cqe + 1 without a poll in between is an overrun (IBA 11.4.2.1).
 //
 // Resize (ibv_resize_cq): the ring is replaced by a new one while engines keep pushing.
-// The gate of objects.h (Cq::users, Cq::resizing) stops pushers and pollers, on their side
-// with a spin of a few stores, never a sleep; the entries present move to the new ring in
-// order, so none is lost, duplicated or reordered.
+// The gate of objects.h (Cq::pushers, Cq::pollers, Cq::resizing) stops pushers and
+// pollers, on their side with a spin of a few stores, never a sleep; the entries present
+// move to the new ring in order, so none is lost, duplicated or reordered.
 #include <rte_cycles.h>
 #include <sched.h>
 
@@ -25,16 +25,17 @@ namespace dverbs::pmd::hca {
 namespace {
 
 // Context: any thread, never sleeps (spins only while a resize moves the entries).
-void gate_enter(Cq& cq) noexcept {
+// `side` is cq.pushers or cq.pollers.
+void gate_enter(const Cq& cq, std::atomic<uint32_t>& side) noexcept {
   for (;;) {
-    cq.users.fetch_add(1, std::memory_order_seq_cst);
+    side.fetch_add(1, std::memory_order_seq_cst);
     if (!cq.resizing.load(std::memory_order_seq_cst)) return;
-    cq.users.fetch_sub(1, std::memory_order_release);
+    side.fetch_sub(1, std::memory_order_release);
     while (cq.resizing.load(std::memory_order_acquire)) base::cpu_relax();
   }
 }
-void gate_leave(Cq& cq) noexcept {
-  cq.users.fetch_sub(1, std::memory_order_release);
+void gate_leave(std::atomic<uint32_t>& side) noexcept {
+  side.fetch_sub(1, std::memory_order_release);
 }
 
 // A ring of at least `cqe` entries (at least 2: MpmcRing's minimum), or nullptr.
@@ -50,9 +51,9 @@ void cq_push(Cq& cq, const Wc& wc, bool solicited) noexcept {
   // The completion timestamp: the TSC, one clock every lcore shares (an instruction, no
   // system call), read where the packet that completes the work request is handled.
   const Cqe e{wc, rte_rdtsc()};
-  gate_enter(cq);
+  gate_enter(cq, cq.pushers);
   const bool pushed = cq.ring->push(e);
-  gate_leave(cq);
+  gate_leave(cq.pushers);
   if (!pushed) [[unlikely]] {
     // CQ overrun (IBA 11.4.2.1, C11-34): an affiliated asynchronous error; the completion
     // is lost, the consumer learns it from IBV_EVENT_CQ_ERR.
@@ -91,11 +92,11 @@ int poll_cq(mid::Cq* c, int n, Wc* wc) {
   Cq* cq = to_cq(c);
   if (n < 0) return -EINVAL;
   cq->hca->progress();
-  gate_enter(*cq);
+  gate_enter(*cq, cq->pollers);
   int i = 0;
   Cqe e;
   for (; i < n && cq->ring->pop(&e); i++) wc[i] = e.wc;
-  gate_leave(*cq);
+  gate_leave(cq->pollers);
   return i;
 }
 
@@ -103,14 +104,14 @@ int poll_cq_ts(mid::Cq* c, int n, Wc* wc, uint64_t* ts) {
   Cq* cq = to_cq(c);
   if (n < 0) return -EINVAL;
   cq->hca->progress();
-  gate_enter(*cq);
+  gate_enter(*cq, cq->pollers);
   int i = 0;
   Cqe e;
   for (; i < n && cq->ring->pop(&e); i++) {
     wc[i] = e.wc;
     ts[i] = e.ts;
   }
-  gate_leave(*cq);
+  gate_leave(cq->pollers);
   return i;
 }
 
@@ -121,7 +122,9 @@ int resize_cq(mid::Cq* c, uint32_t cqe, uint32_t held) {
   std::unique_ptr<MpmcQueue<Cqe>> next = make_ring(cqe);  // allocated before the gate closes
   if (!next) return ENOMEM;
   cq.resizing.store(1, std::memory_order_seq_cst);
-  while (cq.users.load(std::memory_order_seq_cst) != 0) sched_yield();
+  while (cq.pushers.load(std::memory_order_seq_cst) != 0 ||
+         cq.pollers.load(std::memory_order_seq_cst) != 0)
+    sched_yield();
   // Nothing moves now: the backlog is exact. Fewer entries than present is refused (as the
   // man page allows), judged by the request, not by the rounded-up ring.
   int rc = 0;

@@ -6,6 +6,7 @@
 
 #include <unistd.h>
 
+#include <rte_alarm.h>
 #include <rte_cycles.h>
 #include <rte_ethdev.h>
 #include <rte_log.h>
@@ -176,15 +177,51 @@ Device::~Device() {
   if (lcore_slot_fd_ >= 0) close(lcore_slot_fd_);
 }
 
+namespace {
+
+// One round of the close barrier, run by DPDK's interrupt thread (linger below).
+struct LingerRound {
+  Device* dev;
+  std::vector<std::unique_ptr<Engine>>* engines;
+  bool waiting = true;
+  std::atomic<bool> done{false};
+};
+
+void linger_round(void* arg) {
+  auto* r = static_cast<LingerRound*>(arg);
+  bool waiting = false;
+  if (r->dev->port().link_up())
+    for (auto& e : *r->engines) waiting |= !e->linger_step();
+  r->waiting = waiting;
+  r->done.store(true, std::memory_order_release);
+}
+
+}  // namespace
+
 void Device::linger() {
   // Close barrier (Engine::linger_step): the peers read our last frames (final ACKs, READ
   // responses) before the port goes. Every queue at once, so a silent peer on one does
   // not use up the others' time; bounded, and over at once when the link is down.
+  //
+  // Each round runs on DPDK's interrupt thread (an EAL alarm), the thread on which
+  // net_memif handles its peer's disconnect and unmaps the rings the peer shared: a peer
+  // that exits while we linger (the usual end of a two-process test) is then either seen
+  // as a link down before the round, or disconnected after it, never in the middle of a
+  // transmit. If the alarm cannot be set or does not run (EAL gone), the round runs here.
   const uint64_t deadline = rte_get_tsc_cycles() + rte_get_tsc_hz() * kLingerMs / 1000;
   for (auto& e : engines_) e->linger_begin();
-  for (bool waiting = true; waiting && rte_get_tsc_cycles() < deadline && port_->link_up();) {
-    waiting = false;
-    for (auto& e : engines_) waiting |= !e->linger_step();
+  for (bool waiting = true; waiting && rte_get_tsc_cycles() < deadline;) {
+    LingerRound r{this, &engines_};
+    if (rte_eal_alarm_set(1, linger_round, &r) == 0) {
+      while (!r.done.load(std::memory_order_acquire) && rte_get_tsc_cycles() < deadline)
+        std::this_thread::yield();
+      if (!r.done.load(std::memory_order_acquire) && rte_eal_alarm_cancel(linger_round, &r) > 0)
+        break;  // never ran: the interrupt thread is not serving alarms
+      while (!r.done.load(std::memory_order_acquire)) std::this_thread::yield();  // running
+    } else {
+      linger_round(&r);
+    }
+    waiting = r.waiting;
     if (waiting) std::this_thread::yield();
   }
   for (auto& e : engines_) e->linger_end();

@@ -68,17 +68,20 @@ struct Cqe {
 // reported (cq.cc): the ring's power of two, every cell usable.
 //
 // The ring is replaced by resize_cq (cq.cc) while engines push and any thread polls: every
-// pusher and poller counts itself in `users` and backs off while `resizing` is set; the
-// resizer sets `resizing`, waits until `users` is 0, moves the entries and swaps the ring.
-// Neither side sleeps (a Dekker handshake on two seq_cst atomics).
+// pusher counts itself in `pushers`, every poller in `pollers`, and backs off while
+// `resizing` is set; the resizer sets `resizing`, waits until both counts are 0, moves the
+// entries and swaps the ring. Neither side sleeps (a Dekker handshake on seq_cst atomics).
+// The two counts have a cache line each: the engine's lcore and the application's thread
+// never write the same line for the gate (`resizing` is only read between resizes).
 struct Cq : mid::Cq {
   std::unique_ptr<MpmcQueue<Cqe>> ring;
-  std::atomic<uint32_t> users{0};
   std::atomic<uint32_t> resizing{0};
   // Notification state (req_notify_cq): 0 = not armed, 1 = solicited only, 2 = next.
   std::atomic<uint32_t> armed{0};
   std::atomic<uint64_t> overflows{0};
   Device* hca = nullptr;
+  alignas(64) std::atomic<uint32_t> pushers{0};
+  alignas(64) std::atomic<uint32_t> pollers{0};
 };
 
 // A send work-queue entry: the posted request, copied at post time (validated before it is
