@@ -447,8 +447,11 @@ bool Server::pass_cq(CqObj& c) noexcept {
 // (pass_freed): the completions written into the ring become visible, then the events due.
 // Error completions always raise an armed CQ's event (solicited-only or not); an arm
 // applied with completions unpolled since it was made raises at once. The session thread
-// may be waiting in synchronize() to resize this CQ: hdr is still the ring written.
+// may be waiting in synchronize() to resize this CQ: hdr is still the ring written. Once
+// the resize has begun (resizing set), it owns hdr, prod and published until it resumes:
+// the pass leaves the CQ alone, and what is due is published on the pass after.
 void Server::publish_cq(CqObj& c) noexcept {
+  if (c.resizing.load(std::memory_order_acquire)) return;
   if (c.prod != c.published) {
     c.published = c.prod;
     c.hdr->prod.v.store(c.prod, std::memory_order_release);

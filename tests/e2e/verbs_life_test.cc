@@ -3,6 +3,7 @@
 // or duplicates none while traffic flows, refuses fewer than are present and more than
 // max_cqe; the capacities create and query report are exactly what fits (the WR beyond a
 // cap gets ENOMEM with bad_wr at it; completion cqe + 1 overruns the CQ).
+#include <arpa/inet.h>
 #include <poll.h>
 
 #include <atomic>
@@ -70,7 +71,7 @@ class Life : public ::testing::Test {
         0);
   }
   void connect(ibv_qp* q, uint32_t dqpn) { verbs_loop::connect_rc(q, dqpn, gid, kAccess, 4); }
-  ibv_qp* writes_into(ibv_cq* scq, uint32_t n);
+  ibv_qp* writes_into(ibv_cq* scq, uint32_t n, bool last_with_imm = false);
 
   // A chain of `n` WRs, wr_id = index, each one SGE of 8 bytes at a distinct offset.
   struct Chain {
@@ -180,8 +181,10 @@ TEST_F(Life, SrqCapIsExact) {
 }
 
 // Posts `n` signalled RDMA WRITEs (wr_id 0..n-1) on a new RC QP whose send CQ is `scq`,
-// connected to a peer of its own; the QP, or nullptr after a failure.
-ibv_qp* Life::writes_into(ibv_cq* scq, uint32_t n) {
+// connected to a peer of its own; the QP, or nullptr after a failure. `last_with_imm`: the
+// last one is a WRITE with immediate, whose receive completion on the peer (in `cq`) says
+// that every WRITE has landed.
+ibv_qp* Life::writes_into(ibv_cq* scq, uint32_t n, bool last_with_imm) {
   ibv_qp* a = make_qp(scq, cq, ibv_qp_cap{n, 1, 1, 1, 0});
   ibv_qp* b = make_qp(cq, cq, ibv_qp_cap{1, 1, 1, 1, 0});
   if (!a || !b) return nullptr;
@@ -193,6 +196,13 @@ ibv_qp* Life::writes_into(ibv_cq* scq, uint32_t n) {
     buf[32768 + 8 * i] = 0;
   }
   Chain c = chain(n);
+  if (last_with_imm) {
+    ibv_recv_wr rwr{}, *rbad = nullptr;
+    rwr.wr_id = 0x1a57;
+    if (ibv_post_recv(b, &rwr, &rbad) != 0) return nullptr;
+    c.send[n - 1].opcode = IBV_WR_RDMA_WRITE_WITH_IMM;
+    c.send[n - 1].imm_data = htonl(n);
+  }
   ibv_send_wr* bad = nullptr;
   return ibv_post_send(a, c.send.data(), &bad) == 0 ? a : nullptr;
 }
@@ -219,15 +229,17 @@ TEST_F(Life, CqHoldsCqe) {
   ibv_cq* small = make_cq(3);
   ASSERT_NE(small, nullptr);
   const uint32_t n = uint32_t(small->cqe);
-  ibv_qp* a = writes_into(small, n);
+  ibv_qp* a = writes_into(small, n, true);
   ASSERT_NE(a, nullptr);
-  // The last WRITE has reached its target, so every WR is on the HCA's SQ (a dverbsd
-  // client's WRs reach it through the daemon's doorbell): SQD then waits for all of them.
-  const volatile uint8_t* last = buf.data() + 32768 + 8 * (n - 1);
-  const auto end = std::chrono::steady_clock::now() + std::chrono::seconds(20);
-  while (*last != uint8_t(n) && std::chrono::steady_clock::now() < end) {
-  }
-  ASSERT_EQ(*last, uint8_t(n)) << "the WRITEs never landed";
+  // The last WRITE has reached its target (its immediate's receive completion), so every WR
+  // is on the HCA's SQ (a dverbsd client's WRs reach it through the daemon's doorbell): SQD
+  // then waits for all of them. The completion, not a poll of the target memory, is what
+  // orders the HCA's writes before this thread's reads.
+  const ibv_wc landed = verbs_loop::wait_wc(cq);
+  ASSERT_EQ(landed.status, IBV_WC_SUCCESS) << "the WRITEs never landed";
+  EXPECT_EQ(landed.opcode, IBV_WC_RECV_RDMA_WITH_IMM);
+  EXPECT_EQ(ntohl(landed.imm_data), n);
+  EXPECT_EQ(buf[32768 + 8 * (n - 1)], uint8_t(n));
   ibv_qp_attr at{};
   at.qp_state = IBV_QPS_SQD;
   at.en_sqd_async_notify = 1;

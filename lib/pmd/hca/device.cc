@@ -180,15 +180,19 @@ Device::~Device() {
 namespace {
 
 // One round of the close barrier, run by DPDK's interrupt thread (linger below).
+// `posted` hands the round to that thread (DPDK's alarm list is not a synchronisation
+// the sanitizers see), `done` hands it back.
 struct LingerRound {
   Device* dev;
   std::vector<std::unique_ptr<Engine>>* engines;
   bool waiting = true;
+  std::atomic<bool> posted{false};
   std::atomic<bool> done{false};
 };
 
 void linger_round(void* arg) {
   auto* r = static_cast<LingerRound*>(arg);
+  r->posted.load(std::memory_order_acquire);
   bool waiting = false;
   if (r->dev->port().link_up())
     for (auto& e : *r->engines) waiting |= !e->linger_step();
@@ -212,6 +216,7 @@ void Device::linger() {
   for (auto& e : engines_) e->linger_begin();
   for (bool waiting = true; waiting && rte_get_tsc_cycles() < deadline;) {
     LingerRound r{this, &engines_};
+    r.posted.store(true, std::memory_order_release);
     if (rte_eal_alarm_set(1, linger_round, &r) == 0) {
       while (!r.done.load(std::memory_order_acquire) && rte_get_tsc_cycles() < deadline)
         std::this_thread::yield();
