@@ -65,7 +65,11 @@ struct Announce {
 };
 
 constexpr int kWindow = 32;  // WRs in flight per connection (data WRs, both kinds)
-enum : uint64_t { kTagWrite = 1, kTagSend = 2, kTagFin = 3, kTagRecv = 4, kTagPing = 5 };
+enum : uint64_t { kTagWrite = 1, kTagSend = 2, kTagFin = 3, kTagRecv = 4, kTagPing = 5, kTagAlive = 6 };
+// A host whose own FIN has completed but which still waits for its peer's sends only; a
+// dead peer would leave it waiting forever (a receiver learns nothing). It probes with a
+// zero-length RDMA WRITE this often: a dead peer ends the probe in RETRY_EXC_ERR.
+constexpr auto kAliveEvery = std::chrono::milliseconds(500);
 constexpr uint32_t kPingBytes = 64, kStopBytes = 1;
 
 uint8_t pattern(uint32_t src, uint32_t dst, uint32_t iter, uint64_t off) {
@@ -96,6 +100,8 @@ struct Peer {
   bool latency = false, stop_sent = false, stopped = false, awaiting_pong = false;
   std::chrono::steady_clock::time_point gone_at{};  // DISCONNECTED seen before the FIN
   std::chrono::steady_clock::time_point ping_at{};
+  std::chrono::steady_clock::time_point alive_at{};  // the last keep-alive probe
+  bool alive_inflight = false;
   std::vector<double> rtts_us;
   std::chrono::steady_clock::time_point first_rx{}, last_rx{};
 };
@@ -268,6 +274,19 @@ void pump(Peer& p) {
     p.fin_posted = true;
     post_send(p, IBV_WR_SEND, kTagFin, 0, 4);  // 4 bytes of iteration 0's pattern
   }
+  const auto now = std::chrono::steady_clock::now();
+  if (p.fin_done && !p.fin_received && !p.alive_inflight && now - p.alive_at >= kAliveEvery) {
+    p.alive_at = now;
+    p.alive_inflight = true;
+    ibv_send_wr wr{}, *bad = nullptr;
+    wr.wr_id = (kTagAlive << 56) | (uint64_t(p.slot) << 32);
+    wr.opcode = IBV_WR_RDMA_WRITE;  // no SGE: zero bytes
+    wr.send_flags = IBV_SEND_SIGNALED;
+    wr.wr.rdma.remote_addr = p.remote.addr;
+    wr.wr.rdma.rkey = p.remote.rkey;
+    if (int rc = ibv_post_send(p.id->qp, &wr, &bad))
+      die("ibv_post_send (keep-alive) to rank " + std::to_string(p.rank) + ": " + std::strerror(rc));
+  }
 }
 
 void check_bytes(const Peer& p, const uint8_t* got, uint32_t iter, uint32_t len, const char* what) {
@@ -332,6 +351,11 @@ void on_completion(const ibv_wc& wc) {
       p.fin_done = true;
       return;
     }
+    // A probe still queued when the peer's FIN came and the connection went: not a loss.
+    if (tag == kTagAlive && p.fin_received && wc.status == IBV_WC_WR_FLUSH_ERR) {
+      p.alive_inflight = false;
+      return;
+    }
     die("completion of " + std::string(tag == kTagRecv ? "a receive" : "a send") + " with rank " +
         std::to_string(rank) + ": " + ibv_wc_status_str(wc.status));
   }
@@ -340,6 +364,7 @@ void on_completion(const ibv_wc& wc) {
     case kTagWrite: --p.inflight; ++p.done_write; break;
     case kTagSend: --p.inflight; ++p.done_send; break;
     case kTagFin: --p.inflight; p.fin_done = true; break;
+    case kTagAlive: p.alive_inflight = false; break;
     case kTagRecv: {
       if (p.first_rx == std::chrono::steady_clock::time_point{}) p.first_rx = now;
       p.last_rx = now;
