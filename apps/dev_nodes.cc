@@ -7,7 +7,8 @@
 // driver and so no uverbs node, and names its devices uverbs0, uverbs1... in registration
 // order (lib/verbs/ibverbs/device.cc). dverbs-run therefore gives the program what that
 // check asks for, without changing what the rest of the host sees:
-//   1. unshare(CLONE_NEWNS), with mounts propagating from the host but not back (MS_SLAVE);
+//   1. unshare(CLONE_NEWNS), with mounts propagating from the host but not back (MS_SLAVE
+//      on /, or on /dev when / is not a mount point, as under a plain chroot);
 //   2. a small tmpfs on /dev/infiniband, private to the namespace (the directory itself is
 //      created on the host's /dev when it is missing: an empty directory, the one trace);
 //   3. character nodes uverbs0..uverbs{kDevNodes-1}, mode 0666 as rdma-core's udev rules
@@ -44,9 +45,13 @@ bool make_nodes(std::string* err) {
     return false;
   }
   // Our mounts stay in this namespace; the host's later mounts still reach the program.
+  // Under chroot(2) the root is often not a mount point (EINVAL); then the mount holding
+  // /dev (a bind mount there) is made a slave instead: the tmpfs below lands in it.
   if (mount(nullptr, "/", nullptr, MS_REC | MS_SLAVE, nullptr) != 0) {
-    *err = why("mount --make-rslave /");
-    return false;
+    if (errno != EINVAL || mount(nullptr, "/dev", nullptr, MS_REC | MS_SLAVE, nullptr) != 0) {
+      *err = why("mount --make-rslave / (and /dev)");
+      return false;
+    }
   }
   if (mkdir(kDir, 0755) != 0 && errno != EEXIST) {
     *err = why("mkdir /dev/infiniband");
